@@ -1,0 +1,1 @@
+"""experiments/: marketplace simulator, policy comparison, offline policy evaluation, A/B analysis, reports."""

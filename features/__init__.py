@@ -1,0 +1,1 @@
+"""features/: data contract, synthetic marketplace, point-in-time features, tiers, segments, tags, online store."""

@@ -1,0 +1,63 @@
+"""The single ``nextbest`` command line.
+
+Each package contributes its sub-commands through a ``register(subparsers)`` function in
+its own ``cli`` module, so a stage's CLI lives next to its code. Handlers receive the parsed
+arguments and the loaded :class:`~nextbest.config.Settings`; they raise
+:class:`~nextbest.errors.NextbestError` for anything the user can fix, which is printed as
+one line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from nextbest import __version__
+from nextbest.config import load_settings
+from nextbest.errors import NextbestError
+
+# Modules whose ``register(subparsers)`` adds sub-commands, in help order.
+COMMAND_MODULES = ("features.cli", "training.cli", "serving.cli", "experiments.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nextbest",
+        description="Precision marketing for second-hand marketplaces.",
+    )
+    parser.add_argument("--version", action="version", version=f"nextbest {__version__}")
+    parser.add_argument("--config", help="YAML config file (default: ./nextbest.yaml or $NEXTBEST_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(args.config)
+        result = args.handler(args, settings)
+    except NextbestError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The one validated configuration object of nextbest.
+
+Every value has a built-in default. A YAML file (``nextbest.yaml`` in the working
+directory, or the path in ``NEXTBEST_CONFIG``) overrides the defaults, and any single
+value can be overridden by an environment variable named ``NEXTBEST__SECTION__KEY``
+(for example ``NEXTBEST__BANDIT__CONTROL_SHARE=0.1`` or
+``NEXTBEST__PATHS__DATA_DIR=/srv/data``). Values from the environment are parsed as YAML
+scalars, so numbers, booleans and lists (``[a, b]``) work.
+
+Call :func:`load_settings` once at the edge (CLI, service start-up) and pass the object
+down; library code never reads ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nextbest.errors import ConfigError
+
+ENV_PREFIX = "NEXTBEST__"
+DEFAULT_CONFIG_FILE = "nextbest.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathsConfig(_Section):
+    """Where data lives, relative to the working directory unless absolute."""
+
+    data_dir: Path = Path("data")
+    raw_dir: Path = Path("data/raw")
+    latent_dir: Path = Path("data/latent")
+    features_dir: Path = Path("data/features")
+    store_path: Path = Path("data/online_store.sqlite")
+    decision_log: Path = Path("data/decisions.sqlite")
+    bandit_dir: Path = Path("data/bandit")
+    reports_dir: Path = Path("reports")
+    mlruns_dir: Path = Path("mlruns")
+
+
+class TierConfig(_Section):
+    """Tier thresholds (DESIGN.md section 4).
+
+    Platinum: the top ``platinum_share`` of buyers by ``value_column`` with a purchase in
+    the last ``platinum_recency_days``. Gold: the next ``gold_share`` with a purchase in the
+    last ``gold_recency_days``. Silver: any other buyer with a purchase in the last
+    ``silver_recency_days``. Dormant: last purchase up to ``dormant_days`` ago. Churned:
+    longer. New: no purchase yet.
+    """
+
+    value_column: str = "monetary_365d"
+    platinum_share: float = Field(0.05, gt=0, lt=1)
+    platinum_recency_days: int = Field(30, gt=0)
+    gold_share: float = Field(0.15, gt=0, lt=1)
+    gold_recency_days: int = Field(60, gt=0)
+    silver_recency_days: int = Field(90, gt=0)
+    dormant_days: int = Field(180, gt=0)
+    # Seller tiers for consignors.
+    seller_vip_share: float = Field(0.2, gt=0, lt=1)
+    seller_active_days: int = Field(90, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TierConfig:
+        days = [self.platinum_recency_days, self.gold_recency_days, self.silver_recency_days,
+                self.dormant_days]
+        if days != sorted(days):
+            raise ValueError("tier recency days must not decrease from platinum to dormant")
+        if self.platinum_share + self.gold_share >= 1:
+            raise ValueError("platinum_share + gold_share must be below 1")
+        return self
+
+
+class TagRule(_Section):
+    """A dynamic tag: ``when`` is a pandas ``DataFrame.eval`` expression over feature columns."""
+
+    name: str
+    when: str
+    description: str = ""
+
+
+def _default_tags() -> list[TagRule]:
+    return [
+        TagRule(name="high_value", when="monetary_365d >= 1000",
+                description="spent 1,000 or more in the last year"),
+        TagRule(name="price_sensitive", when="coupon_share >= 0.5 and frequency_total >= 2",
+                description="uses a coupon on at least half of their orders"),
+        TagRule(name="browse_no_buy", when="views_30d >= 10 and frequency_30d == 0",
+                description="browsed ten or more items in 30 days without buying"),
+        TagRule(name="cart_abandoner", when="cart_abandonments_30d >= 2",
+                description="left two or more carts in 30 days"),
+        TagRule(name="coupon_abuser", when="coupon_share >= 0.8 and return_rate >= 0.3 and frequency_total >= 3",
+                description="nearly always buys with a coupon and often returns"),
+        TagRule(name="at_risk", when="recency_days > 60 and frequency_total >= 3",
+                description="a regular buyer who has not bought for 60 days"),
+        TagRule(name="risk_review", when="return_rate >= 0.5 and frequency_total >= 4",
+                description="returns half of what they buy: review before incentives"),
+    ]
+
+
+class AlertConfig(_Section):
+    dormant_share_max: float = Field(0.3, ge=0, le=1)
+    tier_share_shift_max: float = Field(0.05, ge=0, le=1)
+    platinum_churn_risk: float = Field(0.5, ge=0, le=1)
+    platinum_recency_risk_days: int = Field(21, gt=0)
+
+
+class ClusterConfig(_Section):
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(8, ge=2)
+    sample_size: int = Field(20000, gt=100)
+    seed: int = 0
+
+
+class FeaturesConfig(_Section):
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90, 365])
+    tiers: TierConfig = Field(default_factory=TierConfig)
+    tags: list[TagRule] = Field(default_factory=_default_tags)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    clusters: ClusterConfig = Field(default_factory=ClusterConfig)
+    spark_master: str = "local[*]"
+
+
+class StoreConfig(_Section):
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "nextbest:"
+
+
+class LabelConfig(_Section):
+    population_days: int = Field(365, gt=0)
+    churn_horizon_days: int = Field(90, gt=0)
+    propensity_horizon_days: int = Field(30, gt=0)
+
+
+class TrainingConfig(_Section):
+    labels: LabelConfig = Field(default_factory=LabelConfig)
+    cutoffs: int = Field(6, ge=1)
+    cutoff_step_days: int = Field(30, gt=0)
+    seed: int = 0
+    num_boost_round: int = Field(1000, gt=0)
+    early_stopping_rounds: int = Field(50, gt=0)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, gt=1)
+
+
+class ArmConfig(_Section):
+    """One arm of the bandit. Cost = ``cost`` + ``cost_rate`` x item price, paid on conversion."""
+
+    name: str
+    cost: float = Field(0.0, ge=0)
+    cost_rate: float = Field(0.0, ge=0)
+    features: dict[str, str | float] = Field(default_factory=dict)
+    exclude_tags: list[str] = Field(default_factory=list)
+    max_per_user_per_week: int | None = Field(None, ge=0)
+    description: str = ""
+
+
+def _default_arms() -> list[ArmConfig]:
+    return [
+        ArmConfig(name="coupon", cost=5.0, cost_rate=0.10,
+                  features={"kind": "discount", "value": 0.10},
+                  exclude_tags=["coupon_abuser", "risk_review"], max_per_user_per_week=2,
+                  description="10% off this item"),
+        ArmConfig(name="installment", cost=0.0, cost_rate=0.03,
+                  features={"kind": "financing", "value": 0.03},
+                  exclude_tags=["risk_review"], max_per_user_per_week=3,
+                  description="pay in 3 interest-free installments"),
+        ArmConfig(name="certification", cost=0.5, cost_rate=0.0,
+                  features={"kind": "trust", "value": 0.0},
+                  description="authenticity certification and condition report"),
+    ]
+
+
+class ExplorationConfig(_Section):
+    algorithm: Literal["squarecb", "epsilon", "softmax", "bag"] = "squarecb"
+    epsilon: float = Field(0.05, ge=0, le=1)
+    gamma_scale: float = Field(10.0, gt=0)
+    gamma_exponent: float = Field(0.5, ge=0)
+    interactions: list[str] = Field(default_factory=lambda: ["SA", "CA", "UA"])
+    extra_args: str = ""
+
+
+class RewardConfig(_Section):
+    kind: Literal["profit", "conversion"] = "profit"
+    # Rewards are divided by this before VW sees them so that costs stay in a small range.
+    scale: float = Field(100.0, gt=0)
+    window_days: float = Field(7.0, gt=0)
+    default: float = 0.0
+
+
+class ContactPolicyConfig(_Section):
+    max_actions_per_user_per_day: int = Field(3, ge=0)
+    quiet_hours: list[int] = Field(default_factory=list)
+
+
+class BanditConfig(_Section):
+    arms: list[ArmConfig] = Field(default_factory=_default_arms)
+    default_arm: str = "certification"
+    control_share: float = Field(0.05, ge=0, lt=1)
+    control_salt: str = "nextbest-control"
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    contact: ContactPolicyConfig = Field(default_factory=ContactPolicyConfig)
+    checkpoint_every: int = Field(500, gt=0)
+    reload_seconds: float = Field(1.0, gt=0)
+    sweep_seconds: float = Field(30.0, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _arms_valid(self) -> BanditConfig:
+        names = [a.name for a in self.arms]
+        if len(names) != len(set(names)):
+            raise ValueError(f"arm names must be unique, got {names}")
+        if not names:
+            raise ValueError("at least one arm is required")
+        if self.default_arm not in names:
+            raise ValueError(f"default_arm {self.default_arm!r} is not one of the arms {names}")
+        return self
+
+    def arm(self, name: str) -> ArmConfig:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+
+class TriggerRule(_Section):
+    """A behaviour trigger: an event of ``event_type`` (optionally only when ``when`` holds on
+    the event and the user's features) fires ``campaign``."""
+
+    name: str
+    event_type: str
+    when: str = ""
+    campaign: str
+    cooldown_hours: float = Field(24.0, ge=0)
+
+
+def _default_triggers() -> list[TriggerRule]:
+    return [
+        TriggerRule(name="cart_recovery", event_type="add_to_cart", campaign="cart_recovery"),
+        TriggerRule(name="high_price_view", event_type="view", when="price >= 500",
+                    campaign="high_price_nudge"),
+        TriggerRule(name="favorite_nudge", event_type="favorite", campaign="favorite_nudge"),
+    ]
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, gt=0, lt=65536)
+    workers: int = Field(1, ge=1)
+    max_batch: int = Field(1000, gt=0)
+    triggers: list[TriggerRule] = Field(default_factory=_default_triggers)
+
+
+class Settings(_Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    bandit: BanditConfig = Field(default_factory=BanditConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    seed: int = 7
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """Turn ``NEXTBEST__A__B=value`` variables into a nested dict ``{a: {b: value}}``."""
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: conflicts with another NEXTBEST__ variable")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(path: str | Path | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Build the settings from defaults, the YAML file and the environment, in that order.
+
+    ``path`` wins over ``NEXTBEST_CONFIG``, which wins over ``./nextbest.yaml``. A missing
+    file named explicitly is an error; a missing default file is not.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    explicit = path or environ.get("NEXTBEST_CONFIG")
+    file = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping")
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist")
+    data = _deep_merge(data, _env_overrides(environ))
+    if "MLFLOW_TRACKING_URI" in environ and "mlflow_tracking_uri" not in data:
+        data["mlflow_tracking_uri"] = environ["MLFLOW_TRACKING_URI"]
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"config value {where}: {first['msg']}") from exc
