@@ -8,7 +8,7 @@ PORT ?= 3000
 DEMO_USERS ?= 5000
 DEMO_SEED ?= 7
 
-.PHONY: install test test-fast lint format demo demo-data serve bench clean
+.PHONY: install test test-fast lint format demo demo-data demo-models serve bench clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found: install Python 3.11"; exit 1; }
@@ -34,15 +34,35 @@ lint: install
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+# The demo marketplace spans 2024-01-01 .. 2025-12-31; features at two dates feed the
+# tier migration report.
 demo-data: install
 	$(NB) data synth --users $(DEMO_USERS) --days 730 --seed $(DEMO_SEED)
+	$(NB) features build --as-of 2025-12-01
 	$(NB) features build
-	$(NB) segments report
+	$(NB) segments report --compare-to 2025-12-01
 
-demo: demo-data
+demo-models: demo-data
+	$(NB) train churn
+	$(NB) train propensity
+	$(NB) models list
 
+demo: demo-models
+	@echo "serving on http://127.0.0.1:$(PORT) (OpenAPI: /docs.json); Ctrl-C stops"
+	$(NB) serve --host 127.0.0.1 --port $(PORT)
+
+serve: install
+	$(NB) serve --host 127.0.0.1 --port $(PORT)
+
+# Full-scale benchmarks: minutes each; results in benchmarks/results/*.json.
 bench: install
+	$(BIN)/python benchmarks/synth.py --out /tmp/bench_1m
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/store.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/simulate.py
+	$(BIN)/python benchmarks/ope_coverage.py
 
 clean:
 	rm -rf data reports .pytest_cache

@@ -1,9 +1,189 @@
-"""Sub-commands of the ``experiments`` stage (registered into the ``nextbest`` CLI)."""
+"""Sub-commands of the ``experiments`` stage: ``simulate``, ``evaluate-policy``, ``abtest``,
+``report`` (registered into the ``nextbest`` CLI)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from nextbest.config import Settings
+
+LOG_HELP = """\
+Accepted logs: the service's SQLite decision log (tables decisions + rewards, joined by
+event_id; the default is settings.paths.decision_log), or a .parquet / .csv file with one
+row per decision and the columns:
+  action       arm shown (empty = no action / control group)          required
+  probability  logging policy's probability of that action            required for OPE
+  reward       observed reward; or converted (0/1) [+ revenue]         required
+  control      true for control-group decisions (default: action empty)
+  policy       policy / campaign / version that decided (default "logged"); or campaign
+  tier         user tier (default "unknown")
+  cost         arm cost paid (default: from the config's arms and item_price)
+  eligible     JSON list of the arms the user could get (default: all arms)
+  tags         user tags (JSON list or comma list), used by the static rule book
+  any other column (page, item_price, category, hour, segment, ...) is context for the DR
+  reward model.
+"""
+
+
+def _progress(name: str, done: int, total: int) -> None:
+    """One progress line per 5% of a policy's run, on stderr."""
+    print(f"  {name:<10} {done:>8}/{total} decisions", file=sys.stderr, flush=True)
+
+
+def _write_json(path: Path, payload: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.plots import simulation_plots
+    from experiments.runner import simulate
+    from experiments.simulator import (
+        SimulationConfig,
+        marketplace_population,
+        synthetic_population,
+    )
+
+    config = SimulationConfig(decisions=args.decisions, seed=args.seed, users=args.users,
+                              drift=args.drift)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    population = (marketplace_population(settings, Path(args.data)) if args.data
+                  else synthetic_population(settings, config.users, config.seed))
+    print(f"simulating {config.decisions} decisions over {len(population)} users "
+          f"(seed {config.seed}{', drift' if config.drift else ''}): {', '.join(policies)}",
+          file=sys.stderr)
+    result = simulate(settings, population, config, policies,
+                      log_dir=Path(args.keep_logs) if args.keep_logs else None,
+                      progress=None if args.quiet else _progress)
+    out = Path(args.out or Path(settings.paths.reports_dir) / "simulation")
+    payload = result.to_json()
+    json_path = _write_json(out / "simulation.json", payload)
+    plots = [] if args.no_plots else simulation_plots(result, out)
+    if not args.no_mlflow:
+        from experiments.tracking import log_simulation
+
+        payload["mlflow_run_id"] = log_simulation(settings, result, plots, json_path)
+        _write_json(json_path, payload)
+    payload["plots"] = [str(p) for p in plots]
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(format_simulation(payload))
+        print(f"\nwrote {json_path} and {len(plots)} plots to {out}")
+    return 0
+
+
+def format_simulation(payload: dict) -> str:
+    """The comparison table of ``simulate``."""
+    oracle = payload["oracle_expected_reward_last"]
+    lines = [f"{'policy':<12}{'reward':>14}{'profit':>14}{'regret':>12}{'conv':>7}"
+             f"{'mean last20%':>14}{'vs oracle':>10}{'dec/s':>9}"]
+    for name, m in payload["policies"].items():
+        ratio = m["expected_reward_last"] / oracle if oracle else float("nan")
+        lines.append(f"{name:<12}{m['cumulative_reward']:>14.0f}{m['profit']:>14.0f}"
+                     f"{m['regret']:>12.0f}{m['conversion_rate']:>7.3f}"
+                     f"{m['mean_reward_last']:>14.2f}{ratio:>10.1%}"
+                     f"{m['decisions_per_second']:>9.0f}")
+    lines.append("\narm share by tier:")
+    for name, m in payload["policies"].items():
+        for tier, shares in sorted(m["arm_share_by_tier"].items()):
+            text = ", ".join(f"{a} {s:.0%}" for a, s in sorted(shares.items()))
+            lines.append(f"  {name:<10} {tier:<9} {text}")
+    return "\n".join(lines)
+
+
+def _evaluate_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.evaluate import evaluate, format_report
+    from experiments.logs import read_log
+
+    log = read_log(Path(args.logs or settings.paths.decision_log), settings)
+    report = evaluate(log, settings, args.policy, alpha=args.alpha,
+                      n_bootstrap=args.n_bootstrap, seed=args.seed)
+    out = Path(args.out or Path(settings.paths.reports_dir) / "ope")
+    payload = report.model_dump()
+    _write_json(out / "ope.json", payload)
+    print(json.dumps(payload, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _abtest(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.abtest import analyse, format_report
+    from experiments.logs import read_log
+
+    log = read_log(Path(args.logs or settings.paths.decision_log), settings)
+    report = analyse(log, alpha=args.alpha)
+    out = Path(args.out or Path(settings.paths.reports_dir) / "abtest")
+    payload = report.model_dump()
+    _write_json(out / "abtest.json", payload)
+    print(json.dumps(payload, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.report import write_report
+
+    path = write_report(settings, Path(args.out) if args.out else None)
+    print(f"wrote {path}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this stage's sub-commands to the top-level parser."""
+    """Add ``simulate``, ``evaluate-policy``, ``abtest`` and ``report``."""
+    p = sub.add_parser("simulate", help="compare policies on a simulated marketplace",
+                       description="Run random, static, VW epsilon-greedy, VW squarecb and "
+                       "oracle policies on one seeded simulated stream; report reward, "
+                       "profit, regret, conversion and arm share by tier; plots and MLflow.")
+    p.add_argument("--decisions", type=int, default=50_000, help="requests (default 50000)")
+    p.add_argument("--seed", type=int, default=7, help="seed of users and requests")
+    p.add_argument("--users", type=int, default=5_000, help="simulated users (no --data)")
+    p.add_argument("--policies", default="random,static,epsilon,squarecb,oracle",
+                   help="comma list of random, static, epsilon, squarecb, oracle, always_ARM")
+    p.add_argument("--drift", action="store_true", help="shift the response model mid-run")
+    p.add_argument("--data", help="use the synthetic marketplace in DIR (DIR/latent, "
+                   "DIR/features) instead of a generated population")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--out", help="directory for simulation.json and the plots "
+                   "(default: reports_dir/simulation)")
+    p.add_argument("--keep-logs", metavar="DIR", help="keep the bandits' decision logs "
+                   "(service SQLite format, DIR/NAME.sqlite) for evaluate-policy and abtest")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-plots", action="store_true", help="do not draw the plots")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=_simulate)
+
+    p = sub.add_parser("evaluate-policy", help="off-policy evaluation on a decision log",
+                       description="Estimate a candidate policy's mean reward per decision "
+                       "on a logged decision stream with IPS, SNIPS and DR (LightGBM reward "
+                       "model), each with a bootstrap interval.\n\n" + LOG_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--logs", help="decision log (default: settings.paths.decision_log)")
+    p.add_argument("--policy", default="static",
+                   help="random, static, a saved VW model file, or file.py:function "
+                   "(row dict -> {arm: probability}); default static")
+    p.add_argument("--alpha", type=float, default=0.05, help="1 - interval level")
+    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="seed of folds and bootstrap")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--out", help="directory for ope.json (default: reports_dir/ope)")
+    p.set_defaults(handler=_evaluate_policy)
+
+    p = sub.add_parser("abtest", help="lift of each policy/campaign over the control group",
+                       description="Conversion, revenue and profit per policy or campaign "
+                       "against the control group, overall and per tier, with intervals, "
+                       "z-/Welch tests and ROI per arm.\n\n" + LOG_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--logs", help="decision log (default: settings.paths.decision_log)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--out", help="directory for abtest.json (default: reports_dir/abtest)")
+    p.set_defaults(handler=_abtest)
+
+    p = sub.add_parser("report", help="one self-contained HTML report for marketing",
+                       description="Write report.html with the segment report, model "
+                       "metrics, policy comparison, OPE and A/B results and their charts.")
+    p.add_argument("--out", help="directory of report.html (default: reports_dir)")
+    p.set_defaults(handler=_report)

@@ -15,8 +15,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import yaml
+
 from nextbest import __version__
-from nextbest.config import load_settings
+from nextbest.config import Settings, load_settings
 from nextbest.errors import NextbestError
 
 # Modules whose ``register(subparsers)`` adds sub-commands, in help order.
@@ -32,9 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config file (default: ./nextbest.yaml or $NEXTBEST_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _register_config(sub)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+def _register_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the effective configuration (defaults + file + env) as YAML")
+    p.set_defaults(handler=_show_config)
+
+
+def _show_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,10 +111,21 @@ class AlertConfig(_Section):
 
 
 class ClusterConfig(_Section):
+    """K-Means on scaled log RFM and behaviour features; k in [k_min, k_max] by silhouette."""
+
     k_min: int = Field(2, ge=2)
     k_max: int = Field(8, ge=2)
     sample_size: int = Field(20000, gt=100)
+    # Silhouette is quadratic in rows, so it is scored on a smaller sample of the fit sample.
+    silhouette_sample: int = Field(2000, gt=100)
+    n_init: int = Field(1, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _k_range(self) -> ClusterConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
 
 
 class FeaturesConfig(_Section):
@@ -125,12 +136,19 @@ class FeaturesConfig(_Section):
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     clusters: ClusterConfig = Field(default_factory=ClusterConfig)
     spark_master: str = "local[*]"
+    spark_shuffle_partitions: int = Field(8, ge=1)
+    # DuckDB runs in-process: cap its memory; threads 0 means one per core.
+    duckdb_memory_limit: str = "4GB"
+    duckdb_threads: int = Field(0, ge=0)
 
 
 class StoreConfig(_Section):
     backend: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "nextbest:"
+    redis_timeout_seconds: float = Field(5.0, gt=0)
+    # How long a writer or reader waits for a lock held by another process.
+    sqlite_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class LabelConfig(_Section):
@@ -145,9 +163,17 @@ class TrainingConfig(_Section):
     cutoff_step_days: int = Field(30, gt=0)
     seed: int = 0
     num_boost_round: int = Field(1000, gt=0)
-    early_stopping_rounds: int = Field(50, gt=0)
-    learning_rate: float = Field(0.05, gt=0)
+    early_stopping_rounds: int = Field(30, gt=0)
+    learning_rate: float = Field(0.1, gt=0)
     num_leaves: int = Field(31, gt=1)
+    min_child_samples: int = Field(50, gt=0)
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    lambda_l2: float = Field(1.0, ge=0)
+    # 0 lets LightGBM use every core.
+    num_threads: int = Field(0, ge=0)
+    # Users sampled (seeded) to fit BG/NBD; scoring covers everyone.
+    bgnbd_sample: int = Field(50000, gt=100)
+    bgnbd_penalizer: float = Field(0.001, ge=0)
 
 
 class ArmConfig(_Section):
@@ -184,6 +210,8 @@ class ExplorationConfig(_Section):
     gamma_scale: float = Field(10.0, gt=0)
     gamma_exponent: float = Field(0.5, ge=0)
     interactions: list[str] = Field(default_factory=lambda: ["SA", "CA", "UA"])
+    softmax_lambda: float = Field(10.0, gt=0)
+    bag_size: int = Field(5, ge=2)
     extra_args: str = ""
 
 
@@ -209,7 +237,16 @@ class BanditConfig(_Section):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     contact: ContactPolicyConfig = Field(default_factory=ContactPolicyConfig)
     checkpoint_every: int = Field(500, gt=0)
+    # The learner also checkpoints when it has learned anything for this long, so scorers
+    # see new learning within about checkpoint_seconds + reload_seconds.
+    checkpoint_seconds: float = Field(2.0, gt=0)
     reload_seconds: float = Field(1.0, gt=0)
+    # VW hash bits (-b): 2**bits weights.
+    bits: int = Field(18, ge=10, le=28)
+    # SQLite PRAGMA synchronous of the decision log (WAL). NORMAL survives a process crash
+    # (kill -9) with every committed decision and reward; FULL also survives power loss at
+    # the price of an fsync per commit.
+    log_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     sweep_seconds: float = Field(30.0, gt=0)
     seed: int = 0
 
@@ -256,6 +293,11 @@ class ServingConfig(_Section):
     port: int = Field(3000, gt=0, lt=65536)
     workers: int = Field(1, ge=1)
     max_batch: int = Field(1000, gt=0)
+    # Users whose churn/propensity scores are kept in memory, per (user, as_of); the cache
+    # is emptied on /models/reload. 0 scores every request afresh.
+    score_cache_size: int = Field(100_000, ge=0)
+    # BentoML's per-request access log line (costs CPU on every request).
+    access_log: bool = True
     triggers: list[TriggerRule] = Field(default_factory=_default_triggers)
 
 

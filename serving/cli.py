@@ -1,9 +1,83 @@
-"""Sub-commands of the ``serving`` stage (registered into the ``nextbest`` CLI)."""
+"""Sub-commands of the ``serving`` stage (registered into the ``nextbest`` CLI).
+
+``nextbest serve`` runs ``bentoml serve serving.service:NextBest`` as a child process. The
+child reads the same configuration: the config file travels in ``NEXTBEST_CONFIG`` and the
+command-line choices (host, port, workers) in ``NEXTBEST__SERVING__*`` variables, so the
+service and the CLI cannot disagree about them. SIGINT and SIGTERM are forwarded to the
+child, and the command exits with the child's exit code.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from nextbest.config import Settings
+
+SERVICE_TARGET = "serving.service:NextBest"
+
+
+def serve_command(settings: Settings, *, host: str, port: int) -> list[str]:
+    """The ``bentoml serve`` command line that starts the service on ``host:port``."""
+    del settings  # the child reads its settings from the environment built below
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET,
+            "--host", host, "--port", str(port)]
+
+
+def serve_env(*, host: str, port: int, workers: int, config: str | None,
+              base: dict[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: ``base`` (default: ours) plus the serving choices."""
+    env = dict(os.environ if base is None else base)
+    env["NEXTBEST__SERVING__HOST"] = host
+    env["NEXTBEST__SERVING__PORT"] = str(port)
+    env["NEXTBEST__SERVING__WORKERS"] = str(workers)
+    if config:
+        env["NEXTBEST_CONFIG"] = str(Path(config).resolve())
+    # The service module must be importable whatever the working directory is.
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    return env
+
+
+def run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
+    """Run ``cmd`` and pass SIGINT/SIGTERM on to it until it exits; return its exit code."""
+    child = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Handler of ``nextbest serve``."""
+    host = args.host or settings.serving.host
+    port = args.port or settings.serving.port
+    workers = args.workers or settings.serving.workers
+    cmd = serve_command(settings, host=host, port=port)
+    env = serve_env(host=host, port=port, workers=workers, config=getattr(args, "config", None))
+    print(f"serving on http://{host}:{port} with {workers} worker(s)", file=sys.stderr)
+    return run_forwarding_signals(cmd, env)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this stage's sub-commands to the top-level parser."""
+    """Add ``nextbest serve`` to the top-level parser."""
+    parser = sub.add_parser("serve", help="run the BentoML service (score, next best action)")
+    parser.add_argument("--host", default=None,
+                        help="address to bind (default: serving.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port to listen on (default: serving.port, 3000)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes; one learns, the others score (default: 1)")
+    parser.set_defaults(handler=_serve)

@@ -1,0 +1,182 @@
+"""A/B and holdout analysis: each policy or campaign against the global control group.
+
+The control group (decisions with ``control`` true: no action) is the holdout. For every
+policy/campaign, overall and per tier, we report conversion (difference with a normal
+interval and a two-proportion z-test), revenue and profit per decision (difference with a
+Welch interval and Welch's t-test), and for every arm the ROI of its spend::
+
+    incremental revenue = n_arm x (mean revenue of the arm - mean revenue of control)
+    ROI                 = (incremental revenue - spend) / spend
+
+Profit is revenue minus the arm cost paid (control pays nothing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+from scipy import stats
+
+from nextbest.errors import DataError
+
+
+class Interval(BaseModel):
+    """A difference (treatment - control) with its interval and test."""
+
+    treatment: float
+    control: float
+    diff: float
+    low: float
+    high: float
+    p_value: float
+    significant: bool
+
+
+class GroupComparison(BaseModel):
+    """One policy/campaign (optionally within one tier) against the control group."""
+
+    group: str
+    tier: str
+    n: int
+    n_control: int
+    conversion: Interval
+    revenue: Interval
+    profit: Interval
+
+
+class ArmRoi(BaseModel):
+    """Return on one arm's spend, measured against the control group's revenue."""
+
+    arm: str
+    n: int
+    spend: float
+    revenue: float
+    incremental_revenue: float
+    roi: float | None
+
+
+class AbTestReport(BaseModel):
+    """Everything ``nextbest abtest`` prints."""
+
+    alpha: float
+    n_decisions: int
+    n_control: int
+    overall: list[GroupComparison]
+    per_tier: list[GroupComparison]
+    arms: list[ArmRoi]
+
+
+def two_proportion(x_t: int, n_t: int, x_c: int, n_c: int, alpha: float) -> Interval:
+    """Difference of conversion rates with an Agresti-Caffo interval (Wald after adding one
+    success and one failure per group, which keeps its coverage for small groups and rates
+    near 0) and a pooled two-sided z-test."""
+    p_t, p_c = x_t / n_t, x_c / n_c
+    diff = p_t - p_c
+    z = stats.norm.ppf(1 - alpha / 2)
+    a_t, a_c = (x_t + 1) / (n_t + 2), (x_c + 1) / (n_c + 2)
+    centre = a_t - a_c
+    se = math.sqrt(a_t * (1 - a_t) / (n_t + 2) + a_c * (1 - a_c) / (n_c + 2))
+    pooled = (x_t + x_c) / (n_t + n_c)
+    se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_t + 1 / n_c))
+    p_value = 1.0 if se0 == 0 else float(2 * stats.norm.sf(abs(diff) / se0))
+    return Interval(treatment=p_t, control=p_c, diff=diff, low=centre - z * se,
+                    high=centre + z * se, p_value=p_value, significant=p_value < alpha)
+
+
+def welch(treatment: np.ndarray, control: np.ndarray, alpha: float) -> Interval:
+    """Difference of means with a Welch-Satterthwaite interval and Welch's t-test."""
+    m_t, m_c = float(treatment.mean()), float(control.mean())
+    v_t = treatment.var(ddof=1) / len(treatment) if len(treatment) > 1 else 0.0
+    v_c = control.var(ddof=1) / len(control) if len(control) > 1 else 0.0
+    se = math.sqrt(v_t + v_c)
+    diff = m_t - m_c
+    if se == 0:
+        return Interval(treatment=m_t, control=m_c, diff=diff, low=diff, high=diff,
+                        p_value=1.0 if diff == 0 else 0.0, significant=diff != 0)
+    dof = (v_t + v_c) ** 2 / (
+        (v_t ** 2 / (len(treatment) - 1) if v_t else 0.0)
+        + (v_c ** 2 / (len(control) - 1) if v_c else 0.0))
+    t = stats.t.ppf(1 - alpha / 2, dof)
+    p_value = float(2 * stats.t.sf(abs(diff) / se, dof))
+    return Interval(treatment=m_t, control=m_c, diff=diff, low=diff - t * se, high=diff + t * se,
+                    p_value=p_value, significant=p_value < alpha)
+
+
+def compare(treated: pd.DataFrame, control: pd.DataFrame, *, group: str, tier: str,
+            alpha: float) -> GroupComparison:
+    """Compare one treated slice of the log to a control slice."""
+    conv = two_proportion(int(treated["converted"].sum()), len(treated),
+                          int(control["converted"].sum()), len(control), alpha)
+    revenue_t = treated["revenue"].to_numpy(float)
+    revenue_c = control["revenue"].to_numpy(float)
+    profit_t = revenue_t - treated["cost"].to_numpy(float)
+    profit_c = revenue_c - control["cost"].to_numpy(float)
+    return GroupComparison(group=group, tier=tier, n=len(treated), n_control=len(control),
+                           conversion=conv, revenue=welch(revenue_t, revenue_c, alpha),
+                           profit=welch(profit_t, profit_c, alpha))
+
+
+def arm_roi(log: pd.DataFrame, control: pd.DataFrame) -> list[ArmRoi]:
+    """ROI of each arm's spend against the control group's revenue per decision."""
+    base = float(control["revenue"].mean())
+    out = []
+    for arm, rows in log[~log["control"] & log["action"].notna()].groupby("action"):
+        spend = float(rows["cost"].sum())
+        revenue = float(rows["revenue"].sum())
+        incremental = revenue - base * len(rows)
+        roi = (incremental - spend) / spend if spend > 0 else None
+        out.append(ArmRoi(arm=str(arm), n=len(rows), spend=spend, revenue=revenue,
+                          incremental_revenue=incremental, roi=roi))
+    return out
+
+
+def analyse(log: pd.DataFrame, *, alpha: float = 0.05, min_group: int = 2) -> AbTestReport:
+    """The full A/B report of a normalised log (:func:`experiments.logs.read_log`).
+
+    Groups are the ``policy`` column (policy version or campaign) of non-control decisions;
+    a tier comparison is made when both sides have at least ``min_group`` decisions.
+    """
+    control = log[log["control"]]
+    if len(control) < min_group:
+        raise DataError(f"the log has {len(control)} control-group decisions; an A/B analysis "
+                        "needs a control group (decisions with control=true / no action)",
+                        field="control")
+    treated = log[~log["control"]]
+    if treated.empty:
+        raise DataError("the log holds only control-group decisions", field="control")
+    overall, per_tier = [], []
+    for group, rows in treated.groupby("policy", sort=True):
+        if len(rows) >= min_group:
+            overall.append(compare(rows, control, group=str(group), tier="all", alpha=alpha))
+        for tier, tier_rows in rows.groupby("tier", sort=True):
+            tier_control = control[control["tier"] == tier]
+            if len(tier_rows) >= min_group and len(tier_control) >= min_group:
+                per_tier.append(compare(tier_rows, tier_control, group=str(group),
+                                        tier=str(tier), alpha=alpha))
+    return AbTestReport(alpha=alpha, n_decisions=len(log), n_control=len(control),
+                        overall=overall, per_tier=per_tier, arms=arm_roi(log, control))
+
+
+def format_report(report: AbTestReport) -> str:
+    """A readable table of the report for the terminal."""
+    lines = [f"{report.n_decisions} decisions, {report.n_control} in the control group "
+             f"(alpha={report.alpha})", "",
+             f"{'group':<22}{'tier':<10}{'n':>7}  {'conv lift':>22}  {'revenue/dec lift':>26}"
+             f"  {'profit/dec lift':>26}  p(conv)"]
+    for row in report.overall + report.per_tier:
+        c, r, p = row.conversion, row.revenue, row.profit
+        lines.append(
+            f"{row.group:<22}{row.tier:<10}{row.n:>7}  "
+            f"{c.diff:+.4f} [{c.low:+.4f},{c.high:+.4f}]  "
+            f"{r.diff:+8.2f} [{r.low:+8.2f},{r.high:+8.2f}]  "
+            f"{p.diff:+8.2f} [{p.low:+8.2f},{p.high:+8.2f}]  {c.p_value:.3g}"
+            + (" *" if c.significant else ""))
+    lines += ["", f"{'arm':<16}{'n':>7}{'spend':>12}{'incr. revenue':>16}{'ROI':>8}"]
+    for arm in report.arms:
+        roi = "n/a" if arm.roi is None else f"{arm.roi:+.2f}"
+        lines.append(f"{arm.arm:<16}{arm.n:>7}{arm.spend:>12.2f}"
+                     f"{arm.incremental_revenue:>16.2f}{roi:>8}")
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""Play every policy on the same simulated stream and measure what each earned.
+
+For each request in order: conversions whose delay has passed are reported to the policy
+(:meth:`SimPolicy.feedback`, through the engine's ``feedback`` for the bandits), then the
+policy chooses, and the outcome is drawn with the stream's common random number (so every
+policy faces the same luck). Non-conversions are reported after
+``no_conversion_after_minutes``. The oracle is always played, since regret is measured
+against it.
+
+Contact caps are switched off for the simulation (:func:`simulation_settings`): with a few
+thousand users meeting tens of thousands of requests they would bind constantly and turn
+arm choice into a planning problem; the caps themselves are the serving stage's to test.
+"""
+
+from __future__ import annotations
+
+import heapq
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from experiments.policies import SimPolicy, build_policy
+from experiments.simulator import (
+    FEATURE_COLUMNS_FOR_VIEW,
+    SimulationConfig,
+    Stream,
+    make_stream,
+)
+from nextbest.config import Settings
+from serving.bandit import reward_of
+from serving.policy import RequestContext, UserView
+
+START = datetime(2026, 1, 5, tzinfo=UTC)
+ProgressFn = Callable[[str, int, int], None]
+
+
+class PolicyMetrics(BaseModel):
+    """What one policy earned on the stream (rewards in ``settings.bandit.reward.kind``)."""
+
+    decisions: int
+    cumulative_reward: float
+    mean_reward: float
+    mean_reward_last: float          # realised, last 20% of the run
+    expected_reward_last: float      # true expected reward of the choices, last 20%
+    profit: float                    # revenue - arm cost
+    revenue: float
+    arm_cost: float
+    regret: float                    # sum of (oracle's expected reward - own), all steps
+    conversion_rate: float
+    arm_share: dict[str, float]
+    arm_share_by_tier: dict[str, dict[str, float]]
+    seconds: float
+    decisions_per_second: float
+
+
+@dataclass
+class Trace:
+    """Per-step outcome of one policy, each array of shape ``(n,)``."""
+
+    arm: np.ndarray          # arm index, -1 for no action
+    converted: np.ndarray
+    revenue: np.ndarray
+    cost: np.ndarray
+    reward: np.ndarray
+    expected: np.ndarray     # true expected reward of the chosen action
+    control: np.ndarray
+    seconds: float
+
+
+def simulation_settings(settings: Settings) -> Settings:
+    """``settings`` with the contact caps switched off (see the module docstring)."""
+    bandit = settings.bandit
+    arms = [arm.model_copy(update={"max_per_user_per_week": None}) for arm in bandit.arms]
+    contact = bandit.contact.model_copy(update={"max_actions_per_user_per_day": 10**9,
+                                                "quiet_hours": []})
+    return settings.model_copy(update={"bandit": bandit.model_copy(
+        update={"arms": arms, "contact": contact})})
+
+
+def user_views(population: pd.DataFrame) -> list[UserView]:
+    """One :class:`UserView` per population row, with the features the bandit reads."""
+    cols = [c for c in FEATURE_COLUMNS_FOR_VIEW if c in population.columns]
+    views = []
+    for row in population.to_dict("records"):
+        views.append(UserView(
+            user_id=str(row["user_id"]), known=True, tier=str(row["tier"]),
+            segment=str(row["segment"]), tags=list(row["tags"]),
+            churn_probability=float(row["churn_probability"]),
+            purchase_propensity=float(row["purchase_propensity"]),
+            features={c: float(row[c]) for c in cols}))
+    return views
+
+
+def contexts(stream: Stream) -> list[RequestContext]:
+    """The request context of every step."""
+    return [RequestContext(channel="app", page=str(page), item_id=f"item-{i}",
+                           item_price=float(price), category=str(cat), hour=int(hour))
+            for i, (page, price, cat, hour) in enumerate(
+                zip(stream.page, stream.item_price, stream.category, stream.hour, strict=True))]
+
+
+def play(policy: SimPolicy, stream: Stream, views: list[UserView],
+         requests: list[RequestContext], settings: Settings, config: SimulationConfig,
+         progress: ProgressFn | None = None) -> Trace:
+    """Run ``policy`` over the stream with delayed feedback; returns its :class:`Trace`."""
+    n = len(stream)
+    arm_index = {arm.name: i for i, arm in enumerate(settings.bandit.arms)}
+    trace = Trace(arm=np.full(n, -1), converted=np.zeros(n, bool), revenue=np.zeros(n),
+                  cost=np.zeros(n), reward=np.zeros(n), expected=np.zeros(n),
+                  control=np.zeros(n, bool), seconds=0.0)
+    queue: list[tuple[float, int, object, bool, float]] = []
+    started = time.perf_counter()
+    every = max(n // 20, 1)
+    for t in range(n):
+        minute = float(stream.minute[t])
+        while queue and queue[0][0] <= minute:
+            due, _, choice, converted, revenue = heapq.heappop(queue)
+            policy.feedback(choice, converted, revenue, START + timedelta(minutes=due))
+        now = START + timedelta(minutes=minute)
+        choice = policy.choose(t, views[stream.user_index[t]], requests[t], now)
+        a = -1 if choice.action is None else arm_index[choice.action]
+        p = stream.base_probability[t] if a < 0 else stream.probability[t, a]
+        converted = bool(stream.uniform[t] < p)
+        price = float(stream.item_price[t])
+        trace.arm[t], trace.converted[t], trace.control[t] = a, converted, choice.control
+        trace.reward[t] = reward_of(settings.bandit, choice.action, converted,
+                                    price * converted, price)
+        trace.revenue[t] = price if converted else 0.0
+        trace.cost[t] = stream.cost[t, a] if (converted and a >= 0) else 0.0
+        trace.expected[t] = (stream.base_expected_reward[t] if a < 0
+                             else stream.expected_reward[t, a])
+        delay = stream.delay[t] if converted else config.no_conversion_after_minutes
+        heapq.heappush(queue, (minute + float(delay), t, choice, converted, price * converted))
+        if progress and (t + 1) % every == 0:
+            progress(policy.name, t + 1, n)
+    while queue:  # report the outcomes still pending so a kept log is complete
+        due, _, choice, converted, revenue = heapq.heappop(queue)
+        policy.feedback(choice, converted, revenue, START + timedelta(minutes=due))
+    trace.seconds = time.perf_counter() - started
+    return trace
+
+
+def summarise(trace: Trace, oracle: Trace, tiers: np.ndarray,
+              arms: list[str]) -> PolicyMetrics:
+    """The metrics of one trace, regret against the oracle's trace."""
+    n = trace.arm.shape[0]
+    last = slice(n - max(n // 5, 1), n)
+    names = np.array(arms + ["none"])
+    chosen = names[trace.arm]  # -1 indexes "none"
+    share = pd.Series(chosen).value_counts(normalize=True)
+    by_tier = pd.crosstab(tiers, chosen, normalize="index")
+    return PolicyMetrics(
+        decisions=n,
+        cumulative_reward=float(trace.reward.sum()),
+        mean_reward=float(trace.reward.mean()),
+        mean_reward_last=float(trace.reward[last].mean()),
+        expected_reward_last=float(trace.expected[last].mean()),
+        profit=float((trace.revenue - trace.cost).sum()),
+        revenue=float(trace.revenue.sum()),
+        arm_cost=float(trace.cost.sum()),
+        regret=float((oracle.expected - trace.expected).sum()),
+        conversion_rate=float(trace.converted.mean()),
+        arm_share={str(k): float(v) for k, v in share.items()},
+        arm_share_by_tier={str(t): {str(a): float(v) for a, v in row.items()}
+                           for t, row in by_tier.iterrows()},
+        seconds=trace.seconds,
+        decisions_per_second=n / trace.seconds if trace.seconds > 0 else float("inf"),
+    )
+
+
+@dataclass
+class SimulationResult:
+    """Everything a run produced: the stream, the per-policy traces and their metrics."""
+
+    config: SimulationConfig
+    stream: Stream
+    tiers: np.ndarray
+    arms: list[str]
+    traces: dict[str, Trace]
+    metrics: dict[str, PolicyMetrics]
+
+    def to_json(self) -> dict:
+        """The ``--json`` document of ``nextbest simulate``."""
+        oracle = self.traces["oracle"].expected  # always played: regret is measured on it
+        oracle_last = float(oracle[len(oracle) - max(len(oracle) // 5, 1):].mean())
+        return {
+            "decisions": self.config.decisions, "seed": self.config.seed,
+            "users": self.config.users, "drift": self.config.drift,
+            "drift_index": self.stream.drift_index, "arms": self.arms,
+            "policies": {name: m.model_dump() for name, m in self.metrics.items()},
+            "oracle_expected_reward_last": oracle_last,
+        }
+
+
+def simulate(settings: Settings, population: pd.DataFrame, config: SimulationConfig,
+             policies: list[str], *, log_dir: Path | None = None,
+             progress: ProgressFn | None = None) -> SimulationResult:
+    """Run each named policy (plus the oracle) on one seeded stream over ``population``.
+
+    The bandit policies' decision logs (the service's SQLite format, ``NAME.sqlite``) are
+    kept in ``log_dir`` when given, for ``evaluate-policy`` and ``abtest``; else discarded.
+    """
+    sim_settings = simulation_settings(settings)
+    stream = make_stream(sim_settings, population, config)
+    views = user_views(population)
+    requests = contexts(stream)
+    arms = [arm.name for arm in sim_settings.bandit.arms]
+    tiers = population["tier"].to_numpy()[stream.user_index].astype(str)
+    names = list(dict.fromkeys(["oracle", *policies]))
+    traces: dict[str, Trace] = {}
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    keep = nullcontext(str(log_dir)) if log_dir is not None else tempfile.TemporaryDirectory()
+    with keep as scratch:
+        for name in names:
+            policy = build_policy(name, sim_settings, seed=config.seed,
+                                  expected_reward=stream.expected_reward,
+                                  scratch_dir=Path(scratch))
+            try:
+                traces[name] = play(policy, stream, views, requests, sim_settings, config,
+                                    progress)
+            finally:
+                policy.close()
+    metrics = {name: summarise(traces[name], traces["oracle"], tiers, arms)
+               for name in names if name in policies}
+    return SimulationResult(config=config, stream=stream, tiers=tiers, arms=arms,
+                            traces=traces, metrics=metrics)

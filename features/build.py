@@ -1,0 +1,266 @@
+"""Build the point-in-time feature table of one ``as_of`` date (issue 2, docs/CONTRACT.md).
+
+The public API other stages call: :func:`build_features`, :func:`load_features`,
+:func:`available_as_of`, :func:`default_as_of`, :func:`feature_columns`,
+:func:`categorical_columns`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from features.definitions import EVENT_KINDS, feature_table
+from features.engines import connect, execute_arrow, latest_timestamp, register_tables
+from features.segmentation import ClusterReport, segment
+from nextbest.config import FeaturesConfig, Settings
+from nextbest.errors import DataError, NotFound
+
+log = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.parquet"
+CLUSTERS_FILE = "clusters.json"
+_PARTITION = re.compile(r"^as_of=(\d{4}-\d{2}-\d{2})$")
+_DEFAULT_WINDOWS: tuple[int, ...] = tuple(FeaturesConfig().windows_days)
+
+
+def _windows(windows: Sequence[int]) -> list[int]:
+    """The windows to compute: the configured ones plus 30 days, which the contract needs."""
+    return sorted(set(windows) | {30})
+
+
+def categorical_columns() -> list[str]:
+    """Model-input columns that hold categories (strings), not numbers."""
+    return ["region", "channel", "top_category"]
+
+
+def feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
+    """Model-input feature names (numeric, then categorical) in a fixed order."""
+    ws = _windows(windows)
+    cols = ["tenure_days", "recency_days", "frequency_total", "monetary_total"]
+    cols += [f"frequency_{w}d" for w in ws] + [f"monetary_{w}d" for w in ws]
+    cols += ["aov", "spend_trend", "days_since_login"]
+    for kind in EVENT_KINDS:
+        cols += [f"{kind}_{w}d" for w in ws]
+    cols += ["browse_to_buy_30d", "cart_abandonments_30d", "category_entropy", "return_rate",
+             "coupon_share", "items_listed", "items_sold", "sell_through_rate", "days_to_sell",
+             "commission_paid", "is_seller"]
+    return cols + categorical_columns()
+
+
+def segmentation_columns() -> list[str]:
+    """Columns added by segmentation after the engine computed the features."""
+    return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier", "tags"]
+
+
+def partition_dir(features_dir: Path, as_of: date) -> Path:
+    """The directory holding the features of one ``as_of``."""
+    return Path(features_dir) / f"as_of={as_of.isoformat()}"
+
+
+def available_as_of(settings: Settings, features_dir: Path | None = None) -> list[date]:
+    """The ``as_of`` dates that have a features file, oldest first."""
+    root = Path(features_dir or settings.paths.features_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _PARTITION.match(child.name)
+        if match and (child / FEATURES_FILE).is_file():
+            found.append(date.fromisoformat(match.group(1)))
+    return sorted(found)
+
+
+def load_features(settings: Settings, as_of: date,
+                  features_dir: Path | None = None) -> pd.DataFrame:
+    """Read the features written for ``as_of``; :class:`NotFound` if they were never built."""
+    path = partition_dir(Path(features_dir or settings.paths.features_dir), as_of) / FEATURES_FILE
+    if not path.is_file():
+        raise NotFound(f"no features for as_of {as_of.isoformat()} ({path} is missing); "
+                       f"run `nextbest features build --as-of {as_of}` first", field="as_of")
+    return pd.read_parquet(path)
+
+
+def default_as_of(settings: Settings, raw_dir: Path | None = None) -> date:
+    """The day after the latest order or event timestamp in the raw data (whole history)."""
+    latest = latest_timestamp(Path(raw_dir or settings.paths.raw_dir))
+    if latest is None:
+        raise DataError("cannot choose a default as_of: the raw orders/events hold no rows",
+                        field="as_of")
+    return latest.date() + timedelta(days=1)
+
+
+def build_features(settings: Settings, as_of: date | None = None, *, engine: str | None = None,
+                   raw_dir: Path | None = None, out_dir: Path | None = None,
+                   refresh_store: bool = True, progress: bool = True,
+                   timings: dict[str, float] | None = None) -> pd.DataFrame:
+    """Compute, segment and write the features of ``as_of``; return the written frame.
+
+    Reads ``raw_dir/{users,orders,listings,events}.parquet`` (only orders are required),
+    computes the point-in-time features with ``engine`` (``duckdb`` in-process by default,
+    or ``spark``) from the one ibis definition in :mod:`features.definitions`, adds tiers,
+    RFM segments, clusters, seller tiers and tags (:mod:`features.segmentation`), writes
+    ``out_dir/as_of=YYYY-MM-DD/features.parquet`` and ``clusters.json`` beside it, and
+    refreshes the online store when ``refresh_store`` is true. ``as_of`` None means
+    :func:`default_as_of`. ``timings``, if given, receives the seconds of each stage.
+
+    On a Spark cluster, submit this module with spark-submit (``main`` runs
+    ``nextbest features build --engine spark`` with the same flags). The master and the
+    cluster settings then come from spark-submit, the driver binds 127.0.0.1 only for a
+    local master, and the raw and output paths must be visible to driver and executors (a
+    shared file system). With the project's virtualenv on PATH::
+
+        PYSPARK_PYTHON=.venv/bin/python spark-submit --master spark://HOST:7077 \\
+            features/build.py --as-of 2026-01-01 --data /shared/raw --out /shared/features
+
+    (checked here with ``--master local[2]``).
+    """
+    started = time.perf_counter()
+    engine = engine or settings.features.engine
+    raw = Path(raw_dir or settings.paths.raw_dir)
+    root = Path(out_dir or settings.paths.features_dir)
+    windows = _windows(settings.features.windows_days)
+    as_of = as_of or default_as_of(settings, raw)
+    names = ["read raw tables", f"compute features ({engine})", "segment", "write"]
+    names += ["refresh online store"] if refresh_store else []
+    with _Stages(names, f"features {as_of}", progress) as stages:
+        frame = _compute(settings, engine, raw, as_of, windows, stages)
+        frame, report = segment(frame, settings.features)
+        frame = _as_written(frame[["user_id", "as_of"] + feature_columns(windows)
+                                  + segmentation_columns()])
+        stages.done()
+        _write(frame, report, partition_dir(root, as_of))
+        stages.done()
+        if refresh_store:
+            from features.store import open_store  # only needed when refreshing the store
+
+            with open_store(settings) as store:
+                store.write(frame, as_of)
+            stages.done()
+    if timings is not None:
+        timings.update(stages.seconds)
+    log.debug("built features as_of %s: %d users, %d columns in %.1f s (%s)", as_of, len(frame),
+              frame.shape[1], time.perf_counter() - started, engine)
+    return frame
+
+
+class _Stages:
+    """A progress bar over the build's stages that also records the seconds each took."""
+
+    def __init__(self, names: list[str], title: str, enabled: bool):
+        self.names = names
+        self.seconds: dict[str, float] = {}
+        self._bar = tqdm(total=len(names), desc=title, unit="stage", disable=not enabled,
+                         leave=False)
+        self._bar.set_postfix_str(names[0])
+        self._since = time.perf_counter()
+        self._current = 0
+
+    def done(self) -> None:
+        """Finish the current stage and name the next one."""
+        now = time.perf_counter()
+        self.seconds[self.names[self._current]] = round(now - self._since, 3)
+        self._since = now
+        self._current += 1
+        self._bar.update(1)
+        if self._current < len(self.names):
+            self._bar.set_postfix_str(self.names[self._current])
+
+    def __enter__(self) -> _Stages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+
+
+def _compute(settings: Settings, engine: str, raw: Path, as_of: date, windows: list[int],
+             stages: _Stages) -> pd.DataFrame:
+    """Run the ibis definition on ``engine`` and return the normalised feature frame."""
+    con = connect(engine, settings.features)
+    try:
+        tables = register_tables(con, raw)
+        stages.done()
+        table = execute_arrow(con, feature_table(tables, as_of, windows).order_by("user_id"))
+    finally:
+        if engine == "duckdb":  # the Spark session is shared by the whole process
+            con.disconnect()
+    frame = _normalise(table, as_of, windows)
+    stages.done()
+    return frame
+
+
+def _int_columns(windows: Sequence[int]) -> list[str]:
+    counts = ["frequency_total", "cart_abandonments_30d", "items_listed", "items_sold"]
+    counts += [f"frequency_{w}d" for w in windows]
+    counts += [f"{kind}_{w}d" for kind in EVENT_KINDS for w in windows]
+    return counts
+
+
+def _normalise(table: pa.Table, as_of: date, windows: Sequence[int]) -> pd.DataFrame:
+    """Same dtypes whatever the engine: ints, floats rounded to 1e-9, strings, a bool.
+
+    Done on the Arrow result, before pandas sees it. Rounding makes sums that two engines
+    add up in a different order equal, so tiers and quintiles, which rank these values,
+    agree between engines too.
+    """
+    ints = set(_int_columns(windows))
+    strings = {"user_id", *categorical_columns()}
+    columns: dict[str, pa.ChunkedArray] = {}
+    for name in table.column_names:
+        values = table[name]
+        if name in ints:
+            columns[name] = pc.fill_null(values, 0).cast(pa.int64())
+        elif name in strings:
+            columns[name] = values.cast(pa.string())
+        elif name == "is_seller":
+            columns[name] = pc.fill_null(values, False).cast(pa.bool_())
+        else:
+            columns[name] = pc.round(values.cast(pa.float64()), 9)
+        if name == "user_id":
+            columns["as_of"] = pa.chunked_array(
+                [pa.repeat(pa.scalar(as_of, pa.date32()), len(table)).cast(pa.timestamp("us"))])
+    return pa.table(columns).to_pandas(split_blocks=True, self_destruct=True)
+
+
+def _as_written(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as pandas' string dtype (missing = NaN), as a Parquet round trip gives."""
+    text = ["user_id", *categorical_columns(), "tier", "segment", "seller_tier"]
+    return frame.astype({column: "str" for column in text})
+
+
+def _write(frame: pd.DataFrame, report: ClusterReport, directory: Path) -> None:
+    """Write features.parquet and clusters.json, each replaced atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{FEATURES_FILE}.tmp"
+    text = [name for name, dtype in frame.dtypes.items() if dtype == "str"]
+    # Dictionary-encode only text: float columns rarely repeat, so it is wasted work there.
+    frame.to_parquet(tmp, index=False, use_dictionary=text)
+    os.replace(tmp, directory / FEATURES_FILE)
+    tmp_json = directory / f".{CLUSTERS_FILE}.tmp"
+    tmp_json.write_text(report.model_dump_json(indent=2))
+    os.replace(tmp_json, directory / CLUSTERS_FILE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``spark-submit features/build.py ...``: ``features build --engine spark``."""
+    from nextbest.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--engine" not in args:
+        args += ["--engine", "spark"]
+    return cli_main(["features", "build", *args])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

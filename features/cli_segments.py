@@ -1,0 +1,74 @@
+"""``nextbest segments report``: the tier and segment report of one as_of (issue 2, item 5)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+
+from features.report import (
+    build_report,
+    default_out_dir,
+    load_churn_scorer,
+    render_text,
+    resolve_as_of,
+    write_report,
+)
+from nextbest.config import Settings
+
+
+def _date(text: str) -> date:
+    """An ISO date from the command line, with a message argparse shows on a bad one."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    """``nextbest segments`` alone: show its sub-commands and fail like a usage error."""
+    parser.print_help()
+    return 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``nextbest segments report``."""
+    segments = sub.add_parser("segments", help="tier and segment reports")
+    commands = segments.add_subparsers(dest="segments_command", metavar="COMMAND")
+    segments.set_defaults(handler=lambda args, settings: _usage(segments))
+    report = commands.add_parser(
+        "report", help="tier sizes, shares, ARPU, segments, tier migration and alerts",
+        description="Summarise the features of one as_of: tiers, segments, the tier "
+                    "migration since --compare-to and alerts. Writes report.json and "
+                    "segments.png into --out and prints their paths.")
+    report.add_argument("--as-of", type=_date, help="features date (default: the latest built)")
+    report.add_argument("--compare-to", type=_date,
+                        help="second features date: tier migration and share shifts")
+    report.add_argument("--json", action="store_true", help="print the report as one JSON "
+                        "object (paths go to stderr)")
+    report.add_argument("--out", type=Path,
+                        help="output directory (default: REPORTS_DIR/segments_AS_OF)")
+    report.add_argument("--features-dir", type=Path,
+                        help="features root (default: paths.features_dir)")
+    report.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace, settings: Settings) -> int:
+    """Build, print and write the segments report."""
+    # Check the dates before loading the churn model, which takes seconds.
+    as_of = resolve_as_of(settings, args.as_of, args.features_dir)
+    compare_to = args.compare_to and resolve_as_of(settings, args.compare_to, args.features_dir)
+    report = build_report(settings, as_of, compare_to, scorer=load_churn_scorer(settings),
+                          features_dir=args.features_dir)
+    json_path, chart_path = write_report(report, args.out or default_out_dir(settings, report))
+    if args.json:
+        print(report.model_dump_json())
+        paths_to = sys.stderr
+    else:
+        print(render_text(report))
+        print()
+        paths_to = sys.stdout
+    print(f"wrote {json_path}", file=paths_to)
+    print(f"wrote {chart_path}", file=paths_to)
+    return 0

@@ -1,0 +1,329 @@
+"""The data contract of the five raw tables (DESIGN.md section 2) and its row validation.
+
+Why: platform exports are messy. :func:`validate` keeps every good row, coerced to the
+contract's types, and reports each bad row (1-based row number, column, reason, original
+values) instead of failing the whole file. Only a missing *required column* refuses the file,
+with a :class:`~nextbest.errors.DataError` naming it.
+
+Types after validation: ids and labels are strings; timestamps naive UTC ``datetime64[us]``;
+amounts ``float64``; flags ``bool``; ``stock`` ``int64``. Timestamps may be ISO 8601 (with or
+without an offset; offsets are converted to UTC), ``YYYYMMDD`` (``19970101``) or epoch
+seconds. Every check is vectorised over the column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from nextbest.errors import DataError
+
+Kind = Literal["id", "text", "timestamp", "amount", "count", "flag", "choice"]
+
+ORDER_STATUSES = ("completed", "returned", "cancelled")
+EVENT_TYPES = ("view", "favorite", "add_to_cart", "search", "follow", "login", "share", "review")
+TRUE_WORDS = ("true", "t", "yes", "y", "1", "1.0")
+FALSE_WORDS = ("false", "f", "no", "n", "0", "0.0")
+REJECT_COLUMNS = ["row", "column", "reason"]
+
+
+class ColumnSpec(BaseModel):
+    """One column: its kind, whether it is required, allowed values and default."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: Kind
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    default: bool | str | int | None = None
+
+
+class TableSpec(BaseModel):
+    """A table of the contract. ``key`` is unique: later duplicates are rejected."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    columns: tuple[ColumnSpec, ...]
+    key: str | None = None
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns if c.required]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _col(name: str, kind: Kind, required: bool = False, choices: tuple[str, ...] = (),
+         default: bool | str | int | None = None) -> ColumnSpec:
+    return ColumnSpec(name=name, kind=kind, required=required, choices=choices, default=default)
+
+
+SPECS: dict[str, TableSpec] = {
+    "users": TableSpec(name="users", key="user_id", columns=(
+        _col("user_id", "id", True), _col("signup_ts", "timestamp", True),
+        _col("region", "text"), _col("channel", "text"), _col("timezone", "text"))),
+    "orders": TableSpec(name="orders", key="order_id", columns=(
+        _col("order_id", "id", True), _col("buyer_id", "id", True),
+        _col("ts", "timestamp", True), _col("amount", "amount", True),
+        _col("seller_id", "id"), _col("item_id", "id"), _col("category", "text"),
+        _col("commission", "amount"),
+        _col("status", "choice", choices=ORDER_STATUSES, default="completed"),
+        _col("coupon_used", "flag", default=False))),
+    "listings": TableSpec(name="listings", key="item_id", columns=(
+        _col("item_id", "id", True), _col("seller_id", "id", True),
+        _col("listed_ts", "timestamp", True), _col("category", "text"),
+        _col("price", "amount"), _col("stock", "count", default=1),
+        _col("sold_ts", "timestamp"))),
+    "events": TableSpec(name="events", columns=(
+        _col("user_id", "id", True), _col("ts", "timestamp", True),
+        _col("type", "choice", True, choices=EVENT_TYPES), _col("item_id", "id"),
+        _col("category", "text"), _col("price", "amount"))),
+    # Personalisation is on unless the user turned it off; marketing needs an opt-in.
+    "preferences": TableSpec(name="preferences", key="user_id", columns=(
+        _col("user_id", "id", True), _col("personalization", "flag", default=True),
+        _col("marketing_email", "flag", default=False),
+        _col("marketing_sms", "flag", default=False),
+        _col("marketing_push", "flag", default=False),
+        _col("updated_ts", "timestamp"))),
+}
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Good rows coerced to the contract, and one reject line per bad row."""
+
+    accepted: pd.DataFrame
+    rejects: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Issue:
+    """Rows of one column failing one check; ``show_value`` appends the raw value to the reason."""
+
+    bad: np.ndarray
+    reason: str
+    show_value: bool = True
+
+
+@dataclass(frozen=True)
+class Coerced:
+    """A column converted to its contract type, and the checks it failed."""
+
+    values: pd.Series
+    issues: tuple[Issue, ...] = ()
+
+
+def spec(table: str) -> TableSpec:
+    """The spec of ``table``, or a DataError listing the tables there are."""
+    if table not in SPECS:
+        raise DataError(f"unknown table {table!r}; expected one of {', '.join(SPECS)}",
+                        field="table")
+    return SPECS[table]
+
+
+def check_columns(table: str, columns: list[str]) -> None:
+    """Refuse a table whole when a required column is missing, naming it."""
+    missing = [c for c in spec(table).required if c not in columns]
+    if missing:
+        raise DataError(
+            f"{table}: required column {missing[0]!r} is missing "
+            f"(found: {', '.join(map(str, columns)) or 'no columns'})", field=missing[0])
+
+
+def _missing(raw: pd.Series) -> np.ndarray:
+    """Null, empty or blank values."""
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
+        return (raw.isna() | (raw.astype("str").str.strip() == "")).to_numpy(bool)
+    return raw.isna().to_numpy(bool)
+
+
+def _text(raw: pd.Series) -> pd.Series:
+    """Strings with surrounding blanks removed; blanks become null."""
+    text = raw.astype("str").str.strip()
+    return text.where(~_missing(raw))
+
+
+def _whole_numbers_as_text(raw: pd.Series) -> pd.Series:
+    """A float column holding whole numbers (ids, ``19970101.0``) as integer strings."""
+    whole = raw.notna() & (raw == np.floor(raw))
+    return raw.astype(object).where(~whole, raw.where(whole).astype("Int64").astype("str"))
+
+
+def parse_timestamps(raw: pd.Series) -> pd.Series:
+    """Parse ISO 8601, ``YYYYMMDD`` or epoch seconds to naive UTC ``datetime64[us]`` (NaT if not).
+
+    Datetime input keeps its instant: tz-aware values are converted to UTC, naive ones are
+    taken as UTC already.
+    """
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        return raw.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+    if pd.api.types.is_datetime64_dtype(raw.dtype):
+        return raw.astype("datetime64[us]")
+    if pd.api.types.is_float_dtype(raw.dtype):
+        raw = _whole_numbers_as_text(raw)
+    text = _text(raw)
+    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us]")
+    compact = text.str.fullmatch(r"\d{8}", na=False)
+    epoch = text.str.fullmatch(r"-?\d{9,11}(\.\d*)?", na=False) & ~compact
+    iso = text.notna() & ~compact & ~epoch
+    if compact.any():
+        out[compact] = pd.to_datetime(text[compact], format="%Y%m%d", errors="coerce")
+    if epoch.any():
+        seconds = pd.to_numeric(text[epoch], errors="coerce")
+        out[epoch] = pd.to_datetime(seconds, unit="s", errors="coerce")
+    if iso.any():
+        parsed = pd.to_datetime(text[iso], format="ISO8601", utc=True, errors="coerce")
+        out[iso] = parsed.dt.tz_localize(None)
+    return out
+
+
+def _numbers(raw: pd.Series) -> pd.Series:
+    """Numbers from numeric columns or text like ``1,234.50`` or ``$12``."""
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        return raw.astype("float64")
+    text = _text(raw).str.replace(r"^[$€£¥]|[$€£¥]$|,(?=\d{3}(\D|$))", "", regex=True)
+    return pd.to_numeric(text, errors="coerce").astype("float64")
+
+
+def _coerce_timestamp(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    values = parse_timestamps(raw)
+    return Coerced(values, (Issue(~missing & values.isna().to_numpy(bool), "unparsable date"),))
+
+
+def _coerce_amount(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    values = _numbers(raw)
+    return Coerced(values, (Issue(~missing & values.isna().to_numpy(bool), "not a number"),
+                            Issue((values < 0).to_numpy(bool), f"negative {c.name}")))
+
+
+def _coerce_count(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    numbers = _numbers(raw)
+    valid = ((numbers >= 0) & (numbers == np.floor(numbers))).to_numpy(bool)
+    filled = numbers.where(valid, c.default if c.default is not None else 0)
+    return Coerced(filled.astype("int64"),
+                   (Issue(~missing & ~valid, f"{c.name} is not a whole number >= 0"),))
+
+
+def _coerce_flag(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    if pd.api.types.is_bool_dtype(raw.dtype) and not missing.any():
+        return Coerced(raw.astype(bool))
+    words = _text(raw).str.lower()
+    true, false = words.isin(TRUE_WORDS).to_numpy(bool), words.isin(FALSE_WORDS).to_numpy(bool)
+    values = pd.Series(np.where(true, True, np.where(false, False, bool(c.default))),
+                       index=raw.index, dtype=bool)
+    return Coerced(values, (Issue(~missing & ~true & ~false, "not a boolean"),))
+
+
+def _coerce_choice(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    words = _text(raw).str.lower()
+    values = words.fillna(c.default) if c.default is not None else words
+    label = "event type" if c.name == "type" else c.name
+    return Coerced(values.astype("str"),
+                   (Issue(~missing & ~words.isin(c.choices).to_numpy(bool), f"unknown {label}"),))
+
+
+def _coerce_text(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    if pd.api.types.is_float_dtype(raw.dtype):  # ids read as numbers: 17.0 -> "17"
+        raw = _whole_numbers_as_text(raw)
+    return Coerced(_text(raw).astype("str"))
+
+
+COERCERS = {"timestamp": _coerce_timestamp, "amount": _coerce_amount, "count": _coerce_count,
+            "flag": _coerce_flag, "choice": _coerce_choice, "id": _coerce_text,
+            "text": _coerce_text}
+
+
+@dataclass
+class _Problems:
+    """Bad cells found so far: row positions, column names and reasons."""
+
+    rows: list[np.ndarray]
+    columns: list[str]
+    reasons: list[np.ndarray]
+
+    def add(self, issue: Issue, column: str, raw: pd.Series) -> None:
+        """Record the rows failing ``issue``; reasons are built for those rows only."""
+        positions = np.flatnonzero(issue.bad)
+        if positions.size == 0:
+            return
+        reason = np.full(positions.size, issue.reason, object)
+        if issue.show_value:
+            shown = _text(raw.iloc[positions]).fillna("").map(repr).to_numpy(object)
+            reason = reason + " " + shown
+        self.rows.append(positions)
+        self.columns.append(column)
+        self.reasons.append(reason)
+
+    def bad_rows(self, n: int) -> np.ndarray:
+        mask = np.zeros(n, bool)
+        for positions in self.rows:
+            mask[positions] = True
+        return mask
+
+    def frame(self, original: pd.DataFrame, row_numbers: np.ndarray) -> pd.DataFrame:
+        """One line per bad row: ``row`` (1-based), the bad columns and reasons, raw values.
+
+        Raw columns are prefixed ``value_`` only if they would clash with ``row``,
+        ``column`` or ``reason``.
+        """
+        if original.columns.isin(REJECT_COLUMNS).any():
+            original = original.add_prefix("value_")
+        if not self.rows:
+            return pd.DataFrame(columns=REJECT_COLUMNS + list(original.columns))
+        cells = pd.DataFrame({
+            "position": np.concatenate(self.rows),
+            "column": np.concatenate([np.full(len(p), c, object)
+                                      for p, c in zip(self.rows, self.columns, strict=True)]),
+            "reason": np.concatenate(self.reasons),
+        })
+        lines = cells.groupby("position", sort=True).agg({"column": "; ".join, "reason": "; ".join})
+        raw = original.iloc[lines.index.to_numpy()].reset_index(drop=True)
+        head = pd.DataFrame({"row": row_numbers[lines.index.to_numpy()],
+                             "column": lines["column"].to_numpy(),
+                             "reason": lines["reason"].to_numpy()})
+        return pd.concat([head, raw], axis=1)
+
+
+def validate(table: str, frame: pd.DataFrame) -> ValidationResult:
+    """Split ``frame`` (columns already named as in the contract) into good and bad rows.
+
+    A bad row is reported as row ``i + 1`` where ``i`` is its index label in ``frame`` (its
+    0-based position in the source file when read as is). Missing optional columns are added
+    with their default (or null); columns the contract does not know are dropped.
+    Raises DataError when a required column is absent.
+    """
+    table_spec = spec(table)
+    check_columns(table, list(frame.columns))
+    labels = frame.index
+    row_numbers = (labels.to_numpy(np.int64) + 1 if pd.api.types.is_integer_dtype(labels.dtype)
+                   else np.arange(1, len(frame) + 1))
+    frame = frame.reset_index(drop=True)
+    problems = _Problems([], [], [])
+    values: dict[str, pd.Series] = {}
+    for c in table_spec.columns:
+        raw = frame[c.name] if c.name in frame else pd.Series([None] * len(frame), dtype=object)
+        missing = _missing(raw)
+        coerced = COERCERS[c.kind](c, raw, missing)
+        if c.required:
+            problems.add(Issue(missing, "missing value", show_value=False), c.name, raw)
+        for issue in coerced.issues:
+            problems.add(issue, c.name, raw)
+        values[c.name] = coerced.values
+    accepted = pd.DataFrame(values)
+    bad = problems.bad_rows(len(frame))
+    if table_spec.key:
+        key = accepted[table_spec.key]
+        duplicate = ~bad & key.where(~bad).duplicated(keep="first").to_numpy(bool)
+        problems.add(Issue(duplicate, f"duplicate {table_spec.key}"), table_spec.key,
+                     frame[table_spec.key])
+        bad |= duplicate
+    return ValidationResult(accepted=accepted[~bad].reset_index(drop=True),
+                            rejects=problems.frame(frame, row_numbers))

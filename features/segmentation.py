@@ -1,0 +1,308 @@
+"""Tiers, RFM segments, clusters, seller tiers and tags over a feature frame.
+
+Pure pandas/numpy/scikit-learn, run after an engine computed the features, so every engine
+gets the same segmentation. Each function takes the feature frame (one row per user) and
+returns new columns aligned with its index; :func:`segment` adds them all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from nextbest.config import ClusterConfig, FeaturesConfig, TagRule, TierConfig
+from nextbest.errors import ConfigError
+
+TIERS = ("platinum", "gold", "silver", "dormant", "churned", "new")
+SELLER_TIERS = ("vip", "potential", "sleeping")
+NO_PURCHASE = "no_purchase"
+
+# The R x F grid (rows: recency score 1-5, columns: frequency score 1-5). Every cell holds
+# exactly one segment and each of the ten segments holds at least one cell.
+RF_GRID: dict[str, tuple[tuple[int, int], ...]] = {
+    "hibernating": tuple((r, f) for r in (1, 2) for f in (1, 2)),
+    "at_risk": tuple((r, f) for r in (1, 2) for f in (3, 4)),
+    "cant_lose": ((1, 5), (2, 5)),
+    "about_to_sleep": ((3, 1), (3, 2)),
+    "need_attention": ((3, 3),),
+    "loyal": ((3, 4), (3, 5), (4, 4), (4, 5)),
+    "promising": ((4, 1),),
+    "potential_loyalist": ((4, 2), (4, 3), (5, 2), (5, 3)),
+    "new_customers": ((5, 1),),
+    "champions": ((5, 4), (5, 5)),
+}
+SEGMENTS = tuple(RF_GRID)
+_CELL_SEGMENT = {cell: name for name, cells in RF_GRID.items() for cell in cells}
+
+# Features K-Means sees (log1p, then standardised) and the profile reports.
+CLUSTER_FEATURES = ("recency_days", "frequency_total", "monetary_total", "views_30d",
+                    "carts_30d", "items_listed")
+
+
+def segment_of(r_score: int, f_score: int) -> str:
+    """The RFM segment of one R x F cell (scores 1-5)."""
+    return _CELL_SEGMENT[(r_score, f_score)]
+
+
+def is_buyer(frame: pd.DataFrame) -> pd.Series:
+    """Users with at least one completed order before ``as_of``."""
+    return frame["frequency_total"].fillna(0) > 0
+
+
+# ---------------------------------------------------------------- tiers
+def _top_n(values: pd.Series, n: int) -> pd.Series:
+    """True for the rows whose value ranks among the ``n`` highest (ties at the edge included)."""
+    rank = values.fillna(-np.inf).rank(method="min", ascending=False)
+    return rank <= n
+
+
+def _top_share(values: pd.Series, share: float) -> pd.Series:
+    """True for the rows whose value ranks in the top ``share`` of ``values``."""
+    return _top_n(values, int(np.ceil(share * len(values))))
+
+
+def assign_tiers(frame: pd.DataFrame, config: TierConfig) -> pd.Series:
+    """One tier per user (TierConfig): value share and recency decide, ``new`` if no purchase.
+
+    Tier sizes are shares of all buyers: platinum is the ``platinum_share`` of buyers with
+    the highest ``value_column`` among those who bought in the last
+    ``platinum_recency_days``; gold the next ``gold_share`` of buyers, highest value first,
+    among the others who bought in the last ``gold_recency_days``; any other buyer within
+    ``silver_recency_days`` is silver, then dormant (``dormant_days``), then churned.
+    """
+    if config.value_column not in frame.columns:
+        raise ConfigError(f"tiers.value_column {config.value_column!r} is not a feature column",
+                          field="features.tiers.value_column")
+    buyer = is_buyer(frame)
+    recency = frame["recency_days"]
+    value = frame[config.value_column]
+    n_buyers = int(buyer.sum())
+
+    def top(eligible: pd.Series, share: float) -> pd.Series:
+        chosen = _top_n(value[eligible], int(np.ceil(share * n_buyers)))
+        return chosen.reindex(frame.index, fill_value=False)
+
+    platinum = top(buyer & (recency <= config.platinum_recency_days), config.platinum_share)
+    gold = top(buyer & ~platinum & (recency <= config.gold_recency_days), config.gold_share)
+    choices = [~buyer, platinum, gold, recency <= config.silver_recency_days,
+               recency <= config.dormant_days]
+    tiers = np.select(choices, ["new", "platinum", "gold", "silver", "dormant"], "churned")
+    return pd.Series(tiers, index=frame.index, name="tier")
+
+
+# ---------------------------------------------------------------- RFM
+def quintile_scores(values: pd.Series, *, higher_is_better: bool = True) -> pd.Series:
+    """Scores 1-5 by quintile of rank (5 best); equal values share a score."""
+    if values.empty:
+        return pd.Series(dtype="int64", index=values.index)
+    pct = values.rank(method="average", pct=True, ascending=higher_is_better)
+    return np.ceil(pct * 5).clip(1, 5).astype("int64")
+
+
+def rfm_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """``r_score``, ``f_score``, ``m_score`` over buyers (1-5, 5 best); 0 for non-buyers."""
+    buyer = is_buyer(frame)
+    buyers = frame.loc[buyer]
+    scores = pd.DataFrame(0, index=frame.index, columns=["r_score", "f_score", "m_score"],
+                          dtype="int64")
+    scores.loc[buyer, "r_score"] = quintile_scores(buyers["recency_days"], higher_is_better=False)
+    scores.loc[buyer, "f_score"] = quintile_scores(buyers["frequency_total"])
+    scores.loc[buyer, "m_score"] = quintile_scores(buyers["monetary_total"])
+    return scores
+
+
+def rfm_segments(scores: pd.DataFrame) -> pd.Series:
+    """The R x F grid segment of each user; ``no_purchase`` where the scores are 0."""
+    codes = scores["r_score"] * 10 + scores["f_score"]
+    lookup = {r * 10 + f: name for (r, f), name in _CELL_SEGMENT.items()}
+    return codes.map(lookup).fillna(NO_PURCHASE).rename("segment").astype(object)
+
+
+# ---------------------------------------------------------------- seller tiers
+def assign_seller_tiers(frame: pd.DataFrame, config: TierConfig) -> pd.Series:
+    """vip / potential / sleeping for sellers, null for everyone else.
+
+    Active sellers listed or sold within ``seller_active_days``; vip is the top
+    ``seller_vip_share`` of active sellers by commission paid, potential the other active
+    ones, sleeping the inactive ones.
+    """
+    seller = frame["is_seller"].fillna(False).astype(bool)
+    active = seller & (frame["seller_idle_days"] <= config.seller_active_days)
+    vip = _top_share(frame.loc[active, "commission_paid"], config.seller_vip_share).reindex(
+        frame.index, fill_value=False) & active
+    tiers = np.select([vip, active, seller], ["vip", "potential", "sleeping"], None)
+    return pd.Series(tiers, index=frame.index, name="seller_tier", dtype=object)
+
+
+# ---------------------------------------------------------------- tags
+def _tag_mask(frame: pd.DataFrame, rule: TagRule) -> np.ndarray:
+    """Where ``rule.when`` holds; false wherever a column it names is NaN/null."""
+    try:
+        result = frame.eval(rule.when)
+    except Exception as exc:  # pandas raises many kinds for a bad expression
+        raise ConfigError(f"tag {rule.name!r}: cannot evaluate rule {rule.when!r} ({exc})",
+                          field=f"features.tags.{rule.name}") from exc
+    if not isinstance(result, pd.Series) or result.dtype.kind != "b" and not (
+            result.dropna().isin([True, False]).all()):
+        raise ConfigError(f"tag {rule.name!r}: rule {rule.when!r} must be true or false "
+                          "per user", field=f"features.tags.{rule.name}")
+    mask = result.fillna(False).to_numpy(dtype=bool, copy=True)
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rule.when)) & set(frame.columns)
+    for column in names:
+        mask &= frame[column].notna().to_numpy()
+    return mask
+
+
+def assign_tags(frame: pd.DataFrame, rules: Sequence[TagRule]) -> pd.Series:
+    """The list of tag names whose rule holds, per user (rules in config order)."""
+    if not rules:
+        return pd.Series([[] for _ in range(len(frame))], index=frame.index, name="tags")
+    masks = np.column_stack([_tag_mask(frame, rule) for rule in rules])
+    # Users share few distinct tag combinations: build each list once, then map the codes.
+    codes = masks.astype(np.int64) @ (1 << np.arange(len(rules), dtype=np.int64))
+    names = [rule.name for rule in rules]
+    lists = {int(c): [n for i, n in enumerate(names) if c >> i & 1] for c in np.unique(codes)}
+    return pd.Series([lists[c] for c in codes.tolist()], index=frame.index, name="tags",
+                     dtype=object)
+
+
+# ---------------------------------------------------------------- clusters
+class ClusterProfile(BaseModel):
+    """A readable description of one K-Means cluster."""
+
+    cluster: int
+    name: str
+    size: int
+    share: float
+    means: dict[str, float | None]
+
+
+class ClusterReport(BaseModel):
+    """What clusters.json holds: the chosen k, the silhouette of each k tried, the profiles."""
+
+    k: int
+    silhouette: dict[int, float]
+    features: list[str]
+    sample_size: int
+    clusters: list[ClusterProfile]
+
+
+def _cluster_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """log1p of the cluster features; no purchase yet counts as the longest recency seen."""
+    data = frame[list(CLUSTER_FEATURES)].astype("float64")
+    longest = data["recency_days"].max()
+    data["recency_days"] = data["recency_days"].fillna(0.0 if np.isnan(longest) else longest)
+    return np.log1p(data.fillna(0.0).clip(lower=0.0).to_numpy())
+
+
+def _choose_k(sample: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, float]]:
+    """The k in [k_min, k_max] whose K-Means has the best silhouette (smallest k on ties).
+
+    Scored on ``sample`` (at most ``silhouette_sample`` rows): silhouette is quadratic in
+    rows, and the choice of k does not need more.
+    """
+    distinct = len(np.unique(sample, axis=0))
+    scores: dict[int, float] = {}
+    for k in range(config.k_min, config.k_max + 1):
+        if k >= distinct:
+            break
+        model = KMeans(n_clusters=k, n_init=config.n_init, random_state=config.seed).fit(sample)
+        scores[k] = round(float(silhouette_score(sample, model.labels_)), 6)
+    best = max(scores, key=lambda k: (scores[k], -k)) if scores else 1
+    return best, scores
+
+
+def _cluster_name(z: pd.Series) -> str:
+    """A short name from a cluster's standardised means (z-scores of the log features)."""
+    if z["frequency_total"] < -0.5 and z["monetary_total"] < -0.5:
+        buying = "browsing non-buyers" if z["views_30d"] > 0.5 else "quiet non-buyers"
+    else:
+        often = ("frequent" if z["frequency_total"] > 0.5
+                 else "occasional" if z["frequency_total"] > -0.5 else "rare")
+        spend = "high" if z["monetary_total"] > 0.5 else "low" if z["monetary_total"] < -0.5 else "mid"
+        buying = f"{often} {spend} spenders"
+    if "non-buyers" not in buying:
+        if z["recency_days"] > 0.5:
+            buying = f"lapsed {buying}"
+        elif z["recency_days"] < -0.5:
+            buying = f"active {buying}"
+    if z["items_listed"] > 0.5:
+        buying = f"{buying} who consign"
+    return buying
+
+
+def assign_clusters(frame: pd.DataFrame, config: ClusterConfig) -> tuple[pd.Series, ClusterReport]:
+    """K-Means cluster ids (0 = lowest mean spend) and a readable profile of each cluster.
+
+    k in [k_min, k_max] is chosen by silhouette on ``silhouette_sample`` users, then the
+    model is fit on a seeded sample of at most ``sample_size`` users of scaled log features
+    and every user is assigned to the nearest centre.
+    """
+    matrix = _cluster_matrix(frame)
+    rng = np.random.default_rng(config.seed)
+    # In random order, so that any prefix of the sample is a random sample too.
+    take = rng.permutation(len(matrix))[:config.sample_size]
+    scaler = StandardScaler().fit(matrix[take]) if len(take) else None
+    if scaler is None:
+        report = ClusterReport(k=0, silhouette={}, features=list(CLUSTER_FEATURES),
+                               sample_size=0, clusters=[])
+        return pd.Series(dtype="int64", index=frame.index, name="cluster"), report
+    sample = scaler.transform(matrix[take])
+    # These fits are small: one thread avoids OpenMP start-up and spinning, which cost
+    # several times the work itself (and more on a busy machine).
+    with threadpool_limits(limits=1):
+        k, scores = _choose_k(sample[:config.silhouette_sample], config)
+        model = KMeans(n_clusters=k, n_init=config.n_init, random_state=config.seed).fit(sample)
+        raw_labels = model.predict(scaler.transform(matrix))
+    # Renumber by mean spend so cluster ids read in order and stay stable across runs.
+    order = np.argsort(model.cluster_centers_[:, CLUSTER_FEATURES.index("monetary_total")],
+                       kind="stable")
+    relabel = np.empty_like(order)
+    relabel[order] = np.arange(len(order))
+    labels = pd.Series(relabel[raw_labels], index=frame.index, name="cluster", dtype="int64")
+    profiles = _profiles(frame, labels, scaler.transform(matrix))
+    report = ClusterReport(k=int(model.n_clusters), silhouette=scores,
+                           features=list(CLUSTER_FEATURES), sample_size=int(len(take)),
+                           clusters=profiles)
+    return labels, report
+
+
+def _profiles(frame: pd.DataFrame, labels: pd.Series, scaled: np.ndarray) -> list[ClusterProfile]:
+    """Size, share, feature means and a generated (unique) name per cluster."""
+    means = frame[list(CLUSTER_FEATURES)].astype("float64").groupby(labels.to_numpy()).mean()
+    z = pd.DataFrame(scaled, columns=list(CLUSTER_FEATURES)).groupby(labels.to_numpy()).mean()
+    sizes = labels.value_counts()
+    profiles, seen = [], {}
+    for cluster in sorted(sizes.index):
+        name = _cluster_name(z.loc[cluster])
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name} ({seen[name]})"
+        profiles.append(ClusterProfile(
+            cluster=int(cluster), name=name, size=int(sizes[cluster]),
+            share=round(float(sizes[cluster] / len(labels)), 6),
+            means={k: (None if np.isnan(v) else round(float(v), 4))
+                   for k, v in means.loc[cluster].items()}))
+    return profiles
+
+
+# ---------------------------------------------------------------- all together
+def segment(frame: pd.DataFrame, config: FeaturesConfig) -> tuple[pd.DataFrame, ClusterReport]:
+    """Add tier, segment, r/f/m scores, cluster, seller tier and tags to a feature frame."""
+    out = frame.copy(deep=False)  # copy-on-write: the input frame is never changed
+    out["tier"] = assign_tiers(frame, config.tiers)
+    scores = rfm_scores(frame)
+    out[["r_score", "f_score", "m_score"]] = scores
+    out["segment"] = rfm_segments(scores)
+    out["cluster"], report = assign_clusters(frame, config.clusters)
+    out["seller_tier"] = assign_seller_tiers(frame, config.tiers)
+    out["tags"] = assign_tags(frame, config.tags)
+    return out, report

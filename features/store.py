@@ -1,0 +1,519 @@
+"""The online store: the latest features, tier, segment and tags of each user (issue 2, item 7).
+
+One interface, :class:`OnlineStore`, and two backends with the same behaviour:
+
+- :class:`SqliteStore` (default): one SQLite file in WAL mode, so several worker processes
+  can read while the features build writes. One row per user holds the record (JSON text),
+  the tags the user removed and the user's preferences, so a lookup is one primary-key read
+  and an erasure is one ``DELETE``.
+- :class:`RedisStore`: one hash per user under ``store.redis_prefix`` with the same fields,
+  plus a meta hash; conditional writes run as Lua scripts so they are atomic and take one
+  round trip per chunk of users.
+
+Writes keep the newest data: a record is replaced only by one with the same or a later
+``as_of``, loaded preferences only by ones with the same or a later ``updated_ts``. Both are
+compared as ISO strings (``stamps``), which order like the dates they spell.
+
+The record format is in docs/CONTRACT.md ("Online store record").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+from pydantic import BaseModel
+
+from nextbest.config import Settings
+from nextbest.errors import DataError, MissingComponent
+
+PREFERENCE_FLAGS = ("personalization", "marketing_email", "marketing_sms", "marketing_push")
+WRITE_CHUNK_ROWS = 5000
+ENCODE_CHUNK_ROWS = 50_000
+
+
+class Preferences(BaseModel):
+    """What a user allows. Every flag is ``True`` until the user says otherwise."""
+
+    personalization: bool = True
+    marketing_email: bool = True
+    marketing_sms: bool = True
+    marketing_push: bool = True
+    updated_ts: datetime | None = None
+
+
+class EncodedChunk(NamedTuple):
+    """User ids and their JSON records, in the same order."""
+
+    ids: list[str]
+    records: list[str]
+
+
+class StoredUser(NamedTuple):
+    """The raw fields stored for one user; any of them may be missing (``None``)."""
+
+    record: str | None
+    removed: str | None
+    prefs: str | None
+
+
+def _stamp(ts: datetime | pd.Timestamp | None) -> str:
+    """A sortable ISO text of a timestamp; the empty string (older than all) for none."""
+    if ts is None or pd.isna(ts):
+        return ""
+    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def check_user_ids(frame: pd.DataFrame) -> pd.Series:
+    """The user ids of ``frame`` as strings; :class:`DataError` if missing or repeated."""
+    if "user_id" not in frame.columns:
+        raise DataError("the frame written to the online store has no user_id column",
+                        field="user_id")
+    ids = frame["user_id"].astype(str)
+    repeated = ids.duplicated()
+    if repeated.any():
+        raise DataError(f"the frame written to the online store has user_id "
+                        f"{ids[repeated].iloc[0]!r} more than once; it must hold one row per "
+                        "user", field="user_id")
+    return ids
+
+
+def encode_records(frame: pd.DataFrame, as_of: date,
+                   chunk_rows: int = ENCODE_CHUNK_ROWS) -> Iterator[EncodedChunk]:
+    """The user ids and JSON records of ``frame``, with ``as_of`` set to the date, in chunks.
+
+    pandas' C JSON writer turns NaN/NA into ``null`` and lists (tags) into arrays about 3x
+    faster than a per-row ``json.dumps``; floats keep 15 significant digits. Chunks bound
+    the memory a 1M-row write needs to a few copies of ``chunk_rows`` records.
+    """
+    out = frame.assign(user_id=check_user_ids(frame), as_of=as_of.isoformat())
+    return _encode_chunks(out, chunk_rows)
+
+
+def _encode_chunks(out: pd.DataFrame, chunk_rows: int) -> Iterator[EncodedChunk]:
+    """The lazy part of :func:`encode_records`, so that bad frames fail before any write."""
+    for part in _chunks(len(out), chunk_rows):
+        piece = out.iloc[part]
+        text = piece.to_json(orient="records", lines=True, double_precision=15,
+                             date_format="iso")
+        yield EncodedChunk(piece["user_id"].tolist(), text.rstrip("\n").split("\n"))
+
+
+def decode_record(stored: StoredUser) -> dict[str, Any] | None:
+    """The record as returned by :meth:`OnlineStore.get`: tags minus the user-removed ones."""
+    if stored.record is None:
+        return None
+    record = json.loads(stored.record)
+    if stored.removed and record.get("tags"):
+        removed = set(json.loads(stored.removed))
+        record["tags"] = [t for t in record["tags"] if t not in removed]
+    return record
+
+
+def preference_rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """``(user_id, stamp, preferences JSON)`` per user of a raw preferences table.
+
+    The latest ``updated_ts`` of each user wins; a missing flag column or value means True.
+    """
+    if "user_id" not in frame.columns:
+        raise DataError("the preferences table has no user_id column", field="user_id")
+    if frame.empty:
+        return []
+    prefs = frame.copy()
+    if "updated_ts" not in prefs.columns:
+        prefs["updated_ts"] = pd.NaT
+    prefs["updated_ts"] = pd.to_datetime(prefs["updated_ts"])
+    prefs = prefs.sort_values("updated_ts", kind="stable", na_position="first")
+    prefs = prefs.drop_duplicates("user_id", keep="last")
+    for flag in PREFERENCE_FLAGS:
+        values = prefs[flag] if flag in prefs.columns else pd.Series(True, index=prefs.index)
+        prefs[flag] = values.astype("boolean").fillna(True).astype(bool)
+    rows = []
+    for rec in prefs[["user_id", *PREFERENCE_FLAGS, "updated_ts"]].to_dict("records"):
+        ts = None if pd.isna(rec["updated_ts"]) else rec["updated_ts"].to_pydatetime()
+        model = Preferences(**{f: rec[f] for f in PREFERENCE_FLAGS}, updated_ts=ts)
+        rows.append((str(rec["user_id"]), _stamp(ts), model.model_dump_json()))
+    return rows
+
+
+def _chunks(n: int, size: int = WRITE_CHUNK_ROWS) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+class OnlineStore(ABC):
+    """Latest features, tier, segment, tags and preferences per user.
+
+    Subclasses implement the storage primitives (``_put_records``, ``_put_preferences``,
+    ``_fetch``) and the single-user operations; the record format lives here, once.
+    """
+
+    backend: str = ""
+
+    def write(self, frame: pd.DataFrame, as_of: date) -> int:
+        """Upsert one record per row of ``frame`` (one row per user) as of ``as_of``.
+
+        A user whose stored record has a later ``as_of`` keeps it. Returns the rows written.
+        """
+        return self._put_records(encode_records(frame, as_of), as_of.isoformat())
+
+    def get(self, user_id: str) -> dict[str, Any] | None:
+        """The user's record (docs/CONTRACT.md), or None for an unknown user."""
+        stored = self._fetch([user_id]).get(user_id)
+        return decode_record(stored) if stored else None
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The records of the known users among ``user_ids``, keyed by user id."""
+        found = {}
+        for user_id, stored in self._fetch(list(dict.fromkeys(user_ids))).items():
+            record = decode_record(stored)
+            if record is not None:
+                found[user_id] = record
+        return found
+
+    def get_preferences(self, user_id: str) -> Preferences:
+        """The user's preferences; all flags True for a user who never set any."""
+        stored = self._fetch([user_id]).get(user_id)
+        if stored is None or stored.prefs is None:
+            return Preferences()
+        return Preferences.model_validate_json(stored.prefs)
+
+    def set_preferences(self, user_id: str, prefs: Preferences) -> None:
+        """Store what the user chose now; ``updated_ts`` defaults to the current UTC time."""
+        if prefs.updated_ts is None:
+            now = datetime.now(UTC).replace(tzinfo=None)
+            prefs = prefs.model_copy(update={"updated_ts": now})
+        row = (user_id, _stamp(prefs.updated_ts), prefs.model_dump_json())
+        self._put_preferences([row], only_newer=False)
+
+    def load_preferences(self, frame: pd.DataFrame) -> int:
+        """Bulk-load the raw preferences table; newer stored preferences are kept. Returns the
+        users written."""
+        return self._put_preferences(preference_rows(frame), only_newer=True)
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything stored about the user: the record as built (all tags), the tags the user
+        removed and the preferences (None where nothing is stored)."""
+        stored = self._fetch([user_id]).get(user_id) or StoredUser(None, None, None)
+        return {
+            "user_id": user_id,
+            "record": json.loads(stored.record) if stored.record else None,
+            "removed_tags": json.loads(stored.removed) if stored.removed else [],
+            "preferences": json.loads(stored.prefs) if stored.prefs else None,
+        }
+
+    @abstractmethod
+    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str) -> int:
+        """Write records unless a stored one has a later as_of; return how many were written.
+
+        All chunks go in one transaction where the backend has transactions."""
+
+    @abstractmethod
+    def _put_preferences(self, rows: list[tuple[str, str, str]], *, only_newer: bool) -> int:
+        """Write ``(user_id, stamp, json)`` preferences; with ``only_newer`` keep later ones."""
+
+    @abstractmethod
+    def _fetch(self, user_ids: list[str]) -> dict[str, StoredUser]:
+        """What is stored for each of ``user_ids`` that has anything stored."""
+
+    @abstractmethod
+    def remove_tag(self, user_id: str, tag: str) -> bool:
+        """Hide ``tag`` from the user's record now and after every later write.
+
+        Returns False (and stores nothing) when the user has no record."""
+
+    @abstractmethod
+    def delete(self, user_id: str) -> bool:
+        """Erase the user's record, preferences and removed tags; False if nothing was stored."""
+
+    @abstractmethod
+    def meta(self) -> dict[str, Any]:
+        """``{"backend", "as_of" (latest record as_of or None), "users" (with a record)}``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store cannot be used afterwards."""
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    as_of TEXT,
+    record TEXT,
+    removed TEXT,
+    prefs TEXT,
+    prefs_ts TEXT
+);
+CREATE INDEX IF NOT EXISTS users_as_of ON users (as_of);
+"""
+_SQLITE_PUT_RECORD = """
+INSERT INTO users (user_id, as_of, record) VALUES (?, ?, ?)
+ON CONFLICT (user_id) DO UPDATE SET as_of = excluded.as_of, record = excluded.record
+WHERE users.as_of IS NULL OR users.as_of <= excluded.as_of
+"""
+_SQLITE_PUT_PREFS = """
+INSERT INTO users (user_id, prefs_ts, prefs) VALUES (?, ?, ?)
+ON CONFLICT (user_id) DO UPDATE SET prefs_ts = excluded.prefs_ts, prefs = excluded.prefs
+"""
+_SQLITE_ONLY_NEWER = " WHERE users.prefs_ts IS NULL OR users.prefs_ts <= excluded.prefs_ts"
+# Appends the tag to the JSON array unless it is already there, in one atomic statement.
+_SQLITE_REMOVE_TAG = """
+UPDATE users SET removed = CASE
+    WHEN EXISTS (SELECT 1 FROM json_each(coalesce(removed, '[]')) WHERE value = ?2)
+    THEN removed ELSE json_insert(coalesce(removed, '[]'), '$[#]', ?2) END
+WHERE user_id = ?1 AND record IS NOT NULL
+"""
+_SQLITE_IN_CHUNK = 500
+
+
+class SqliteStore(OnlineStore):
+    """The online store in one SQLite file (WAL), safe for threads and worker processes.
+
+    Each thread (and each process after a fork) opens its own connection on first use.
+    """
+
+    backend = "sqlite"
+
+    def __init__(self, path: Path, timeout_seconds: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = timeout_seconds
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # (pid, connection): close() closes only this process's; a forked worker must not
+        # close its parent's connections.
+        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._closed = False
+        with self._conn() as conn:
+            conn.executescript(_SQLITE_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and configured) on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        if self._closed:
+            raise RuntimeError("the online store is closed")
+        conn = sqlite3.connect(self.path, timeout=self._timeout, check_same_thread=False,
+                               isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._lock:
+            self._connections.append((os.getpid(), conn))
+        return conn
+
+    def _run_many(self, sql: str, batches: Iterable[Iterable[tuple[Any, ...]]]) -> int:
+        """Execute ``sql`` for every row of every batch in one transaction; return the rows
+        changed."""
+        conn = self._conn()
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for rows in batches:
+                conn.executemany(sql, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return conn.total_changes - before
+
+    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str) -> int:
+        batches = (((user_id, as_of, record)
+                    for user_id, record in zip(chunk.ids, chunk.records, strict=True))
+                   for chunk in chunks)
+        return self._run_many(_SQLITE_PUT_RECORD, batches)
+
+    def _put_preferences(self, rows: list[tuple[str, str, str]], *, only_newer: bool) -> int:
+        sql = _SQLITE_PUT_PREFS + (_SQLITE_ONLY_NEWER if only_newer else "")
+        return self._run_many(sql, [rows])
+
+    def _fetch(self, user_ids: list[str]) -> dict[str, StoredUser]:
+        conn = self._conn()
+        if len(user_ids) == 1:
+            row = conn.execute("SELECT record, removed, prefs FROM users WHERE user_id = ?",
+                               (user_ids[0],)).fetchone()
+            return {user_ids[0]: StoredUser(*row)} if row else {}
+        found = {}
+        for part in _chunks(len(user_ids), _SQLITE_IN_CHUNK):
+            ids = user_ids[part]
+            sql = ("SELECT user_id, record, removed, prefs FROM users WHERE user_id IN "
+                   f"({','.join('?' * len(ids))})")
+            for user_id, *fields in conn.execute(sql, ids):
+                found[user_id] = StoredUser(*fields)
+        return found
+
+    def remove_tag(self, user_id: str, tag: str) -> bool:
+        return self._conn().execute(_SQLITE_REMOVE_TAG, (user_id, tag)).rowcount > 0
+
+    def delete(self, user_id: str) -> bool:
+        return self._conn().execute("DELETE FROM users WHERE user_id = ?",
+                                    (user_id,)).rowcount > 0
+
+    def meta(self) -> dict[str, Any]:
+        as_of, users = self._conn().execute(
+            "SELECT max(as_of), count(as_of) FROM users").fetchone()
+        return {"backend": self.backend, "as_of": as_of, "users": users}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for pid, conn in self._connections:
+                if pid == os.getpid():
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+# KEYS[1] = meta hash, KEYS[2..] = user hashes; ARGV[1] = stamp field, ARGV[2] = data field,
+# ARGV[3] = meta counter of new users ('' for none), ARGV[4] = '1' to keep newer stamps,
+# then (stamp, data) per user. Writes each user unless kept; returns the users written and
+# records the newest stamp written in the meta hash under the stamp field.
+_REDIS_PUT = """
+local meta, sf, df, counter, only_newer = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local written, added, newest = 0, 0, nil
+for i = 2, #KEYS do
+  local stamp, data = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local cur = redis.call('HGET', KEYS[i], sf)
+  if (not only_newer) or (not cur) or cur <= stamp then
+    redis.call('HSET', KEYS[i], sf, stamp, df, data)
+    written = written + 1
+    if not cur then added = added + 1 end
+    if (not newest) or stamp > newest then newest = stamp end
+  end
+end
+if counter ~= '' then
+  if added > 0 then redis.call('HINCRBY', meta, counter, added) end
+  local old = redis.call('HGET', meta, sf)
+  if newest and ((not old) or newest > old) then redis.call('HSET', meta, sf, newest) end
+end
+return written
+"""
+# KEYS[1] = user hash; ARGV[1] = tag. Appends the tag to the JSON array of removed tags.
+_REDIS_REMOVE_TAG = """
+if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return 0 end
+local raw = redis.call('HGET', KEYS[1], 'removed')
+local tags = raw and cjson.decode(raw) or {}
+for _, t in ipairs(tags) do if t == ARGV[1] then return 1 end end
+table.insert(tags, ARGV[1])
+redis.call('HSET', KEYS[1], 'removed', cjson.encode(tags))
+return 1
+"""
+# KEYS[1] = meta hash, KEYS[2] = user hash. Deletes the user, keeping the user count right.
+_REDIS_DELETE = """
+local had = redis.call('HEXISTS', KEYS[2], 'record')
+local n = redis.call('DEL', KEYS[2])
+if had == 1 then redis.call('HINCRBY', KEYS[1], 'users', -1) end
+return n
+"""
+_FIELDS = ("record", "removed", "prefs")
+
+
+class RedisStore(OnlineStore):
+    """The online store in Redis, shared by several service replicas.
+
+    Layout: ``{prefix}user:{user_id}`` is a hash with ``as_of``, ``record``, ``removed``,
+    ``prefs``, ``prefs_ts``; ``{prefix}meta`` holds ``as_of`` and ``users``. The bulk write
+    runs one Lua script per chunk of users, so it needs all keys on one node (no cluster).
+    """
+
+    backend = "redis"
+
+    def __init__(self, url: str, prefix: str = "nextbest:", timeout_seconds: float = 5.0):
+        import redis
+
+        self.url, self.prefix = url, prefix
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_seconds,
+                                            socket_connect_timeout=timeout_seconds)
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            raise MissingComponent(
+                f"the Redis online store at {url} is not reachable ({exc}); start one with "
+                "`redis-server --port 6379` (apt-get install redis-server) or point "
+                "store.redis_url (NEXTBEST__STORE__REDIS_URL) at a running server") from exc
+        self._put = self._client.register_script(_REDIS_PUT)
+        self._remove_tag = self._client.register_script(_REDIS_REMOVE_TAG)
+        self._delete = self._client.register_script(_REDIS_DELETE)
+        self._meta_key = f"{prefix}meta"
+
+    def _key(self, user_id: str) -> str:
+        return f"{self.prefix}user:{user_id}"
+
+    def _put_rows(self, ids: list[str], stamps: list[str], data: list[str], *, fields: tuple[
+            str, str], counter: str, only_newer: bool) -> int:
+        """Run the conditional write script once per chunk of users; return users written."""
+        written = 0
+        for part in _chunks(len(ids)):
+            keys = [self._meta_key, *map(self._key, ids[part])]
+            args: list[str] = [*fields, counter, "1" if only_newer else "0"]
+            for stamp, value in zip(stamps[part], data[part], strict=True):
+                args += (stamp, value)
+            written += int(self._put(keys=keys, args=args))
+        return written
+
+    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str) -> int:
+        return sum(self._put_rows(chunk.ids, [as_of] * len(chunk.ids), chunk.records,
+                                  fields=("as_of", "record"), counter="users", only_newer=True)
+                   for chunk in chunks)
+
+    def _put_preferences(self, rows: list[tuple[str, str, str]], *, only_newer: bool) -> int:
+        if not rows:
+            return 0
+        ids, stamps, data = (list(col) for col in zip(*rows, strict=True))
+        return self._put_rows(ids, stamps, data, fields=("prefs_ts", "prefs"), counter="",
+                              only_newer=only_newer)
+
+    def _fetch(self, user_ids: list[str]) -> dict[str, StoredUser]:
+        if len(user_ids) == 1:
+            values = [self._client.hmget(self._key(user_ids[0]), _FIELDS)]
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.hmget(self._key(user_id), _FIELDS)
+            values = pipe.execute()
+        found = {}
+        for user_id, fields in zip(user_ids, values, strict=True):
+            if any(v is not None for v in fields):
+                found[user_id] = StoredUser(*(v.decode() if v is not None else None
+                                              for v in fields))
+        return found
+
+    def remove_tag(self, user_id: str, tag: str) -> bool:
+        return bool(self._remove_tag(keys=[self._key(user_id)], args=[tag]))
+
+    def delete(self, user_id: str) -> bool:
+        return bool(self._delete(keys=[self._meta_key, self._key(user_id)]))
+
+    def meta(self) -> dict[str, Any]:
+        as_of, users = self._client.hmget(self._meta_key, ["as_of", "users"])
+        return {"backend": self.backend, "as_of": as_of.decode() if as_of else None,
+                "users": int(users or 0)}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_store(settings: Settings) -> OnlineStore:
+    """The online store named by ``settings.store.backend``.
+
+    Raises :class:`MissingComponent` when the Redis server cannot be reached.
+    """
+    cfg = settings.store
+    if cfg.backend == "redis":
+        return RedisStore(cfg.redis_url, cfg.redis_prefix, cfg.redis_timeout_seconds)
+    return SqliteStore(settings.paths.store_path, cfg.sqlite_timeout_seconds)

@@ -1,0 +1,199 @@
+"""The Vowpal Wabbit contextual bandit (``--cb_explore_adf``, squarecb by default).
+
+One example per decision: a ``shared`` line with the user and the request context, and one
+line per eligible arm. Namespaces (their first letter is what ``-q`` interactions refer to):
+
+- ``S`` segmentation: tier, segment, tags, known;
+- ``U`` user scores: churn and propensity bins, RFM bins (recency, frequency, monetary, aov);
+- ``C`` context: channel, page, category, item price bin, hour bin;
+- ``A`` arm: ``arm=<name>`` plus the arm's own features from ``ArmConfig.features``.
+
+Rewards become VW costs as ``cost = -reward / reward.scale``. A ``vowpalwabbit.Workspace``
+cannot be pickled or shared between threads: each :class:`VWBandit` belongs to one thread.
+The string-list API used here parses and finishes every example itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import vowpalwabbit
+from pydantic import BaseModel, Field
+
+from nextbest.config import ArmConfig, BanditConfig
+from serving.policy import RequestContext, UserView
+
+_UNSAFE = re.compile(r"[\s|:]+")
+
+# Bin edges: a value gets the number of edges it is >= to; a missing value gets "na".
+SCORE_EDGES = (0.1, 0.25, 0.5, 0.75)
+FEATURE_BINS: dict[str, tuple[float, ...]] = {
+    "recency_days": (7, 30, 90, 180),
+    "frequency_total": (1, 2, 4, 8),
+    "monetary_365d": (1, 100, 500, 1000, 5000),
+    "aov": (25, 50, 100, 250, 500),
+}
+PRICE_EDGES = (25, 50, 100, 250, 500, 1000)
+HOUR_PARTS = ("night",) * 6 + ("morning",) * 6 + ("afternoon",) * 6 + ("evening",) * 6
+
+
+class BanditExample(BaseModel):
+    """The features of one decision exactly as sent to VW (also what the decision log keeps).
+
+    ``shared`` maps a namespace to its feature tokens; ``arms`` maps each eligible arm, in
+    the order VW saw them, to its tokens.
+    """
+
+    shared: dict[str, list[str]] = Field(default_factory=dict)
+    arms: dict[str, list[str]] = Field(default_factory=dict)
+
+
+def _token(value: object) -> str:
+    """A VW-safe token: no whitespace, ``|`` or ``:``."""
+    return _UNSAFE.sub("_", str(value)) or "_"
+
+
+def _bin(name: str, value: float | None, edges: tuple[float, ...]) -> str:
+    """``name=k`` where k counts the edges ``value`` reaches; ``name=na`` when missing."""
+    if value is None:
+        return f"{name}=na"
+    return f"{name}={bisect.bisect_right(edges, value)}"
+
+
+def encode_shared(user: UserView, context: RequestContext) -> dict[str, list[str]]:
+    """The shared namespaces S, U and C of one decision."""
+    segmentation = [f"tier={_token(user.tier)}", f"segment={_token(user.segment)}",
+                    f"known={int(user.known)}"]
+    segmentation += [f"tag={_token(tag)}" for tag in sorted(user.tags)]
+    scores = [_bin("churn", user.churn_probability, SCORE_EDGES),
+              _bin("propensity", user.purchase_propensity, SCORE_EDGES)]
+    scores += [_bin(name, user.features.get(name), edges) for name, edges in FEATURE_BINS.items()]
+    hour = "na" if context.hour is None else HOUR_PARTS[context.hour]
+    ctx = [f"channel={_token(context.channel)}", f"page={_token(context.page)}",
+           f"category={_token(context.category or 'na')}",
+           _bin("price", context.item_price, PRICE_EDGES), f"hour={hour}"]
+    return {"S": segmentation, "U": scores, "C": ctx}
+
+
+def encode_arm(arm: ArmConfig) -> list[str]:
+    """``arm=<name>`` plus the arm's features: strings as ``key=value``, numbers as ``key:x``."""
+    tokens = [f"arm={_token(arm.name)}"]
+    for key, value in sorted(arm.features.items()):
+        if isinstance(value, str):
+            tokens.append(f"{_token(key)}={_token(value)}")
+        else:
+            tokens.append(f"{_token(key)}:{float(value)!r}")
+    return tokens
+
+
+def encode_arms(config: BanditConfig) -> dict[str, list[str]]:
+    """The tokens of every configured arm, computed once per engine."""
+    return {arm.name: encode_arm(arm) for arm in config.arms}
+
+
+def build_example(arm_tokens: dict[str, list[str]], user: UserView, context: RequestContext,
+                  eligible: list[str]) -> BanditExample:
+    """The VW example for choosing among ``eligible`` (``arm_tokens`` from encode_arms)."""
+    return BanditExample(shared=encode_shared(user, context),
+                         arms={name: arm_tokens[name] for name in eligible})
+
+
+def to_vw_lines(example: BanditExample,
+                label: tuple[str, float, float] | None = None) -> list[str]:
+    """The multi-line VW text; ``label`` = (chosen arm, cost, probability) when learning."""
+    shared = " ".join(f"|{ns} {' '.join(tokens)}" for ns, tokens in example.shared.items())
+    lines = [f"shared {shared}"]
+    for name, tokens in example.arms.items():
+        prefix = f"0:{label[1]!r}:{label[2]!r} " if label and label[0] == name else ""
+        lines.append(f"{prefix}|A {' '.join(tokens)}")
+    return lines
+
+
+def vw_arguments(config: BanditConfig) -> list[str]:
+    """The VW command line of a fresh model, from the exploration config."""
+    exploration = config.exploration
+    args = ["--cb_explore_adf", "--quiet", "--random_seed", str(config.seed),
+            "-b", str(config.bits)]
+    if exploration.algorithm == "squarecb":
+        args += ["--squarecb", "--gamma_scale", str(exploration.gamma_scale),
+                 "--gamma_exponent", str(exploration.gamma_exponent)]
+    elif exploration.algorithm == "epsilon":
+        args += ["--epsilon", str(exploration.epsilon)]
+    elif exploration.algorithm == "softmax":
+        args += ["--softmax", "--lambda", str(exploration.softmax_lambda)]
+    else:
+        args += ["--bag", str(exploration.bag_size), "--epsilon", str(exploration.epsilon)]
+    for pair in exploration.interactions:
+        args += ["-q", pair]
+    return args + exploration.extra_args.split()
+
+
+def model_fingerprint(config: BanditConfig) -> str:
+    """Eight hex digits naming the VW arguments, arms and reward: part of ``policy_version``.
+
+    A checkpoint made under another fingerprint is not reused (the log is replayed instead).
+    """
+    body = json.dumps({"args": vw_arguments(config),
+                       "arms": [a.model_dump() for a in config.arms],
+                       "reward": config.reward.model_dump()}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:8]
+
+
+def arm_cost(arm: ArmConfig, item_price: float | None, revenue: float) -> float:
+    """What the arm costs on a conversion: ``cost + cost_rate * item_price``.
+
+    Without an item price (a home page decision) the revenue stands in for it.
+    """
+    price = item_price if item_price is not None else revenue
+    return arm.cost + arm.cost_rate * price
+
+
+def reward_of(config: BanditConfig, action: str | None, converted: bool, revenue: float,
+              item_price: float | None) -> float:
+    """Reward per ``reward.kind``: profit = converted x (revenue - arm cost), or conversion.
+
+    A decision without an action (control group) has no arm cost, so its profit is the
+    plain revenue: that is what lift is measured against.
+    """
+    if config.reward.kind == "conversion":
+        return 1.0 if converted else 0.0
+    if not converted:
+        return 0.0
+    cost = 0.0 if action is None else arm_cost(config.arm(action), item_price, revenue)
+    return revenue - cost
+
+
+class VWBandit:
+    """One VW ``--cb_explore_adf`` workspace: predict a pmf, learn a logged reward, save."""
+
+    def __init__(self, config: BanditConfig, *, model_file: Path | None = None):
+        self.config = config
+        if model_file is None:
+            self.workspace = vowpalwabbit.Workspace(arg_list=vw_arguments(config))
+        else:
+            self.workspace = vowpalwabbit.Workspace(
+                arg_list=["-i", str(model_file), "--quiet"])
+
+    def predict(self, example: BanditExample) -> list[float]:
+        """VW's probabilities for the arms of ``example``, in their order."""
+        if len(example.arms) == 1:
+            return [1.0]
+        return list(self.workspace.predict(to_vw_lines(example)))
+
+    def learn(self, example: BanditExample, action: str, reward: float,
+              probability: float) -> None:
+        """Learn that ``action``, chosen with ``probability``, earned ``reward``."""
+        cost = -reward / self.config.reward.scale
+        self.workspace.learn(to_vw_lines(example, (action, cost, probability)))
+
+    def save(self, path: Path) -> None:
+        """Write the model (with its learning state, so training can resume) to ``path``."""
+        self.workspace.save(str(path))
+
+    def close(self) -> None:
+        """Free the native workspace."""
+        self.workspace.finish()

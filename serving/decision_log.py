@@ -1,0 +1,357 @@
+"""The decision log: every decision and every reward, durably, in SQLite (WAL).
+
+Tables:
+
+- ``decisions``: one row per decision, written before the decision is returned: the
+  features exactly as sent to VW, the eligible arms, the chosen action, its probability and
+  the whole pmf, so the bandit can learn from it later and other policies can be evaluated
+  offline (IPS/SNIPS/DR need context, action, probability and reward).
+- ``rewards``: at most one row per decision (``event_id UNIQUE``), from feedback within the
+  reward window or from the sweeper when the window closed without feedback. ``seq`` (an
+  AUTOINCREMENT key) is the log position the learner's checkpoints refer to. SQLite lets
+  one writer at a time commit, so ``seq`` grows in commit order and a reader tailing
+  ``seq > n`` never skips a row.
+- ``late_feedback``: feedback that arrived after the window: recorded, never learned.
+
+Several processes (BentoML workers, the learner) may open the same file: WAL lets readers
+run beside the one writer, and ``busy_timeout`` makes writers wait instead of failing.
+``durable=False`` (simulations on a scratch file) commits in batches with
+``synchronous=OFF``: fast, but a crash may lose the last batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from serving.policy import ContactCounts
+
+BATCH_COMMIT = 1000  # operations per commit when durable=False
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    event_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    tier TEXT NOT NULL,
+    features TEXT NOT NULL,
+    eligible TEXT NOT NULL,
+    action TEXT,
+    probability REAL NOT NULL,
+    pmf TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    personalized INTEGER NOT NULL,
+    control INTEGER NOT NULL,
+    learnable INTEGER NOT NULL,
+    campaign TEXT,
+    item_price REAL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_user_ts ON decisions (user_id, ts);
+CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
+CREATE TABLE IF NOT EXISTS rewards (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    converted INTEGER NOT NULL,
+    revenue REAL NOT NULL,
+    reward REAL NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('feedback', 'timeout')),
+    ts REAL NOT NULL,
+    learnable INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS late_feedback (
+    event_id TEXT PRIMARY KEY,
+    converted INTEGER NOT NULL,
+    revenue REAL NOT NULL,
+    reward REAL NOT NULL,
+    ts REAL NOT NULL
+);
+"""
+_DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, probability, "
+                     "pmf, policy_version, personalized, control, learnable, campaign, "
+                     "item_price, reason")
+
+
+class Decision(BaseModel):
+    """One next-best-action decision, as returned to the caller."""
+
+    event_id: str
+    user_id: str
+    action: str | None  # None: no action (control group, or no eligible arm)
+    probability: float
+    pmf: dict[str, float]
+    personalized: bool
+    control: bool
+    reason: str
+    policy_version: str
+    eligible: list[str]
+    ts: datetime
+    campaign: str | None = None
+    learnable: bool = False
+
+
+class FeedbackResult(BaseModel):
+    """What happened to one feedback: accepted, a duplicate (counted once) or late."""
+
+    event_id: str
+    status: Literal["accepted", "duplicate", "late"]
+    reward: float | None
+    learnable: bool
+    detail: str
+
+
+class LoggedDecision(BaseModel):
+    """A decision row as stored, with what is needed to learn from it and to price it."""
+
+    decision: Decision
+    tier: str
+    features: dict[str, Any] = Field(default_factory=dict)  # BanditExample.model_dump()
+    item_price: float | None = None
+
+
+class LoggedReward(BaseModel):
+    """A reward row joined with its decision: one thing for the learner to learn."""
+
+    seq: int
+    event_id: str
+    reward: float
+    learnable: bool
+    action: str | None
+    probability: float
+    features: dict[str, Any]
+
+
+class RewardRow(BaseModel):
+    """A reward to insert."""
+
+    event_id: str
+    converted: bool
+    revenue: float
+    reward: float
+    source: Literal["feedback", "timeout"]
+    ts: datetime
+    learnable: bool
+
+
+def to_epoch(ts: datetime) -> float:
+    """UTC seconds; a naive datetime is taken to be UTC (the data contract)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.timestamp()
+
+
+def from_epoch(seconds: float) -> datetime:
+    """The aware UTC datetime of ``seconds``."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class DecisionLog:
+    """The SQLite decision log of one process (one connection; callers serialise access)."""
+
+    def __init__(self, path: Path, *, durable: bool = True,
+                 synchronous: Literal["NORMAL", "FULL"] = "NORMAL"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.durable = durable
+        self._pending = 0
+        self._swept_to: float | None = None
+        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous if durable else 'OFF'}")
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            self.conn.execute(statement)
+        if not durable:
+            self.conn.execute("BEGIN")
+
+    def _wrote(self) -> None:
+        """Commit now (durable) or every ``BATCH_COMMIT`` writes (scratch logs)."""
+        if self.durable:
+            return  # autocommit: every statement is its own committed transaction
+        self._pending += 1
+        if self._pending >= BATCH_COMMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit pending batched writes (no-op for a durable log)."""
+        if not self.durable and self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN")
+        self._pending = 0
+
+    # -- decisions -------------------------------------------------------------------------
+    def record_decision(self, logged: LoggedDecision) -> None:
+        """Write one decision; committed before this returns when the log is durable."""
+        d = logged.decision
+        self.conn.execute(
+            f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (d.event_id, d.user_id, to_epoch(d.ts), logged.tier,
+             json.dumps(logged.features, separators=(",", ":")), json.dumps(d.eligible),
+             d.action, d.probability, json.dumps(d.pmf), d.policy_version, int(d.personalized),
+             int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason))
+        self._wrote()
+
+    def get_decision(self, event_id: str) -> LoggedDecision | None:
+        """The logged decision of ``event_id``, or None."""
+        row = self.conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?",
+                                (event_id,)).fetchone()
+        return None if row is None else _logged_decision(row)
+
+    def contact_counts(self, user_id: str, now: datetime) -> ContactCounts:
+        """Actions given to ``user_id`` in the 24 hours and per arm in the 7 days before now."""
+        t = to_epoch(now)
+        rows = self.conn.execute(
+            "SELECT action, count(*), sum(ts >= ?) FROM decisions WHERE user_id = ? "
+            "AND ts >= ? AND action IS NOT NULL GROUP BY action",
+            (t - 86400.0, user_id, t - 7 * 86400.0)).fetchall()
+        return ContactCounts(actions_today=sum(int(r[2]) for r in rows),
+                             per_arm_week={r[0]: int(r[1]) for r in rows})
+
+    def last_campaign_ts(self, user_id: str, campaign: str) -> datetime | None:
+        """When ``campaign`` last produced a decision for ``user_id`` (for cooldowns)."""
+        row = self.conn.execute(
+            "SELECT max(ts) FROM decisions WHERE user_id = ? AND campaign = ?",
+            (user_id, campaign)).fetchone()
+        return None if row[0] is None else from_epoch(row[0])
+
+    def count_decisions(self) -> int:
+        """How many decisions the log holds."""
+        return int(self.conn.execute("SELECT count(*) FROM decisions").fetchone()[0])
+
+    # -- rewards ---------------------------------------------------------------------------
+    def insert_reward(self, row: RewardRow) -> int | None:
+        """Insert a reward; its ``seq``, or None when the decision already has one."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, ts, "
+            "learnable) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row.event_id, int(row.converted), row.revenue, row.reward, row.source,
+             to_epoch(row.ts), int(row.learnable)))
+        self._wrote()
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def get_reward(self, event_id: str) -> tuple[float, str, bool] | None:
+        """(reward, source, learnable) already recorded for ``event_id``, or None."""
+        row = self.conn.execute("SELECT reward, source, learnable FROM rewards WHERE event_id = ?",
+                                (event_id,)).fetchone()
+        return None if row is None else (float(row[0]), str(row[1]), bool(row[2]))
+
+    def record_late(self, event_id: str, converted: bool, revenue: float, reward: float,
+                    ts: datetime) -> bool:
+        """Record feedback that missed the window; False when it was already recorded."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO late_feedback (event_id, converted, revenue, reward, ts) "
+            "VALUES (?, ?, ?, ?, ?)", (event_id, int(converted), revenue, reward, to_epoch(ts)))
+        self._wrote()
+        return cursor.rowcount == 1
+
+    def sweep(self, now: datetime, window: timedelta, default_reward: float) -> int:
+        """Give the default reward to every decision whose window closed without feedback.
+
+        Only decisions newer than the previous sweep's cut-off minus one window are looked
+        at again, so a sweep costs what arrived since the last one (the first scans all).
+        """
+        cutoff = to_epoch(now) - window.total_seconds()
+        lower = -1.0 if self._swept_to is None else self._swept_to - window.total_seconds()
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, ts, "
+            "learnable) SELECT d.event_id, 0, 0.0, ?, 'timeout', ?, d.learnable "
+            "FROM decisions d WHERE d.ts >= ? AND d.ts < ? AND NOT EXISTS "
+            "(SELECT 1 FROM rewards r WHERE r.event_id = d.event_id) ORDER BY d.ts",
+            (default_reward, to_epoch(now), lower, cutoff))
+        self._swept_to = cutoff
+        self._wrote()
+        return max(cursor.rowcount, 0)
+
+    def rewards_after(self, seq: int, limit: int = 1000) -> list[LoggedReward]:
+        """Rewards with a log position above ``seq``, in order, joined with their decisions."""
+        rows = self.conn.execute(
+            "SELECT r.seq, r.event_id, r.reward, r.learnable, d.action, d.probability, "
+            "d.features FROM rewards r JOIN decisions d ON d.event_id = r.event_id "
+            "WHERE r.seq > ? ORDER BY r.seq LIMIT ?", (seq, limit)).fetchall()
+        return [LoggedReward(seq=r[0], event_id=r[1], reward=r[2], learnable=bool(r[3]),
+                             action=r[4], probability=r[5], features=json.loads(r[6]))
+                for r in rows]
+
+    def last_seq(self) -> int:
+        """The highest reward log position (0 when there is none)."""
+        return int(self.conn.execute("SELECT coalesce(max(seq), 0) FROM rewards").fetchone()[0])
+
+    # -- reporting and privacy -------------------------------------------------------------
+    def arm_summary(self) -> list[dict[str, Any]]:
+        """Per (tier, action): decisions, rewards received and their sum."""
+        rows = self.conn.execute(
+            "SELECT d.tier, d.action, count(*), count(r.reward), coalesce(sum(r.reward), 0), "
+            "sum(d.learnable) FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id "
+            "GROUP BY d.tier, d.action").fetchall()
+        return [{"tier": r[0], "action": r[1], "decisions": r[2], "rewards": r[3],
+                 "reward_sum": r[4], "learnable": r[5]} for r in rows]
+
+    def count_rewards(self, *, learnable_only: bool = False) -> int:
+        """Rewards in the log (optionally only learnable ones)."""
+        where = " WHERE learnable = 1" if learnable_only else ""
+        return int(self.conn.execute(f"SELECT count(*) FROM rewards{where}").fetchone()[0])
+
+    def export_user(self, user_id: str) -> list[dict[str, Any]]:
+        """Every decision about ``user_id`` with its reward and late feedback, oldest first."""
+        rows = self.conn.execute(
+            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE user_id = ? ORDER BY ts",
+            (user_id,)).fetchall()
+        out = []
+        for row in rows:
+            logged = _logged_decision(row)
+            item = logged.decision.model_dump(mode="json")
+            item.update(tier=logged.tier, features=logged.features, item_price=logged.item_price)
+            item["reward"] = self._reward_dict("rewards", logged.decision.event_id)
+            item["late_feedback"] = self._reward_dict("late_feedback", logged.decision.event_id)
+            out.append(item)
+        return out
+
+    def _reward_dict(self, table: str, event_id: str) -> dict[str, Any] | None:
+        """One reward-like row of ``table`` as a dict with an ISO timestamp."""
+        cursor = self.conn.execute(f"SELECT * FROM {table} WHERE event_id = ?", (event_id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        item = dict(zip([c[0] for c in cursor.description], row, strict=True))
+        item["ts"] = from_epoch(item["ts"]).isoformat()
+        return item
+
+    def erase_user(self, user_id: str) -> int:
+        """Delete every decision, reward and late feedback of ``user_id``; decisions deleted."""
+        subquery = "SELECT event_id FROM decisions WHERE user_id = ?"
+        if self.durable:  # one transaction: no reader sees rewards without their decision
+            self.conn.execute("BEGIN IMMEDIATE")
+        for table in ("rewards", "late_feedback"):
+            self.conn.execute(f"DELETE FROM {table} WHERE event_id IN ({subquery})", (user_id,))
+        count = self.conn.execute("DELETE FROM decisions WHERE user_id = ?", (user_id,)).rowcount
+        if self.durable:
+            self.conn.execute("COMMIT")
+        else:
+            self.flush()
+        return count
+
+    def close(self) -> None:
+        """Commit what is pending and close the connection."""
+        self.flush()
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+        self.conn.close()
+
+
+def _logged_decision(row: tuple[Any, ...]) -> LoggedDecision:
+    """Rebuild a LoggedDecision from a ``SELECT {_DECISION_COLUMNS}`` row."""
+    (event_id, user_id, ts, tier, features, eligible, action, probability, pmf, version,
+     personalized, control, learnable, campaign, item_price, reason) = row
+    decision = Decision(event_id=event_id, user_id=user_id, action=action,
+                        probability=probability, pmf=json.loads(pmf),
+                        personalized=bool(personalized), control=bool(control), reason=reason,
+                        policy_version=version, eligible=json.loads(eligible),
+                        ts=from_epoch(ts), campaign=campaign, learnable=bool(learnable))
+    return LoggedDecision(decision=decision, tier=tier, features=json.loads(features),
+                          item_price=item_price)

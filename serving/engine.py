@@ -1,0 +1,380 @@
+"""The decision engine: policy layer -> VW bandit -> decision log <- reward join -> learner.
+
+This is the whole Decision Service loop of DESIGN.md section 6 as a plain Python object;
+the BentoML service is a thin adapter over it and the simulator drives the very same object
+in-process, so simulated and live decisions cannot drift apart.
+
+Roles (one engine per process):
+
+- ``"inline"``: decides and learns in this process, each reward the moment its feedback is
+  accepted (no thread). Holds the learner lock when ``durable``. For a single-process
+  service, and with ``durable=False`` on a scratch log for the simulator (batched commits,
+  no lock, no checkpoints: fast, but a crash loses the run).
+- ``"learner"``: scores with the published model like a scorer, and runs the one learner in
+  a background thread (tails the log, sweeps timed-out decisions, checkpoints).
+- ``"scorer"``: decides and records feedback; learning happens in the learner process, whose
+  checkpoints it reloads (looking at most every ``reload_seconds``).
+- ``"auto"``: ``"learner"`` if the learner lock is free, else ``"scorer"`` (several workers).
+
+Every public method is thread-safe (one lock per engine: a VW workspace is single-threaded).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import secrets
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from nextbest.config import Settings
+from nextbest.errors import Conflict, NotFound, ValidationFailed
+from serving.bandit import BanditExample, VWBandit, build_example, encode_arms, reward_of
+from serving.decision_log import (
+    Decision,
+    DecisionLog,
+    FeedbackResult,
+    LoggedDecision,
+    RewardRow,
+)
+from serving.learner import (
+    CheckpointStore,
+    Learner,
+    LearnerLock,
+    LearnerThread,
+    ModelWatcher,
+)
+from serving.policy import (
+    PlanKind,
+    PolicyLayer,
+    PolicyPlan,
+    RequestContext,
+    UserView,
+    normalise_pmf,
+    reason_for,
+    sample_arm,
+)
+from serving.triggers import BehaviourEvent, CampaignFired, TriggerSet
+
+__all__ = [
+    "BehaviourEvent", "CampaignFired", "Decision", "DecisionEngine", "FeedbackResult",
+    "RequestContext", "Role", "UserView",
+]
+
+Role = Literal["scorer", "learner", "inline", "auto"]
+
+
+def _utc(now: datetime | None) -> datetime:
+    """``now`` as an aware UTC datetime (naive means UTC); the wall clock when None."""
+    if now is None:
+        return datetime.now(UTC)
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+class DecisionEngine:
+    """Decide, log, join rewards and learn: the public API of the serving loop."""
+
+    def __init__(self, settings: Settings, *, log_path: Path | None = None,
+                 role: Role = "inline", durable: bool = True, bandit_dir: Path | None = None):
+        """Open the decision log and the model for ``role`` (see the module docstring).
+
+        ``log_path`` defaults to ``settings.paths.decision_log`` and ``bandit_dir`` to
+        ``settings.paths.bandit_dir``. ``durable=False`` only goes with ``role="inline"``.
+        Raises Conflict when ``role="learner"`` (or durable inline) finds another learner.
+        """
+        if not durable and role != "inline":
+            raise ValidationFailed("durable=False is only for role='inline' (a scratch log)",
+                                   field="durable")
+        self.settings = settings
+        self.config = settings.bandit
+        self.policy = PolicyLayer(self.config)
+        self.arm_tokens = encode_arms(self.config)
+        self.triggers = TriggerSet(settings.serving.triggers)
+        self.log_path = Path(log_path or settings.paths.decision_log)
+        self.log = DecisionLog(self.log_path, durable=durable,
+                               synchronous=self.config.log_synchronous)
+        self.rng = random.Random(self.config.seed)  # re-seeded per process for shared roles
+        self._lock = threading.RLock()
+        self._lock_file: LearnerLock | None = None
+        self._learner: Learner | None = None
+        self._watcher: ModelWatcher | None = None
+        self._thread: LearnerThread | None = None
+        self._last_sweep: datetime | None = None
+        store = CheckpointStore(Path(bandit_dir or settings.paths.bandit_dir)) if durable else None
+        self.role = self._start(role, store)
+        if self.role != "inline":
+            # Several scorer processes must not draw the same numbers in lockstep.
+            self.rng = random.Random(f"{self.config.seed}:{os.getpid()}")
+
+    def _start(self, role: Role, store: CheckpointStore | None) -> Role:
+        """Take the learner lock if the role needs it, load the model, replay the log."""
+        if role in ("inline", "learner", "auto") and store is not None:
+            lock = LearnerLock(store.dir)
+            try:
+                lock.acquire()
+                self._lock_file = lock
+            except Conflict:
+                if role != "auto":
+                    self.log.close()
+                    raise
+                role = "scorer"
+        if role == "auto":
+            role = "learner"
+        if role == "inline":
+            self._learner = Learner(self.settings, self.log, store=store)
+            self._learner.catch_up()
+        elif role == "learner":
+            assert store is not None  # durable=False was refused above
+            self._thread = LearnerThread(self.settings, self.log_path, store)
+            self._thread.start()
+            self._watcher = ModelWatcher(self.settings, store)
+        else:
+            assert store is not None
+            self._watcher = ModelWatcher(self.settings, store)
+        return role
+
+    # -- the model in use ------------------------------------------------------------------
+    def _model(self) -> tuple[VWBandit, str]:
+        """The bandit that scores now and its policy version (reloading a newer checkpoint)."""
+        if self._learner is not None:
+            return self._learner.bandit, self._learner.policy_version
+        assert self._watcher is not None
+        self._watcher.refresh()
+        return self._watcher.bandit, self._watcher.policy_version
+
+    @property
+    def policy_version(self) -> str:
+        """The version of the model deciding now: ``<config fingerprint>.<log seq>``."""
+        with self._lock:
+            return self._model()[1]
+
+    # -- decide ----------------------------------------------------------------------------
+    def decide(self, user: UserView, context: RequestContext, *, now: datetime | None = None,
+               campaign: str | None = None) -> Decision:
+        """Choose the next-best action for ``user`` in ``context`` and log it durably.
+
+        The returned ``pmf`` covers the eligible arms and sums to 1; ``probability`` is the
+        chosen arm's entry (1.0 when there is no action). The decision is in the log
+        (committed, when durable) before this returns.
+        """
+        ts = _utc(now)
+        with self._lock:
+            self._maybe_sweep(ts)
+            plan = self.policy.plan(user, self.log.contact_counts(user.user_id, ts))
+            bandit, version = self._model()
+            example = (build_example(self.arm_tokens, user, context, plan.eligible)
+                       if user.personalization else BanditExample())
+            action, pmf = self._choose(plan, bandit, example)
+            probability = pmf.get(action, 1.0) if action is not None else 1.0
+            decision = Decision(
+                event_id=secrets.token_urlsafe(16), user_id=user.user_id, action=action,
+                probability=probability, pmf=pmf,
+                personalized=plan.kind is PlanKind.BANDIT, control=plan.kind is PlanKind.CONTROL,
+                reason=reason_for(plan, user, algorithm=self.config.exploration.algorithm,
+                                  action=action, probability=probability),
+                policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
+                learnable=plan.learnable)
+            self.log.record_decision(LoggedDecision(
+                decision=decision, tier=user.tier, features=example.model_dump(),
+                item_price=context.item_price))
+            return decision
+
+    def _choose(self, plan: PolicyPlan, bandit: VWBandit,
+                example: BanditExample) -> tuple[str | None, dict[str, float]]:
+        """The action and pmf for a plan: sampled from VW's pmf on the bandit path."""
+        if plan.kind is PlanKind.OPT_OUT:
+            return plan.eligible[0], {plan.eligible[0]: 1.0}
+        if plan.kind is not PlanKind.BANDIT:
+            return None, {}
+        pmf = normalise_pmf(plan.eligible, bandit.predict(example))
+        return sample_arm(pmf, self.rng), pmf
+
+    # -- feedback --------------------------------------------------------------------------
+    def feedback(self, event_id: str, converted: bool, revenue: float = 0.0, *,
+                 now: datetime | None = None) -> FeedbackResult:
+        """Join a reward to its decision: accepted once, duplicates and late ones said so.
+
+        Raises NotFound for an unknown ``event_id`` and ValidationFailed for a negative or
+        non-finite ``revenue``. In the inline role an accepted reward is learned at once.
+        """
+        if not math.isfinite(revenue) or revenue < 0:
+            raise ValidationFailed(f"revenue must be a finite number >= 0, got {revenue}",
+                                   field="revenue")
+        ts = _utc(now)
+        with self._lock:
+            logged = self.log.get_decision(event_id)
+            if logged is None:
+                raise NotFound(f"no decision with event_id {event_id!r}", field="event_id")
+            decision = logged.decision
+            reward = reward_of(self.config, decision.action, converted, revenue,
+                               logged.item_price)
+            window = timedelta(days=self.config.reward.window_days)
+            if ts - decision.ts > window:
+                return self._late(event_id, converted, revenue, reward, ts, window)
+            seq = self.log.insert_reward(RewardRow(
+                event_id=event_id, converted=converted, revenue=revenue, reward=reward,
+                source="feedback", ts=ts, learnable=decision.learnable))
+            if seq is None:
+                return self._already(event_id, converted, revenue, reward, ts, window)
+            if self._learner is not None:
+                self._learner.learn_next(seq, logged, reward)
+            detail = ("reward accepted and learned" if decision.learnable else
+                      f"reward accepted, not learned: {decision.reason}")
+            if decision.learnable and self._learner is None:
+                detail = "reward accepted; the learner will learn it"
+            return FeedbackResult(event_id=event_id, status="accepted", reward=reward,
+                                  learnable=decision.learnable, detail=detail)
+
+    def _late(self, event_id: str, converted: bool, revenue: float, reward: float,
+              ts: datetime, window: timedelta) -> FeedbackResult:
+        """Record feedback that missed the reward window; never learned."""
+        new = self.log.record_late(event_id, converted, revenue, reward, ts)
+        again = "" if new else " (already recorded once)"
+        return FeedbackResult(
+            event_id=event_id, status="late", reward=reward, learnable=False,
+            detail=f"feedback arrived after the {window.days}-day reward window: "
+                   f"recorded, not learned{again}")
+
+    def _already(self, event_id: str, converted: bool, revenue: float, reward: float,
+                 ts: datetime, window: timedelta) -> FeedbackResult:
+        """The decision already has a reward: a duplicate, or late if the sweeper got there."""
+        existing = self.log.get_reward(event_id)
+        if existing is not None and existing[1] == "timeout":
+            return self._late(event_id, converted, revenue, reward, ts, window)
+        learned, _, learnable = existing if existing else (reward, "", False)
+        return FeedbackResult(event_id=event_id, status="duplicate", reward=learned,
+                              learnable=learnable,
+                              detail="feedback for this event was already accepted; "
+                                     "counted once")
+
+    # -- sweeping --------------------------------------------------------------------------
+    def sweep(self, now: datetime | None = None) -> int:
+        """Give the default reward to decisions whose window closed without feedback.
+
+        The learner role does this in its thread every ``sweep_seconds``; the inline role
+        does it lazily inside ``decide`` (by the ``now`` it is given, so simulated time
+        works); call it directly to force one. Returns the rewards added.
+        """
+        ts = _utc(now)
+        with self._lock:
+            self._last_sweep = ts
+            if self._learner is not None:
+                return self._learner.sweep(ts)
+            reward = self.config.reward
+            return self.log.sweep(ts, timedelta(days=reward.window_days), reward.default)
+
+    def _maybe_sweep(self, ts: datetime) -> None:
+        """Inline role: sweep when ``sweep_seconds`` of (possibly simulated) time passed."""
+        if self.role != "inline":
+            return
+        if self._last_sweep is None:
+            self._last_sweep = ts
+        elif (ts - self._last_sweep).total_seconds() >= self.config.sweep_seconds:
+            self.sweep(ts)
+
+    # -- triggers --------------------------------------------------------------------------
+    def on_event(self, user: UserView, event: BehaviourEvent, *,
+                 now: datetime | None = None) -> list[CampaignFired]:
+        """Fire the campaigns whose triggers match ``event``, each with its own decision.
+
+        Users who opted out of personalisation get no campaign; no campaign fires during
+        ``contact.quiet_hours`` (by the event's hour) or within a rule's cooldown for this
+        user; each decision is still subject to the contact limits of the policy layer.
+        """
+        if event.user_id != user.user_id:
+            raise ValidationFailed(f"event.user_id {event.user_id!r} is not the user "
+                                   f"{user.user_id!r}", field="user_id")
+        ts = _utc(now)
+        if not user.personalization or event.ts.hour in self.config.contact.quiet_hours:
+            return []
+        fired = []
+        with self._lock:
+            for rule in self.triggers.match(event, user):
+                last = self.log.last_campaign_ts(user.user_id, rule.campaign)
+                if last is not None and ts - last < timedelta(hours=rule.cooldown_hours):
+                    continue
+                decision = self.decide(user, event.context(), now=ts, campaign=rule.campaign)
+                fired.append(CampaignFired(rule=rule.name, campaign=rule.campaign,
+                                           decision=decision))
+        return fired
+
+    # -- admin -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Decisions logged, rewards learned, arm shares and mean reward per arm, overall and
+        per tier, and the policy version."""
+        with self._lock:
+            rows = self.log.arm_summary()
+            version = self._model()[1]
+            learned = self._learned_count()
+            return {"decisions": sum(r["decisions"] for r in rows),
+                    "rewards": self.log.count_rewards(),
+                    "rewards_learned": learned,
+                    "arms": _arm_table(rows),
+                    "tiers": {tier: _arm_table([r for r in rows if r["tier"] == tier])
+                              for tier in sorted({r["tier"] for r in rows})},
+                    "policy_version": version, "role": self.role}
+
+    def _learned_count(self) -> int:
+        """Rewards the deciding model has learned (the inline learner or the checkpoint)."""
+        if self._learner is not None:
+            return self._learner.meta.rewards_learned
+        assert self._watcher is not None
+        return self._watcher.meta.rewards_learned
+
+    def erase_user(self, user_id: str) -> int:
+        """Delete every decision and reward of ``user_id`` from the log; decisions deleted."""
+        with self._lock:
+            return self.log.erase_user(user_id)
+
+    def export_user(self, user_id: str) -> list[dict[str, Any]]:
+        """Every logged decision about ``user_id`` with its reward (privacy export)."""
+        with self._lock:
+            self.log.flush()
+            return self.log.export_user(user_id)
+
+    def flush(self) -> None:
+        """Commit batched log writes (``durable=False``) so other readers see them."""
+        with self._lock:
+            self.log.flush()
+
+    def close(self) -> None:
+        """Checkpoint (inline), stop the learner thread, close the log, release the lock."""
+        with self._lock:
+            if self._learner is not None:
+                self._learner.checkpoint()
+                self._learner.bandit.close()
+                self._learner = None
+            if self._thread is not None:
+                self._thread.stop()
+                self._thread = None
+            if self._watcher is not None:
+                self._watcher.bandit.close()
+                self._watcher = None
+            self.log.close()
+            if self._lock_file is not None:
+                self._lock_file.release()
+                self._lock_file = None
+
+    def __enter__(self) -> DecisionEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _arm_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Share of decisions and mean reward per action ("none" for no action) over ``rows``."""
+    total = sum(r["decisions"] for r in rows) or 1
+    table: dict[str, dict[str, float]] = {}
+    for row in rows:
+        name = row["action"] or "none"
+        entry = table.setdefault(name, {"decisions": 0, "rewards": 0, "reward_sum": 0.0})
+        entry["decisions"] += row["decisions"]
+        entry["rewards"] += row["rewards"]
+        entry["reward_sum"] += row["reward_sum"]
+    return {name: {"decisions": e["decisions"], "share": e["decisions"] / total,
+                   "mean_reward": e["reward_sum"] / e["rewards"] if e["rewards"] else None}
+            for name, e in sorted(table.items())}

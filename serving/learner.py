@@ -1,0 +1,339 @@
+"""The single-writer learner: one process owns the learning VW model (DESIGN.md 6.5).
+
+- :class:`LearnerLock`: an OS file lock (``fcntl.flock`` on ``bandit_dir/learner.lock``);
+  a second learner fails at once. The OS drops the lock when its process dies, even by
+  ``kill -9``, so a restart can always take it.
+- :class:`CheckpointStore`: checkpoints are a VW model file plus JSON meta (the reward log
+  position ``seq`` they cover and counts), written to a temporary name and renamed, then
+  published by atomically replacing ``latest.json``. Readers never see half a file.
+- :class:`Learner`: loads the latest checkpoint, then learns every reward with
+  ``seq`` above it, in log order; checkpoints every ``checkpoint_every`` rewards, after
+  ``checkpoint_seconds`` with unsaved learning, and on close. After a crash the same steps
+  replay what the checkpoint missed, so no accepted reward is lost, and because VW saves its
+  full learning state the result equals a learner that never crashed.
+- :class:`ModelWatcher`: what scorer processes use to pick up published checkpoints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from nextbest.config import Settings
+from nextbest.errors import Conflict
+from serving.bandit import BanditExample, VWBandit, model_fingerprint
+from serving.decision_log import DecisionLog, LoggedDecision
+
+LOG = logging.getLogger(__name__)
+LATEST = "latest.json"
+KEEP_CHECKPOINTS = 3
+
+
+class CheckpointMeta(BaseModel):
+    """What a checkpoint covers: every reward with ``seq`` <= this one is in the model."""
+
+    seq: int = 0
+    rewards_seen: int = 0       # reward rows consumed (learnable or not)
+    rewards_learned: int = 0    # of which learned by VW
+    model_file: str = ""        # file name inside the checkpoint directory
+    fingerprint: str = ""       # bandit.model_fingerprint of the config that trained it
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+def policy_version(fingerprint: str, seq: int) -> str:
+    """``<fingerprint>.<seq>``: the config and the log position of the model that decided."""
+    return f"{fingerprint}.{seq}"
+
+
+class LearnerLock:
+    """An exclusive, non-blocking ``flock`` that makes this process the only learner."""
+
+    def __init__(self, bandit_dir: Path):
+        bandit_dir.mkdir(parents=True, exist_ok=True)
+        self.path = bandit_dir / "learner.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise Conflict naming the lock file."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise Conflict(f"another process is already the bandit learner ({self.path} is "
+                           "locked); start this one as a scorer") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class CheckpointStore:
+    """Checkpoints under ``bandit_dir``: ``model-<seq>.vw`` + ``model-<seq>.json`` + latest."""
+
+    def __init__(self, bandit_dir: Path):
+        self.dir = bandit_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def latest(self) -> CheckpointMeta | None:
+        """The published checkpoint, or None before the first one."""
+        path = self.dir / LATEST
+        if not path.exists():
+            return None
+        return CheckpointMeta.model_validate_json(path.read_text())
+
+    def latest_stamp(self) -> tuple[int, int] | None:
+        """A cheap change detector for ``latest.json`` (mtime and inode)."""
+        try:
+            st = (self.dir / LATEST).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_ino)
+
+    def model_path(self, meta: CheckpointMeta) -> Path:
+        """Where the model file of ``meta`` lives."""
+        return self.dir / meta.model_file
+
+    def save(self, bandit: VWBandit, meta: CheckpointMeta) -> CheckpointMeta:
+        """Write the model and its meta under temporary names, rename, then publish."""
+        name = f"model-{meta.seq:012d}"
+        meta = meta.model_copy(update={"model_file": f"{name}.vw",
+                                       "created": datetime.now(UTC)})
+        tmp_model = self.dir / f".{name}.vw.tmp"
+        bandit.save(tmp_model)
+        _fsync_file(tmp_model)
+        os.replace(tmp_model, self.dir / meta.model_file)
+        _atomic_write(self.dir / f"{name}.json", meta.model_dump_json())
+        _atomic_write(self.dir / LATEST, meta.model_dump_json())
+        self._prune(keep=meta.model_file)
+        return meta
+
+    def _prune(self, keep: str) -> None:
+        """Delete all but the newest ``KEEP_CHECKPOINTS`` checkpoints."""
+        models = sorted(self.dir.glob("model-*.vw"))
+        for old in models[:-KEEP_CHECKPOINTS]:
+            if old.name != keep:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush a file's bytes to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+
+
+def load_bandit(settings: Settings, store: CheckpointStore | None
+                ) -> tuple[VWBandit, CheckpointMeta]:
+    """The latest checkpoint's model if it was trained under this config, else a fresh one."""
+    fingerprint = model_fingerprint(settings.bandit)
+    for _ in range(3):  # a checkpoint pruned between reading latest.json and loading it
+        meta = store.latest() if store is not None else None
+        if store is None or meta is None or meta.fingerprint != fingerprint:
+            break
+        try:
+            return VWBandit(settings.bandit, model_file=store.model_path(meta)), meta
+        except RuntimeError:
+            if store.model_path(meta).exists():
+                raise  # the file is there but VW cannot read it: a real error
+    return VWBandit(settings.bandit), CheckpointMeta(fingerprint=fingerprint)
+
+
+class Learner:
+    """Learns every reward of the decision log in ``seq`` order, exactly once.
+
+    ``store=None`` keeps everything in memory (a simulation on a scratch log): no lock, no
+    checkpoints. The owner must call it from one thread only.
+    """
+
+    def __init__(self, settings: Settings, log: DecisionLog, *, store: CheckpointStore | None):
+        self.settings = settings
+        self.log = log
+        self.store = store
+        self.bandit, self.meta = load_bandit(settings, store)
+        self._unsaved = 0
+        self._last_save = time.monotonic()
+
+    @property
+    def policy_version(self) -> str:
+        """The version of the model as it stands now."""
+        return policy_version(self.meta.fingerprint, self.meta.seq)
+
+    def catch_up(self, batch: int = 1000) -> int:
+        """Learn every reward after the covered ``seq``; how many rows were consumed."""
+        consumed = 0
+        while True:
+            rows = self.log.rewards_after(self.meta.seq, batch)
+            for row in rows:
+                self._learn(row.seq, row.learnable, row.action, row.features, row.reward,
+                            row.probability)
+            consumed += len(rows)
+            if len(rows) < batch:
+                return consumed
+
+    def learn_next(self, seq: int, logged: LoggedDecision, reward: float) -> None:
+        """Learn a reward just inserted at ``seq`` from the decision already in hand.
+
+        The inline role's fast path: when ``seq`` directly follows what is covered it is
+        learned without reading it back; otherwise (another writer came between) the log is
+        read in order.
+        """
+        if seq != self.meta.seq + 1:
+            self.catch_up()
+            return
+        d = logged.decision
+        self._learn(seq, d.learnable, d.action, logged.features, reward, d.probability)
+
+    def _learn(self, seq: int, learnable: bool, action: str | None, features: dict[str, Any],
+               reward: float, probability: float) -> None:
+        """Learn one reward row (if learnable), advance the covered seq, checkpoint if due."""
+        learned = learnable and action is not None
+        if learned:
+            example = BanditExample.model_validate(features)
+            self.bandit.learn(example, action, reward, probability)
+        self.meta.seq = seq
+        self.meta.rewards_seen += 1
+        self.meta.rewards_learned += int(learned)
+        self._unsaved += 1
+        if self._unsaved >= self.settings.bandit.checkpoint_every:
+            self.checkpoint()
+
+    def checkpoint_if_due(self) -> None:
+        """Checkpoint when there is unsaved learning older than ``checkpoint_seconds``."""
+        elapsed = time.monotonic() - self._last_save
+        if self._unsaved and elapsed >= self.settings.bandit.checkpoint_seconds:
+            self.checkpoint()
+
+    def checkpoint(self) -> CheckpointMeta | None:
+        """Save and publish the model with the log position it covers (no-op in memory)."""
+        if self.store is not None:
+            self.meta = self.store.save(self.bandit, self.meta)
+        self._unsaved = 0
+        self._last_save = time.monotonic()
+        return self.meta if self.store is not None else None
+
+    def sweep(self, now: datetime) -> int:
+        """Default rewards for decisions whose window closed; then learn them."""
+        reward = self.settings.bandit.reward
+        added = self.log.sweep(now, timedelta(days=reward.window_days), reward.default)
+        if added:
+            self.catch_up()
+        return added
+
+
+class LearnerThread:
+    """The learner role's background loop: tail the log, sweep, checkpoint, until stopped.
+
+    It opens its own decision-log connection and its own VW model, so nothing it touches
+    is shared with the scoring thread(s).
+    """
+
+    def __init__(self, settings: Settings, log_path: Path, store: CheckpointStore,
+                 poll_seconds: float = 0.05):
+        self.settings = settings
+        self.log_path = log_path
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="bandit-learner", daemon=True)
+
+    def start(self) -> None:
+        """Start the loop and wait until the checkpoint is loaded and the log replayed."""
+        self.thread.start()
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        """Replay, publish, then poll the log until asked to stop; checkpoint on the way out."""
+        try:
+            log = DecisionLog(self.log_path, synchronous=self.settings.bandit.log_synchronous)
+            learner = Learner(self.settings, log, store=self.store)
+            learner.catch_up()
+            learner.checkpoint()  # publish at once, so scorers have a model to load
+        except BaseException as exc:  # reported to start(), which re-raises it
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        last_sweep = 0.0
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    learner.catch_up()
+                    if time.monotonic() - last_sweep >= self.settings.bandit.sweep_seconds:
+                        learner.sweep(datetime.now(UTC))
+                        last_sweep = time.monotonic()
+                    learner.checkpoint_if_due()
+                except Exception:  # e.g. the log stayed locked: log it, try again next poll
+                    LOG.exception("bandit learner step failed; retrying")
+                self.stop_event.wait(self.poll_seconds)
+            learner.catch_up()
+            learner.checkpoint()
+        finally:
+            learner.bandit.close()
+            log.close()
+
+    def stop(self) -> None:
+        """Ask the loop to finish (it learns what is left and checkpoints) and wait."""
+        self.stop_event.set()
+        self.thread.join()
+
+
+class ModelWatcher:
+    """A scorer's view of the published model: reloads it when ``latest.json`` changes,
+    looking at most every ``reload_seconds``."""
+
+    def __init__(self, settings: Settings, store: CheckpointStore):
+        self.settings = settings
+        self.store = store
+        self.bandit, self.meta = load_bandit(settings, store)
+        self._stamp = store.latest_stamp()
+        self._checked = time.monotonic()
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload if a new checkpoint was published; True when the model changed."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.settings.bandit.reload_seconds:
+            return False
+        self._checked = now
+        stamp = self.store.latest_stamp()
+        if stamp == self._stamp:
+            return False
+        old = self.bandit
+        self.bandit, self.meta = load_bandit(self.settings, self.store)
+        self._stamp = stamp
+        old.close()
+        return True
+
+    @property
+    def policy_version(self) -> str:
+        """The version of the model this scorer uses."""
+        return policy_version(self.meta.fingerprint, self.meta.seq)
+

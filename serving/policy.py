@@ -1,0 +1,179 @@
+"""The policy layer: what may be shown to a user before the bandit chooses (DESIGN.md 6.1).
+
+In order: a stable hash puts ``control_share`` of users into a global control group that gets
+no action (logged, so lift can be measured, never learned from); users who opted out of
+personalisation get the configured ``default_arm`` with probability 1 and are not learned
+from; every other user gets the arms left after removing those excluded by their tags, those
+over their per-user weekly cap, and all of them when the user has reached the daily contact
+limit. The bandit then chooses among the eligible arms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nextbest.config import BanditConfig
+
+
+class UserView(BaseModel):
+    """What the policy layer and the bandit know about a user (from the score and the store)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=200)
+    known: bool = True
+    tier: str = "new"
+    segment: str = "no_purchase"
+    tags: list[str] = Field(default_factory=list)
+    churn_probability: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    purchase_propensity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    # Feature columns of the store record (CONTRACT.md), e.g. recency_days, frequency_total,
+    # monetary_365d, aov; the bandit bins them. NaN means missing and is read as None.
+    features: dict[str, float | None] = Field(default_factory=dict)
+    # False: the user opted out of personalisation -> default arm, never learned from.
+    personalization: bool = True
+
+    @field_validator("features")
+    @classmethod
+    def _nan_is_missing(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        """Store records carry NaN for missing numbers; infinities are a caller bug."""
+        out: dict[str, float | None] = {}
+        for key, number in value.items():
+            if number is not None and math.isinf(number):
+                raise ValueError(f"features.{key} must be finite, got {number}")
+            out[key] = None if number is None or math.isnan(number) else float(number)
+        return out
+
+
+class RequestContext(BaseModel):
+    """The request's context: where the user is and what they look at."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str = Field("web", min_length=1, max_length=50)
+    page: str = Field("home", min_length=1, max_length=100)
+    item_id: str | None = Field(None, max_length=200)
+    item_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    category: str | None = Field(None, max_length=100)
+    hour: int | None = Field(None, ge=0, le=23)
+
+
+class PlanKind(StrEnum):
+    """Which path of the policy layer a decision takes."""
+
+    BANDIT = "bandit"          # the bandit chooses among ``eligible``
+    OPT_OUT = "opt_out"        # default arm, p=1, not personalised, not learned
+    CONTROL = "control"        # global control group: no action
+    NO_ELIGIBLE = "no_eligible"  # every arm removed: no action
+
+
+class PolicyPlan(BaseModel):
+    """The policy layer's verdict for one request, before the bandit runs."""
+
+    kind: PlanKind
+    eligible: list[str]
+    removed: dict[str, str] = Field(default_factory=dict)  # arm -> why it was removed
+
+    @property
+    def learnable(self) -> bool:
+        """Only the bandit's own choices are learned from (not control, opt-out or no-action)."""
+        return self.kind is PlanKind.BANDIT
+
+
+class ContactCounts(BaseModel):
+    """How often a user was contacted recently, counted from the decision log."""
+
+    actions_today: int = 0                                        # last 24 hours, any arm
+    per_arm_week: dict[str, int] = Field(default_factory=dict)    # last 7 days, per arm
+
+
+class PolicyLayer:
+    """Decides control group, opt-out and arm eligibility from config; no state of its own."""
+
+    def __init__(self, config: BanditConfig):
+        self.config = config
+        self.arm_names = [arm.name for arm in config.arms]
+
+    def in_control(self, user_id: str) -> bool:
+        """Stable assignment: sha256(control_salt + user_id) as a number in [0, 1) < share.
+
+        The same user is always in (or out of) the control group, in every process and
+        every run, and changing the salt reshuffles the whole population.
+        """
+        digest = hashlib.sha256((self.config.control_salt + user_id).encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.config.control_share
+
+    def removed_arms(self, user: UserView, counts: ContactCounts) -> dict[str, str]:
+        """Arms the user may not get, each with a short reason (``"coupon_abuser"``)."""
+        removed: dict[str, str] = {}
+        limit = self.config.contact.max_actions_per_user_per_day
+        tags = set(user.tags)
+        for arm in self.config.arms:
+            hit = sorted(tags.intersection(arm.exclude_tags))
+            weekly = counts.per_arm_week.get(arm.name, 0)
+            if counts.actions_today >= limit:
+                removed[arm.name] = f"daily contact limit {limit} reached"
+            elif hit:
+                removed[arm.name] = ", ".join(hit)
+            elif arm.max_per_user_per_week is not None and weekly >= arm.max_per_user_per_week:
+                removed[arm.name] = f"weekly cap {arm.max_per_user_per_week} reached"
+        return removed
+
+    def plan(self, user: UserView, counts: ContactCounts) -> PolicyPlan:
+        """Apply the rules in order: control group, opt-out, then eligibility."""
+        if self.in_control(user.user_id):
+            return PolicyPlan(kind=PlanKind.CONTROL, eligible=[])
+        removed = self.removed_arms(user, counts)
+        if not user.personalization:
+            default = self.config.default_arm
+            if default in removed:
+                return PolicyPlan(kind=PlanKind.NO_ELIGIBLE, eligible=[],
+                                  removed={default: removed[default]})
+            return PolicyPlan(kind=PlanKind.OPT_OUT, eligible=[default])
+        eligible = [name for name in self.arm_names if name not in removed]
+        kind = PlanKind.BANDIT if eligible else PlanKind.NO_ELIGIBLE
+        return PolicyPlan(kind=kind, eligible=eligible, removed=removed)
+
+
+def normalise_pmf(eligible: list[str], scores: list[float]) -> dict[str, float]:
+    """Turn VW's float32 probabilities into a float64 pmf over ``eligible`` summing to 1."""
+    clipped = [max(float(s), 0.0) for s in scores]
+    total = sum(clipped)
+    if total <= 0:
+        return {name: 1.0 / len(eligible) for name in eligible}
+    return {name: p / total for name, p in zip(eligible, clipped, strict=True)}
+
+
+def sample_arm(pmf: Mapping[str, float], rng: random.Random) -> str:
+    """Draw one arm from ``pmf`` with the caller's seeded RNG (same seed, same draws)."""
+    u = rng.random()
+    cumulative = 0.0
+    last = ""
+    for name, p in pmf.items():
+        cumulative += p
+        last = name if p > 0 else last
+        if u < cumulative and p > 0:
+            return name
+    return last  # rounding left u just above the final cumulative sum
+
+
+def reason_for(plan: PolicyPlan, user: UserView, *, algorithm: str, action: str | None,
+               probability: float) -> str:
+    """A readable sentence saying why this user got this action."""
+    removed = "; ".join(f"{arm} removed: {why}" for arm, why in plan.removed.items())
+    suffix = f" ({removed})" if removed else ""
+    if plan.kind is PlanKind.CONTROL:
+        return "control group: no action"
+    if plan.kind is PlanKind.OPT_OUT:
+        return f"opted out of personalisation: default action {action}"
+    if plan.kind is PlanKind.NO_ELIGIBLE:
+        return f"no eligible arm: no action{suffix}"
+    tags = "/".join(user.tags) if user.tags else "untagged"
+    return (f"{algorithm} chose {action} (p={probability:.2f}) among "
+            f"{', '.join(plan.eligible)} for a {user.tier}/{tags} user{suffix}")

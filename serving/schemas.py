@@ -1,0 +1,170 @@
+"""Request and response bodies of the HTTP service (DESIGN.md section 6).
+
+Every request model forbids unknown fields and non-finite numbers, so a typo or a ``NaN``
+is a 422 naming the field rather than a silently ignored value. The decision-loop shapes
+(:class:`UserView`, :class:`RequestContext`, :class:`Decision`, :class:`FeedbackResult`) are
+the engine's own models (``BehaviourEvent`` and ``CampaignFired`` too), re-used here so the
+HTTP API and the engine cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from serving.decision_log import Decision, FeedbackResult
+from serving.policy import RequestContext, UserView
+from serving.triggers import BehaviourEvent, CampaignFired
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: unknown fields and NaN/Infinity are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ScoreRequest(RequestBody):
+    """``{user_id}`` for one user or ``{user_ids: [...]}`` for a batch, never both."""
+
+    user_id: str | None = Field(None, min_length=1, max_length=200)
+    user_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScoreRequest:
+        if (self.user_id is None) == (self.user_ids is None):
+            raise ValueError("give exactly one of user_id or user_ids")
+        return self
+
+
+class NoopRequest(RequestBody):
+    """The body of the benchmarks' no-op endpoint: the shape of a one-user request."""
+
+    user_id: str = Field(min_length=1, max_length=200)
+
+
+class ScoreResponse(BaseModel):
+    """What the service knows and predicts about one user."""
+
+    user_id: str
+    known: bool
+    tier: str
+    segment: str
+    tags: list[str]
+    churn_probability: float | None
+    purchase_propensity: float | None
+    # Model name -> registered version, or ``warning`` -> why the scores are null.
+    model_versions: dict[str, str | None]
+    features_as_of: str | None
+
+
+class NextBestActionRequest(RequestBody):
+    """A request for the next best action for one user in one context."""
+
+    user_id: str = Field(min_length=1, max_length=200)
+    context: RequestContext = Field(default_factory=RequestContext)
+
+
+class FeedbackRequest(RequestBody):
+    """The outcome of a decision: did the user convert, and for how much."""
+
+    event_id: str = Field(min_length=1, max_length=100)
+    converted: StrictBool
+    revenue: float = Field(0.0, ge=0, le=1e9)
+
+
+class EventsResponse(BaseModel):
+    """The campaigns one behaviour event fired (possibly none), each with its decision."""
+
+    user_id: str
+    fired: list[CampaignFired]
+
+
+class PreferencesRequest(RequestBody):
+    """A user's consent choices; omitted fields keep their current value."""
+
+    personalization: StrictBool | None = None
+    marketing_email: StrictBool | None = None
+    marketing_sms: StrictBool | None = None
+    marketing_push: StrictBool | None = None
+
+
+class PreferencesResponse(BaseModel):
+    """The user's consent choices after the change."""
+
+    user_id: str
+    personalization: bool
+    marketing_email: bool
+    marketing_sms: bool
+    marketing_push: bool
+
+
+class TagExplanation(BaseModel):
+    """One configured tag rule and whether it describes this user."""
+
+    name: str
+    rule: str
+    description: str
+    applies: bool
+    removed_by_user: bool = False
+
+
+class ExplanationResponse(BaseModel):
+    """Why the user has this tier, segment and these tags: the rules and the values behind."""
+
+    user_id: str
+    known: bool
+    tier: str
+    tier_rule: str
+    segment: str
+    segment_rule: str
+    tags: list[TagExplanation]
+    features: dict[str, float | str | None]
+    features_as_of: str | None
+
+
+class ErasureResponse(BaseModel):
+    """What erasing a user removed, counted per place."""
+
+    user_id: str
+    store_records: int
+    decisions: int
+
+
+class ExportResponse(BaseModel):
+    """Everything stored about a user (data-subject access)."""
+
+    user_id: str
+    store: dict[str, Any]
+    decisions: list[dict[str, Any]]
+
+
+class TagRemovedResponse(BaseModel):
+    """The user's tags after one was removed."""
+
+    user_id: str
+    removed: str
+    tags: list[str]
+
+
+class ModelsResponse(BaseModel):
+    """The champion model versions the service now uses."""
+
+    model_versions: dict[str, str | None]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx body: the error kind, a readable reason and the field at fault, if any."""
+
+    error: str
+    detail: str
+    field: str | None = None
+
+
+__all__ = [
+    "BehaviourEvent", "CampaignFired", "Decision", "ErasureResponse", "ErrorBody",
+    "EventsResponse", "ExplanationResponse", "ExportResponse", "FeedbackRequest",
+    "FeedbackResult", "ModelsResponse", "NextBestActionRequest", "NoopRequest", "PreferencesRequest",
+    "PreferencesResponse", "RequestContext", "ScoreRequest", "ScoreResponse",
+    "TagRemovedResponse", "UserView",
+]

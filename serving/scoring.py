@@ -1,0 +1,191 @@
+"""Per-user answers built from the online store record and the champion models.
+
+:class:`Scorer` owns the champion models and reads the online store; it computes no
+features of its own (they come from ``features build`` through the store). It answers
+``/score``, builds the engine's :class:`~serving.policy.UserView` and explains a user's tier,
+segment and tags. An unknown user gets the cold-start answer: ``known`` false, tier ``new``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from features.store import OnlineStore
+from nextbest.config import Settings
+from nextbest.errors import NotFound
+from serving.bandit import FEATURE_BINS
+from serving.policy import UserView
+from serving.schemas import ExplanationResponse, ScoreResponse, TagExplanation
+from training.loader import ChampionModels, load_champions
+
+log = logging.getLogger(__name__)
+
+COLD_TIER = "new"
+COLD_SEGMENT = "no_purchase"
+NO_MODELS_WARNING = "no champion models, scores are null: run `nextbest train churn` and " \
+    "`nextbest train propensity`, then POST /models/reload"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A JSON-safe number: NaN, infinities and non-numbers become None."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def bandit_features(record: Mapping[str, Any]) -> dict[str, float | None]:
+    """The record's values of the features the bandit bins, NaN read as None."""
+    return {name: finite_or_none(record.get(name)) for name in FEATURE_BINS}
+
+
+def try_load_champions(settings: Settings) -> tuple[ChampionModels | None, str | None]:
+    """The champion models and None, or None and why (logged) when none is registered."""
+    try:
+        return load_champions(settings), None
+    except NotFound as exc:
+        log.warning("serving without models: %s", exc.message)
+        return None, f"no champion models, scores are null: {exc.message}"
+
+
+class Scorer:
+    """Builds score answers, user views and explanations for one settings object."""
+
+    def __init__(self, settings: Settings, store: OnlineStore,
+                 champions: ChampionModels | None, warning: str | None = None):
+        self.settings = settings
+        self.store = store
+        self.champions = champions
+        self.warning = warning or NO_MODELS_WARNING
+        self._cache: OrderedDict[tuple[str, str | None], tuple[float | None, float | None]] = \
+            OrderedDict()
+
+    def reload_models(self) -> dict[str, str | None]:
+        """Load the current champions again (raises NotFound when there are none)."""
+        self.champions = load_champions(self.settings)
+        self._cache.clear()
+        return self.model_versions()
+
+    def model_versions(self) -> dict[str, str | None]:
+        """Model name -> version in use, or a warning when scores are null."""
+        if self.champions is None:
+            return {"churn": None, "propensity": None, "warning": self.warning}
+        return {name: str(version) for name, version in self.champions.versions.items()}
+
+    def _predict(self, user_id: str,
+                 record: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """Churn probability and purchase propensity, or (None, None) without models.
+
+        A record only changes with its ``as_of``, so the scores are cached per
+        ``(user_id, as_of)`` (least recently used out first) until the models are reloaded.
+        """
+        if self.champions is None:
+            return None, None
+        key = (user_id, _as_of(record))
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        churn, propensity = self.champions.score(dict(record))
+        scores = finite_or_none(churn), finite_or_none(propensity)
+        limit = self.settings.serving.score_cache_size
+        if limit:
+            self._cache[key] = scores
+            if len(self._cache) > limit:
+                self._cache.popitem(last=False)
+        return scores
+
+    def answer(self, user_id: str, record: Mapping[str, Any] | None) -> ScoreResponse:
+        """The /score answer for one user from their store record (None: cold start)."""
+        if record is None:
+            return ScoreResponse(user_id=user_id, known=False, tier=COLD_TIER,
+                                 segment=COLD_SEGMENT, tags=[], churn_probability=None,
+                                 purchase_propensity=None, model_versions=self.model_versions(),
+                                 features_as_of=None)
+        churn, propensity = self._predict(user_id, record)
+        return ScoreResponse(
+            user_id=user_id, known=True, tier=str(record.get("tier") or COLD_TIER),
+            segment=str(record.get("segment") or COLD_SEGMENT),
+            tags=list(record.get("tags") or []), churn_probability=churn,
+            purchase_propensity=propensity, model_versions=self.model_versions(),
+            features_as_of=_as_of(record))
+
+    def score(self, user_id: str) -> ScoreResponse:
+        """The /score answer for one user."""
+        return self.answer(user_id, self.store.get(user_id))
+
+    def score_many(self, user_ids: list[str]) -> list[ScoreResponse]:
+        """The /score answers for a batch, in the order asked."""
+        records = self.store.get_many(user_ids)
+        return [self.answer(user_id, records.get(user_id)) for user_id in user_ids]
+
+    def user_view(self, user_id: str) -> UserView:
+        """What the engine needs about a user: score, tags, features and consent."""
+        record = self.store.get(user_id)
+        scored = self.answer(user_id, record)
+        prefs = self.store.get_preferences(user_id)
+        return UserView(
+            user_id=user_id, known=scored.known, tier=scored.tier, segment=scored.segment,
+            tags=scored.tags, churn_probability=scored.churn_probability,
+            purchase_propensity=scored.purchase_propensity,
+            features=bandit_features(record) if record else {},
+            personalization=bool(prefs.personalization))
+
+    def explain(self, user_id: str) -> ExplanationResponse:
+        """Why this tier, segment and tags: the configured rules and the values they read."""
+        record = self.store.get(user_id)
+        tiers = self.settings.features.tiers
+        active = set(record.get("tags") or []) if record else set()
+        raw_tags = set(self.store.export(user_id).get("record", {}).get("tags") or []) \
+            if record else set()
+        used: set[str] = {tiers.value_column, "recency_days", "r_score", "f_score", "m_score",
+                          "frequency_total"}
+        tags = []
+        for rule in self.settings.features.tags:
+            used.update(_IDENTIFIER.findall(rule.when))
+            tags.append(TagExplanation(
+                name=rule.name, rule=rule.when, description=rule.description,
+                applies=rule.name in active,
+                removed_by_user=rule.name in raw_tags and rule.name not in active))
+        features = {key: _json_value(record[key]) for key in sorted(used)
+                    if record and key in record}
+        return ExplanationResponse(
+            user_id=user_id, known=record is not None,
+            tier=str(record.get("tier") or COLD_TIER) if record else COLD_TIER,
+            tier_rule=tier_rules(self.settings),
+            segment=str(record.get("segment") or COLD_SEGMENT) if record else COLD_SEGMENT,
+            segment_rule=("R and F quintile scores (1-5) mapped through the R x F grid; "
+                          "no_purchase for users without a completed order"),
+            tags=tags, features=features, features_as_of=_as_of(record) if record else None)
+
+
+def tier_rules(settings: Settings) -> str:
+    """The configured tier thresholds as one readable sentence."""
+    t = settings.features.tiers
+    return (f"platinum: top {t.platinum_share:.0%} by {t.value_column} with a purchase in the "
+            f"last {t.platinum_recency_days} days; gold: next {t.gold_share:.0%}, purchase in "
+            f"{t.gold_recency_days} days; silver: other buyers, purchase in "
+            f"{t.silver_recency_days} days; dormant: last purchase {t.silver_recency_days}-"
+            f"{t.dormant_days} days ago; churned: longer; new: no purchase yet")
+
+
+def _json_value(value: Any) -> float | str | None:
+    """A record value as JSON: finite numbers, strings, or None."""
+    if isinstance(value, str):
+        return value
+    return finite_or_none(value)
+
+
+def _as_of(record: Mapping[str, Any]) -> str | None:
+    """The record's ``as_of`` as an ISO date string."""
+    value = record.get("as_of")
+    return None if value is None else str(value)[:10]

@@ -1,0 +1,101 @@
+"""The simulator: seeded, driving the service's engine, and the ``simulate --json`` shape."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.runner import simulate
+from experiments.simulator import SimulationConfig, make_stream, synthetic_population
+from nextbest.cli import main
+
+
+def test_same_seed_same_stream_and_numbers(settings):
+    pop = synthetic_population(settings, 300, seed=5)
+    again = synthetic_population(settings, 300, seed=5)
+    assert pop.drop(columns=["tags"]).equals(again.drop(columns=["tags"]))
+    config = SimulationConfig(decisions=500, seed=5)
+    first, second = make_stream(settings, pop, config), make_stream(settings, pop, config)
+    assert np.array_equal(first.expected_reward, second.expected_reward)
+    assert np.array_equal(first.uniform, second.uniform)
+    other = make_stream(settings, pop, SimulationConfig(decisions=500, seed=6))
+    assert not np.array_equal(first.uniform, other.uniform)
+
+
+def test_response_model_rewards_the_documented_arms(settings):
+    pop = synthetic_population(settings, 2000, seed=1)
+    stream = make_stream(settings, pop, SimulationConfig(decisions=20000, seed=1))
+    arms = [a.name for a in settings.bandit.arms]
+    ps = pop["price_sensitivity"].to_numpy()[stream.user_index]
+    best = stream.expected_reward.argmax(axis=1)
+    # Price-sensitive users are best served by coupons far more often than the others.
+    coupon = arms.index("coupon")
+    assert (best[ps > 0.7] == coupon).mean() > 2 * (best[ps < 0.3] == coupon).mean()
+
+
+def test_drift_changes_the_response_only_after_the_shift(settings):
+    pop = synthetic_population(settings, 300, seed=2)
+    plain = make_stream(settings, pop, SimulationConfig(decisions=1000, seed=2))
+    drift = make_stream(settings, pop, SimulationConfig(decisions=1000, seed=2, drift=True))
+    assert drift.drift_index == 500
+    assert np.array_equal(plain.probability[:500], drift.probability[:500])
+    assert not np.allclose(plain.probability[500:], drift.probability[500:])
+
+
+def test_engine_and_rule_policies_are_deterministic(settings, tmp_path):
+    pop = synthetic_population(settings, 300, seed=3)
+    config = SimulationConfig(decisions=600, seed=3)
+    runs = [simulate(settings, pop, config, ["squarecb", "static", "random"])
+            for _ in range(2)]
+    for name in ("squarecb", "static", "random"):
+        assert runs[0].metrics[name].cumulative_reward == runs[1].metrics[name].cumulative_reward
+        assert np.array_equal(runs[0].traces[name].arm, runs[1].traces[name].arm)
+    assert "oracle" in runs[0].traces and "oracle" not in runs[0].metrics
+    assert runs[0].metrics["random"].regret > 0
+
+
+def test_simulate_json_shape(settings, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sim"
+    code = main(["simulate", "--decisions", "400", "--users", "200", "--json", "--quiet",
+                 "--no-mlflow", "--out", str(out), "--keep-logs", str(tmp_path / "logs")])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert set(payload["policies"]) == {"random", "static", "epsilon", "squarecb", "oracle"}
+    for metrics in payload["policies"].values():
+        for key in ("mean_reward_last", "cumulative_reward", "profit", "regret",
+                    "conversion_rate", "arm_share", "arm_share_by_tier"):
+            assert key in metrics
+    assert payload["policies"]["oracle"]["regret"] == pytest.approx(0.0)
+    assert (out / "simulation.json").is_file()
+    assert {p.name for p in out.glob("*.png")} >= {"cumulative_reward.png", "regret.png",
+                                                   "arm_share_squarecb.png"}
+    assert (tmp_path / "logs" / "squarecb.sqlite").is_file()
+
+
+def test_unknown_policy_is_refused(capsys):
+    assert main(["simulate", "--decisions", "10", "--policies", "nope", "--no-mlflow"]) == 2
+    assert "unknown policy 'nope'" in capsys.readouterr().err
+
+
+def test_simulate_logs_one_parent_run_with_a_nested_run_per_policy(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    monkeypatch.setenv("NEXTBEST__MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("NEXTBEST__PATHS__MLRUNS_DIR", str(tmp_path / "mlruns"))
+    assert main(["simulate", "--decisions", "300", "--users", "100", "--quiet",
+                 "--policies", "random,static,squarecb", "--out", str(tmp_path / "sim")]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("simulation")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert {r.data.params["policy"] for r in children} == {"random", "static", "squarecb"}
+    assert all("regret" in r.data.metrics for r in children)
+    plots = {a.path for a in client.list_artifacts(parents[0].info.run_id, "plots")}
+    assert "plots/cumulative_reward.png" in plots and "plots/regret.png" in plots

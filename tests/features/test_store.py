@@ -1,0 +1,208 @@
+"""The online store: one suite, run against SQLite and a real redis-server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from redis_server import free_port
+
+from features.store import OnlineStore, Preferences, encode_records, open_store
+from nextbest.config import Settings
+from nextbest.errors import DataError, MissingComponent
+
+JAN, FEB, MAR = date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)
+
+
+def feature_frame(as_of: date, tier: str = "gold", tags: tuple[str, ...] = ("high_value",),
+                  tmp: Path | None = None) -> pd.DataFrame:
+    """Three users shaped like features.parquet; read back from Parquet when ``tmp`` is set."""
+    frame = pd.DataFrame({
+        "user_id": ["u1", "u2", "u3"],
+        "as_of": pd.Timestamp(as_of),
+        "recency_days": [3.0, np.nan, 40.0],
+        "monetary_365d": [1250.5, 0.0, 99.99],
+        "frequency_total": [7, 0, 2],
+        "top_category": ["bags", None, "shoes"],
+        "is_seller": [True, False, False],
+        "tier": [tier, "new", "silver"],
+        "segment": ["champions", "no_purchase", "promising"],
+        "cluster": [1, 0, 2],
+        "tags": [list(tags), [], ["at_risk"]],
+    })
+    if tmp is None:
+        return frame
+    path = tmp / f"features_{as_of}.parquet"
+    frame.to_parquet(path)
+    return pd.read_parquet(path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[OnlineStore]:
+    """An empty store of each backend; Redis tests get their own key prefix."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        prefix = f"test:{request.node.name}:"
+        settings = settings.model_copy(update={"store": settings.store.model_copy(
+            update={"backend": "redis", "redis_url": url, "redis_prefix": prefix})})
+    opened = open_store(settings)
+    assert opened.backend == request.param
+    yield opened
+    opened.close()
+
+
+def test_write_then_get_returns_every_column(store: OnlineStore, tmp_path: Path) -> None:
+    frame = feature_frame(JAN, tmp=tmp_path)
+    assert store.write(frame, JAN) == 3
+    got = store.get("u1")
+    assert got is not None
+    assert set(got) == set(frame.columns)
+    assert got["as_of"] == "2024-01-01"
+    assert got["monetary_365d"] == pytest.approx(1250.5)
+    assert got["frequency_total"] == 7
+    assert got["is_seller"] is True
+    assert got["tags"] == ["high_value"]
+    empty = store.get("u2")
+    assert empty is not None
+    assert empty["recency_days"] is None
+    assert empty["top_category"] is None
+    assert empty["tags"] == []
+
+
+def test_unknown_users(store: OnlineStore) -> None:
+    store.write(feature_frame(JAN), JAN)
+    assert store.get("nobody") is None
+    many = store.get_many(["u3", "nobody", "u1", "u3"])
+    assert set(many) == {"u1", "u3"}
+    assert many["u3"]["tier"] == "silver"
+    assert store.get_many([]) == {}
+
+
+def test_older_frame_does_not_overwrite_newer(store: OnlineStore) -> None:
+    store.write(feature_frame(FEB, tier="platinum"), FEB)
+    older = feature_frame(JAN, tier="gold")
+    assert store.write(older, JAN) == 0
+    assert store.get("u1")["tier"] == "platinum"
+    assert store.get("u1")["as_of"] == "2024-02-01"
+    # Only u1 is in the newer frame; the others keep February.
+    newer = feature_frame(MAR, tier="silver").iloc[:1]
+    assert store.write(newer, MAR) == 1
+    assert store.get("u1")["tier"] == "silver"
+    assert store.get("u2")["as_of"] == "2024-02-01"
+    assert store.meta() == {"backend": store.backend, "as_of": "2024-03-01", "users": 3}
+
+
+def test_removed_tag_stays_removed_after_later_writes(store: OnlineStore) -> None:
+    store.write(feature_frame(JAN, tags=("high_value", "price_sensitive")), JAN)
+    assert store.remove_tag("u1", "price_sensitive") is True
+    assert store.remove_tag("u1", "price_sensitive") is True
+    assert store.get("u1")["tags"] == ["high_value"]
+    store.write(feature_frame(FEB, tags=("price_sensitive", "cart_abandoner")), FEB)
+    assert store.get("u1")["tags"] == ["cart_abandoner"]
+    assert store.get_many(["u1"])["u1"]["tags"] == ["cart_abandoner"]
+    exported = store.export("u1")
+    assert exported["removed_tags"] == ["price_sensitive"]
+    assert exported["record"]["tags"] == ["price_sensitive", "cart_abandoner"]
+    assert store.remove_tag("nobody", "high_value") is False
+    assert store.get("nobody") is None
+
+
+def test_preferences_default_set_and_load(store: OnlineStore) -> None:
+    assert store.get_preferences("u1") == Preferences()
+    raw = pd.DataFrame({
+        "user_id": ["u1", "u1", "u2", "u3"],
+        "personalization": [False, True, None, True],
+        "marketing_email": [True, False, False, True],
+        "updated_ts": pd.to_datetime(["2024-01-05", "2024-01-02", "2024-01-03", None]),
+    })
+    assert store.load_preferences(raw) == 3
+    u1 = store.get_preferences("u1")
+    assert (u1.personalization, u1.marketing_email) == (False, True)
+    assert u1.marketing_sms is True and u1.marketing_push is True
+    assert u1.updated_ts == datetime(2024, 1, 5)
+    assert store.get_preferences("u2").personalization is True
+    assert store.get_preferences("u2").marketing_email is False
+    store.set_preferences("u2", Preferences(marketing_push=False))
+    assert store.get_preferences("u2").marketing_push is False
+    assert store.get_preferences("u2").updated_ts is not None
+    # A bulk load older than what the user set keeps the user's choice.
+    assert store.load_preferences(raw.iloc[2:3]) == 0
+    assert store.get_preferences("u2").marketing_push is False
+    # Preferences alone do not make a user known to get().
+    assert store.get("u2") is None
+    assert store.meta()["users"] == 0
+
+
+def test_delete_erases_everything(store: OnlineStore) -> None:
+    store.write(feature_frame(JAN), JAN)
+    store.remove_tag("u1", "high_value")
+    store.set_preferences("u1", Preferences(personalization=False))
+    assert store.export("u1")["preferences"]["personalization"] is False
+    assert store.delete("u1") is True
+    assert store.get("u1") is None
+    assert store.get_preferences("u1") == Preferences()
+    assert store.export("u1") == {"user_id": "u1", "record": None, "removed_tags": [],
+                                  "preferences": None}
+    assert store.delete("u1") is False
+    assert store.meta()["users"] == 2
+    # A later build brings the record back without the old removal.
+    store.write(feature_frame(FEB), FEB)
+    assert store.get("u1")["tags"] == ["high_value"]
+    assert store.meta()["users"] == 3
+
+
+def test_bad_frames_are_refused(store: OnlineStore) -> None:
+    frame = feature_frame(JAN)
+    with pytest.raises(DataError, match="user_id 'u1' more than once"):
+        store.write(pd.concat([frame, frame.iloc[:1]]), JAN)
+    with pytest.raises(DataError, match="no user_id column"):
+        store.write(frame.drop(columns="user_id"), JAN)
+    assert store.write(frame.iloc[:0], JAN) == 0
+    assert store.meta() == {"backend": store.backend, "as_of": None, "users": 0}
+
+
+def test_reads_from_many_threads(store: OnlineStore) -> None:
+    store.write(feature_frame(JAN), JAN)
+    results: list[str] = []
+
+    def read() -> None:
+        for _ in range(50):
+            results.append(store.get("u3")["tier"])
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["silver"] * 200
+
+
+def test_sqlite_file_is_shared_between_connections(settings: Settings) -> None:
+    with open_store(settings) as writer, open_store(settings) as reader:
+        writer.write(feature_frame(JAN), JAN)
+        assert reader.get("u1")["tier"] == "gold"
+        mode = reader._conn().execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+
+
+def test_unreachable_redis_names_the_url(settings: Settings) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    settings = settings.model_copy(update={"store": settings.store.model_copy(
+        update={"backend": "redis", "redis_url": url, "redis_timeout_seconds": 1.0})})
+    with pytest.raises(MissingComponent, match="redis-server") as err:
+        open_store(settings)
+    assert url in err.value.message
+
+
+def test_records_are_the_same_in_any_chunking() -> None:
+    frame = feature_frame(JAN)
+    whole = list(encode_records(frame, JAN, chunk_rows=100))
+    pieces = list(encode_records(frame, JAN, chunk_rows=2))
+    assert [len(c.ids) for c in pieces] == [2, 1]
+    assert [r for c in pieces for r in c.records] == whole[0].records
+    assert whole[0].ids == ["u1", "u2", "u3"]

@@ -1,0 +1,228 @@
+"""Fixtures of the HTTP tests: a tiny world built once, and a real ``bentoml serve`` over it.
+
+The world (session scope): a synthetic marketplace of a few hundred users, its features in
+the online store and churn/propensity champions in a temporary MLflow registry, all under
+one temporary directory that every ``NEXTBEST__*`` path points into. The server is started
+by ``nextbest serve`` on a free 127.0.0.1 port in its own process group, polled until
+``/readyz`` answers 200, and always terminated (SIGTERM, then SIGKILL) at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from features.build import build_features
+from nextbest.config import BanditConfig, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+WORLD_USERS = 600
+WORLD_DAYS = 400
+WORLD_SEED = 11
+# Feedback later than this is "late"; short so that a test can wait it out.
+REWARD_WINDOW_SECONDS = 4.0
+READY_TIMEOUT_SECONDS = 120.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def world_env(root: Path) -> dict[str, str]:
+    """``NEXTBEST__*`` variables pointing every path of the settings into ``root``."""
+    data = root / "data"
+    return {
+        "NEXTBEST_CONFIG": str(root / "nextbest.yaml"),
+        "NEXTBEST__PATHS__DATA_DIR": str(data),
+        "NEXTBEST__PATHS__RAW_DIR": str(data / "raw"),
+        "NEXTBEST__PATHS__LATENT_DIR": str(data / "latent"),
+        "NEXTBEST__PATHS__FEATURES_DIR": str(data / "features"),
+        "NEXTBEST__PATHS__STORE_PATH": str(data / "online_store.sqlite"),
+        "NEXTBEST__PATHS__DECISION_LOG": str(data / "decisions.sqlite"),
+        "NEXTBEST__PATHS__BANDIT_DIR": str(data / "bandit"),
+        "NEXTBEST__PATHS__REPORTS_DIR": str(root / "reports"),
+        "NEXTBEST__PATHS__MLRUNS_DIR": str(root / "mlruns"),
+        "NEXTBEST__MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
+    }
+
+
+def test_config() -> dict:
+    """The service config of the tests: no contact caps (the learning test repeats users),
+    a reward window of a few seconds (so late feedback can be provoked) and a fast sweeper."""
+    arms = [arm.model_dump() | {"max_per_user_per_week": None} for arm in BanditConfig().arms]
+    return {
+        "training": {"num_boost_round": 50, "early_stopping_rounds": 10},
+        "bandit": {
+            "arms": arms,
+            "contact": {"max_actions_per_user_per_day": 1_000_000},
+            "reward": {"window_days": REWARD_WINDOW_SECONDS / 86400},
+            "sweep_seconds": 1.0,
+            "checkpoint_every": 200,
+        },
+    }
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> None:
+    """Run ``nextbest ARGS`` and fail the test with its output if it fails."""
+    proc = subprocess.run([sys.executable, "-m", "nextbest.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (
+        f"nextbest {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+@dataclass
+class World:
+    """A built world: its root, environment and settings."""
+
+    root: Path
+    env: dict[str, str]
+    settings: Settings
+
+
+def build_world(root: Path) -> World:
+    """Synthesise users, build their features into the online store, train both champions."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nextbest.yaml").write_text(yaml.safe_dump(test_config()))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEXTBEST")}
+    env.update(world_env(root))
+    env["BENTOML_DO_NOT_TRACK"] = "true"
+    env["BENTOML_HOME"] = str(root / "bentoml")
+    data = root / "data"
+    run_cli(["data", "synth", "--users", str(WORLD_USERS), "--days", str(WORLD_DAYS),
+             "--seed", str(WORLD_SEED), "--out", str(data / "raw"),
+             "--latent-out", str(data / "latent")], env, root)
+    settings = load_settings(None, environ=env)
+    build_features(settings, progress=False)  # also refreshes the online store
+    for model in ("churn", "propensity"):
+        run_cli(["train", model, "--cutoffs", "2"], env, root)
+    return World(root=root, env=env, settings=settings)
+
+
+@dataclass
+class Server:
+    """A running ``nextbest serve`` child and how to reach it."""
+
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last lines of the server's output, for failure messages."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def processes(self) -> list[psutil.Process]:
+        """The server's whole process tree. BentoML's workers call setsid, so they are not in
+        the process group of ``nextbest serve``: they are found as descendants instead."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        """Send ``sig`` to the server (SIGKILL: to every process of its tree at once, a
+        crash); whatever is still alive after ``timeout`` is SIGKILLed."""
+        tree = self.processes()
+        targets = tree if sig == signal.SIGKILL else tree[:1]
+        for process in targets:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(sig)
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(alive, timeout=timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+
+
+def own_bandit_env(world: World, name: str) -> dict[str, str]:
+    """Variables giving a server its own decision log and bandit directory under the world,
+    so that it does not share (or fight over) the learner of the session server."""
+    data = world.root / name
+    return {"NEXTBEST__PATHS__DECISION_LOG": str(data / "decisions.sqlite"),
+            "NEXTBEST__PATHS__BANDIT_DIR": str(data / "bandit")}
+
+
+def start_server(world: World, *, workers: int = 1, name: str = "server",
+                 env: dict[str, str] | None = None) -> Server:
+    """Start ``nextbest serve`` on a free port and wait until ``/readyz`` is 200.
+
+    ``env`` adds or overrides variables of the world's environment for this server only."""
+    port = free_port()
+    log_path = world.root / f"{name}-{port}.log"
+    cmd = [sys.executable, "-m", "nextbest.cli", "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=world.env | (env or {}), cwd=world.root, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"nextbest serve exited with {proc.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    server.stop(signal.SIGKILL)
+    pytest.fail(f"nextbest serve not ready after {READY_TIMEOUT_SECONDS}s:\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The tiny world every HTTP test shares (built once per session)."""
+    return build_world(tmp_path_factory.mktemp("serving_world"))
+
+
+@pytest.fixture(scope="session")
+def server(world: World) -> Iterator[Server]:
+    """One real service over the world for the whole session, always stopped at the end."""
+    srv = start_server(world)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> Iterator[httpx.Client]:
+    """An HTTP client bound to the session's server."""
+    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+        yield http
+
+
+@pytest.fixture
+def spawn(world: World) -> Iterator[Callable[..., Server]]:
+    """Start extra servers with their own decision log and bandit directory (by name);
+    every one of them is stopped when the test ends."""
+    started: list[Server] = []
+
+    def start(name: str, *, workers: int = 1, env: dict[str, str] | None = None) -> Server:
+        srv = start_server(world, workers=workers, name=name,
+                           env=own_bandit_env(world, name.split("-")[0]) | (env or {}))
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop(signal.SIGKILL)

@@ -1,0 +1,225 @@
+"""The decision engine end to end, in-process: decide, log, feedback, learn, roles."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nextbest.config import Settings
+from nextbest.errors import Conflict, NotFound, ValidationFailed
+from serving.engine import DecisionEngine, RequestContext, UserView
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+CONTEXT = RequestContext(channel="web", page="item", item_price=80.0, category="bags", hour=14)
+NO_CAPS: dict[str, Any] = {"contact": {"max_actions_per_user_per_day": 1_000_000},
+                           "arms": [{"name": "coupon", "cost": 5.0, "cost_rate": 0.1,
+                                     "exclude_tags": ["coupon_abuser"]},
+                                    {"name": "installment", "cost_rate": 0.03},
+                                    {"name": "certification", "cost": 0.5}]}
+
+
+def with_bandit(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with some ``bandit`` fields replaced (validated again)."""
+    data = settings.model_dump()
+    data["bandit"].update(changes)
+    return Settings.model_validate(data)
+
+
+def user(i: int, **fields: Any) -> UserView:
+    return UserView(user_id=f"user-{i}", **fields)
+
+
+@pytest.fixture
+def engine(settings: Settings):
+    """A fast in-memory inline engine (the simulator's set-up) without contact caps."""
+    eng = DecisionEngine(with_bandit(settings, **NO_CAPS), durable=False)
+    yield eng
+    eng.close()
+
+
+def test_pmf_sums_to_one_and_probability_is_the_chosen_entry(engine: DecisionEngine):
+    seen = set()
+    for i in range(300):
+        d = engine.decide(user(i, tier=["gold", "new"][i % 2]), CONTEXT, now=T0)
+        if d.control:
+            assert d.action is None and d.pmf == {} and not d.learnable
+            continue
+        assert set(d.pmf) == set(d.eligible) == {"coupon", "installment", "certification"}
+        assert sum(d.pmf.values()) == pytest.approx(1.0, abs=1e-9)
+        assert d.probability == d.pmf[d.action] and d.personalized and d.learnable
+        assert d.reason.startswith(f"squarecb chose {d.action} (p=")
+        seen.add(d.action)
+    assert seen == {"coupon", "installment", "certification"}  # it explores
+
+
+def test_ineligible_arm_is_never_chosen(engine: DecisionEngine):
+    for i in range(200):
+        d = engine.decide(user(i, tags=["coupon_abuser"]), CONTEXT, now=T0)
+        assert d.action != "coupon" and "coupon" not in d.pmf
+        if not d.control:
+            assert "coupon removed: coupon_abuser" in d.reason
+
+
+def test_weekly_cap_is_counted_from_the_log(settings: Settings):
+    capped = with_bandit(settings, control_share=0.0,
+                         contact={"max_actions_per_user_per_day": 1000})
+    with DecisionEngine(capped, durable=False) as eng:
+        actions = [eng.decide(user(1), CONTEXT, now=T0 + timedelta(minutes=i)).action
+                   for i in range(30)]
+        assert actions.count("coupon") <= 2 and actions.count("installment") <= 3
+        later = eng.decide(user(1), CONTEXT, now=T0 + timedelta(days=8))
+        assert set(later.eligible) == {"coupon", "installment", "certification"}
+
+
+def test_daily_contact_limit_gives_no_action(settings: Settings):
+    with DecisionEngine(with_bandit(settings, control_share=0.0), durable=False) as eng:
+        decisions = [eng.decide(user(1), CONTEXT, now=T0) for _ in range(4)]
+    assert [d.action is None for d in decisions] == [False, False, False, True]
+    assert decisions[3].reason.startswith("no eligible arm: no action")
+
+
+def test_opted_out_user_gets_the_default_and_is_not_learned(engine: DecisionEngine):
+    d = engine.decide(user(7, personalization=False), CONTEXT, now=T0)
+    if d.control:
+        pytest.fail("pick a user outside the control group")
+    assert (d.action, d.probability, d.pmf) == ("certification", 1.0, {"certification": 1.0})
+    assert not d.personalized and not d.learnable
+    assert d.reason == "opted out of personalisation: default action certification"
+    result = engine.feedback(d.event_id, True, 100.0, now=T0)
+    assert result.status == "accepted" and not result.learnable
+    assert engine.stats()["rewards_learned"] == 0
+    assert engine.export_user("user-7")[0]["features"] == {"shared": {}, "arms": {}}
+
+
+def test_control_group_gets_no_action_and_is_logged(settings: Settings):
+    with DecisionEngine(with_bandit(settings, control_share=0.5), durable=False) as eng:
+        decisions = [eng.decide(user(i), CONTEXT, now=T0) for i in range(100)]
+        control = [d for d in decisions if d.control]
+        assert 30 < len(control) < 70
+        assert all(d.action is None and d.reason == "control group: no action" for d in control)
+        result = eng.feedback(control[0].event_id, True, 40.0, now=T0)
+        assert (result.status, result.reward, result.learnable) == ("accepted", 40.0, False)
+        assert eng.stats()["arms"]["none"]["decisions"] == len(control)
+
+
+def test_feedback_unknown_duplicate_late_and_invalid(engine: DecisionEngine):
+    with pytest.raises(NotFound, match="event_id"):
+        engine.feedback("no-such-event", True, 1.0)
+    d = next(d for d in (engine.decide(user(i), CONTEXT, now=T0) for i in range(50))
+             if not d.control)
+    with pytest.raises(ValidationFailed, match="revenue"):
+        engine.feedback(d.event_id, True, float("nan"), now=T0)
+    first = engine.feedback(d.event_id, True, 200.0, now=T0 + timedelta(hours=1))
+    again = engine.feedback(d.event_id, True, 999.0, now=T0 + timedelta(hours=2))
+    assert first.status == "accepted" and first.learnable
+    assert again.status == "duplicate" and again.reward == first.reward
+    assert engine.stats()["rewards_learned"] == 1
+    late_d = engine.decide(user(1000), CONTEXT, now=T0)
+    late = engine.feedback(late_d.event_id, True, 50.0, now=T0 + timedelta(days=8))
+    assert late.status == "late" and not late.learnable and "after the 7-day" in late.detail
+    assert engine.stats()["rewards_learned"] == 1
+
+
+def test_closed_windows_are_swept_and_learned(engine: DecisionEngine):
+    first = [engine.decide(user(i), CONTEXT, now=T0) for i in range(20)]
+    engine.decide(user(99), CONTEXT, now=T0 + timedelta(days=8))  # triggers the lazy sweep
+    stats = engine.stats()
+    assert stats["rewards"] == 20
+    assert stats["rewards_learned"] == sum(d.learnable for d in first)
+    late = engine.feedback(first[0].event_id, True, 10.0, now=T0 + timedelta(days=8))
+    assert late.status == "late"
+
+
+def test_the_rewarded_arm_gains_share_for_its_kind_of_user(engine: DecisionEngine):
+    """Price-sensitive gold users always convert on a coupon, platinum high-value users on a
+    certification; nothing else ever converts. Each kind's arm must come to dominate."""
+    kinds = {"coupon": {"tier": "gold", "tags": ["price_sensitive"]},
+             "certification": {"tier": "platinum", "tags": ["high_value"]}}
+    late_share: dict[str, list[bool]] = {arm: [] for arm in kinds}
+    for i in range(3000):
+        best = "coupon" if i % 2 else "certification"
+        d = engine.decide(user(i, **kinds[best]), CONTEXT, now=T0)
+        if d.control:
+            continue
+        engine.feedback(d.event_id, d.action == best, 100.0 if d.action == best else 0.0,
+                        now=T0)
+        if i >= 2500:
+            late_share[best].append(d.action == best)
+    for arm, hits in late_share.items():
+        assert sum(hits) / len(hits) > 0.7, f"{arm} share stayed at {sum(hits) / len(hits)}"
+    tiers = engine.stats()["tiers"]
+    assert tiers["gold"]["coupon"]["share"] > 0.5
+    assert tiers["platinum"]["certification"]["share"] > 0.5
+
+
+def test_same_seed_same_decisions(settings: Settings, tmp_path: Path):
+    runs = []
+    for name in ("a", "b"):
+        with DecisionEngine(with_bandit(settings, **NO_CAPS), durable=False,
+                            log_path=tmp_path / f"{name}.sqlite") as eng:
+            runs.append([eng.decide(user(i), CONTEXT, now=T0).action for i in range(100)])
+    assert runs[0] == runs[1]
+
+
+def test_durable_inline_engine_restarts_where_it_stopped(settings: Settings):
+    tuned = with_bandit(settings, checkpoint_every=7, **NO_CAPS)
+    eng = DecisionEngine(tuned)
+    for i in range(40):
+        d = eng.decide(user(i), CONTEXT, now=T0)
+        eng.feedback(d.event_id, True, 30.0 + i, now=T0)
+    before = eng.stats()
+    probe = [eng.decide(user(i), CONTEXT, now=T0).pmf for i in range(5)]
+    with pytest.raises(Conflict, match="learner"):
+        DecisionEngine(tuned)  # the learner lock is held
+    auto = DecisionEngine(tuned, role="auto")
+    assert auto.role == "scorer"
+    auto.close()
+    eng.close()
+    again = DecisionEngine(tuned)
+    after = again.stats()
+    assert after["rewards_learned"] == before["rewards_learned"] > 30
+    assert after["policy_version"] == before["policy_version"]
+    assert [again.decide(user(i), CONTEXT, now=T0).pmf for i in range(5)] == probe
+    again.close()
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        time.sleep(0.02)
+
+
+def test_scorer_learns_through_the_learner_checkpoints(settings: Settings):
+    tuned = with_bandit(settings, checkpoint_seconds=0.05, reload_seconds=0.01, **NO_CAPS)
+    learner = DecisionEngine(tuned, role="learner")
+    scorer = DecisionEngine(tuned, role="scorer")
+    try:
+        accepted = 0
+        for i in range(60):
+            d = scorer.decide(user(i), CONTEXT)
+            result = scorer.feedback(d.event_id, True, 50.0)
+            accepted += result.learnable
+        assert result.detail == "reward accepted; the learner will learn it"
+        wait_for(lambda: scorer.stats()["rewards_learned"] == accepted)
+        assert scorer.policy_version.endswith(f".{scorer.log.last_seq()}")
+    finally:
+        scorer.close()
+        learner.close()
+
+
+def test_erase_and_export_user(engine: DecisionEngine):
+    d = engine.decide(user(1), CONTEXT, now=T0)
+    engine.feedback(d.event_id, True, 20.0, now=T0)
+    engine.decide(user(2), CONTEXT, now=T0)
+    exported = engine.export_user("user-1")
+    assert len(exported) == 1 and exported[0]["reward"]["revenue"] == 20.0
+    assert engine.erase_user("user-1") == 1
+    assert engine.export_user("user-1") == []
+    assert engine.stats()["decisions"] == 1

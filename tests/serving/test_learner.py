@@ -1,0 +1,145 @@
+"""The single-writer learner: checkpoints, replay, and a real ``kill -9`` mid-traffic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nextbest.config import Settings
+from serving.bandit import BanditExample, VWBandit
+from serving.decision_log import DecisionLog
+from serving.engine import DecisionEngine, RequestContext, UserView
+from serving.learner import CheckpointStore, Learner
+
+REPO = Path(__file__).resolve().parents[2]
+CONTEXT = RequestContext(channel="app", page="item", item_price=150.0, category="shoes", hour=9)
+NO_CAPS: dict[str, Any] = {"contact": {"max_actions_per_user_per_day": 1_000_000}}
+# A learner-role engine in its own process: it runs until the stop file appears.
+LEARNER_PROCESS = """
+import sys, time
+from pathlib import Path
+from nextbest.config import Settings
+from serving.engine import DecisionEngine
+settings = Settings.model_validate_json(Path(sys.argv[1]).read_text())
+engine = DecisionEngine(settings, role="learner")
+print("ready", flush=True)
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.02)
+engine.close()
+"""
+
+
+def with_bandit(settings: Settings, **changes: Any) -> Settings:
+    data = settings.model_dump()
+    data["bandit"].update(changes)
+    return Settings.model_validate(data)
+
+
+def kind(i: int) -> UserView:
+    """Three kinds of users, so the model has several things to learn."""
+    tier, tags = [("gold", ["price_sensitive"]), ("platinum", ["high_value"]),
+                  ("silver", [])][i % 3]
+    return UserView(user_id=f"user-{i}", tier=tier, tags=tags, churn_probability=(i % 10) / 10)
+
+
+def converts(i: int, action: str | None) -> bool:
+    return action == ["coupon", "certification", "installment"][i % 3]
+
+
+class LearnerProcess:
+    """A learner-role engine in a child process, started and stopped (or killed) by the test."""
+
+    def __init__(self, settings_file: Path, stop_file: Path):
+        self.stop_file = stop_file
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LEARNER_PROCESS, str(settings_file), str(stop_file)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "ready":
+            self.proc.kill()
+            pytest.fail(f"learner process did not start: {self.proc.stderr.read()}")
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        assert self.proc.wait(timeout=20) == -signal.SIGKILL
+
+    def stop(self) -> None:
+        self.stop_file.touch()
+        assert self.proc.wait(timeout=30) == 0, self.proc.stderr.read()
+        self.stop_file.unlink()
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_kill_9_mid_traffic_loses_no_accepted_feedback(settings: Settings, tmp_path: Path):
+    tuned = with_bandit(settings, checkpoint_every=25, checkpoint_seconds=3600.0, **NO_CAPS)
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(tuned.model_dump_json())
+    store = CheckpointStore(tuned.paths.bandit_dir)
+    scorer = DecisionEngine(tuned, role="scorer")
+    decisions = [scorer.decide(kind(i), CONTEXT) for i in range(600)]
+    learned = 0
+
+    def give_feedback(first: int, last: int, during: Any = None) -> None:
+        nonlocal learned
+        for i in range(first, last):
+            d = decisions[i]
+            result = scorer.feedback(d.event_id, converts(i, d.action), 120.0)
+            assert result.status == "accepted"
+            learned += result.learnable
+            if during is not None and i == during[0]:
+                during[1]()
+
+    child = LearnerProcess(settings_file, tmp_path / "stop")
+    give_feedback(0, 100)
+    wait_for(lambda: (meta := store.latest()) is not None and meta.seq >= 50)
+    give_feedback(100, 400, during=(200, child.kill9))  # killed while feedback streams in
+    assert store.latest().seq < scorer.log.last_seq()   # something is left to replay
+    child = LearnerProcess(settings_file, tmp_path / "stop")  # restart: reload + replay
+    give_feedback(400, 600)
+    child.stop()
+    scorer.close()
+
+    meta = store.latest()
+    log = DecisionLog(tuned.paths.decision_log)
+    assert meta.seq == log.last_seq()
+    assert meta.rewards_seen == 600 and meta.rewards_learned == learned > 500
+    reference = Learner(tuned, log, store=None)  # a learner that never crashed
+    reference.catch_up()
+    recovered = VWBandit(tuned.bandit, model_file=store.model_path(meta))
+    probes = [BanditExample.model_validate(log.get_decision(d.event_id).features)
+              for d in decisions[:30] if d.learnable]
+    assert [recovered.predict(p) for p in probes] == [reference.bandit.predict(p)
+                                                      for p in probes]
+    log.close()
+
+
+def test_a_checkpoint_of_another_config_is_not_reused(settings: Settings):
+    tuned = with_bandit(settings, **NO_CAPS)
+    with DecisionEngine(tuned) as eng:
+        for i in range(30):
+            d = eng.decide(kind(i), CONTEXT)
+            eng.feedback(d.event_id, True, 60.0)
+        learned = eng.stats()["rewards_learned"]
+        version = eng.policy_version
+    data = tuned.model_dump()
+    data["bandit"]["exploration"]["algorithm"] = "epsilon"
+    changed = Settings.model_validate(data)
+    with DecisionEngine(changed) as eng:
+        stats = eng.stats()
+    assert stats["rewards_learned"] == learned  # relearned from the log under the new config
+    assert stats["policy_version"].split(".")[0] != version.split(".")[0]
+    store = CheckpointStore(tuned.paths.bandit_dir)
+    assert len(list(store.dir.glob("model-*.vw"))) <= 3  # old checkpoints are pruned

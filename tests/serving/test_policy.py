@@ -1,0 +1,100 @@
+"""The policy layer: control group, opt-out, eligibility, sampling and reasons."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from nextbest.config import BanditConfig
+from serving.policy import (
+    ContactCounts,
+    PlanKind,
+    PolicyLayer,
+    RequestContext,
+    UserView,
+    normalise_pmf,
+    reason_for,
+    sample_arm,
+)
+
+
+def treated_user(layer: PolicyLayer, **fields: object) -> UserView:
+    """A user outside the control group (the first id the hash leaves out)."""
+    user_id = next(f"u{i}" for i in range(1000) if not layer.in_control(f"u{i}"))
+    return UserView(user_id=user_id, **fields)
+
+
+def test_control_assignment_is_stable_and_near_the_configured_share():
+    layer = PolicyLayer(BanditConfig(control_share=0.2))
+    ids = [f"user-{i}" for i in range(5000)]
+    first = [layer.in_control(i) for i in ids]
+    assert first == [PolicyLayer(BanditConfig(control_share=0.2)).in_control(i) for i in ids]
+    assert 0.18 < sum(first) / len(ids) < 0.22
+    salted = PolicyLayer(BanditConfig(control_share=0.2, control_salt="other"))
+    assert first != [salted.in_control(i) for i in ids]
+
+
+def test_control_user_gets_the_control_plan():
+    layer = PolicyLayer(BanditConfig(control_share=0.5))
+    user_id = next(f"u{i}" for i in range(100) if layer.in_control(f"u{i}"))
+    plan = layer.plan(UserView(user_id=user_id), ContactCounts())
+    assert plan.kind is PlanKind.CONTROL and plan.eligible == [] and not plan.learnable
+
+
+def test_opted_out_user_gets_the_default_arm_only():
+    layer = PolicyLayer(BanditConfig(control_share=0.0))
+    plan = layer.plan(UserView(user_id="u", personalization=False), ContactCounts())
+    assert plan.kind is PlanKind.OPT_OUT
+    assert plan.eligible == ["certification"] and not plan.learnable
+
+
+def test_excluded_tags_and_caps_remove_arms():
+    layer = PolicyLayer(BanditConfig(control_share=0.0))
+    abuser = treated_user(layer, tags=["coupon_abuser"])
+    plan = layer.plan(abuser, ContactCounts(per_arm_week={"installment": 3}))
+    assert plan.kind is PlanKind.BANDIT and plan.eligible == ["certification"]
+    assert plan.removed == {"coupon": "coupon_abuser", "installment": "weekly cap 3 reached"}
+
+
+def test_daily_contact_limit_removes_every_arm():
+    layer = PolicyLayer(BanditConfig(control_share=0.0))
+    plan = layer.plan(treated_user(layer), ContactCounts(actions_today=3))
+    assert plan.kind is PlanKind.NO_ELIGIBLE and plan.eligible == []
+    assert set(plan.removed) == {"coupon", "installment", "certification"}
+
+
+def test_pmf_is_normalised_and_sampling_is_seeded():
+    pmf = normalise_pmf(["a", "b", "c"], [0.2000001, 0.3, 0.5])
+    assert abs(sum(pmf.values()) - 1.0) < 1e-12
+    draws = [sample_arm(pmf, random.Random(3)) for _ in range(3)]
+    assert len(set(draws)) == 1  # same seed, same draw
+    counts = {"a": 0, "b": 0, "c": 0}
+    rng = random.Random(0)
+    for _ in range(20000):
+        counts[sample_arm(pmf, rng)] += 1
+    assert abs(counts["c"] / 20000 - 0.5) < 0.02
+    assert sample_arm({"a": 0.0, "b": 1.0}, random.Random(1)) == "b"
+
+
+def test_reason_is_a_readable_sentence():
+    layer = PolicyLayer(BanditConfig(control_share=0.0))
+    user = treated_user(layer, tier="gold", tags=["coupon_abuser"])
+    plan = layer.plan(user, ContactCounts())
+    text = reason_for(plan, user, algorithm="squarecb", action="installment", probability=0.72)
+    assert text == ("squarecb chose installment (p=0.72) among installment, certification "
+                    "for a gold/coupon_abuser user (coupon removed: coupon_abuser)")
+
+
+@pytest.mark.parametrize("field, value", [("item_price", float("nan")), ("item_price", -1.0),
+                                          ("hour", 24), ("item_price", float("inf"))])
+def test_request_context_refuses_bad_numbers(field: str, value: object):
+    with pytest.raises(ValidationError, match=field):
+        RequestContext(**{field: value})
+
+
+def test_user_view_reads_nan_features_as_missing_and_refuses_infinity():
+    assert UserView(user_id="u", features={"aov": float("nan")}).features == {"aov": None}
+    with pytest.raises(ValidationError, match="features.aov"):
+        UserView(user_id="u", features={"aov": float("inf")})

@@ -1,0 +1,147 @@
+"""Cutoffs and the out-of-time training set (DESIGN.md section 5, issue 3 point 2).
+
+The validation cutoff T is named by ``--as-of`` or defaults to the latest cutoff whose label
+window is complete in the data. Training uses ``n`` monthly cutoffs before T whose label
+windows close by T, so no training label looks past T. There is no random row split.
+Features for every cutoff come from ``features.build`` (reused when already built).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from features.build import (
+    build_features,
+    categorical_columns,
+    default_as_of,
+    feature_columns,
+    load_features,
+)
+from nextbest.config import Settings
+from nextbest.errors import DataError, NotFound
+from training.labels import ModelName, build_labels, horizon_days
+
+Say = Callable[[str], None]
+
+
+class CutoffPlan(BaseModel):
+    """The validation cutoff and the training cutoffs (oldest first) of one run."""
+
+    validation: date
+    training: list[date]
+    horizon_days: int
+
+    def all(self) -> list[date]:
+        """Every cutoff the run needs features for, oldest first."""
+        return [*self.training, self.validation]
+
+
+def plan_cutoffs(validation: date, horizon: int, n: int, step_days: int) -> CutoffPlan:
+    """``n`` cutoffs ``step_days`` apart whose label windows ``[t, t + horizon)`` end by T.
+
+    The latest training cutoff is T minus the horizon rounded up to whole steps, so the
+    cutoffs stay on the monthly grid anchored at T.
+    """
+    if n < 1:
+        raise DataError(f"cutoffs must be at least 1, got {n}", field="cutoffs")
+    gap = math.ceil(horizon / step_days) * step_days
+    training = [validation - timedelta(days=gap + k * step_days) for k in range(n)]
+    return CutoffPlan(validation=validation, training=sorted(training), horizon_days=horizon)
+
+
+def resolve_validation_cutoff(settings: Settings, model_name: ModelName, raw_dir: Path,
+                              as_of: date | None) -> date:
+    """``as_of`` if its label window is complete in the data, else the latest such cutoff."""
+    horizon = horizon_days(model_name, settings.training.labels)
+    end = default_as_of(settings, raw_dir)
+    latest = end - timedelta(days=horizon)
+    if as_of is None:
+        return latest
+    if as_of > latest:
+        raise DataError(
+            f"as_of {as_of.isoformat()}: its {horizon}-day label window ends after the data "
+            f"(last day {end - timedelta(days=1)}); use {latest.isoformat()} or earlier",
+            field="as_of")
+    return as_of
+
+
+def model_columns(settings: Settings) -> tuple[list[str], list[str]]:
+    """Model inputs in their fixed order, and which of them are categorical."""
+    return feature_columns(settings.features.windows_days), categorical_columns()
+
+
+def features_at(settings: Settings, cutoff: date, raw_dir: Path, *, rebuild: bool,
+                say: Say) -> pd.DataFrame:
+    """The features of ``cutoff``: reused from ``features_dir`` or built (without the store)."""
+    if not rebuild:
+        try:
+            frame = load_features(settings, cutoff)
+            say(f"  features as_of {cutoff}: reused ({len(frame)} users)")
+            return frame
+        except NotFound:
+            pass
+    say(f"  features as_of {cutoff}: building")
+    return build_features(settings, cutoff, raw_dir=raw_dir, refresh_store=False, progress=False)
+
+
+def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Numeric inputs as float32 (half the memory of float64; LightGBM bins them anyway)."""
+    return frame[columns].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+
+
+def examples_at(settings: Settings, model_name: ModelName, cutoff: date, raw_dir: Path, *,
+                rebuild: bool, say: Say) -> pd.DataFrame:
+    """One row per population user at ``cutoff``: ``user_id, cutoff, label`` + model inputs.
+
+    Users in the population with no feature row (none expected) get all-missing inputs
+    rather than being dropped, so the population stays exactly as the labels define it.
+    """
+    labels = build_labels(raw_dir, cutoff, settings.training.labels)
+    if labels.empty:
+        raise DataError(f"no user was active in the {settings.training.labels.population_days} "
+                        f"days before cutoff {cutoff}; use fewer --cutoffs or a later --as-of",
+                        field="cutoffs")
+    names, categorical = model_columns(settings)
+    feats = features_at(settings, cutoff, raw_dir, rebuild=rebuild, say=say)
+    missing = [c for c in [*names, "user_id"] if c not in feats.columns]
+    if missing:
+        raise DataError(f"features as_of {cutoff} lack columns {missing}; rebuild them with "
+                        "`--rebuild-features`", field="features")
+    numeric = [c for c in names if c not in categorical]
+    inputs = pd.concat([feats[["user_id"]].astype(str), _numeric(feats, numeric),
+                        feats[categorical].astype("string")], axis=1)
+    frame = labels[["user_id", model_name]].rename(columns={model_name: "label"})
+    frame = frame.merge(inputs, on="user_id", how="left", validate="one_to_one")
+    frame.insert(1, "cutoff", pd.Timestamp(cutoff))
+    return frame[["user_id", "cutoff", "label", *names]]
+
+
+@dataclass
+class TrainingData:
+    """The assembled out-of-time data of one run."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    plan: CutoffPlan
+    feature_names: list[str]
+    categorical: list[str]
+
+
+def assemble(settings: Settings, model_name: ModelName, plan: CutoffPlan, raw_dir: Path, *,
+             rebuild: bool = False, say: Say = print) -> TrainingData:
+    """Labels and features for every cutoff of ``plan``, stacked into train and validation."""
+    parts = []
+    for cutoff in plan.training:
+        parts.append(examples_at(settings, model_name, cutoff, raw_dir, rebuild=rebuild, say=say))
+    valid = examples_at(settings, model_name, plan.validation, raw_dir, rebuild=rebuild, say=say)
+    names, categorical = model_columns(settings)
+    return TrainingData(train=pd.concat(parts, ignore_index=True), valid=valid, plan=plan,
+                        feature_names=names, categorical=categorical)
