@@ -34,6 +34,11 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
+# Run as a script, this folder comes first on sys.path and benchmarks/features.py would
+# shadow the features package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from nextbest.config import path_overrides  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "serve.json"
 CONTEXT = ('"context":{"channel":"web","page":"item","item_id":"i1","item_price":120.0,'
@@ -133,23 +138,12 @@ def run_wrk(url: str, endpoint: str, script: str, args: argparse.Namespace,
 
 
 def world_env(root: Path) -> dict[str, str]:
-    """The environment that points every nextbest path into ``root``."""
-    data = root / "data"
+    """This environment with every nextbest path moved under ``root``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST")}
-    env.update({
+    return env | path_overrides(root) | {
         "NEXTBEST_CONFIG": str(root / "nextbest.yaml"),
-        "NEXTBEST__PATHS__DATA_DIR": str(data),
-        "NEXTBEST__PATHS__RAW_DIR": str(data / "raw"),
-        "NEXTBEST__PATHS__LATENT_DIR": str(data / "latent"),
-        "NEXTBEST__PATHS__FEATURES_DIR": str(data / "features"),
-        "NEXTBEST__PATHS__STORE_PATH": str(data / "online_store.sqlite"),
-        "NEXTBEST__PATHS__DECISION_LOG": str(data / "decisions.sqlite"),
-        "NEXTBEST__PATHS__BANDIT_DIR": str(data / "bandit"),
-        "NEXTBEST__PATHS__MLRUNS_DIR": str(root / "mlruns"),
-        "NEXTBEST__MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
         "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-    })
-    return env
+    }
 
 
 def nextbest(args: list[str], env: dict[str, str], cwd: Path) -> None:

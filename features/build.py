@@ -136,6 +136,9 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
     names += ["refresh online store"] if refresh_store else []
     with _Stages(names, f"features {as_of}", progress) as stages:
         frame = _compute(settings, engine, raw, as_of, windows, stages)
+        erased = _erased_user_ids(settings)
+        if erased:
+            frame = frame[~frame["user_id"].isin(erased)].reset_index(drop=True)
         frame, report = segment(frame, settings.features)
         frame = _as_written(frame[["user_id", "as_of"] + feature_columns(windows)
                                   + segmentation_columns()])
@@ -153,6 +156,18 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
     log.debug("built features as_of %s: %d users, %d columns in %.1f s (%s)", as_of, len(frame),
               frame.shape[1], time.perf_counter() - started, engine)
     return frame
+
+
+def _erased_user_ids(settings: Settings) -> set[str]:
+    """Users erased on request (the online store's erasure list): never built again, so
+    neither the online store nor a training set sees them even before their raw rows are
+    purged with ``nextbest data erase --pending``."""
+    if settings.store.backend == "sqlite" and not Path(settings.paths.store_path).exists():
+        return set()
+    from features.store import open_store
+
+    with open_store(settings) as store:
+        return {erasure.user_id for erasure in store.erasures()}
 
 
 class _Stages:

@@ -9,15 +9,14 @@ from pathlib import Path
 
 from features.build import build_features, default_as_of, partition_dir
 from features.engines import ENGINES
+from nextbest.cli import command_group
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``nextbest features build``."""
-    features = sub.add_parser("features", help="build point-in-time features, tiers and tags")
-    features_sub = features.add_subparsers(dest="features_command", metavar="ACTION")
-    features.set_defaults(handler=lambda _args, _settings: _usage(features))
+    features_sub = command_group(sub, "features", "build point-in-time features, tiers and tags")
     build = features_sub.add_parser(
         "build", help="compute the features of one as_of date and refresh the online store",
         description="Reads the raw tables, computes one row per user from rows before AS_OF "
@@ -36,12 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--no-progress", dest="progress", action="store_false",
                        help="no progress bar")
     build.set_defaults(handler=run_build)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    """``nextbest features`` without an action: show its help and fail."""
-    parser.print_help()
-    return 2
 
 
 def parse_as_of(text: str | None) -> date | None:

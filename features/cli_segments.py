@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
 from pathlib import Path
 
 from features.report import (
@@ -15,35 +14,20 @@ from features.report import (
     resolve_as_of,
     write_report,
 )
+from nextbest.cli import command_group, iso_date
 from nextbest.config import Settings
-
-
-def _date(text: str) -> date:
-    """An ISO date from the command line, with a message argparse shows on a bad one."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from exc
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    """``nextbest segments`` alone: show its sub-commands and fail like a usage error."""
-    parser.print_help()
-    return 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``nextbest segments report``."""
-    segments = sub.add_parser("segments", help="tier and segment reports")
-    commands = segments.add_subparsers(dest="segments_command", metavar="COMMAND")
-    segments.set_defaults(handler=lambda args, settings: _usage(segments))
+    commands = command_group(sub, "segments", "tier and segment reports")
     report = commands.add_parser(
         "report", help="tier sizes, shares, ARPU, segments, tier migration and alerts",
         description="Summarise the features of one as_of: tiers, segments, the tier "
                     "migration since --compare-to and alerts. Writes report.json and "
                     "segments.png into --out and prints their paths.")
-    report.add_argument("--as-of", type=_date, help="features date (default: the latest built)")
-    report.add_argument("--compare-to", type=_date,
+    report.add_argument("--as-of", type=iso_date, help="features date (default: the latest built)")
+    report.add_argument("--compare-to", type=iso_date,
                         help="second features date: tier migration and share shifts")
     report.add_argument("--json", action="store_true", help="print the report as one JSON "
                         "object (paths go to stderr)")

@@ -10,6 +10,13 @@ One interface, :class:`OnlineStore`, and two backends with the same behaviour:
   plus a meta hash; conditional writes run as Lua scripts so they are atomic and take one
   round trip per chunk of users.
 
+Erasure sticks: the store keeps an erasure list (user id -> time erased). :meth:`OnlineStore.erase`
+deletes what is stored about a user and adds them to it in one step, and the bulk writes
+(:meth:`~OnlineStore.write`, :meth:`~OnlineStore.load_preferences`) skip listed users inside
+the same statement or script, so a features rebuild from tables that still hold the user
+cannot bring them back. :meth:`~OnlineStore.set_preferences` (the user acting now, e.g. an
+opt-out) is still stored.
+
 Writes keep the newest data: a record is replaced only by one with the same or a later
 ``as_of``, loaded preferences only by ones with the same or a later ``updated_ts``. Both are
 compared as ISO strings (``stamps``), which order like the dates they spell.
@@ -48,6 +55,13 @@ class Preferences(BaseModel):
     marketing_sms: bool = True
     marketing_push: bool = True
     updated_ts: datetime | None = None
+
+
+class Erasure(BaseModel):
+    """One entry of the erasure list: who was erased and when (UTC)."""
+
+    user_id: str
+    erased_ts: datetime
 
 
 class EncodedChunk(NamedTuple):
@@ -144,6 +158,23 @@ def preference_rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _now_stamp(now: datetime | None) -> str:
+    """The erasure time as a stamp: ``now`` (naive UTC) or the current UTC time."""
+    if now is None:
+        now = datetime.now(UTC)
+    if now.tzinfo is not None:
+        now = now.astimezone(UTC).replace(tzinfo=None)
+    return _stamp(now)
+
+
+def unique_user_ids(user_ids: Iterable[str]) -> list[str]:
+    """The ids as strings, first occurrence order, empty ones refused."""
+    ids = list(dict.fromkeys(str(u) for u in user_ids))
+    if any(not u for u in ids):
+        raise DataError("an empty user id cannot be erased", field="user_id")
+    return ids
+
+
 def _chunks(n: int, size: int = WRITE_CHUNK_ROWS) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -161,7 +192,8 @@ class OnlineStore(ABC):
     def write(self, frame: pd.DataFrame, as_of: date) -> int:
         """Upsert one record per row of ``frame`` (one row per user) as of ``as_of``.
 
-        A user whose stored record has a later ``as_of`` keeps it. Returns the rows written.
+        A user whose stored record has a later ``as_of`` keeps it; a user on the erasure list
+        is skipped. Returns the rows written.
         """
         return self._put_records(encode_records(frame, as_of), as_of.isoformat())
 
@@ -195,9 +227,31 @@ class OnlineStore(ABC):
         self._put_preferences([row], only_newer=False)
 
     def load_preferences(self, frame: pd.DataFrame) -> int:
-        """Bulk-load the raw preferences table; newer stored preferences are kept. Returns the
-        users written."""
+        """Bulk-load the raw preferences table; newer stored preferences are kept and erased
+        users skipped. Returns the users written."""
         return self._put_preferences(preference_rows(frame), only_newer=True)
+
+    def erase(self, user_id: str, *, now: datetime | None = None) -> bool:
+        """Delete everything stored about the user and put them on the erasure list, so later
+        bulk writes skip them. False if nothing was stored (the user is listed anyway)."""
+        return self.erase_many([user_id], now=now) > 0
+
+    def erase_many(self, user_ids: Iterable[str], *, now: datetime | None = None) -> int:
+        """:meth:`erase` for several users in one step; returns how many had anything stored.
+
+        ``now`` (default: the current UTC time) is recorded as the erasure time; a user
+        erased before keeps the first time."""
+        ids = unique_user_ids(user_ids)
+        return self._erase(ids, _now_stamp(now)) if ids else 0
+
+    def erasures(self) -> list[Erasure]:
+        """The erasure list, oldest first (then by user id)."""
+        rows = sorted(self._erased().items(), key=lambda item: (item[1], item[0]))
+        return [Erasure(user_id=u, erased_ts=datetime.fromisoformat(ts)) for u, ts in rows]
+
+    def is_erased(self, user_id: str) -> bool:
+        """Whether the user is on the erasure list."""
+        return user_id in self._erased([user_id])
 
     def export(self, user_id: str) -> dict[str, Any]:
         """Everything stored about the user: the record as built (all tags), the tags the user
@@ -225,6 +279,15 @@ class OnlineStore(ABC):
         """What is stored for each of ``user_ids`` that has anything stored."""
 
     @abstractmethod
+    def _erase(self, user_ids: list[str], stamp: str) -> int:
+        """Delete the users' rows and list them as erased at ``stamp`` (kept if listed);
+        return how many had anything stored."""
+
+    @abstractmethod
+    def _erased(self, user_ids: list[str] | None = None) -> dict[str, str]:
+        """``{user_id: erased stamp}`` of the listed users among ``user_ids`` (all if None)."""
+
+    @abstractmethod
     def remove_tag(self, user_id: str, tag: str) -> bool:
         """Hide ``tag`` from the user's record now and after every later write.
 
@@ -232,7 +295,8 @@ class OnlineStore(ABC):
 
     @abstractmethod
     def delete(self, user_id: str) -> bool:
-        """Erase the user's record, preferences and removed tags; False if nothing was stored."""
+        """Delete the user's record, preferences and removed tags, without listing the user
+        as erased (a later write brings the record back); False if nothing was stored."""
 
     @abstractmethod
     def meta(self) -> dict[str, Any]:
@@ -259,14 +323,24 @@ CREATE TABLE IF NOT EXISTS users (
     prefs_ts TEXT
 );
 CREATE INDEX IF NOT EXISTS users_as_of ON users (as_of);
+CREATE TABLE IF NOT EXISTS erased (
+    user_id TEXT PRIMARY KEY,
+    erased_ts TEXT NOT NULL
+);
 """
-_SQLITE_PUT_RECORD = """
-INSERT INTO users (user_id, as_of, record) VALUES (?, ?, ?)
+# Bulk writes skip erased users in the same statement, so an erasure committed before the
+# write's transaction is always honoured. (INSERT ... SELECT ... WHERE needs the WHERE for
+# SQLite to parse the upsert clause.)
+_SQLITE_NOT_ERASED = "WHERE NOT EXISTS (SELECT 1 FROM erased WHERE erased.user_id = ?1)"
+_SQLITE_PUT_RECORD = f"""
+INSERT INTO users (user_id, as_of, record) SELECT ?1, ?2, ?3 {_SQLITE_NOT_ERASED}
 ON CONFLICT (user_id) DO UPDATE SET as_of = excluded.as_of, record = excluded.record
 WHERE users.as_of IS NULL OR users.as_of <= excluded.as_of
 """
-_SQLITE_PUT_PREFS = """
-INSERT INTO users (user_id, prefs_ts, prefs) VALUES (?, ?, ?)
+_SQLITE_SET_PREFS = "INSERT INTO users (user_id, prefs_ts, prefs) VALUES (?1, ?2, ?3)"
+_SQLITE_LOAD_PREFS = f"""
+INSERT INTO users (user_id, prefs_ts, prefs) SELECT ?1, ?2, ?3 {_SQLITE_NOT_ERASED}"""
+_SQLITE_PREFS_UPSERT = """
 ON CONFLICT (user_id) DO UPDATE SET prefs_ts = excluded.prefs_ts, prefs = excluded.prefs
 """
 _SQLITE_ONLY_NEWER = " WHERE users.prefs_ts IS NULL OR users.prefs_ts <= excluded.prefs_ts"
@@ -339,7 +413,10 @@ class SqliteStore(OnlineStore):
         return self._run_many(_SQLITE_PUT_RECORD, batches)
 
     def _put_preferences(self, rows: list[tuple[str, str, str]], *, only_newer: bool) -> int:
-        sql = _SQLITE_PUT_PREFS + (_SQLITE_ONLY_NEWER if only_newer else "")
+        if only_newer:
+            sql = _SQLITE_LOAD_PREFS + _SQLITE_PREFS_UPSERT + _SQLITE_ONLY_NEWER
+        else:
+            sql = _SQLITE_SET_PREFS + _SQLITE_PREFS_UPSERT
         return self._run_many(sql, [rows])
 
     def _fetch(self, user_ids: list[str]) -> dict[str, StoredUser]:
@@ -355,6 +432,33 @@ class SqliteStore(OnlineStore):
                    f"({','.join('?' * len(ids))})")
             for user_id, *fields in conn.execute(sql, ids):
                 found[user_id] = StoredUser(*fields)
+        return found
+
+    def _erase(self, user_ids: list[str], stamp: str) -> int:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR IGNORE INTO erased (user_id, erased_ts) VALUES (?, ?)",
+                             [(u, stamp) for u in user_ids])
+            before = conn.total_changes
+            conn.executemany("DELETE FROM users WHERE user_id = ?", [(u,) for u in user_ids])
+            deleted = conn.total_changes - before
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return deleted
+
+    def _erased(self, user_ids: list[str] | None = None) -> dict[str, str]:
+        conn = self._conn()
+        if user_ids is None:
+            return dict(conn.execute("SELECT user_id, erased_ts FROM erased"))
+        found: dict[str, str] = {}
+        for part in _chunks(len(user_ids), _SQLITE_IN_CHUNK):
+            ids = user_ids[part]
+            sql = ("SELECT user_id, erased_ts FROM erased WHERE user_id IN "
+                   f"({','.join('?' * len(ids))})")
+            found.update(conn.execute(sql, ids))
         return found
 
     def remove_tag(self, user_id: str, tag: str) -> bool:
@@ -379,17 +483,22 @@ class SqliteStore(OnlineStore):
         self._local = threading.local()
 
 
-# KEYS[1] = meta hash, KEYS[2..] = user hashes; ARGV[1] = stamp field, ARGV[2] = data field,
+# KEYS[1] = meta hash, KEYS[2] = erasure list hash, KEYS[3..] = user hashes, with their ids
+# in the same order after the 5 leading ARGV; ARGV[1] = stamp field, ARGV[2] = data field,
 # ARGV[3] = meta counter of new users ('' for none), ARGV[4] = '1' to keep newer stamps,
-# then (stamp, data) per user. Writes each user unless kept; returns the users written and
-# records the newest stamp written in the meta hash under the stamp field.
+# ARGV[5] = '1' to skip erased users, then (id, stamp, data) per user. Writes each user
+# unless kept or skipped; returns the users written and records the newest stamp written in
+# the meta hash under the stamp field.
 _REDIS_PUT = """
-local meta, sf, df, counter, only_newer = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local meta, erased, sf, df, counter = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
+local only_newer, skip_erased = ARGV[4] == '1', ARGV[5] == '1'
 local written, added, newest = 0, 0, nil
-for i = 2, #KEYS do
-  local stamp, data = ARGV[2 * i + 1], ARGV[2 * i + 2]
+for i = 3, #KEYS do
+  local at = 5 + 3 * (i - 3)
+  local id, stamp, data = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local cur = redis.call('HGET', KEYS[i], sf)
-  if (not only_newer) or (not cur) or cur <= stamp then
+  local skip = skip_erased and redis.call('HEXISTS', erased, id) == 1
+  if (not skip) and ((not only_newer) or (not cur) or cur <= stamp) then
     redis.call('HSET', KEYS[i], sf, stamp, df, data)
     written = written + 1
     if not cur then added = added + 1 end
@@ -413,12 +522,18 @@ table.insert(tags, ARGV[1])
 redis.call('HSET', KEYS[1], 'removed', cjson.encode(tags))
 return 1
 """
-# KEYS[1] = meta hash, KEYS[2] = user hash. Deletes the user, keeping the user count right.
+# KEYS[1] = meta hash, KEYS[2] = erasure list hash, KEYS[3..] = user hashes; ARGV[1] = the
+# erasure stamp ('' to delete without listing), ARGV[2..] = the users' ids. Deletes the
+# users, keeping the user count right; returns how many had anything stored.
 _REDIS_DELETE = """
-local had = redis.call('HEXISTS', KEYS[2], 'record')
-local n = redis.call('DEL', KEYS[2])
-if had == 1 then redis.call('HINCRBY', KEYS[1], 'users', -1) end
-return n
+local deleted, gone = 0, 0
+for i = 3, #KEYS do
+  if redis.call('HEXISTS', KEYS[i], 'record') == 1 then gone = gone + 1 end
+  deleted = deleted + redis.call('DEL', KEYS[i])
+  if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[2], ARGV[i - 1], ARGV[1]) end
+end
+if gone > 0 then redis.call('HINCRBY', KEYS[1], 'users', -gone) end
+return deleted
 """
 _FIELDS = ("record", "removed", "prefs")
 
@@ -427,7 +542,8 @@ class RedisStore(OnlineStore):
     """The online store in Redis, shared by several service replicas.
 
     Layout: ``{prefix}user:{user_id}`` is a hash with ``as_of``, ``record``, ``removed``,
-    ``prefs``, ``prefs_ts``; ``{prefix}meta`` holds ``as_of`` and ``users``. The bulk write
+    ``prefs``, ``prefs_ts``; ``{prefix}meta`` holds ``as_of`` and ``users``; ``{prefix}erased``
+    maps erased user ids to their erasure stamps. The bulk write
     runs one Lua script per chunk of users, so it needs all keys on one node (no cluster).
     """
 
@@ -450,19 +566,23 @@ class RedisStore(OnlineStore):
         self._remove_tag = self._client.register_script(_REDIS_REMOVE_TAG)
         self._delete = self._client.register_script(_REDIS_DELETE)
         self._meta_key = f"{prefix}meta"
+        self._erased_key = f"{prefix}erased"
 
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}"
 
     def _put_rows(self, ids: list[str], stamps: list[str], data: list[str], *, fields: tuple[
             str, str], counter: str, only_newer: bool) -> int:
-        """Run the conditional write script once per chunk of users; return users written."""
+        """Run the conditional write script once per chunk of users; return users written.
+
+        ``only_newer`` marks the bulk loads, which also skip erased users."""
         written = 0
+        flag = "1" if only_newer else "0"
         for part in _chunks(len(ids)):
-            keys = [self._meta_key, *map(self._key, ids[part])]
-            args: list[str] = [*fields, counter, "1" if only_newer else "0"]
-            for stamp, value in zip(stamps[part], data[part], strict=True):
-                args += (stamp, value)
+            keys = [self._meta_key, self._erased_key, *map(self._key, ids[part])]
+            args: list[str] = [*fields, counter, flag, flag]
+            for user_id, stamp, value in zip(ids[part], stamps[part], data[part], strict=True):
+                args += (user_id, stamp, value)
             written += int(self._put(keys=keys, args=args))
         return written
 
@@ -497,7 +617,28 @@ class RedisStore(OnlineStore):
         return bool(self._remove_tag(keys=[self._key(user_id)], args=[tag]))
 
     def delete(self, user_id: str) -> bool:
-        return bool(self._delete(keys=[self._meta_key, self._key(user_id)]))
+        return self._delete_users([user_id], "") > 0
+
+    def _delete_users(self, user_ids: list[str], stamp: str) -> int:
+        """Run the delete script per chunk of users; list them as erased unless ``stamp``
+        is empty."""
+        deleted = 0
+        for part in _chunks(len(user_ids)):
+            ids = user_ids[part]
+            keys = [self._meta_key, self._erased_key, *map(self._key, ids)]
+            deleted += int(self._delete(keys=keys, args=[stamp, *ids]))
+        return deleted
+
+    def _erase(self, user_ids: list[str], stamp: str) -> int:
+        return self._delete_users(user_ids, stamp)
+
+    def _erased(self, user_ids: list[str] | None = None) -> dict[str, str]:
+        if user_ids is None:
+            pairs = self._client.hgetall(self._erased_key).items()
+        else:
+            pairs = zip(user_ids, self._client.hmget(self._erased_key, user_ids), strict=True)
+        return {(k.decode() if isinstance(k, bytes) else k): v.decode()
+                for k, v in pairs if v is not None}
 
     def meta(self) -> dict[str, Any]:
         as_of, users = self._client.hmget(self._meta_key, ["as_of", "users"])

@@ -14,6 +14,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import date
 
 import yaml
 
@@ -38,6 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+def iso_date(text: str) -> date:
+    """argparse ``type`` for ``YYYY-MM-DD`` flags: a bad value is a usage error naming it."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def command_group(sub: argparse._SubParsersAction, name: str,
+                  help: str) -> argparse._SubParsersAction:
+    """Add ``nextbest NAME ACTION ...`` and return the parser's sub-parsers for its actions.
+
+    ``nextbest NAME`` alone prints the group's help and exits 2, like any usage error.
+    """
+    group = sub.add_parser(name, help=help)
+    actions = group.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+
+    def usage(_args: argparse.Namespace, _settings: Settings) -> int:
+        group.print_help()
+        return 2
+
+    group.set_defaults(handler=usage)
+    return actions
 
 
 def _register_config(sub: argparse._SubParsersAction) -> None:

@@ -312,6 +312,25 @@ class Settings(_Section):
     seed: int = 7
 
 
+def path_overrides(root: str | Path) -> dict[str, str]:
+    """``NEXTBEST__*`` variables that put every path of the settings under ``root``.
+
+    Tests, benchmarks and the simulator use this to run nextbest in a scratch directory;
+    pass it as ``environ`` to :func:`load_settings` or into a subprocess environment.
+    """
+    root = Path(root)
+    data = root / "data"
+    places = {
+        "data_dir": data, "raw_dir": data / "raw", "latent_dir": data / "latent",
+        "features_dir": data / "features", "store_path": data / "online_store.sqlite",
+        "decision_log": data / "decisions.sqlite", "bandit_dir": data / "bandit",
+        "reports_dir": root / "reports", "mlruns_dir": root / "mlruns",
+    }
+    env = {f"{ENV_PREFIX}PATHS__{key.upper()}": str(path) for key, path in places.items()}
+    env[f"{ENV_PREFIX}MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return env
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """Turn ``NEXTBEST__A__B=value`` variables into a nested dict ``{a: {b: value}}``."""
     out: dict[str, Any] = {}

@@ -1,5 +1,9 @@
 """Sub-commands of the ``serving`` stage (registered into the ``nextbest`` CLI).
 
+``nextbest learner`` runs the one bandit learner as its own process, for deployments where
+every service replica is a scorer on a shared decision log (a service started while the
+learner runs finds the learner lock taken and serves as a scorer).
+
 ``nextbest serve`` runs ``bentoml serve serving.service:NextBest`` as a child process. The
 child reads the same configuration: the config file travels in ``NEXTBEST_CONFIG`` and the
 command-line choices (host, port, workers) in ``NEXTBEST__SERVING__*`` variables, so the
@@ -14,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from nextbest.config import Settings
@@ -71,8 +76,54 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return run_forwarding_signals(cmd, env)
 
 
+def run_until_signalled(stop: threading.Event, poll_seconds: float = 0.5) -> int:
+    """Block until SIGINT or SIGTERM arrives (or ``stop`` is set); return the signal number
+    (0 when stopped otherwise). The previous handlers are restored afterwards."""
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(poll_seconds):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received[0] if received else 0
+
+
+def _learner(args: argparse.Namespace, settings: Settings) -> int:
+    """Handler of ``nextbest learner``: learn from the decision log until SIGINT/SIGTERM.
+
+    Raises Conflict (a one-line error, non-zero exit) when another process is the learner.
+    On the way out the learner learns what is left in the log and writes a final checkpoint.
+    """
+    del args
+    from serving.engine import DecisionEngine  # VW loads only for this command
+    from serving.learner import CheckpointStore
+
+    engine = DecisionEngine(settings, role="learner")
+    print(f"bandit learner running (pid {os.getpid()}) on {settings.paths.decision_log}, "
+          f"checkpoints in {settings.paths.bandit_dir}; stop with SIGINT or SIGTERM",
+          file=sys.stderr, flush=True)
+    try:
+        signum = run_until_signalled(threading.Event())
+    finally:
+        engine.close()  # stops the thread: learns the rest, writes the final checkpoint
+    meta = CheckpointStore(Path(settings.paths.bandit_dir)).latest()
+    learned = meta.rewards_learned if meta else 0
+    seq = meta.seq if meta else 0
+    why = signal.Signals(signum).name if signum else "stopped"
+    print(f"bandit learner {why}: {learned} rewards learned, log position {seq} checkpointed",
+          flush=True)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``nextbest serve`` to the top-level parser."""
+    """Add ``nextbest serve`` and ``nextbest learner`` to the top-level parser."""
     parser = sub.add_parser("serve", help="run the BentoML service (score, next best action)")
     parser.add_argument("--host", default=None,
                         help="address to bind (default: serving.host, 127.0.0.1)")
@@ -81,3 +132,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes; one learns, the others score (default: 1)")
     parser.set_defaults(handler=_serve)
+    learner = sub.add_parser(
+        "learner", help="run the single bandit learner as its own process",
+        description="Learn every reward of the decision log (paths.decision_log) and publish "
+                    "checkpoints (paths.bandit_dir) until SIGINT or SIGTERM, then checkpoint "
+                    "once more. Services started meanwhile on the same log become scorers. "
+                    "Fails if another process is already the learner.")
+    learner.set_defaults(handler=_learner)

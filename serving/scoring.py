@@ -75,6 +75,16 @@ class Scorer:
         self._cache.clear()
         return self.model_versions()
 
+    def forget(self, user_id: str) -> int:
+        """Drop the user's cached scores (erasure); returns the entries dropped.
+
+        Other worker processes keep theirs until evicted, but never serve them again: the
+        user's record is gone, and a cached score is only used with a record."""
+        keys = [key for key in self._cache if key[0] == user_id]
+        for key in keys:
+            del self._cache[key]
+        return len(keys)
+
     def model_versions(self) -> dict[str, str | None]:
         """Model name -> version in use, or a warning when scores are null."""
         if self.champions is None:

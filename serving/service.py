@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from features.erasure import erase_users
 from features.store import Preferences, open_store
 from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
@@ -221,10 +222,14 @@ class NextBest:
 
     @app.delete("/users/{user_id}", response_model=ErasureResponse, responses=ERRORS)
     async def erase(self, user_id: str = USER_ID) -> ErasureResponse:
-        """Erase the user everywhere: store record, preferences and decisions."""
-        store_records = int(self.store.delete(user_id))
-        decisions = self.engine.erase_user(user_id)
-        return ErasureResponse(user_id=user_id, store_records=store_records, decisions=decisions)
+        """Erase the user: store record, preferences, cached scores and decisions; the user
+        goes on the store's erasure list, so feature rebuilds do not bring them back.
+
+        The raw tables and feature files are purged by ``nextbest data erase --pending``."""
+        report = erase_users([user_id], store=self.store, engine=self.engine)
+        self.scorer.forget(user_id)
+        return ErasureResponse(user_id=user_id, store_records=report.store_records,
+                               decisions=report.decisions or 0)
 
     @app.get("/users/{user_id}/export", response_model=ExportResponse, responses=ERRORS)
     async def export(self, user_id: str = USER_ID) -> ExportResponse:

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
 from pathlib import Path
 
+from nextbest.cli import iso_date
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
 from training.labels import MODEL_NAMES
-
-
-def _as_of(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--as-of must be YYYY-MM-DD, got {text!r}") from exc
 
 
 def with_data_dir(settings: Settings, data_dir: str | None) -> Settings:
@@ -74,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``models`` to the top-level parser."""
     train = sub.add_parser("train", help="train, evaluate, register and gate a model")
     train.add_argument("model", choices=MODEL_NAMES)
-    train.add_argument("--as-of", type=_as_of, default=None,
+    train.add_argument("--as-of", type=iso_date, default=None,
                        help="validation cutoff (default: latest with a complete label window)")
     train.add_argument("--cutoffs", type=int, default=None,
                        help="number of monthly training cutoffs (default: training.cutoffs)")

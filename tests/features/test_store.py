@@ -156,6 +156,43 @@ def test_delete_erases_everything(store: OnlineStore) -> None:
     assert store.meta()["users"] == 3
 
 
+def test_erasure_sticks_through_later_writes(store: OnlineStore) -> None:
+    store.write(feature_frame(JAN), JAN)
+    store.set_preferences("u1", Preferences(personalization=False))
+    erased_at = datetime(2024, 1, 20, 12, 30)
+    assert store.erase("u1", now=erased_at) is True
+    assert store.get("u1") is None
+    assert store.export("u1")["preferences"] is None
+    assert store.is_erased("u1") and not store.is_erased("u2")
+    assert store.meta()["users"] == 2
+    # A rebuild from tables that still hold u1 writes the others, never u1.
+    assert store.write(feature_frame(FEB), FEB) == 2
+    assert store.get("u1") is None
+    assert store.get("u2")["as_of"] == "2024-02-01"
+    assert store.meta()["users"] == 2
+    raw = pd.DataFrame({"user_id": ["u1", "u2"], "personalization": [False, False]})
+    assert store.load_preferences(raw) == 1
+    assert store.export("u1")["preferences"] is None
+    # Erasing again (or an unknown user) lists them, keeping the first erasure time.
+    assert store.erase("u1", now=datetime(2024, 3, 1)) is False
+    assert store.erase_many(["ghost", "u3", "ghost"], now=datetime(2024, 2, 2)) == 1
+    assert [(e.user_id, e.erased_ts) for e in store.erasures()] == [
+        ("u1", erased_at), ("ghost", datetime(2024, 2, 2)), ("u3", datetime(2024, 2, 2))]
+    assert store.meta()["users"] == 1
+    # The user acting now (consent) is still stored.
+    store.set_preferences("u1", Preferences(marketing_email=False))
+    assert store.get_preferences("u1").marketing_email is False
+    with pytest.raises(DataError, match="empty user id"):
+        store.erase("")
+
+
+def test_delete_without_erasure_is_not_listed(store: OnlineStore) -> None:
+    store.write(feature_frame(JAN), JAN)
+    assert store.delete("u1") is True
+    assert store.erasures() == []
+    assert store.write(feature_frame(FEB), FEB) == 3
+
+
 def test_bad_frames_are_refused(store: OnlineStore) -> None:
     frame = feature_frame(JAN)
     with pytest.raises(DataError, match="user_id 'u1' more than once"):

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from features.build import build_features
-from nextbest.config import BanditConfig, Settings, load_settings
+from nextbest.config import BanditConfig, Settings, load_settings, path_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD_USERS = 600
@@ -45,21 +45,8 @@ def free_port() -> int:
 
 
 def world_env(root: Path) -> dict[str, str]:
-    """``NEXTBEST__*`` variables pointing every path of the settings into ``root``."""
-    data = root / "data"
-    return {
-        "NEXTBEST_CONFIG": str(root / "nextbest.yaml"),
-        "NEXTBEST__PATHS__DATA_DIR": str(data),
-        "NEXTBEST__PATHS__RAW_DIR": str(data / "raw"),
-        "NEXTBEST__PATHS__LATENT_DIR": str(data / "latent"),
-        "NEXTBEST__PATHS__FEATURES_DIR": str(data / "features"),
-        "NEXTBEST__PATHS__STORE_PATH": str(data / "online_store.sqlite"),
-        "NEXTBEST__PATHS__DECISION_LOG": str(data / "decisions.sqlite"),
-        "NEXTBEST__PATHS__BANDIT_DIR": str(data / "bandit"),
-        "NEXTBEST__PATHS__REPORTS_DIR": str(root / "reports"),
-        "NEXTBEST__PATHS__MLRUNS_DIR": str(root / "mlruns"),
-        "NEXTBEST__MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
-    }
+    """Every path of the settings under ``root``, and the world's config file."""
+    return path_overrides(root) | {"NEXTBEST_CONFIG": str(root / "nextbest.yaml")}
 
 
 def test_config() -> dict:

@@ -9,16 +9,22 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from features.store import open_store
 from nextbest.config import Settings
 from serving.decision_log import DecisionLog
+from serving.learner import CheckpointStore
 from serving.policy import PolicyLayer
 
 pytestmark = pytest.mark.integration
@@ -205,7 +211,8 @@ def test_user_removes_a_tag(client: httpx.Client, pool: UserPool) -> None:
     assert client.delete(f"/users/{user}/tags/{tag}").status_code == 404
 
 
-def test_erasure_removes_the_user_everywhere(client: httpx.Client, pool: UserPool) -> None:
+def test_erasure_removes_the_user_everywhere(client: httpx.Client, pool: UserPool,
+                                             world) -> None:
     user = pool.take()
     client.put(f"/users/{user}/preferences", json={"marketing_sms": False})
     decide(client, user)
@@ -217,6 +224,12 @@ def test_erasure_removes_the_user_everywhere(client: httpx.Client, pool: UserPoo
     after = client.get(f"/users/{user}/export").json()
     assert after["store"]["record"] is None and after["store"]["preferences"] is None
     assert after["decisions"] == []
+    assert client.post("/score", json={"user_id": user}).json()["known"] is False
+    # The erasure is listed, so a features build writing the user again skips them.
+    with open_store(world.settings) as store:
+        assert store.is_erased(user)
+        assert store.write(pd.DataFrame({"user_id": [user], "tier": ["gold"]}),
+                           date(2100, 1, 1)) == 0
     assert client.post("/score", json={"user_id": user}).json()["known"] is False
 
 
@@ -434,3 +447,60 @@ def test_two_workers_one_learner_the_rest_scorers(spawn, pool: UserPool) -> None
             "rewards_learned"]
         time.sleep(0.5)
     assert learned == accepted
+
+
+def _learner_cmd() -> list[str]:
+    return [sys.executable, "-m", "nextbest.cli", "learner"]
+
+
+def _wait_for_checkpoint(bandit_dir: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until the learner published its first checkpoint (it does on start-up)."""
+    deadline = time.monotonic() + timeout
+    while CheckpointStore(bandit_dir).latest() is None:
+        assert proc.poll() is None, f"nextbest learner exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "nextbest learner published no checkpoint"
+        time.sleep(0.1)
+
+
+def test_learner_process_learns_what_scorer_replicas_log(spawn, pool: UserPool, world) -> None:
+    name = "replica"
+    env = world.env | {"NEXTBEST__PATHS__DECISION_LOG": str(world.root / name / "decisions.sqlite"),
+                       "NEXTBEST__PATHS__BANDIT_DIR": str(world.root / name / "bandit")}
+    bandit_dir = world.root / name / "bandit"
+    out_path = world.root / "learner.out"
+    with out_path.open("wb") as out:
+        learner = subprocess.Popen(_learner_cmd(), env=env, cwd=world.root, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_checkpoint(bandit_dir, learner)
+        # A second learner on the same log is refused with a one-line error.
+        second = subprocess.run(_learner_cmd(), env=env, cwd=world.root, capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode != 0
+        err = second.stderr.strip().splitlines()
+        assert len(err) == 1 and "already the bandit learner" in err[0], second.stderr
+        # A service started now finds the lock taken and serves as a scorer.
+        srv = spawn(name)
+        assert httpx.get(f"{srv.url}/bandit/stats", timeout=30.0).json()["role"] == "scorer"
+        accepted = _traffic_with_feedback(srv.url, [pool.take() for _ in range(4)], rounds=24)
+        assert accepted > 0
+    finally:
+        learner.send_signal(signal.SIGTERM)
+        try:
+            code = learner.wait(timeout=30)
+        finally:
+            if learner.poll() is None:
+                learner.kill()
+                learner.wait()
+    assert code == 0, out_path.read_text()
+    last = out_path.read_text().strip().splitlines()[-1]
+    assert last.startswith("bandit learner SIGTERM:"), last
+    # The final checkpoint covers the whole log and learned every learnable feedback.
+    log = DecisionLog(world.root / name / "decisions.sqlite")
+    try:
+        in_log, last_seq = log.count_rewards(learnable_only=True), log.last_seq()
+    finally:
+        log.close()
+    meta = CheckpointStore(bandit_dir).latest()
+    assert meta is not None and meta.seq == last_seq
+    assert meta.rewards_learned == in_log >= accepted

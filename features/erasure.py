@@ -1,0 +1,213 @@
+"""Erasure everywhere (DESIGN.md section 6): a user's data leaves every place it is kept.
+
+The places, and what erasing a user means in each:
+
+- the online store: record, preferences and removed tags deleted, and the user put on the
+  store's erasure list, so every later ``features build`` skips them (:mod:`features.store`);
+- the raw tables in ``paths.raw_dir``: ``users``, ``events`` and ``preferences`` rows of the
+  user, ``listings`` the user sells, ``orders`` the user bought; orders the user *sold* stay
+  (they are the buyer's history) with ``seller_id`` blanked; import rejects
+  (``rejects/*.csv``) lines naming the user;
+- the feature partitions ``paths.features_dir/as_of=*/features.parquet`` and the latent
+  traits ``paths.latent_dir/user_traits.parquet``: the user's rows;
+- the decision log: decisions, rewards and late feedback (through
+  :meth:`serving.engine.DecisionEngine.erase_user`).
+
+The store is erased first: a features build running meanwhile then skips the user even if
+it read the raw tables before they were rewritten. Parquet files are rewritten atomically
+(temporary file, then rename) and only when they held the user. ``nextbest data erase`` does
+all of it; ``DELETE /users/{id}`` does the store and the decision log and lists the user, and
+``nextbest data erase --pending`` later purges the files of every listed user.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from features.store import OnlineStore, unique_user_ids
+
+if TYPE_CHECKING:
+    from nextbest.config import Settings
+
+FEATURES_GLOB = "as_of=*/features.parquet"
+LATENT_FILE = "user_traits.parquet"
+
+
+class TableRule(BaseModel):
+    """How one table refers to users: rows to drop by these columns, ids to blank in those."""
+
+    drop: tuple[str, ...] = ()
+    blank: tuple[str, ...] = ()
+
+
+RAW_RULES: dict[str, TableRule] = {
+    "users": TableRule(drop=("user_id",)),
+    "orders": TableRule(drop=("buyer_id",), blank=("seller_id",)),
+    "listings": TableRule(drop=("seller_id",)),
+    "events": TableRule(drop=("user_id",)),
+    "preferences": TableRule(drop=("user_id",)),
+}
+BY_USER_ID = TableRule(drop=("user_id",))
+
+
+class FileErasure(BaseModel):
+    """What erasing changed in one file."""
+
+    rows_removed: int = 0
+    ids_blanked: int = 0
+
+
+class ErasureReport(BaseModel):
+    """What an erasure removed, counted per place (file paths, ``store``, ``decision_log``)."""
+
+    user_ids: list[str]
+    store_records: int = 0
+    decisions: int | None = None  # None: the decision log was not touched
+    files: dict[str, FileErasure] = Field(default_factory=dict)
+
+    @property
+    def rows_removed(self) -> int:
+        """Rows removed from all files."""
+        return sum(f.rows_removed for f in self.files.values())
+
+    def lines(self) -> list[str]:
+        """A human summary: one line overall, then one per file that changed."""
+        decisions = "not touched" if self.decisions is None else str(self.decisions)
+        head = (f"erased {len(self.user_ids)} user(s): {self.store_records} store record(s), "
+                f"{decisions} decision(s), {self.rows_removed} file row(s) removed, "
+                f"{sum(f.ids_blanked for f in self.files.values())} seller id(s) blanked")
+        return [head, *(f"  {path}: -{f.rows_removed} rows, {f.ids_blanked} ids blanked"
+                        for path, f in sorted(self.files.items()))]
+
+
+class UserEraser(Protocol):
+    """What erasure needs from the decision engine (``DecisionEngine`` satisfies it)."""
+
+    def erase_user(self, user_id: str) -> int: ...
+
+
+def _matches(column: pa.ChunkedArray, ids: pa.Array) -> pa.ChunkedArray:
+    """True where ``column`` (any string-like type) holds one of ``ids``; False for nulls."""
+    as_text = pc.cast(column, pa.string())
+    return pc.fill_null(pc.is_in(as_text, value_set=ids), False)
+
+
+def erase_from_table(table: pa.Table, rule: TableRule,
+                     user_ids: Sequence[str]) -> tuple[pa.Table, FileErasure]:
+    """``table`` without the users' rows and with their ids blanked, and what changed.
+
+    Columns the rule names but the table lacks are ignored (optional contract columns)."""
+    ids = pa.array(list(user_ids), type=pa.string())
+    counts = FileErasure()
+    keep = pa.chunked_array([pa.array([True] * table.num_rows, type=pa.bool_())])
+    for name in (c for c in rule.drop if c in table.column_names):
+        keep = pc.and_(keep, pc.invert(_matches(table[name], ids)))
+    if rule.drop:
+        counts.rows_removed = table.num_rows - pc.sum(keep).as_py() if table.num_rows else 0
+        table = table.filter(keep)
+    for name in (c for c in rule.blank if c in table.column_names):
+        column = table[name]
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        hit = _matches(column, ids)
+        counts.ids_blanked += pc.sum(hit).as_py() or 0
+        blanked = pc.if_else(hit, pa.scalar(None, type=column.type), column)
+        table = table.set_column(table.column_names.index(name), name, blanked)
+    return table, counts
+
+
+def erase_from_parquet(path: Path, rule: TableRule, user_ids: Sequence[str]) -> FileErasure:
+    """Rewrite one Parquet file without the users (atomically, and only if it held them)."""
+    table = pq.read_table(path)
+    cleaned, counts = erase_from_table(table, rule, user_ids)
+    if counts.rows_removed or counts.ids_blanked:
+        tmp = path.with_name(f".{path.name}.erasing")
+        pq.write_table(cleaned, tmp)
+        os.replace(tmp, path)
+    return counts
+
+
+def erase_from_csv(path: Path, user_ids: Sequence[str]) -> FileErasure:
+    """Drop the lines of a rejects CSV in which any cell is one of the users' ids."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    hit = frame.isin(set(user_ids)).any(axis=1)
+    if hit.any():
+        tmp = path.with_name(f".{path.name}.erasing")
+        frame[~hit].to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    return FileErasure(rows_removed=int(hit.sum()))
+
+
+def erase_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
+                features_dir: Path | None = None,
+                latent_dir: Path | None = None) -> dict[str, FileErasure]:
+    """Erase the users from the raw tables, import rejects, feature partitions and latent
+    traits under the given directories (missing directories and tables are skipped).
+
+    Returns what changed per file path, for the files that held any of the users."""
+    jobs: list[tuple[Path, TableRule | None]] = []
+    if raw_dir is not None:
+        jobs += [(Path(raw_dir) / f"{name}.parquet", rule) for name, rule in RAW_RULES.items()]
+        jobs += [(path, None) for path in sorted((Path(raw_dir) / "rejects").glob("*.csv"))]
+    if features_dir is not None:
+        jobs += [(path, BY_USER_ID) for path in sorted(Path(features_dir).glob(FEATURES_GLOB))]
+    if latent_dir is not None:
+        jobs.append((Path(latent_dir) / LATENT_FILE, BY_USER_ID))
+    changed: dict[str, FileErasure] = {}
+    for path, rule in jobs:
+        if not path.is_file():
+            continue
+        counts = (erase_from_csv(path, user_ids) if rule is None
+                  else erase_from_parquet(path, rule, user_ids))
+        if counts.rows_removed or counts.ids_blanked:
+            changed[str(path)] = counts
+    return changed
+
+
+def erase_users(user_ids: Iterable[str], *, store: OnlineStore, engine: UserEraser | None = None,
+                raw_dir: Path | None = None, features_dir: Path | None = None,
+                latent_dir: Path | None = None, now: datetime | None = None) -> ErasureReport:
+    """Erase the users from the store (listing them as erased), the decision log when an
+    ``engine`` is given, and the files under the given directories. See the module docstring.
+    """
+    ids = unique_user_ids(user_ids)
+    report = ErasureReport(user_ids=ids, store_records=store.erase_many(ids, now=now))
+    if engine is not None:
+        report.decisions = sum(engine.erase_user(user_id) for user_id in ids)
+    report.files = erase_files(ids, raw_dir=raw_dir, features_dir=features_dir,
+                               latent_dir=latent_dir)
+    return report
+
+
+def erase_everywhere(settings: Settings, user_ids: Iterable[str], *,
+                     pending: bool = False, now: datetime | None = None) -> ErasureReport:
+    """``nextbest data erase``: the users (plus, with ``pending``, everyone on the store's
+    erasure list) from every place under ``settings.paths``.
+
+    The decision log is only opened when its file exists (as a scorer: erasing needs no
+    learner lock, so a running service or learner keeps its own)."""
+    from features.store import open_store
+
+    with open_store(settings) as store:
+        ids = unique_user_ids(user_ids)
+        if pending:
+            ids = list(dict.fromkeys([*ids, *(e.user_id for e in store.erasures())]))
+        paths = settings.paths
+        dirs = {"raw_dir": paths.raw_dir, "features_dir": paths.features_dir,
+                "latent_dir": paths.latent_dir}
+        if not Path(paths.decision_log).exists():
+            return erase_users(ids, store=store, now=now, **dirs)
+        from serving.engine import DecisionEngine  # the serving stage is optional here
+
+        with DecisionEngine(settings, role="scorer") as engine:
+            return erase_users(ids, store=store, engine=engine, now=now, **dirs)
