@@ -159,7 +159,7 @@ def build_world(root: Path, users: int, seed: int) -> dict[str, str]:
 
     Contact caps are lifted so that repeated users are not all refused an action."""
     config = {"training": {"num_boost_round": 50, "early_stopping_rounds": 10},
-              "bandit": {"contact": {"max_actions_per_user_per_day": 10**9}}}
+              "bandit": {"contact": {"max_actions_per_user_per_day": None}}}
     (root / "nextbest.yaml").write_text(yaml.safe_dump(config))
     env = world_env(root)
     data = root / "data"

@@ -75,14 +75,19 @@ class Trace:
     seconds: float
 
 
+SIM_SWEEP_SECONDS = 3600.0  # simulated time between sweeps: 1/168 of a 7-day reward window
+
+
 def simulation_settings(settings: Settings) -> Settings:
-    """``settings`` with the contact caps switched off (see the module docstring)."""
+    """``settings`` with the contact caps switched off (see the module docstring) and the
+    sweeper run every simulated hour, not every ``sweep_seconds`` (a few decisions)."""
     bandit = settings.bandit
     arms = [arm.model_copy(update={"max_per_user_per_week": None}) for arm in bandit.arms]
-    contact = bandit.contact.model_copy(update={"max_actions_per_user_per_day": 10**9,
+    contact = bandit.contact.model_copy(update={"max_actions_per_user_per_day": None,
                                                 "quiet_hours": []})
+    sweep = max(bandit.sweep_seconds, SIM_SWEEP_SECONDS)
     return settings.model_copy(update={"bandit": bandit.model_copy(
-        update={"arms": arms, "contact": contact})})
+        update={"arms": arms, "contact": contact, "sweep_seconds": sweep})})
 
 
 def user_views(population: pd.DataFrame) -> list[UserView]:

@@ -228,7 +228,9 @@ def synthetic_population(settings: Settings, users: int, seed: int) -> pd.DataFr
     Observable features are noisy reflections of the traits, so a learner can infer them:
     ``coupon_share`` tracks price sensitivity, ``category_entropy`` falls with brand focus,
     ``cart_abandonments_30d`` rises with installment affinity, spend features follow
-    ``spend_level``. One row per user; ``user_id`` is ``sim-<i>``.
+    ``spend_level``; the order-derived ones are counted from the user's few orders as the
+    feature build would (:func:`_as_counted_from_orders`). The columns are those of a real
+    store record (CONTRACT.md). One row per user; ``user_id`` is ``sim-<i>``.
     """
     rng = np.random.default_rng([seed, 0])
     spend = rng.lognormal(-0.18, 0.6, users)
@@ -262,6 +264,7 @@ def synthetic_population(settings: Settings, users: int, seed: int) -> pd.DataFr
         "days_since_login": rng.exponential(10, users),
     })
     feats["cart_abandonments_30d"] = np.maximum(feats["carts_30d"] - feats["frequency_30d"], 0)
+    _as_counted_from_orders(feats, frequency, np.random.default_rng([seed, 2]))
     out = pd.concat([traits, feats], axis=1)
     out["tier"] = _tier(feats["monetary_365d"].to_numpy(), recency, settings)
     out["segment"] = _segment(recency, frequency)
@@ -272,10 +275,31 @@ def synthetic_population(settings: Settings, users: int, seed: int) -> pd.DataFr
     return out
 
 
+def _as_counted_from_orders(feats: pd.DataFrame, frequency: np.ndarray,
+                            rng: np.random.Generator) -> None:
+    """Make order-derived columns what ``features build`` computes from a few orders.
+
+    A store sees a user's orders, not their traits: ``coupon_share`` is the share of
+    ``frequency`` orders that used a coupon (each with the trait-driven chance), so it is
+    0 or 1 after one order; ``category_entropy`` is 0 without two orders and at most
+    ln(number of categories bought); ``spend_trend`` (30 days minus the 30 before) is noise
+    around 0 for recent buyers and 0 otherwise (the simulator has no spending dynamics).
+    Drawn from their own generator so every other column stays as it was.
+    """
+    orders = np.maximum(frequency, 1)
+    coupons = rng.binomial(orders, feats["coupon_share"].to_numpy())
+    feats["coupon_share"] = np.where(frequency > 0, coupons / orders, 0.0)
+    most = np.log(np.clip(frequency, 1, len(CATEGORIES)))
+    feats["category_entropy"] = np.minimum(feats["category_entropy"].to_numpy(), most)
+    recent = feats["recency_days"].to_numpy() <= 60
+    trend = rng.normal(0.0, 0.5, len(frequency)) * np.nan_to_num(feats["aov"].to_numpy())
+    feats["spend_trend"] = np.where(recent, np.round(trend, 2), 0.0)
+
+
 FEATURE_COLUMNS_FOR_VIEW = ("recency_days", "frequency_total", "frequency_30d", "monetary_total",
                             "monetary_365d", "aov", "coupon_share", "category_entropy",
                             "carts_30d", "cart_abandonments_30d", "views_30d", "return_rate",
-                            "tenure_days", "days_since_login")
+                            "tenure_days", "days_since_login", "spend_trend")
 
 
 def marketplace_population(settings: Settings, data_dir: Path) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -207,9 +207,14 @@ def _default_arms() -> list[ArmConfig]:
 class ExplorationConfig(_Section):
     algorithm: Literal["squarecb", "epsilon", "softmax", "bag"] = "squarecb"
     epsilon: float = Field(0.05, ge=0, le=1)
-    gamma_scale: float = Field(10.0, gt=0)
+    # squarecb's greediness grows as gamma_scale * t ** gamma_exponent; 2.0 explored best on
+    # the simulator (benchmarks/simulate.py: 10 too greedy, 0.5 too exploratory).
+    gamma_scale: float = Field(2.0, gt=0)
     gamma_exponent: float = Field(0.5, ge=0)
-    interactions: list[str] = Field(default_factory=lambda: ["SA", "CA", "UA"])
+    # Namespace letters (S, U, C, P, A; see serving/bandit.py) crossed: two letters -> -q,
+    # three -> --cubic, four -> --interactions.
+    interactions: list[Annotated[str, Field(pattern=r"^[SUCPA]{2,4}$")]] = Field(
+        default_factory=lambda: ["SA", "CA", "UA", "PA", "PUA", "PCA", "PSA"])
     softmax_lambda: float = Field(10.0, gt=0)
     bag_size: int = Field(5, ge=2)
     extra_args: str = ""
@@ -224,7 +229,8 @@ class RewardConfig(_Section):
 
 
 class ContactPolicyConfig(_Section):
-    max_actions_per_user_per_day: int = Field(3, ge=0)
+    # None: no daily limit (with no weekly arm caps either, contact counts are not queried).
+    max_actions_per_user_per_day: int | None = Field(3, ge=0)
     quiet_hours: list[int] = Field(default_factory=list)
 
 
@@ -248,6 +254,9 @@ class BanditConfig(_Section):
     # the price of an fsync per commit.
     log_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     sweep_seconds: float = Field(30.0, gt=0)
+    # Recent decisions kept in memory by the engine that made them, so feedback joins
+    # without reading the log back (0: always read the log).
+    decision_cache_size: int = Field(20_000, ge=0)
     seed: int = 0
 
     @model_validator(mode="after")

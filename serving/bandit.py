@@ -4,11 +4,22 @@ One example per decision: a ``shared`` line with the user and the request contex
 line per eligible arm. Namespaces (their first letter is what ``-q`` interactions refer to):
 
 - ``S`` segmentation: tier, segment, tags, known;
-- ``U`` user scores: churn and propensity bins, RFM bins (recency, frequency, monetary, aov);
-- ``C`` context: channel, page, category, item price bin, hour bin;
+- ``U`` user scores: churn and propensity bins, and bins of the store record's behaviour
+  columns (``FEATURE_BINS``: RFM, aov, coupon share, category entropy, cart abandonments,
+  return rate, spend trend): what a platform knows about price sensitivity, brand focus
+  and appetite for financing;
+- ``C`` context: channel, page, category, luxury or not, item price bin, the item price
+  relative to the user's aov, hour bin;
+- ``P`` price: ``value:<item price / 100>`` (the user's aov when the request has no item):
+  an arm's profit is about price x conversion lift - cost, so ``P`` crossed with the arm and
+  the user (``PUA``) lets a linear model learn a per-user lift that scales with the price;
 - ``A`` arm: ``arm=<name>`` plus the arm's own features from ``ArmConfig.features``.
 
-Rewards become VW costs as ``cost = -reward / reward.scale``. A ``vowpalwabbit.Workspace``
+Interactions (``exploration.interactions``: two letters ``-q``, three ``--cubic``, four
+``--interactions``) let each arm's value depend on the user and the context, e.g. ``PUA``:
+price x coupon share x arm. Rewards become VW costs as ``cost = -reward / reward.scale``;
+every number written into VW text goes through :func:`vw_number` (a numpy float's ``repr``
+is ``np.float64(..)``, which VW would not read as a label). A ``vowpalwabbit.Workspace``
 cannot be pickled or shared between threads: each :class:`VWBandit` belongs to one thread.
 The string-list API used here parses and finishes every example itself.
 """
@@ -31,13 +42,22 @@ _UNSAFE = re.compile(r"[\s|:]+")
 
 # Bin edges: a value gets the number of edges it is >= to; a missing value gets "na".
 SCORE_EDGES = (0.1, 0.25, 0.5, 0.75)
+# The store record columns (CONTRACT.md) the bandit reads, and their bin edges.
 FEATURE_BINS: dict[str, tuple[float, ...]] = {
     "recency_days": (7, 30, 90, 180),
     "frequency_total": (1, 2, 4, 8),
     "monetary_365d": (1, 100, 500, 1000, 5000),
     "aov": (25, 50, 100, 250, 500),
+    "coupon_share": (0.1, 0.25, 0.4, 0.55, 0.7, 0.85),
+    "category_entropy": (0.3, 0.6, 0.9, 1.2, 1.5),
+    "cart_abandonments_30d": (1, 2, 3, 5, 8),
+    "return_rate": (0.05, 0.1, 0.2, 0.35),
+    "spend_trend": (-100, -1, 1, 100),
 }
 PRICE_EDGES = (25, 50, 100, 250, 500, 1000)
+RELATIVE_PRICE_EDGES = (0.5, 0.8, 1.25, 2.0, 4.0)  # item price / the user's aov
+PRICE_UNIT = 100.0  # namespace P carries the price in hundreds
+LUXURY_CATEGORIES = frozenset({"bags", "watches", "jewelry"})
 HOUR_PARTS = ("night",) * 6 + ("morning",) * 6 + ("afternoon",) * 6 + ("evening",) * 6
 
 
@@ -72,11 +92,29 @@ def encode_shared(user: UserView, context: RequestContext) -> dict[str, list[str
     scores = [_bin("churn", user.churn_probability, SCORE_EDGES),
               _bin("propensity", user.purchase_propensity, SCORE_EDGES)]
     scores += [_bin(name, user.features.get(name), edges) for name, edges in FEATURE_BINS.items()]
+    shared = {"S": segmentation, "U": scores, "C": encode_context(user, context)}
+    value = context.item_price if context.item_price is not None else user.features.get("aov")
+    if value is not None:
+        shared["P"] = [f"value:{vw_number(value / PRICE_UNIT)}"]
+    return shared
+
+
+def encode_context(user: UserView, context: RequestContext) -> list[str]:
+    """Namespace C: where the user is, what the item costs, absolutely and against their aov."""
     hour = "na" if context.hour is None else HOUR_PARTS[context.hour]
-    ctx = [f"channel={_token(context.channel)}", f"page={_token(context.page)}",
-           f"category={_token(context.category or 'na')}",
-           _bin("price", context.item_price, PRICE_EDGES), f"hour={hour}"]
-    return {"S": segmentation, "U": scores, "C": ctx}
+    category = context.category or "na"
+    aov = user.features.get("aov")
+    relative = (context.item_price / aov if context.item_price is not None and aov
+                else None)
+    return [f"channel={_token(context.channel)}", f"page={_token(context.page)}",
+            f"category={_token(category)}", f"luxury={int(category in LUXURY_CATEGORIES)}",
+            _bin("price", context.item_price, PRICE_EDGES),
+            _bin("relative_price", relative, RELATIVE_PRICE_EDGES), f"hour={hour}"]
+
+
+def vw_number(value: float) -> str:
+    """A number as VW text: a plain decimal (``repr`` of a numpy float is not one)."""
+    return f"{float(value):.9g}"
 
 
 def encode_arm(arm: ArmConfig) -> list[str]:
@@ -86,7 +124,7 @@ def encode_arm(arm: ArmConfig) -> list[str]:
         if isinstance(value, str):
             tokens.append(f"{_token(key)}={_token(value)}")
         else:
-            tokens.append(f"{_token(key)}:{float(value)!r}")
+            tokens.append(f"{_token(key)}:{vw_number(value)}")
     return tokens
 
 
@@ -108,7 +146,8 @@ def to_vw_lines(example: BanditExample,
     shared = " ".join(f"|{ns} {' '.join(tokens)}" for ns, tokens in example.shared.items())
     lines = [f"shared {shared}"]
     for name, tokens in example.arms.items():
-        prefix = f"0:{label[1]!r}:{label[2]!r} " if label and label[0] == name else ""
+        prefix = (f"0:{vw_number(label[1])}:{vw_number(label[2])} "
+                  if label and label[0] == name else "")
         lines.append(f"{prefix}|A {' '.join(tokens)}")
     return lines
 
@@ -127,8 +166,9 @@ def vw_arguments(config: BanditConfig) -> list[str]:
         args += ["--softmax", "--lambda", str(exploration.softmax_lambda)]
     else:
         args += ["--bag", str(exploration.bag_size), "--epsilon", str(exploration.epsilon)]
-    for pair in exploration.interactions:
-        args += ["-q", pair]
+    flags = {2: "-q", 3: "--cubic"}
+    for term in exploration.interactions:
+        args += [flags.get(len(term), "--interactions"), term]
     return args + exploration.extra_args.split()
 
 

@@ -17,6 +17,10 @@ Roles (one engine per process):
 - ``"auto"``: ``"learner"`` if the learner lock is free, else ``"scorer"`` (several workers).
 
 Every public method is thread-safe (one lock per engine: a VW workspace is single-threaded).
+The engine keeps its last ``decision_cache_size`` decisions in memory, so feedback for a
+decision made here joins without reading it back from the log (the log stays the truth:
+feedback for any other event_id is read from it), and it counts past contacts only when a
+contact limit is configured.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import random
 import secrets
 import threading
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +53,7 @@ from serving.learner import (
     ModelWatcher,
 )
 from serving.policy import (
+    ContactCounts,
     PlanKind,
     PolicyLayer,
     PolicyPlan,
@@ -103,6 +109,8 @@ class DecisionEngine:
         self._watcher: ModelWatcher | None = None
         self._thread: LearnerThread | None = None
         self._last_sweep: datetime | None = None
+        # event_id -> decision made here, newest last: feedback joins without a log read.
+        self._recent: OrderedDict[str, LoggedDecision] = OrderedDict()
         store = CheckpointStore(Path(bandit_dir or settings.paths.bandit_dir)) if durable else None
         self.role = self._start(role, store)
         if self.role != "inline":
@@ -163,7 +171,9 @@ class DecisionEngine:
         ts = _utc(now)
         with self._lock:
             self._maybe_sweep(ts)
-            plan = self.policy.plan(user, self.log.contact_counts(user.user_id, ts))
+            counts = (self.log.contact_counts(user.user_id, ts)
+                      if self.policy.needs_contact_counts else _NO_CONTACTS)
+            plan = self.policy.plan(user, counts)
             bandit, version = self._model()
             example = (build_example(self.arm_tokens, user, context, plan.eligible)
                        if user.personalization else BanditExample())
@@ -177,10 +187,26 @@ class DecisionEngine:
                                   action=action, probability=probability),
                 policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
                 learnable=plan.learnable)
-            self.log.record_decision(LoggedDecision(
-                decision=decision, tier=user.tier, features=example.model_dump(),
-                item_price=context.item_price))
+            logged = LoggedDecision(
+                decision=decision, tier=user.tier,
+                features={"shared": example.shared, "arms": example.arms},
+                item_price=context.item_price)
+            self.log.record_decision(logged)
+            self._remember(logged)
             return decision
+
+    def _remember(self, logged: LoggedDecision) -> None:
+        """Keep the decision for its feedback, dropping the oldest past the cache size."""
+        size = self.config.decision_cache_size
+        if size:
+            self._recent[logged.decision.event_id] = logged
+            if len(self._recent) > size:
+                self._recent.popitem(last=False)
+
+    def _logged(self, event_id: str) -> LoggedDecision | None:
+        """The decision of ``event_id``: from memory when it was made here, else the log."""
+        logged = self._recent.get(event_id)
+        return logged if logged is not None else self.log.get_decision(event_id)
 
     def _choose(self, plan: PolicyPlan, bandit: VWBandit,
                 example: BanditExample) -> tuple[str | None, dict[str, float]]:
@@ -205,7 +231,7 @@ class DecisionEngine:
                                    field="revenue")
         ts = _utc(now)
         with self._lock:
-            logged = self.log.get_decision(event_id)
+            logged = self._logged(event_id)
             if logged is None:
                 raise NotFound(f"no decision with event_id {event_id!r}", field="event_id")
             decision = logged.decision
@@ -219,14 +245,16 @@ class DecisionEngine:
                 source="feedback", ts=ts, learnable=decision.learnable))
             if seq is None:
                 return self._already(event_id, converted, revenue, reward, ts, window)
+            self._recent.pop(event_id, None)  # rewarded: later feedback is a duplicate
             if self._learner is not None:
                 self._learner.learn_next(seq, logged, reward)
             detail = ("reward accepted and learned" if decision.learnable else
                       f"reward accepted, not learned: {decision.reason}")
             if decision.learnable and self._learner is None:
                 detail = "reward accepted; the learner will learn it"
-            return FeedbackResult(event_id=event_id, status="accepted", reward=reward,
-                                  learnable=decision.learnable, detail=detail)
+            return FeedbackResult(
+                event_id=event_id, status="accepted", reward=reward,
+                learnable=decision.learnable, detail=detail)
 
     def _late(self, event_id: str, converted: bool, revenue: float, reward: float,
               ts: datetime, window: timedelta) -> FeedbackResult:
@@ -327,6 +355,8 @@ class DecisionEngine:
     def erase_user(self, user_id: str) -> int:
         """Delete every decision and reward of ``user_id`` from the log; decisions deleted."""
         with self._lock:
+            for event_id in [e for e, d in self._recent.items() if d.decision.user_id == user_id]:
+                del self._recent[event_id]
             return self.log.erase_user(user_id)
 
     def export_user(self, user_id: str) -> list[dict[str, Any]]:
@@ -363,6 +393,9 @@ class DecisionEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_NO_CONTACTS = ContactCounts()  # what the policy layer gets when no contact limit is set
 
 
 def _arm_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:

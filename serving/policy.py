@@ -109,6 +109,12 @@ class PolicyLayer:
         digest = hashlib.sha256((self.config.control_salt + user_id).encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < self.config.control_share
 
+    @property
+    def needs_contact_counts(self) -> bool:
+        """Whether any contact limit is configured (else counting past contacts is wasted)."""
+        return (self.config.contact.max_actions_per_user_per_day is not None
+                or any(arm.max_per_user_per_week is not None for arm in self.config.arms))
+
     def removed_arms(self, user: UserView, counts: ContactCounts) -> dict[str, str]:
         """Arms the user may not get, each with a short reason (``"coupon_abuser"``)."""
         removed: dict[str, str] = {}
@@ -117,7 +123,7 @@ class PolicyLayer:
         for arm in self.config.arms:
             hit = sorted(tags.intersection(arm.exclude_tags))
             weekly = counts.per_arm_week.get(arm.name, 0)
-            if counts.actions_today >= limit:
+            if limit is not None and counts.actions_today >= limit:
                 removed[arm.name] = f"daily contact limit {limit} reached"
             elif hit:
                 removed[arm.name] = ", ".join(hit)

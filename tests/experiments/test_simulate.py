@@ -24,6 +24,29 @@ def test_same_seed_same_stream_and_numbers(settings):
     assert not np.array_equal(first.uniform, other.uniform)
 
 
+def test_population_features_are_what_a_store_computes_from_few_orders(settings):
+    pop = synthetic_population(settings, 2000, seed=4)
+    one = pop[pop["frequency_total"] == 1]
+    none = pop[pop["frequency_total"] == 0]
+    assert set(one["coupon_share"].unique()) <= {0.0, 1.0}  # one order: a coupon or not
+    assert (one["category_entropy"] == 0).all() and (none["category_entropy"] == 0).all()
+    assert (none["coupon_share"] == 0).all() and (none["spend_trend"] == 0).all()
+    buyers = pop[pop["frequency_total"] >= 2]
+    assert (buyers["category_entropy"] <= np.log(buyers["frequency_total"]) + 1e-9).all()
+    # still informative: coupon share follows price sensitivity among repeat buyers
+    corr = np.corrcoef(buyers["coupon_share"], buyers["price_sensitivity"])[0, 1]
+    assert corr > 0.4
+
+
+def test_bandit_view_holds_store_columns_only(settings):
+    from experiments.runner import user_views
+    from experiments.simulator import TRAIT_COLUMNS
+
+    view = user_views(synthetic_population(settings, 20, seed=4))[0]
+    assert "spend_trend" in view.features and "coupon_share" in view.features
+    assert not set(TRAIT_COLUMNS) & set(view.features)
+
+
 def test_response_model_rewards_the_documented_arms(settings):
     pop = synthetic_population(settings, 2000, seed=1)
     stream = make_stream(settings, pop, SimulationConfig(decisions=20000, seed=1))

@@ -57,7 +57,7 @@ def test_config() -> dict:
         "training": {"num_boost_round": 50, "early_stopping_rounds": 10},
         "bandit": {
             "arms": arms,
-            "contact": {"max_actions_per_user_per_day": 1_000_000},
+            "contact": {"max_actions_per_user_per_day": None},
             "reward": {"window_days": REWARD_WINDOW_SECONDS / 86400},
             "sweep_seconds": 1.0,
             "checkpoint_every": 200,

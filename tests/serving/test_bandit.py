@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nextbest.config import BanditConfig, ExplorationConfig, RewardConfig
@@ -15,6 +16,7 @@ from serving.bandit import (
     model_fingerprint,
     reward_of,
     to_vw_lines,
+    vw_arguments,
 )
 from serving.policy import RequestContext, UserView
 
@@ -30,9 +32,52 @@ def test_shared_features_bin_numbers_and_sanitise_tokens():
     assert shared["S"] == ["tier=gold", "segment=loyal", "known=1", "tag=a_b",
                            "tag=price_sensitive"]
     assert shared["U"] == ["churn=2", "propensity=na", "recency_days=1", "frequency_total=na",
-                           "monetary_365d=3", "aov=na"]
-    assert shared["C"] == ["channel=app", "page=item", "category=bags_shoes", "price=3",
-                           "hour=evening"]
+                           "monetary_365d=3", "aov=na", "coupon_share=na",
+                           "category_entropy=na", "cart_abandonments_30d=na", "return_rate=na",
+                           "spend_trend=na"]
+    assert shared["C"] == ["channel=app", "page=item", "category=bags_shoes", "luxury=0",
+                           "price=3", "relative_price=na", "hour=evening"]
+    assert shared["P"] == ["value:1.2"]  # item price in hundreds
+
+
+def test_behaviour_columns_and_price_relative_to_aov_are_features():
+    view = USER.model_copy(update={"features": {"aov": 60.0, "coupon_share": 0.6,
+                                                "cart_abandonments_30d": 3.0}})
+    shared = encode_shared(view, CONTEXT.model_copy(update={"category": "watches"}))
+    assert {"coupon_share=4", "cart_abandonments_30d=3", "aov=2"} <= set(shared["U"])
+    assert {"luxury=1", "relative_price=4"} <= set(shared["C"])  # 120 / 60 = 2
+    home = encode_shared(view, RequestContext(page="home"))
+    assert home["P"] == ["value:0.6"]  # no item: the user's aov stands in for the price
+    assert "P" not in encode_shared(USER, RequestContext(page="home"))
+
+
+def test_numpy_numbers_are_written_as_plain_vw_numbers():
+    """Regression: ``repr(np.float64(-0.44))`` is ``np.float64(-0.44)``, which VW does not
+    read as a label, so the example was silently learned as unlabelled."""
+    example = build_example(encode_arms(BanditConfig()), USER, CONTEXT, ["coupon", "installment"])
+    lines = to_vw_lines(example, ("coupon", np.float64(-0.44), np.float32(0.25)))
+    assert lines[1].startswith("0:-0.44:0.25 |A arm=coupon")
+    assert "np." not in " ".join(lines)
+
+
+def test_a_numpy_reward_is_learned():
+    config = BanditConfig()
+    example = build_example(encode_arms(config), USER, CONTEXT, ["coupon", "installment"])
+    bandit = VWBandit(config)
+    for _ in range(50):
+        bandit.learn(example, "installment", np.float64(80.0), np.float64(0.5))
+        bandit.learn(example, "coupon", np.float64(0.0), np.float64(0.5))
+    pmf = bandit.predict(example)
+    bandit.close()
+    assert pmf[1] > 0.9  # installment earned 80 every time: it must dominate
+
+
+def test_three_letter_interactions_are_cubic():
+    config = BanditConfig(exploration=ExplorationConfig(interactions=["UA", "UCA"]))
+    args = vw_arguments(config)
+    assert args[args.index("-q") + 1] == "UA" and args[args.index("--cubic") + 1] == "UCA"
+    with pytest.raises(ValueError, match="interactions"):
+        ExplorationConfig(interactions=["UX"])
 
 
 def test_vw_lines_put_the_label_on_the_chosen_arm_only():

@@ -214,6 +214,31 @@ def test_scorer_learns_through_the_learner_checkpoints(settings: Settings):
         learner.close()
 
 
+def test_feedback_joins_the_same_with_and_without_the_decision_cache(settings: Settings,
+                                                                       tmp_path: Path):
+    """Recent decisions are joined from memory; the result must equal a join from the log."""
+    outcomes = []
+    for size in (0, 50):  # 50: older decisions fall out of the cache and are read back
+        tuned = with_bandit(settings, decision_cache_size=size, **NO_CAPS)
+        with DecisionEngine(tuned, durable=False, log_path=tmp_path / f"{size}.sqlite") as eng:
+            decisions = [eng.decide(user(i), CONTEXT, now=T0) for i in range(200)]
+            results = [eng.feedback(d.event_id, i % 3 == 0, 90.0, now=T0)
+                       for i, d in enumerate(decisions)]
+            again = eng.feedback(decisions[-1].event_id, True, 90.0, now=T0)
+            outcomes.append(([d.action for d in decisions],
+                             [(r.status, r.reward, r.learnable) for r in results],
+                             again.status, eng.stats()["rewards_learned"]))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][2] == "duplicate"
+
+
+def test_erased_user_is_forgotten_by_the_decision_cache(engine: DecisionEngine):
+    d = engine.decide(user(1), CONTEXT, now=T0)
+    engine.erase_user("user-1")
+    with pytest.raises(NotFound, match="event_id"):
+        engine.feedback(d.event_id, True, 20.0, now=T0)
+
+
 def test_erase_and_export_user(engine: DecisionEngine):
     d = engine.decide(user(1), CONTEXT, now=T0)
     engine.feedback(d.event_id, True, 20.0, now=T0)

@@ -65,6 +65,17 @@ def test_daily_contact_limit_removes_every_arm():
     assert set(plan.removed) == {"coupon", "installment", "certification"}
 
 
+def test_without_any_limit_contacts_are_not_counted_and_nothing_is_removed():
+    limited = PolicyLayer(BanditConfig(control_share=0.0))
+    assert limited.needs_contact_counts  # the defaults have a daily limit and weekly caps
+    config = BanditConfig(control_share=0.0, contact={"max_actions_per_user_per_day": None},
+                          arms=[{"name": "coupon"}, {"name": "certification"}])
+    layer = PolicyLayer(config)
+    assert not layer.needs_contact_counts
+    plan = layer.plan(treated_user(layer), ContactCounts(actions_today=10**6))
+    assert plan.kind is PlanKind.BANDIT and plan.eligible == ["coupon", "certification"]
+
+
 def test_pmf_is_normalised_and_sampling_is_seeded():
     pmf = normalise_pmf(["a", "b", "c"], [0.2000001, 0.3, 0.5])
     assert abs(sum(pmf.values()) - 1.0) < 1e-12
