@@ -7,8 +7,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nextbest.config import Settings
+from nextbest.errors import ValidationFailed
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from experiments.simulator import SimulationConfig
 
 LOG_HELP = """\
 Accepted logs: the service's SQLite decision log (tables decisions + rewards, joined by
@@ -39,20 +46,34 @@ def _write_json(path: Path, payload: dict) -> Path:
     return path
 
 
+DEFAULT_POLICIES = "random,static,epsilon,squarecb,oracle"
+
+
+def _or(value: int | None, default: int) -> int:
+    """``value`` unless the flag was not given (0 stays 0, and is refused later)."""
+    return default if value is None else value
+
+
+def _population(args: argparse.Namespace, settings: Settings,
+                config: SimulationConfig) -> pd.DataFrame:
+    """The simulated users: the marketplace in ``--data``, else a generated population."""
+    from experiments.simulator import marketplace_population, synthetic_population
+
+    return (marketplace_population(settings, Path(args.data)) if args.data
+            else synthetic_population(settings, config.users, config.seed))
+
+
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.via_http:
+        return _simulate_via_http(args, settings)
     from experiments.plots import simulation_plots
     from experiments.runner import simulate
-    from experiments.simulator import (
-        SimulationConfig,
-        marketplace_population,
-        synthetic_population,
-    )
+    from experiments.simulator import SimulationConfig
 
-    config = SimulationConfig(decisions=args.decisions, seed=args.seed, users=args.users,
-                              drift=args.drift)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    population = (marketplace_population(settings, Path(args.data)) if args.data
-                  else synthetic_population(settings, config.users, config.seed))
+    config = SimulationConfig(decisions=_or(args.decisions, 50_000), seed=args.seed,
+                              users=args.users, drift=args.drift)
+    policies = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
+    population = _population(args, settings, config)
     print(f"simulating {config.decisions} decisions over {len(population)} users "
           f"(seed {config.seed}{', drift' if config.drift else ''}): {', '.join(policies)}",
           file=sys.stderr)
@@ -74,6 +95,37 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(format_simulation(payload))
         print(f"\nwrote {json_path} and {len(plots)} plots to {out}")
+    return 0
+
+
+def _simulate_via_http(args: argparse.Namespace, settings: Settings) -> int:
+    """``simulate --via-http URL``: the same stream through the live service and in-process."""
+    from experiments.http_driver import (
+        DEFAULT_DECISIONS,
+        compare_via_http,
+        format_via_http,
+    )
+    from experiments.simulator import SimulationConfig
+
+    config = SimulationConfig(decisions=_or(args.decisions, DEFAULT_DECISIONS), seed=args.seed,
+                              users=args.users, drift=args.drift)
+    policies = [p.strip() for p in (args.policies or "").split(",") if p.strip()]
+    if len(policies) > 1:
+        raise ValidationFailed("policies: --via-http compares one bandit policy, the one the "
+                               f"service runs; got {policies}", field="policies")
+    population = _population(args, settings, config)
+    print(f"simulating {config.decisions} decisions over {len(population)} users through "
+          f"{args.via_http} and in-process (seed {config.seed})", file=sys.stderr)
+    result = compare_via_http(settings, args.via_http, population, config,
+                              policy=policies[0] if policies else None, timeout=args.timeout)
+    payload = result.model_dump(mode="json")
+    out = Path(args.out or Path(settings.paths.reports_dir) / "simulation")
+    json_path = _write_json(out / "via_http.json", payload)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(format_via_http(result))
+        print(f"\nwrote {json_path}")
     return 0
 
 
@@ -137,11 +189,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run random, static, VW epsilon-greedy, VW squarecb and "
                        "oracle policies on one seeded simulated stream; report reward, "
                        "profit, regret, conversion and arm share by tier; plots and MLflow.")
-    p.add_argument("--decisions", type=int, default=50_000, help="requests (default 50000)")
+    p.add_argument("--decisions", type=int, default=None,
+                   help="requests (default 50000; 3000 with --via-http, at most 20000 there)")
     p.add_argument("--seed", type=int, default=7, help="seed of users and requests")
     p.add_argument("--users", type=int, default=5_000, help="simulated users (no --data)")
-    p.add_argument("--policies", default="random,static,epsilon,squarecb,oracle",
-                   help="comma list of random, static, epsilon, squarecb, oracle, always_ARM")
+    p.add_argument("--policies", default=None,
+                   help="comma list of random, static, epsilon, squarecb, oracle, always_ARM "
+                   f"(default {DEFAULT_POLICIES}; with --via-http: the service's algorithm)")
+    p.add_argument("--via-http", metavar="URL",
+                   help="run the service's bandit through the live service at URL (POST "
+                   "/next_best_action and /feedback, feedback at once) and in-process on the "
+                   "same stream, and report whether they agree; writes the simulated users "
+                   "into the online store of these settings, which the service must share")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds per HTTP request with --via-http (default 10)")
     p.add_argument("--drift", action="store_true", help="shift the response model mid-run")
     p.add_argument("--data", help="use the synthetic marketplace in DIR (DIR/latent, "
                    "DIR/features) instead of a generated population")
