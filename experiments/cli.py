@@ -13,7 +13,10 @@ from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
+    from pydantic import BaseModel
 
     from experiments.simulator import SimulationConfig
 
@@ -148,31 +151,37 @@ def format_simulation(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def _evaluate_policy(args: argparse.Namespace, settings: Settings) -> int:
-    from experiments.evaluate import evaluate, format_report
+def _analyse_log(args: argparse.Namespace, settings: Settings, name: str,
+                 analyse: Callable[[pd.DataFrame], BaseModel],
+                 render: Callable[[BaseModel], str]) -> int:
+    """Read the decision log of ``--logs``, analyse it, write ``REPORTS/name/name.json`` and
+    print the report (or its JSON with ``--json``)."""
     from experiments.logs import read_log
 
     log = read_log(Path(args.logs or settings.paths.decision_log), settings)
-    report = evaluate(log, settings, args.policy, alpha=args.alpha,
-                      n_bootstrap=args.n_bootstrap, seed=args.seed)
-    out = Path(args.out or Path(settings.paths.reports_dir) / "ope")
+    report = analyse(log)
+    out = Path(args.out or Path(settings.paths.reports_dir) / name)
     payload = report.model_dump()
-    _write_json(out / "ope.json", payload)
-    print(json.dumps(payload, indent=2) if args.json else format_report(report))
+    _write_json(out / f"{name}.json", payload)
+    print(json.dumps(payload, indent=2) if args.json else render(report))
     return 0
+
+
+def _evaluate_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.evaluate import evaluate, format_report
+
+    return _analyse_log(
+        args, settings, "ope",
+        lambda log: evaluate(log, settings, args.policy, alpha=args.alpha,
+                             n_bootstrap=args.n_bootstrap, seed=args.seed),
+        format_report)
 
 
 def _abtest(args: argparse.Namespace, settings: Settings) -> int:
     from experiments.abtest import analyse, format_report
-    from experiments.logs import read_log
 
-    log = read_log(Path(args.logs or settings.paths.decision_log), settings)
-    report = analyse(log, alpha=args.alpha)
-    out = Path(args.out or Path(settings.paths.reports_dir) / "abtest")
-    payload = report.model_dump()
-    _write_json(out / "abtest.json", payload)
-    print(json.dumps(payload, indent=2) if args.json else format_report(report))
-    return 0
+    return _analyse_log(args, settings, "abtest", lambda log: analyse(log, alpha=args.alpha),
+                        format_report)
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
