@@ -8,7 +8,7 @@ PORT ?= 3000
 DEMO_USERS ?= 5000
 DEMO_SEED ?= 7
 
-.PHONY: install test test-fast lint format demo demo-data demo-models serve bench clean
+.PHONY: install system-deps test test-fast lint format demo demo-data demo-models serve bench clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found: install Python 3.11"; exit 1; }
@@ -22,7 +22,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: install
+system-deps:
+	@bash .ci/system-deps
+
+test: install system-deps
 	$(BIN)/pytest -q
 
 test-fast: install
