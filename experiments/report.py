@@ -76,34 +76,56 @@ def segments_section(settings: Settings, scratch: Path) -> str:
         parts.append(_img(chart))
     else:
         parts.append(_missing("No features yet: run `nextbest features build`."))
-    seg_dir = Path(settings.paths.reports_dir) / "segments"
-    parts += [_img(p) for p in sorted(seg_dir.glob("*.png"))] if seg_dir.is_dir() else []
+    # `nextbest segments report` writes into reports_dir/segments_<as_of>: show the latest.
+    seg_dirs = sorted(Path(settings.paths.reports_dir).glob("segments_*"))
+    if seg_dirs:
+        parts += [_img(p) for p in sorted(seg_dirs[-1].glob("*.png"))]
+    else:
+        parts.append(_missing("No segment report yet: run `nextbest segments report "
+                              "--compare-to DATE` for the tier migration chart."))
     return "".join(parts)
 
 
+MODEL_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_top_decile", "ece")
+MODEL_PLOTS = ("roc.png", "calibration.png")
+
+
 def models_section(settings: Settings, scratch: Path) -> str:
-    """Validation metrics of each registered model's champion."""
+    """Each champion's validation metrics beside its baselines', and its ROC and
+    calibration plots (from the champion run's MLflow artifacts)."""
     try:
         import mlflow
-        from mlflow import MlflowClient
 
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        client = MlflowClient()
-        rows = []
+        from training.registry import configure
+
+        client = configure(settings)
+        rows, charts = [], []
         for name in MODELS:
             try:
                 version = client.get_model_version_by_alias(name, "champion")
             except Exception:  # noqa: BLE001 - an absent model is reported, not raised
                 continue
             metrics = client.get_run(version.run_id).data.metrics
-            for key in sorted(metrics):
-                rows.append([name, version.version, key, float(metrics[key])])
+            for scorer, prefix in (("LightGBM", ""), ("RFM baseline", "baseline_rfm_"),
+                                   ("BG/NBD baseline", "baseline_bgnbd_")):
+                rows.append([f"{name} v{version.version}", scorer,
+                             *(metrics.get(prefix + m, "") for m in MODEL_METRICS)])
+            plots = Path(mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path="plots", dst_path=str(scratch / name)))
+            for plot in MODEL_PLOTS:
+                if (plots / plot).is_file():
+                    target = scratch / f"{name}_{plot}"
+                    (plots / plot).rename(target)
+                    charts.append(_img(target))
     except Exception as exc:  # noqa: BLE001 - the registry may not exist yet
         return _missing(f"No model registry available ({type(exc).__name__}): run "
                         "`nextbest train`.")
     if not rows:
         return _missing("No champion model registered yet: run `nextbest train`.")
-    return _table(["model", "version", "metric", "value"], rows)
+    return ("<p>Champion models on their out-of-time validation data, with the baselines "
+            "scored on the same users.</p>"
+            + _table(["model", "scorer", "ROC AUC", "PR AUC", "log loss", "Brier",
+                      "top-decile lift", "calibration error"], rows) + "".join(charts))
 
 
 def simulation_section(settings: Settings, scratch: Path) -> str:
