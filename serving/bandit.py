@@ -166,6 +166,8 @@ def vw_arguments(config: BanditConfig) -> list[str]:
         args += ["--softmax", "--lambda", str(exploration.softmax_lambda)]
     else:
         args += ["--bag", str(exploration.bag_size), "--epsilon", str(exploration.epsilon)]
+    if exploration.clip_probability > 0:
+        args += ["--clip_p", str(exploration.clip_probability)]
     flags = {2: "-q", 3: "--cubic"}
     for term in exploration.interactions:
         args += [flags.get(len(term), "--interactions"), term]

@@ -80,6 +80,20 @@ def test_three_letter_interactions_are_cubic():
         ExplorationConfig(interactions=["UX"])
 
 
+def test_probability_clipping_is_passed_to_vw_and_can_be_switched_off():
+    clipped = BanditConfig()
+    args = vw_arguments(clipped)
+    assert args[args.index("--clip_p") + 1] == str(clipped.exploration.clip_probability)
+    assert "--clip_p" not in vw_arguments(
+        BanditConfig(exploration=ExplorationConfig(clip_probability=0)))
+    example = build_example(encode_arms(clipped), USER, CONTEXT, ["coupon", "installment"])
+    bandit = VWBandit(clipped)  # VW accepts the option next to squarecb
+    bandit.learn(example, "installment", 80.0, 0.01)
+    pmf = bandit.predict(example)
+    bandit.close()
+    assert sum(pmf) == pytest.approx(1.0)
+
+
 def test_vw_lines_put_the_label_on_the_chosen_arm_only():
     example = build_example(encode_arms(BanditConfig()), USER, CONTEXT, ["coupon", "certification"])
     lines = to_vw_lines(example, ("certification", -0.5, 0.25))
