@@ -121,6 +121,13 @@ def _encode_chunks(out: pd.DataFrame, chunk_rows: int) -> Iterator[EncodedChunk]
         yield EncodedChunk(piece["user_id"].tolist(), text.rstrip("\n").split("\n"))
 
 
+def _preferences_of(stored: StoredUser | None) -> Preferences:
+    """The preferences held in a fetched row; all flags True when the user set none."""
+    if stored is None or stored.prefs is None:
+        return Preferences()
+    return Preferences.model_validate_json(stored.prefs)
+
+
 def decode_record(stored: StoredUser) -> dict[str, Any] | None:
     """The record as returned by :meth:`OnlineStore.get`: tags minus the user-removed ones."""
     if stored.record is None:
@@ -213,10 +220,12 @@ class OnlineStore(ABC):
 
     def get_preferences(self, user_id: str) -> Preferences:
         """The user's preferences; all flags True for a user who never set any."""
+        return _preferences_of(self._fetch([user_id]).get(user_id))
+
+    def get_with_preferences(self, user_id: str) -> tuple[dict[str, Any] | None, Preferences]:
+        """:meth:`get` and :meth:`get_preferences` from one read (every decision needs both)."""
         stored = self._fetch([user_id]).get(user_id)
-        if stored is None or stored.prefs is None:
-            return Preferences()
-        return Preferences.model_validate_json(stored.prefs)
+        return (decode_record(stored) if stored else None), _preferences_of(stored)
 
     def set_preferences(self, user_id: str, prefs: Preferences) -> None:
         """Store what the user chose now; ``updated_ts`` defaults to the current UTC time."""

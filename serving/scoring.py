@@ -140,9 +140,8 @@ class Scorer:
 
     def user_view(self, user_id: str) -> UserView:
         """What the engine needs about a user: score, tags, features and consent."""
-        record = self.store.get(user_id)
+        record, prefs = self.store.get_with_preferences(user_id)
         scored = self.answer(user_id, record)
-        prefs = self.store.get_preferences(user_id)
         return UserView(
             user_id=user_id, known=scored.known, tier=scored.tier, segment=scored.segment,
             tags=scored.tags, churn_probability=scored.churn_probability,

@@ -74,6 +74,19 @@ def test_write_then_get_returns_every_column(store: OnlineStore, tmp_path: Path)
     assert empty["tags"] == []
 
 
+def test_get_with_preferences_is_get_and_get_preferences_in_one_read(
+        store: OnlineStore) -> None:
+    store.write(feature_frame(JAN), JAN)
+    store.set_preferences("u1", Preferences(personalization=False))
+    store.set_preferences("only-prefs", Preferences(marketing_sms=False))
+    for user in ("u1", "u2", "only-prefs", "nobody"):
+        assert store.get_with_preferences(user) == (store.get(user),
+                                                    store.get_preferences(user))
+    record, prefs = store.get_with_preferences("u1")
+    assert record is not None and prefs.personalization is False
+    assert store.get_with_preferences("nobody") == (None, Preferences())
+
+
 def test_unknown_users(store: OnlineStore) -> None:
     store.write(feature_frame(JAN), JAN)
     assert store.get("nobody") is None
