@@ -1,7 +1,7 @@
-"""The Vowpal Wabbit contextual bandit (``--cb_explore_adf``, squarecb by default).
+"""The Vowpal Wabbit contextual bandit: what VW learns and how its scores become a pmf.
 
-One example per decision: a ``shared`` line with the user and the request context, and one
-line per eligible arm. Namespaces (their first letter is what ``-q`` interactions refer to):
+One example per decision: a ``shared`` part with the user and the request context, and one
+part per eligible arm. Namespaces (their first letter is what ``-q`` interactions refer to):
 
 - ``S`` segmentation: tier, segment, tags, known;
 - ``U`` user scores: churn and propensity bins, and bins of the store record's behaviour
@@ -10,18 +10,26 @@ line per eligible arm. Namespaces (their first letter is what ``-q`` interaction
   and appetite for financing;
 - ``C`` context: channel, page, category, luxury or not, item price bin, the item price
   relative to the user's aov, hour bin;
-- ``P`` price: ``value:<item price / 100>`` (the user's aov when the request has no item):
-  an arm's profit is about price x conversion lift - cost, so ``P`` crossed with the arm and
-  the user (``PUA``) lets a linear model learn a per-user lift that scales with the price;
+- ``P`` price: ``value:<item price / 100>`` (the user's aov when the request has no item);
 - ``A`` arm: ``arm=<name>`` plus the arm's own features from ``ArmConfig.features``.
 
-Interactions (``exploration.interactions``: two letters ``-q``, three ``--cubic``, four
-``--interactions``) let each arm's value depend on the user and the context, e.g. ``PUA``:
-price x coupon share x arm. Rewards become VW costs as ``cost = -reward / reward.scale``;
-every number written into VW text goes through :func:`vw_number` (a numpy float's ``repr``
+Two models (``exploration.model``), one interface (:func:`make_bandit`):
+
+- ``conversion`` (default, :class:`ConversionBandit`): a VW logistic regression of
+  P(convert | S, U, C, A) with the configured interactions (``UA``: this user's lift from
+  this arm). An arm's expected reward is ``p_hat x margin``, where the margin is the
+  decision's value (:attr:`BanditExample.value`) minus the arm's cost on it, both known,
+  so VW only learns the binary outcome; the explorer (SquareCB's inverse-gap weighting,
+  epsilon-greedy or softmax) turns the expected rewards into the pmf. It learns the chosen
+  arm's outcome without importance weights: SquareCB's online regression oracle.
+- ``profit`` (:class:`VWBandit`): VW ``--cb_explore_adf`` with VW's own explorer,
+  regressing ``cost = -reward / reward.scale``; ``P`` crossed with the arm and the user
+  (``PUA``) lets it learn lifts that scale with the price.
+
+Every number written into VW text goes through :func:`vw_number` (a numpy float's ``repr``
 is ``np.float64(..)``, which VW would not read as a label). A ``vowpalwabbit.Workspace``
-cannot be pickled or shared between threads: each :class:`VWBandit` belongs to one thread.
-The string-list API used here parses and finishes every example itself.
+cannot be pickled or shared between threads: each bandit belongs to one thread. The
+string APIs used here parse and finish every example themselves.
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
+from typing import Protocol
 
 import vowpalwabbit
 from pydantic import BaseModel, Field
@@ -70,6 +80,9 @@ class BanditExample(BaseModel):
 
     shared: dict[str, list[str]] = Field(default_factory=dict)
     arms: dict[str, list[str]] = Field(default_factory=dict)
+    # What a conversion is worth before arm costs: the item price, else the user's aov
+    # (None when neither is known; the margin then uses reward.scale).
+    value: float | None = None
 
 
 def _token(value: object) -> str:
@@ -136,8 +149,10 @@ def encode_arms(config: BanditConfig) -> dict[str, list[str]]:
 def build_example(arm_tokens: dict[str, list[str]], user: UserView, context: RequestContext,
                   eligible: list[str]) -> BanditExample:
     """The VW example for choosing among ``eligible`` (``arm_tokens`` from encode_arms)."""
+    value = context.item_price if context.item_price is not None else user.features.get("aov")
     return BanditExample(shared=encode_shared(user, context),
-                         arms={name: arm_tokens[name] for name in eligible})
+                         arms={name: arm_tokens[name] for name in eligible},
+                         value=None if value is None or not math.isfinite(value) else value)
 
 
 def to_vw_lines(example: BanditExample,
@@ -152,9 +167,22 @@ def to_vw_lines(example: BanditExample,
     return lines
 
 
+def _interaction_args(terms: list[str]) -> list[str]:
+    """``-q`` / ``--cubic`` / ``--interactions`` flags for namespace-letter terms."""
+    flags = {2: "-q", 3: "--cubic"}
+    args: list[str] = []
+    for term in terms:
+        args += [flags.get(len(term), "--interactions"), term]
+    return args
+
+
 def vw_arguments(config: BanditConfig) -> list[str]:
     """The VW command line of a fresh model, from the exploration config."""
     exploration = config.exploration
+    if exploration.model == "conversion":
+        return (["--loss_function", "logistic", "--quiet", "--random_seed", str(config.seed),
+                 "-b", str(config.bits), "-l", str(exploration.learning_rate)]
+                + _interaction_args(exploration.interactions) + exploration.extra_args.split())
     args = ["--cb_explore_adf", "--quiet", "--random_seed", str(config.seed),
             "-b", str(config.bits)]
     if exploration.algorithm == "squarecb":
@@ -168,18 +196,17 @@ def vw_arguments(config: BanditConfig) -> list[str]:
         args += ["--bag", str(exploration.bag_size), "--epsilon", str(exploration.epsilon)]
     if exploration.clip_probability > 0:
         args += ["--clip_p", str(exploration.clip_probability)]
-    flags = {2: "-q", 3: "--cubic"}
-    for term in exploration.interactions:
-        args += [flags.get(len(term), "--interactions"), term]
-    return args + exploration.extra_args.split()
+    return args + _interaction_args(exploration.interactions) + exploration.extra_args.split()
 
 
 def model_fingerprint(config: BanditConfig) -> str:
-    """Eight hex digits naming the VW arguments, arms and reward: part of ``policy_version``.
+    """Eight hex digits naming the VW arguments, explorer, arms and reward: part of
+    ``policy_version``.
 
     A checkpoint made under another fingerprint is not reused (the log is replayed instead).
     """
     body = json.dumps({"args": vw_arguments(config),
+                       "exploration": config.exploration.model_dump(),
                        "arms": [a.model_dump() for a in config.arms],
                        "reward": config.reward.model_dump()}, sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()[:8]
@@ -209,6 +236,130 @@ def reward_of(config: BanditConfig, action: str | None, converted: bool, revenue
     return revenue - cost
 
 
+class Bandit(Protocol):
+    """What the engine and the learner need of a bandit model (one thread each)."""
+
+    def predict(self, example: BanditExample) -> list[float]: ...
+
+    def learn(self, example: BanditExample, action: str, reward: float, probability: float,
+              converted: bool | None = None) -> None: ...
+
+    def save(self, path: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_bandit(config: BanditConfig, *, model_file: Path | None = None,
+                learned: int = 0) -> Bandit:
+    """A fresh bandit of ``config.exploration.model``, or one loaded from ``model_file``.
+
+    ``learned``: rewards the loaded model has learned (checkpoint meta), which sets where
+    SquareCB's exploration schedule resumes.
+    """
+    if config.exploration.model == "conversion":
+        return ConversionBandit(config, model_file=model_file, learned=learned)
+    return VWBandit(config, model_file=model_file)
+
+
+def margin(config: BanditConfig, arm: ArmConfig, value: float | None) -> float:
+    """The reward of a conversion under ``arm`` on a decision worth ``value``
+    (:func:`reward_of` with the revenue equal to the value)."""
+    if config.reward.kind == "conversion":
+        return 1.0
+    value = config.reward.scale if value is None else value
+    return value - arm_cost(arm, value, value)
+
+
+def explore(config: BanditConfig, expected: list[float], learned: int) -> list[float]:
+    """The pmf over arms from their expected rewards (in units of ``reward.scale``).
+
+    squarecb: inverse-gap weighting (Foster and Rakhlin, 2020), each other arm gets
+    ``1 / (K + gamma x gap)`` with ``gamma = gamma_scale x (learned + 1) ** gamma_exponent``
+    and the best arm the rest; epsilon: ``1 - epsilon`` on the best arm, the rest spread
+    evenly; softmax: ``exp(softmax_lambda x expected)`` normalised. Ties go to the first.
+    """
+    exploration = config.exploration
+    k = len(expected)
+    best = max(range(k), key=expected.__getitem__)
+    if exploration.algorithm == "softmax":
+        top = expected[best]
+        weights = [math.exp(exploration.softmax_lambda * (y - top)) for y in expected]
+        total = sum(weights)
+        return [w / total for w in weights]
+    if exploration.algorithm == "epsilon":
+        pmf = [exploration.epsilon / k] * k
+    else:
+        gamma = exploration.gamma_scale * (learned + 1) ** exploration.gamma_exponent
+        pmf = [1.0 / (k + gamma * (expected[best] - y)) for y in expected]
+    pmf[best] = 0.0
+    pmf[best] = 1.0 - sum(pmf)
+    return pmf
+
+
+class ConversionBandit:
+    """A VW logistic regression of conversion per (user, context, arm), explored in Python.
+
+    ``learned`` counts the rewards learned (restored from the checkpoint meta on load), the
+    ``t`` of SquareCB's schedule.
+    """
+
+    def __init__(self, config: BanditConfig, *, model_file: Path | None = None,
+                 learned: int = 0):
+        self.config = config
+        self.learned = learned
+        self.arms = {arm.name: arm for arm in config.arms}
+        if model_file is None:
+            self.workspace = vowpalwabbit.Workspace(arg_list=vw_arguments(config))
+        else:  # the model file keeps -q, -b and -l, not the loss: resuming needs it again
+            self.workspace = vowpalwabbit.Workspace(
+                arg_list=["-i", str(model_file), "--quiet", "--loss_function", "logistic"])
+
+    @staticmethod
+    def vw_line(example: BanditExample, arm: str, label: int | None = None) -> str:
+        """One arm's VW text: the shared namespaces but P, then the arm's; ``label`` +-1."""
+        shared = " ".join(f"|{ns} {' '.join(tokens)}" for ns, tokens in example.shared.items()
+                          if ns != "P")
+        prefix = "" if label is None else f"{label} "
+        return f"{prefix}{shared} |A {' '.join(example.arms[arm])}"
+
+    def conversion_probabilities(self, example: BanditExample) -> list[float]:
+        """P(convert) of each arm of ``example``, in its order."""
+        logits = [self.workspace.predict(self.vw_line(example, arm)) for arm in example.arms]
+        return [1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))) for z in logits]
+
+    def expected_rewards(self, example: BanditExample) -> list[float]:
+        """Each arm's P(convert) x margin, in units of ``reward.scale``."""
+        scale = self.config.reward.scale
+        return [p * margin(self.config, self.arms[arm], example.value) / scale
+                for arm, p in zip(example.arms, self.conversion_probabilities(example),
+                                  strict=True)]
+
+    def predict(self, example: BanditExample) -> list[float]:
+        """The pmf over the arms of ``example``, in their order."""
+        if len(example.arms) == 1:
+            return [1.0]
+        return explore(self.config, self.expected_rewards(example), self.learned)
+
+    def learn(self, example: BanditExample, action: str, reward: float, probability: float,
+              converted: bool | None = None) -> None:
+        """Learn whether ``action`` converted (``converted``; else: was ``reward`` > 0).
+
+        ``probability`` is not used: the regression is not importance-weighted.
+        """
+        if converted is None:
+            converted = reward > 0
+        self.workspace.learn(self.vw_line(example, action, 1 if converted else -1))
+        self.learned += 1
+
+    def save(self, path: Path) -> None:
+        """Write the model (with its learning state, so training can resume) to ``path``."""
+        self.workspace.save(str(path))
+
+    def close(self) -> None:
+        """Free the native workspace."""
+        self.workspace.finish()
+
+
 class VWBandit:
     """One VW ``--cb_explore_adf`` workspace: predict a pmf, learn a logged reward, save."""
 
@@ -226,8 +377,8 @@ class VWBandit:
             return [1.0]
         return list(self.workspace.predict(to_vw_lines(example)))
 
-    def learn(self, example: BanditExample, action: str, reward: float,
-              probability: float) -> None:
+    def learn(self, example: BanditExample, action: str, reward: float, probability: float,
+              converted: bool | None = None) -> None:
         """Learn that ``action``, chosen with ``probability``, earned ``reward``."""
         cost = -reward / self.config.reward.scale
         self.workspace.learn(to_vw_lines(example, (action, cost, probability)))

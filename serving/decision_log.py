@@ -119,6 +119,7 @@ class LoggedReward(BaseModel):
     seq: int
     event_id: str
     reward: float
+    converted: bool
     learnable: bool
     action: str | None
     probability: float
@@ -272,10 +273,11 @@ class DecisionLog:
         """Rewards with a log position above ``seq``, in order, joined with their decisions."""
         rows = self.conn.execute(
             "SELECT r.seq, r.event_id, r.reward, r.learnable, d.action, d.probability, "
-            "d.features FROM rewards r JOIN decisions d ON d.event_id = r.event_id "
+            "d.features, r.converted FROM rewards r JOIN decisions d ON d.event_id = r.event_id "
             "WHERE r.seq > ? ORDER BY r.seq LIMIT ?", (seq, limit)).fetchall()
         return [LoggedReward(seq=r[0], event_id=r[1], reward=r[2], learnable=bool(r[3]),
-                             action=r[4], probability=r[5], features=json.loads(r[6]))
+                             action=r[4], probability=r[5], features=json.loads(r[6]),
+                             converted=bool(r[7]))
                 for r in rows]
 
     def last_seq(self) -> int:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
-from serving.bandit import BanditExample, VWBandit, build_example, encode_arms, reward_of
+from serving.bandit import Bandit, BanditExample, build_example, encode_arms, reward_of
 from serving.decision_log import (
     Decision,
     DecisionLog,
@@ -145,7 +145,7 @@ class DecisionEngine:
         return role
 
     # -- the model in use ------------------------------------------------------------------
-    def _model(self) -> tuple[VWBandit, str]:
+    def _model(self) -> tuple[Bandit, str]:
         """The bandit that scores now and its policy version (reloading a newer checkpoint)."""
         if self._learner is not None:
             return self._learner.bandit, self._learner.policy_version
@@ -189,7 +189,7 @@ class DecisionEngine:
                 learnable=plan.learnable)
             logged = LoggedDecision(
                 decision=decision, tier=user.tier,
-                features={"shared": example.shared, "arms": example.arms},
+                features=example.model_dump(),
                 item_price=context.item_price)
             self.log.record_decision(logged)
             self._remember(logged)
@@ -208,7 +208,7 @@ class DecisionEngine:
         logged = self._recent.get(event_id)
         return logged if logged is not None else self.log.get_decision(event_id)
 
-    def _choose(self, plan: PolicyPlan, bandit: VWBandit,
+    def _choose(self, plan: PolicyPlan, bandit: Bandit,
                 example: BanditExample) -> tuple[str | None, dict[str, float]]:
         """The action and pmf for a plan: sampled from VW's pmf on the bandit path."""
         if plan.kind is PlanKind.OPT_OUT:
@@ -247,7 +247,7 @@ class DecisionEngine:
                 return self._already(event_id, converted, revenue, reward, ts, window)
             self._recent.pop(event_id, None)  # rewarded: later feedback is a duplicate
             if self._learner is not None:
-                self._learner.learn_next(seq, logged, reward)
+                self._learner.learn_next(seq, logged, reward, converted)
             detail = ("reward accepted and learned" if decision.learnable else
                       f"reward accepted, not learned: {decision.reason}")
             if decision.learnable and self._learner is None:

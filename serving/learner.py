@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from nextbest.config import Settings
 from nextbest.errors import Conflict
-from serving.bandit import BanditExample, VWBandit, model_fingerprint
+from serving.bandit import Bandit, BanditExample, make_bandit, model_fingerprint
 from serving.decision_log import DecisionLog, LoggedDecision
 
 LOG = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class CheckpointStore:
         """Where the model file of ``meta`` lives."""
         return self.dir / meta.model_file
 
-    def save(self, bandit: VWBandit, meta: CheckpointMeta) -> CheckpointMeta:
+    def save(self, bandit: Bandit, meta: CheckpointMeta) -> CheckpointMeta:
         """Write the model and its meta under temporary names, rename, then publish."""
         name = f"model-{meta.seq:012d}"
         meta = meta.model_copy(update={"model_file": f"{name}.vw",
@@ -148,7 +148,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def load_bandit(settings: Settings, store: CheckpointStore | None
-                ) -> tuple[VWBandit, CheckpointMeta]:
+                ) -> tuple[Bandit, CheckpointMeta]:
     """The latest checkpoint's model if it was trained under this config, else a fresh one."""
     fingerprint = model_fingerprint(settings.bandit)
     for _ in range(3):  # a checkpoint pruned between reading latest.json and loading it
@@ -156,11 +156,12 @@ def load_bandit(settings: Settings, store: CheckpointStore | None
         if store is None or meta is None or meta.fingerprint != fingerprint:
             break
         try:
-            return VWBandit(settings.bandit, model_file=store.model_path(meta)), meta
+            return make_bandit(settings.bandit, model_file=store.model_path(meta),
+                               learned=meta.rewards_learned), meta
         except RuntimeError:
             if store.model_path(meta).exists():
                 raise  # the file is there but VW cannot read it: a real error
-    return VWBandit(settings.bandit), CheckpointMeta(fingerprint=fingerprint)
+    return make_bandit(settings.bandit), CheckpointMeta(fingerprint=fingerprint)
 
 
 class Learner:
@@ -190,12 +191,13 @@ class Learner:
             rows = self.log.rewards_after(self.meta.seq, batch)
             for row in rows:
                 self._learn(row.seq, row.learnable, row.action, row.features, row.reward,
-                            row.probability)
+                            row.probability, row.converted)
             consumed += len(rows)
             if len(rows) < batch:
                 return consumed
 
-    def learn_next(self, seq: int, logged: LoggedDecision, reward: float) -> None:
+    def learn_next(self, seq: int, logged: LoggedDecision, reward: float,
+                   converted: bool) -> None:
         """Learn a reward just inserted at ``seq`` from the decision already in hand.
 
         The inline role's fast path: when ``seq`` directly follows what is covered it is
@@ -206,15 +208,16 @@ class Learner:
             self.catch_up()
             return
         d = logged.decision
-        self._learn(seq, d.learnable, d.action, logged.features, reward, d.probability)
+        self._learn(seq, d.learnable, d.action, logged.features, reward, d.probability,
+                    converted)
 
     def _learn(self, seq: int, learnable: bool, action: str | None, features: dict[str, Any],
-               reward: float, probability: float) -> None:
+               reward: float, probability: float, converted: bool) -> None:
         """Learn one reward row (if learnable), advance the covered seq, checkpoint if due."""
         learned = learnable and action is not None
         if learned:
             example = BanditExample.model_validate(features)
-            self.bandit.learn(example, action, reward, probability)
+            self.bandit.learn(example, action, reward, probability, converted)
         self.meta.seq = seq
         self.meta.rewards_seen += 1
         self.meta.rewards_learned += int(learned)

@@ -1,4 +1,4 @@
-"""The VW bandit: features, VW text, rewards, every exploration algorithm, save and load."""
+"""The VW bandit: features, VW text, rewards, both models, every explorer, save and load."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import pytest
 
 from nextbest.config import BanditConfig, ExplorationConfig, RewardConfig
 from serving.bandit import (
+    ConversionBandit,
     VWBandit,
     build_example,
     encode_arms,
     encode_shared,
+    explore,
+    make_bandit,
+    margin,
     model_fingerprint,
     reward_of,
     to_vw_lines,
@@ -25,6 +29,9 @@ USER = UserView(user_id="u1", tier="gold", segment="loyal", tags=["price_sensiti
                 features={"recency_days": 12.0, "monetary_365d": 640.0})
 CONTEXT = RequestContext(channel="app", page="item", category="bags|shoes", item_price=120.0,
                          hour=20)
+# VW --cb_explore_adf regressing profit, as tuned on the simulator.
+PROFIT = ExplorationConfig(model="profit", gamma_scale=2.0,
+                           interactions=["SA", "CA", "UA", "PA", "PUA", "PCA", "PSA"])
 
 
 def test_shared_features_bin_numbers_and_sanitise_tokens():
@@ -61,7 +68,7 @@ def test_numpy_numbers_are_written_as_plain_vw_numbers():
 
 
 def test_a_numpy_reward_is_learned():
-    config = BanditConfig()
+    config = BanditConfig(exploration=PROFIT)
     example = build_example(encode_arms(config), USER, CONTEXT, ["coupon", "installment"])
     bandit = VWBandit(config)
     for _ in range(50):
@@ -81,11 +88,11 @@ def test_three_letter_interactions_are_cubic():
 
 
 def test_probability_clipping_is_passed_to_vw_and_can_be_switched_off():
-    clipped = BanditConfig()
+    clipped = BanditConfig(exploration=PROFIT)
     args = vw_arguments(clipped)
     assert args[args.index("--clip_p") + 1] == str(clipped.exploration.clip_probability)
     assert "--clip_p" not in vw_arguments(
-        BanditConfig(exploration=ExplorationConfig(clip_probability=0)))
+        BanditConfig(exploration=PROFIT.model_copy(update={"clip_probability": 0})))
     example = build_example(encode_arms(clipped), USER, CONTEXT, ["coupon", "installment"])
     bandit = VWBandit(clipped)  # VW accepts the option next to squarecb
     bandit.learn(example, "installment", 80.0, 0.01)
@@ -114,32 +121,113 @@ def test_profit_reward_subtracts_the_arm_cost_on_conversion():
     assert reward_of(conversion, "coupon", True, 200.0, 120.0) == 1.0
 
 
-@pytest.mark.parametrize("algorithm", ["squarecb", "epsilon", "softmax", "bag"])
-def test_every_exploration_algorithm_gives_a_pmf(algorithm: str):
-    config = BanditConfig(exploration=ExplorationConfig(algorithm=algorithm))
-    bandit = VWBandit(config)
+EXPLORERS = [("profit", "squarecb"), ("profit", "epsilon"), ("profit", "softmax"),
+             ("profit", "bag"), ("conversion", "squarecb"), ("conversion", "epsilon"),
+             ("conversion", "softmax")]
+
+
+def _config(model: str, algorithm: str = "squarecb") -> BanditConfig:
+    base = PROFIT if model == "profit" else ExplorationConfig()
+    return BanditConfig(exploration=base.model_copy(update={"algorithm": algorithm}))
+
+
+@pytest.mark.parametrize(("model", "algorithm"), EXPLORERS)
+def test_every_exploration_algorithm_gives_a_pmf(model: str, algorithm: str):
+    config = _config(model, algorithm)
+    bandit = make_bandit(config)
     example = build_example(encode_arms(config), USER, CONTEXT, ["coupon", "installment"])
     for _ in range(20):
-        bandit.learn(example, "coupon", 50.0, 0.5)
+        bandit.learn(example, "coupon", 50.0, 0.5, True)
+        bandit.learn(example, "installment", 0.0, 0.5, False)
     pmf = bandit.predict(example)
     bandit.close()
     assert len(pmf) == 2 and sum(pmf) == pytest.approx(1.0, abs=1e-6)
-    assert pmf[0] >= pmf[1]  # the rewarded arm is not less likely
+    assert pmf[0] > pmf[1]  # the rewarded arm is the more likely
 
 
-def test_saved_model_continues_exactly_like_the_original(tmp_path: Path):
-    config = BanditConfig()
+@pytest.mark.parametrize("model", ["profit", "conversion"])
+def test_saved_model_continues_exactly_like_the_original(tmp_path: Path, model: str):
+    config = _config(model)
     arms = encode_arms(config)
     example = build_example(arms, USER, CONTEXT, ["coupon", "installment", "certification"])
-    original = VWBandit(config)
+    original = make_bandit(config)
     for i in range(30):
-        original.learn(example, ["coupon", "installment"][i % 2], float(i % 3), 0.4)
+        original.learn(example, ["coupon", "installment"][i % 2], float(i % 3), 0.4, i % 3 > 0)
     original.save(tmp_path / "m.vw")
-    loaded = VWBandit(config, model_file=tmp_path / "m.vw")
+    loaded = make_bandit(config, model_file=tmp_path / "m.vw", learned=30)
     for bandit in (original, loaded):
         for _ in range(10):
-            bandit.learn(example, "certification", 80.0, 0.3)
+            bandit.learn(example, "certification", 80.0, 0.3, True)
     assert loaded.predict(example) == original.predict(example)
+
+
+def test_conversion_model_weighs_conversion_by_the_known_margin():
+    """Equal conversion on every arm: the arm that keeps the most of the price wins."""
+    config = BanditConfig()
+    bandit = ConversionBandit(config)
+    example = build_example(encode_arms(config), USER, CONTEXT,
+                            ["coupon", "installment", "certification"])
+    for i in range(300):
+        for arm in ("coupon", "installment", "certification"):
+            bandit.learn(example, arm, 0.0, 1.0, i % 4 == 0)
+    probabilities = bandit.conversion_probabilities(example)
+    assert probabilities == pytest.approx([0.25] * 3, abs=0.07)  # online: recent labels weigh
+    expected = bandit.expected_rewards(example)
+    # per 100: coupon keeps 120 - 5 - 12, installment 120 - 3.6, certification 120 - 0.5
+    margins = [103.0, 116.4, 119.5]
+    assert expected == pytest.approx([p * m / 100 for p, m in zip(probabilities, margins,
+                                                                   strict=True)])
+    pmf = bandit.predict(example)
+    bandit.close()
+    assert max(range(3), key=pmf.__getitem__) == 2  # certification: the cheapest arm
+    assert pmf[0] < pmf[1] < pmf[2]                 # further behind, less explored
+
+
+def test_conversion_model_learns_which_arm_converts():
+    config = BanditConfig()
+    bandit = ConversionBandit(config)
+    example = build_example(encode_arms(config), USER, CONTEXT, ["coupon", "certification"])
+    for _ in range(200):
+        bandit.learn(example, "coupon", 103.0, 0.5, True)       # numpy-free: plain labels
+        bandit.learn(example, "certification", 0.0, 0.5, False)
+    pmf = bandit.predict(example)
+    bandit.close()
+    assert pmf[0] > 0.9
+
+
+def test_margin_without_a_value_uses_the_reward_scale():
+    config = BanditConfig()
+    coupon = config.arm("coupon")
+    assert margin(config, coupon, 200.0) == pytest.approx(200.0 - 5.0 - 20.0)
+    assert margin(config, coupon, None) == pytest.approx(100.0 - 5.0 - 10.0)
+    assert margin(BanditConfig(reward=RewardConfig(kind="conversion")), coupon, 200.0) == 1.0
+    home = build_example(encode_arms(config), USER, RequestContext(page="home"), ["coupon"])
+    assert home.value is None and build_example(
+        encode_arms(config), USER, CONTEXT, ["coupon"]).value == 120.0
+
+
+def test_squarecb_is_inverse_gap_weighting():
+    config = BanditConfig(exploration=ExplorationConfig(gamma_scale=4.0, gamma_exponent=0.5))
+    pmf = explore(config, [0.5, 0.3, 0.1], learned=3)   # gamma = 4 * 4 ** 0.5 = 8
+    assert pmf[1] == pytest.approx(1 / (3 + 8 * 0.2))
+    assert pmf[2] == pytest.approx(1 / (3 + 8 * 0.4))
+    assert pmf[0] == pytest.approx(1 - pmf[1] - pmf[2])
+    later = explore(config, [0.5, 0.3, 0.1], learned=10_000)
+    assert later[0] > pmf[0]  # greedier as it learns
+    epsilon = BanditConfig(exploration=ExplorationConfig(algorithm="epsilon", epsilon=0.3))
+    assert explore(epsilon, [0.1, 0.4], learned=0) == pytest.approx([0.15, 0.85])
+    softmax = BanditConfig(exploration=ExplorationConfig(algorithm="softmax",
+                                                         softmax_lambda=2.0))
+    assert explore(softmax, [0.0, 0.5], learned=0) == pytest.approx(
+        [1 / (1 + np.e), np.e / (1 + np.e)])
+
+
+def test_conversion_model_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="bag"):
+        ExplorationConfig(algorithm="bag")
+    with pytest.raises(ValueError, match="namespace P"):
+        ExplorationConfig(interactions=["UA", "PUA"])
+    assert ExplorationConfig(model="profit", algorithm="bag").algorithm == "bag"
 
 
 def test_fingerprint_changes_with_arms_and_exploration():

@@ -92,7 +92,8 @@ def test_opted_out_user_gets_the_default_and_is_not_learned(engine: DecisionEngi
     result = engine.feedback(d.event_id, True, 100.0, now=T0)
     assert result.status == "accepted" and not result.learnable
     assert engine.stats()["rewards_learned"] == 0
-    assert engine.export_user("user-7")[0]["features"] == {"shared": {}, "arms": {}}
+    assert engine.export_user("user-7")[0]["features"] == {"shared": {}, "arms": {},
+                                                           "value": None}
 
 
 def test_control_group_gets_no_action_and_is_logged(settings: Settings):

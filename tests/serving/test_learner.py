@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from nextbest.config import Settings
-from serving.bandit import BanditExample, VWBandit
+from serving.bandit import BanditExample, make_bandit
 from serving.decision_log import DecisionLog
 from serving.engine import DecisionEngine, RequestContext, UserView
 from serving.learner import CheckpointStore, Learner
@@ -118,7 +118,8 @@ def test_kill_9_mid_traffic_loses_no_accepted_feedback(settings: Settings, tmp_p
     assert meta.rewards_seen == 600 and meta.rewards_learned == learned > 500
     reference = Learner(tuned, log, store=None)  # a learner that never crashed
     reference.catch_up()
-    recovered = VWBandit(tuned.bandit, model_file=store.model_path(meta))
+    recovered = make_bandit(tuned.bandit, model_file=store.model_path(meta),
+                            learned=meta.rewards_learned)
     probes = [BanditExample.model_validate(log.get_decision(d.event_id).features)
               for d in decisions[:30] if d.learnable]
     assert [recovered.predict(p) for p in probes] == [reference.bandit.predict(p)
