@@ -315,16 +315,24 @@ class ConversionBandit:
                 arg_list=["-i", str(model_file), "--quiet", "--loss_function", "logistic"])
 
     @staticmethod
-    def vw_line(example: BanditExample, arm: str, label: int | None = None) -> str:
-        """One arm's VW text: the shared namespaces but P, then the arm's; ``label`` +-1."""
-        shared = " ".join(f"|{ns} {' '.join(tokens)}" for ns, tokens in example.shared.items()
-                          if ns != "P")
+    def shared_text(example: BanditExample) -> str:
+        """The shared namespaces but P as VW text (P is not an input of this model)."""
+        return " ".join(f"|{ns} {' '.join(tokens)}" for ns, tokens in example.shared.items()
+                        if ns != "P")
+
+    @classmethod
+    def vw_line(cls, example: BanditExample, arm: str, label: int | None = None,
+                shared: str | None = None) -> str:
+        """One arm's VW text: the shared namespaces, then the arm's; ``label`` +-1."""
+        shared = cls.shared_text(example) if shared is None else shared
         prefix = "" if label is None else f"{label} "
         return f"{prefix}{shared} |A {' '.join(example.arms[arm])}"
 
     def conversion_probabilities(self, example: BanditExample) -> list[float]:
         """P(convert) of each arm of ``example``, in its order."""
-        logits = [self.workspace.predict(self.vw_line(example, arm)) for arm in example.arms]
+        shared = self.shared_text(example)
+        logits = [self.workspace.predict(self.vw_line(example, arm, shared=shared))
+                  for arm in example.arms]
         return [1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))) for z in logits]
 
     def expected_rewards(self, example: BanditExample) -> list[float]:

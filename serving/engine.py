@@ -210,7 +210,7 @@ class DecisionEngine:
 
     def _choose(self, plan: PolicyPlan, bandit: Bandit,
                 example: BanditExample) -> tuple[str | None, dict[str, float]]:
-        """The action and pmf for a plan: sampled from VW's pmf on the bandit path."""
+        """The action and pmf for a plan: sampled from the bandit's pmf on the bandit path."""
         if plan.kind is PlanKind.OPT_OUT:
             return plan.eligible[0], {plan.eligible[0]: 1.0}
         if plan.kind is not PlanKind.BANDIT:
