@@ -270,6 +270,17 @@ def margin(config: BanditConfig, arm: ArmConfig, value: float | None) -> float:
     return value - arm_cost(arm, value, value)
 
 
+def example_value(example: BanditExample) -> float | None:
+    """The decision's value: ``example.value``, else (a log written before it was kept) the
+    price namespace ``P``, else None."""
+    if example.value is not None:
+        return example.value
+    for token in example.shared.get("P", []):
+        if token.startswith("value:"):
+            return float(token[len("value:"):]) * PRICE_UNIT
+    return None
+
+
 def explore(config: BanditConfig, expected: list[float], learned: int) -> list[float]:
     """The pmf over arms from their expected rewards (in units of ``reward.scale``).
 
@@ -338,7 +349,8 @@ class ConversionBandit:
     def expected_rewards(self, example: BanditExample) -> list[float]:
         """Each arm's P(convert) x margin, in units of ``reward.scale``."""
         scale = self.config.reward.scale
-        return [p * margin(self.config, self.arms[arm], example.value) / scale
+        value = example_value(example)
+        return [p * margin(self.config, self.arms[arm], value) / scale
                 for arm, p in zip(example.arms, self.conversion_probabilities(example),
                                   strict=True)]
 

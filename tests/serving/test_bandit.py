@@ -9,11 +9,13 @@ import pytest
 
 from nextbest.config import BanditConfig, ExplorationConfig, RewardConfig
 from serving.bandit import (
+    BanditExample,
     ConversionBandit,
     VWBandit,
     build_example,
     encode_arms,
     encode_shared,
+    example_value,
     explore,
     make_bandit,
     margin,
@@ -204,6 +206,13 @@ def test_margin_without_a_value_uses_the_reward_scale():
     home = build_example(encode_arms(config), USER, RequestContext(page="home"), ["coupon"])
     assert home.value is None and build_example(
         encode_arms(config), USER, CONTEXT, ["coupon"]).value == 120.0
+
+
+def test_a_log_without_the_value_falls_back_to_the_price_namespace():
+    example = build_example(encode_arms(BanditConfig()), USER, CONTEXT, ["coupon"])
+    older = BanditExample.model_validate({"shared": example.shared, "arms": example.arms})
+    assert older.value is None and example_value(older) == pytest.approx(120.0)
+    assert example_value(BanditExample()) is None
 
 
 def test_squarecb_is_inverse_gap_weighting():
