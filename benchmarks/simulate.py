@@ -11,7 +11,10 @@ each policy's choices:
 * decisions per second in-process of squarecb (goal >= 2,000), with the static policy's
   speed on the same stream as the reference.
 
+``--also-seeds 8,9`` adds squarecb vs the static rules on other seeds (the spread).
+
 Writes benchmarks/results/simulate.json. Usage: python benchmarks/simulate.py [--decisions N]
+[--seed S] [--also-seeds 8,9,10,11]
 """
 
 from __future__ import annotations
@@ -50,10 +53,21 @@ def recovery(result, window: int = 2000, share: float = 0.9) -> int | None:
     return int(hits[0] + window) if hits.size else None
 
 
+def static_ratio(settings: Settings, seed: int, decisions: int, k: int) -> float:
+    """squarecb's mean true expected reward over the last ``k`` decisions / static's, on
+    the population and stream of ``seed``."""
+    population = synthetic_population(settings, 5_000, seed)
+    result = simulate(settings, population, SimulationConfig(decisions=decisions, seed=seed),
+                      ["static", "squarecb"])
+    return last_mean(result.traces["squarecb"], k) / last_mean(result.traces["static"], k)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--decisions", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--also-seeds", default="",
+                        help="comma list of more seeds: squarecb vs static on each (spread)")
     args = parser.parse_args()
     settings = Settings()
     started = time.perf_counter()
@@ -89,6 +103,12 @@ def main() -> None:
                   "squarecb_vs_random": 1.3, "drift_recovery_decisions": 10_000,
                   "throughput_decisions_per_second": 2_000},
     }
+    if args.also_seeds:
+        out["squarecb_vs_static_by_seed"] = {
+            args.seed: out["squarecb_vs_best_static"] if best_static == "static" else None,
+            **{seed: static_ratio(settings, seed, args.decisions, k)
+               for seed in map(int, args.also_seeds.split(","))}}
+        out["time_seconds"] = time.perf_counter() - started
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

@@ -70,6 +70,12 @@ def test_service_log_evaluation_abtest_and_report(workdir, capsys):
                  "--n-bootstrap", "30"]) == 0
     ope = json.loads(capsys.readouterr().out)
     assert ope["n"] > 1000 and set(ope["estimates"]) == {"ips", "snips", "dr"}
+    checkpoint = _checkpoint_learned_from(service_log, workdir / "bandit")
+    assert main(["evaluate-policy", "--logs", str(service_log), "--policy", str(checkpoint),
+                 "--json", "--n-bootstrap", "30"]) == 0
+    learned = json.loads(capsys.readouterr().out)
+    assert learned["n"] == ope["n"] and set(learned["estimates"]) == {"ips", "snips", "dr"}
+    assert learned["estimates"]["dr"]["mean"] != ope["estimates"]["dr"]["mean"]
     assert main(["abtest", "--logs", str(service_log), "--json"]) == 0
     ab = json.loads(capsys.readouterr().out)
     assert ab["n_control"] > 0 and ab["overall"][0]["tier"] == "all"
@@ -80,3 +86,23 @@ def test_service_log_evaluation_abtest_and_report(workdir, capsys):
     assert charts <= set(images)
     assert {"ope", "abtest"} <= set(images)
     assert "No features yet" in page  # a missing input is said, not crashed on
+
+
+def _checkpoint_learned_from(log_path: Path, bandit_dir: Path) -> Path:
+    """The default (conversion) bandit learned from a decision log and checkpointed, as
+    the service's learner does: ``model-<seq>.vw`` beside its meta ``model-<seq>.json``."""
+    from nextbest.config import Settings
+    from serving.decision_log import DecisionLog
+    from serving.learner import CheckpointStore, Learner
+
+    log = DecisionLog(log_path)
+    store = CheckpointStore(bandit_dir)
+    learner = Learner(Settings(), log, store=store)
+    try:
+        assert learner.catch_up() > 1000
+        meta = learner.checkpoint()
+    finally:
+        learner.bandit.close()
+        log.close()
+    assert meta is not None and meta.rewards_learned > 0
+    return store.model_path(meta)
