@@ -105,7 +105,7 @@ def main() -> None:
     }
     if args.also_seeds:
         out["squarecb_vs_static_by_seed"] = {
-            args.seed: out["squarecb_vs_best_static"] if best_static == "static" else None,
+            args.seed: last["squarecb"] / last["static"],
             **{seed: static_ratio(settings, seed, args.decisions, k)
                for seed in map(int, args.also_seeds.split(","))}}
         out["time_seconds"] = time.perf_counter() - started

@@ -306,13 +306,15 @@ def _python_dist(spec: str, log: pd.DataFrame, arms: list[str]) -> np.ndarray:
 def _vw_dist(path: Path, log: pd.DataFrame, settings: Settings) -> np.ndarray:
     """A saved VW model's pmf on every logged decision (from the logged VW features)."""
     from serving.bandit import BanditExample, make_bandit
+    from serving.learner import CheckpointMeta
 
     if "features" not in log.columns:
         raise DataError("a VW model can only be evaluated on the service's decision log "
                         "(it needs the logged VW features)", field="policy")
     arms = [arm.name for arm in settings.bandit.arms]
     meta = Path(path).with_suffix(".json")  # a checkpoint's meta: where exploration stands
-    learned = json.loads(meta.read_text()).get("rewards_learned", 0) if meta.is_file() else 0
+    learned = (CheckpointMeta.model_validate_json(meta.read_text()).rewards_learned
+               if meta.is_file() else 0)
     bandit = make_bandit(settings.bandit, model_file=path, learned=learned)
     dist = np.zeros((len(log), len(arms)))
     try:

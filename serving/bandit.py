@@ -68,6 +68,8 @@ PRICE_EDGES = (25, 50, 100, 250, 500, 1000)
 RELATIVE_PRICE_EDGES = (0.5, 0.8, 1.25, 2.0, 4.0)  # item price / the user's aov
 PRICE_UNIT = 100.0  # namespace P carries the price in hundreds
 LUXURY_CATEGORIES = frozenset({"bags", "watches", "jewelry"})
+# The conversion model's loss; a saved VW model does not keep it, so loading passes it again.
+LOGISTIC_LOSS = ("--loss_function", "logistic")
 HOUR_PARTS = ("night",) * 6 + ("morning",) * 6 + ("afternoon",) * 6 + ("evening",) * 6
 
 
@@ -179,12 +181,11 @@ def _interaction_args(terms: list[str]) -> list[str]:
 def vw_arguments(config: BanditConfig) -> list[str]:
     """The VW command line of a fresh model, from the exploration config."""
     exploration = config.exploration
+    common = ["--quiet", "--random_seed", str(config.seed), "-b", str(config.bits)]
+    tail = _interaction_args(exploration.interactions) + exploration.extra_args.split()
     if exploration.model == "conversion":
-        return (["--loss_function", "logistic", "--quiet", "--random_seed", str(config.seed),
-                 "-b", str(config.bits), "-l", str(exploration.learning_rate)]
-                + _interaction_args(exploration.interactions) + exploration.extra_args.split())
-    args = ["--cb_explore_adf", "--quiet", "--random_seed", str(config.seed),
-            "-b", str(config.bits)]
+        return [*LOGISTIC_LOSS, *common, "-l", str(exploration.learning_rate), *tail]
+    args = ["--cb_explore_adf", *common]
     if exploration.algorithm == "squarecb":
         args += ["--squarecb", "--gamma_scale", str(exploration.gamma_scale),
                  "--gamma_exponent", str(exploration.gamma_exponent)]
@@ -196,7 +197,7 @@ def vw_arguments(config: BanditConfig) -> list[str]:
         args += ["--bag", str(exploration.bag_size), "--epsilon", str(exploration.epsilon)]
     if exploration.clip_probability > 0:
         args += ["--clip_p", str(exploration.clip_probability)]
-    return args + _interaction_args(exploration.interactions) + exploration.extra_args.split()
+    return args + tail
 
 
 def model_fingerprint(config: BanditConfig) -> str:
@@ -242,7 +243,7 @@ class Bandit(Protocol):
     def predict(self, example: BanditExample) -> list[float]: ...
 
     def learn(self, example: BanditExample, action: str, reward: float, probability: float,
-              converted: bool | None = None) -> None: ...
+              converted: bool) -> None: ...
 
     def save(self, path: Path) -> None: ...
 
@@ -323,7 +324,7 @@ class ConversionBandit:
             self.workspace = vowpalwabbit.Workspace(arg_list=vw_arguments(config))
         else:  # the model file keeps -q, -b and -l, not the loss: resuming needs it again
             self.workspace = vowpalwabbit.Workspace(
-                arg_list=["-i", str(model_file), "--quiet", "--loss_function", "logistic"])
+                arg_list=["-i", str(model_file), "--quiet", *LOGISTIC_LOSS])
 
     @staticmethod
     def shared_text(example: BanditExample) -> str:
@@ -361,13 +362,12 @@ class ConversionBandit:
         return explore(self.config, self.expected_rewards(example), self.learned)
 
     def learn(self, example: BanditExample, action: str, reward: float, probability: float,
-              converted: bool | None = None) -> None:
-        """Learn whether ``action`` converted (``converted``; else: was ``reward`` > 0).
+              converted: bool) -> None:
+        """Learn whether ``action`` converted.
 
-        ``probability`` is not used: the regression is not importance-weighted.
+        ``reward`` and ``probability`` are not used: the margin is known and the regression
+        is not importance-weighted.
         """
-        if converted is None:
-            converted = reward > 0
         self.workspace.learn(self.vw_line(example, action, 1 if converted else -1))
         self.learned += 1
 
@@ -398,7 +398,7 @@ class VWBandit:
         return list(self.workspace.predict(to_vw_lines(example)))
 
     def learn(self, example: BanditExample, action: str, reward: float, probability: float,
-              converted: bool | None = None) -> None:
+              converted: bool) -> None:
         """Learn that ``action``, chosen with ``probability``, earned ``reward``."""
         cost = -reward / self.config.reward.scale
         self.workspace.learn(to_vw_lines(example, (action, cost, probability)))

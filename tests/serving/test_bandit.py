@@ -74,8 +74,8 @@ def test_a_numpy_reward_is_learned():
     example = build_example(encode_arms(config), USER, CONTEXT, ["coupon", "installment"])
     bandit = VWBandit(config)
     for _ in range(50):
-        bandit.learn(example, "installment", np.float64(80.0), np.float64(0.5))
-        bandit.learn(example, "coupon", np.float64(0.0), np.float64(0.5))
+        bandit.learn(example, "installment", np.float64(80.0), np.float64(0.5), True)
+        bandit.learn(example, "coupon", np.float64(0.0), np.float64(0.5), False)
     pmf = bandit.predict(example)
     bandit.close()
     assert pmf[1] > 0.9  # installment earned 80 every time: it must dominate
@@ -97,7 +97,7 @@ def test_probability_clipping_is_passed_to_vw_and_can_be_switched_off():
         BanditConfig(exploration=PROFIT.model_copy(update={"clip_probability": 0})))
     example = build_example(encode_arms(clipped), USER, CONTEXT, ["coupon", "installment"])
     bandit = VWBandit(clipped)  # VW accepts the option next to squarecb
-    bandit.learn(example, "installment", 80.0, 0.01)
+    bandit.learn(example, "installment", 80.0, 0.01, True)
     pmf = bandit.predict(example)
     bandit.close()
     assert sum(pmf) == pytest.approx(1.0)
