@@ -1,4 +1,4 @@
-"""Benchmark the DuckDB feature build at scale (issue 2).
+"""Benchmark the DuckDB feature build at scale.
 
 Reuses a synthetic marketplace in ``--data`` (default /tmp/bench_1m, with raw/ and latent/)
 or generates one with ``nextbest data synth`` in a child process (so the generator's memory

@@ -1,4 +1,4 @@
-"""Benchmark: coverage of the DR estimator on simulated epsilon-greedy logs (issue 5).
+"""Benchmark: coverage of the DR estimator on simulated epsilon-greedy logs.
 
 For each of 100 seeds: a simulated stream of requests (``experiments.simulator``), logged by
 an epsilon-greedy policy around the static rule book (epsilon 0.3, so every arm has
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from decisions.choosers import static_arm
 from experiments.ope import ESTIMATORS, fit_reward_model
-from experiments.policies import static_arm
-from experiments.simulator import LUXURY, SimulationConfig, make_stream, synthetic_population
+from experiments.simulator import SimulationConfig, make_stream, synthetic_population
+from features.contract import LUXURY_CATEGORIES
 from nextbest.config import Settings
 
 RESULTS = Path(__file__).parent / "results" / "ope_coverage.json"
@@ -35,7 +36,7 @@ EPSILON = 0.3
 
 def target_arm(tags: list[str], category: str, price: float) -> str:
     """The target policy: a rule different from the logging policy's."""
-    if category in LUXURY:
+    if category in LUXURY_CATEGORIES:
         return "certification"
     if "price_sensitive" in tags:
         return "coupon"
@@ -48,7 +49,7 @@ def one_seed(settings: Settings, population: pd.DataFrame, seed: int, n: int) ->
     stream = make_stream(settings, population, SimulationConfig(decisions=n, seed=seed))
     users = population.iloc[stream.user_index].reset_index(drop=True)
     rng = np.random.default_rng([seed, 99])
-    greedy = np.array([arms.index(static_arm(settings, t, tags, p, arms)) for t, tags, p in
+    greedy = np.array([arms.index(static_arm(settings.bandit, t, tags, p, arms)) for t, tags, p in
                        zip(users["tier"], users["tags"], stream.item_price, strict=True)])
     logging = np.full((n, len(arms)), EPSILON / len(arms))
     logging[np.arange(n), greedy] += 1 - EPSILON

@@ -1,4 +1,4 @@
-"""Benchmark: policy quality and speed of the simulator (issue 5 quality goals).
+"""Benchmark: policy quality and speed of the simulator.
 
 Runs the default 50,000-decision simulation (seed 7) with every policy plus the fixed-arm
 baselines, and the same run with ``--drift``. Reports, from the true expected reward of

@@ -1,4 +1,4 @@
-"""Benchmark the training stage (issue 3): scale (time, memory) and quality (ROC AUC vs baselines).
+"""Benchmark the training stage: scale (time, memory) and quality (ROC AUC vs baselines).
 
 Scale: 1M users x 6 cutoffs (reuses ``/tmp/bench_1m/raw`` when present, else synthesises it).
 Each phase runs in its own child process so its peak memory (max RSS) is its own:

@@ -87,22 +87,23 @@ def two_proportion(x_t: int, n_t: int, x_c: int, n_c: int, alpha: float) -> Inte
 
 
 def welch(treatment: np.ndarray, control: np.ndarray, alpha: float) -> Interval:
-    """Difference of means with a Welch-Satterthwaite interval and Welch's t-test."""
+    """Difference of means with Welch's t-test and its interval
+    (``scipy.stats.ttest_ind(equal_var=False)``).
+
+    Without any spread (every value of both groups equal within its group, or a group of
+    one) there is nothing to test: the interval is the difference itself, significant when
+    it is not 0.
+    """
     m_t, m_c = float(treatment.mean()), float(control.mean())
-    v_t = treatment.var(ddof=1) / len(treatment) if len(treatment) > 1 else 0.0
-    v_c = control.var(ddof=1) / len(control) if len(control) > 1 else 0.0
-    se = math.sqrt(v_t + v_c)
     diff = m_t - m_c
-    if se == 0:
+    if min(len(treatment), len(control)) < 2 or (treatment.var() == 0 and control.var() == 0):
         return Interval(treatment=m_t, control=m_c, diff=diff, low=diff, high=diff,
                         p_value=1.0 if diff == 0 else 0.0, significant=diff != 0)
-    dof = (v_t + v_c) ** 2 / (
-        (v_t ** 2 / (len(treatment) - 1) if v_t else 0.0)
-        + (v_c ** 2 / (len(control) - 1) if v_c else 0.0))
-    t = stats.t.ppf(1 - alpha / 2, dof)
-    p_value = float(2 * stats.t.sf(abs(diff) / se, dof))
-    return Interval(treatment=m_t, control=m_c, diff=diff, low=diff - t * se, high=diff + t * se,
-                    p_value=p_value, significant=p_value < alpha)
+    test = stats.ttest_ind(treatment, control, equal_var=False)
+    interval = test.confidence_interval(confidence_level=1 - alpha)
+    p_value = float(test.pvalue)
+    return Interval(treatment=m_t, control=m_c, diff=diff, low=float(interval.low),
+                    high=float(interval.high), p_value=p_value, significant=p_value < alpha)
 
 
 def compare(treated: pd.DataFrame, control: pd.DataFrame, *, group: str, tier: str,

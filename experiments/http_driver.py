@@ -7,14 +7,15 @@ stream is played twice with the same runner (:func:`experiments.runner.play`):
 
 * ``http``: every request is a ``POST /next_best_action``, every outcome a ``POST /feedback``
   (:class:`HttpPolicy`), one request at a time, each with a timeout;
-* ``in_process``: the service's :class:`~serving.engine.DecisionEngine` on a scratch log,
+* ``in_process``: the service's :class:`~decisions.engine.DecisionEngine` on a scratch log,
   with the service's own bandit seed and algorithm (:class:`~experiments.policies.EnginePolicy`).
 
 Both modes see the users exactly as the service does (tier, segment, tags and model scores
-from ``POST /score``, features through :func:`serving.scoring.bandit_features`), and both
+from ``POST /score``, features through :func:`decisions.policy.user_view`), and both
 report each outcome at once (no conversion delay), so that a single-worker inline service
 on a fresh decision log may make the very same choices. Agreement is judged on the mean
-reward per decision (Welch 95% interval of the difference) and on the arm shares.
+reward per decision (a paired 95% interval of the per-request difference: both modes
+replay the same requests with the same luck) and on the arm shares.
 """
 
 from __future__ import annotations
@@ -32,14 +33,20 @@ import pandas as pd
 from pydantic import BaseModel, Field
 from scipy import stats
 
-from experiments.policies import Choice, EnginePolicy, OraclePolicy
-from experiments.runner import PolicyMetrics, Trace, contexts, play, summarise
+from decisions.policy import RequestContext, UserView, user_view
+from experiments.policies import Choice, EnginePolicy
+from experiments.runner import (
+    PolicyMetrics,
+    Trace,
+    contexts,
+    play,
+    stream_truth,
+    summarise,
+)
 from experiments.simulator import TRAIT_COLUMNS, SimulationConfig, Stream, make_stream
 from features.store import Preferences, open_store
 from nextbest.config import Settings
 from nextbest.errors import MissingComponent, ValidationFailed
-from serving.policy import RequestContext, UserView
-from serving.scoring import bandit_features
 
 MAX_DECISIONS = 20_000
 DEFAULT_DECISIONS = 3_000
@@ -144,25 +151,23 @@ def publish_population(settings: Settings, population: pd.DataFrame, as_of: date
 def served_views(client: httpx.Client, population: pd.DataFrame,
                  batch: int) -> list[UserView]:
     """One :class:`UserView` per population row, as the service builds it: the service's
-    ``/score`` answer (tier, segment, tags, model scores) plus the row's bandit features."""
-    rows = population.to_dict("records")
+    ``/score`` answer (tier, segment, tags, model scores) over the row's store columns."""
+    stored = population.drop(columns=[c for c in NOT_IN_STORE if c in population.columns])
+    rows = stored.to_dict("records")
     views: list[UserView] = []
     for start in range(0, len(rows), batch):
         part = rows[start:start + batch]
         scored = post_json(client, "/score", {"user_ids": [str(r["user_id"]) for r in part]})
         for row, score in zip(part, scored, strict=True):
-            views.append(UserView(
-                user_id=score["user_id"], known=score["known"], tier=score["tier"],
-                segment=score["segment"], tags=score["tags"],
-                churn_probability=score["churn_probability"],
-                purchase_propensity=score["purchase_propensity"],
-                features=bandit_features(row),
-                personalization=bool(row.get("personalization", True))))
-    unknown = [v.user_id for v in views if not v.known]
-    if unknown:
-        raise ValidationFailed(f"{len(unknown)} simulated users (e.g. {unknown[0]}) are unknown "
-                               "to the service: does it read the same online store (same "
-                               "NEXTBEST__* settings)?", field="via_http")
+            if not score["known"]:
+                raise ValidationFailed(
+                    f"simulated user {score['user_id']} is unknown to the service: does it "
+                    "read the same online store (same NEXTBEST__* settings)?", field="via_http")
+            record = row | {key: score[key] for key in ("tier", "segment", "tags")}
+            views.append(user_view(score["user_id"], record,
+                                   churn_probability=score["churn_probability"],
+                                   purchase_propensity=score["purchase_propensity"],
+                                   personalization=bool(row.get("personalization", True))))
     return views
 
 
@@ -171,22 +176,20 @@ def immediate(stream: Stream) -> Stream:
     return replace(stream, delay=np.zeros(len(stream)))
 
 
-def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Welch's ``level`` interval of ``mean(a) - mean(b)``."""
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    diff = float(a.mean() - b.mean())
-    se = float(np.sqrt(va + vb))
-    if se == 0.0:
-        return diff, diff
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    return diff - half, diff + half
+def paired_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` interval of ``mean(a - b)`` for paired samples (one stream, two modes)."""
+    diff = a - b
+    if np.all(diff == diff[0]):
+        return float(diff[0]), float(diff[0])
+    interval = stats.ttest_rel(a, b).confidence_interval(confidence_level=level)
+    return float(interval.low), float(interval.high)
 
 
 def agreement(http: Trace, local: Trace, http_m: PolicyMetrics, local_m: PolicyMetrics,
               tolerance: float = SHARE_TOLERANCE) -> Agreement:
-    """Compare the two modes' rewards (Welch) and arm shares (max absolute difference)."""
-    low, high = welch_interval(http.reward, local.reward)
+    """Compare the two modes' rewards (paired interval) and arm shares (max absolute
+    difference)."""
+    low, high = paired_interval(http.reward, local.reward)
     arms = set(http_m.arm_share) | set(local_m.arm_share)
     share_diff = max((abs(http_m.arm_share.get(a, 0.0) - local_m.arm_share.get(a, 0.0))
                       for a in arms), default=0.0)
@@ -229,14 +232,17 @@ def compare_via_http(settings: Settings, url: str, population: pd.DataFrame,
     tiers = population["tier"].to_numpy()[stream.user_index].astype(str)
     with httpx.Client(base_url=url, timeout=timeout) as client:
         views = served_views(client, population, settings.serving.max_batch)
-        oracle = play(OraclePolicy(settings, config.seed, stream.expected_reward), stream, views,
-                      requests, settings, run_config)
         with tempfile.TemporaryDirectory() as scratch:
+            oracle_policy = EnginePolicy(settings, "oracle", config.seed,
+                                         Path(scratch) / "oracle.sqlite",
+                                         truth=stream_truth(stream, settings))
             local = EnginePolicy(settings, policy, settings.bandit.seed,
                                  Path(scratch) / f"{policy}.sqlite")
             try:
+                oracle = play(oracle_policy, stream, views, requests, settings, run_config)
                 local_trace = play(local, stream, views, requests, settings, run_config)
             finally:
+                oracle_policy.close()
                 local.close()
         remote = HttpPolicy(client, policy)
         http_trace = play(remote, stream, views, requests, settings, run_config)

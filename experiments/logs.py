@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from decisions.reward import arm_cost, reward_of
 from nextbest.config import Settings
 from nextbest.errors import DataError
-from serving.bandit import arm_cost, reward_of
 
 RESERVED = ("event_id", "user_id", "action", "probability", "reward", "converted", "revenue",
             "cost", "control", "policy", "tier", "pmf", "ts", "eligible")
@@ -133,7 +133,7 @@ def normalise(frame: pd.DataFrame, settings: Settings, *, source: str = "log") -
             # The cost is the log's own (or _arm_cost's): passed as already deducted.
             reward_of(settings.bandit, None, c, r - k, None)
             for c, r, k in zip(out["converted"], out["revenue"], out["cost"], strict=True)]
-    # A decision with no reward row yet is learned with the default reward (DESIGN.md 6.4).
+    # A decision with no reward row yet is learned with the default reward (decisions/reward.py).
     out["reward"] = pd.to_numeric(out["reward"], errors="coerce").fillna(
         settings.bandit.reward.default)
     if "policy" not in out.columns:
@@ -152,7 +152,7 @@ def normalise(frame: pd.DataFrame, settings: Settings, *, source: str = "log") -
 
 
 def _arm_cost(frame: pd.DataFrame, settings: Settings) -> np.ndarray:
-    """Cost of each logged arm by the service's :func:`serving.bandit.arm_cost` (the item
+    """Cost of each logged arm by the service's :func:`decisions.reward.arm_cost` (the item
     price, or the revenue where the log has no price)."""
     revenue = frame["revenue"].to_numpy(float)
     price = (pd.to_numeric(frame["item_price"], errors="coerce").to_numpy(float)

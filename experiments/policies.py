@@ -1,28 +1,25 @@
-"""Policies compared on the simulated stream, and candidate policies for offline evaluation.
+"""The policies the simulator compares, and candidate policies for offline evaluation.
 
-Every simulated policy answers ``choose(step, user, context, now) -> Choice`` and accepts
-``feedback(choice, converted, revenue, now)``. They all go through the service's own policy
-layer (:class:`serving.policy.PolicyLayer`: control group, opt-out, tag exclusions), so
-they differ only in how they pick among the eligible arms:
+Every simulated policy is the service's own :class:`~decisions.engine.DecisionEngine` on a
+scratch decision log, with one of the choosers of :mod:`decisions.choosers` (the one
+dispatch of policies): decisions and feedback go through the policy layer, the decision
+log and the learner exactly as in production, and they differ only in how the chooser
+picks among the eligible arms. Policy names:
 
-* ``random``: uniform over the eligible arms;
-* ``static``: the tier rule book of the spec documents (:func:`static_arm`);
-* ``epsilon`` / ``squarecb``: the service's :class:`serving.engine.DecisionEngine` with VW
-  epsilon-greedy / squarecb (``settings.bandit.exploration.algorithm``), decisions and
-  feedback through its decision log exactly as in production;
-* ``oracle``: the arm with the highest true expected reward (known only to the simulator).
+* ``random``, ``static`` (the rule book), ``oracle`` (the true best arm);
+* ``always_ARM``: one arm whenever eligible (a baseline);
+* ``epsilon``, ``squarecb``, ``softmax``, ``bag``: the VW bandit with that explorer.
 
-For offline evaluation, :func:`candidate_action_dist` turns ``random``, ``static``, a saved
-VW model or a Python policy (``path.py:function``) into the ``(n, k)`` matrix of the
-probabilities the candidate gives each arm on every logged decision.
+For offline evaluation, :func:`candidate_action_dist` asks a chooser (``random``,
+``static``, a saved VW model) or a Python policy (``path.py:function``) for the pmf it gives
+on every logged decision.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,13 +28,17 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from decisions.choosers import ChooserSpec, Truth
+from decisions.encoding import BanditExample, DecisionInput
+from decisions.engine import DecisionEngine
+from decisions.learner import CheckpointMeta
+from decisions.policy import RequestContext, UserView
 from nextbest.config import Settings
-from nextbest.errors import DataError, MissingComponent, ValidationFailed
-from serving.policy import ContactCounts, PlanKind, PolicyLayer, RequestContext, UserView
+from nextbest.errors import DataError, ValidationFailed
 
-HIGH_PRICE = 500.0  # the rule book's "high-priced item" (same threshold as the view trigger)
-PREMIUM_TIERS = frozenset({"platinum", "gold"})
-POLICY_NAMES = ("random", "static", "epsilon", "squarecb", "oracle")
+BANDIT_POLICIES = ("epsilon", "squarecb", "softmax", "bag")
+POLICY_NAMES = ("random", "static", *BANDIT_POLICIES, "oracle")
+ALWAYS = "always_"
 
 
 class Choice(BaseModel):
@@ -50,7 +51,8 @@ class Choice(BaseModel):
 
 
 class SimPolicy(Protocol):
-    """A policy the simulator can run."""
+    """A policy the simulator can play: in-process (:class:`EnginePolicy`) or through the
+    live service (:class:`experiments.http_driver.HttpPolicy`)."""
 
     name: str
 
@@ -63,128 +65,44 @@ class SimPolicy(Protocol):
     def close(self) -> None: ...
 
 
-def static_arm(settings: Settings, tier: str, tags: Sequence[str], item_price: float | None,
-               eligible: Sequence[str]) -> str | None:
-    """The tier rule book: Platinum/Gold -> certification, price_sensitive -> coupon,
-    high-priced item -> installment, else the default arm (first eligible when removed)."""
-    wanted = [settings.bandit.default_arm]
-    if (item_price or 0.0) >= HIGH_PRICE:
-        wanted.insert(0, "installment")
-    if "price_sensitive" in tags:
-        wanted.insert(0, "coupon")
-    if tier in PREMIUM_TIERS:
-        wanted.insert(0, "certification")
-    for arm in wanted:
-        if arm in eligible:
-            return arm
-    return eligible[0] if eligible else None
-
-
-class _LayeredPolicy:
-    """Base of the policies that are not the engine: the policy layer, then ``pick``."""
-
-    name = "base"
-
-    def __init__(self, settings: Settings, seed: int):
-        self.settings = settings
-        self.layer = PolicyLayer(settings.bandit)
-        self.rng = random.Random(seed)
-
-    def pick(self, step: int, user: UserView, context: RequestContext,
-             eligible: list[str]) -> tuple[str, float]:
-        """The arm among ``eligible`` and the probability it was picked with."""
-        raise NotImplementedError
-
-    def choose(self, step: int, user: UserView, context: RequestContext,
-               now: datetime) -> Choice:
-        plan = self.layer.plan(user, ContactCounts())
-        if plan.kind is PlanKind.CONTROL:
-            return Choice(action=None, probability=1.0, control=True)
-        if not plan.eligible:
-            return Choice(action=None, probability=1.0)
-        if plan.kind is PlanKind.OPT_OUT:
-            return Choice(action=plan.eligible[0], probability=1.0)
-        action, probability = self.pick(step, user, context, plan.eligible)
-        return Choice(action=action, probability=probability)
-
-    def feedback(self, choice: Choice, converted: bool, revenue: float, now: datetime) -> None:
-        """Rule-based policies do not learn."""
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-class RandomPolicy(_LayeredPolicy):
-    """Uniform over the eligible arms (seeded)."""
-
-    name = "random"
-
-    def pick(self, step, user, context, eligible):
-        return self.rng.choice(eligible), 1.0 / len(eligible)
-
-
-class StaticPolicy(_LayeredPolicy):
-    """The tier rule book (:func:`static_arm`), deterministic."""
-
-    name = "static"
-
-    def pick(self, step, user, context, eligible):
-        return static_arm(self.settings, user.tier, user.tags, context.item_price, eligible), 1.0
-
-
-class FixedArmPolicy(_LayeredPolicy):
-    """Always the same arm when eligible (a baseline for the benchmarks)."""
-
-    def __init__(self, settings: Settings, seed: int, arm: str):
-        super().__init__(settings, seed)
-        self.arm = arm
-        self.name = f"always_{arm}"
-
-    def pick(self, step, user, context, eligible):
-        return (self.arm if self.arm in eligible else eligible[0]), 1.0
-
-
-class OraclePolicy(_LayeredPolicy):
-    """The eligible arm with the highest true expected reward at ``step``."""
-
-    name = "oracle"
-
-    def __init__(self, settings: Settings, seed: int, expected_reward: np.ndarray):
-        super().__init__(settings, seed)
-        self.expected_reward = expected_reward
-        self.index = {arm.name: i for i, arm in enumerate(settings.bandit.arms)}
-
-    def pick(self, step, user, context, eligible):
-        row = self.expected_reward[step]
-        return max(eligible, key=lambda arm: row[self.index[arm]]), 1.0
-
-
-def engine_settings(settings: Settings, algorithm: str, seed: int) -> Settings:
-    """``settings`` with the bandit's exploration algorithm and seed replaced."""
-    bandit = settings.bandit.model_copy(update={
-        "exploration": settings.bandit.exploration.model_copy(update={"algorithm": algorithm}),
-        "seed": seed,
-    })
+def engine_settings(settings: Settings, algorithm: str | None, seed: int) -> Settings:
+    """``settings`` with the bandit's seed (and, when given, its explorer) replaced."""
+    exploration = settings.bandit.exploration
+    if algorithm is not None:
+        exploration = exploration.model_copy(update={"algorithm": algorithm})
+    bandit = settings.bandit.model_copy(update={"exploration": exploration, "seed": seed})
     return settings.model_copy(update={"bandit": bandit})
 
 
-class EnginePolicy:
-    """The service's decision engine, run in-process on a scratch decision log."""
+def policy_chooser(name: str, settings: Settings, truth: Truth | None = None
+                   ) -> tuple[ChooserSpec, str | None]:
+    """The chooser of the policy called ``name`` and the VW explorer it needs (if any)."""
+    arms = [arm.name for arm in settings.bandit.arms]
+    if name in BANDIT_POLICIES:
+        return ChooserSpec("bandit"), name
+    if name.startswith(ALWAYS) and name[len(ALWAYS):] in arms:
+        return ChooserSpec("always", arm=name[len(ALWAYS):]), None
+    if name in ("random", "static", "oracle"):
+        return ChooserSpec(name, truth=truth), None
+    raise ValidationFailed(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)} "
+                           f"or always_<arm> with an arm of {arms}", field="policies")
 
-    def __init__(self, settings: Settings, algorithm: str, seed: int, log_path: Path):
-        try:
-            from serving.engine import DecisionEngine
-        except ImportError as exc:  # the serving stage is not installed or not importable
-            raise MissingComponent(f"serving.engine is not importable ({exc}); the bandit "
-                                   "policies need the serving package") from exc
-        self.name = algorithm
+
+class EnginePolicy:
+    """A policy played by the service's decision engine, in-process on a scratch log."""
+
+    def __init__(self, settings: Settings, name: str, seed: int, log_path: Path, *,
+                 truth: Truth | None = None):
+        spec, algorithm = policy_chooser(name, settings, truth)
+        self.name = name
         self.settings = engine_settings(settings, algorithm, seed)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         for stale in log_path.parent.glob(log_path.name + "*"):
             stale.unlink()
         # A scratch log with batched commits: the same engine, without fsync per decision.
         self.engine = DecisionEngine(self.settings, log_path=log_path, role="inline",
-                                     durable=False, bandit_dir=log_path.parent / "bandit")
+                                     durable=False, bandit_dir=log_path.parent / "bandit",
+                                     chooser=spec)
 
     def choose(self, step: int, user: UserView, context: RequestContext,
                now: datetime) -> Choice:
@@ -197,33 +115,13 @@ class EnginePolicy:
             self.engine.feedback(choice.event_id, converted, revenue, now=now)
 
     def close(self) -> None:
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
-
-
-def build_policy(name: str, settings: Settings, *, seed: int, expected_reward: np.ndarray,
-                 scratch_dir: Path) -> SimPolicy:
-    """The simulated policy called ``name`` (one of :data:`POLICY_NAMES` or ``always_ARM``)."""
-    arms = [arm.name for arm in settings.bandit.arms]
-    if name == "random":
-        return RandomPolicy(settings, seed)
-    if name == "static":
-        return StaticPolicy(settings, seed)
-    if name == "oracle":
-        return OraclePolicy(settings, seed, expected_reward)
-    if name.startswith("always_") and name[len("always_"):] in arms:
-        return FixedArmPolicy(settings, seed, name[len("always_"):])
-    if name in ("epsilon", "squarecb", "softmax", "bag"):
-        return EnginePolicy(settings, name, seed, scratch_dir / f"{name}.sqlite")
-    raise ValidationFailed(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)} "
-                           f"or always_<arm> with an arm of {arms}", field="policies")
+        self.engine.close()
 
 
 # ----------------------------------------------------------------------- offline candidates
 
-def _row_tags(row: pd.Series) -> list[str]:
-    """Tags of a logged decision: a ``tags`` column (list, JSON or comma list) or VW tokens."""
+def _row_tags(row: dict[str, Any]) -> list[str]:
+    """Tags of a logged decision: a ``tags`` column (list, JSON or comma list)."""
     tags = row.get("tags")
     if isinstance(tags, list | tuple | np.ndarray):
         return [str(t) for t in tags]
@@ -233,7 +131,7 @@ def _row_tags(row: pd.Series) -> list[str]:
     return []
 
 
-def _row_eligible(row: pd.Series, arms: list[str]) -> list[str]:
+def _row_eligible(row: dict[str, Any], arms: list[str]) -> list[str]:
     """Eligible arms of a logged decision (all arms when the log does not say)."""
     eligible = row.get("eligible")
     if isinstance(eligible, str) and eligible.startswith("["):
@@ -242,40 +140,62 @@ def _row_eligible(row: pd.Series, arms: list[str]) -> list[str]:
     return arms
 
 
-def _price(row: pd.Series) -> float | None:
-    value = row.get("item_price")
-    return None if value is None or pd.isna(value) else float(value)
+def _row_example(row: dict[str, Any], eligible: list[str]) -> BanditExample:
+    """The logged example (the service's log keeps it), else one with only the arms."""
+    raw = row.get("features")
+    if isinstance(raw, str) and raw:
+        example = BanditExample.model_validate_json(raw)
+        if example.arms:
+            return example
+    return BanditExample(arms={arm: [] for arm in eligible})
+
+
+def logged_input(row: dict[str, Any], arms: list[str]) -> DecisionInput:
+    """What a chooser saw on a logged decision, rebuilt from the log's columns."""
+    example = _row_example(row, _row_eligible(row, arms))
+    price = row.get("item_price")
+    user = UserView(user_id=str(row.get("user_id") or "logged"),
+                    tier=str(row.get("tier") or "unknown"), tags=_row_tags(row))
+    context = RequestContext(item_price=None if price is None or pd.isna(price)
+                             else float(price))
+    return DecisionInput(user=user, context=context, example=example)
 
 
 def candidate_action_dist(name: str, log: pd.DataFrame, settings: Settings) -> np.ndarray:
-    """Probabilities the candidate ``name`` gives every arm on every logged decision, ``(n, k)``.
+    """The candidate's probability of each configured arm on each logged row, ``(n, k)``.
 
-    ``name`` is ``random``, ``static``, a VW model file (``*.vw``/``*.model``: needs the
+    ``name``: ``random``, ``static``, a saved VW model file (``*.vw``/``*.model``: needs the
     service log's ``features`` column) or ``file.py:function`` where ``function(row: dict)
     -> dict[arm, probability]``.
     """
     arms = [arm.name for arm in settings.bandit.arms]
-    index = {arm: i for i, arm in enumerate(arms)}
-    dist = np.zeros((len(log), len(arms)))
-    if name == "random":
-        for i, (_, row) in enumerate(log.iterrows()):
-            eligible = _row_eligible(row, arms)
-            dist[i, [index[a] for a in eligible]] = 1.0 / len(eligible)
-        return dist
-    if name == "static":
-        for i, (_, row) in enumerate(log.iterrows()):
-            eligible = _row_eligible(row, arms)
-            arm = static_arm(settings, str(row.get("tier", "")), _row_tags(row), _price(row),
-                             eligible)
-            dist[i, index[arm]] = 1.0
-        return dist
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
         return _python_dist(name, log, arms)
-    path = Path(name)
-    if path.is_file():
-        return _vw_dist(path, log, settings)
-    raise ValidationFailed(f"unknown candidate policy {name!r}: use random, static, a saved VW "
-                           "model file or file.py:function", field="policy")
+    if name in ("random", "static"):
+        chooser = ChooserSpec(name).build(settings.bandit)
+    elif Path(name).is_file():
+        if "features" not in log.columns:
+            raise DataError("a VW model can only be evaluated on the service's decision log "
+                            "(it needs the logged VW features)", field="policy")
+        meta = Path(name).with_suffix(".json")  # a checkpoint's meta: where exploration stands
+        learned = (CheckpointMeta.model_validate_json(meta.read_text()).rewards_learned
+                   if meta.is_file() else 0)
+        chooser = ChooserSpec("bandit").build(settings.bandit, model_file=Path(name),
+                                              learned=learned)
+    else:
+        raise ValidationFailed(f"unknown candidate policy {name!r}: use random, static, a "
+                               "saved VW model file or file.py:function", field="policy")
+    index = {arm: i for i, arm in enumerate(arms)}
+    dist = np.zeros((len(log), len(arms)))
+    try:
+        for i, row in enumerate(log.to_dict("records")):
+            decision = logged_input(row, arms)
+            for arm, p in zip(decision.arms, chooser.pmf(decision), strict=True):
+                dist[i, index[arm]] = p
+    finally:
+        chooser.close()
+    totals = dist.sum(axis=1, keepdims=True)
+    return np.divide(dist, totals, out=np.zeros_like(dist), where=totals > 0)
 
 
 def _python_dist(spec: str, log: pd.DataFrame, arms: list[str]) -> np.ndarray:
@@ -301,31 +221,3 @@ def _python_dist(spec: str, log: pd.DataFrame, arms: list[str]) -> np.ndarray:
         raise ValidationFailed("the policy's probabilities must sum to 1 on every row",
                                field="policy")
     return dist
-
-
-def _vw_dist(path: Path, log: pd.DataFrame, settings: Settings) -> np.ndarray:
-    """A saved VW model's pmf on every logged decision (from the logged VW features)."""
-    from serving.bandit import BanditExample, make_bandit
-    from serving.learner import CheckpointMeta
-
-    if "features" not in log.columns:
-        raise DataError("a VW model can only be evaluated on the service's decision log "
-                        "(it needs the logged VW features)", field="policy")
-    arms = [arm.name for arm in settings.bandit.arms]
-    meta = Path(path).with_suffix(".json")  # a checkpoint's meta: where exploration stands
-    learned = (CheckpointMeta.model_validate_json(meta.read_text()).rewards_learned
-               if meta.is_file() else 0)
-    bandit = make_bandit(settings.bandit, model_file=path, learned=learned)
-    dist = np.zeros((len(log), len(arms)))
-    try:
-        for i, raw in enumerate(log["features"]):
-            example = BanditExample.model_validate(json.loads(raw) if isinstance(raw, str)
-                                                   else raw)
-            if not example.arms:
-                continue
-            for arm, p in zip(example.arms, bandit.predict(example), strict=True):
-                dist[i, arms.index(arm)] = p
-    finally:
-        bandit.close()
-    totals = dist.sum(axis=1, keepdims=True)
-    return np.divide(dist, totals, out=np.zeros_like(dist), where=totals > 0)

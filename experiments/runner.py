@@ -27,16 +27,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from experiments.policies import SimPolicy, build_policy
-from experiments.simulator import (
-    FEATURE_COLUMNS_FOR_VIEW,
-    SimulationConfig,
-    Stream,
-    make_stream,
-)
+from decisions.choosers import Truth
+from decisions.encoding import DecisionInput
+from decisions.policy import RequestContext, UserView, user_view
+from decisions.reward import reward_of
+from experiments.policies import EnginePolicy, SimPolicy
+from experiments.simulator import TRAIT_COLUMNS, SimulationConfig, Stream, make_stream
 from nextbest.config import Settings
-from serving.bandit import reward_of
-from serving.policy import RequestContext, UserView
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 ProgressFn = Callable[[str, int, int], None]
@@ -75,6 +72,7 @@ class Trace:
     seconds: float
 
 
+ITEM_PREFIX = "item-"  # request t shows item "item-t": the oracle finds the step by it
 SIM_SWEEP_SECONDS = 3600.0  # simulated time between sweeps: 1/168 of a 7-day reward window
 
 
@@ -91,25 +89,35 @@ def simulation_settings(settings: Settings) -> Settings:
 
 
 def user_views(population: pd.DataFrame) -> list[UserView]:
-    """One :class:`UserView` per population row, with the features the bandit reads."""
-    cols = [c for c in FEATURE_COLUMNS_FOR_VIEW if c in population.columns]
-    views = []
-    for row in population.to_dict("records"):
-        views.append(UserView(
-            user_id=str(row["user_id"]), known=True, tier=str(row["tier"]),
-            segment=str(row["segment"]), tags=list(row["tags"]),
-            churn_probability=float(row["churn_probability"]),
-            purchase_propensity=float(row["purchase_propensity"]),
-            features={c: float(row[c]) for c in cols}))
-    return views
+    """One :class:`UserView` per population row (:func:`decisions.policy.user_view`): what
+    a store record would hold, never the latent traits only the simulator knows."""
+    observable = population.drop(columns=[c for c in TRAIT_COLUMNS if c in population.columns])
+    return [user_view(str(row["user_id"]), row, churn_probability=row["churn_probability"],
+                      purchase_propensity=row["purchase_propensity"],
+                      personalization=bool(row.get("personalization", True)))
+            for row in observable.to_dict("records")]
 
 
 def contexts(stream: Stream) -> list[RequestContext]:
     """The request context of every step."""
-    return [RequestContext(channel="app", page=str(page), item_id=f"item-{i}",
+    return [RequestContext(channel="app", page=str(page), item_id=f"{ITEM_PREFIX}{i}",
                            item_price=float(price), category=str(cat), hour=int(hour))
             for i, (page, price, cat, hour) in enumerate(
                 zip(stream.page, stream.item_price, stream.category, stream.hour, strict=True))]
+
+
+def stream_truth(stream: Stream, settings: Settings) -> Truth:
+    """The oracle's view of the stream: the true expected reward of each eligible arm.
+
+    A request is found by its ``item_id`` (:func:`contexts` names item ``t`` of step ``t``).
+    """
+    arm_index = {arm.name: i for i, arm in enumerate(settings.bandit.arms)}
+
+    def truth(decision: DecisionInput) -> list[float]:
+        step = int(str(decision.context.item_id).removeprefix(ITEM_PREFIX))
+        return [float(stream.expected_reward[step, arm_index[arm]]) for arm in decision.arms]
+
+    return truth
 
 
 def play(policy: SimPolicy, stream: Stream, views: list[UserView],
@@ -224,11 +232,11 @@ def simulate(settings: Settings, population: pd.DataFrame, config: SimulationCon
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     keep = nullcontext(str(log_dir)) if log_dir is not None else tempfile.TemporaryDirectory()
+    truth = stream_truth(stream, sim_settings)
     with keep as scratch:
         for name in names:
-            policy = build_policy(name, sim_settings, seed=config.seed,
-                                  expected_reward=stream.expected_reward,
-                                  scratch_dir=Path(scratch))
+            policy = EnginePolicy(sim_settings, name, config.seed,
+                                  Path(scratch) / f"{name}.sqlite", truth=truth)
             try:
                 traces[name] = play(policy, stream, views, requests, sim_settings, config,
                                     progress)

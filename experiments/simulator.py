@@ -16,7 +16,7 @@ Response model (logit of the conversion probability, per arm ``a``)::
 
 Revenue on conversion is the item price; the arm's cost (``cost + cost_rate * price``, from
 ``settings.bandit.arms``) is paid on conversion, so profit = converted x (price - cost),
-computed by the service's own functions (:mod:`serving.bandit`).
+computed by the service's own functions (:mod:`decisions.reward`).
 Drift (``drift_at``) swaps the model mid-run: a competitor's authentication service makes
 certification worth much less, and a downturn makes everyone more price-sensitive.
 
@@ -33,12 +33,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from decisions.reward import arm_cost
+from features.contract import LUXURY_CATEGORIES
+from features.segmentation import assign_tags, assign_tiers, rfm_scores, rfm_segments
 from nextbest.config import Settings
 from nextbest.errors import DataError
-from serving.bandit import arm_cost
 
 CATEGORIES = ("bags", "watches", "jewelry", "shoes", "clothing", "electronics")
-LUXURY = frozenset({"bags", "watches", "jewelry"})
 PAGES = ("home", "search", "item", "cart")
 PAGE_WEIGHTS = (0.25, 0.2, 0.4, 0.15)
 PAGE_EFFECT = {"home": -0.4, "search": -0.1, "item": 0.2, "cart": 0.8}
@@ -82,7 +83,7 @@ class ResponseModel:
                arms: list[str]) -> np.ndarray:
         """Conversion logits, shape ``(n, k)``; unknown arm names get no lift."""
         price = context["item_price"]
-        luxury = np.isin(context["category"], list(LUXURY)).astype(float)
+        luxury = np.isin(context["category"], sorted(LUXURY_CATEGORIES)).astype(float)
         page = np.vectorize(PAGE_EFFECT.get, otypes=[float])(context["page"])
         base = (self.base + 0.4 * np.log(traits["spend_level"])
                 - 0.35 * np.log(price / MEDIAN_PRICE) + page)
@@ -101,7 +102,7 @@ class ResponseModel:
 
 def arm_costs(settings: Settings, price: np.ndarray) -> np.ndarray:
     """Cost of each arm if the user converts, shape ``(n, k)``: the service's own
-    :func:`serving.bandit.arm_cost` (``cost + cost_rate * price``), applied to arrays."""
+    :func:`decisions.reward.arm_cost` (``cost + cost_rate * price``), applied to arrays."""
     return np.column_stack([arm_cost(arm, price, price) for arm in settings.bandit.arms])
 
 
@@ -140,7 +141,7 @@ class Stream:
 def expected_reward(settings: Settings, probability: np.ndarray, price: np.ndarray,
                     cost: np.ndarray) -> np.ndarray:
     """True expected reward, shape ``(n, k)``, of the reward the service learns
-    (:func:`serving.bandit.reward_of`): ``p`` for conversion, ``p (price - cost)`` for profit."""
+    (:func:`decisions.reward.reward_of`): ``p`` for conversion, ``p (price - cost)`` for profit."""
     if settings.bandit.reward.kind == "conversion":
         return probability
     return probability * (price[:, None] - cost)
@@ -183,44 +184,6 @@ def make_stream(settings: Settings, population: pd.DataFrame, config: Simulation
 
 
 # ----------------------------------------------------------------------------- population
-
-def _tier(monetary: np.ndarray, recency: np.ndarray, settings: Settings) -> np.ndarray:
-    """Tiers by the configured thresholds (top shares by spend and recency windows)."""
-    t = settings.features.tiers
-    buyers = ~np.isnan(recency)
-    rank = pd.Series(np.where(buyers, monetary, -1.0)).rank(ascending=False, pct=True).to_numpy()
-    share = rank * len(rank) / max(buyers.sum(), 1)
-    tier = np.full(len(monetary), "new", dtype=object)
-    tier[buyers & (recency > t.dormant_days)] = "churned"
-    tier[buyers & (recency <= t.dormant_days)] = "dormant"
-    tier[buyers & (recency <= t.silver_recency_days)] = "silver"
-    gold = buyers & (share <= t.platinum_share + t.gold_share) & (recency <= t.gold_recency_days)
-    tier[gold] = "gold"
-    tier[buyers & (share <= t.platinum_share) & (recency <= t.platinum_recency_days)] = "platinum"
-    return tier
-
-
-def _segment(recency: np.ndarray, frequency: np.ndarray) -> np.ndarray:
-    """A coarse RFM segment consistent with recency and frequency."""
-    seg = np.full(len(recency), "no_purchase", dtype=object)
-    buyer = ~np.isnan(recency)
-    r = np.nan_to_num(recency, nan=9999.0)
-    seg[buyer] = "hibernating"
-    seg[buyer & (r <= 180)] = "about_to_sleep"
-    seg[buyer & (r <= 180) & (frequency >= 5)] = "at_risk"
-    seg[buyer & (r <= 60)] = "promising"
-    seg[buyer & (r <= 60) & (frequency >= 3)] = "loyal"
-    seg[buyer & (r <= 30) & (frequency >= 8)] = "champions"
-    seg[buyer & (r <= 30) & (frequency <= 1)] = "new_customers"
-    return seg
-
-
-def apply_tag_rules(settings: Settings, features: pd.DataFrame) -> list[list[str]]:
-    """Evaluate the configured tag rules (``settings.features.tags``) on a feature frame."""
-    hits = {rule.name: features.eval(rule.when).fillna(False).to_numpy(dtype=bool)
-            for rule in settings.features.tags}
-    return [[name for name, mask in hits.items() if mask[i]] for i in range(len(features))]
-
 
 def synthetic_population(settings: Settings, users: int, seed: int) -> pd.DataFrame:
     """A seeded population: latent traits plus observable features, tier, segment and tags.
@@ -266,9 +229,10 @@ def synthetic_population(settings: Settings, users: int, seed: int) -> pd.DataFr
     feats["cart_abandonments_30d"] = np.maximum(feats["carts_30d"] - feats["frequency_30d"], 0)
     _as_counted_from_orders(feats, frequency, np.random.default_rng([seed, 2]))
     out = pd.concat([traits, feats], axis=1)
-    out["tier"] = _tier(feats["monetary_365d"].to_numpy(), recency, settings)
-    out["segment"] = _segment(recency, frequency)
-    out["tags"] = apply_tag_rules(settings, feats)
+    # Tiers, segments and tags exactly as a features build assigns them.
+    out["tier"] = assign_tiers(feats, settings.features.tiers)
+    out["segment"] = rfm_segments(rfm_scores(feats))
+    out["tags"] = assign_tags(feats, settings.features.tags)
     logit = -1.0 + 0.8 * np.log(spend) - 0.02 * np.nan_to_num(recency, nan=200)
     out["purchase_propensity"] = 1 / (1 + np.exp(-logit))
     out["churn_probability"] = 1 - out["purchase_propensity"] ** 0.5
@@ -295,11 +259,6 @@ def _as_counted_from_orders(feats: pd.DataFrame, frequency: np.ndarray,
     trend = rng.normal(0.0, 0.5, len(frequency)) * np.nan_to_num(feats["aov"].to_numpy())
     feats["spend_trend"] = np.where(recent, np.round(trend, 2), 0.0)
 
-
-FEATURE_COLUMNS_FOR_VIEW = ("recency_days", "frequency_total", "frequency_30d", "monetary_total",
-                            "monetary_365d", "aov", "coupon_share", "category_entropy",
-                            "carts_30d", "cart_abandonments_30d", "views_30d", "return_rate",
-                            "tenure_days", "days_since_login", "spend_trend")
 
 
 def marketplace_population(settings: Settings, data_dir: Path) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Build the point-in-time feature table of one ``as_of`` date (issue 2, docs/CONTRACT.md).
+"""Build the point-in-time feature table of one ``as_of`` date (docs/CONTRACT.md).
 
 The public API other stages call: :func:`build_features`, :func:`load_features`,
 :func:`available_as_of`, :func:`default_as_of`, :func:`feature_columns`,

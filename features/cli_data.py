@@ -1,5 +1,7 @@
-"""``nextbest data synth`` (synthetic marketplace), ``nextbest data import`` (platform files) and
-``nextbest data erase`` (a user's data out of every place it is kept)."""
+"""``nextbest data synth`` (synthetic marketplace) and ``nextbest data import`` (platform files).
+
+``nextbest data erase`` is added to the same group by :mod:`serving.cli`, next to the code
+that knows every place a user's data is kept."""
 
 from __future__ import annotations
 
@@ -8,27 +10,19 @@ from datetime import date
 from pathlib import Path
 
 from features.contract import SPECS
-from features.erasure import erase_everywhere
 from features.importers import import_table
 from features.synth import synthesize
+from nextbest.cli import command_group
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``nextbest data synth``, ``nextbest data import`` and ``nextbest data erase``."""
-    data = sub.add_parser("data", help="import platform tables or generate a synthetic marketplace")
-    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
-    data.set_defaults(handler=lambda _args, _settings: _usage(data))
+    """Add ``nextbest data synth`` and ``nextbest data import``."""
+    data_sub = command_group(sub, "data", help="import platform tables, generate a synthetic "
+                                               "marketplace, erase users")
     _register_synth(data_sub)
     _register_import(data_sub)
-    _register_erase(data_sub)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    """``nextbest data`` without an action: show its help and fail."""
-    parser.print_help()
-    return 2
 
 
 def _register_synth(sub: argparse._SubParsersAction) -> None:
@@ -108,27 +102,4 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         names=[n.strip() for n in args.names.split(",")] if args.names else None,
     )
     print("\n".join(result.lines()))
-    return 0
-
-
-def _register_erase(sub: argparse._SubParsersAction) -> None:
-    erase = sub.add_parser(
-        "erase", help="erase users from the raw tables, features, online store and decision log",
-        description="Remove the users' rows from every raw table in paths.raw_dir (orders they "
-                    "sold stay, with seller_id blanked), the import rejects, the feature "
-                    "partitions, the latent traits, the online store and the decision log, "
-                    "and put them on the store's erasure list so later builds skip them.")
-    erase.add_argument("user_ids", nargs="*", metavar="USER_ID", help="users to erase")
-    erase.add_argument("--pending", action="store_true",
-                       help="also purge the files of every user already on the erasure list "
-                            "(e.g. erased through DELETE /users/{id})")
-    erase.set_defaults(handler=run_erase)
-
-
-def run_erase(args: argparse.Namespace, settings: Settings) -> int:
-    """Erase the named (and with --pending, the listed) users; print what was removed."""
-    if not args.user_ids and not args.pending:
-        raise ValidationFailed("name at least one USER_ID, or pass --pending", field="user_ids")
-    report = erase_everywhere(settings, args.user_ids, pending=args.pending)
-    print("\n".join(report.lines()))
     return 0

@@ -1,4 +1,4 @@
-"""The data contract of the five raw tables (DESIGN.md section 2) and its row validation.
+"""The data contract of the five raw tables (docs/CONTRACT.md) and its row validation.
 
 Why: platform exports are messy. :func:`validate` keeps every good row, coerced to the
 contract's types, and reports each bad row (1-based row number, column, reason, original
@@ -25,6 +25,10 @@ from nextbest.errors import DataError
 Kind = Literal["id", "text", "timestamp", "amount", "count", "flag", "choice"]
 
 ORDER_STATUSES = ("completed", "returned", "cancelled")
+# Categories whose items are sold on trust (authenticity certification matters most): the
+# synthetic marketplace prices them high, the bandit's context marks them, the simulator's
+# certification lift is larger on them.
+LUXURY_CATEGORIES = frozenset({"bags", "jewelry", "watches", "art"})
 EVENT_TYPES = ("view", "favorite", "add_to_cart", "search", "follow", "login", "share", "review")
 TRUE_WORDS = ("true", "t", "yes", "y", "1", "1.0")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "0.0")

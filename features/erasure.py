@@ -1,4 +1,4 @@
-"""Erasure everywhere (DESIGN.md section 6): a user's data leaves every place it is kept.
+"""Erasure from the store and the data files: a user's data leaves every place it is kept.
 
 The places, and what erasing a user means in each:
 
@@ -10,14 +10,15 @@ The places, and what erasing a user means in each:
   (``rejects/*.csv``) lines naming the user;
 - the feature partitions ``paths.features_dir/as_of=*/features.parquet`` and the latent
   traits ``paths.latent_dir/user_traits.parquet``: the user's rows;
-- the decision log: decisions, rewards and late feedback (through
-  :meth:`serving.engine.DecisionEngine.erase_user`).
+- the decision log: decisions, rewards and late feedback (any :class:`UserEraser` the
+  caller passes; this package knows nothing of decisions).
 
 The store is erased first: a features build running meanwhile then skips the user even if
 it read the raw tables before they were rewritten. Parquet files are rewritten atomically
-(temporary file, then rename) and only when they held the user. ``nextbest data erase`` does
-all of it; ``DELETE /users/{id}`` does the store and the decision log and lists the user, and
-``nextbest data erase --pending`` later purges the files of every listed user.
+(temporary file, then rename) and only when they held the user. ``nextbest data erase``
+(:mod:`serving.erasure`) does all of it; ``DELETE /users/{id}`` does the store and the
+decision log and lists the user, and ``nextbest data erase --pending`` later purges the
+files of every listed user.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -35,9 +36,6 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from features.store import OnlineStore, unique_user_ids
-
-if TYPE_CHECKING:
-    from nextbest.config import Settings
 
 FEATURES_GLOB = "as_of=*/features.parquet"
 LATENT_FILE = "user_traits.parquet"
@@ -91,7 +89,8 @@ class ErasureReport(BaseModel):
 
 
 class UserEraser(Protocol):
-    """What erasure needs from the decision engine (``DecisionEngine`` satisfies it)."""
+    """What erasure needs from a store of decisions (the decision log and the engine
+    satisfy it): delete the user's rows, return how many decisions went."""
 
     def erase_user(self, user_id: str) -> int: ...
 
@@ -174,40 +173,17 @@ def erase_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
     return changed
 
 
-def erase_users(user_ids: Iterable[str], *, store: OnlineStore, engine: UserEraser | None = None,
+def erase_users(user_ids: Iterable[str], *, store: OnlineStore,
+                decisions: UserEraser | None = None,
                 raw_dir: Path | None = None, features_dir: Path | None = None,
                 latent_dir: Path | None = None, now: datetime | None = None) -> ErasureReport:
-    """Erase the users from the store (listing them as erased), the decision log when an
-    ``engine`` is given, and the files under the given directories. See the module docstring.
+    """Erase the users from the store (listing them as erased), the decision log when
+    ``decisions`` is given, and the files under the given directories (module docstring).
     """
     ids = unique_user_ids(user_ids)
     report = ErasureReport(user_ids=ids, store_records=store.erase_many(ids, now=now))
-    if engine is not None:
-        report.decisions = sum(engine.erase_user(user_id) for user_id in ids)
+    if decisions is not None:
+        report.decisions = sum(decisions.erase_user(user_id) for user_id in ids)
     report.files = erase_files(ids, raw_dir=raw_dir, features_dir=features_dir,
                                latent_dir=latent_dir)
     return report
-
-
-def erase_everywhere(settings: Settings, user_ids: Iterable[str], *,
-                     pending: bool = False, now: datetime | None = None) -> ErasureReport:
-    """``nextbest data erase``: the users (plus, with ``pending``, everyone on the store's
-    erasure list) from every place under ``settings.paths``.
-
-    The decision log is only opened when its file exists (as a scorer: erasing needs no
-    learner lock, so a running service or learner keeps its own)."""
-    from features.store import open_store
-
-    with open_store(settings) as store:
-        ids = unique_user_ids(user_ids)
-        if pending:
-            ids = list(dict.fromkeys([*ids, *(e.user_id for e in store.erasures())]))
-        paths = settings.paths
-        dirs = {"raw_dir": paths.raw_dir, "features_dir": paths.features_dir,
-                "latent_dir": paths.latent_dir}
-        if not Path(paths.decision_log).exists():
-            return erase_users(ids, store=store, now=now, **dirs)
-        from serving.engine import DecisionEngine  # the serving stage is optional here
-
-        with DecisionEngine(settings, role="scorer") as engine:
-            return erase_users(ids, store=store, engine=engine, now=now, **dirs)

@@ -1,12 +1,12 @@
 """The segments report: tier sizes, shares and ARPU, segments, tier migration and alerts.
 
-``nextbest segments report`` (issue 2, item 5) reads the features of one ``as_of`` (and
+``nextbest segments report`` (:mod:`training.cli_segments`) reads the features of one ``as_of`` (and
 optionally a second date to compare with) from ``paths.features_dir``, summarises them as a
 :class:`SegmentsReport`, prints it as a table or JSON and writes ``report.json`` and a PNG
 chart (tier shares and the migration heat map).
 
-Platinum churn risk comes from the champion churn model when one is registered
-(:func:`load_churn_scorer`), else from recency: a Platinum user who has not bought for more
+Platinum churn risk comes from the champion churn model when the caller passes its scorer
+(:func:`training.loader.load_churn_scorer`), else from recency: a Platinum user who has not bought for more
 than ``alerts.platinum_recency_risk_days``.
 """
 
@@ -23,6 +23,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from features.build import available_as_of, load_features
+from features.segmentation import TIERS
 from nextbest.config import AlertConfig, Settings
 from nextbest.errors import DataError, NextbestError, NotFound
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TIER_ORDER = ("platinum", "gold", "silver", "dormant", "churned", "new")
 NOT_PRESENT = "(not present)"
 REPORT_FILE = "report.json"
 CHART_FILE = "segments.png"
@@ -143,7 +143,7 @@ def tier_summary(frame: pd.DataFrame) -> list[TierSummary]:
         users=("user_id", "size"), m365=("monetary_365d", "sum"), m30=("monetary_30d", "sum"))
     total = len(frame)
     rows = []
-    for tier in _ordered(grouped.index, TIER_ORDER):
+    for tier in _ordered(grouped.index, TIERS):
         users = int(grouped["users"].get(tier, 0))
         rows.append(TierSummary(
             tier=tier, users=users, share=users / total if total else 0.0,
@@ -168,7 +168,7 @@ def tier_migration(earlier: pd.DataFrame, later: pd.DataFrame, from_as_of: date,
     before = joined["tier_from"].astype(object).where(joined["tier_from"].notna(), NOT_PRESENT)
     after = joined["tier_to"].astype(object).where(joined["tier_to"].notna(), NOT_PRESENT)
     table = pd.crosstab(before.astype(str), after.astype(str))
-    labels = (*TIER_ORDER, NOT_PRESENT)
+    labels = (*TIERS, NOT_PRESENT)
     rows = _ordered(table.index, labels)
     cols = _ordered(table.columns, labels)
     # Keep NOT_PRESENT last, after any unexpected tier names.
@@ -179,31 +179,6 @@ def tier_migration(earlier: pd.DataFrame, later: pd.DataFrame, from_as_of: date,
     shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     return Migration(from_as_of=from_as_of, to_as_of=to_as_of, tiers_from=rows,
                      tiers_to=cols, counts=counts.tolist(), row_shares=shares.tolist())
-
-
-def load_churn_scorer(settings: Settings) -> ChurnScorer | None:
-    """The champion churn model as a scorer, or None when no model can be loaded.
-
-    The training stage may be absent or have no registered model yet; the report then
-    falls back to recency, so neither is an error here.
-    """
-    try:
-        from training.loader import load_champions
-    except ImportError as exc:
-        log.info("no churn model loader (%s); Platinum risk uses recency", exc)
-        return None
-    try:
-        champions = load_champions(settings)
-    except NextbestError as exc:
-        log.info("no churn model (%s); Platinum risk uses recency", exc.message)
-        return None
-
-    def score(frame: pd.DataFrame) -> pd.Series:
-        scored = champions.score_frame(frame)
-        return pd.Series(np.asarray(scored["churn_probability"], dtype=float),
-                         index=frame.index)
-
-    return score
 
 
 def platinum_at_risk(frame: pd.DataFrame, cfg: AlertConfig, scorer: ChurnScorer | None,

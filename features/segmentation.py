@@ -21,9 +21,11 @@ from threadpoolctl import threadpool_limits
 from nextbest.config import ClusterConfig, FeaturesConfig, TagRule, TierConfig
 from nextbest.errors import ConfigError
 
+# Tiers in their natural order, best first; ``new`` is also every unknown user's tier.
 TIERS = ("platinum", "gold", "silver", "dormant", "churned", "new")
+NEW_TIER = TIERS[-1]
 SELLER_TIERS = ("vip", "potential", "sleeping")
-NO_PURCHASE = "no_purchase"
+NO_PURCHASE = "no_purchase"  # the segment of users without a completed order
 
 # The R x F grid (rows: recency score 1-5, columns: frequency score 1-5). Every cell holds
 # exactly one segment and each of the ten segments holds at least one cell.
@@ -94,7 +96,7 @@ def assign_tiers(frame: pd.DataFrame, config: TierConfig) -> pd.Series:
     gold = top(buyer & ~platinum & (recency <= config.gold_recency_days), config.gold_share)
     choices = [~buyer, platinum, gold, recency <= config.silver_recency_days,
                recency <= config.dormant_days]
-    tiers = np.select(choices, ["new", "platinum", "gold", "silver", "dormant"], "churned")
+    tiers = np.select(choices, [NEW_TIER, "platinum", "gold", "silver", "dormant"], "churned")
     return pd.Series(tiers, index=frame.index, name="tier")
 
 

@@ -1,4 +1,4 @@
-"""The online store: the latest features, tier, segment and tags of each user (issue 2, item 7).
+"""The online store: the latest features, tier, segment and tags of each user.
 
 One interface, :class:`OnlineStore`, and two backends with the same behaviour:
 

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from features.contract import LUXURY_CATEGORIES
 from nextbest.errors import ValidationFailed
 
 TABLES = ("users", "orders", "listings", "events", "preferences")
@@ -48,7 +49,7 @@ CATEGORIES = np.array(["apparel", "shoes", "bags", "jewelry", "electronics", "ho
 CATEGORY_SHARE = np.array([0.25, 0.15, 0.15, 0.10, 0.12, 0.10, 0.06, 0.07])
 CATEGORY_MEDIAN_PRICE = np.array([90.0, 150.0, 700.0, 400.0, 300.0, 120.0, 1300.0, 600.0])
 CATEGORY_COMMISSION = np.array([0.30, 0.25, 0.20, 0.20, 0.15, 0.25, 0.15, 0.20])
-LUXURY = np.isin(CATEGORIES, ["bags", "jewelry", "watches", "art"])
+LUXURY = np.isin(CATEGORIES, sorted(LUXURY_CATEGORIES))
 
 REGIONS = np.array(["northeast", "southeast", "midwest", "southwest", "west"])
 REGION_TZ = np.array(["America/New_York", "America/New_York", "America/Chicago",

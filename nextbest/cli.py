@@ -53,10 +53,16 @@ def command_group(sub: argparse._SubParsersAction, name: str,
                   help: str) -> argparse._SubParsersAction:
     """Add ``nextbest NAME ACTION ...`` and return the parser's sub-parsers for its actions.
 
-    ``nextbest NAME`` alone prints the group's help and exits 2, like any usage error.
+    ``nextbest NAME`` alone prints the group's help and exits 2, like any usage error. When
+    another stage already added the group, its sub-parsers are returned, so stages can add
+    actions to one group (``data erase`` lives with the stores it erases).
     """
+    existing = sub.choices.get(name)
+    if existing is not None:
+        return existing.get_default("group_actions")
     group = sub.add_parser(name, help=help)
     actions = group.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    group.set_defaults(group_actions=actions)
 
     def usage(_args: argparse.Namespace, _settings: Settings) -> int:
         group.print_help()

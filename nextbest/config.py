@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nextbest.errors import ConfigError
+from nextbest.errors import ConfigError, Conflict
 
 ENV_PREFIX = "NEXTBEST__"
 DEFAULT_CONFIG_FILE = "nextbest.yaml"
@@ -45,7 +45,7 @@ class PathsConfig(_Section):
 
 
 class TierConfig(_Section):
-    """Tier thresholds (DESIGN.md section 4).
+    """Tier thresholds (docs/ARCHITECTURE.md, features/).
 
     Platinum: the top ``platinum_share`` of buyers by ``value_column`` with a purchase in
     the last ``platinum_recency_days``. Gold: the next ``gold_share`` with a purchase in the
@@ -205,7 +205,7 @@ def _default_arms() -> list[ArmConfig]:
 
 
 class ExplorationConfig(_Section):
-    # What VW learns (serving/bandit.py):
+    # What VW learns (decisions/bandit.py):
     # - "conversion": a VW logistic regression of P(convert | user, context, arm); an arm's
     #   expected reward is that probability x its known margin (the decision's value minus
     #   the arm's cost), and the explorer below turns those into the pmf. Default: on the
@@ -225,7 +225,7 @@ class ExplorationConfig(_Section):
     # 1/clip_probability. 0.5 beat no clipping on the simulator; 0 turns it off. The
     # "conversion" model is an unweighted regression on the chosen arm (SquareCB's oracle).
     clip_probability: float = Field(0.5, ge=0, le=1)
-    # Namespace letters (S, U, C, P, A; see serving/bandit.py) crossed: two letters -> -q,
+    # Namespace letters (S, U, C, P, A; see decisions/encoding.py) crossed: two letters -> -q,
     # three -> --cubic, four -> --interactions. Model "profit" wants the value-scaled
     # lifts too: PA, PUA, PCA, PSA (namespace P is not an input of the "conversion" model).
     interactions: list[Annotated[str, Field(pattern=r"^[SUCPA]{2,4}$")]] = Field(
@@ -299,10 +299,17 @@ class BanditConfig(_Section):
         return self
 
     def arm(self, name: str) -> ArmConfig:
+        """The configured arm called ``name``.
+
+        Raises Conflict when there is none: a decision logged under an arm that was since
+        removed from the config cannot be priced or learned any more.
+        """
         for a in self.arms:
             if a.name == name:
                 return a
-        raise KeyError(name)
+        raise Conflict(f"arm {name!r} is not configured (bandit.arms: "
+                       f"{', '.join(a.name for a in self.arms)}); was it removed after the "
+                       "decision was logged?", field="arm")
 
 
 class TriggerRule(_Section):

@@ -1,1 +1,1 @@
-"""serving/: the policy layer, the Vowpal Wabbit bandit, the decision log and the BentoML service."""
+"""serving/: the BentoML service, its request and response bodies, the scoring adapter and the serve/learner commands."""

@@ -21,7 +21,9 @@ import sys
 import threading
 from pathlib import Path
 
+from nextbest.cli import command_group
 from nextbest.config import Settings
+from nextbest.errors import ValidationFailed
 
 SERVICE_TARGET = "serving.service:NextBest"
 
@@ -102,8 +104,8 @@ def _learner(args: argparse.Namespace, settings: Settings) -> int:
     On the way out the learner learns what is left in the log and writes a final checkpoint.
     """
     del args
-    from serving.engine import DecisionEngine  # VW loads only for this command
-    from serving.learner import CheckpointStore
+    from decisions.engine import DecisionEngine  # VW loads only for this command
+    from decisions.learner import CheckpointStore
 
     engine = DecisionEngine(settings, role="learner")
     print(f"bandit learner running (pid {os.getpid()}) on {settings.paths.decision_log}, "
@@ -122,8 +124,37 @@ def _learner(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _erase(args: argparse.Namespace, settings: Settings) -> int:
+    """Handler of ``nextbest data erase``: erase the named (and with --pending, the listed)
+    users everywhere; print what was removed."""
+    from serving.erasure import erase_everywhere
+
+    if not args.user_ids and not args.pending:
+        raise ValidationFailed("name at least one USER_ID, or pass --pending", field="user_ids")
+    report = erase_everywhere(settings, args.user_ids, pending=args.pending)
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _register_erase(sub: argparse._SubParsersAction) -> None:
+    data = command_group(sub, "data", help="import platform tables, generate a synthetic "
+                                           "marketplace, erase users")
+    erase = data.add_parser(
+        "erase", help="erase users from the raw tables, features, online store and decision log",
+        description="Remove the users' rows from every raw table in paths.raw_dir (orders they "
+                    "sold stay, with seller_id blanked), the import rejects, the feature "
+                    "partitions, the latent traits, the online store and the decision log, "
+                    "and put them on the store's erasure list so later builds skip them.")
+    erase.add_argument("user_ids", nargs="*", metavar="USER_ID", help="users to erase")
+    erase.add_argument("--pending", action="store_true",
+                       help="also purge the files of every user already on the erasure list "
+                            "(e.g. erased through DELETE /users/{id})")
+    erase.set_defaults(handler=_erase)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``nextbest serve`` and ``nextbest learner`` to the top-level parser."""
+    """Add ``nextbest serve``, ``nextbest learner`` and ``nextbest data erase``."""
+    _register_erase(sub)
     parser = sub.add_parser("serve", help="run the BentoML service (score, next best action)")
     parser.add_argument("--host", default=None,
                         help="address to bind (default: serving.host, 127.0.0.1)")

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP service (DESIGN.md section 6).
+"""Request and response bodies of the HTTP service (docs/ARCHITECTURE.md).
 
 Every request model forbids unknown fields and non-finite numbers, so a typo or a ``NaN``
 is a 422 naming the field rather than a silently ignored value. The decision-loop shapes
@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from serving.decision_log import Decision, FeedbackResult
-from serving.policy import RequestContext, UserView
-from serving.triggers import BehaviourEvent, CampaignFired
+from campaigns.triggers import BehaviourEvent, CampaignFired
+from decisions.decision_log import Decision, FeedbackResult
+from decisions.policy import RequestContext, UserView
 
 
 class RequestBody(BaseModel):

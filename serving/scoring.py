@@ -9,43 +9,24 @@ segment and tags. An unknown user gets the cold-start answer: ``known`` false, t
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from decisions.policy import UserView, finite_or_none, user_view
+from features.segmentation import NEW_TIER, NO_PURCHASE
 from features.store import OnlineStore
 from nextbest.config import Settings
 from nextbest.errors import NotFound
-from serving.bandit import FEATURE_BINS
-from serving.policy import UserView
 from serving.schemas import ExplanationResponse, ScoreResponse, TagExplanation
 from training.loader import ChampionModels, load_champions
 
 log = logging.getLogger(__name__)
 
-COLD_TIER = "new"
-COLD_SEGMENT = "no_purchase"
 NO_MODELS_WARNING = "no champion models, scores are null: run `nextbest train churn` and " \
     "`nextbest train propensity`, then POST /models/reload"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def finite_or_none(value: Any) -> float | None:
-    """A JSON-safe number: NaN, infinities and non-numbers become None."""
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def bandit_features(record: Mapping[str, Any]) -> dict[str, float | None]:
-    """The record's values of the features the bandit bins, NaN read as None."""
-    return {name: finite_or_none(record.get(name)) for name in FEATURE_BINS}
 
 
 def try_load_champions(settings: Settings) -> tuple[ChampionModels | None, str | None]:
@@ -117,14 +98,14 @@ class Scorer:
     def answer(self, user_id: str, record: Mapping[str, Any] | None) -> ScoreResponse:
         """The /score answer for one user from their store record (None: cold start)."""
         if record is None:
-            return ScoreResponse(user_id=user_id, known=False, tier=COLD_TIER,
-                                 segment=COLD_SEGMENT, tags=[], churn_probability=None,
+            return ScoreResponse(user_id=user_id, known=False, tier=NEW_TIER,
+                                 segment=NO_PURCHASE, tags=[], churn_probability=None,
                                  purchase_propensity=None, model_versions=self.model_versions(),
                                  features_as_of=None)
         churn, propensity = self._predict(user_id, record)
         return ScoreResponse(
-            user_id=user_id, known=True, tier=str(record.get("tier") or COLD_TIER),
-            segment=str(record.get("segment") or COLD_SEGMENT),
+            user_id=user_id, known=True, tier=str(record.get("tier") or NEW_TIER),
+            segment=str(record.get("segment") or NO_PURCHASE),
             tags=list(record.get("tags") or []), churn_probability=churn,
             purchase_propensity=propensity, model_versions=self.model_versions(),
             features_as_of=_as_of(record))
@@ -141,13 +122,10 @@ class Scorer:
     def user_view(self, user_id: str) -> UserView:
         """What the engine needs about a user: score, tags, features and consent."""
         record, prefs = self.store.get_with_preferences(user_id)
-        scored = self.answer(user_id, record)
-        return UserView(
-            user_id=user_id, known=scored.known, tier=scored.tier, segment=scored.segment,
-            tags=scored.tags, churn_probability=scored.churn_probability,
-            purchase_propensity=scored.purchase_propensity,
-            features=bandit_features(record) if record else {},
-            personalization=bool(prefs.personalization))
+        churn, propensity = self._predict(user_id, record) if record else (None, None)
+        return user_view(user_id, record, churn_probability=churn,
+                         purchase_propensity=propensity,
+                         personalization=bool(prefs.personalization))
 
     def explain(self, user_id: str) -> ExplanationResponse:
         """Why this tier, segment and tags: the configured rules and the values they read."""
@@ -169,9 +147,9 @@ class Scorer:
                     if record and key in record}
         return ExplanationResponse(
             user_id=user_id, known=record is not None,
-            tier=str(record.get("tier") or COLD_TIER) if record else COLD_TIER,
+            tier=str(record.get("tier") or NEW_TIER) if record else NEW_TIER,
             tier_rule=tier_rules(self.settings),
-            segment=str(record.get("segment") or COLD_SEGMENT) if record else COLD_SEGMENT,
+            segment=str(record.get("segment") or NO_PURCHASE) if record else NO_PURCHASE,
             segment_rule=("R and F quintile scores (1-5) mapped through the R x F grid; "
                           "no_purchase for users without a completed order"),
             tags=tags, features=features, features_as_of=_as_of(record) if record else None)

@@ -31,11 +31,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from campaigns.triggers import Triggers
+from decisions.engine import DecisionEngine
 from features.erasure import erase_users
 from features.store import Preferences, open_store
 from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
-from serving.engine import DecisionEngine
 from serving.schemas import (
     BehaviourEvent,
     Decision,
@@ -107,7 +108,7 @@ def open_engine(settings: Settings) -> DecisionEngine:
     One worker: role ``inline`` (decides and learns each reward at once). Several workers:
     role ``auto``, the engine's learner file lock makes exactly one of them the learner.
     When another service on the same decision log already holds the lock, this one becomes
-    a scorer replica (DESIGN.md section 8) instead of failing to start.
+    a scorer replica instead of failing to start.
     """
     if settings.serving.workers > 1:
         return DecisionEngine(settings, role="auto")
@@ -134,6 +135,7 @@ class NextBest:
         self.store = open_store(self.settings)
         self.scorer = Scorer(self.settings, self.store, *try_load_champions(self.settings))
         self.engine = open_engine(self.settings)
+        self.triggers = Triggers(self.settings.serving.triggers, self.engine)
         self._sweeper: asyncio.Task[None] | None = None
         log.info("nextbest service ready: engine role %s, models %s", self.engine.role,
                  self.scorer.model_versions())
@@ -198,7 +200,7 @@ class NextBest:
     async def events(self, body: BehaviourEvent) -> EventsResponse:
         """Run the triggers on a behaviour event; each fired campaign comes with its action."""
         user = self.scorer.user_view(body.user_id)
-        return EventsResponse(user_id=body.user_id, fired=self.engine.on_event(user, body))
+        return EventsResponse(user_id=body.user_id, fired=self.triggers.on_event(user, body))
 
     # --- the user's rights -----------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class NextBest:
         goes on the store's erasure list, so feature rebuilds do not bring them back.
 
         The raw tables and feature files are purged by ``nextbest data erase --pending``."""
-        report = erase_users([user_id], store=self.store, engine=self.engine)
+        report = erase_users([user_id], store=self.store, decisions=self.engine)
         self.scorer.forget(user_id)
         return ErasureResponse(user_id=user_id, store_records=report.store_records,
                                decisions=report.decisions or 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 from nextbest.cli import iso_date
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
+from training import cli_segments
 from training.labels import MODEL_NAMES
 
 
@@ -64,7 +65,8 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train`` and ``models`` to the top-level parser."""
+    """Add ``train``, ``models`` and ``segments`` to the top-level parser."""
+    cli_segments.register(sub)
     train = sub.add_parser("train", help="train, evaluate, register and gate a model")
     train.add_argument("model", choices=MODEL_NAMES)
     train.add_argument("--as-of", type=iso_date, default=None,

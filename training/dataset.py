@@ -1,4 +1,4 @@
-"""Cutoffs and the out-of-time training set (DESIGN.md section 5, issue 3 point 2).
+"""Cutoffs and the out-of-time training set (docs/ARCHITECTURE.md, training/).
 
 The validation cutoff T is named by ``--as-of`` or defaults to the latest cutoff whose label
 window is complete in the data. Training uses ``n`` monthly cutoffs before T whose label

@@ -1,4 +1,4 @@
-"""Leakage-free labels at a cutoff T (DESIGN.md section 5).
+"""Leakage-free labels at a cutoff T (docs/ARCHITECTURE.md, training/).
 
 Population: users with any activity (an order as buyer, of any status, or a behaviour event)
 in ``[T - population_days, T)``. Labels look only at completed orders in ``[T, T + horizon)``:

@@ -9,14 +9,19 @@ order and category lists. ``ChampionModels.score(record)`` turns an online-store
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from features.report import ChurnScorer
 from nextbest.config import Settings
+from nextbest.errors import NextbestError
 from training.registry import CHAMPION, LoadedModel, configure, load_version
+
+log = logging.getLogger(__name__)
 
 CHURN = "churn"
 PROPENSITY = "propensity"
@@ -109,3 +114,20 @@ def load_champions(settings: Settings) -> ChampionModels:
     client = configure(settings)
     return ChampionModels(churn=load_version(client, CHURN, CHAMPION),
                           propensity=load_version(client, PROPENSITY, CHAMPION))
+
+
+def load_churn_scorer(settings: Settings) -> ChurnScorer | None:
+    """The champion churn model as a segments-report scorer, or None when no model can be
+    loaded (the report then falls back to recency, so that is not an error)."""
+    try:
+        champions = load_champions(settings)
+    except NextbestError as exc:
+        log.info("no churn model (%s); Platinum risk uses recency", exc.message)
+        return None
+
+    def score(frame: pd.DataFrame) -> pd.Series:
+        scored = champions.score_frame(frame)
+        return pd.Series(np.asarray(scored["churn_probability"], dtype=float),
+                         index=frame.index)
+
+    return score

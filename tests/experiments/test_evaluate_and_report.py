@@ -91,9 +91,9 @@ def test_service_log_evaluation_abtest_and_report(workdir, capsys):
 def _checkpoint_learned_from(log_path: Path, bandit_dir: Path) -> Path:
     """The default (conversion) bandit learned from a decision log and checkpointed, as
     the service's learner does: ``model-<seq>.vw`` beside its meta ``model-<seq>.json``."""
+    from decisions.decision_log import DecisionLog
+    from decisions.learner import CheckpointStore, Learner
     from nextbest.config import Settings
-    from serving.decision_log import DecisionLog
-    from serving.learner import CheckpointStore, Learner
 
     log = DecisionLog(log_path)
     store = CheckpointStore(bandit_dir)
@@ -102,7 +102,7 @@ def _checkpoint_learned_from(log_path: Path, bandit_dir: Path) -> Path:
         assert learner.catch_up() > 1000
         meta = learner.checkpoint()
     finally:
-        learner.bandit.close()
+        learner.chooser.close()
         log.close()
     assert meta is not None and meta.rewards_learned > 0
     return store.model_path(meta)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from experiments.http_driver import MAX_DECISIONS, welch_interval
+from experiments.http_driver import MAX_DECISIONS, paired_interval
 from nextbest.cli import main
 from nextbest.config import load_settings, path_overrides
 
@@ -94,12 +94,19 @@ def test_via_http_agrees_with_in_process_and_logs_every_decision(
     assert abs(sum(shares.values()) - 1.0) < 1e-9
 
 
-def test_welch_interval_matches_scipy() -> None:
+def test_the_replay_is_compared_pairwise_not_as_two_samples() -> None:
+    # Both modes replay one stream: the luck of each request is shared, so the paired
+    # interval sees a small, steady difference that two independent samples would hide.
     rng = np.random.default_rng(0)
-    a, b = rng.normal(1.0, 2.0, 300), rng.normal(0.7, 1.0, 200)
-    expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    low, high = welch_interval(a, b)
+    luck = rng.normal(0.0, 5.0, 400)
+    a, b = luck + 0.1 + rng.normal(0.0, 0.05, 400), luck
+    low, high = paired_interval(a, b)
+    expected = stats.ttest_rel(a, b).confidence_interval(0.95)
     assert low == pytest.approx(expected.low) and high == pytest.approx(expected.high)
+    assert 0.0 < low < 0.1 < high
+    unpaired = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert unpaired.low < 0.0 < unpaired.high
+    assert paired_interval(b, b) == (0.0, 0.0)
 
 
 def test_via_http_refuses_unbounded_runs_and_unreachable_services(

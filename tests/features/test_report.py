@@ -12,12 +12,12 @@ import pytest
 
 from features.report import (
     NOT_PRESENT,
-    TIER_ORDER,
     SegmentsReport,
     build_report,
     render_text,
     write_report,
 )
+from features.segmentation import TIERS
 from nextbest.cli import main
 from nextbest.config import Settings
 from nextbest.errors import DataError, NotFound
@@ -76,7 +76,7 @@ def kinds(report: SegmentsReport) -> list[tuple[str, str | None]]:
 
 def test_tier_sizes_shares_and_arpu(two_dates: Settings) -> None:
     report = build_report(two_dates, JAN)
-    assert [t.tier for t in report.tiers] == list(TIER_ORDER)
+    assert [t.tier for t in report.tiers] == list(TIERS)
     assert sum(t.share for t in report.tiers) == pytest.approx(1.0)
     tiers = {t.tier: t for t in report.tiers}
     assert tiers["gold"].users == 2

@@ -21,11 +21,11 @@ import httpx
 import pandas as pd
 import pytest
 
+from decisions.decision_log import DecisionLog
+from decisions.learner import CheckpointStore
+from decisions.policy import PolicyLayer
 from features.store import open_store
 from nextbest.config import Settings
-from serving.decision_log import DecisionLog
-from serving.learner import CheckpointStore
-from serving.policy import PolicyLayer
 
 pytestmark = pytest.mark.integration
 

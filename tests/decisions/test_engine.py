@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from decisions.engine import DecisionEngine, RequestContext, UserView
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
-from serving.engine import DecisionEngine, RequestContext, UserView
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONTEXT = RequestContext(channel="web", page="item", item_price=80.0, category="bags", hour=14)

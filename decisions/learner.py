@@ -1,4 +1,4 @@
-"""The single-writer learner: one process owns the learning VW model (DESIGN.md 6.5).
+"""The single-writer learner: one process owns the learning VW model (docs/ARCHITECTURE.md).
 
 - :class:`LearnerLock`: an OS file lock (``fcntl.flock`` on ``bandit_dir/learner.lock``);
   a second learner fails at once. The OS drops the lock when its process dies, even by
@@ -27,10 +27,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from decisions.choosers import BANDIT, Chooser, ChooserSpec
+from decisions.decision_log import DecisionLog, LoggedDecision
+from decisions.encoding import BanditExample
 from nextbest.config import Settings
 from nextbest.errors import Conflict
-from serving.bandit import Bandit, BanditExample, make_bandit, model_fingerprint
-from serving.decision_log import DecisionLog, LoggedDecision
 
 LOG = logging.getLogger(__name__)
 LATEST = "latest.json"
@@ -44,7 +45,7 @@ class CheckpointMeta(BaseModel):
     rewards_seen: int = 0       # reward rows consumed (learnable or not)
     rewards_learned: int = 0    # of which learned by VW
     model_file: str = ""        # file name inside the checkpoint directory
-    fingerprint: str = ""       # bandit.model_fingerprint of the config that trained it
+    fingerprint: str = ""       # ChooserSpec.fingerprint of the config that trained it
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -107,13 +108,13 @@ class CheckpointStore:
         """Where the model file of ``meta`` lives."""
         return self.dir / meta.model_file
 
-    def save(self, bandit: Bandit, meta: CheckpointMeta) -> CheckpointMeta:
+    def save(self, chooser: Chooser, meta: CheckpointMeta) -> CheckpointMeta:
         """Write the model and its meta under temporary names, rename, then publish."""
         name = f"model-{meta.seq:012d}"
         meta = meta.model_copy(update={"model_file": f"{name}.vw",
                                        "created": datetime.now(UTC)})
         tmp_model = self.dir / f".{name}.vw.tmp"
-        bandit.save(tmp_model)
+        chooser.save(tmp_model)
         _fsync_file(tmp_model)
         os.replace(tmp_model, self.dir / meta.model_file)
         _atomic_write(self.dir / f"{name}.json", meta.model_dump_json())
@@ -147,21 +148,21 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def load_bandit(settings: Settings, store: CheckpointStore | None
-                ) -> tuple[Bandit, CheckpointMeta]:
+def load_chooser(settings: Settings, store: CheckpointStore | None,
+                spec: ChooserSpec = BANDIT) -> tuple[Chooser, CheckpointMeta]:
     """The latest checkpoint's model if it was trained under this config, else a fresh one."""
-    fingerprint = model_fingerprint(settings.bandit)
+    fingerprint = spec.fingerprint(settings.bandit)
     for _ in range(3):  # a checkpoint pruned between reading latest.json and loading it
         meta = store.latest() if store is not None else None
-        if store is None or meta is None or meta.fingerprint != fingerprint:
+        if store is None or meta is None or meta.fingerprint != fingerprint or not spec.learns:
             break
         try:
-            return make_bandit(settings.bandit, model_file=store.model_path(meta),
-                               learned=meta.rewards_learned), meta
+            return spec.build(settings.bandit, model_file=store.model_path(meta),
+                              learned=meta.rewards_learned), meta
         except RuntimeError:
             if store.model_path(meta).exists():
                 raise  # the file is there but VW cannot read it: a real error
-    return make_bandit(settings.bandit), CheckpointMeta(fingerprint=fingerprint)
+    return spec.build(settings.bandit), CheckpointMeta(fingerprint=fingerprint)
 
 
 class Learner:
@@ -171,11 +172,12 @@ class Learner:
     checkpoints. The owner must call it from one thread only.
     """
 
-    def __init__(self, settings: Settings, log: DecisionLog, *, store: CheckpointStore | None):
+    def __init__(self, settings: Settings, log: DecisionLog, *, store: CheckpointStore | None,
+                 spec: ChooserSpec = BANDIT):
         self.settings = settings
         self.log = log
         self.store = store
-        self.bandit, self.meta = load_bandit(settings, store)
+        self.chooser, self.meta = load_chooser(settings, store, spec)
         self._unsaved = 0
         self._last_save = time.monotonic()
 
@@ -211,13 +213,13 @@ class Learner:
         self._learn(seq, d.learnable, d.action, logged.features, reward, d.probability,
                     converted)
 
-    def _learn(self, seq: int, learnable: bool, action: str | None, features: dict[str, Any],
+    def _learn(self, seq: int, learnable: bool, arm: str | None, features: dict[str, Any],
                reward: float, probability: float, converted: bool) -> None:
         """Learn one reward row (if learnable), advance the covered seq, checkpoint if due."""
-        learned = learnable and action is not None
+        learned = learnable and arm is not None
         if learned:
             example = BanditExample.model_validate(features)
-            self.bandit.learn(example, action, reward, probability, converted)
+            self.chooser.learn(example, arm, reward, probability, converted)
         self.meta.seq = seq
         self.meta.rewards_seen += 1
         self.meta.rewards_learned += int(learned)
@@ -234,7 +236,7 @@ class Learner:
     def checkpoint(self) -> CheckpointMeta | None:
         """Save and publish the model with the log position it covers (no-op in memory)."""
         if self.store is not None:
-            self.meta = self.store.save(self.bandit, self.meta)
+            self.meta = self.store.save(self.chooser, self.meta)
         self._unsaved = 0
         self._last_save = time.monotonic()
         return self.meta if self.store is not None else None
@@ -256,8 +258,9 @@ class LearnerThread:
     """
 
     def __init__(self, settings: Settings, log_path: Path, store: CheckpointStore,
-                 poll_seconds: float = 0.05):
+                 poll_seconds: float = 0.05, spec: ChooserSpec = BANDIT):
         self.settings = settings
+        self.spec = spec
         self.log_path = log_path
         self.store = store
         self.poll_seconds = poll_seconds
@@ -277,7 +280,7 @@ class LearnerThread:
         """Replay, publish, then poll the log until asked to stop; checkpoint on the way out."""
         try:
             log = DecisionLog(self.log_path, synchronous=self.settings.bandit.log_synchronous)
-            learner = Learner(self.settings, log, store=self.store)
+            learner = Learner(self.settings, log, store=self.store, spec=self.spec)
             learner.catch_up()
             learner.checkpoint()  # publish at once, so scorers have a model to load
         except BaseException as exc:  # reported to start(), which re-raises it
@@ -300,7 +303,7 @@ class LearnerThread:
             learner.catch_up()
             learner.checkpoint()
         finally:
-            learner.bandit.close()
+            learner.chooser.close()
             log.close()
 
     def stop(self) -> None:
@@ -313,10 +316,11 @@ class ModelWatcher:
     """A scorer's view of the published model: reloads it when ``latest.json`` changes,
     looking at most every ``reload_seconds``."""
 
-    def __init__(self, settings: Settings, store: CheckpointStore):
+    def __init__(self, settings: Settings, store: CheckpointStore, spec: ChooserSpec = BANDIT):
         self.settings = settings
         self.store = store
-        self.bandit, self.meta = load_bandit(settings, store)
+        self.spec = spec
+        self.chooser, self.meta = load_chooser(settings, store, spec)
         self._stamp = store.latest_stamp()
         self._checked = time.monotonic()
 
@@ -329,8 +333,8 @@ class ModelWatcher:
         stamp = self.store.latest_stamp()
         if stamp == self._stamp:
             return False
-        old = self.bandit
-        self.bandit, self.meta = load_bandit(self.settings, self.store)
+        old = self.chooser
+        self.chooser, self.meta = load_chooser(self.settings, self.store, self.spec)
         self._stamp = stamp
         old.close()
         return True

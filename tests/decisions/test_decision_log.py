@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.decision_log import Decision, DecisionLog, LoggedDecision, RewardRow
+from decisions.decision_log import Decision, DecisionLog, LoggedDecision, RewardRow
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 

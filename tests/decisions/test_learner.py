@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from decisions.bandit import make_bandit
+from decisions.decision_log import DecisionLog
+from decisions.encoding import BanditExample, DecisionInput
+from decisions.engine import DecisionEngine, RequestContext, UserView
+from decisions.learner import CheckpointStore, Learner
 from nextbest.config import Settings
-from serving.bandit import BanditExample, make_bandit
-from serving.decision_log import DecisionLog
-from serving.engine import DecisionEngine, RequestContext, UserView
-from serving.learner import CheckpointStore, Learner
 
 REPO = Path(__file__).resolve().parents[2]
 CONTEXT = RequestContext(channel="app", page="item", item_price=150.0, category="shoes", hour=9)
@@ -26,7 +27,7 @@ LEARNER_PROCESS = """
 import sys, time
 from pathlib import Path
 from nextbest.config import Settings
-from serving.engine import DecisionEngine
+from decisions.engine import DecisionEngine
 settings = Settings.model_validate_json(Path(sys.argv[1]).read_text())
 engine = DecisionEngine(settings, role="learner")
 print("ready", flush=True)
@@ -120,10 +121,9 @@ def test_kill_9_mid_traffic_loses_no_accepted_feedback(settings: Settings, tmp_p
     reference.catch_up()
     recovered = make_bandit(tuned.bandit, model_file=store.model_path(meta),
                             learned=meta.rewards_learned)
-    probes = [BanditExample.model_validate(log.get_decision(d.event_id).features)
-              for d in decisions[:30] if d.learnable]
-    assert [recovered.predict(p) for p in probes] == [reference.bandit.predict(p)
-                                                      for p in probes]
+    probes = [DecisionInput(UserView(user_id=d.user_id), CONTEXT, BanditExample.model_validate(
+        log.get_decision(d.event_id).features)) for d in decisions[:30] if d.learnable]
+    assert [recovered.pmf(p) for p in probes] == [reference.chooser.pmf(p) for p in probes]
     log.close()
 
 

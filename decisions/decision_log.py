@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from serving.policy import ContactCounts
+from decisions.policy import ContactCounts
 
 BATCH_COMMIT = 1000  # operations per commit when durable=False
 _SCHEMA = """

@@ -11,20 +11,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from decisions.engine import DecisionEngine
+from decisions.policy import RequestContext, UserView
 from features.build import build_features
-from features.erasure import (
-    RAW_RULES,
-    TableRule,
-    erase_everywhere,
-    erase_from_table,
-    erase_users,
-)
+from features.erasure import RAW_RULES, TableRule, erase_from_table, erase_users
 from features.store import open_store
 from features.synth import synthesize
 from nextbest.cli import main as cli_main
 from nextbest.config import Settings
-from serving.engine import DecisionEngine
-from serving.policy import RequestContext, UserView
+from serving.erasure import erase_everywhere
 
 SEED = 11
 

@@ -1,4 +1,7 @@
-"""``nextbest segments report``: the tier and segment report of one as_of (issue 2, item 5)."""
+"""``nextbest segments report``: the tier and segment report of one as_of.
+
+It lives with the training stage because its Platinum churn alert reads the champion churn
+model; the report itself is :mod:`features.report`."""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ from pathlib import Path
 from features.report import (
     build_report,
     default_out_dir,
-    load_churn_scorer,
     render_text,
     resolve_as_of,
     write_report,
 )
 from nextbest.cli import command_group, iso_date
 from nextbest.config import Settings
+from training.loader import load_churn_scorer
 
 
 def register(sub: argparse._SubParsersAction) -> None:

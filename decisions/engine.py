@@ -1,8 +1,10 @@
-"""The decision engine: policy layer -> VW bandit -> decision log <- reward join -> learner.
+"""The decision engine: policy layer -> chooser -> decision log <- reward join -> learner.
 
-This is the whole Decision Service loop of DESIGN.md section 6 as a plain Python object;
-the BentoML service is a thin adapter over it and the simulator drives the very same object
-in-process, so simulated and live decisions cannot drift apart.
+This is the whole Decision Service loop of docs/ARCHITECTURE.md as a plain Python object;
+the BentoML service is a thin adapter over it, the campaign layer asks it for every
+message's arm, and the simulator drives the very same object in-process with each policy it
+compares as its chooser (:mod:`decisions.choosers`), so simulated and live decisions
+cannot drift apart.
 
 Roles (one engine per process):
 
@@ -35,24 +37,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from nextbest.config import Settings
-from nextbest.errors import Conflict, NotFound, ValidationFailed
-from serving.bandit import Bandit, BanditExample, build_example, encode_arms, reward_of
-from serving.decision_log import (
+from decisions.choosers import BANDIT, Chooser, ChooserSpec
+from decisions.decision_log import (
     Decision,
     DecisionLog,
     FeedbackResult,
     LoggedDecision,
     RewardRow,
 )
-from serving.learner import (
+from decisions.encoding import BanditExample, DecisionInput, build_example, encode_arms
+from decisions.learner import (
     CheckpointStore,
     Learner,
     LearnerLock,
     LearnerThread,
     ModelWatcher,
 )
-from serving.policy import (
+from decisions.policy import (
     ContactCounts,
     PlanKind,
     PolicyLayer,
@@ -63,17 +64,16 @@ from serving.policy import (
     reason_for,
     sample_arm,
 )
-from serving.triggers import BehaviourEvent, CampaignFired, TriggerSet
+from decisions.reward import reward_of
+from nextbest.config import Settings
+from nextbest.errors import Conflict, NotFound, ValidationFailed
 
-__all__ = [
-    "BehaviourEvent", "CampaignFired", "Decision", "DecisionEngine", "FeedbackResult",
-    "RequestContext", "Role", "UserView",
-]
+__all__ = ["Decision", "DecisionEngine", "FeedbackResult", "RequestContext", "Role", "UserView"]
 
 Role = Literal["scorer", "learner", "inline", "auto"]
 
 
-def _utc(now: datetime | None) -> datetime:
+def utc(now: datetime | None) -> datetime:
     """``now`` as an aware UTC datetime (naive means UTC); the wall clock when None."""
     if now is None:
         return datetime.now(UTC)
@@ -84,11 +84,13 @@ class DecisionEngine:
     """Decide, log, join rewards and learn: the public API of the serving loop."""
 
     def __init__(self, settings: Settings, *, log_path: Path | None = None,
-                 role: Role = "inline", durable: bool = True, bandit_dir: Path | None = None):
+                 role: Role = "inline", durable: bool = True, bandit_dir: Path | None = None,
+                 chooser: ChooserSpec = BANDIT):
         """Open the decision log and the model for ``role`` (see the module docstring).
 
         ``log_path`` defaults to ``settings.paths.decision_log`` and ``bandit_dir`` to
         ``settings.paths.bandit_dir``. ``durable=False`` only goes with ``role="inline"``.
+        ``chooser`` picks the policy (default: the configured VW bandit).
         Raises Conflict when ``role="learner"`` (or durable inline) finds another learner.
         """
         if not durable and role != "inline":
@@ -96,9 +98,9 @@ class DecisionEngine:
                                    field="durable")
         self.settings = settings
         self.config = settings.bandit
+        self.spec = chooser
         self.policy = PolicyLayer(self.config)
         self.arm_tokens = encode_arms(self.config)
-        self.triggers = TriggerSet(settings.serving.triggers)
         self.log_path = Path(log_path or settings.paths.decision_log)
         self.log = DecisionLog(self.log_path, durable=durable,
                                synchronous=self.config.log_synchronous)
@@ -132,26 +134,27 @@ class DecisionEngine:
         if role == "auto":
             role = "learner"
         if role == "inline":
-            self._learner = Learner(self.settings, self.log, store=store)
+            self._learner = Learner(self.settings, self.log, store=store, spec=self.spec)
             self._learner.catch_up()
         elif role == "learner":
             assert store is not None  # durable=False was refused above
-            self._thread = LearnerThread(self.settings, self.log_path, store)
+            self._thread = LearnerThread(self.settings, self.log_path, store, spec=self.spec)
             self._thread.start()
-            self._watcher = ModelWatcher(self.settings, store)
+            self._watcher = ModelWatcher(self.settings, store, self.spec)
         else:
             assert store is not None
-            self._watcher = ModelWatcher(self.settings, store)
+            self._watcher = ModelWatcher(self.settings, store, self.spec)
         return role
 
     # -- the model in use ------------------------------------------------------------------
-    def _model(self) -> tuple[Bandit, str]:
-        """The bandit that scores now and its policy version (reloading a newer checkpoint)."""
+    def _model(self) -> tuple[Chooser, str]:
+        """The chooser that decides now and its policy version (reloading a newer
+        checkpoint)."""
         if self._learner is not None:
-            return self._learner.bandit, self._learner.policy_version
+            return self._learner.chooser, self._learner.policy_version
         assert self._watcher is not None
         self._watcher.refresh()
-        return self._watcher.bandit, self._watcher.policy_version
+        return self._watcher.chooser, self._watcher.policy_version
 
     @property
     def policy_version(self) -> str:
@@ -168,23 +171,23 @@ class DecisionEngine:
         chosen arm's entry (1.0 when there is no action). The decision is in the log
         (committed, when durable) before this returns.
         """
-        ts = _utc(now)
+        ts = utc(now)
         with self._lock:
             self._maybe_sweep(ts)
             counts = (self.log.contact_counts(user.user_id, ts)
                       if self.policy.needs_contact_counts else _NO_CONTACTS)
             plan = self.policy.plan(user, counts)
-            bandit, version = self._model()
+            chooser, version = self._model()
             example = (build_example(self.arm_tokens, user, context, plan.eligible)
                        if user.personalization else BanditExample())
-            action, pmf = self._choose(plan, bandit, example)
-            probability = pmf.get(action, 1.0) if action is not None else 1.0
+            arm, pmf = self._choose(plan, chooser, DecisionInput(user, context, example))
+            probability = pmf.get(arm, 1.0) if arm is not None else 1.0
             decision = Decision(
-                event_id=secrets.token_urlsafe(16), user_id=user.user_id, action=action,
+                event_id=secrets.token_urlsafe(16), user_id=user.user_id, action=arm,
                 probability=probability, pmf=pmf,
                 personalized=plan.kind is PlanKind.BANDIT, control=plan.kind is PlanKind.CONTROL,
-                reason=reason_for(plan, user, algorithm=self.config.exploration.algorithm,
-                                  action=action, probability=probability),
+                reason=reason_for(plan, user, algorithm=self._algorithm, action=arm,
+                                  probability=probability),
                 policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
                 learnable=plan.learnable)
             logged = LoggedDecision(
@@ -208,14 +211,21 @@ class DecisionEngine:
         logged = self._recent.get(event_id)
         return logged if logged is not None else self.log.get_decision(event_id)
 
-    def _choose(self, plan: PolicyPlan, bandit: Bandit,
-                example: BanditExample) -> tuple[str | None, dict[str, float]]:
-        """The action and pmf for a plan: sampled from the bandit's pmf on the bandit path."""
+    @property
+    def _algorithm(self) -> str:
+        """How the chooser picks, for the decision's reason: VW's explorer or the chooser."""
+        if self.spec.kind == "bandit":
+            return self.config.exploration.algorithm
+        return self.spec.kind
+
+    def _choose(self, plan: PolicyPlan, chooser: Chooser,
+                decision: DecisionInput) -> tuple[str | None, dict[str, float]]:
+        """The arm and pmf for a plan: sampled from the chooser's pmf on the bandit path."""
         if plan.kind is PlanKind.OPT_OUT:
             return plan.eligible[0], {plan.eligible[0]: 1.0}
         if plan.kind is not PlanKind.BANDIT:
             return None, {}
-        pmf = normalise_pmf(plan.eligible, bandit.predict(example))
+        pmf = normalise_pmf(plan.eligible, chooser.pmf(decision))
         return sample_arm(pmf, self.rng), pmf
 
     # -- feedback --------------------------------------------------------------------------
@@ -229,7 +239,7 @@ class DecisionEngine:
         if not math.isfinite(revenue) or revenue < 0:
             raise ValidationFailed(f"revenue must be a finite number >= 0, got {revenue}",
                                    field="revenue")
-        ts = _utc(now)
+        ts = utc(now)
         with self._lock:
             logged = self._logged(event_id)
             if logged is None:
@@ -286,7 +296,7 @@ class DecisionEngine:
         does it lazily inside ``decide`` (by the ``now`` it is given, so simulated time
         works); call it directly to force one. Returns the rewards added.
         """
-        ts = _utc(now)
+        ts = utc(now)
         with self._lock:
             self._last_sweep = ts
             if self._learner is not None:
@@ -303,31 +313,10 @@ class DecisionEngine:
         elif (ts - self._last_sweep).total_seconds() >= self.config.sweep_seconds:
             self.sweep(ts)
 
-    # -- triggers --------------------------------------------------------------------------
-    def on_event(self, user: UserView, event: BehaviourEvent, *,
-                 now: datetime | None = None) -> list[CampaignFired]:
-        """Fire the campaigns whose triggers match ``event``, each with its own decision.
-
-        Users who opted out of personalisation get no campaign; no campaign fires during
-        ``contact.quiet_hours`` (by the event's hour) or within a rule's cooldown for this
-        user; each decision is still subject to the contact limits of the policy layer.
-        """
-        if event.user_id != user.user_id:
-            raise ValidationFailed(f"event.user_id {event.user_id!r} is not the user "
-                                   f"{user.user_id!r}", field="user_id")
-        ts = _utc(now)
-        if not user.personalization or event.ts.hour in self.config.contact.quiet_hours:
-            return []
-        fired = []
+    def last_campaign_ts(self, user_id: str, campaign: str) -> datetime | None:
+        """When ``campaign`` last produced a decision for ``user_id`` (for cooldowns)."""
         with self._lock:
-            for rule in self.triggers.match(event, user):
-                last = self.log.last_campaign_ts(user.user_id, rule.campaign)
-                if last is not None and ts - last < timedelta(hours=rule.cooldown_hours):
-                    continue
-                decision = self.decide(user, event.context(), now=ts, campaign=rule.campaign)
-                fired.append(CampaignFired(rule=rule.name, campaign=rule.campaign,
-                                           decision=decision))
-        return fired
+            return self.log.last_campaign_ts(user_id, campaign)
 
     # -- admin -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -375,13 +364,13 @@ class DecisionEngine:
         with self._lock:
             if self._learner is not None:
                 self._learner.checkpoint()
-                self._learner.bandit.close()
+                self._learner.chooser.close()
                 self._learner = None
             if self._thread is not None:
                 self._thread.stop()
                 self._thread = None
             if self._watcher is not None:
-                self._watcher.bandit.close()
+                self._watcher.chooser.close()
                 self._watcher = None
             self.log.close()
             if self._lock_file is not None:

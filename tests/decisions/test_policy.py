@@ -7,8 +7,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from nextbest.config import BanditConfig
-from serving.policy import (
+from decisions.policy import (
     ContactCounts,
     PlanKind,
     PolicyLayer,
@@ -18,6 +17,7 @@ from serving.policy import (
     reason_for,
     sample_arm,
 )
+from nextbest.config import BanditConfig
 
 
 def treated_user(layer: PolicyLayer, **fields: object) -> UserView:

@@ -8,7 +8,8 @@ literal list, names, constants); a name is an event field (``type``, ``item_id``
 ``category``, ``price``, ``hour``) or a user field (``tier``, ``segment``, ``tags``,
 ``churn_probability``, ``purchase_propensity``, or any feature of ``UserView.features``). A
 name whose value is missing makes the rule not match. Contact limits, cooldowns and
-preferences are applied by the engine, which owns the decision log.
+preferences are applied by :class:`Triggers`, which asks the decision engine for each
+fired campaign's arm.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from decisions.decision_log import Decision
+from decisions.engine import DecisionEngine, utc
+from decisions.policy import RequestContext, UserView
 from nextbest.config import TriggerRule
-from nextbest.errors import ConfigError
-from serving.decision_log import Decision
-from serving.policy import RequestContext, UserView
+from nextbest.errors import ConfigError, ValidationFailed
 
 EventType = Literal["view", "favorite", "add_to_cart", "search", "follow", "login", "share",
                     "review"]
@@ -156,4 +158,37 @@ class TriggerSet:
                     fired.append(rule)
             except (_Missing, TypeError, ZeroDivisionError):
                 continue  # a missing or non-comparable value: the condition does not hold
+        return fired
+
+
+class Triggers:
+    """Fires the configured trigger rules on behaviour events, each with its own decision."""
+
+    def __init__(self, rules: list[TriggerRule], engine: DecisionEngine):
+        self.rules = TriggerSet(rules)
+        self.engine = engine
+
+    def on_event(self, user: UserView, event: BehaviourEvent, *,
+                 now: datetime | None = None) -> list[CampaignFired]:
+        """Fire the campaigns whose triggers match ``event``, each with its own decision.
+
+        Users who opted out of personalisation get no campaign; no campaign fires during
+        ``contact.quiet_hours`` (by the event's hour) or within a rule's cooldown for this
+        user; each decision is still subject to the contact limits of the policy layer.
+        """
+        if event.user_id != user.user_id:
+            raise ValidationFailed(f"event.user_id {event.user_id!r} is not the user "
+                                   f"{user.user_id!r}", field="user_id")
+        ts = utc(now)
+        quiet = self.engine.config.contact.quiet_hours
+        if not user.personalization or event.ts.hour in quiet:
+            return []
+        fired = []
+        for rule in self.rules.match(event, user):
+            last = self.engine.last_campaign_ts(user.user_id, rule.campaign)
+            if last is not None and ts - last < timedelta(hours=rule.cooldown_hours):
+                continue
+            decision = self.engine.decide(user, event.context(), now=ts, campaign=rule.campaign)
+            fired.append(CampaignFired(rule=rule.name, campaign=rule.campaign,
+                                       decision=decision))
         return fired

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from campaigns.triggers import BehaviourEvent, Triggers, TriggerSet
+from decisions.engine import DecisionEngine
+from decisions.policy import UserView
 from nextbest.config import Settings, TriggerRule
 from nextbest.errors import ConfigError
-from serving.engine import DecisionEngine
-from serving.policy import UserView
-from serving.triggers import BehaviourEvent, TriggerSet
 
 T0 = datetime(2026, 4, 1, 15, 30, tzinfo=UTC)
 
@@ -56,14 +56,14 @@ def test_event_fires_a_campaign_decision_once_per_cooldown(settings: Settings):
         user = UserView(user_id="u1", tier="gold")
         cart = BehaviourEvent(user_id="u1", type="add_to_cart", ts=T0, price=90.0,
                               category="bags")
-        fired = eng.on_event(user, cart, now=T0)
+        fired = Triggers(eng.settings.serving.triggers, eng).on_event(user, cart, now=T0)
         assert [(f.rule, f.campaign) for f in fired] == [("cart_recovery", "cart_recovery")]
         decision = fired[0].decision
         assert decision.campaign == "cart_recovery"
         logged = eng.export_user("u1")[0]
         assert logged["campaign"] == "cart_recovery" and "page=add_to_cart" in str(logged)
-        assert eng.on_event(user, cart, now=T0 + timedelta(hours=2)) == []  # cooldown
-        assert len(eng.on_event(user, cart, now=T0 + timedelta(hours=25))) == 1
+        assert Triggers(eng.settings.serving.triggers, eng).on_event(user, cart, now=T0 + timedelta(hours=2)) == []  # cooldown
+        assert len(Triggers(eng.settings.serving.triggers, eng).on_event(user, cart, now=T0 + timedelta(hours=25))) == 1
 
 
 def test_opted_out_users_and_quiet_hours_get_no_campaign(settings: Settings):
@@ -72,7 +72,7 @@ def test_opted_out_users_and_quiet_hours_get_no_campaign(settings: Settings):
     quiet = Settings.model_validate(data)
     cart = BehaviourEvent(user_id="u1", type="add_to_cart", ts=T0)
     with DecisionEngine(settings, durable=False) as eng:
-        assert eng.on_event(UserView(user_id="u1", personalization=False), cart, now=T0) == []
+        assert Triggers(eng.settings.serving.triggers, eng).on_event(UserView(user_id="u1", personalization=False), cart, now=T0) == []
         assert eng.stats()["decisions"] == 0
     with DecisionEngine(quiet, durable=False) as eng:
-        assert eng.on_event(UserView(user_id="u1"), cart, now=T0) == []
+        assert Triggers(eng.settings.serving.triggers, eng).on_event(UserView(user_id="u1"), cart, now=T0) == []

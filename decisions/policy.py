@@ -1,4 +1,4 @@
-"""The policy layer: what may be shown to a user before the bandit chooses (DESIGN.md 6.1).
+"""The policy layer: what may be shown to a user before the bandit chooses (docs/ARCHITECTURE.md).
 
 In order: a stable hash puts ``control_share`` of users into a global control group that gets
 no action (logged, so lift can be measured, never learned from); users who opted out of
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import random
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from features.segmentation import NEW_TIER, NO_PURCHASE
 from nextbest.config import BanditConfig
 
 
@@ -28,8 +31,8 @@ class UserView(BaseModel):
 
     user_id: str = Field(min_length=1, max_length=200)
     known: bool = True
-    tier: str = "new"
-    segment: str = "no_purchase"
+    tier: str = NEW_TIER
+    segment: str = NO_PURCHASE
     tags: list[str] = Field(default_factory=list)
     churn_probability: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     purchase_propensity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
@@ -49,6 +52,43 @@ class UserView(BaseModel):
                 raise ValueError(f"features.{key} must be finite, got {number}")
             out[key] = None if number is None or math.isnan(number) else float(number)
         return out
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A JSON-safe number: NaN, infinities and non-numbers become None."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def record_features(record: Mapping[str, Any]) -> dict[str, float | None]:
+    """The numeric columns of an online-store record (or any feature row), NaN as None."""
+    return {key: finite_or_none(value) for key, value in record.items()
+            if isinstance(value, numbers.Number)}
+
+
+def user_view(user_id: str, record: Mapping[str, Any] | None, *,
+              churn_probability: float | None = None,
+              purchase_propensity: float | None = None,
+              personalization: bool = True) -> UserView:
+    """The view of a user built from their feature record (None: a cold start).
+
+    The one builder of :class:`UserView`: the service builds it from the online store,
+    the simulator from its population rows.
+    """
+    if record is None:
+        return UserView(user_id=user_id, known=False, personalization=personalization)
+    return UserView(
+        user_id=user_id, known=True, tier=str(record.get("tier") or NEW_TIER),
+        segment=str(record.get("segment") or NO_PURCHASE),
+        tags=[str(tag) for tag in (record.get("tags") or [])],
+        churn_probability=finite_or_none(churn_probability),
+        purchase_propensity=finite_or_none(purchase_propensity),
+        features=record_features(record), personalization=personalization)
 
 
 class RequestContext(BaseModel):

@@ -7,24 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nextbest.config import BanditConfig, ExplorationConfig, RewardConfig
-from serving.bandit import (
-    BanditExample,
+from decisions.bandit import (
     ConversionBandit,
     VWBandit,
+    explore,
+    make_bandit,
+    to_vw_lines,
+    vw_arguments,
+)
+from decisions.choosers import ChooserSpec
+from decisions.encoding import (
+    BanditExample,
+    DecisionInput,
     build_example,
     encode_arms,
     encode_shared,
     example_value,
-    explore,
-    make_bandit,
-    margin,
-    model_fingerprint,
-    reward_of,
-    to_vw_lines,
-    vw_arguments,
 )
-from serving.policy import RequestContext, UserView
+from decisions.policy import RequestContext, UserView
+from decisions.reward import margin, reward_of
+from nextbest.config import BanditConfig, ExplorationConfig, RewardConfig
 
 USER = UserView(user_id="u1", tier="gold", segment="loyal", tags=["price_sensitive", "a b"],
                 churn_probability=0.3, purchase_propensity=None,
@@ -34,6 +36,11 @@ CONTEXT = RequestContext(channel="app", page="item", category="bags|shoes", item
 # VW --cb_explore_adf regressing profit, as tuned on the simulator.
 PROFIT = ExplorationConfig(model="profit", gamma_scale=2.0,
                            interactions=["SA", "CA", "UA", "PA", "PUA", "PCA", "PSA"])
+
+
+def pmf_of(bandit, example: BanditExample) -> list[float]:
+    """The bandit's pmf on ``example`` (the user and context are in its tokens)."""
+    return bandit.pmf(DecisionInput(USER, CONTEXT, example))
 
 
 def test_shared_features_bin_numbers_and_sanitise_tokens():
@@ -76,7 +83,7 @@ def test_a_numpy_reward_is_learned():
     for _ in range(50):
         bandit.learn(example, "installment", np.float64(80.0), np.float64(0.5), True)
         bandit.learn(example, "coupon", np.float64(0.0), np.float64(0.5), False)
-    pmf = bandit.predict(example)
+    pmf = pmf_of(bandit, example)
     bandit.close()
     assert pmf[1] > 0.9  # installment earned 80 every time: it must dominate
 
@@ -98,7 +105,7 @@ def test_probability_clipping_is_passed_to_vw_and_can_be_switched_off():
     example = build_example(encode_arms(clipped), USER, CONTEXT, ["coupon", "installment"])
     bandit = VWBandit(clipped)  # VW accepts the option next to squarecb
     bandit.learn(example, "installment", 80.0, 0.01, True)
-    pmf = bandit.predict(example)
+    pmf = pmf_of(bandit, example)
     bandit.close()
     assert sum(pmf) == pytest.approx(1.0)
 
@@ -141,7 +148,7 @@ def test_every_exploration_algorithm_gives_a_pmf(model: str, algorithm: str):
     for _ in range(20):
         bandit.learn(example, "coupon", 50.0, 0.5, True)
         bandit.learn(example, "installment", 0.0, 0.5, False)
-    pmf = bandit.predict(example)
+    pmf = pmf_of(bandit, example)
     bandit.close()
     assert len(pmf) == 2 and sum(pmf) == pytest.approx(1.0, abs=1e-6)
     assert pmf[0] > pmf[1]  # the rewarded arm is the more likely
@@ -160,7 +167,7 @@ def test_saved_model_continues_exactly_like_the_original(tmp_path: Path, model: 
     for bandit in (original, loaded):
         for _ in range(10):
             bandit.learn(example, "certification", 80.0, 0.3, True)
-    assert loaded.predict(example) == original.predict(example)
+    assert pmf_of(loaded, example) == pmf_of(original, example)
 
 
 def test_conversion_model_weighs_conversion_by_the_known_margin():
@@ -179,7 +186,7 @@ def test_conversion_model_weighs_conversion_by_the_known_margin():
     margins = [103.0, 116.4, 119.5]
     assert expected == pytest.approx([p * m / 100 for p, m in zip(probabilities, margins,
                                                                    strict=True)])
-    pmf = bandit.predict(example)
+    pmf = pmf_of(bandit, example)
     bandit.close()
     assert max(range(3), key=pmf.__getitem__) == 2  # certification: the cheapest arm
     assert pmf[0] < pmf[1] < pmf[2]                 # further behind, less explored
@@ -192,7 +199,7 @@ def test_conversion_model_learns_which_arm_converts():
     for _ in range(200):
         bandit.learn(example, "coupon", 103.0, 0.5, True)       # numpy-free: plain labels
         bandit.learn(example, "certification", 0.0, 0.5, False)
-    pmf = bandit.predict(example)
+    pmf = pmf_of(bandit, example)
     bandit.close()
     assert pmf[0] > 0.9
 
@@ -240,9 +247,9 @@ def test_conversion_model_refuses_what_it_cannot_do():
 
 
 def test_fingerprint_changes_with_arms_and_exploration():
-    base = model_fingerprint(BanditConfig())
-    assert base == model_fingerprint(BanditConfig())
-    assert base != model_fingerprint(BanditConfig(exploration=ExplorationConfig(
+    base = ChooserSpec().fingerprint(BanditConfig())
+    assert base == ChooserSpec().fingerprint(BanditConfig())
+    assert base != ChooserSpec().fingerprint(BanditConfig(exploration=ExplorationConfig(
         algorithm="epsilon")))
     arms = BanditConfig().arms[:2]
-    assert base != model_fingerprint(BanditConfig(arms=arms, default_arm="coupon"))
+    assert base != ChooserSpec().fingerprint(BanditConfig(arms=arms, default_arm="coupon"))

@@ -1,0 +1,48 @@
+"""The reward definition: what an arm costs and what a decision earned.
+
+One place for the arithmetic that the engine, the learner, the simulator, offline
+evaluation and the A/B analysis all use, so a reward means the same number everywhere:
+
+- an arm's cost on a conversion is ``cost + cost_rate x item price`` (the revenue stands in
+  for the price when the decision had no item);
+- ``reward.kind: profit``: converted x (revenue - arm cost); ``conversion``: 1 or 0;
+- a decision without an arm (the control group) has no arm cost, so its profit is the
+  plain revenue: that is what lift is measured against.
+"""
+
+from __future__ import annotations
+
+from nextbest.config import ArmConfig, BanditConfig
+
+
+def arm_cost(arm: ArmConfig, item_price: float | None, revenue: float) -> float:
+    """What the arm costs on a conversion: ``cost + cost_rate * item_price``.
+
+    Without an item price (a home page decision) the revenue stands in for it. Works on
+    numpy arrays as well as on floats (the simulator prices whole streams at once).
+    """
+    price = item_price if item_price is not None else revenue
+    return arm.cost + arm.cost_rate * price
+
+
+def reward_of(config: BanditConfig, arm: str | None, converted: bool, revenue: float,
+              item_price: float | None) -> float:
+    """The reward of a decision that chose ``arm`` (None: no action), per ``reward.kind``.
+
+    Raises :class:`~nextbest.errors.Conflict` when ``arm`` is no longer configured.
+    """
+    if config.reward.kind == "conversion":
+        return 1.0 if converted else 0.0
+    if not converted:
+        return 0.0
+    cost = 0.0 if arm is None else arm_cost(config.arm(arm), item_price, revenue)
+    return revenue - cost
+
+
+def margin(config: BanditConfig, arm: ArmConfig, value: float | None) -> float:
+    """The reward of a conversion under ``arm`` on a decision worth ``value``
+    (:func:`reward_of` with the revenue equal to the value; ``reward.scale`` when unknown)."""
+    if config.reward.kind == "conversion":
+        return 1.0
+    value = config.reward.scale if value is None else value
+    return value - arm_cost(arm, value, value)
