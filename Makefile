@@ -60,7 +60,7 @@ serve: install
 # Full-scale benchmarks: minutes each; results in benchmarks/results/*.json.
 bench: install
 	$(BIN)/python benchmarks/synth.py --out /tmp/bench_1m
-	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/feature_build.py
 	$(BIN)/python benchmarks/store.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/serve.py

@@ -34,9 +34,6 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
-# Run as a script, this folder comes first on sys.path and benchmarks/features.py would
-# shadow the features package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 from nextbest.config import path_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

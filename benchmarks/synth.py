@@ -13,15 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
-# Run as a script, this folder comes first on sys.path and benchmarks/features.py would
-# shadow the features package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from features.synth import TABLES, synthesize  # noqa: E402
 

@@ -36,9 +36,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-# This directory holds features.py: keep it from hiding the features package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 from nextbest.config import Settings, load_settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"

@@ -4,8 +4,8 @@ Every value has a built-in default. A YAML file (``nextbest.yaml`` in the workin
 directory, or the path in ``NEXTBEST_CONFIG``) overrides the defaults, and any single
 value can be overridden by an environment variable named ``NEXTBEST__SECTION__KEY``
 (for example ``NEXTBEST__BANDIT__CONTROL_SHARE=0.1`` or
-``NEXTBEST__PATHS__DATA_DIR=/srv/data``). Values from the environment are parsed as YAML
-scalars, so numbers, booleans and lists (``[a, b]``) work.
+``NEXTBEST__PATHS__DATA_DIR=/srv/data``). Values of text settings are taken as they are;
+others are parsed as YAML scalars, so numbers, booleans and lists (``[a, b]``) work.
 
 Call :func:`load_settings` once at the edge (CLI, service start-up) and pass the object
 down; library code never reads ``os.environ`` itself.
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,8 +31,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The places under ``paths.data_dir`` that follow it unless set themselves.
+DATA_PLACES = {"raw_dir": "raw", "latent_dir": "latent", "features_dir": "features",
+               "store_path": "online_store.sqlite", "decision_log": "decisions.sqlite",
+               "bandit_dir": "bandit"}
+
+
 class PathsConfig(_Section):
-    """Where data lives, relative to the working directory unless absolute."""
+    """Where data lives, relative to the working directory unless absolute; ``~`` is the
+    home directory. The places under ``data_dir`` move with it unless set themselves."""
 
     data_dir: Path = Path("data")
     raw_dir: Path = Path("data/raw")
@@ -42,6 +50,23 @@ class PathsConfig(_Section):
     bandit_dir: Path = Path("data/bandit")
     reports_dir: Path = Path("reports")
     mlruns_dir: Path = Path("mlruns")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _follow_data_dir(cls, data: Any) -> Any:
+        """Put the places not set themselves under a ``data_dir`` that was set."""
+        if not isinstance(data, dict) or data.get("data_dir") in (None, ""):
+            return data
+        root = Path(data["data_dir"])
+        return {**{key: root / name for key, name in DATA_PLACES.items()}, **data}
+
+    @model_validator(mode="after")
+    def _expand_home(self) -> PathsConfig:
+        for name in type(self).model_fields:
+            path = getattr(self, name)
+            if str(path).startswith("~"):
+                setattr(self, name, path.expanduser())
+        return self
 
 
 class TierConfig(_Section):
@@ -364,19 +389,50 @@ def path_overrides(root: str | Path) -> dict[str, str]:
     """
     root = Path(root)
     data = root / "data"
-    places = {
-        "data_dir": data, "raw_dir": data / "raw", "latent_dir": data / "latent",
-        "features_dir": data / "features", "store_path": data / "online_store.sqlite",
-        "decision_log": data / "decisions.sqlite", "bandit_dir": data / "bandit",
-        "reports_dir": root / "reports", "mlruns_dir": root / "mlruns",
-    }
+    places = {"data_dir": data, **{key: data / name for key, name in DATA_PLACES.items()},
+              "reports_dir": root / "reports", "mlruns_dir": root / "mlruns"}
     env = {f"{ENV_PREFIX}PATHS__{key.upper()}": str(path) for key, path in places.items()}
     env[f"{ENV_PREFIX}MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     return env
 
 
+def _is_text(annotation: Any) -> bool:
+    """Whether a field takes text as it is (str, Path, a Literal of strings, or an optional
+    one of those): such values are never parsed as YAML."""
+    if annotation in (str, Path):
+        return True
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in args)
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return _is_text(args[0])
+    return False
+
+
+def _takes_text(parts: list[str]) -> bool:
+    """Whether the setting at ``parts`` (``["store", "redis_prefix"]``) takes text."""
+    model: type[BaseModel] = Settings
+    for depth, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if depth == len(parts) - 1:
+            return _is_text(annotation)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        model = annotation
+    return False
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """Turn ``NEXTBEST__A__B=value`` variables into a nested dict ``{a: {b: value}}``."""
+    """Turn ``NEXTBEST__A__B=value`` variables into a nested dict ``{a: {b: value}}``.
+
+    A value for a text setting (a name, a path, a URL, a prefix, a choice) is taken as it
+    is: ``NEXTBEST__STORE__REDIS_PREFIX=nextbest:`` or ``NEXTBEST__BANDIT__CONTROL_SALT=2024``
+    stay strings. Every other value is read as a YAML scalar or list, so numbers, booleans
+    and ``[a, b]`` work.
+    """
     out: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX):
@@ -387,7 +443,13 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: conflicts with another NEXTBEST__ variable")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        if _takes_text(parts) or raw == "":
+            node[parts[-1]] = raw
+            continue
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: {raw!r} is not a value ({exc.problem})") from exc
     return out
 
 
@@ -427,6 +489,6 @@ def load_settings(path: str | Path | None = None,
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"config value {where}: {first['msg']}") from exc
+        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc']) or 'config'}: "
+                             f"{error['msg']}" for error in exc.errors())
+        raise ConfigError(f"config value {problems}") from exc

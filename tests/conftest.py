@@ -1,4 +1,9 @@
-"""Shared fixtures. Integration tests (real servers, Spark) are marked ``integration``."""
+"""Shared fixtures. Integration tests (real servers, Spark) are marked ``integration``.
+
+Every test runs in an empty working directory of its own with no ``NEXTBEST*`` or
+``MLFLOW_TRACKING_URI`` variable set, so a developer's ``nextbest.yaml``, ``data/`` and
+``mlruns/`` in the checkout never leak into a test, and no test sees another's files.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture(autouse=True)
-def _no_user_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep a developer's own NEXTBEST_* variables out of the tests."""
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep a developer's own settings and working directory out of the tests."""
     for key in list(os.environ):
-        if key.startswith("NEXTBEST"):
+        if key.startswith("NEXTBEST") or key == "MLFLOW_TRACKING_URI":
             monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

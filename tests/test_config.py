@@ -42,3 +42,33 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path):
 def test_default_arm_must_be_an_arm():
     with pytest.raises(ConfigError, match="default_arm"):
         load_settings(environ={"NEXTBEST__BANDIT__DEFAULT_ARM": "free_money"})
+
+
+def test_text_settings_from_the_environment_stay_text(tmp_path: Path):
+    # Read as YAML these became a mapping, an int and None: all three were refused.
+    s = load_settings(environ={"NEXTBEST__STORE__REDIS_PREFIX": "nextbest:",
+                               "NEXTBEST__BANDIT__CONTROL_SALT": "2024",
+                               "NEXTBEST__PATHS__DATA_DIR": "~"})
+    assert s.store.redis_prefix == "nextbest:"
+    assert s.bandit.control_salt == "2024"
+    assert s.paths.data_dir == Path.home()
+    # Numbers, booleans and lists are still parsed.
+    s = load_settings(environ={"NEXTBEST__SERVING__ACCESS_LOG": "false",
+                               "NEXTBEST__FEATURES__WINDOWS_DAYS": "[7, 30]",
+                               "NEXTBEST__STORE__BACKEND": "redis"})
+    assert s.serving.access_log is False and s.features.windows_days == [7, 30]
+    assert s.store.backend == "redis"
+
+
+def test_places_under_the_data_dir_follow_it_unless_set(tmp_path: Path):
+    s = load_settings(environ={"NEXTBEST__PATHS__DATA_DIR": str(tmp_path),
+                               "NEXTBEST__PATHS__DECISION_LOG": "/srv/log.sqlite"})
+    assert s.paths.raw_dir == tmp_path / "raw"
+    assert s.paths.store_path == tmp_path / "online_store.sqlite"
+    assert s.paths.decision_log == Path("/srv/log.sqlite")
+
+
+def test_every_bad_value_is_named_at_once():
+    with pytest.raises(ConfigError, match="bandit.control_share.*serving.port"):
+        load_settings(environ={"NEXTBEST__BANDIT__CONTROL_SHARE": "2",
+                               "NEXTBEST__SERVING__PORT": "0"})

@@ -13,7 +13,7 @@ It prints the numbers and writes them to benchmarks/results/features.json. Goals
 build under 60 s, within 8x of the reference, peak memory (max RSS of this process, DuckDB
 runs in it) under 6 GiB.
 
-    .venv/bin/python benchmarks/features.py [--users 1000000] [--data /tmp/bench_1m]
+    .venv/bin/python benchmarks/feature_build.py [--users 1000000] [--data /tmp/bench_1m]
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ import time
 from pathlib import Path
 
 import duckdb
-
-# This script is called features.py: keep its own directory from hiding the features package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from features.build import build_features, default_as_of  # noqa: E402
 from nextbest.config import load_settings  # noqa: E402
