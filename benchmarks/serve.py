@@ -80,8 +80,9 @@ request = function()
   n = n + 1
   local id = ids[(n - 1) % #ids + 1]
   local converted = (n % 4 == 0) and "true" or "false"
+  local revenue = (n % 4 == 0) and "80.0" or "0"
   return wrk.format(nil, "/feedback", nil, string.format(
-    '{"event_id":"%s","converted":%s,"revenue":80.0}', id, converted))
+    '{"event_id":"%s","converted":%s,"revenue":%s}', id, converted, revenue))
 end
 """
 
@@ -140,6 +141,7 @@ def world_env(root: Path) -> dict[str, str]:
     return env | path_overrides(root) | {
         "NEXTBEST_CONFIG": str(root / "nextbest.yaml"),
         "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+        "NEXTBEST__SERVING__BENCHMARK_NOOP": "true",  # the reference endpoint /noop
     }
 
 

@@ -102,6 +102,18 @@ class FeedbackResult(BaseModel):
     reward: float | None
     learnable: bool
     detail: str
+    action: str | None = None  # the decision's arm (None: no action)
+    tier: str | None = None    # the user's tier when the decision was made
+
+
+class StoredReward(BaseModel):
+    """A reward row as stored: what was reported and what it counted for."""
+
+    reward: float
+    source: Literal["feedback", "timeout"]
+    learnable: bool
+    converted: bool
+    revenue: float
 
 
 class LoggedDecision(BaseModel):
@@ -236,11 +248,14 @@ class DecisionLog:
         self._wrote()
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
-    def get_reward(self, event_id: str) -> tuple[float, str, bool] | None:
-        """(reward, source, learnable) already recorded for ``event_id``, or None."""
-        row = self.conn.execute("SELECT reward, source, learnable FROM rewards WHERE event_id = ?",
-                                (event_id,)).fetchone()
-        return None if row is None else (float(row[0]), str(row[1]), bool(row[2]))
+    def get_reward(self, event_id: str) -> StoredReward | None:
+        """The reward already recorded for ``event_id``, or None."""
+        row = self.conn.execute(
+            "SELECT reward, source, learnable, converted, revenue FROM rewards "
+            "WHERE event_id = ?", (event_id,)).fetchone()
+        return None if row is None else StoredReward(
+            reward=row[0], source=row[1], learnable=bool(row[2]), converted=bool(row[3]),
+            revenue=row[4])
 
     def record_late(self, event_id: str, converted: bool, revenue: float, reward: float,
                     ts: datetime) -> bool:

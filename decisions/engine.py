@@ -233,12 +233,18 @@ class DecisionEngine:
                  now: datetime | None = None) -> FeedbackResult:
         """Join a reward to its decision: accepted once, duplicates and late ones said so.
 
-        Raises NotFound for an unknown ``event_id`` and ValidationFailed for a negative or
-        non-finite ``revenue``. In the inline role an accepted reward is learned at once.
+        Raises NotFound for an unknown ``event_id``, ValidationFailed for a negative or
+        non-finite ``revenue`` or a revenue without a conversion, and Conflict for feedback
+        that contradicts the one already accepted (the first answer counts). In the inline
+        role an accepted reward is learned at once.
         """
         if not math.isfinite(revenue) or revenue < 0:
             raise ValidationFailed(f"revenue must be a finite number >= 0, got {revenue}",
                                    field="revenue")
+        if revenue > 0 and not converted:
+            raise ValidationFailed(f"revenue {revenue:g} with converted false: a decision "
+                                   "that did not convert earns nothing; send converted true "
+                                   "or revenue 0", field="revenue")
         ts = utc(now)
         with self._lock:
             logged = self._logged(event_id)
@@ -247,14 +253,17 @@ class DecisionEngine:
             decision = logged.decision
             reward = reward_of(self.config, decision.action, converted, revenue,
                                logged.item_price)
+            result = FeedbackResult(event_id=event_id, status="accepted", reward=reward,
+                                    learnable=decision.learnable, detail="",
+                                    action=decision.action, tier=logged.tier)
             window = timedelta(days=self.config.reward.window_days)
             if ts - decision.ts > window:
-                return self._late(event_id, converted, revenue, reward, ts, window)
+                return self._late(result, converted, revenue, ts, window)
             seq = self.log.insert_reward(RewardRow(
                 event_id=event_id, converted=converted, revenue=revenue, reward=reward,
                 source="feedback", ts=ts, learnable=decision.learnable))
             if seq is None:
-                return self._already(event_id, converted, revenue, reward, ts, window)
+                return self._already(result, converted, revenue, ts, window)
             self._recent.pop(event_id, None)  # rewarded: later feedback is a duplicate
             if self._learner is not None:
                 self._learner.learn_next(seq, logged, reward, converted)
@@ -262,31 +271,37 @@ class DecisionEngine:
                       f"reward accepted, not learned: {decision.reason}")
             if decision.learnable and self._learner is None:
                 detail = "reward accepted; the learner will learn it"
-            return FeedbackResult(
-                event_id=event_id, status="accepted", reward=reward,
-                learnable=decision.learnable, detail=detail)
+            return result.model_copy(update={"detail": detail})
 
-    def _late(self, event_id: str, converted: bool, revenue: float, reward: float,
-              ts: datetime, window: timedelta) -> FeedbackResult:
+    def _late(self, result: FeedbackResult, converted: bool, revenue: float, ts: datetime,
+              window: timedelta) -> FeedbackResult:
         """Record feedback that missed the reward window; never learned."""
-        new = self.log.record_late(event_id, converted, revenue, reward, ts)
+        new = self.log.record_late(result.event_id, converted, revenue, result.reward or 0.0,
+                                   ts)
         again = "" if new else " (already recorded once)"
-        return FeedbackResult(
-            event_id=event_id, status="late", reward=reward, learnable=False,
-            detail=f"feedback arrived after the {window.days}-day reward window: "
-                   f"recorded, not learned{again}")
+        return result.model_copy(update={
+            "status": "late", "learnable": False,
+            "detail": f"feedback arrived after the reward window of {_duration(window)}: "
+                      f"recorded, not learned{again}"})
 
-    def _already(self, event_id: str, converted: bool, revenue: float, reward: float,
-                 ts: datetime, window: timedelta) -> FeedbackResult:
-        """The decision already has a reward: a duplicate, or late if the sweeper got there."""
-        existing = self.log.get_reward(event_id)
-        if existing is not None and existing[1] == "timeout":
-            return self._late(event_id, converted, revenue, reward, ts, window)
-        learned, _, learnable = existing if existing else (reward, "", False)
-        return FeedbackResult(event_id=event_id, status="duplicate", reward=learned,
-                              learnable=learnable,
-                              detail="feedback for this event was already accepted; "
-                                     "counted once")
+    def _already(self, result: FeedbackResult, converted: bool, revenue: float, ts: datetime,
+                 window: timedelta) -> FeedbackResult:
+        """The decision already has a reward: a duplicate (refused when it contradicts the
+        first), or late if the sweeper gave the default reward already."""
+        existing = self.log.get_reward(result.event_id)
+        if existing is None:  # erased between the insert and now
+            raise NotFound(f"no decision with event_id {result.event_id!r}", field="event_id")
+        if existing.source == "timeout":
+            return self._late(result, converted, revenue, ts, window)
+        if (existing.converted, existing.revenue) != (converted, revenue):
+            raise Conflict(
+                f"feedback for {result.event_id} was already accepted with converted="
+                f"{str(existing.converted).lower()}, revenue {existing.revenue:g}; this one "
+                f"says converted={str(converted).lower()}, revenue {revenue:g}: the first "
+                "answer counts", field="event_id")
+        return result.model_copy(update={
+            "status": "duplicate", "reward": existing.reward, "learnable": existing.learnable,
+            "detail": "the same feedback for this event was already accepted; counted once"})
 
     # -- sweeping --------------------------------------------------------------------------
     def sweep(self, now: datetime | None = None) -> int:
@@ -333,6 +348,13 @@ class DecisionEngine:
                     "tiers": {tier: _arm_table([r for r in rows if r["tier"] == tier])
                               for tier in sorted({r["tier"] for r in rows})},
                     "policy_version": version, "role": self.role}
+
+    def learner_lag(self) -> int:
+        """Rewards in the log that the deciding model does not cover yet."""
+        with self._lock:
+            version = self._model()[1]
+            covered = int(version.rsplit(".", 1)[1])
+            return max(self.log.last_seq() - covered, 0)
 
     def _learned_count(self) -> int:
         """Rewards the deciding model has learned (the inline learner or the checkpoint)."""
@@ -382,6 +404,16 @@ class DecisionEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _duration(span: timedelta) -> str:
+    """``7 days``, ``4 hours``, ``30 seconds``: the largest whole unit of ``span``."""
+    seconds = span.total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} seconds"
 
 
 _NO_CONTACTS = ContactCounts()  # what the policy layer gets when no contact limit is set

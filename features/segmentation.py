@@ -7,7 +7,6 @@ returns new columns aligned with its index; :func:`segment` adds them all.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +17,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from features.expressions import compile_expression
 from nextbest.config import ClusterConfig, FeaturesConfig, TagRule, TierConfig
 from nextbest.errors import ConfigError
 
@@ -146,21 +146,10 @@ def assign_seller_tiers(frame: pd.DataFrame, config: TierConfig) -> pd.Series:
 
 # ---------------------------------------------------------------- tags
 def _tag_mask(frame: pd.DataFrame, rule: TagRule) -> np.ndarray:
-    """Where ``rule.when`` holds; false wherever a column it names is NaN/null."""
-    try:
-        result = frame.eval(rule.when)
-    except Exception as exc:  # pandas raises many kinds for a bad expression
-        raise ConfigError(f"tag {rule.name!r}: cannot evaluate rule {rule.when!r} ({exc})",
-                          field=f"features.tags.{rule.name}") from exc
-    if not isinstance(result, pd.Series) or result.dtype.kind != "b" and not (
-            result.dropna().isin([True, False]).all()):
-        raise ConfigError(f"tag {rule.name!r}: rule {rule.when!r} must be true or false "
-                          "per user", field=f"features.tags.{rule.name}")
-    mask = result.fillna(False).to_numpy(dtype=bool, copy=True)
-    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rule.when)) & set(frame.columns)
-    for column in names:
-        mask &= frame[column].notna().to_numpy()
-    return mask
+    """Where ``rule.when`` holds (:mod:`features.expressions`); false wherever a column it
+    names is missing on that row. A name that is not a column is a ConfigError."""
+    expression = compile_expression(rule.when, rule=f"tag {rule.name!r}", known=frame.columns)
+    return expression.mask(frame)
 
 
 def assign_tags(frame: pd.DataFrame, rules: Sequence[TagRule]) -> pd.Series:

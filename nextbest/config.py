@@ -367,6 +367,16 @@ class ServingConfig(_Section):
     score_cache_size: int = Field(100_000, ge=0)
     # BentoML's per-request access log line (costs CPU on every request).
     access_log: bool = True
+    # Start without champion models or features in the online store (every answer is then
+    # a cold start; /readyz says what is missing). Off: `nextbest serve` refuses to start.
+    allow_empty: bool = False
+    # How often each worker asks the registry whether the champions changed (several
+    # replicas pick up a promotion on this schedule); POST /models/reload is immediate.
+    model_refresh_seconds: float = Field(30.0, gt=0)
+    # How long POST /models/reload waits for every worker to report the new versions.
+    reload_wait_seconds: float = Field(10.0, gt=0)
+    # Expose POST /noop (parses a body, does nothing): the serving benchmark's reference.
+    benchmark_noop: bool = False
     triggers: list[TriggerRule] = Field(default_factory=_default_triggers)
 
 

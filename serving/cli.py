@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nextbest.cli import command_group
 from nextbest.config import Settings
-from nextbest.errors import ValidationFailed
+from nextbest.errors import MissingComponent, NotFound, ValidationFailed
 
 SERVICE_TARGET = "serving.service:NextBest"
 
@@ -35,13 +35,18 @@ def serve_command(settings: Settings, *, host: str, port: int) -> list[str]:
             "--host", host, "--port", str(port)]
 
 
-def serve_env(*, host: str, port: int, workers: int, config: str | None,
-              base: dict[str, str] | None = None) -> dict[str, str]:
+def serve_env(*, host: str, port: int, workers: int, config: str | None, data_dir: Path,
+              allow_empty: bool = False, base: dict[str, str] | None = None) -> dict[str, str]:
     """The child's environment: ``base`` (default: ours) plus the serving choices."""
     env = dict(os.environ if base is None else base)
     env["NEXTBEST__SERVING__HOST"] = host
     env["NEXTBEST__SERVING__PORT"] = str(port)
     env["NEXTBEST__SERVING__WORKERS"] = str(workers)
+    if allow_empty:
+        env["NEXTBEST__SERVING__ALLOW_EMPTY"] = "true"
+    # `bentoml serve` empties BENTOML_HOME/prometheus_multiproc_dir when it starts, so two
+    # services sharing a BENTOML_HOME lose each other's metrics: one home per port.
+    env.setdefault("BENTOML_HOME", str(Path(data_dir) / "serving" / str(port) / "bentoml"))
     if config:
         env["NEXTBEST_CONFIG"] = str(Path(config).resolve())
     # The service module must be importable whatever the working directory is.
@@ -67,13 +72,37 @@ def run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
             signal.signal(sig, handler)
 
 
+def check_servable(settings: Settings) -> None:
+    """Refuse to start a service that has no champion models or no features, naming what
+    is missing and how to fix it (``--allow-empty`` starts it anyway)."""
+    from features.store import open_store
+    from serving.scoring import missing_for_serving
+    from training.loader import champion_versions
+
+    try:
+        champion_versions(settings)
+        has_models = True
+    except NotFound:
+        has_models = False
+    with open_store(settings) as store:
+        users = int(store.meta().get("users") or 0)
+    missing = missing_for_serving(has_models, users)
+    if missing:
+        raise MissingComponent(f"nothing to serve: {'; '.join(missing)} (or pass "
+                               "--allow-empty to serve cold-start answers)")
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     """Handler of ``nextbest serve``."""
     host = args.host or settings.serving.host
     port = args.port or settings.serving.port
     workers = args.workers or settings.serving.workers
+    allow_empty = args.allow_empty or settings.serving.allow_empty
+    if not allow_empty:
+        check_servable(settings)
     cmd = serve_command(settings, host=host, port=port)
-    env = serve_env(host=host, port=port, workers=workers, config=getattr(args, "config", None))
+    env = serve_env(host=host, port=port, workers=workers, config=getattr(args, "config", None),
+                    data_dir=Path(settings.paths.data_dir).resolve(), allow_empty=allow_empty)
     print(f"serving on http://{host}:{port} with {workers} worker(s)", file=sys.stderr)
     return run_forwarding_signals(cmd, env)
 
@@ -162,6 +191,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="port to listen on (default: serving.port, 3000)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes; one learns, the others score (default: 1)")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="start even without champion models or features (cold-start "
+                             "answers for everyone; /readyz says what is missing)")
     parser.set_defaults(handler=_serve)
     learner = sub.add_parser(
         "learner", help="run the single bandit learner as its own process",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
 from campaigns.triggers import BehaviourEvent, CampaignFired
 from decisions.decision_log import Decision, FeedbackResult
@@ -24,17 +24,31 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+UserId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class ScoreRequest(RequestBody):
     """``{user_id}`` for one user or ``{user_ids: [...]}`` for a batch, never both."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"user_id": "u000042"}, {"user_ids": ["u000042", "u000043"]}]})
+
     user_id: str | None = Field(None, min_length=1, max_length=200)
-    user_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+    user_ids: list[UserId] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ScoreRequest:
         if (self.user_id is None) == (self.user_ids is None):
             raise ValueError("give exactly one of user_id or user_ids")
         return self
+
+
+def score_request(max_batch: int) -> type[ScoreRequest]:
+    """:class:`ScoreRequest` with the configured batch limit in its schema and validation."""
+    return create_model(
+        "ScoreRequest", __base__=ScoreRequest, __doc__=ScoreRequest.__doc__,
+        user_ids=(list[UserId] | None, Field(None, min_length=1, max_length=max_batch,
+                                             description=f"at most {max_batch} ids")))
 
 
 class NoopRequest(RequestBody):
@@ -61,12 +75,21 @@ class ScoreResponse(BaseModel):
 class NextBestActionRequest(RequestBody):
     """A request for the next best action for one user in one context."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"user_id": "u000042", "context": {"channel": "app", "page": "item",
+                                           "item_id": "i981", "item_price": 820.0,
+                                           "category": "bags", "hour": 20}}]})
+
     user_id: str = Field(min_length=1, max_length=200)
     context: RequestContext = Field(default_factory=RequestContext)
 
 
 class FeedbackRequest(RequestBody):
-    """The outcome of a decision: did the user convert, and for how much."""
+    """The outcome of a decision: did the user convert, and for how much (0 when not)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"event_id": "Qm9vc3RlZC1ldmVudC1pZA", "converted": True, "revenue": 820.0},
+        {"event_id": "Qm9vc3RlZC1ldmVudC1pZA", "converted": False, "revenue": 0.0}]})
 
     event_id: str = Field(min_length=1, max_length=100)
     converted: StrictBool
@@ -83,6 +106,9 @@ class EventsResponse(BaseModel):
 class PreferencesRequest(RequestBody):
     """A user's consent choices; omitted fields keep their current value."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"personalization": False}, {"marketing_email": True, "marketing_sms": False}]})
+
     personalization: StrictBool | None = None
     marketing_email: StrictBool | None = None
     marketing_sms: StrictBool | None = None
@@ -90,13 +116,14 @@ class PreferencesRequest(RequestBody):
 
 
 class PreferencesResponse(BaseModel):
-    """The user's consent choices after the change."""
+    """The user's consent choices, and when they last changed (None: never stated)."""
 
     user_id: str
     personalization: bool
     marketing_email: bool
     marketing_sms: bool
     marketing_push: bool
+    updated_ts: str | None = None
 
 
 class TagExplanation(BaseModel):
@@ -147,24 +174,43 @@ class TagRemovedResponse(BaseModel):
     tags: list[str]
 
 
+class WorkerModels(BaseModel):
+    """The models one worker process serves."""
+
+    pid: int
+    model_versions: dict[str, str | None]
+    reload_generation: int
+
+
 class ModelsResponse(BaseModel):
-    """The champion model versions the service now uses."""
+    """The champion model versions the service now uses, in every worker."""
 
     model_versions: dict[str, str | None]
+    workers: list[WorkerModels] = Field(default_factory=list)
+    all_workers_agree: bool = True
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request and why."""
+
+    field: str
+    reason: str
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx body: the error kind, a readable reason and the field at fault, if any."""
+    """Every 4xx body: the error kind, a readable reason, the field at fault (the first one)
+    and, for invalid bodies, every invalid field."""
 
     error: str
     detail: str
     field: str | None = None
+    errors: list[FieldError] | None = None
 
 
 __all__ = [
     "BehaviourEvent", "CampaignFired", "Decision", "ErasureResponse", "ErrorBody",
     "EventsResponse", "ExplanationResponse", "ExportResponse", "FeedbackRequest",
-    "FeedbackResult", "ModelsResponse", "NextBestActionRequest", "NoopRequest", "PreferencesRequest",
-    "PreferencesResponse", "RequestContext", "ScoreRequest", "ScoreResponse",
-    "TagRemovedResponse", "UserView",
+    "FeedbackResult", "FieldError", "ModelsResponse", "NextBestActionRequest", "NoopRequest",
+    "PreferencesRequest", "PreferencesResponse", "RequestContext", "ScoreRequest",
+    "ScoreResponse", "TagRemovedResponse", "UserView", "WorkerModels", "score_request",
 ]

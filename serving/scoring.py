@@ -20,13 +20,24 @@ from features.store import OnlineStore
 from nextbest.config import Settings
 from nextbest.errors import NotFound
 from serving.schemas import ExplanationResponse, ScoreResponse, TagExplanation
-from training.loader import ChampionModels, load_champions
+from training.loader import ChampionModels, champion_versions, load_champions
 
 log = logging.getLogger(__name__)
 
 NO_MODELS_WARNING = "no champion models, scores are null: run `nextbest train churn` and " \
     "`nextbest train propensity`, then POST /models/reload"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def missing_for_serving(has_models: bool, store_users: int) -> list[str]:
+    """What the service lacks to give real answers, each with the command that fixes it."""
+    missing = []
+    if not has_models:
+        missing.append("no champion models: run `nextbest train churn` and "
+                       "`nextbest train propensity`")
+    if not store_users:
+        missing.append("no features in the online store: run `nextbest features build`")
+    return missing
 
 
 def try_load_champions(settings: Settings) -> tuple[ChampionModels | None, str | None]:
@@ -50,11 +61,23 @@ class Scorer:
         self._cache: OrderedDict[tuple[str, str | None], tuple[float | None, float | None]] = \
             OrderedDict()
 
-    def reload_models(self) -> dict[str, str | None]:
-        """Load the current champions again (raises NotFound when there are none)."""
-        self.champions = load_champions(self.settings)
+    def use(self, champions: ChampionModels) -> dict[str, str | None]:
+        """Serve ``champions`` from now on (cached scores of the old ones are dropped)."""
+        self.champions = champions
         self._cache.clear()
         return self.model_versions()
+
+    def newer_champions(self) -> ChampionModels | None:
+        """The registry's champions when they differ from the ones served, else None (also
+        when the registry has none: what is served stays). Safe off the event loop: it only
+        reads the registry and loads models."""
+        try:
+            versions = champion_versions(self.settings)
+        except NotFound:
+            return None
+        if self.champions is not None and versions == self.champions.versions:
+            return None
+        return load_champions(self.settings)
 
     def forget(self, user_id: str) -> int:
         """Drop the user's cached scores (erasure); returns the entries dropped.

@@ -3,7 +3,8 @@
 Start it with ``nextbest serve`` or ``bentoml serve serving.service:NextBest``. The routes
 are a FastAPI app mounted into the BentoML service (typed path parameters and methods other
 than POST), so BentoML still serves ``/healthz``, ``/livez``, ``/readyz``, ``/metrics`` and
-``/docs.json`` (which includes the mounted routes).
+``/docs.json`` (which includes the mounted routes); the middlewares of
+:mod:`serving.middleware` give ``/readyz`` and ``/docs.json`` nextbest's content.
 
 Concurrency: every route is ``async`` and calls the engine on the event-loop thread, so the
 Vowpal Wabbit workspace (not thread-safe) and the SQLite connections are only ever touched
@@ -11,11 +12,12 @@ by one thread per process. With ``serving.workers`` = N > 1, BentoML starts N pr
 each builds its engine with role ``auto``: the engine takes the learner file lock in exactly
 one of them (which learns in a background thread), and the others become scorers that log
 decisions and feedback and reload the learner's published checkpoints (see
-:func:`open_engine`).
+:func:`open_engine`). Each worker loads the champion models itself and keeps them current
+through its housekeeping loop (:mod:`serving.status`).
 
 Errors: request bodies are pydantic models that forbid unknown fields and NaN/Infinity;
-FastAPI's validation errors and :class:`~nextbest.errors.NextbestError` become 4xx bodies
-``{"error", "detail", "field"}``.
+FastAPI's validation errors (all of them at once) and
+:class:`~nextbest.errors.NextbestError` become 4xx bodies ``{"error", "detail", "field"}``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
+from pathlib import Path as FilePath
 from typing import Any
 
 import bentoml
@@ -35,8 +40,11 @@ from campaigns.triggers import Triggers
 from decisions.engine import DecisionEngine
 from features.erasure import erase_users
 from features.store import Preferences, open_store
+from nextbest import __version__
 from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
+from serving import middleware
+from serving.metrics import DomainMetrics
 from serving.schemas import (
     BehaviourEvent,
     Decision,
@@ -47,16 +55,20 @@ from serving.schemas import (
     ExportResponse,
     FeedbackRequest,
     FeedbackResult,
+    FieldError,
     ModelsResponse,
     NextBestActionRequest,
     NoopRequest,
     PreferencesRequest,
     PreferencesResponse,
-    ScoreRequest,
     ScoreResponse,
     TagRemovedResponse,
+    WorkerModels,
+    score_request,
 )
-from serving.scoring import Scorer, try_load_champions
+from serving.scoring import Scorer, missing_for_serving, try_load_champions
+from serving.status import WorkerBoard, WorkerStatus
+from training.loader import load_champions
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +76,19 @@ SETTINGS: Settings = load_settings()
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (404, 409, 422)}
 USER_ID = Path(min_length=1, max_length=200)
+ScoreRequest = score_request(SETTINGS.serving.max_batch)
+HOUSEKEEPING_SECONDS = 0.5
 
-app = FastAPI(title="nextbest", version="1", description=__doc__)
+API_DESCRIPTION = """\
+Precision marketing for second-hand marketplaces: per-user tiers, segments, tags, churn and
+purchase-propensity scores (`/score`), and the next best action chosen by a contextual
+bandit that learns from conversion feedback (`/next_best_action`, `/feedback`). Behaviour
+events fire campaign triggers (`/events`). Users' rights: preferences, explanation, export
+and erasure (`/users/{user_id}/...`). Errors are `{"error", "detail", "field", "errors"}`
+with a 4xx status naming every invalid field."""
+
+app = FastAPI(title="nextbest", version=__version__, description=API_DESCRIPTION,
+              openapi_url=None, docs_url=None, redoc_url=None)
 
 
 def error_field(loc: tuple[Any, ...]) -> str:
@@ -74,17 +97,28 @@ def error_field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _reason(error: dict[str, Any], request: Request) -> str:
+    """Why one field is invalid, in words (a missing or wrong content type named as such)."""
+    if error.get("type") == "json_invalid":
+        return f"malformed JSON ({(error.get('ctx') or {}).get('error', 'not valid JSON')})"
+    content_type = request.headers.get("content-type")
+    if tuple(error.get("loc", ())) == ("body",) and "json" not in (content_type or ""):
+        told = f"content-type {content_type!r}" if content_type else "no content-type header"
+        return (f"the body was not read as JSON ({told}): send the header "
+                "content-type: application/json")
+    return str(error.get("msg", "invalid"))
+
+
 @app.exception_handler(RequestValidationError)
-async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """A malformed or invalid body: 422 naming the first bad field and why."""
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-    if first.get("type") == "json_invalid":
-        reason = (first.get("ctx") or {}).get("error", "not valid JSON")
-        body = ValidationFailed(f"body: malformed JSON ({reason})", field="body").to_dict()
-    else:
-        field = error_field(tuple(first.get("loc", ("body",))))
-        body = ValidationFailed(f"{field}: {first.get('msg', 'invalid')}", field=field).to_dict()
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A malformed or invalid body: 422 naming every bad field and why."""
+    errors = exc.errors() or [{"loc": ("body",), "msg": "invalid request"}]
+    fields = [FieldError(field="body" if e.get("type") == "json_invalid"
+                         else error_field(tuple(e.get("loc", ("body",)))),
+                         reason=_reason(e, request)) for e in errors]
+    detail = "; ".join(f"{f.field}: {f.reason}" for f in fields)
+    body = ValidationFailed(detail, field=fields[0].field).to_dict()
+    body["errors"] = [f.model_dump() for f in fields]
     return JSONResponse(body, status_code=422)
 
 
@@ -119,6 +153,19 @@ def open_engine(settings: Settings) -> DecisionEngine:
         return DecisionEngine(settings, role="scorer")
 
 
+def board_dir(settings: Settings) -> FilePath:
+    """Where the workers of the service on ``serving.port`` publish their status."""
+    return FilePath(settings.paths.data_dir) / "serving" / str(settings.serving.port)
+
+
+def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
+    """The framework's spec with nextbest's own title, version, description and contact."""
+    spec["info"] = {"title": "nextbest", "version": __version__,
+                    "description": API_DESCRIPTION,
+                    "contact": {"name": "nextbest", "url": "https://github.com/nextbest"}}
+    return spec
+
+
 @bentoml.service(
     name="NextBest",
     workers=SETTINGS.serving.workers,
@@ -136,35 +183,87 @@ class NextBest:
         self.scorer = Scorer(self.settings, self.store, *try_load_champions(self.settings))
         self.engine = open_engine(self.settings)
         self.triggers = Triggers(self.settings.serving.triggers, self.engine)
-        self._sweeper: asyncio.Task[None] | None = None
+        self.metrics = DomainMetrics(self.settings)
+        self.board = WorkerBoard(board_dir(self.settings))
+        self.generation = self.board.generation()
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._checked_registry = time.monotonic()
+        self._last_sweep = time.monotonic()
+        status = self.status()
+        if status.missing and not self.settings.serving.allow_empty:
+            raise RuntimeError(f"nextbest cannot serve: {'; '.join(status.missing)} (or "
+                               "start it with --allow-empty)")
+        middleware.register("status", self.status)
+        middleware.register("openapi", openapi_info)
+        self.publish()
         log.info("nextbest service ready: engine role %s, models %s", self.engine.role,
                  self.scorer.model_versions())
 
-    @bentoml.on_startup
-    async def start_sweeper(self) -> None:
-        """Inline role: sweep timed-out decisions every ``sweep_seconds``, even without
-        traffic (the learner role's thread does this itself; scorers leave it to it)."""
-        if self.engine.role == "inline":
-            self._sweeper = asyncio.create_task(self._sweep_forever())
+    # --- status and housekeeping ------------------------------------------------------------
 
-    async def _sweep_forever(self) -> None:
-        """Give the default reward to decisions whose window closed, on the event loop."""
+    def status(self) -> WorkerStatus:
+        """What this worker serves now, and what readiness lacks (in words)."""
+        meta = self.store.meta()
+        missing = missing_for_serving(self.scorer.champions is not None,
+                                      int(meta.get("users") or 0))
+        as_of = meta.get("as_of")
+        return WorkerStatus(
+            pid=os.getpid(), ready=not missing or self.settings.serving.allow_empty,
+            models=self.scorer.model_versions(), features_as_of=str(as_of)[:10] if as_of else None,
+            store_users=int(meta.get("users") or 0), policy_version=self.engine.policy_version,
+            engine_role=self.engine.role, missing=missing, reload_generation=self.generation)
+
+    def publish(self) -> WorkerStatus:
+        """Publish this worker's status on the board and in the metrics."""
+        status = self.status()
+        self.board.publish(status)
+        self.metrics.models(status.models)
+        self.metrics.freshness(status.features_as_of, self.engine.learner_lag())
+        return status
+
+    @bentoml.on_startup
+    async def start_housekeeping(self) -> None:
+        """Start the loop that sweeps, follows model reloads and publishes the status."""
+        self._housekeeping = asyncio.create_task(self._housekeep_forever())
+
+    async def _housekeep_forever(self) -> None:
+        """Every half second: follow a reload asked of any worker; every
+        ``model_refresh_seconds``: ask the registry for new champions; inline role, every
+        ``sweep_seconds``: give the default reward to decisions whose window closed (the
+        learner role's thread sweeps itself; scorers leave it to it)."""
         while True:
-            await asyncio.sleep(self.settings.bandit.sweep_seconds)
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
-                self.engine.sweep()
-            except Exception:  # keep sweeping; the next round retries
-                log.exception("sweeping timed-out decisions failed")
+                await self._housekeep()
+            except Exception:  # keep going; the next round retries
+                log.exception("housekeeping failed")
+
+    async def _housekeep(self) -> None:
+        now = time.monotonic()
+        generation = self.board.generation()
+        due = now - self._checked_registry >= self.settings.serving.model_refresh_seconds
+        if generation != self.generation or due:
+            self._checked_registry = now
+            newer = await asyncio.to_thread(self.scorer.newer_champions)
+            if newer is not None:
+                log.info("now serving models %s", self.scorer.use(newer))
+            self.generation = generation
+            self.publish()
+        if self.engine.role == "inline" and \
+                now - self._last_sweep >= self.settings.bandit.sweep_seconds:
+            self._last_sweep = now
+            self.engine.sweep()
 
     async def __is_ready__(self) -> bool:
-        """Ready once the store and the engine are open (models may be absent)."""
-        return self.store is not None and self.engine is not None
+        """Ready when models and features are loaded (or serving empty was allowed)."""
+        return self.status().ready
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Stop the sweeper, checkpoint and close the engine, close the store."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        """Stop housekeeping, checkpoint and close the engine, close the store."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        self.board.withdraw(os.getpid())
         self.engine.close()
         with contextlib.suppress(AttributeError):
             self.store.close()
@@ -173,14 +272,10 @@ class NextBest:
 
     @app.post("/score", response_model=ScoreResponse | list[ScoreResponse], responses=ERRORS)
     async def score(self, body: ScoreRequest) -> ScoreResponse | list[ScoreResponse]:
-        """Tier, segment, tags and model scores of one user or a batch (cold start if unknown)."""
+        """Tier, segment, tags and model scores of one user or a batch (cold start if unknown);
+        a batch holds at most ``serving.max_batch`` ids."""
         if body.user_ids is None:
             return self.scorer.score(body.user_id or "")
-        limit = self.settings.serving.max_batch
-        if len(body.user_ids) > limit:
-            raise ValidationFailed(
-                f"user_ids: {len(body.user_ids)} ids exceed the batch limit of {limit}",
-                field="user_ids")
         return self.scorer.score_many(body.user_ids)
 
     # --- the decision loop -----------------------------------------------------------------
@@ -189,18 +284,27 @@ class NextBest:
     async def next_best_action(self, body: NextBestActionRequest) -> Decision:
         """Choose, log durably and return the next best action for a user in a context."""
         user = self.scorer.user_view(body.user_id)
-        return self.engine.decide(user, body.context)
+        decision = self.engine.decide(user, body.context)
+        self.metrics.decided(decision.action, user.tier)
+        return decision
 
     @app.post("/feedback", response_model=FeedbackResult, responses=ERRORS)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResult:
-        """Join a reward to its decision: accepted, duplicate or late (recorded, not learned)."""
-        return self.engine.feedback(body.event_id, body.converted, body.revenue)
+        """Join a reward to its decision: accepted, duplicate or late (recorded, not learned).
+        Revenue without a conversion is refused; feedback contradicting the one already
+        accepted is a 409 saying how it differs (the first answer counts)."""
+        result = self.engine.feedback(body.event_id, body.converted, body.revenue)
+        self.metrics.rewarded(result.action, result.tier, result.status, body.converted)
+        return result
 
     @app.post("/events", response_model=EventsResponse, responses=ERRORS)
     async def events(self, body: BehaviourEvent) -> EventsResponse:
         """Run the triggers on a behaviour event; each fired campaign comes with its action."""
         user = self.scorer.user_view(body.user_id)
-        return EventsResponse(user_id=body.user_id, fired=self.triggers.on_event(user, body))
+        fired = self.triggers.on_event(user, body)
+        for campaign in fired:
+            self.metrics.decided(campaign.decision.action, user.tier)
+        return EventsResponse(user_id=body.user_id, fired=fired)
 
     # --- the user's rights -----------------------------------------------------------------
 
@@ -214,7 +318,14 @@ class NextBest:
         # updated_ts None: the store stamps the change with the current time.
         updated = current.model_copy(update={**changes, "updated_ts": None})
         self.store.set_preferences(user_id, updated)
-        return PreferencesResponse(user_id=user_id, **_consent(updated))
+        return _preferences(user_id, self.store.get_preferences(user_id))
+
+    @app.get("/users/{user_id}/preferences", response_model=PreferencesResponse,
+             responses=ERRORS)
+    async def get_preferences(self, user_id: str = USER_ID) -> PreferencesResponse:
+        """The user's consent as stored (from the API or the platform's preferences table);
+        a user who never stated any has the defaults and no ``updated_ts``."""
+        return _preferences(user_id, self.store.get_preferences(user_id))
 
     @app.get("/users/{user_id}/explanation", response_model=ExplanationResponse,
              responses=ERRORS)
@@ -262,17 +373,37 @@ class NextBest:
 
     @app.post("/models/reload", response_model=ModelsResponse, responses=ERRORS)
     async def reload_models(self) -> ModelsResponse:
-        """Pick up the current ``champion`` models without a restart (404 if none)."""
-        return ModelsResponse(model_versions=self.scorer.reload_models())
+        """Move every worker to the current ``champion`` models without a restart (404 if
+        none); the answer lists the versions each worker serves once all have reloaded
+        (or after ``serving.reload_wait_seconds``)."""
+        versions = self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
+        self.generation = await asyncio.to_thread(self.board.bump)
+        self.publish()
+        workers = await asyncio.to_thread(self.board.wait_for, self.generation,
+                                          self.settings.serving.reload_wait_seconds)
+        listed = [WorkerModels(pid=w.pid, model_versions=w.models,
+                               reload_generation=w.reload_generation) for w in workers]
+        return ModelsResponse(model_versions=versions, workers=listed,
+                              all_workers_agree=all(w.model_versions == versions
+                                                    for w in listed))
 
-    @app.post("/noop")
-    async def noop(self, body: NoopRequest) -> dict[str, bool]:
-        """Parses a ``{user_id}`` body and does nothing else: the benchmarks' reference for
-        the cost of the HTTP stack and of a validated JSON body."""
-        return {"ok": bool(body.user_id)}
+    if SETTINGS.serving.benchmark_noop:
+        @app.post("/noop", include_in_schema=False)
+        async def noop(self, body: NoopRequest) -> dict[str, bool]:
+            """Parses a ``{user_id}`` body and does nothing else: the benchmarks' reference
+            for the cost of the HTTP stack and of a validated JSON body (only with
+            ``serving.benchmark_noop``)."""
+            return {"ok": bool(body.user_id)}
 
 
-def _consent(prefs: Preferences) -> dict[str, bool]:
-    """The four consent flags of a preferences object."""
-    return {name: bool(getattr(prefs, name)) for name in
-            ("personalization", "marketing_email", "marketing_sms", "marketing_push")}
+NextBest.add_asgi_middleware(middleware.ReadinessBody)
+NextBest.add_asgi_middleware(middleware.OpenApiInfo)
+
+
+def _preferences(user_id: str, prefs: Preferences) -> PreferencesResponse:
+    """The API shape of a user's stored preferences."""
+    return PreferencesResponse(
+        user_id=user_id, personalization=prefs.personalization,
+        marketing_email=prefs.marketing_email, marketing_sms=prefs.marketing_sms,
+        marketing_push=prefs.marketing_push,
+        updated_ts=prefs.updated_ts.isoformat() if prefs.updated_ts else None)

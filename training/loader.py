@@ -19,7 +19,7 @@ import pandas as pd
 from features.report import ChurnScorer
 from nextbest.config import Settings
 from nextbest.errors import NextbestError
-from training.registry import CHAMPION, LoadedModel, configure, load_version
+from training.registry import CHAMPION, LoadedModel, configure, load_version, resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +131,10 @@ def load_churn_scorer(settings: Settings) -> ChurnScorer | None:
                          index=frame.index)
 
     return score
+
+
+def champion_versions(settings: Settings) -> dict[str, str]:
+    """The registered version behind each ``champion`` alias, without loading a model (a
+    cheap check for a newer champion); :class:`~nextbest.errors.NotFound` if one is missing."""
+    client = configure(settings)
+    return {name: resolve_version(client, name, CHAMPION) for name in (CHURN, PROPENSITY)}

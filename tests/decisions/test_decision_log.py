@@ -79,7 +79,9 @@ def test_sweep_gives_the_default_reward_once_after_the_window(log: DecisionLog):
     window = timedelta(days=7)
     assert log.sweep(T0 + timedelta(days=7, hours=1), window, 0.0) == 1
     assert log.sweep(T0 + timedelta(days=7, hours=2), window, 0.0) == 0
-    assert log.get_reward("old") == (0.0, "timeout", True)
+    stored = log.get_reward("old")
+    assert (stored.reward, stored.source, stored.learnable) == (0.0, "timeout", True)
+    assert (stored.converted, stored.revenue) == (False, 0.0)
     assert log.sweep(T0 + timedelta(days=14), window, 0.0) == 1  # "fresh" closes later
 
 

@@ -114,14 +114,21 @@ def test_feedback_unknown_duplicate_late_and_invalid(engine: DecisionEngine):
              if not d.control)
     with pytest.raises(ValidationFailed, match="revenue"):
         engine.feedback(d.event_id, True, float("nan"), now=T0)
+    with pytest.raises(ValidationFailed, match="revenue 500 with converted false"):
+        engine.feedback(d.event_id, False, 500.0, now=T0)
     first = engine.feedback(d.event_id, True, 200.0, now=T0 + timedelta(hours=1))
-    again = engine.feedback(d.event_id, True, 999.0, now=T0 + timedelta(hours=2))
+    again = engine.feedback(d.event_id, True, 200.0, now=T0 + timedelta(hours=2))
     assert first.status == "accepted" and first.learnable
+    assert (first.action, first.tier) == (d.action, user(0).tier)
     assert again.status == "duplicate" and again.reward == first.reward
+    with pytest.raises(Conflict, match="already accepted with converted=true, revenue 200; "
+                                       "this one says converted=true, revenue 999"):
+        engine.feedback(d.event_id, True, 999.0, now=T0 + timedelta(hours=2))
     assert engine.stats()["rewards_learned"] == 1
     late_d = engine.decide(user(1000), CONTEXT, now=T0)
     late = engine.feedback(late_d.event_id, True, 50.0, now=T0 + timedelta(days=8))
-    assert late.status == "late" and not late.learnable and "after the 7-day" in late.detail
+    assert late.status == "late" and not late.learnable
+    assert "after the reward window of 7 days" in late.detail
     assert engine.stats()["rewards_learned"] == 1
 
 
@@ -223,9 +230,9 @@ def test_feedback_joins_the_same_with_and_without_the_decision_cache(settings: S
         tuned = with_bandit(settings, decision_cache_size=size, **NO_CAPS)
         with DecisionEngine(tuned, durable=False, log_path=tmp_path / f"{size}.sqlite") as eng:
             decisions = [eng.decide(user(i), CONTEXT, now=T0) for i in range(200)]
-            results = [eng.feedback(d.event_id, i % 3 == 0, 90.0, now=T0)
+            results = [eng.feedback(d.event_id, i % 3 == 0, 90.0 * (i % 3 == 0), now=T0)
                        for i, d in enumerate(decisions)]
-            again = eng.feedback(decisions[-1].event_id, True, 90.0, now=T0)
+            again = eng.feedback(decisions[198].event_id, True, 90.0, now=T0)  # as before
             outcomes.append(([d.action for d in decisions],
                              [(r.status, r.reward, r.learnable) for r in results],
                              again.status, eng.stats()["rewards_learned"]))

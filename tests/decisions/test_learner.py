@@ -97,7 +97,8 @@ def test_kill_9_mid_traffic_loses_no_accepted_feedback(settings: Settings, tmp_p
         nonlocal learned
         for i in range(first, last):
             d = decisions[i]
-            result = scorer.feedback(d.event_id, converts(i, d.action), 120.0)
+            converted = converts(i, d.action)
+            result = scorer.feedback(d.event_id, converted, 120.0 if converted else 0.0)
             assert result.status == "accepted"
             learned += result.learnable
             if during is not None and i == during[0]:

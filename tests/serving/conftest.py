@@ -157,9 +157,11 @@ def start_server(world: World, *, workers: int = 1, name: str = "server",
     log_path = world.root / f"{name}-{port}.log"
     cmd = [sys.executable, "-m", "nextbest.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers)]
+    # Each server its own BENTOML_HOME: `bentoml serve` empties its metrics directory.
+    home = {"BENTOML_HOME": str(world.root / f"bentoml-{name}-{port}")}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=world.env | (env or {}), cwd=world.root, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=world.env | home | (env or {}), cwd=world.root,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -212,4 +214,19 @@ def spawn(world: World) -> Iterator[Callable[..., Server]]:
 
     yield start
     for srv in started:
+        srv.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def empty_server(tmp_path: Path, world: World) -> Iterator[Server]:
+    """A service started with ``allow_empty`` in an empty directory: no models, no
+    features (the world's environment minus its paths and config)."""
+    env = {k: v for k, v in world.env.items() if not k.startswith("NEXTBEST")}
+    env |= path_overrides(tmp_path) | {"BENTOML_HOME": str(tmp_path / "bentoml"),
+                                       "NEXTBEST__SERVING__ALLOW_EMPTY": "true"}
+    empty = World(root=tmp_path, env=env, settings=load_settings(None, environ=env))
+    srv = start_server(empty, name="empty")
+    try:
+        yield srv
+    finally:
         srv.stop(signal.SIGKILL)

@@ -369,7 +369,7 @@ def _traffic_with_feedback(url: str, users: list[str], rounds: int) -> int:
             d = http.post("/next_best_action", json={
                 "user_id": users[i % len(users)], "context": CONTEXT}).json()
             fb = http.post("/feedback", json={"event_id": d["event_id"], "converted": i % 3 == 0,
-                                              "revenue": 60.0}).json()
+                                              "revenue": 60.0 * (i % 3 == 0)}).json()
             assert fb["status"] == "accepted", fb
             learnable += int(fb["learnable"])
     return learnable
@@ -394,7 +394,7 @@ class _Traffic(threading.Thread):
                         "user_id": self.users[i % len(self.users)], "context": CONTEXT}).json()
                     fb = http.post("/feedback", json={"event_id": d["event_id"],
                                                       "converted": i % 3 == 0,
-                                                      "revenue": 60.0}).json()
+                                                      "revenue": 60.0 * (i % 3 == 0)}).json()
                 except httpx.HTTPError:
                     return  # the server was killed
                 self.accepted += int(fb["status"] == "accepted" and fb["learnable"])

@@ -1,0 +1,84 @@
+"""nextbest's own Prometheus series, beside BentoML's request metrics on ``/metrics``.
+
+Created in each worker after BentoML set up multiprocess collection (so every worker's
+counts reach ``/metrics``); labels come from bounded sets only: the configured arms (plus
+``none``), the tiers of :data:`features.segmentation.TIERS` (plus ``unknown``) and the
+decision point, never a user id or a free-text value.
+
+- ``nextbest_decisions_total{decision_point, arm, tier}``
+- ``nextbest_rewards_total{decision_point, arm, tier, outcome}`` (outcome: converted,
+  not_converted, duplicate, late)
+- ``nextbest_model_info{model, version}`` (1 for the champion version this worker serves)
+- ``nextbest_features_age_days``: days since the online store's latest ``as_of``
+- ``nextbest_learner_lag_rewards``: rewards in the decision log the deciding model has not
+  learned yet
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from features.segmentation import TIERS
+from nextbest.config import Settings
+
+DECISION_POINT = "buyer_offer"
+NO_ARM = "none"
+OTHER = "unknown"
+
+
+class DomainMetrics:
+    """The series of one worker process."""
+
+    def __init__(self, settings: Settings):
+        import prometheus_client as prom  # after BentoML set PROMETHEUS_MULTIPROC_DIR
+
+        self.arms = {arm.name for arm in settings.bandit.arms}
+        self.tiers = set(TIERS)
+        self.decisions = prom.Counter(
+            "nextbest_decisions", "Decisions made, by decision point, arm and tier",
+            ["decision_point", "arm", "tier"])
+        self.rewards = prom.Counter(
+            "nextbest_rewards", "Feedback received, by decision point, arm, tier and outcome",
+            ["decision_point", "arm", "tier", "outcome"])
+        self.model_info = prom.Gauge(
+            "nextbest_model_info", "1 for each champion model version served",
+            ["model", "version"], multiprocess_mode="livemax")
+        self.features_age = prom.Gauge(
+            "nextbest_features_age_days", "Days since the online store's latest features as_of",
+            multiprocess_mode="livemax")
+        self.learner_lag = prom.Gauge(
+            "nextbest_learner_lag_rewards",
+            "Rewards logged that the deciding model has not learned yet",
+            multiprocess_mode="livemax")
+        self._versions: dict[str, str] = {}
+
+    def _arm(self, arm: str | None) -> str:
+        return NO_ARM if arm is None else arm if arm in self.arms else OTHER
+
+    def _tier(self, tier: str | None) -> str:
+        return tier if tier in self.tiers else OTHER
+
+    def decided(self, arm: str | None, tier: str) -> None:
+        """Count one decision."""
+        self.decisions.labels(DECISION_POINT, self._arm(arm), self._tier(tier)).inc()
+
+    def rewarded(self, arm: str | None, tier: str | None, status: str, converted: bool) -> None:
+        """Count one feedback by what happened to it."""
+        outcome = status if status in ("duplicate", "late") else (
+            "converted" if converted else "not_converted")
+        self.rewards.labels(DECISION_POINT, self._arm(arm), self._tier(tier), outcome).inc()
+
+    def models(self, versions: dict[str, str | None]) -> None:
+        """Show the versions served now (the previous ones drop to 0)."""
+        for model, version in self._versions.items():
+            self.model_info.labels(model, version).set(0)
+        self._versions = {m: v for m, v in versions.items() if v is not None and m != "warning"}
+        for model, version in self._versions.items():
+            self.model_info.labels(model, version).set(1)
+
+    def freshness(self, as_of: str | None, lag: int, today: date | None = None) -> None:
+        """Features age (days since ``as_of``) and the learner's lag in rewards."""
+        if as_of:
+            today = today or datetime.now(UTC).date()
+            self.features_age.set((today - date.fromisoformat(as_of[:10])).days)
+        self.learner_lag.set(lag)
