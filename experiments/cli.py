@@ -85,8 +85,10 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
                       progress=None if args.quiet else _progress)
     out = Path(args.out or Path(settings.paths.reports_dir) / "simulation")
     payload = result.to_json()
-    json_path = _write_json(out / "simulation.json", payload)
     plots = [] if args.no_plots else simulation_plots(result, out)
+    # The report shows exactly these charts, not older ones left in the directory.
+    payload["plots"] = [p.name for p in plots]
+    json_path = _write_json(out / "simulation.json", payload)
     if not args.no_mlflow:
         from experiments.tracking import log_simulation
 
@@ -154,14 +156,18 @@ def format_simulation(payload: dict) -> str:
 def _analyse_log(args: argparse.Namespace, settings: Settings, name: str,
                  analyse: Callable[[pd.DataFrame], BaseModel],
                  render: Callable[[BaseModel], str]) -> int:
-    """Read the decision log of ``--logs``, analyse it, write ``REPORTS/name/name.json`` and
-    print the report (or its JSON with ``--json``)."""
+    """Read the decision log of ``--logs``, analyse it, write ``REPORTS/name/name.json`` (with
+    the log's path and modification time under ``log``, for the HTML report) and print the
+    report (or its JSON with ``--json``)."""
     from experiments.logs import read_log
+    from experiments.report import LOG_KEY, log_provenance
 
-    log = read_log(Path(args.logs or settings.paths.decision_log), settings)
+    path = Path(args.logs or settings.paths.decision_log)
+    source = log_provenance(path)  # before reading: a live log may grow meanwhile
+    log = read_log(path, settings)
     report = analyse(log)
     out = Path(args.out or Path(settings.paths.reports_dir) / name)
-    payload = report.model_dump()
+    payload = {**report.model_dump(), LOG_KEY: source}
     _write_json(out / f"{name}.json", payload)
     print(json.dumps(payload, indent=2) if args.json else render(report))
     return 0

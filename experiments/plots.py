@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 from experiments.runner import SimulationResult  # noqa: E402
 from features.segmentation import TIERS  # noqa: E402
@@ -20,6 +21,11 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+# Axis labels with thousands separators, never matplotlib's "1e6" offset notation.
+THOUSANDS = FuncFormatter(
+    lambda value, _: f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}")
 
 
 def _drift_line(ax: plt.Axes, result: SimulationResult) -> None:
@@ -35,6 +41,8 @@ def cumulative_reward(result: SimulationResult, path: Path) -> Path:
             ax.plot(np.cumsum(trace.reward), label=name)
     _drift_line(ax, result)
     ax.set(xlabel="decision", ylabel="cumulative reward", title="Cumulative reward")
+    ax.xaxis.set_major_formatter(THOUSANDS)
+    ax.yaxis.set_major_formatter(THOUSANDS)
     ax.legend()
     return _save(fig, path)
 
@@ -48,6 +56,8 @@ def cumulative_regret(result: SimulationResult, path: Path) -> Path:
             ax.plot(np.cumsum(oracle - trace.expected), label=name)
     _drift_line(ax, result)
     ax.set(xlabel="decision", ylabel="cumulative regret", title="Regret against the oracle")
+    ax.xaxis.set_major_formatter(THOUSANDS)
+    ax.yaxis.set_major_formatter(THOUSANDS)
     ax.legend()
     return _save(fig, path)
 
@@ -72,6 +82,7 @@ def arm_share_by_tier(result: SimulationResult, policy: str, path: Path,
                     shares[i, w] = np.mean(chosen[sl][mask] == arm)
         ax.stackplot(edges[1:], shares, labels=list(names))
         ax.set(title=tier, xlabel="decision")
+        ax.xaxis.set_major_formatter(THOUSANDS)
     axes[0][0].set_ylabel("arm share")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1, 1))
     fig.suptitle(f"Arm share by tier over time: {policy}", y=1.04)
@@ -89,8 +100,9 @@ def simulation_plots(result: SimulationResult, out_dir: Path) -> list[Path]:
 
 
 def interval_chart(title: str, rows: dict[str, tuple[float, float, float]], path: Path,
-                   reference: float | None = None) -> Path:
-    """Horizontal point-and-interval chart (``name -> (mean, low, high)``)."""
+                   reference: float | None = None, percent: bool = False) -> Path:
+    """Horizontal point-and-interval chart (``name -> (mean, low, high)``); with
+    ``percent`` the values are fractions, labelled as percentages."""
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.5))
     names = list(rows)
     for i, name in enumerate(names):
@@ -99,5 +111,7 @@ def interval_chart(title: str, rows: dict[str, tuple[float, float, float]], path
     if reference is not None:
         ax.axvline(reference, color="grey", linestyle="--")
     ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()  # the first row on top, as in the table beside it
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0) if percent else THOUSANDS)
     ax.set_title(title)
     return _save(fig, path)

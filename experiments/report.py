@@ -1,10 +1,19 @@
-"""One self-contained HTML page for a marketing operator (``nextbest report``).
+"""One self-contained HTML page a marketing operator can act on (``nextbest report``).
 
-Sections: segments (tier sizes and ARPU from the latest features, plus any charts the
-features stage left in ``reports_dir/segments``), model metrics (MLflow registry,
-``@champion``), policy comparison (``reports_dir/simulation``), offline policy evaluation
-(``reports_dir/ope``) and A/B results (``reports_dir/abtest``). Every chart is embedded as a
-base64 PNG, so the page opens anywhere. A section whose inputs are missing says what to run.
+The page opens with a dated summary: when it was generated, the period the raw data covers,
+the features ``as_of`` dates, the champion model versions, and the segment alerts (Platinum
+churn risk, Dormant share, tier share shifts) each with what to do about it. Then one section
+per input: segments (tiers in their natural order, :data:`features.segmentation.TIERS`),
+models (churn and propensity, each chart captioned with its model, version and MLflow run),
+the policy comparison of the last ``nextbest simulate``, offline policy evaluation
+(``nextbest evaluate-policy``) and A/B analysis (``nextbest abtest``).
+
+Every chart says where it came from. The OPE and A/B sections name the decision log they
+analysed (path and modification time, recorded by the command under the ``log`` key of its
+JSON, see :func:`log_provenance`); an analysis whose log is unknown is left out with a
+sentence saying so, and two analyses of different logs are flagged, never mixed silently.
+Every number goes through :func:`fmt` (thousands separators, percentages, no scientific
+notation). Charts are embedded as base64 PNGs, so the page opens anywhere.
 """
 
 from __future__ import annotations
@@ -12,206 +21,710 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
+import math
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeVar
 
-from experiments.plots import interval_chart
+from features.segmentation import TIERS
 from nextbest.config import Settings
 
+if TYPE_CHECKING:
+    from features.report import Alert, SegmentsReport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 MODELS = ("churn", "propensity")
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-.missing{color:#a33;font-style:italic}img{max-width:100%;margin:0.5em 0}"""
+LOG_KEY = "log"  # where evaluate-policy and abtest record the log they analysed
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;
+line-height:1.4}table{border-collapse:collapse;margin:0.6em 0}td,th{border:1px solid #ccc;
+padding:4px 8px;text-align:right}td{white-space:nowrap}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}table.facts td{text-align:left;
+white-space:normal}table.facts td:first-child{font-weight:600;background:#f7f7f7;
+white-space:nowrap}.missing{color:#a33;font-style:italic}.source{color:#555;font-size:0.9em}
+.alert{border-left:5px solid #c0392b;background:#fdf2f0;padding:0.5em 1em;margin:0.8em 0}
+.alert .todo{font-weight:600}.warning{border-left:5px solid #d68910;background:#fef5e7;
+padding:0.4em 1em}figure{display:inline-table;margin:1em 1.5em 1em 0;vertical-align:top}
+figure img{max-width:100%}figcaption{display:table-caption;caption-side:bottom;
+font-size:0.9em;color:#444;padding-top:0.3em}h2{border-bottom:2px solid #ddd;
+padding-bottom:0.2em;margin-top:1.8em}"""
+
+# ---------------------------------------------------------------------------------------
+# Formatting: the one helper every number and time on the page goes through.
+
+Kind = Literal["count", "money", "number", "signed", "share", "signed_share", "points",
+               "p_value"]
 
 
-def _img(path: Path) -> str:
-    """An ``<img>`` holding the PNG at ``path`` as a data URI."""
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+def fmt(value: object, kind: Kind = "number") -> str:
+    """``value`` as text for the page: never scientific notation.
+
+    Kinds: ``count`` 12,345; ``money`` 18,550.25; ``number`` a plain figure with as many
+    decimals as its size needs (18,550 / 12.35 / 0.128); ``signed`` the same with its sign;
+    ``share`` a fraction as a percentage (0.1283 -> 12.8%); ``signed_share`` +12.8%;
+    ``points`` a difference of two shares in percentage points (+1.2 pp); ``p_value``
+    0.034 or < 0.001. A ``datetime`` becomes ``YYYY-MM-DD HH:MM:SS UTC``, a ``date`` ISO
+    8601, whatever the kind. Missing values (None, NaN, infinite) read ``n/a``.
+    """
+    if isinstance(value, datetime):
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(value, date):
+        return value.isoformat()
+    if value is None or isinstance(value, str | bool):
+        return "n/a" if value is None else str(value)
+    x = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(x):
+        return "n/a"
+    sign = "+" if kind in ("signed", "signed_share", "points") else ""
+    if kind == "count":
+        return f"{round(x):,}"
+    if kind == "money":
+        return f"{x:,.2f}"
+    if kind in ("share", "signed_share"):
+        return f"{x:{sign},.1%}"
+    if kind == "points":
+        return f"{x * 100:+,.1f} pp"
+    if kind == "p_value":
+        return "< 0.001" if x < 0.001 else f"{x:.3f}"
+    size = abs(x)
+    # Three significant digits below 1 (0.128, 0.00412), fewer decimals for larger values.
+    decimals = (0 if size >= 100 else 2 if size >= 1 or size == 0
+                else min(8, 2 - math.floor(math.log10(size))))
+    return f"{x:{sign},.{decimals}f}"
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
-    """An HTML table; floats get four significant digits."""
-    def cell(v: object) -> str:
-        return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+# ---------------------------------------------------------------------------------------
+# Where each input came from.
+
+
+def _mtime(path: Path) -> datetime:
+    """When ``path`` was last written. For SQLite its write-ahead log counts too, unless it
+    is empty: a read-only reader creates an empty one, which changes no data."""
+    wal = Path(f"{path}-wal")
+    stats = [path.stat()] + ([wal.stat()] if wal.is_file() and wal.stat().st_size else [])
+    return datetime.fromtimestamp(max(s.st_mtime for s in stats), UTC)
+
+
+def log_provenance(path: Path) -> dict[str, str]:
+    """What ``evaluate-policy`` and ``abtest`` record under ``log`` in their JSON: the log's
+    absolute path and its modification time (ISO 8601, UTC) when they read it."""
+    path = Path(path)
+    modified = _mtime(path).isoformat() if path.exists() else ""
+    return {"path": str(path.resolve()), "modified": modified}
+
+
+@dataclass
+class SourceFile:
+    """A JSON file another command wrote, and when."""
+
+    path: Path
+    written: datetime
+    payload: dict
+
+    @classmethod
+    def read(cls, path: Path) -> SourceFile | None:
+        return (cls(path, _mtime(path), json.loads(path.read_text()))
+                if path.is_file() else None)
+
+
+@dataclass
+class LogAnalysis:
+    """An OPE or A/B result and the decision log it analysed."""
+
+    file: SourceFile
+    log_path: str | None
+    log_modified: datetime | None
+    log_now: datetime | None  # the log's modification time today (None: it is gone)
+
+    @classmethod
+    def read(cls, path: Path) -> LogAnalysis | None:
+        file = SourceFile.read(path)
+        if file is None:
+            return None
+        recorded = file.payload.get(LOG_KEY) or {}
+        log_path = recorded.get("path") or None
+        modified = (datetime.fromisoformat(recorded["modified"])
+                    if recorded.get("modified") else None)
+        now = _mtime(Path(log_path)) if log_path and Path(log_path).exists() else None
+        return cls(file, log_path, modified, now)
+
+    @property
+    def log_changed(self) -> bool:
+        return self.log_now is None or self.log_now != self.log_modified
+
+    def source_html(self, command: str) -> str:
+        """Which log, when it was modified, and when the analysis was written."""
+        text = (f"Source: decision log <code>{html.escape(str(self.log_path))}</code>, "
+                f"modified {fmt(self.log_modified)}; analysed by <code>nextbest {command}"
+                f"</code> into <code>{html.escape(_rel(self.file.path))}</code> at "
+                f"{fmt(self.file.written)}.")
+        out = f'<p class="source">{text}</p>'
+        if self.log_now is None:
+            out += _warning("This log no longer exists: the figures below describe it as "
+                            f"it was on {fmt(self.log_modified)}.")
+        elif self.log_changed:
+            out += _warning(f"This log has changed since it was analysed (now modified "
+                            f"{fmt(self.log_now)}): re-run `nextbest {command} --logs "
+                            f"{self.log_path}` to update these figures.")
+        return out
+
+
+@dataclass
+class Champion:
+    """One champion model as the registry knows it."""
+
+    name: str
+    version: str
+    run_id: str
+    registered: datetime
+    params: dict[str, str]
+    metrics: dict[str, float]
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class Inputs:
+    """Everything the page shows, read once; ``problems`` holds what could not be read."""
+
+    generated: datetime
+    data_period: tuple[datetime, datetime] | None = None
+    features_as_of: list[date] = field(default_factory=list)
+    segments: SegmentsReport | None = None
+    champions: dict[str, Champion] = field(default_factory=dict)
+    simulation: SourceFile | None = None
+    ope: LogAnalysis | None = None
+    abtest: LogAnalysis | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+def _data_period(raw_dir: Path) -> tuple[datetime, datetime] | None:
+    """First and last ``ts`` of the raw orders and events (None without rows)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from features.engines import raw_path
+
+    bounds = []
+    for table in ("orders", "events"):
+        path = raw_path(raw_dir, table)
+        if path.is_file():
+            low_high = pc.min_max(pq.read_table(path, columns=["ts"])["ts"])
+            if low_high["min"].is_valid:
+                bounds += [low_high["min"].as_py(), low_high["max"].as_py()]
+    return (min(bounds), max(bounds)) if bounds else None
+
+
+def _segments(settings: Settings, dates: list[date], with_model: bool) -> SegmentsReport:
+    """The segments report of the latest features against the previous ones, with the
+    Platinum churn risk scored by the champion churn model (recency without one)."""
+    from features.report import build_report
+    from training.loader import load_churn_scorer
+
+    return build_report(settings, dates[-1], dates[-2] if len(dates) > 1 else None,
+                        scorer=load_churn_scorer(settings) if with_model else None)
+
+
+def _champions(settings: Settings, scratch: Path) -> dict[str, Champion]:
+    """Each registered ``@champion`` with its run's params, metrics and plots."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from training.registry import CHAMPION, configure
+
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return {}  # no registry yet; opening it would create one (seconds of migrations)
+    client = configure(settings)
+    found = {}
+    for name in MODELS:
+        try:
+            version = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            continue
+        run = client.get_run(version.run_id)
+        plots = Path(mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path="plots", dst_path=str(scratch / name)))
+        found[name] = Champion(
+            name=name, version=str(version.version), run_id=version.run_id,
+            registered=datetime.fromtimestamp(version.creation_timestamp / 1000, UTC),
+            params=dict(run.data.params), metrics=dict(run.data.metrics),
+            plots={p.stem: p for p in sorted(plots.glob("*.png"))})
+    return found
+
+
+def _attempt(problems: dict[str, str], name: str, read: Callable[[], T], default: T) -> T:
+    """``read()``, or ``default`` with the error noted in ``problems`` under ``name``."""
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - one broken input must not hide the rest
+        log.warning("report: could not read the %s: %s", name, exc)
+        problems[name] = f"{type(exc).__name__}: {exc}"
+        return default
+
+
+def gather(settings: Settings, scratch: Path, now: datetime | None = None) -> Inputs:
+    """Read every input of the page; one that cannot be read is noted, not raised."""
+    from features.build import available_as_of
+
+    inputs = Inputs(generated=now or datetime.now(UTC))
+    problems = inputs.problems
+    reports = Path(settings.paths.reports_dir)
+    inputs.data_period = _attempt(problems, "raw data",
+                                  lambda: _data_period(Path(settings.paths.raw_dir)), None)
+    inputs.features_as_of = _attempt(problems, "features", lambda: available_as_of(settings),
+                                     [])
+    inputs.champions = _attempt(problems, "model registry",
+                                lambda: _champions(settings, scratch), {})
+    if inputs.features_as_of:
+        inputs.segments = _attempt(problems, "segments", lambda: _segments(
+            settings, inputs.features_as_of, "churn" in inputs.champions), None)
+    inputs.simulation = _attempt(problems, "simulation", lambda: SourceFile.read(
+        reports / "simulation" / "simulation.json"), None)
+    inputs.ope = _attempt(problems, "offline evaluation",
+                          lambda: LogAnalysis.read(reports / "ope" / "ope.json"), None)
+    inputs.abtest = _attempt(problems, "A/B analysis",
+                             lambda: LogAnalysis.read(reports / "abtest" / "abtest.json"), None)
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------
+# HTML building blocks.
+
+
+def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
+    """An HTML table of text cells (numbers are formatted with :func:`fmt` by the caller)."""
+    for row in rows:
+        for cell in row:
+            if not isinstance(cell, str):
+                raise TypeError(f"table cell {cell!r} was not formatted with fmt()")
+    head = ("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            if header else "")
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
                    for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    cls = f' class="{css}"' if css else ""
+    return f"<table{cls}>{head}{body}</table>"
+
+
+def _figure(path: Path, caption: str) -> str:
+    """A captioned ``<figure>`` holding the PNG at ``path`` as a data URI."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    text = html.escape(caption)
+    return (f'<figure><img alt="{text}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{text}</figcaption></figure>")
 
 
 def _missing(text: str) -> str:
     return f'<p class="missing">{html.escape(text)}</p>'
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _warning(text: str) -> str:
+    return f'<p class="warning">{html.escape(text)}</p>'
 
 
-def segments_section(settings: Settings, scratch: Path) -> str:
-    """Tier sizes, shares and ARPU from the latest features, and the segment charts."""
-    from features.build import available_as_of, load_features
-
-    parts = []
-    dates = available_as_of(settings)
-    if dates:
-        feats = load_features(settings, dates[-1])
-        grouped = feats.groupby("tier")
-        total = len(feats)
-        spend = "monetary_365d" if "monetary_365d" in feats.columns else None
-        rows = [[tier, len(g), len(g) / total, float(g[spend].mean()) if spend else ""]
-                for tier, g in grouped]
-        parts.append(f"<p>Features as of {dates[-1].isoformat()}, {total} users.</p>")
-        parts.append(_table(["tier", "users", "share", "ARPU (365d)"], rows))
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar([r[0] for r in rows], [r[1] for r in rows])
-        ax.set(title="Users per tier", ylabel="users")
-        chart = scratch / "tiers.png"
-        fig.savefig(chart, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        parts.append(_img(chart))
-    else:
-        parts.append(_missing("No features yet: run `nextbest features build`."))
-    # `nextbest segments report` writes into reports_dir/segments_<as_of>: show the latest.
-    seg_dirs = sorted(Path(settings.paths.reports_dir).glob("segments_*"))
-    if seg_dirs:
-        parts += [_img(p) for p in sorted(seg_dirs[-1].glob("*.png"))]
-    else:
-        parts.append(_missing("No segment report yet: run `nextbest segments report "
-                              "--compare-to DATE` for the tier migration chart."))
-    return "".join(parts)
+def _p(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
 
 
-MODEL_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_top_decile", "ece")
-MODEL_PLOTS = ("roc.png", "calibration.png")
-
-
-def models_section(settings: Settings, scratch: Path) -> str:
-    """Each champion's validation metrics beside its baselines', and its ROC and
-    calibration plots (from the champion run's MLflow artifacts)."""
+def _rel(path: Path | str) -> str:
+    """``path`` relative to the working directory when it lies under it."""
     try:
-        import mlflow
-
-        from training.registry import configure
-
-        client = configure(settings)
-        rows, charts = [], []
-        for name in MODELS:
-            try:
-                version = client.get_model_version_by_alias(name, "champion")
-            except Exception:  # noqa: BLE001 - an absent model is reported, not raised
-                continue
-            metrics = client.get_run(version.run_id).data.metrics
-            for scorer, prefix in (("LightGBM", ""), ("RFM baseline", "baseline_rfm_"),
-                                   ("BG/NBD baseline", "baseline_bgnbd_")):
-                rows.append([f"{name} v{version.version}", scorer,
-                             *(metrics.get(prefix + m, "") for m in MODEL_METRICS)])
-            plots = Path(mlflow.artifacts.download_artifacts(
-                run_id=version.run_id, artifact_path="plots", dst_path=str(scratch / name)))
-            for plot in MODEL_PLOTS:
-                if (plots / plot).is_file():
-                    target = scratch / f"{name}_{plot}"
-                    (plots / plot).rename(target)
-                    charts.append(_img(target))
-    except Exception as exc:  # noqa: BLE001 - the registry may not exist yet
-        return _missing(f"No model registry available ({type(exc).__name__}): run "
-                        "`nextbest train`.")
-    if not rows:
-        return _missing("No champion model registered yet: run `nextbest train`.")
-    return ("<p>Champion models on their out-of-time validation data, with the baselines "
-            "scored on the same users.</p>"
-            + _table(["model", "scorer", "ROC AUC", "PR AUC", "log loss", "Brier",
-                      "top-decile lift", "calibration error"], rows) + "".join(charts))
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
-def simulation_section(settings: Settings, scratch: Path) -> str:
-    """The policy comparison table and charts of the last ``nextbest simulate``."""
-    sim_dir = Path(settings.paths.reports_dir) / "simulation"
-    payload = _read_json(sim_dir / "simulation.json")
-    if payload is None:
-        return _missing("No simulation yet: run `nextbest simulate`.")
-    oracle = payload.get("oracle_expected_reward_last")
-    rows = [[name, m["cumulative_reward"], m["profit"], m["regret"], m["conversion_rate"],
-             m["mean_reward_last"], (m["expected_reward_last"] / oracle) if oracle else ""]
-            for name, m in payload["policies"].items()]
-    intro = (f"<p>{payload['decisions']} simulated decisions, seed {payload['seed']}"
-             f"{', with drift' if payload.get('drift') else ''}.</p>")
-    charts = "".join(_img(p) for p in sorted(sim_dir.glob("*.png")))
-    return intro + _table(["policy", "reward", "profit", "regret", "conversion",
-                           "mean reward, last 20%", "share of oracle"], rows) + charts
+# ---------------------------------------------------------------------------------------
+# Summary and alerts.
+
+ACTIONS = {
+    "platinum_churn_risk": (
+        "Contact these Platinum customers personally this week: a thank-you note, early "
+        "access to new listings or free certification rather than a discount. Check at the "
+        "next features build whether they bought again."),
+    "dormant_share": (
+        "Start a win-back campaign for the Dormant tier (a reminder of items they viewed, a "
+        "time-limited coupon for those without the coupon_abuser tag) and look at why "
+        "buyers stopped after their last order."),
+    "tier_share_shift": (
+        "Before changing any campaign, check whether a data import, a change of the tier "
+        "thresholds or a real change in buying explains the move. If it is real, adjust "
+        "the campaigns aimed at this tier."),
+}
+SHOWN_USERS = 20
 
 
-def ope_section(settings: Settings, scratch: Path) -> str:
-    """The estimates of the last ``nextbest evaluate-policy`` with an interval chart."""
-    payload = _read_json(Path(settings.paths.reports_dir) / "ope" / "ope.json")
-    if payload is None:
-        return _missing("No offline evaluation yet: run `nextbest evaluate-policy`.")
-    est = {"logged policy": payload["logging_value"], **payload["estimates"]}
-    rows = [[name, e["mean"], e["low"], e["high"]] for name, e in est.items()]
-    chart = interval_chart(f"Value of candidate '{payload['policy']}'",
-                           {n: (e["mean"], e["low"], e["high"]) for n, e in est.items()},
-                           scratch / "ope.png", reference=payload["logging_value"]["mean"])
-    return (f"<p>Candidate <b>{html.escape(payload['policy'])}</b> on {payload['n']} logged "
-            "decisions (mean reward per decision).</p>"
-            + _table(["estimator", "value", "low", "high"], rows) + _img(chart))
+def _alert_text(alert: Alert, segments: SegmentsReport, inputs: Inputs) -> str:
+    """One alert in plain words, its numbers through :func:`fmt`."""
+    if alert.kind == "platinum_churn_risk":
+        churn = inputs.champions.get("churn")
+        rule = (f"churn probability of at least {fmt(alert.threshold, 'share')} from the "
+                f"churn model v{churn.version if churn else '?'}"
+                if segments.churn_risk_source == "churn_model" else
+                f"no purchase for more than {fmt(alert.threshold, 'count')} days; no churn "
+                "model could score them")
+        return (f"{fmt(alert.value, 'count')} Platinum customer(s) at high risk of "
+                f"churning ({rule}).")
+    if alert.kind == "dormant_share":
+        return (f"Dormant users are {fmt(alert.value, 'share')} of all users, above the "
+                f"limit of {fmt(alert.threshold, 'share')}.")
+    return (f"The {alert.tier} share moved {fmt(alert.value, 'points')} since "
+            f"{fmt(segments.compare_to)} (limit {fmt(alert.threshold, 'share')}).")
 
 
-def abtest_section(settings: Settings, scratch: Path) -> str:
-    """Lift over the control group from the last ``nextbest abtest``."""
-    payload = _read_json(Path(settings.paths.reports_dir) / "abtest" / "abtest.json")
-    if payload is None:
-        return _missing("No A/B analysis yet: run `nextbest abtest`.")
-    rows = []
-    for g in payload["overall"] + payload["per_tier"]:
-        c, p = g["conversion"], g["profit"]
-        rows.append([g["group"], g["tier"], g["n"], c["diff"], c["low"], c["high"],
-                     c["p_value"], p["diff"]])
-    arms = [[a["arm"], a["n"], a["spend"], a["incremental_revenue"],
-             "n/a" if a["roi"] is None else a["roi"]] for a in payload["arms"]]
-    chart_rows = {f"{g['group']} / {g['tier']}": (g["conversion"]["diff"],
-                                                  g["conversion"]["low"],
-                                                  g["conversion"]["high"])
-                  for g in payload["overall"] + payload["per_tier"]}
-    parts = [f"<p>{payload['n_decisions']} decisions, {payload['n_control']} in the control "
-             "group.</p>",
-             _table(["policy/campaign", "tier", "n", "conversion lift", "low", "high",
-                     "p-value", "profit lift / decision"], rows),
-             _table(["arm", "n", "spend", "incremental revenue", "ROI"], arms)]
-    if chart_rows:
-        parts.append(_img(interval_chart("Conversion lift over control", chart_rows,
-                                         scratch / "abtest.png", reference=0.0)))
+def _alerts_html(inputs: Inputs) -> str:
+    segments = inputs.segments
+    if segments is None:
+        return _missing("No segment alerts could be computed: no features have been built "
+                        "(run `nextbest features build`).")
+    if not segments.alerts:
+        return _p(f"No segment alert on the features as_of {fmt(segments.as_of)}: no "
+                  "Platinum customer at high churn risk, the Dormant share is within its "
+                  "limit and no tier share moved more than allowed.")
+    parts = []
+    for alert in segments.alerts:
+        users = ""
+        if alert.user_ids:
+            shown = ", ".join(alert.user_ids[:SHOWN_USERS])
+            more = len(alert.user_ids) - SHOWN_USERS
+            users = (f"<p>Customers: {html.escape(shown)}"
+                     + (f" and {fmt(more, 'count')} more (all in `nextbest segments report "
+                        "--json`)" if more > 0 else "") + ".</p>")
+        parts.append(f'<div class="alert" data-kind="{alert.kind}">'
+                     f"<p>{html.escape(_alert_text(alert, segments, inputs))}</p>{users}"
+                     f'<p class="todo">What to do: {html.escape(ACTIONS[alert.kind])}</p>'
+                     "</div>")
     return "".join(parts)
 
 
-SECTIONS: tuple[tuple[str, Callable[[Settings, Path], str]], ...] = (
-    ("Segments", segments_section),
-    ("Models", models_section),
-    ("Policy comparison (simulation)", simulation_section),
-    ("Offline policy evaluation", ope_section),
-    ("A/B and holdout", abtest_section),
-)
+def _notes(inputs: Inputs) -> list[str]:
+    """What the reader should know before trusting the page."""
+    notes = []
+    latest = inputs.features_as_of[-1] if inputs.features_as_of else None
+    if latest and inputs.data_period and latest <= inputs.data_period[1].date():
+        notes.append(f"The newest features (as_of {fmt(latest)}) miss the data after it "
+                     f"(last record {fmt(inputs.data_period[1])}): run `nextbest features "
+                     "build` for current tiers and alerts.")
+    ope, ab = inputs.ope, inputs.abtest
+    if ope and ab and ope.log_path and ab.log_path and ope.log_path != ab.log_path:
+        notes.append(f"The offline evaluation and the A/B analysis come from different "
+                     f"logs ({ope.log_path} and {ab.log_path}): do not compare their "
+                     "figures directly.")
+    for name, problem in inputs.problems.items():
+        notes.append(f"The {name} could not be read ({problem}).")
+    return notes
 
 
-def write_report(settings: Settings, out_dir: Path | None = None) -> Path:
+def _analysis_fact(analysis: LogAnalysis | None, command: str, what: str) -> str:
+    if analysis is None:
+        return f"none yet (run `nextbest {command}`)"
+    if analysis.log_path is None:
+        return "left out: the log it came from was not recorded"
+    return (f"{what} on {analysis.log_path} (modified {fmt(analysis.log_modified)}), "
+            f"analysed {fmt(analysis.file.written)}")
+
+
+def summary_section(inputs: Inputs) -> str:
+    """Generation time, data period, models, sources, alerts with what to do, notes."""
+    period = (f"{fmt(inputs.data_period[0])} to {fmt(inputs.data_period[1])} (first and "
+              "last order or event in the raw data)" if inputs.data_period else
+              "no raw orders or events found")
+    dates = inputs.features_as_of
+    features = (f"as_of {fmt(dates[0])} to {fmt(dates[-1])} ({fmt(len(dates), 'count')} "
+                f"date(s)); this report uses the latest, {fmt(dates[-1])}" if dates else
+                "none built yet (run `nextbest features build`)")
+    models = "; ".join(f"{c.name} v{c.version} (registered {fmt(c.registered)})"
+                       for c in inputs.champions.values()) or "no champion registered yet"
+    sim = inputs.simulation
+    simulation = (f"{fmt(sim.payload['decisions'], 'count')} decisions, seed "
+                  f"{sim.payload['seed']}, written {fmt(sim.written)}" if sim else
+                  "none yet (run `nextbest simulate`)")
+    ope_what = (f"candidate {inputs.ope.file.payload.get('policy')!r}" if inputs.ope
+                else "")
+    facts = [["Generated", fmt(inputs.generated)], ["Data period", period],
+             ["Features", features], ["Champion models", models],
+             ["Simulation", simulation],
+             ["Offline evaluation", _analysis_fact(inputs.ope, "evaluate-policy", ope_what)],
+             ["A/B analysis", _analysis_fact(inputs.abtest, "abtest", "control vs policies")]]
+    notes = _notes(inputs)
+    return (_table([], facts, css="facts")
+            + '<h3 id="alerts">Alerts and what to do</h3>' + _alerts_html(inputs)
+            + ("<h3>Notes</h3>" + "".join(_warning(n) for n in notes) if notes else ""))
+
+
+# ---------------------------------------------------------------------------------------
+# Sections.
+
+
+def segments_section(inputs: Inputs, settings: Settings, scratch: Path) -> str:
+    """Tier sizes, shares and ARPU in tier order, RFM segments, and the tier chart."""
+    from features.report import render_chart
+
+    report = inputs.segments
+    if report is None:
+        return _missing("No features yet: run `nextbest features build`.")
+    previous = {t.tier: t.share for t in report.compare_tiers or []}
+    header = ["tier", "users", "share", "ARPU (365 days)", "ARPU (30 days)"]
+    if report.compare_to:
+        header += [f"share at {fmt(report.compare_to)}", "change"]
+    rows = []
+    for t in sorted(report.tiers, key=lambda t: _tier_rank(t.tier)):
+        row = [t.tier, fmt(t.users, "count"), fmt(t.share, "share"),
+               fmt(t.arpu_365d, "money"), fmt(t.arpu_30d, "money")]
+        if report.compare_to:
+            old = previous.get(t.tier, 0.0)
+            row += [fmt(old, "share"), fmt(t.share - old, "points")]
+        rows.append(row)
+    compared = (f", compared with the previous features, as_of {fmt(report.compare_to)}"
+                if report.compare_to else "")
+    chart = render_chart(report, scratch / "segments.png")
+    caption = (f"Tier shares at as_of {fmt(report.as_of)}"
+               + (f" and {fmt(report.compare_to)}, and the tier migration between them"
+                  if report.compare_to else "")
+               + f" (source: the features in {_rel(settings.paths.features_dir)}).")
+    segments = _table(["RFM segment", "users", "share"],
+                      [[s.segment, fmt(s.users, "count"), fmt(s.share, "share")]
+                       for s in report.segments])
+    return (_p(f"Features as of {fmt(report.as_of)}: {fmt(report.users, 'count')} users"
+               f"{compared}. ARPU is revenue per user.")
+            + _table(header, rows) + _figure(chart, caption) + "<h3>RFM segments</h3>"
+            + segments)
+
+
+def _tier_rank(tier: str) -> tuple[int, str]:
+    """Natural tier order (:data:`TIERS`), unknown tiers after them alphabetically."""
+    return (TIERS.index(tier), "") if tier in TIERS else (len(TIERS), tier)
+
+
+MODEL_METRICS = (("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC"), ("log_loss", "log loss"),
+                 ("brier", "Brier"), ("lift_top_decile", "top-decile lift"),
+                 ("ece", "calibration error"))
+SCORERS = (("LightGBM (champion)", ""), ("RFM baseline", "baseline_rfm_"),
+           ("BG/NBD baseline", "baseline_bgnbd_"))
+MODEL_PLOTS = {
+    "roc": "ROC curve: the higher and further left, the better the ranking",
+    "calibration": "calibration: predicted against observed rate, on the diagonal is right",
+    "lift": "lift per score decile: how much more often the top-scored users have the event",
+}
+
+
+def _model_question(name: str, settings: Settings) -> str:
+    labels = settings.training.labels
+    return (f"the probability that a customer places no order in the next "
+            f"{labels.churn_horizon_days} days" if name == "churn" else
+            f"the probability that a customer places an order in the next "
+            f"{labels.propensity_horizon_days} days")
+
+
+def models_section(inputs: Inputs, settings: Settings) -> str:
+    """Per champion: what it predicts, where it came from, metrics and captioned charts."""
+    if "model registry" in inputs.problems:
+        return _missing(f"The model registry could not be read "
+                        f"({inputs.problems['model registry']}).")
+    if not inputs.champions:
+        return _missing("No champion model registered yet: run `nextbest train churn` and "
+                        "`nextbest train propensity`.")
+    parts = [_p("Each champion on its out-of-time validation users, with the two baselines "
+                "scored on the same users.")]
+    for name in MODELS:
+        champ = inputs.champions.get(name)
+        title = f"{name.capitalize()} model"
+        if champ is None:
+            parts.append(f"<h3>{title}</h3>" + _missing(f"No {name} champion yet: run "
+                                                        f"`nextbest train {name}`."))
+            continue
+        cutoff = champ.params.get("as_of", "?")
+        label = f"{title} v{champ.version}"
+        parts.append(
+            f'<h3 id="model-{name}">{label}</h3>'
+            + _p(f"Predicts {_model_question(name, settings)}.")
+            + f'<p class="source">Source: MLflow run {html.escape(champ.run_id)}, registered '
+              f"as {name} v{champ.version} at {fmt(champ.registered)}; validation cutoff "
+              f"{html.escape(cutoff)}, "
+              f"{fmt(float(champ.params.get('n_evaluation', 'nan')), 'count')} validation "
+              "users.</p>"
+            + _table(["scorer", *(h for _, h in MODEL_METRICS)],
+                     [[scorer, *(fmt(champ.metrics.get(prefix + m)) for m, _ in MODEL_METRICS)]
+                      for scorer, prefix in SCORERS]))
+        for stem, what in MODEL_PLOTS.items():
+            if stem in champ.plots:
+                parts.append(_figure(champ.plots[stem],
+                                     f"{label}: {what}. Validation cutoff {cutoff}, MLflow "
+                                     f"run {champ.run_id[:8]}."))
+    return "".join(parts)
+
+
+SIMULATION_PLOTS = {
+    "cumulative_reward": "Cumulative reward of each policy over the simulated decisions",
+    "regret": "Cumulative regret: reward lost against the oracle, lower is better",
+}
+
+
+def simulation_section(inputs: Inputs) -> str:
+    """The policy comparison table and charts of the last ``nextbest simulate``."""
+    sim = inputs.simulation
+    if sim is None:
+        return _missing("No simulation yet: run `nextbest simulate`.")
+    payload = sim.payload
+    oracle = payload.get("oracle_expected_reward_last")
+    rows = [[name, fmt(m["cumulative_reward"], "money"), fmt(m["profit"], "money"),
+             fmt(m["regret"], "money"), fmt(m["conversion_rate"], "share"),
+             fmt(m["mean_reward_last"]),
+             fmt(m["expected_reward_last"] / oracle if oracle else None, "share")]
+            for name, m in payload["policies"].items()]
+    drift = ", with a drift of the response model mid-run" if payload.get("drift") else ""
+    users = (f" over {fmt(payload['users'], 'count')} users"
+             if payload.get("users") else "")
+    source = (f"Source: <code>{html.escape(_rel(sim.path))}</code>, written by <code>nextbest "
+              f"simulate</code> at {fmt(sim.written)}.")
+    parts = [_p(f"{fmt(payload['decisions'], 'count')} simulated decisions{users}, seed "
+                f"{payload['seed']}{drift}. Reward and profit are totals over all decisions; "
+                "the last columns look at the final 20% of decisions, once the bandits have "
+                "learned."),
+             f'<p class="source">{source}</p>',
+             _table(["policy", "reward", "profit", "regret", "conversion",
+                     "mean reward per decision, last 20%", "share of the oracle, last 20%"],
+                    rows)]
+    for stem, path in _simulation_charts(sim):
+        what = SIMULATION_PLOTS.get(stem) or (
+            f"Arms shown to each tier over time by the {stem.removeprefix('arm_share_')} "
+            "policy")
+        parts.append(_figure(path, f"{what} (simulation written {fmt(sim.written)})."))
+    return "".join(parts)
+
+
+def _simulation_charts(sim: SourceFile) -> list[tuple[str, Path]]:
+    """The charts of this simulation: the files it lists under ``plots``; for a file
+    written before that was recorded, the charts named after its policies."""
+    listed = sim.payload.get("plots")
+    if listed is None:
+        listed = [f"{stem}.png" for stem in SIMULATION_PLOTS] + [
+            f"arm_share_{p}.png" for p in sim.payload["policies"] if p != "oracle"]
+    paths = [sim.path.parent / Path(name).name for name in listed]
+    return [(p.stem, p) for p in paths if p.is_file()]
+
+
+OPE_NAMES = {"ips": "IPS (inverse propensity)", "snips": "SNIPS (self-normalised IPS)",
+             "dr": "DR (doubly robust)"}
+
+
+def _unrecorded(command: str) -> str:
+    return _missing(f"Left out: the last `nextbest {command}` did not record which decision "
+                    f"log it analysed, so its figures cannot be told apart from another "
+                    f"log's. Re-run `nextbest {command} --logs LOG` to show it here.")
+
+
+def ope_section(inputs: Inputs, scratch: Path) -> str:
+    """The candidate's estimated value on its named log, with an interval chart."""
+    from experiments.plots import interval_chart
+
+    ope = inputs.ope
+    if ope is None:
+        return _missing("No offline evaluation yet: run `nextbest evaluate-policy --logs LOG "
+                        "--policy POLICY`.")
+    if ope.log_path is None:
+        return _unrecorded("evaluate-policy")
+    payload = ope.file.payload
+    est = {"logged policy (observed)": payload["logging_value"],
+           **{OPE_NAMES.get(k, k): v for k, v in payload["estimates"].items()}}
+    level = fmt(1 - payload.get("alpha", 0.05), "share")
+    rows = [[name, fmt(e["mean"]), fmt(e["low"]), fmt(e["high"])] for name, e in est.items()]
+    log_name = Path(ope.log_path).name
+    chart = interval_chart(
+        f"Reward per decision of '{payload['policy']}' (log {log_name})",
+        {n: (e["mean"], e["low"], e["high"]) for n, e in est.items()},
+        scratch / "ope.png", reference=payload["logging_value"]["mean"])
+    return (ope.source_html("evaluate-policy")
+            + _p(f"Candidate policy '{payload['policy']}' evaluated on "
+                 f"{fmt(payload['n'], 'count')} logged decisions: the estimated mean reward "
+                 f"per decision had it decided instead, with {level} intervals.")
+            + _table(["estimator", "reward per decision", "low", "high"], rows)
+            + _figure(chart, f"Estimated reward per decision of the candidate "
+                             f"'{payload['policy']}' against the logged policy (dashed line), "
+                             f"from the log {ope.log_path}."))
+
+
+def abtest_section(inputs: Inputs, scratch: Path) -> str:
+    """Lift of each policy or campaign over the control group, per tier, and ROI per arm."""
+    from experiments.plots import interval_chart
+
+    ab = inputs.abtest
+    if ab is None:
+        return _missing("No A/B analysis yet: run `nextbest abtest --logs LOG`.")
+    if ab.log_path is None:
+        return _unrecorded("abtest")
+    payload = ab.file.payload
+    groups = payload["overall"] + sorted(payload["per_tier"],
+                                         key=lambda g: (g["group"], _tier_rank(g["tier"])))
+    rows = [[g["group"], g["tier"], fmt(g["n"], "count"),
+             fmt(g["conversion"]["treatment"], "share"),
+             fmt(g["conversion"]["control"], "share"),
+             fmt(g["conversion"]["diff"], "points"),
+             f"{fmt(g['conversion']['low'], 'points')} to "
+             f"{fmt(g['conversion']['high'], 'points')}",
+             fmt(g["conversion"]["p_value"], "p_value"), fmt(g["profit"]["diff"], "signed")]
+            for g in groups]
+    arms = [[a["arm"], fmt(a["n"], "count"), fmt(a["spend"], "money"),
+             fmt(a["incremental_revenue"], "money"), fmt(a["roi"], "signed_share")]
+            for a in payload["arms"]]
+    level = fmt(1 - payload.get("alpha", 0.05), "share")
+    parts = [ab.source_html("abtest"),
+             _p(f"{fmt(payload['n_decisions'], 'count')} decisions, "
+                f"{fmt(payload['n_control'], 'count')} of them in the control group (no "
+                f"action). Lift is treated minus control; intervals at {level}."),
+             _table(["policy/campaign", "tier", "decisions", "conversion", "control "
+                     "conversion", "conversion lift", "interval", "p-value",
+                     "profit lift per decision"], rows),
+             _table(["arm", "decisions", "spend", "incremental revenue", "ROI"], arms)]
+    if groups:
+        chart = interval_chart(
+            f"Conversion lift over control (log {Path(ab.log_path).name})",
+            {f"{g['group']} / {g['tier']}": (g["conversion"]["diff"], g["conversion"]["low"],
+                                             g["conversion"]["high"]) for g in groups},
+            scratch / "abtest.png", reference=0.0, percent=True)
+        parts.append(_figure(chart, "Conversion lift over the control group in percentage "
+                                    f"points, per policy and tier, from the log "
+                                    f"{ab.log_path}."))
+    return "".join(parts)
+
+
+def write_report(settings: Settings, out_dir: Path | None = None, *,
+                 now: datetime | None = None) -> Path:
     """Write ``report.html`` into ``out_dir`` (default ``reports_dir``); returns its path.
 
     A section that fails on broken inputs shows the error instead of sinking the page.
     """
     out = Path(out_dir or settings.paths.reports_dir)
     out.mkdir(parents=True, exist_ok=True)
-    body = []
     with tempfile.TemporaryDirectory() as tmp:
-        for title, build in SECTIONS:
+        scratch = Path(tmp)
+        inputs = gather(settings, scratch, now)
+        sections = (
+            ("summary", "Summary", lambda: summary_section(inputs)),
+            ("segments", "Segments and tiers", lambda: segments_section(inputs, settings, scratch)),
+            ("models", "Models: churn and propensity",
+             lambda: models_section(inputs, settings)),
+            ("simulation", "Policy comparison (simulation)",
+             lambda: simulation_section(inputs)),
+            ("ope", "Offline policy evaluation", lambda: ope_section(inputs, scratch)),
+            ("abtest", "A/B and holdout", lambda: abtest_section(inputs, scratch)),
+        )
+        body = []
+        for key, title, build in sections:
             try:
-                content = build(settings, Path(tmp))
+                content = build()
             except Exception as exc:  # noqa: BLE001 - one bad input must not hide the rest
+                log.warning("report: the %s section failed: %s", key, exc)
                 content = _missing(f"This section could not be built: {exc}")
-            body.append(f"<h2>{html.escape(title)}</h2>{content}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>nextbest report</title>"
+            body.append(f'<section id="{key}"><h2>{html.escape(title)}</h2>{content}'
+                        "</section>")
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>nextbest report, {fmt(inputs.generated)}</title>"
             f"<style>{STYLE}</style></head><body><h1>nextbest report</h1>{''.join(body)}"
             "</body></html>")
     path = out / "report.html"
