@@ -41,6 +41,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -160,6 +161,8 @@ def preference_rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     """``(user_id, stamp, preferences JSON)`` per user of a raw preferences table.
 
     The latest ``updated_ts`` of each user wins; a missing flag column or value means True.
+    The JSON is exactly :class:`Preferences`' own (``model_dump_json``), built column-wise:
+    a features build loads every user's preferences, and a model per row costs ~60 us.
     """
     if "user_id" not in frame.columns:
         raise DataError("the preferences table has no user_id column", field="user_id")
@@ -168,18 +171,29 @@ def preference_rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     prefs = frame.copy()
     if "updated_ts" not in prefs.columns:
         prefs["updated_ts"] = pd.NaT
-    prefs["updated_ts"] = pd.to_datetime(prefs["updated_ts"])
+    ts = pd.to_datetime(prefs["updated_ts"])
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    prefs["updated_ts"] = ts
     prefs = prefs.sort_values("updated_ts", kind="stable", na_position="first")
     prefs = prefs.drop_duplicates("user_id", keep="last")
+    missing = prefs["updated_ts"].isna().to_numpy(bool)
+    # The stamp (_stamp's format), and datetime.isoformat as pydantic writes it: microseconds
+    # only when there are some.
+    stamps = np.datetime_as_string(prefs["updated_ts"].to_numpy("datetime64[us]"), unit="us")
+    iso = np.where(np.char.endswith(stamps, ".000000"), np.char.replace(stamps, ".000000", ""),
+                   stamps)
+    fields = []
     for flag in PREFERENCE_FLAGS:
         values = prefs[flag] if flag in prefs.columns else pd.Series(True, index=prefs.index)
-        prefs[flag] = values.astype("boolean").fillna(True).astype(bool)
-    rows = []
-    for rec in prefs[["user_id", *PREFERENCE_FLAGS, "updated_ts"]].to_dict("records"):
-        ts = None if pd.isna(rec["updated_ts"]) else rec["updated_ts"].to_pydatetime()
-        model = Preferences(**{f: rec[f] for f in PREFERENCE_FLAGS}, updated_ts=ts)
-        rows.append((str(rec["user_id"]), _stamp(ts), model.model_dump_json()))
-    return rows
+        words = np.where(values.astype("boolean").fillna(True).to_numpy(bool), "true", "false")
+        fields.append(f'"{flag}":' + words.astype(object))
+    fields.append('"updated_ts":' + np.where(missing, "null", '"' + iso.astype(object) + '"'))
+    text = "{" + fields[0] + "," + fields[1] + "," + fields[2] + "," + fields[3] + "," \
+        + fields[4] + "}"
+    stamps = np.where(missing, "", stamps)
+    return list(zip(prefs["user_id"].astype(str).tolist(), stamps.tolist(), text.tolist(),
+                    strict=True))
 
 
 def _now_stamp(now: datetime | None) -> str:

@@ -18,6 +18,7 @@ from features.store import (
     RecordsLoaded,
     encode_records,
     open_store,
+    preference_rows,
 )
 from nextbest.config import Settings
 from nextbest.errors import DataError, MissingComponent
@@ -323,3 +324,26 @@ def test_records_are_the_same_in_any_chunking() -> None:
     assert [len(c.ids) for c in pieces] == [2, 1]
     assert [r for c in pieces for r in c.records] == whole[0].records
     assert whole[0].ids == ["u1", "u2", "u3"]
+
+
+def test_preference_rows_are_the_models_own_json() -> None:
+    raw = pd.DataFrame({
+        "user_id": ["a", "b", "c", "a", "d"],
+        "personalization": pd.array([False, None, True, True, False], dtype="boolean"),
+        "marketing_sms": [True, False, True, False, True],
+        "updated_ts": pd.to_datetime(["2024-01-05 10:00:00.000250", None, "2024-02-01",
+                                      "2024-01-01", "2024-03-01 12:00"], format="ISO8601"),
+    })
+    rows = preference_rows(raw)
+    expected = {
+        "a": Preferences(personalization=False, marketing_sms=True,
+                         updated_ts=datetime(2024, 1, 5, 10, 0, 0, 250)),
+        "b": Preferences(marketing_sms=False),
+        "c": Preferences(updated_ts=datetime(2024, 2, 1)),
+        "d": Preferences(personalization=False, updated_ts=datetime(2024, 3, 1, 12)),
+    }
+    assert sorted(rows) == sorted(
+        (user, "" if p.updated_ts is None else p.updated_ts.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+         p.model_dump_json()) for user, p in expected.items())
+    aware = raw.assign(updated_ts=raw["updated_ts"].dt.tz_localize("Europe/Paris"))
+    assert dict((u, s) for u, s, _ in preference_rows(aware))["d"] == "2024-03-01T11:00:00.000000"
