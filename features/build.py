@@ -2,7 +2,7 @@
 
 The public API other stages call: :func:`build_features`, :func:`load_features`,
 :func:`available_as_of`, :func:`default_as_of`, :func:`feature_columns`,
-:func:`categorical_columns`.
+:func:`categorical_columns`, :func:`refresh_online_store`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,28 @@ import time
 from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel
 from tqdm import tqdm
 
 from features.definitions import EVENT_KINDS, feature_table
-from features.engines import connect, execute_arrow, latest_timestamp, register_tables
+from features.engines import (
+    connect,
+    execute_arrow,
+    latest_timestamp,
+    raw_path,
+    register_tables,
+)
 from features.segmentation import ClusterReport, segment
 from nextbest.config import FeaturesConfig, Settings
-from nextbest.errors import DataError, NotFound
+from nextbest.errors import DataError, NotFound, ValidationFailed
+
+if TYPE_CHECKING:
+    from features.store import RecordsLoaded
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +112,30 @@ def default_as_of(settings: Settings, raw_dir: Path | None = None) -> date:
     return latest.date() + timedelta(days=1)
 
 
+def check_as_of(settings: Settings, as_of: date, raw_dir: Path | None = None) -> None:
+    """Refuse an ``as_of`` more than ``features.as_of_max_days_past_data`` days after the
+    day after the data's last order or event.
+
+    Why: such features describe no one's recent behaviour, and the online store keeps the
+    latest as_of, so every later correct build would leave them in place.
+    """
+    latest = latest_timestamp(Path(raw_dir or settings.paths.raw_dir))
+    if latest is None:
+        return
+    end = latest.date() + timedelta(days=1)
+    limit = settings.features.as_of_max_days_past_data
+    past = (as_of - end).days
+    if past > limit:
+        raise ValidationFailed(
+            f"--as-of {as_of} is {past:,} days after the data ends (last order or event on "
+            f"{latest.date()}, default as_of {end}), more than "
+            f"features.as_of_max_days_past_data ({limit}); the online store would keep these "
+            "records over every later build. Pass --force to build it anyway", field="as_of")
+
+
 def build_features(settings: Settings, as_of: date | None = None, *, engine: str | None = None,
                    raw_dir: Path | None = None, out_dir: Path | None = None,
-                   refresh_store: bool = True, progress: bool = True,
+                   refresh_store: bool = True, progress: bool = True, force: bool = False,
                    timings: dict[str, float] | None = None) -> pd.DataFrame:
     """Compute, segment and write the features of ``as_of``; return the written frame.
 
@@ -112,8 +144,10 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
     or ``spark``) from the one ibis definition in :mod:`features.definitions`, adds tiers,
     RFM segments, clusters, seller tiers and tags (:mod:`features.segmentation`), writes
     ``out_dir/as_of=YYYY-MM-DD/features.parquet`` and ``clusters.json`` beside it, and
-    refreshes the online store when ``refresh_store`` is true. ``as_of`` None means
-    :func:`default_as_of`. ``timings``, if given, receives the seconds of each stage.
+    refreshes the online store (preferences too, :func:`refresh_online_store`) when
+    ``refresh_store`` is true. ``as_of`` None means :func:`default_as_of`; a given one far
+    past the data's end is refused (:func:`check_as_of`) unless ``force``. ``timings``, if
+    given, receives the seconds of each stage.
 
     On a Spark cluster, submit this module with spark-submit (``main`` runs
     ``nextbest features build --engine spark`` with the same flags). The master and the
@@ -131,7 +165,10 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
     raw = Path(raw_dir or settings.paths.raw_dir)
     root = Path(out_dir or settings.paths.features_dir)
     windows = _windows(settings.features.windows_days)
-    as_of = as_of or default_as_of(settings, raw)
+    if as_of is None:
+        as_of = default_as_of(settings, raw)
+    elif not force:
+        check_as_of(settings, as_of, raw)
     names = ["read raw tables", f"compute features ({engine})", "segment", "write"]
     names += ["refresh online store"] if refresh_store else []
     with _Stages(names, f"features {as_of}", progress) as stages:
@@ -146,16 +183,57 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
         _write(frame, report, partition_dir(root, as_of))
         stages.done()
         if refresh_store:
-            from features.store import open_store  # only needed when refreshing the store
-
-            with open_store(settings) as store:
-                store.write(frame, as_of)
+            refreshed = refresh_online_store(settings, frame, as_of, raw)
+            log.info("%s", refreshed.line())
             stages.done()
     if timings is not None:
         timings.update(stages.seconds)
     log.debug("built features as_of %s: %d users, %d columns in %.1f s (%s)", as_of, len(frame),
               frame.shape[1], time.perf_counter() - started, engine)
     return frame
+
+
+class StoreRefresh(BaseModel):
+    """What refreshing the online store did: the records (written, newer ones kept), the
+    users whose preferences the data set, and the latest record as_of in the store."""
+
+    as_of: date
+    written: int
+    kept_newer: int
+    preferences: int
+    store_as_of: str | None
+
+    @classmethod
+    def of(cls, as_of: date, loaded: RecordsLoaded, preferences: int,
+           store_as_of: str | None) -> StoreRefresh:
+        return cls(as_of=as_of, written=loaded.written, kept_newer=loaded.kept_newer,
+                   preferences=preferences, store_as_of=store_as_of)
+
+    def line(self) -> str:
+        """``store refreshed ...``, or ``store kept N newer records ...`` when it did."""
+        prefs = f"preferences of {self.preferences:,} users"
+        if not self.kept_newer:
+            return f"store refreshed: {self.written:,} records, {prefs}"
+        return (f"store kept {self.kept_newer:,} newer records (as_of {self.store_as_of}) "
+                f"and wrote {self.written:,}, {prefs}; `nextbest store refresh --as-of "
+                f"{self.as_of}` puts this as_of back")
+
+
+def refresh_online_store(settings: Settings, frame: pd.DataFrame, as_of: date,
+                  raw_dir: Path | None = None) -> StoreRefresh:
+    """Load the raw preferences and the records of ``frame`` into the online store.
+
+    Preferences: the newer of the stored and the imported ones wins, by ``updated_ts`` (a
+    choice made through the API after the file's stamp survives). Records: a stored record
+    with a later as_of is kept, and counted. Erased users are skipped (the store's list).
+    """
+    from features.store import open_store  # only needed when refreshing the store
+
+    path = raw_path(Path(raw_dir or settings.paths.raw_dir), "preferences")
+    with open_store(settings) as store:
+        preferences = store.load_preferences(pd.read_parquet(path)) if path.is_file() else 0
+        loaded = store.load_records(frame, as_of)
+        return StoreRefresh.of(as_of, loaded, preferences, store.meta()["as_of"])
 
 
 def _erased_user_ids(settings: Settings) -> set[str]:

@@ -1,13 +1,14 @@
-"""Sub-commands of the features stage: ``data`` and ``features``."""
+"""Sub-commands of the features stage: ``data``, ``features`` and ``store``."""
 
 from __future__ import annotations
 
 import argparse
 
-from features import cli_build, cli_data
+from features import cli_build, cli_data, cli_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``nextbest data ...`` and ``nextbest features ...``."""
+    """Add ``nextbest data ...``, ``nextbest features ...`` and ``nextbest store ...``."""
     cli_data.register(sub)
     cli_build.register(sub)
+    cli_store.register(sub)

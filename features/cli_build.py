@@ -7,7 +7,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from features.build import build_features, default_as_of, partition_dir
+from features.build import build_features, default_as_of, partition_dir, refresh_online_store
 from features.engines import ENGINES
 from nextbest.cli import command_group
 from nextbest.config import Settings
@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="do not refresh the online store")
     build.add_argument("--no-progress", dest="progress", action="store_false",
                        help="no progress bar")
+    build.add_argument("--force", action="store_true",
+                       help="build an as_of more than features.as_of_max_days_past_data days "
+                            "after the data ends")
     build.set_defaults(handler=run_build)
 
 
@@ -49,13 +52,19 @@ def parse_as_of(text: str | None) -> date | None:
 
 
 def run_build(args: argparse.Namespace, settings: Settings) -> int:
-    """Build the features and print one summary line."""
+    """Build the features, refresh the store and print one summary line saying what the
+    store did (it keeps records newer than this as_of, and says so)."""
     started = time.perf_counter()
-    as_of = parse_as_of(args.as_of) or default_as_of(settings, args.data)
+    as_of = parse_as_of(args.as_of)
+    if as_of is None:
+        as_of = default_as_of(settings, args.data)
     frame = build_features(settings, as_of, engine=args.engine, raw_dir=args.data,
-                           out_dir=args.out, refresh_store=args.store, progress=args.progress)
+                           out_dir=args.out, refresh_store=False, progress=args.progress,
+                           force=args.force or args.as_of is None)  # a default is in range
+    store = "store not refreshed"
+    if args.store:
+        store = refresh_online_store(settings, frame, as_of, args.data).line()
     where = partition_dir(args.out or settings.paths.features_dir, as_of)
-    store = "store refreshed" if args.store else "store not refreshed"
     print(f"features as_of {as_of}: {len(frame):,} users, {frame.shape[1]} columns in "
           f"{time.perf_counter() - started:.1f} s -> {where} ({store})")
     return 0

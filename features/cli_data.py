@@ -59,7 +59,10 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
         description="Read PATH, rename its columns onto the contract's, keep the good rows in "
                     "OUT/TABLE.parquet and report bad ones in OUT/rejects/TABLE.csv. Files "
                     "without a header line get columns named 1, 2, 3, ... (e.g. the CDNOW "
-                    "master file: --map buyer_id=1,ts=2,amount=4).")
+                    "master file: --map buyer_id=1,ts=2,amount=4). An existing table needs "
+                    "--append or --replace; when more than features.import_max_reject_share "
+                    "of the rows are rejected the table is left as it was and the command "
+                    "fails.")
     imp.add_argument("table", choices=list(SPECS), help="which table the file holds")
     imp.add_argument("path", type=Path, help="CSV (any delimiter) or Parquet file")
     imp.add_argument("--map", dest="mapping", action="append", nargs="+", default=[],
@@ -77,6 +80,18 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
                         help="the first line holds column names (default: sniffed)")
     imp.add_argument("--names", default=None,
                      help="comma-separated names for the file's columns, e.g. cust,date,qty,total")
+    imp.add_argument("--date-format", dest="date_format", default=None, metavar="FORMAT",
+                     help="how the file writes its timestamps (strftime), e.g. %%m/%%d/%%Y or "
+                          "'%%d.%%m.%%Y %%H:%%M' (default: ISO 8601, YYYYMMDD, epoch seconds, "
+                          "or day/month when the file shows their order)")
+    imp.add_argument("--encoding", default=None,
+                     help="text encoding of a CSV file, e.g. latin-1 or cp1252 (default utf-8)")
+    mode = imp.add_mutually_exclusive_group()
+    mode.add_argument("--append", dest="mode", action="store_const", const="append",
+                      default=None, help="add the rows to an existing table (a row with the "
+                                         "key of an existing one replaces it)")
+    mode.add_argument("--replace", dest="mode", action="store_const", const="replace",
+                      help="overwrite an existing table")
     imp.set_defaults(handler=run_import)
 
 
@@ -100,6 +115,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         args.table, args.path, parse_mapping(args.mapping), args.out or settings.paths.raw_dir,
         sep=sep, header=args.header,
         names=[n.strip() for n in args.names.split(",")] if args.names else None,
+        date_format=args.date_format, encoding=args.encoding, mode=args.mode,
+        max_reject_share=settings.features.import_max_reject_share,
     )
     print("\n".join(result.lines()))
     return 0

@@ -6,14 +6,22 @@ values) instead of failing the whole file. Only a missing *required column* refu
 with a :class:`~nextbest.errors.DataError` naming it.
 
 Types after validation: ids and labels are strings; timestamps naive UTC ``datetime64[us]``;
-amounts ``float64``; flags ``bool``; ``stock`` ``int64``. Timestamps may be ISO 8601 (with or
-without an offset; offsets are converted to UTC), ``YYYYMMDD`` (``19970101``) or epoch
-seconds. Every check is vectorised over the column.
+amounts ``float64``; flags ``bool``; ``stock`` ``int64``. Every check is vectorised over the
+column.
+
+Timestamps understood without a format (:func:`read_timestamps`): ISO 8601 (with or without
+an offset; offsets are converted to UTC), ``YYYYMMDD`` (``19970101``), epoch seconds, and
+day/month/year or month/day/year (``/``, ``.`` or ``-`` between, a 4-digit year, optionally
+``HH:MM[:SS]``) when some value of the column has a first or second number above 12, which
+tells the order. When no value tells it (every value like ``01/02/2024``) the table is
+refused with a DataError asking for a format instead of guessing. With a ``date_format``
+(strftime, e.g. ``%m/%d/%Y``) only that format is read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -102,10 +110,12 @@ SPECS: dict[str, TableSpec] = {
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """Good rows coerced to the contract, and one reject line per bad row."""
+    """Good rows coerced to the contract, one reject line per bad row, and notes on how
+    values were read (e.g. the order of day and month)."""
 
     accepted: pd.DataFrame
     rejects: pd.DataFrame
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ class Coerced:
 
     values: pd.Series
     issues: tuple[Issue, ...] = ()
+    note: str | None = None
 
 
 def spec(table: str) -> TableSpec:
@@ -161,23 +172,42 @@ def _whole_numbers_as_text(raw: pd.Series) -> pd.Series:
     return raw.astype(object).where(~whole, raw.where(whole).astype("Int64").astype("str"))
 
 
-def parse_timestamps(raw: pd.Series) -> pd.Series:
-    """Parse ISO 8601, ``YYYYMMDD`` or epoch seconds to naive UTC ``datetime64[us]`` (NaT if not).
+def parse_timestamps(raw: pd.Series, date_format: str | None = None, *,
+                     name: str = "timestamp") -> pd.Series:
+    """:func:`read_timestamps` without the note: naive UTC ``datetime64[us]``, NaT if unparsable."""
+    return read_timestamps(raw, date_format, name=name).values
 
-    Datetime input keeps its instant: tz-aware values are converted to UTC, naive ones are
-    taken as UTC already.
+
+# Day and month in either order, then a 4-digit year and an optional time: 07/09/2024 10:30.
+_DAY_MONTH = (r"^(?P<a>\d{1,2})(?P<sep>[/.\-])(?P<b>\d{1,2})(?P=sep)(?P<year>\d{4})"
+              r"(?:[ T](?P<time>\d{1,2}:\d{2}(?::\d{2})?))?$")
+
+
+def read_timestamps(raw: pd.Series, date_format: str | None = None, *,
+                    name: str = "timestamp") -> Coerced:
+    """Parse timestamps to naive UTC ``datetime64[us]`` (NaT where unparsable).
+
+    Without ``date_format``: ISO 8601, ``YYYYMMDD``, epoch seconds, or day and month in the
+    order the column itself shows (the note says which). With ``date_format`` (strftime;
+    ``%z`` offsets are converted to UTC) only that format. Datetime input keeps its instant:
+    tz-aware values are converted to UTC, naive ones are taken as UTC already. Raises
+    DataError, naming ``name``, when day and month cannot be told apart.
     """
     if isinstance(raw.dtype, pd.DatetimeTZDtype):
-        return raw.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+        return Coerced(raw.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]"))
     if pd.api.types.is_datetime64_dtype(raw.dtype):
-        return raw.astype("datetime64[us]")
+        return Coerced(raw.astype("datetime64[us]"))
     if pd.api.types.is_float_dtype(raw.dtype):
         raw = _whole_numbers_as_text(raw)
     text = _text(raw)
+    if date_format is not None:
+        return Coerced(_with_format(text, date_format))
     out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us]")
     compact = text.str.fullmatch(r"\d{8}", na=False)
     epoch = text.str.fullmatch(r"-?\d{9,11}(\.\d*)?", na=False) & ~compact
-    iso = text.notna() & ~compact & ~epoch
+    parts = text.str.extract(_DAY_MONTH)
+    day_month = parts["a"].notna()
+    iso = text.notna() & ~compact & ~epoch & ~day_month
     if compact.any():
         out[compact] = pd.to_datetime(text[compact], format="%Y%m%d", errors="coerce")
     if epoch.any():
@@ -186,7 +216,50 @@ def parse_timestamps(raw: pd.Series) -> pd.Series:
     if iso.any():
         parsed = pd.to_datetime(text[iso], format="ISO8601", utc=True, errors="coerce")
         out[iso] = parsed.dt.tz_localize(None)
-    return out
+    note = None
+    if day_month.any():
+        parsed, note = _day_month_values(parts[day_month], text[day_month], name)
+        out[day_month] = parsed
+    return Coerced(out, note=note)
+
+
+def _with_format(text: pd.Series, date_format: str) -> pd.Series:
+    """``text`` parsed with one strftime format; DataError naming the flag if it is not one."""
+    if "%" not in date_format:
+        raise DataError(f"--date-format {date_format!r} has no % directive "
+                        "(e.g. %m/%d/%Y or %d.%m.%Y %H:%M)", field="date_format")
+    try:
+        parsed = pd.to_datetime(text, format=date_format, utc=True, errors="coerce")
+    except ValueError as exc:
+        raise DataError(f"--date-format {date_format!r}: {exc}", field="date_format") from exc
+    return parsed.dt.tz_localize(None).astype("datetime64[us]")
+
+
+def _day_month_values(parts: pd.DataFrame, text: pd.Series, name: str
+                      ) -> tuple[pd.Series, str]:
+    """Day/month/year values read in the order some value proves (a number above 12).
+
+    DataError when no value proves it, or values prove both orders."""
+    a, b = parts["a"].astype(int), parts["b"].astype(int)
+    sep = parts["sep"].iloc[0]
+    formats = f"--date-format %m{sep}%d{sep}%Y (month first) or %d{sep}%m{sep}%Y (day first)"
+    day_first, month_first = (a > 12).to_numpy(bool), (b > 12).to_numpy(bool)
+    if day_first.any() and month_first.any():
+        raise DataError(
+            f"{name}: dates {text[day_first].iloc[0]!r} (day first) and "
+            f"{text[month_first].iloc[0]!r} (month first) disagree on the order; rerun with "
+            f"{formats}", field=name)
+    if not day_first.any() and not month_first.any():
+        raise DataError(
+            f"{name}: dates like {text.iloc[0]!r} could be month/day/year or day/month/year "
+            f"and no value tells which; rerun with {formats}", field=name)
+    day, month = (a, b) if day_first.any() else (b, a)
+    proof = text[day_first if day_first.any() else month_first].iloc[0]
+    iso = (parts["year"] + "-" + month.astype(str).str.zfill(2) + "-"
+           + day.astype(str).str.zfill(2) + " " + parts["time"].fillna("00:00"))
+    parsed = pd.to_datetime(iso, format="ISO8601", errors="coerce").astype("datetime64[us]")
+    order = "day/month/year" if day_first.any() else "month/day/year"
+    return parsed, f"{name}: dates read as {order} ({proof!r} shows the order)"
 
 
 def _numbers(raw: pd.Series) -> pd.Series:
@@ -197,9 +270,12 @@ def _numbers(raw: pd.Series) -> pd.Series:
     return pd.to_numeric(text, errors="coerce").astype("float64")
 
 
-def _coerce_timestamp(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
-    values = parse_timestamps(raw)
-    return Coerced(values, (Issue(~missing & values.isna().to_numpy(bool), "unparsable date"),))
+def _coerce_timestamp(c: ColumnSpec, raw: pd.Series, missing: np.ndarray,
+                      date_format: str | None = None) -> Coerced:
+    read = read_timestamps(raw, date_format, name=c.name)
+    reason = f"unparsable date (expected {date_format})" if date_format else "unparsable date"
+    bad = ~missing & read.values.isna().to_numpy(bool)
+    return Coerced(read.values, (Issue(bad, reason),), read.note)
 
 
 def _coerce_amount(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
@@ -296,13 +372,16 @@ class _Problems:
         return pd.concat([head, raw], axis=1)
 
 
-def validate(table: str, frame: pd.DataFrame) -> ValidationResult:
+def validate(table: str, frame: pd.DataFrame, *,
+             date_format: str | None = None) -> ValidationResult:
     """Split ``frame`` (columns already named as in the contract) into good and bad rows.
 
     A bad row is reported as row ``i + 1`` where ``i`` is its index label in ``frame`` (its
     0-based position in the source file when read as is). Missing optional columns are added
     with their default (or null); columns the contract does not know are dropped.
-    Raises DataError when a required column is absent.
+    ``date_format`` (strftime) is how every timestamp column is written; None reads the
+    formats of :func:`read_timestamps`. Raises DataError when a required column is absent
+    or the order of day and month cannot be told.
     """
     table_spec = spec(table)
     check_columns(table, list(frame.columns))
@@ -312,10 +391,14 @@ def validate(table: str, frame: pd.DataFrame) -> ValidationResult:
     frame = frame.reset_index(drop=True)
     problems = _Problems([], [], [])
     values: dict[str, pd.Series] = {}
+    notes: list[str] = []
+    coercers = {**COERCERS, "timestamp": partial(_coerce_timestamp, date_format=date_format)}
     for c in table_spec.columns:
         raw = frame[c.name] if c.name in frame else pd.Series([None] * len(frame), dtype=object)
         missing = _missing(raw)
-        coerced = COERCERS[c.kind](c, raw, missing)
+        coerced = coercers[c.kind](c, raw, missing)
+        if coerced.note:
+            notes.append(coerced.note)
         if c.required:
             problems.add(Issue(missing, "missing value", show_value=False), c.name, raw)
         for issue in coerced.issues:
@@ -330,4 +413,4 @@ def validate(table: str, frame: pd.DataFrame) -> ValidationResult:
                      frame[table_spec.key])
         bad |= duplicate
     return ValidationResult(accepted=accepted[~bad].reset_index(drop=True),
-                            rejects=problems.frame(frame, row_numbers))
+                            rejects=problems.frame(frame, row_numbers), notes=tuple(notes))

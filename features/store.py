@@ -19,7 +19,11 @@ opt-out) is still stored.
 
 Writes keep the newest data: a record is replaced only by one with the same or a later
 ``as_of``, loaded preferences only by ones with the same or a later ``updated_ts``. Both are
-compared as ISO strings (``stamps``), which order like the dates they spell.
+compared as ISO strings (``stamps``), which order like the dates they spell. A write says
+how many newer records it kept (:class:`RecordsLoaded`), so a store pinned to a later date
+(a build with a mistaken ``as_of``) is visible; :meth:`~OnlineStore.load_records` with
+``replace_newer`` puts an older date back, and :meth:`~OnlineStore.reset` empties the
+records while keeping what users chose (preferences, removed tags) and the erasure list.
 
 The record format is in docs/CONTRACT.md ("Online store record").
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
@@ -36,6 +41,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -69,6 +75,18 @@ class EncodedChunk(NamedTuple):
 
     ids: list[str]
     records: list[str]
+
+
+class RecordsLoaded(NamedTuple):
+    """What a bulk write of records did.
+
+    ``written``: records stored; ``kept_newer``: users of the frame whose stored record has
+    a later as_of and was kept; ``cleared``: records later than the frame's as_of removed
+    for users not in the frame (only when replacing newer records)."""
+
+    written: int
+    kept_newer: int = 0
+    cleared: int = 0
 
 
 class StoredUser(NamedTuple):
@@ -143,6 +161,8 @@ def preference_rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     """``(user_id, stamp, preferences JSON)`` per user of a raw preferences table.
 
     The latest ``updated_ts`` of each user wins; a missing flag column or value means True.
+    The JSON is exactly :class:`Preferences`' own (``model_dump_json``), built column-wise:
+    a features build loads every user's preferences, and a model per row costs ~60 us.
     """
     if "user_id" not in frame.columns:
         raise DataError("the preferences table has no user_id column", field="user_id")
@@ -151,18 +171,29 @@ def preference_rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     prefs = frame.copy()
     if "updated_ts" not in prefs.columns:
         prefs["updated_ts"] = pd.NaT
-    prefs["updated_ts"] = pd.to_datetime(prefs["updated_ts"])
+    ts = pd.to_datetime(prefs["updated_ts"])
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    prefs["updated_ts"] = ts
     prefs = prefs.sort_values("updated_ts", kind="stable", na_position="first")
     prefs = prefs.drop_duplicates("user_id", keep="last")
+    missing = prefs["updated_ts"].isna().to_numpy(bool)
+    # The stamp (_stamp's format), and datetime.isoformat as pydantic writes it: microseconds
+    # only when there are some.
+    stamps = np.datetime_as_string(prefs["updated_ts"].to_numpy("datetime64[us]"), unit="us")
+    iso = np.where(np.char.endswith(stamps, ".000000"), np.char.replace(stamps, ".000000", ""),
+                   stamps)
+    fields = []
     for flag in PREFERENCE_FLAGS:
         values = prefs[flag] if flag in prefs.columns else pd.Series(True, index=prefs.index)
-        prefs[flag] = values.astype("boolean").fillna(True).astype(bool)
-    rows = []
-    for rec in prefs[["user_id", *PREFERENCE_FLAGS, "updated_ts"]].to_dict("records"):
-        ts = None if pd.isna(rec["updated_ts"]) else rec["updated_ts"].to_pydatetime()
-        model = Preferences(**{f: rec[f] for f in PREFERENCE_FLAGS}, updated_ts=ts)
-        rows.append((str(rec["user_id"]), _stamp(ts), model.model_dump_json()))
-    return rows
+        words = np.where(values.astype("boolean").fillna(True).to_numpy(bool), "true", "false")
+        fields.append(f'"{flag}":' + words.astype(object))
+    fields.append('"updated_ts":' + np.where(missing, "null", '"' + iso.astype(object) + '"'))
+    text = "{" + fields[0] + "," + fields[1] + "," + fields[2] + "," + fields[3] + "," \
+        + fields[4] + "}"
+    stamps = np.where(missing, "", stamps)
+    return list(zip(prefs["user_id"].astype(str).tolist(), stamps.tolist(), text.tolist(),
+                    strict=True))
 
 
 def _now_stamp(now: datetime | None) -> str:
@@ -200,9 +231,27 @@ class OnlineStore(ABC):
         """Upsert one record per row of ``frame`` (one row per user) as of ``as_of``.
 
         A user whose stored record has a later ``as_of`` keeps it; a user on the erasure list
-        is skipped. Returns the rows written.
+        is skipped. Returns the rows written (:meth:`load_records` says what was kept).
         """
-        return self._put_records(encode_records(frame, as_of), as_of.isoformat())
+        return self.load_records(frame, as_of).written
+
+    def load_records(self, frame: pd.DataFrame, as_of: date, *,
+                     replace_newer: bool = False) -> RecordsLoaded:
+        """:meth:`write`, saying how many newer records were kept.
+
+        With ``replace_newer`` the store is put back to ``as_of``: every user of ``frame``
+        gets its record even over a later one, and records later than ``as_of`` of users
+        not in ``frame`` are removed (their preferences and removed tags stay). Users on the
+        erasure list are skipped either way.
+        """
+        return self._put_records(encode_records(frame, as_of), as_of.isoformat(),
+                                 replace_newer=replace_newer)
+
+    def reset(self) -> int:
+        """Remove every record; keep preferences, removed tags and the erasure list.
+
+        Returns the records removed."""
+        return self._clear_records("")
 
     def get(self, user_id: str) -> dict[str, Any] | None:
         """The user's record (docs/CONTRACT.md), or None for an unknown user."""
@@ -274,10 +323,17 @@ class OnlineStore(ABC):
         }
 
     @abstractmethod
-    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str) -> int:
-        """Write records unless a stored one has a later as_of; return how many were written.
+    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str, *,
+                     replace_newer: bool) -> RecordsLoaded:
+        """Write records unless a stored one has a later as_of (``replace_newer``: write
+        them all, then clear later records); erased users are skipped.
 
         All chunks go in one transaction where the backend has transactions."""
+
+    @abstractmethod
+    def _clear_records(self, after: str) -> int:
+        """Remove the records whose as_of is later than ``after`` ('' for all), keeping
+        preferences, removed tags and the erasure list; return how many were removed."""
 
     @abstractmethod
     def _put_preferences(self, rows: list[tuple[str, str, str]], *, only_newer: bool) -> int:
@@ -341,11 +397,20 @@ CREATE TABLE IF NOT EXISTS erased (
 # write's transaction is always honoured. (INSERT ... SELECT ... WHERE needs the WHERE for
 # SQLite to parse the upsert clause.)
 _SQLITE_NOT_ERASED = "WHERE NOT EXISTS (SELECT 1 FROM erased WHERE erased.user_id = ?1)"
-_SQLITE_PUT_RECORD = f"""
+_SQLITE_REPLACE_RECORD = f"""
 INSERT INTO users (user_id, as_of, record) SELECT ?1, ?2, ?3 {_SQLITE_NOT_ERASED}
 ON CONFLICT (user_id) DO UPDATE SET as_of = excluded.as_of, record = excluded.record
+"""
+_SQLITE_PUT_RECORD = _SQLITE_REPLACE_RECORD + """
 WHERE users.as_of IS NULL OR users.as_of <= excluded.as_of
 """
+# Users of a chunk (a JSON array of ids) whose stored record is later than ?1.
+_SQLITE_COUNT_NEWER = """
+SELECT count(*) FROM users WHERE as_of > ?1 AND user_id IN (SELECT value FROM json_each(?2))
+"""
+_SQLITE_CLEAR_RECORDS = "UPDATE users SET as_of = NULL, record = NULL WHERE as_of > ?"
+_SQLITE_DROP_EMPTY = ("DELETE FROM users WHERE record IS NULL AND removed IS NULL "
+                      "AND prefs IS NULL")
 _SQLITE_SET_PREFS = "INSERT INTO users (user_id, prefs_ts, prefs) VALUES (?1, ?2, ?3)"
 _SQLITE_LOAD_PREFS = f"""
 INSERT INTO users (user_id, prefs_ts, prefs) SELECT ?1, ?2, ?3 {_SQLITE_NOT_ERASED}"""
@@ -415,11 +480,46 @@ class SqliteStore(OnlineStore):
         conn.execute("COMMIT")
         return conn.total_changes - before
 
-    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str) -> int:
-        batches = (((user_id, as_of, record)
-                    for user_id, record in zip(chunk.ids, chunk.records, strict=True))
-                   for chunk in chunks)
-        return self._run_many(_SQLITE_PUT_RECORD, batches)
+    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str, *,
+                     replace_newer: bool) -> RecordsLoaded:
+        conn = self._conn()
+        written = kept = cleared = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for chunk in chunks:
+                if not replace_newer:
+                    kept += conn.execute(_SQLITE_COUNT_NEWER,
+                                         (as_of, json.dumps(chunk.ids))).fetchone()[0]
+                before = conn.total_changes
+                conn.executemany(_SQLITE_REPLACE_RECORD if replace_newer else _SQLITE_PUT_RECORD,
+                                 zip(chunk.ids, [as_of] * len(chunk.ids), chunk.records,
+                                     strict=True))
+                written += conn.total_changes - before
+            if replace_newer:
+                cleared = self._clear_in_transaction(conn, as_of)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return RecordsLoaded(written, kept, cleared)
+
+    @staticmethod
+    def _clear_in_transaction(conn: sqlite3.Connection, after: str) -> int:
+        """Clear records later than ``after`` and drop rows left with nothing stored."""
+        cleared = conn.execute(_SQLITE_CLEAR_RECORDS, (after,)).rowcount
+        conn.execute(_SQLITE_DROP_EMPTY)
+        return cleared
+
+    def _clear_records(self, after: str) -> int:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cleared = self._clear_in_transaction(conn, after)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return cleared
 
     def _put_preferences(self, rows: list[tuple[str, str, str]], *, only_newer: bool) -> int:
         if only_newer:
@@ -496,12 +596,12 @@ class SqliteStore(OnlineStore):
 # in the same order after the 5 leading ARGV; ARGV[1] = stamp field, ARGV[2] = data field,
 # ARGV[3] = meta counter of new users ('' for none), ARGV[4] = '1' to keep newer stamps,
 # ARGV[5] = '1' to skip erased users, then (id, stamp, data) per user. Writes each user
-# unless kept or skipped; returns the users written and records the newest stamp written in
-# the meta hash under the stamp field.
+# unless kept or skipped; returns {users written, users kept because their stamp is later}
+# and records the newest stamp written in the meta hash under the stamp field.
 _REDIS_PUT = """
 local meta, erased, sf, df, counter = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
 local only_newer, skip_erased = ARGV[4] == '1', ARGV[5] == '1'
-local written, added, newest = 0, 0, nil
+local written, kept, added, newest = 0, 0, 0, nil
 for i = 3, #KEYS do
   local at = 5 + 3 * (i - 3)
   local id, stamp, data = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
@@ -512,6 +612,8 @@ for i = 3, #KEYS do
     written = written + 1
     if not cur then added = added + 1 end
     if (not newest) or stamp > newest then newest = stamp end
+  elseif not skip then
+    kept = kept + 1
   end
 end
 if counter ~= '' then
@@ -519,7 +621,24 @@ if counter ~= '' then
   local old = redis.call('HGET', meta, sf)
   if newest and ((not old) or newest > old) then redis.call('HSET', meta, sf, newest) end
 end
-return written
+return {written, kept}
+"""
+# KEYS[1] = meta hash, KEYS[2..] = user hashes; ARGV[1] = a stamp ('' for all). Removes the
+# record and as_of of each user whose as_of is later, keeping the user count right; returns
+# {how many were removed, the latest as_of left ('' for none)}.
+_REDIS_CLEAR = """
+local cleared, latest = 0, ''
+for i = 2, #KEYS do
+  local cur = redis.call('HGET', KEYS[i], 'as_of')
+  if cur and cur > ARGV[1] then
+    redis.call('HDEL', KEYS[i], 'as_of', 'record')
+    cleared = cleared + 1
+  elseif cur and cur > latest then
+    latest = cur
+  end
+end
+if cleared > 0 then redis.call('HINCRBY', KEYS[1], 'users', -cleared) end
+return {cleared, latest}
 """
 # KEYS[1] = user hash; ARGV[1] = tag. Appends the tag to the JSON array of removed tags.
 _REDIS_REMOVE_TAG = """
@@ -574,6 +693,7 @@ class RedisStore(OnlineStore):
         self._put = self._client.register_script(_REDIS_PUT)
         self._remove_tag = self._client.register_script(_REDIS_REMOVE_TAG)
         self._delete = self._client.register_script(_REDIS_DELETE)
+        self._clear = self._client.register_script(_REDIS_CLEAR)
         self._meta_key = f"{prefix}meta"
         self._erased_key = f"{prefix}erased"
 
@@ -581,31 +701,65 @@ class RedisStore(OnlineStore):
         return f"{self.prefix}user:{user_id}"
 
     def _put_rows(self, ids: list[str], stamps: list[str], data: list[str], *, fields: tuple[
-            str, str], counter: str, only_newer: bool) -> int:
-        """Run the conditional write script once per chunk of users; return users written.
-
-        ``only_newer`` marks the bulk loads, which also skip erased users."""
-        written = 0
-        flag = "1" if only_newer else "0"
+            str, str], counter: str, only_newer: bool, skip_erased: bool) -> tuple[int, int]:
+        """Run the conditional write script once per chunk of users; return the users
+        written and the users kept because their stored stamp is later."""
+        written = kept = 0
         for part in _chunks(len(ids)):
             keys = [self._meta_key, self._erased_key, *map(self._key, ids[part])]
-            args: list[str] = [*fields, counter, flag, flag]
+            args: list[str] = [*fields, counter, "1" if only_newer else "0",
+                               "1" if skip_erased else "0"]
             for user_id, stamp, value in zip(ids[part], stamps[part], data[part], strict=True):
                 args += (user_id, stamp, value)
-            written += int(self._put(keys=keys, args=args))
-        return written
+            done, held = self._put(keys=keys, args=args)
+            written, kept = written + int(done), kept + int(held)
+        return written, kept
 
-    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str) -> int:
-        return sum(self._put_rows(chunk.ids, [as_of] * len(chunk.ids), chunk.records,
-                                  fields=("as_of", "record"), counter="users", only_newer=True)
-                   for chunk in chunks)
+    def _put_records(self, chunks: Iterable[EncodedChunk], as_of: str, *,
+                     replace_newer: bool) -> RecordsLoaded:
+        written = kept = 0
+        for chunk in chunks:
+            done, held = self._put_rows(chunk.ids, [as_of] * len(chunk.ids), chunk.records,
+                                        fields=("as_of", "record"), counter="users",
+                                        only_newer=not replace_newer, skip_erased=True)
+            written, kept = written + done, kept + held
+        # Not atomic with the writes above: a reader may see a user's later record until
+        # the clear reaches it.
+        cleared = self._clear_records(as_of) if replace_newer else 0
+        return RecordsLoaded(written, kept, cleared)
 
     def _put_preferences(self, rows: list[tuple[str, str, str]], *, only_newer: bool) -> int:
         if not rows:
             return 0
         ids, stamps, data = (list(col) for col in zip(*rows, strict=True))
         return self._put_rows(ids, stamps, data, fields=("prefs_ts", "prefs"), counter="",
-                              only_newer=only_newer)
+                              only_newer=only_newer, skip_erased=only_newer)[0]
+
+    def _clear_records(self, after: str) -> int:
+        """Scan the user hashes, clear those later than ``after`` (one script per chunk of
+        keys) and set the meta ``as_of`` to the latest one left."""
+        # SCAN's pattern is a glob: the prefix's own glob characters must match literally.
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "user:*"
+        cleared, latest = 0, ""
+        keys: list[bytes] = []
+
+        def clear_chunk() -> None:
+            nonlocal cleared, latest
+            done, left = self._clear(keys=[self._meta_key, *keys], args=[after])
+            cleared, latest = cleared + int(done), max(latest, left.decode())
+            keys.clear()
+
+        for key in self._client.scan_iter(match=pattern, count=1000):
+            keys.append(key)
+            if len(keys) == WRITE_CHUNK_ROWS:
+                clear_chunk()
+        if keys:
+            clear_chunk()
+        if latest:
+            self._client.hset(self._meta_key, "as_of", latest)
+        else:
+            self._client.hdel(self._meta_key, "as_of")
+        return cleared
 
     def _fetch(self, user_ids: list[str]) -> dict[str, StoredUser]:
         if len(user_ids) == 1:

@@ -165,6 +165,12 @@ class FeaturesConfig(_Section):
     # DuckDB runs in-process: cap its memory; threads 0 means one per core.
     duckdb_memory_limit: str = "4GB"
     duckdb_threads: int = Field(0, ge=0)
+    # `data import` leaves the table as it was when more than this share of rows is rejected.
+    import_max_reject_share: float = Field(0.1, ge=0, le=1)
+    # `features build` refuses (without --force) an as_of more than this many days after the
+    # day after the data's last order or event: the store would keep its records over every
+    # later correct build.
+    as_of_max_days_past_data: int = Field(30, ge=0)
 
 
 class StoreConfig(_Section):

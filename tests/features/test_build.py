@@ -17,9 +17,10 @@ from features.build import (
     feature_columns,
     load_features,
 )
+from features.store import Preferences, open_store
 from nextbest.cli import main as cli_main
-from nextbest.config import Settings
-from nextbest.errors import DataError, NotFound
+from nextbest.config import Settings, path_overrides
+from nextbest.errors import DataError, NotFound, ValidationFailed
 
 AS_OF = date(2025, 3, 1)
 
@@ -214,8 +215,6 @@ def test_default_as_of_is_the_day_after_the_latest_row(settings: Settings, raw: 
 
 
 def test_build_refreshes_the_online_store(settings: Settings, raw: Path) -> None:
-    from features.store import open_store
-
     frame = build_features(settings, AS_OF, progress=False)
     with open_store(settings) as store:
         record = store.get("u1")
@@ -262,3 +261,93 @@ def test_population_excludes_signups_on_or_after_as_of(settings: Settings, raw: 
     early = build_features(settings, datetime(2024, 6, 1).date(), refresh_store=False,
                            progress=False)
     assert list(early["user_id"]) == ["s1", "u1"]  # u2 signed up in 2025
+
+
+def _write_preferences(raw: Path) -> None:
+    pd.DataFrame({
+        "user_id": ["u1", "u2", "s1"],
+        "personalization": [False, False, True],
+        "marketing_email": [False, True, False],
+        "marketing_sms": [False, False, False],
+        "marketing_push": [True, False, False],
+        "updated_ts": pd.to_datetime(["2025-01-10", "2025-01-10", "2025-01-10"]),
+    }).to_parquet(raw / "preferences.parquet")
+
+
+def test_build_loads_preferences_the_newer_of_stored_and_imported(settings: Settings,
+                                                                  raw: Path) -> None:
+    _write_preferences(raw)
+    with open_store(settings) as store:
+        # u1 chose before the file's stamp: the file wins. u2 chose after it: u2's choice wins.
+        store.set_preferences("u1", Preferences(updated_ts=datetime(2024, 12, 1)))
+        store.set_preferences("u2", Preferences(personalization=True,
+                                                updated_ts=datetime(2025, 2, 1)))
+    build_features(settings, AS_OF, progress=False)
+    with open_store(settings) as store:
+        u1, u2, s1 = (store.get_preferences(u) for u in ("u1", "u2", "s1"))
+        assert (u1.personalization, u1.marketing_email, u1.marketing_push) == (False, False, True)
+        assert u1.updated_ts == datetime(2025, 1, 10)
+        assert u2.personalization is True and u2.updated_ts == datetime(2025, 2, 1)
+        assert (s1.personalization, s1.marketing_email) == (True, False)
+        # A choice made through the API now survives the next rebuild.
+        store.set_preferences("s1", Preferences(marketing_email=True))
+    build_features(settings, AS_OF, progress=False)
+    with open_store(settings) as store:
+        assert store.get_preferences("s1").marketing_email is True
+        assert store.get_preferences("u1").personalization is False
+
+
+def test_an_as_of_far_past_the_data_is_refused_without_force(settings: Settings,
+                                                              raw: Path) -> None:
+    # The data ends on 2025-03-02 (default as_of 2025-03-03); 30 days past that is allowed.
+    build_features(settings, date(2025, 4, 2), refresh_store=False, progress=False)
+    with pytest.raises(ValidationFailed) as err:
+        build_features(settings, date(2030, 1, 1), progress=False)
+    assert err.value.message.startswith(
+        "--as-of 2030-01-01 is 1,765 days after the data ends (last order or event on "
+        "2025-03-02, default as_of 2025-03-03), more than features.as_of_max_days_past_data "
+        "(30)")
+    assert "--force" in err.value.message and err.value.field == "as_of"
+    with pytest.raises(ValidationFailed, match="31 days after"):
+        build_features(settings, date(2025, 4, 3), refresh_store=False, progress=False)
+    assert available_as_of(settings) == [date(2025, 4, 2)]
+    with open_store(settings) as store:
+        assert store.meta()["users"] == 0
+
+
+def test_cli_says_when_the_store_kept_newer_records_and_puts_them_back(
+        settings: Settings, raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in path_overrides(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    _write_preferences(raw)
+    build = ["features", "build", "--no-progress"]
+    assert cli_main([*build, "--as-of", "2030-01-01"]) != 0
+    assert "--force" in capsys.readouterr().err
+    assert cli_main([*build, "--as-of", "2030-01-01", "--force"]) == 0
+    assert "(store refreshed: 4 records, preferences of 3 users)" in capsys.readouterr().out
+    # The correct build: the store keeps 2030 and says so instead of "refreshed".
+    assert cli_main([*build, "--as-of", "2025-03-01"]) == 0
+    out = capsys.readouterr().out
+    assert "store refreshed" not in out
+    assert ("(store kept 3 newer records (as_of 2030-01-01) and wrote 0, preferences of 3 "
+            "users; `nextbest store refresh --as-of 2025-03-01` puts this as_of back)") in out
+    assert cli_main(["store", "refresh", "--as-of", "2025-03-01"]) == 0
+    assert ("store refreshed to as_of 2025-03-01: 3 records written, 1 later records of "
+            "users not in it removed") in capsys.readouterr().out
+    with open_store(settings) as store:
+        assert store.meta() == {"backend": "sqlite", "as_of": "2025-03-01", "users": 3}
+        assert store.get("late") is None  # signed up on 2025-03-01: not in that as_of
+    assert cli_main(build) == 0  # the default as_of, 2025-03-03, moves it forward again
+    assert "(store refreshed: 4 records" in capsys.readouterr().out
+
+    assert cli_main(["store", "reset"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "removes the records of 4 users" in err[0] and "--yes" in err[0]
+    assert cli_main(["store", "reset", "--yes"]) == 0
+    assert "store reset: removed 4 records" in capsys.readouterr().out
+    with open_store(settings) as store:
+        assert store.meta()["users"] == 0 and store.get("u1") is None
+        assert store.get_preferences("u1").personalization is False
+    assert cli_main(["store", "refresh", "--as-of", "2024-01-01"]) == 3
+    assert "no features for as_of 2024-01-01" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 
 from features.importers import import_table, sniff_delimiter, sniff_header
 from nextbest.cli import main
-from nextbest.errors import DataError
+from nextbest.errors import Conflict, DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CDNOW = FIXTURES / "cdnow_sample.txt"
@@ -59,7 +59,7 @@ def test_names_and_positional_aliases_work_too(tmp_path: Path) -> None:
 
 
 def test_messy_file_keeps_every_good_row_and_reports_every_bad_one(tmp_path: Path) -> None:
-    result = import_table("orders", MESSY_ORDERS, ORDER_MAP, tmp_path)
+    result = import_table("orders", MESSY_ORDERS, ORDER_MAP, tmp_path, max_reject_share=1.0)
     orders = pd.read_parquet(result.parquet_path)
     assert list(orders["order_id"]) == ["A1", "A2", "A3", "A4", "A12"]
     assert list(orders["amount"]) == [120.5, 1234.5, 80.0, 15.25, 45.0]
@@ -79,7 +79,7 @@ def test_messy_file_keeps_every_good_row_and_reports_every_bad_one(tmp_path: Pat
 def test_messy_events_report_unknown_types_and_negative_prices(tmp_path: Path) -> None:
     mapping = {"user_id": "user", "ts": "when", "type": "kind", "item_id": "item",
                "category": "cat"}
-    result = import_table("events", MESSY_EVENTS, mapping, tmp_path)
+    result = import_table("events", MESSY_EVENTS, mapping, tmp_path, max_reject_share=1.0)
     events = pd.read_parquet(result.parquet_path)
     assert list(events["type"]) == ["view", "add_to_cart", "login"]
     rejects = pd.read_csv(result.rejects_path)
@@ -94,7 +94,7 @@ def test_parquet_input_is_mapped_and_validated(tmp_path: Path) -> None:
         ["2024-01-01 10:00", "2024-01-02 00:00", "2024-01-03 00:00"]).tz_localize("America/New_York")}
     ).to_parquet(source)
     result = import_table("users", source, {"user_id": "id", "signup_ts": "joined"},
-                          tmp_path / "out")
+                          tmp_path / "out", max_reject_share=0.5)
     users = pd.read_parquet(result.parquet_path)
     assert list(users["user_id"]) == ["1", "2"]
     assert users["signup_ts"][0] == pd.Timestamp("2024-01-01 15:00")
@@ -125,26 +125,178 @@ def test_missing_file_unknown_columns_and_missing_required_column(tmp_path: Path
 def test_cli_import_prints_counts_and_fails_cleanly(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "raw"
-    code = main(["data", "import", "orders", str(MESSY_ORDERS), "--out", str(out),
+    config = tmp_path / "nextbest.yaml"
+    config.write_text("features:\n  import_max_reject_share: 0.7\n")
+    code = main(["--config", str(config), "data", "import", "orders", str(MESSY_ORDERS),
+                 "--out", str(out),
                  "--map", "order_id=txn,buyer_id=customer,ts=date", "amount=total",
                  "--map", "status=state", "coupon_used=coupon"])
     printed = capsys.readouterr().out
     assert code == 0
     assert f"orders: 5 accepted, 8 rejected (rejects: {out / 'rejects/orders.csv'})" in printed
+    assert f"created {out / 'orders.parquet'} (5 rows)" in printed
     assert "ignored columns: store" in printed
-    code = main(["data", "import", "orders", str(CDNOW), "--out", str(out),
+    code = main(["data", "import", "orders", str(CDNOW), "--out", str(out), "--replace",
                  "--map", "buyer_id=1,ts=2,amount=4"])
     assert code == 0
-    assert "28 accepted, 0 rejected" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "28 accepted, 0 rejected" in printed
+    assert f"replaced {out / 'orders.parquet'} (it had 5 rows, now 28)" in printed
 
     code = main(["data", "import", "orders", str(MESSY_ORDERS), "--out", str(out),
-                 "--map", "ts=date,amount=total"])
+                 "--map", "ts=date,amount=total", "--append"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
     assert "required column 'buyer_id' is missing" in err[0]
-    code = main(["data", "import", "orders", str(tmp_path / "missing.csv"), "--out", str(out)])
+    code = main(["data", "import", "orders", str(tmp_path / "missing.csv"), "--out", str(out),
+                 "--append"])
     assert code != 0
     assert "file not found" in capsys.readouterr().err
     code = main(["data", "import", "orders", str(CDNOW), "--map", "buyer_id"])
     assert code != 0
     assert "expected OURS=THEIRS" in capsys.readouterr().err
+
+
+def _write_orders_csv(path: Path, dates: list[str], encoding: str = "utf-8",
+                      category: str = "bags") -> Path:
+    lines = ["order,cust,date,total,category"]
+    lines += [f"o{i},c{i % 7},{d},{10 + i}.5,{category}" for i, d in enumerate(dates)]
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+US_MAP = {"order_id": "order", "buyer_id": "cust", "ts": "date", "amount": "total"}
+
+
+def test_us_dates_are_read_in_the_order_the_file_shows(tmp_path: Path) -> None:
+    dates = ["07/09/2024", "07/29/2024 18:30", "12/01/2024", "01/02/2025"]
+    source = _write_orders_csv(tmp_path / "us.csv", dates)
+    result = import_table("orders", source, US_MAP, tmp_path / "raw")
+    assert (result.accepted, result.rejected) == (4, 0)
+    orders = pd.read_parquet(result.parquet_path)
+    assert list(orders["ts"]) == [pd.Timestamp(t) for t in [
+        "2024-07-09", "2024-07-29 18:30", "2024-12-01", "2025-01-02"]]
+    assert "ts: dates read as month/day/year ('07/29/2024 18:30' shows the order)" in result.notes
+    european = _write_orders_csv(tmp_path / "eu.csv", ["09.07.2024", "29.07.2024"])
+    orders = pd.read_parquet(import_table("orders", european, US_MAP, tmp_path / "eu").parquet_path)
+    assert list(orders["ts"]) == [pd.Timestamp("2024-07-09"), pd.Timestamp("2024-07-29")]
+
+
+def test_ambiguous_day_and_month_refuse_the_file_and_ask_for_a_format(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    source = _write_orders_csv(tmp_path / "us.csv", ["07/09/2024", "01/02/2024", "12/11/2024"])
+    with pytest.raises(DataError, match="could be month/day/year or day/month/year") as err:
+        import_table("orders", source, US_MAP, raw)
+    assert "--date-format %m/%d/%Y (month first) or %d/%m/%Y (day first)" in err.value.message
+    assert err.value.field == "ts"
+    assert not (raw / "orders.parquet").exists()
+    mixed = _write_orders_csv(tmp_path / "mixed.csv", ["13/01/2024", "01/13/2024"])
+    with pytest.raises(DataError, match="disagree on the order"):
+        import_table("orders", mixed, US_MAP, raw)
+    day_first = import_table("orders", source, US_MAP, raw, date_format="%d/%m/%Y")
+    assert list(pd.read_parquet(day_first.parquet_path)["ts"]) == [
+        pd.Timestamp("2024-09-07"), pd.Timestamp("2024-02-01"), pd.Timestamp("2024-11-12")]
+
+
+def test_a_date_format_reads_only_that_format(tmp_path: Path) -> None:
+    source = _write_orders_csv(tmp_path / "f.csv", ["2024.07.09 10:30", "2024-07-10",
+                                                    "2024.07.11 08:00", "2024.07.12 09:15"])
+    result = import_table("orders", source, US_MAP, tmp_path / "raw",
+                          date_format="%Y.%m.%d %H:%M", max_reject_share=0.25)
+    assert (result.accepted, result.rejected) == (3, 1)
+    rejects = pd.read_csv(result.rejects_path)
+    assert rejects["reason"].tolist() == ["unparsable date (expected %Y.%m.%d %H:%M) '2024-07-10'"]
+    with pytest.raises(DataError, match="has no % directive"):
+        import_table("orders", source, US_MAP, tmp_path / "raw", date_format="YYYY-MM-DD",
+                     mode="replace")
+
+
+def test_encoding_is_a_flag_and_a_wrong_one_is_named(tmp_path: Path) -> None:
+    source = _write_orders_csv(tmp_path / "latin.csv", ["2024-07-09", "2024-07-10"],
+                               encoding="latin-1", category="maroquinerie élégante")
+    with pytest.raises(DataError, match="--encoding latin-1") as err:
+        import_table("orders", source, US_MAP, tmp_path / "raw")
+    assert err.value.field == "encoding"
+    result = import_table("orders", source, US_MAP, tmp_path / "raw", encoding="latin-1")
+    assert set(pd.read_parquet(result.parquet_path)["category"]) == {"maroquinerie élégante"}
+    with pytest.raises(DataError, match="'klingon' is not a known encoding"):
+        import_table("orders", source, US_MAP, tmp_path / "raw", encoding="klingon",
+                     mode="replace")
+
+
+def test_too_many_rejects_leave_the_table_as_it_was(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    good = _write_orders_csv(tmp_path / "good.csv", [f"2024-07-{d:02d}" for d in range(1, 21)])
+    import_table("orders", good, US_MAP, raw)
+    before = pd.read_parquet(raw / "orders.parquet")
+    # 3 of 20 rows (15%) have an unknown date format: over the default limit of 10%.
+    dates = [f"2024-08-{d:02d}" for d in range(1, 18)] + ["yesterday", "soon", "later"]
+    bad = _write_orders_csv(tmp_path / "bad.csv", dates)
+    with pytest.raises(DataError) as err:
+        import_table("orders", bad, US_MAP, raw, mode="replace")
+    assert err.value.message.startswith(
+        "orders: 3 of 20 rows rejected (15.0%, more than features.import_max_reject_share 10%)"
+        f", so {raw / 'orders.parquet'} was left unchanged; reasons: ts: unparsable date (3)")
+    assert "--date-format" in err.value.message
+    pd.testing.assert_frame_equal(pd.read_parquet(raw / "orders.parquet"), before)
+    assert len(pd.read_csv(raw / "rejects" / "orders.csv")) == 3  # the rejects are written
+    # At the limit (2 of 20) the table is replaced.
+    ok = _write_orders_csv(tmp_path / "ok.csv", dates[:17] + ["2024-08-18", "x", "y"])
+    result = import_table("orders", ok, US_MAP, raw, mode="replace")
+    assert (result.action, result.accepted, result.rejected) == ("replaced", 18, 2)
+    assert len(pd.read_parquet(raw / "orders.parquet")) == 18
+
+
+def test_an_existing_table_is_replaced_or_appended_to_only_when_asked(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    first = _write_orders_csv(tmp_path / "first.csv", ["2024-07-01", "2024-07-02", "2024-07-03"])
+    assert import_table("orders", first, US_MAP, raw).action == "created"
+    with pytest.raises(Conflict, match="already exists: pass --append .* or --replace"):
+        import_table("orders", first, US_MAP, raw)
+    # o1 and o2 again with later dates (a later export), and o3..o4 from another file.
+    later = tmp_path / "later.csv"
+    later.write_text("order,cust,date,total\no1,c1,2024-08-01,99\no4,c4,2024-08-02,5\n")
+    appended = import_table("orders", later, US_MAP, raw, mode="append")
+    assert (appended.action, appended.rows_before, appended.rows_after,
+            appended.replaced_keys) == ("appended", 3, 4, 1)
+    assert appended.outcome() == (f"appended 2 rows to {raw / 'orders.parquet'}, 1 of them "
+                                  "replacing rows with the same key (3 rows before, now 4)")
+    orders = pd.read_parquet(raw / "orders.parquet").set_index("order_id")
+    assert sorted(orders.index) == ["o0", "o1", "o2", "o4"]
+    assert orders.loc["o1", "amount"] == 99.0
+    replaced = import_table("orders", later, US_MAP, raw, mode="replace")
+    assert (replaced.action, replaced.rows_before, replaced.rows_after) == ("replaced", 4, 2)
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,ts,type\nu1,2024-07-01,view\n")
+    import_table("events", events, {}, raw)
+    twice = import_table("events", events, {}, raw, mode="append")  # no key: rows add up
+    assert (twice.rows_before, twice.rows_after) == (1, 2)
+
+
+def test_cli_refuses_a_silent_replace_and_a_mostly_rejected_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "raw"
+    good = _write_orders_csv(tmp_path / "good.csv", ["2024-07-01", "2024-07-02"])
+    argv = ["data", "import", "orders", "--out", str(out), "--map",
+            "order_id=order,buyer_id=cust,ts=date,amount=total"]
+    assert main([*argv[:3], str(good), *argv[3:]]) == 0
+    capsys.readouterr()
+    code = main([*argv[:3], str(good), *argv[3:]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "already exists: pass --append to add these rows to it or --replace" in err[0]
+    # The reproducer: a file whose dates nothing reads, imported over a good table.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("order,cust,date,total\n" + "".join(
+        f"o{i},c1,July {i + 1} 2024,10\n" for i in range(9)) + "o9,c1,2024-07-10,10\n")
+    code = main([*argv[:3], str(bad), *argv[3:], "--replace"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "9 of 10 rows rejected" in err[0] and "was left unchanged" in err[0]
+    assert len(pd.read_parquet(out / "orders.parquet")) == 2
+    assert len(pd.read_csv(out / "rejects" / "orders.csv")) == 9
+    code = main([*argv[:3], str(bad), *argv[3:], "--replace", "--date-format", "%B %d %Y"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "orders: 9 accepted, 1 rejected" in printed
+    assert f"replaced {out / 'orders.parquet'} (it had 2 rows, now 9)" in printed

@@ -12,7 +12,14 @@ import pandas as pd
 import pytest
 from redis_server import free_port
 
-from features.store import OnlineStore, Preferences, encode_records, open_store
+from features.store import (
+    OnlineStore,
+    Preferences,
+    RecordsLoaded,
+    encode_records,
+    open_store,
+    preference_rows,
+)
 from nextbest.config import Settings
 from nextbest.errors import DataError, MissingComponent
 
@@ -108,6 +115,67 @@ def test_older_frame_does_not_overwrite_newer(store: OnlineStore) -> None:
     assert store.get("u1")["tier"] == "silver"
     assert store.get("u2")["as_of"] == "2024-02-01"
     assert store.meta() == {"backend": store.backend, "as_of": "2024-03-01", "users": 3}
+
+
+def test_a_write_says_how_many_newer_records_it_kept(store: OnlineStore) -> None:
+    store.write(feature_frame(MAR, tier="platinum").iloc[:2], MAR)
+    assert store.load_records(feature_frame(JAN), JAN) == RecordsLoaded(
+        written=1, kept_newer=2, cleared=0)
+    assert store.get("u1")["as_of"] == "2024-03-01" and store.get("u3")["as_of"] == "2024-01-01"
+    assert store.load_records(feature_frame(MAR), MAR) == RecordsLoaded(3, 0, 0)
+
+
+def test_replacing_newer_records_puts_the_store_back_to_an_older_as_of(
+        store: OnlineStore) -> None:
+    store.write(feature_frame(JAN, tags=("high_value", "price_sensitive")), JAN)
+    store.remove_tag("u1", "price_sensitive")
+    store.set_preferences("u1", Preferences(personalization=False))
+    store.erase("u3")
+    # A build with a mistaken as_of, holding a user the older partition does not have.
+    mistaken = pd.concat([feature_frame(MAR, tier="platinum", tags=("price_sensitive",)),
+                          feature_frame(MAR).iloc[:1].assign(user_id="u9")])
+    store.write(mistaken, MAR)
+    assert store.meta() == {"backend": store.backend, "as_of": "2024-03-01", "users": 3}
+    loaded = store.load_records(feature_frame(FEB, tags=("high_value", "price_sensitive")),
+                                FEB, replace_newer=True)
+    assert loaded == RecordsLoaded(written=2, kept_newer=0, cleared=1)  # u3 stays erased
+    assert store.get("u1")["as_of"] == "2024-02-01" and store.get("u1")["tier"] == "gold"
+    assert store.get("u1")["tags"] == ["high_value"]          # the removal survives
+    assert store.get_preferences("u1").personalization is False
+    assert store.get("u9") is None and store.get("u3") is None
+    assert store.meta() == {"backend": store.backend, "as_of": "2024-02-01", "users": 2}
+    # From then on the store moves forward as usual.
+    assert store.load_records(feature_frame(MAR), MAR) == RecordsLoaded(2, 0, 0)
+
+
+def test_reset_empties_records_and_keeps_choices_and_erasures(store: OnlineStore) -> None:
+    store.write(feature_frame(MAR, tags=("high_value", "price_sensitive")), MAR)
+    store.remove_tag("u1", "price_sensitive")
+    store.set_preferences("u2", Preferences(marketing_email=False))
+    store.erase("u3", now=datetime(2024, 3, 2))
+    assert store.reset() == 2
+    assert store.get_many(["u1", "u2", "u3"]) == {}
+    assert store.meta() == {"backend": store.backend, "as_of": None, "users": 0}
+    assert store.get_preferences("u2").marketing_email is False
+    assert [e.user_id for e in store.erasures()] == ["u3"]
+    assert store.reset() == 0
+    # An older build now lands, without the removed tag and without the erased user.
+    assert store.write(feature_frame(JAN, tags=("high_value", "price_sensitive")), JAN) == 2
+    assert store.get("u1")["tags"] == ["high_value"] and store.get("u3") is None
+    assert store.meta() == {"backend": store.backend, "as_of": "2024-01-01", "users": 2}
+
+
+def test_loaded_preferences_replace_older_stored_ones_only(store: OnlineStore) -> None:
+    store.set_preferences("u1", Preferences(personalization=True,
+                                            updated_ts=datetime(2024, 1, 1)))
+    store.set_preferences("u2", Preferences(personalization=True,
+                                            updated_ts=datetime(2024, 6, 1)))
+    raw = pd.DataFrame({"user_id": ["u1", "u2"], "personalization": [False, False],
+                        "updated_ts": pd.to_datetime(["2024-03-01", "2024-03-01"])})
+    assert store.load_preferences(raw) == 1
+    assert store.get_preferences("u1").personalization is False
+    assert store.get_preferences("u1").updated_ts == datetime(2024, 3, 1)
+    assert store.get_preferences("u2").personalization is True
 
 
 def test_removed_tag_stays_removed_after_later_writes(store: OnlineStore) -> None:
@@ -256,3 +324,26 @@ def test_records_are_the_same_in_any_chunking() -> None:
     assert [len(c.ids) for c in pieces] == [2, 1]
     assert [r for c in pieces for r in c.records] == whole[0].records
     assert whole[0].ids == ["u1", "u2", "u3"]
+
+
+def test_preference_rows_are_the_models_own_json() -> None:
+    raw = pd.DataFrame({
+        "user_id": ["a", "b", "c", "a", "d"],
+        "personalization": pd.array([False, None, True, True, False], dtype="boolean"),
+        "marketing_sms": [True, False, True, False, True],
+        "updated_ts": pd.to_datetime(["2024-01-05 10:00:00.000250", None, "2024-02-01",
+                                      "2024-01-01", "2024-03-01 12:00"], format="ISO8601"),
+    })
+    rows = preference_rows(raw)
+    expected = {
+        "a": Preferences(personalization=False, marketing_sms=True,
+                         updated_ts=datetime(2024, 1, 5, 10, 0, 0, 250)),
+        "b": Preferences(marketing_sms=False),
+        "c": Preferences(updated_ts=datetime(2024, 2, 1)),
+        "d": Preferences(personalization=False, updated_ts=datetime(2024, 3, 1, 12)),
+    }
+    assert sorted(rows) == sorted(
+        (user, "" if p.updated_ts is None else p.updated_ts.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+         p.model_dump_json()) for user, p in expected.items())
+    aware = raw.assign(updated_ts=raw["updated_ts"].dt.tz_localize("Europe/Paris"))
+    assert dict((u, s) for u, s, _ in preference_rows(aware))["d"] == "2024-03-01T11:00:00.000000"
