@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from nextbest.cli import iso_date
@@ -34,33 +36,50 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
           f"(rfm {result.baselines['rfm'].roc_auc:.4f}, bgnbd "
           f"{result.baselines['bgnbd'].roc_auc:.4f}); "
           f"{'champion' if result.decision.promoted else 'challenger'}")
+    if result.decision.warning():
+        print(f"warning: {result.model_name} {result.decision.warning()}", file=sys.stderr)
     return 0
+
+
+def _cell(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def _tuning(trials: int | None) -> str:
+    if trials is None:
+        return "-"
+    return f"{trials} trials" if trials else "none"
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     from training.registry import configure, list_versions
 
     rows = list_versions(configure(settings), MODEL_NAMES)
+    if args.json:
+        print(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
+        return 0
     if not rows:
         print("no registered models yet: run `nextbest train churn`")
         return 0
-    print(f"{'model':<11} {'version':>7}  {'aliases':<22} {'roc_auc':>7} {'pr_auc':>7} "
-          f"{'rfm_auc':>7} {'bgnbd_auc':>9}")
+    print(f"{'model':<11} {'version':>7}  {'aliases':<20} {'created (UTC)':<16}  {'run_id':<32}  "
+          f"{'tuning':<10} {'roc_auc':>7} {'pr_auc':>7} {'rfm_auc':>7} {'bgnbd_auc':>9}")
     for row in rows:
-        m = row.metrics
-        cells = [m.get(k) for k in ("roc_auc", "pr_auc", "baseline_rfm_roc_auc",
-                                    "baseline_bgnbd_roc_auc")]
-        text = [f"{v:.4f}" if v is not None else "-" for v in cells]
-        print(f"{row.name:<11} {row.version:>7}  {','.join(row.aliases) or '-':<22} "
-              f"{text[0]:>7} {text[1]:>7} {text[2]:>7} {text[3]:>9}")
+        m, base = row.metrics, row.baseline_roc_auc()
+        print(f"{row.name:<11} {row.version:>7}  {','.join(row.aliases) or '-':<20} "
+              f"{row.created:%Y-%m-%d %H:%M}  {row.run_id or '-':<32}  "
+              f"{_tuning(row.tune_trials):<10} {_cell(m.get('roc_auc')):>7} "
+              f"{_cell(m.get('pr_auc')):>7} {_cell(base.get('rfm')):>7} "
+              f"{_cell(base.get('bgnbd')):>9}")
     return 0
 
 
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
     from training.registry import configure, promote
 
-    version = promote(configure(settings), args.name, args.version)
-    print(f"{args.name}: champion is now version {version}")
+    row = promote(configure(settings), args.name, args.version)
+    print(f"{args.name}: champion is now version {row.version}")
+    if row.warning():
+        print(f"warning: {row.warning()}", file=sys.stderr)
     return 0
 
 
@@ -84,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     models = sub.add_parser("models", help="registered model versions")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    lst = msub.add_parser("list", help="versions, aliases and key metrics")
+    lst = msub.add_parser("list", help="versions, aliases, runs, tuning and key metrics")
+    lst.add_argument("--json", action="store_true", help="print the versions as JSON")
     lst.set_defaults(handler=_list)
     prm = msub.add_parser("promote", help="make a version the champion")
     prm.add_argument("name", choices=MODEL_NAMES)

@@ -1,10 +1,12 @@
 """The serving hand-off: load both champions once, score records with numpy only.
 
 ``load_champions(settings)`` reads ``models:/churn@champion`` and
-``models:/propensity@champion`` as raw LightGBM Boosters with their calibrators, feature
-order and category lists. ``ChampionModels.score(record)`` turns an online-store record
-(docs/CONTRACT.md) into one float row and predicts with each Booster: no pandas on this path
-(pyfunc with pandas costs 20-60x more per row).
+``models:/propensity@champion`` (the registered pyfuncs of ``training.pyfunc``) and keeps
+their raw LightGBM Boosters with their calibrators, feature order and category lists.
+``ChampionModels.score(record)`` turns an online-store record (docs/CONTRACT.md) into one
+float row and predicts with each Booster: no pandas on this path (the pyfunc's
+``predict`` on a one-row frame costs far more; see training/README.md).
+``score_frame`` and the pyfunc return the same probabilities for the same rows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 from features.report import ChurnScorer
 from nextbest.config import Settings
 from nextbest.errors import NextbestError
+from training.model import predict
 from training.registry import CHAMPION, LoadedModel, configure, load_version, resolve_version
 
 log = logging.getLogger(__name__)
@@ -74,9 +77,7 @@ class _Scorer:
         return float(self.model.spec.calibrator.transform(raw)[0])
 
     def score_matrix(self, frame: pd.DataFrame) -> np.ndarray:
-        raw = self.model.booster.predict(self.model.spec.matrix(frame),
-                                         num_iteration=self.model.spec.best_iteration)
-        return self.model.spec.calibrator.transform(raw)
+        return predict(self.model.booster, self.model.spec, frame)
 
 
 @dataclass

@@ -23,11 +23,11 @@ import numpy as np
 import optuna
 import pandas as pd
 import pyarrow.parquet as pq
-from mlflow.models import infer_signature
 from pydantic import BaseModel
 
+from features.build import load_features
 from nextbest.config import Settings
-from training import baselines, plots
+from training import baselines, plots, pyfunc
 from training.dataset import (
     CutoffPlan,
     TrainingData,
@@ -48,7 +48,7 @@ from training.model import (
     split_validation,
 )
 from training.registry import (
-    SPEC_FILE,
+    TUNE_TRIALS_PARAM,
     GateDecision,
     apply_decision,
     champion,
@@ -56,14 +56,10 @@ from training.registry import (
     decide,
     experiment_id,
     register_version,
-    spec_json,
 )
 
 Say = Callable[[str], None]
 BASELINES = ("rfm", "bgnbd")
-# Given explicitly: inferring them starts a child Python that reloads the model (~15 s).
-_REQUIREMENTS = [f"lightgbm=={lgb.__version__}", f"mlflow=={mlflow.__version__}",
-                 f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
 
 
 class TrainResult(BaseModel):
@@ -164,29 +160,37 @@ def _log_artifacts(out: Path, y: np.ndarray, scores: dict[str, np.ndarray], boos
 
 
 def _log_model(client: mlflow.MlflowClient, out: Path, booster: lgb.Booster, spec: ModelSpec,
-               example: pd.DataFrame, run_id: str) -> str:
-    """Log and register the booster with signature, input example and the spec file."""
-    (out / SPEC_FILE).write_text(spec_json(spec))
-    inputs = spec.frame(example)
-    signature = infer_signature(inputs.astype({c: object for c in spec.categories}),
-                                booster.predict(inputs, num_iteration=spec.best_iteration))
-    info = mlflow.lightgbm.log_model(booster, name="model", signature=signature,
-                                     input_example=inputs, extra_files=[str(out / SPEC_FILE)],
-                                     pip_requirements=_REQUIREMENTS)
+               features: pd.DataFrame, run_id: str) -> str:
+    """Log the calibrated pyfunc (signature and input example from ``features``) and register
+    it as a new version."""
+    info = pyfunc.log_model(booster, spec, features, out)
     return register_version(client, spec.model_name, info.model_uri, run_id, info.model_id)
 
 
+def _stored_features(settings: Settings, as_of: date, rows: pd.DataFrame) -> pd.DataFrame:
+    """The ``features.parquet`` rows of ``as_of`` for the users of ``rows``, as stored (the
+    training frames hold float32 copies; the logged model takes the stored form)."""
+    features = load_features(settings, as_of)
+    return features[features["user_id"].isin(rows["user_id"])].reset_index(drop=True)
+
+
 def _gate(client: mlflow.MlflowClient, model_name: str, version: str, auc: float,
-          evaluation: pd.DataFrame, force: bool) -> GateDecision:
+          baselines: dict[str, float], evaluation: pd.DataFrame, force: bool) -> GateDecision:
     """Re-score the current champion on the same evaluation rows and decide."""
     current = champion(client, model_name)
     if current is None or current.version == version:
-        return decide(version, auc, None, None, force)
+        return decide(version, auc, None, None, baselines=baselines, force=force)
     frame = evaluation.reindex(columns=sorted(set(evaluation.columns)
                                               | set(current.spec.feature_names)))
     p = predict(current.booster, current.spec, frame)
     return decide(version, auc, current.version,
-                  evaluate(evaluation["label"].to_numpy(), p).roc_auc, force)
+                  evaluate(evaluation["label"].to_numpy(), p).roc_auc, baselines=baselines,
+                  force=force)
+
+
+def run_name(model_name: str, validation: date, tune: int) -> str:
+    """``churn-2025-10-02``, or ``churn-tuned-20trials-2025-10-02`` for a tuned run."""
+    return f"{model_name}-{f'tuned-{tune}trials-' if tune else ''}{validation}"
 
 
 def _stage(seconds: dict[str, float], name: str, start: float) -> float:
@@ -252,7 +256,9 @@ def _log_run_record(data: TrainingData, fitted: _Fitted, metrics: Metrics,
 
 def _log_decision(decision: GateDecision) -> None:
     """Record the gate's verdict and both ROC AUCs on the run."""
-    mlflow.set_tags({"gate_decision": "promoted" if decision.promoted else "kept_champion",
+    outcome = ("promoted" if decision.promoted else
+               "kept_champion" if decision.champion_version else "no_champion")
+    mlflow.set_tags({"gate_decision": outcome,
                      "gate_reason": decision.reason})
     mlflow.log_metrics({"gate_challenger_roc_auc": decision.challenger_roc_auc,
                         **({"gate_champion_roc_auc": decision.champion_roc_auc}
@@ -285,7 +291,9 @@ def train(settings: Settings, model_name: ModelName, as_of: date | None = None,
     exp_id = experiment_id(settings, client, model_name)
     fingerprint = data_fingerprint(raw_dir)
     t = _stage(seconds, "mlflow_setup", t)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{model_name}-{plan.validation}") as run:
+    with mlflow.start_run(experiment_id=exp_id,
+                          run_name=run_name(model_name, plan.validation, tune)) as run:
+        mlflow.log_param(TUNE_TRIALS_PARAM, tune)
         fitted = _fit(data, calib, settings, model_name, tune, say)
         t = _stage(seconds, "fit", t)
 
@@ -307,10 +315,12 @@ def train(settings: Settings, model_name: ModelName, as_of: date | None = None,
             _log_artifacts(Path(tmp), y, scores, fitted.booster, fitted.spec, predictions, data,
                            fingerprint)
             version = _log_model(client, Path(tmp), fitted.booster, fitted.spec,
-                                 evaluation.head(5), run.info.run_id)
+                                 _stored_features(settings, plan.validation, evaluation),
+                                 run.info.run_id)
         say(f"[6/6] registered {model_name} version {version} (run {run.info.run_id})")
 
-        decision = _gate(client, model_name, version, metrics.roc_auc, evaluation, force)
+        decision = _gate(client, model_name, version, metrics.roc_auc,
+                         {name: m.roc_auc for name, m in base_metrics.items()}, evaluation, force)
         apply_decision(client, model_name, decision)
         _log_decision(decision)
         say(f"gate: {decision.message()}")

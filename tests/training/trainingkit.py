@@ -5,12 +5,53 @@ A plain module (not conftest) so tests can import it; the name is unique across 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from nextbest.config import Settings, load_settings
+from training.pipeline import TrainResult
+
+# Few boosting rounds and two cutoffs keep a training run at a few seconds.
+FAST = {"num_boost_round": 40, "early_stopping_rounds": 10, "cutoffs": 2}
+# One stump: below the FAST model and below both baselines on the synthetic data.
+WORSE = {**FAST, "num_boost_round": 1, "num_leaves": 2}
+
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def mlflow_environment_kept() -> Iterator[None]:
+    """Put ``MLFLOW_TRACKING_URI`` and ``MLFLOW_REGISTRY_URI`` back as they were on exit.
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` (called by ``training.registry.configure``)
+    also export the URI to ``os.environ``, where every later test and child process would
+    inherit one test's registry.
+    """
+    saved = {key: os.environ.get(key) for key in MLFLOW_URI_VARIABLES}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class Trained:
+    """A home whose registry holds version 1 of churn and of propensity, both champions."""
+
+    home: Path
+    settings: Settings
+    churn: TrainResult
+    propensity: TrainResult
 
 
 def config_file(root: Path, name: str = "nextbest.yaml", **training: object) -> Path:
