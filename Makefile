@@ -50,9 +50,13 @@ demo-models: demo-data
 	$(NB) train propensity
 	$(NB) models list
 
+# The scheduler (delayed triggers, scheduled campaigns, event export) runs beside the
+# service and stops with it; its log is data/scheduler.log.
 demo: demo-models
-	@echo "serving on http://127.0.0.1:$(PORT) (OpenAPI: /docs.json); Ctrl-C stops"
-	$(NB) serve --host 127.0.0.1 --port $(PORT)
+	@echo "serving on http://127.0.0.1:$(PORT) (OpenAPI: /docs.json), scheduler beside it; Ctrl-C stops"
+	@$(NB) scheduler > data/scheduler.log 2>&1 & sched=$$!; \
+	  trap 'kill $$sched 2>/dev/null' EXIT INT TERM; \
+	  $(NB) serve --host 127.0.0.1 --port $(PORT)
 
 serve: install
 	$(NB) serve --host 127.0.0.1 --port $(PORT)

@@ -33,6 +33,7 @@ import random
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -164,19 +165,21 @@ class DecisionEngine:
 
     # -- decide ----------------------------------------------------------------------------
     def decide(self, user: UserView, context: RequestContext, *, now: datetime | None = None,
-               campaign: str | None = None) -> Decision:
+               campaign: str | None = None,
+               arms: Sequence[str] | None = None) -> Decision:
         """Choose the next-best action for ``user`` in ``context`` and log it durably.
 
-        The returned ``pmf`` covers the eligible arms and sums to 1; ``probability`` is the
-        chosen arm's entry (1.0 when there is no action). The decision is in the log
-        (committed, when durable) before this returns.
+        ``campaign`` names the campaign the decision is for, ``arms`` the only arms it may
+        use (default: every arm). The returned ``pmf`` covers the eligible arms and sums to
+        1; ``probability`` is the chosen arm's entry (1.0 when there is no action). The
+        decision is in the log (committed, when durable) before this returns.
         """
         ts = utc(now)
         with self._lock:
             self._maybe_sweep(ts)
             counts = (self.log.contact_counts(user.user_id, ts)
                       if self.policy.needs_contact_counts else _NO_CONTACTS)
-            plan = self.policy.plan(user, counts)
+            plan = self.policy.plan(user, counts, arms)
             chooser, version = self._model()
             example = (build_example(self.arm_tokens, user, context, plan.eligible)
                        if user.personalization else BanditExample())

@@ -14,7 +14,7 @@ import hashlib
 import math
 import numbers
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -171,11 +171,16 @@ class PolicyLayer:
                 removed[arm.name] = f"weekly cap {arm.max_per_user_per_week} reached"
         return removed
 
-    def plan(self, user: UserView, counts: ContactCounts) -> PolicyPlan:
-        """Apply the rules in order: control group, opt-out, then eligibility."""
+    def plan(self, user: UserView, counts: ContactCounts,
+             allowed: Collection[str] | None = None) -> PolicyPlan:
+        """Apply the rules in order: control group, opt-out, then eligibility. ``allowed``
+        (a campaign's arms) removes every other arm."""
         if self.in_control(user.user_id):
             return PolicyPlan(kind=PlanKind.CONTROL, eligible=[])
         removed = self.removed_arms(user, counts)
+        if allowed:
+            removed |= {arm: "not an arm of this campaign" for arm in self.arm_names
+                        if arm not in allowed and arm not in removed}
         if not user.personalization:
             default = self.config.default_arm
             if default in removed:

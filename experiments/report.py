@@ -208,7 +208,7 @@ def _data_period(raw_dir: Path) -> tuple[datetime, datetime] | None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from features.engines import raw_path
+    from features.contract import raw_path
 
     bounds = []
     for table in ("orders", "events"):

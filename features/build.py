@@ -23,14 +23,9 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from features.contract import raw_path
 from features.definitions import EVENT_KINDS, feature_table
-from features.engines import (
-    connect,
-    execute_arrow,
-    latest_timestamp,
-    raw_path,
-    register_tables,
-)
+from features.engines import connect, execute_arrow, latest_timestamp, register_tables
 from features.segmentation import ClusterReport, segment
 from nextbest.config import FeaturesConfig, Settings
 from nextbest.errors import DataError, NotFound, ValidationFailed
@@ -103,9 +98,11 @@ def load_features(settings: Settings, as_of: date,
     return pd.read_parquet(path)
 
 
-def default_as_of(settings: Settings, raw_dir: Path | None = None) -> date:
-    """The day after the latest order or event timestamp in the raw data (whole history)."""
-    latest = latest_timestamp(Path(raw_dir or settings.paths.raw_dir))
+def default_as_of(settings: Settings, raw_dir: Path | None = None,
+                  tables: Sequence[str] = ("orders", "events")) -> date:
+    """The day after the latest timestamp of the raw ``tables`` (default: orders and events,
+    the whole history)."""
+    latest = latest_timestamp(Path(raw_dir or settings.paths.raw_dir), tables)
     if latest is None:
         raise DataError("cannot choose a default as_of: the raw orders/events hold no rows",
                         field="as_of")

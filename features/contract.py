@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -37,7 +38,10 @@ ORDER_STATUSES = ("completed", "returned", "cancelled")
 # synthetic marketplace prices them high, the bandit's context marks them, the simulator's
 # certification lift is larger on them.
 LUXURY_CATEGORIES = frozenset({"bags", "jewelry", "watches", "art"})
-EVENT_TYPES = ("view", "favorite", "add_to_cart", "search", "follow", "login", "share", "review")
+# purchase: sent by the platform in real time (cancels cart recovery); the orders table
+# stays the record of purchases for features. follow names the seller followed (seller_id).
+EVENT_TYPES = ("view", "favorite", "add_to_cart", "search", "follow", "login", "share", "review",
+               "purchase")
 TRUE_WORDS = ("true", "t", "yes", "y", "1", "1.0")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "0.0")
 REJECT_COLUMNS = ["row", "column", "reason"]
@@ -97,7 +101,7 @@ SPECS: dict[str, TableSpec] = {
     "events": TableSpec(name="events", columns=(
         _col("user_id", "id", True), _col("ts", "timestamp", True),
         _col("type", "choice", True, choices=EVENT_TYPES), _col("item_id", "id"),
-        _col("category", "text"), _col("price", "amount"))),
+        _col("category", "text"), _col("price", "amount"), _col("seller_id", "id"))),
     # Personalisation is on unless the user turned it off; marketing needs an opt-in.
     "preferences": TableSpec(name="preferences", key="user_id", columns=(
         _col("user_id", "id", True), _col("personalization", "flag", default=True),
@@ -414,3 +418,16 @@ def validate(table: str, frame: pd.DataFrame, *,
         bad |= duplicate
     return ValidationResult(accepted=accepted[~bad].reset_index(drop=True),
                             rejects=problems.frame(frame, row_numbers), notes=tuple(notes))
+
+
+def raw_path(raw_dir: Path, table: str) -> Path:
+    """Where the Parquet file of ``table`` lives under ``raw_dir``."""
+    return Path(raw_dir) / f"{table}.parquet"
+
+
+def raw_files(raw_dir: Path, table: str) -> list[Path]:
+    """Every Parquet file of ``table``: ``TABLE.parquet`` (imported or synthesised) and the
+    partitions ``TABLE/*.parquet`` appended since (e.g. events kept by the service)."""
+    main = raw_path(raw_dir, table)
+    parts = sorted((Path(raw_dir) / table).glob("*.parquet"))
+    return ([main] if main.is_file() else []) + parts

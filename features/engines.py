@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 
+from features.contract import raw_files, raw_path
 from nextbest.config import FeaturesConfig
 from nextbest.errors import ConfigError, DataError, MissingComponent
 
@@ -53,11 +55,6 @@ class RawTables:
     users: ir.Table | None = None
     listings: ir.Table | None = None
     events: ir.Table | None = None
-
-
-def raw_path(raw_dir: Path, table: str) -> Path:
-    """Where the Parquet file of ``table`` lives under ``raw_dir``."""
-    return Path(raw_dir) / f"{table}.parquet"
 
 
 def connect(engine: str, config: FeaturesConfig) -> ibis.BaseBackend:
@@ -125,15 +122,19 @@ def register_tables(con: ibis.BaseBackend, raw_dir: Path) -> RawTables:
     found: dict[str, ir.Table] = {}
     suffix = uuid.uuid4().hex[:8]  # unique view names: a Spark session outlives one build
     for name in TABLES:
-        path = raw_path(raw_dir, name)
-        if not path.is_file():
+        files = raw_files(raw_dir, name)
+        if not files:
             if name == "orders":
-                raise DataError(f"raw orders file {path} is missing: import or synthesize "
-                                "the data first (nextbest data import / data synth)",
-                                field="orders")
+                raise DataError(f"raw orders file {raw_path(raw_dir, name)} is missing: import "
+                                "or synthesize the data first (nextbest data import / data "
+                                "synth)", field="orders")
             continue
-        table = con.read_parquet(str(path), table_name=f"raw_{name}_{suffix}")
-        found[name] = _complete(table, name, path)
+        parts = [_complete(con.read_parquet(str(path), table_name=f"raw_{name}_{i}_{suffix}"),
+                           name, path) for i, path in enumerate(files)]
+        table = parts[0]
+        for part in parts[1:]:
+            table = table.union(part.cast(table.schema()))
+        found[name] = table
     return RawTables(**found)
 
 
@@ -148,18 +149,19 @@ def execute(con: ibis.BaseBackend, expr: ir.Table) -> pd.DataFrame:
     return execute_arrow(con, expr).to_pandas()
 
 
-def latest_timestamp(raw_dir: Path) -> datetime | None:
-    """The latest ``ts`` of the raw orders and events (DuckDB: a cheap metadata-level scan)."""
+def latest_timestamp(raw_dir: Path, tables: Sequence[str] = ("orders", "events")
+                     ) -> datetime | None:
+    """The latest ``ts`` of the raw ``tables`` (DuckDB: a cheap metadata-level scan)."""
     con = ibis.duckdb.connect()
     latest: list[datetime] = []
-    for name in ("orders", "events"):
-        path = raw_path(raw_dir, name)
-        if not path.is_file():
-            if name == "orders":
-                raise DataError(f"raw orders file {path} is missing", field="orders")
-            continue
-        value = con.read_parquet(str(path)).ts.max().execute()
-        if value is not None and not pd.isna(value):
-            latest.append(pd.Timestamp(value).to_pydatetime())
+    for name in tables:
+        files = raw_files(raw_dir, name)
+        if not files and name == "orders":
+            raise DataError(f"raw orders file {raw_path(raw_dir, name)} is missing",
+                            field="orders")
+        for path in files:
+            value = con.read_parquet(str(path)).ts.max().execute()
+            if value is not None and not pd.isna(value):
+                latest.append(pd.Timestamp(value).to_pydatetime())
     con.disconnect()
     return max(latest) if latest else None

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from features.contract import raw_files
 from features.store import OnlineStore, unique_user_ids
 
 FEATURES_GLOB = "as_of=*/features.parquet"
@@ -156,7 +157,8 @@ def erase_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
     Returns what changed per file path, for the files that held any of the users."""
     jobs: list[tuple[Path, TableRule | None]] = []
     if raw_dir is not None:
-        jobs += [(Path(raw_dir) / f"{name}.parquet", rule) for name, rule in RAW_RULES.items()]
+        jobs += [(path, rule) for name, rule in RAW_RULES.items()
+                 for path in raw_files(Path(raw_dir), name)]
         jobs += [(path, None) for path in sorted((Path(raw_dir) / "rejects").glob("*.csv"))]
     if features_dir is not None:
         jobs += [(path, BY_USER_ID) for path in sorted(Path(features_dir).glob(FEATURES_GLOB))]

@@ -89,6 +89,14 @@ class RecordsLoaded(NamedTuple):
     cleared: int = 0
 
 
+class StoreEntry(NamedTuple):
+    """One user as :meth:`OnlineStore.scan` yields them."""
+
+    user_id: str
+    record: dict[str, Any]
+    preferences: Preferences
+
+
 class StoredUser(NamedTuple):
     """The raw fields stored for one user; any of them may be missing (``None``)."""
 
@@ -266,6 +274,32 @@ class OnlineStore(ABC):
             if record is not None:
                 found[user_id] = record
         return found
+
+    def scan(self, chunk_rows: int = 10_000) -> Iterator[list[StoreEntry]]:
+        """Every user with a record, ``chunk_rows`` at a time, each with their record (as
+        :meth:`get` gives it) and preferences: for audiences and batch scoring over all
+        users. Users written or erased during the scan may or may not be seen."""
+        ids: list[str] = []
+        for user_id in self._user_ids():
+            ids.append(user_id)
+            if len(ids) == chunk_rows:
+                yield self._entries(ids)
+                ids = []
+        if ids:
+            yield self._entries(ids)
+
+    def _entries(self, user_ids: list[str]) -> list[StoreEntry]:
+        entries = []
+        for user_id, stored in self._fetch(user_ids).items():
+            record = decode_record(stored)
+            if record is not None:
+                entries.append(StoreEntry(user_id, record, _preferences_of(stored)))
+        return entries
+
+    @abstractmethod
+    def _user_ids(self) -> Iterator[str]:
+        """The id of every user with a record, and maybe of others (in no particular order;
+        :meth:`scan` reads them through :meth:`get_many`, which skips users without one)."""
 
     def get_preferences(self, user_id: str) -> Preferences:
         """The user's preferences; all flags True for a user who never set any."""
@@ -577,6 +611,10 @@ class SqliteStore(OnlineStore):
         return self._conn().execute("DELETE FROM users WHERE user_id = ?",
                                     (user_id,)).rowcount > 0
 
+    def _user_ids(self) -> Iterator[str]:
+        rows = self._conn().execute("SELECT user_id FROM users WHERE record IS NOT NULL")
+        return (row[0] for row in rows.fetchall())
+
     def meta(self) -> dict[str, Any]:
         as_of, users = self._conn().execute(
             "SELECT max(as_of), count(as_of) FROM users").fetchone()
@@ -735,11 +773,20 @@ class RedisStore(OnlineStore):
         return self._put_rows(ids, stamps, data, fields=("prefs_ts", "prefs"), counter="",
                               only_newer=only_newer, skip_erased=only_newer)[0]
 
+    def _user_pattern(self) -> str:
+        """The SCAN pattern of every user hash (the prefix's glob characters escaped)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "user:*"
+
+    def _user_ids(self) -> Iterator[str]:
+        # Hashes holding only preferences come along too; get_many leaves them out.
+        start = len(self.prefix) + len("user:")
+        for key in self._client.scan_iter(match=self._user_pattern(), count=1000):
+            yield key.decode()[start:]
+
     def _clear_records(self, after: str) -> int:
         """Scan the user hashes, clear those later than ``after`` (one script per chunk of
         keys) and set the meta ``as_of`` to the latest one left."""
-        # SCAN's pattern is a glob: the prefix's own glob characters must match literally.
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "user:*"
+        pattern = self._user_pattern()
         cleared, latest = 0, ""
         keys: list[bytes] = []
 

@@ -23,7 +23,8 @@ from nextbest.config import Settings, load_settings
 from nextbest.errors import NextbestError
 
 # Modules whose ``register(subparsers)`` adds sub-commands, in help order.
-COMMAND_MODULES = ("features.cli", "training.cli", "serving.cli", "experiments.cli")
+COMMAND_MODULES = ("features.cli", "training.cli", "campaigns.cli", "serving.cli",
+                   "experiments.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

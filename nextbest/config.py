@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nextbest.errors import ConfigError, Conflict
+from nextbest.errors import ConfigError, Conflict, NotFound
 
 ENV_PREFIX = "NEXTBEST__"
 DEFAULT_CONFIG_FILE = "nextbest.yaml"
@@ -34,7 +34,7 @@ class _Section(BaseModel):
 # The places under ``paths.data_dir`` that follow it unless set themselves.
 DATA_PLACES = {"raw_dir": "raw", "latent_dir": "latent", "features_dir": "features",
                "store_path": "online_store.sqlite", "decision_log": "decisions.sqlite",
-               "bandit_dir": "bandit"}
+               "bandit_dir": "bandit", "campaign_store": "campaigns.sqlite"}
 
 
 class PathsConfig(_Section):
@@ -48,6 +48,8 @@ class PathsConfig(_Section):
     store_path: Path = Path("data/online_store.sqlite")
     decision_log: Path = Path("data/decisions.sqlite")
     bandit_dir: Path = Path("data/bandit")
+    # Events, items, delayed timers, the outbox and campaign runs (SQLite).
+    campaign_store: Path = Path("data/campaigns.sqlite")
     reports_dir: Path = Path("reports")
     mlruns_dir: Path = Path("mlruns")
 
@@ -343,24 +345,109 @@ class BanditConfig(_Section):
                        "decision was logged?", field="arm")
 
 
-class TriggerRule(_Section):
-    """A behaviour trigger: an event of ``event_type`` (optionally only when ``when`` holds on
-    the event and the user's features) fires ``campaign``."""
+CampaignKind = Literal["trigger", "delayed", "scheduled"]
 
-    name: str
-    event_type: str
-    when: str = ""
-    campaign: str
+
+class CampaignConfig(_Section):
+    """One campaign (campaigns/): what fires it, who it reaches, which arms it may use.
+
+    - ``trigger``: an ``event`` (a behaviour event type, or the item events ``new_listing``
+      and ``low_stock``) whose ``condition`` holds fires it at once;
+    - ``delayed``: an ``event`` starts a timer of ``delay_hours``; a ``cancel_event`` of the
+      same user (and item, when both name one) before it ends cancels it;
+    - ``scheduled``: the users of the online store whose ``condition`` holds, on the cron
+      ``schedule`` (``nextbest scheduler``) or on demand (``nextbest campaigns run``).
+
+    ``condition`` is a features/expressions.py expression; the names it may read are listed
+    by ``nextbest campaigns list``. ``holdout_share`` of the users (a stable hash of
+    campaign and user) get no message, so the campaign's lift can be measured.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: CampaignKind
+    event: str | None = None
+    condition: str = ""
+    cancel_event: str | None = None
+    delay_hours: float | None = Field(None, gt=0)
+    schedule: str | None = None
+    arms: list[str] = Field(default_factory=list)  # empty: every arm
+    holdout_share: float = Field(0.1, ge=0, lt=1)
     cooldown_hours: float = Field(24.0, ge=0)
+    priority: int = 0
+    transactional: bool = False
+    enabled: bool = True
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> CampaignConfig:
+        if self.kind in ("trigger", "delayed") and not self.event:
+            raise ValueError(f"campaign {self.name!r}: a {self.kind} campaign needs an event")
+        if self.kind == "delayed" and self.delay_hours is None:
+            raise ValueError(f"campaign {self.name!r}: a delayed campaign needs delay_hours")
+        if self.kind == "scheduled" and not self.condition:
+            raise ValueError(f"campaign {self.name!r}: a scheduled campaign needs a condition "
+                             "(its audience)")
+        if self.kind != "delayed" and (self.cancel_event or self.delay_hours):
+            raise ValueError(f"campaign {self.name!r}: cancel_event and delay_hours are for "
+                             "delayed campaigns")
+        return self
 
 
-def _default_triggers() -> list[TriggerRule]:
+def _default_campaigns() -> list[CampaignConfig]:
     return [
-        TriggerRule(name="cart_recovery", event_type="add_to_cart", campaign="cart_recovery"),
-        TriggerRule(name="high_price_view", event_type="view", when="price >= 500",
-                    campaign="high_price_nudge"),
-        TriggerRule(name="favorite_nudge", event_type="favorite", campaign="favorite_nudge"),
+        CampaignConfig(
+            name="browse_no_buy", kind="trigger", event="view",
+            condition="category_views_7d >= 5 and purchases_7d == 0",
+            description="five views in one category within a week and no purchase"),
+        CampaignConfig(
+            name="cart_recovery", kind="delayed", event="add_to_cart", delay_hours=4,
+            cancel_event="purchase", cooldown_hours=12,
+            description="an item left in the cart for four hours"),
+        CampaignConfig(
+            name="low_stock", kind="trigger", event="low_stock", cooldown_hours=0,
+            description="only a few left of an item the user viewed or favourited"),
+        CampaignConfig(
+            name="new_listing_from_followed_seller", kind="trigger", event="new_listing",
+            cooldown_hours=0, description="a seller the user follows listed a new item"),
+        CampaignConfig(
+            name="lifecycle", kind="scheduled", schedule="0 7 * * *",
+            condition="tier_drop >= 2 or (churn_probability >= 0.6 and "
+                      "previous_churn_probability < 0.6)",
+            description="a tier dropped two steps or more (e.g. gold to dormant), or churn "
+                        "risk crossed 60%, between the two latest features builds"),
+        CampaignConfig(
+            name="win_back", kind="scheduled", schedule="0 10 * * 1",
+            condition="tier == 'dormant' and churn_probability >= 0.5", cooldown_hours=24 * 6,
+            description="dormant users likely to churn, every Monday"),
     ]
+
+
+class CampaignsConfig(_Section):
+    """The campaign layer: the campaigns and the item and timing rules they share."""
+
+    campaigns: list[CampaignConfig] = Field(default_factory=_default_campaigns)
+    # low_stock: stock at or below this; it reaches users who viewed or favourited the item
+    # within lookback_days.
+    low_stock_threshold: int = Field(2, ge=0)
+    lookback_days: float = Field(14.0, gt=0)
+    # Events kept in the event store are written into raw_dir/events/ partitions for the next
+    # features build every this many minutes (by the scheduler).
+    export_minutes: float = Field(15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> CampaignsConfig:
+        names = [c.name for c in self.campaigns]
+        if len(names) != len(set(names)):
+            raise ValueError(f"campaign names must be unique, got {names}")
+        return self
+
+    def campaign(self, name: str) -> CampaignConfig:
+        """The campaign called ``name``; NotFound listing the configured ones."""
+        for campaign in self.campaigns:
+            if campaign.name == name:
+                return campaign
+        raise NotFound(f"no campaign {name!r}; configured: "
+                       f"{', '.join(c.name for c in self.campaigns)}", field="campaign")
 
 
 class ServingConfig(_Section):
@@ -383,7 +470,6 @@ class ServingConfig(_Section):
     reload_wait_seconds: float = Field(10.0, gt=0)
     # Expose POST /noop (parses a body, does nothing): the serving benchmark's reference.
     benchmark_noop: bool = False
-    triggers: list[TriggerRule] = Field(default_factory=_default_triggers)
 
 
 class Settings(_Section):
@@ -393,6 +479,7 @@ class Settings(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     bandit: BanditConfig = Field(default_factory=BanditConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig)
     mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     seed: int = 7
 

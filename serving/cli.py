@@ -72,13 +72,16 @@ def run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
             signal.signal(sig, handler)
 
 
-def check_servable(settings: Settings) -> None:
-    """Refuse to start a service that has no champion models or no features, naming what
-    is missing and how to fix it (``--allow-empty`` starts it anyway)."""
+def check_servable(settings: Settings, *, allow_empty: bool = False) -> None:
+    """Refuse to start a service whose campaigns do not compile, or that has no champion
+    models or no features, naming what is wrong and how to fix it (``--allow-empty`` starts
+    it without models or features)."""
+    from campaigns.definitions import compile_campaigns
     from features.store import open_store
     from serving.scoring import missing_for_serving
     from training.loader import champion_versions
 
+    compile_campaigns(settings)
     try:
         champion_versions(settings)
         has_models = True
@@ -87,7 +90,7 @@ def check_servable(settings: Settings) -> None:
     with open_store(settings) as store:
         users = int(store.meta().get("users") or 0)
     missing = missing_for_serving(has_models, users)
-    if missing:
+    if missing and not allow_empty:
         raise MissingComponent(f"nothing to serve: {'; '.join(missing)} (or pass "
                                "--allow-empty to serve cold-start answers)")
 
@@ -98,8 +101,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port or settings.serving.port
     workers = args.workers or settings.serving.workers
     allow_empty = args.allow_empty or settings.serving.allow_empty
-    if not allow_empty:
-        check_servable(settings)
+    check_servable(settings, allow_empty=allow_empty)
     cmd = serve_command(settings, host=host, port=port)
     env = serve_env(host=host, port=port, workers=workers, config=getattr(args, "config", None),
                     data_dir=Path(settings.paths.data_dir).resolve(), allow_empty=allow_empty)

@@ -3,7 +3,8 @@
 Every request model forbids unknown fields and non-finite numbers, so a typo or a ``NaN``
 is a 422 naming the field rather than a silently ignored value. The decision-loop shapes
 (:class:`UserView`, :class:`RequestContext`, :class:`Decision`, :class:`FeedbackResult`) are
-the engine's own models (``BehaviourEvent`` and ``CampaignFired`` too), re-used here so the
+the engine's own models (the campaign layer's ``BehaviourEvent``, ``Item``, ``OutboxMessage``
+and reports too), re-used here so the
 HTTP API and the engine cannot drift apart.
 """
 
@@ -11,9 +12,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    create_model,
+    model_validator,
+)
 
-from campaigns.triggers import BehaviourEvent, CampaignFired
+from campaigns.events import BehaviourEvent
+from campaigns.layer import EventsResult, ItemResult, RunReport
+from campaigns.store import Item, OutboxMessage
 from decisions.decision_log import Decision, FeedbackResult
 from decisions.policy import RequestContext, UserView
 
@@ -96,11 +108,52 @@ class FeedbackRequest(RequestBody):
     revenue: float = Field(0.0, ge=0, le=1e9)
 
 
-class EventsResponse(BaseModel):
-    """The campaigns one behaviour event fired (possibly none), each with its decision."""
+class EventsBatch(RequestBody):
+    """Several behaviour events at once (at most ``serving.max_batch``)."""
 
-    user_id: str
-    fired: list[CampaignFired]
+    events: list[BehaviourEvent] = Field(min_length=1)
+
+
+ONE, BATCH = "event", "batch"
+
+
+def _events_shape(body: Any) -> str:
+    """Which shape a ``POST /events`` body has: ``{"events": [...]}`` or one event."""
+    return BATCH if isinstance(body, dict) and "events" in body else ONE
+
+
+def events_request(max_batch: int) -> Any:
+    """The body of ``POST /events``: one event, or :class:`EventsBatch` with the configured
+    batch limit; errors name the fields of the shape sent (``events.0.ts``), not of both."""
+    batch = create_model("EventsBatch", __base__=EventsBatch, __doc__=EventsBatch.__doc__,
+                         events=(list[BehaviourEvent], Field(min_length=1, max_length=max_batch,
+                                                             description=f"at most {max_batch}")))
+    return Annotated[Annotated[BehaviourEvent, Tag(ONE)] | Annotated[batch, Tag(BATCH)],
+                     Discriminator(_events_shape)]
+
+
+class OutboxPage(BaseModel):
+    """One page of the outbox, oldest first; pass ``next_after`` as ``after`` for the next."""
+
+    messages: list[OutboxMessage]
+    next_after: str | None
+
+
+class CampaignSummary(BaseModel):
+    """A configured campaign and its outbox rows by status."""
+
+    name: str
+    kind: str
+    event: str | None
+    schedule: str | None
+    condition: str
+    arms: list[str]
+    holdout_share: float
+    cooldown_hours: float
+    transactional: bool
+    enabled: bool
+    description: str
+    counts: dict[str, int]
 
 
 class PreferencesRequest(RequestBody):
@@ -156,6 +209,7 @@ class ErasureResponse(BaseModel):
     user_id: str
     store_records: int
     decisions: int
+    campaign_rows: int = 0  # kept events, timers and outbox rows
 
 
 class ExportResponse(BaseModel):
@@ -164,6 +218,7 @@ class ExportResponse(BaseModel):
     user_id: str
     store: dict[str, Any]
     decisions: list[dict[str, Any]]
+    campaigns: dict[str, Any] = Field(default_factory=dict)  # events, timers, messages
 
 
 class TagRemovedResponse(BaseModel):
@@ -208,9 +263,11 @@ class ErrorBody(BaseModel):
 
 
 __all__ = [
-    "BehaviourEvent", "CampaignFired", "Decision", "ErasureResponse", "ErrorBody",
-    "EventsResponse", "ExplanationResponse", "ExportResponse", "FeedbackRequest",
-    "FeedbackResult", "FieldError", "ModelsResponse", "NextBestActionRequest", "NoopRequest",
-    "PreferencesRequest", "PreferencesResponse", "RequestContext", "ScoreRequest",
-    "ScoreResponse", "TagRemovedResponse", "UserView", "WorkerModels", "score_request",
+    "BehaviourEvent", "CampaignSummary", "Decision", "ErasureResponse", "ErrorBody",
+    "EventsBatch", "EventsResult", "ExplanationResponse", "ExportResponse", "FeedbackRequest",
+    "FeedbackResult", "FieldError", "Item", "ItemResult", "ModelsResponse",
+    "NextBestActionRequest", "NoopRequest", "OutboxMessage", "OutboxPage",
+    "PreferencesRequest", "PreferencesResponse", "RequestContext", "RunReport", "ScoreRequest",
+    "ScoreResponse", "TagRemovedResponse", "UserView", "WorkerModels", "events_request",
+    "score_request", "ONE", "BATCH",
 ]

@@ -1,31 +1,23 @@
 """Per-user answers built from the online store record and the champion models.
 
-:class:`Scorer` owns the champion models and reads the online store; it computes no
-features of its own (they come from ``features build`` through the store). It answers
-``/score``, builds the engine's :class:`~serving.policy.UserView` and explains a user's tier,
-segment and tags. An unknown user gets the cold-start answer: ``known`` false, tier ``new``.
+:class:`Scorer` is the :class:`~decisions.users.UserDirectory` (store, champions, cached
+scores, user views) plus the HTTP answers: ``/score`` and a user's explanation (the rules
+behind their tier, segment and tags). An unknown user gets the cold-start answer:
+``known`` false, tier ``new``.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from decisions.policy import UserView, finite_or_none, user_view
+from decisions.policy import finite_or_none
+from decisions.users import UserDirectory, record_as_of
 from features.segmentation import NEW_TIER, NO_PURCHASE
-from features.store import OnlineStore
 from nextbest.config import Settings
-from nextbest.errors import NotFound
 from serving.schemas import ExplanationResponse, ScoreResponse, TagExplanation
-from training.loader import ChampionModels, champion_versions, load_champions
 
-log = logging.getLogger(__name__)
-
-NO_MODELS_WARNING = "no champion models, scores are null: run `nextbest train churn` and " \
-    "`nextbest train propensity`, then POST /models/reload"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -40,83 +32,8 @@ def missing_for_serving(has_models: bool, store_users: int) -> list[str]:
     return missing
 
 
-def try_load_champions(settings: Settings) -> tuple[ChampionModels | None, str | None]:
-    """The champion models and None, or None and why (logged) when none is registered."""
-    try:
-        return load_champions(settings), None
-    except NotFound as exc:
-        log.warning("serving without models: %s", exc.message)
-        return None, f"no champion models, scores are null: {exc.message}"
-
-
-class Scorer:
-    """Builds score answers, user views and explanations for one settings object."""
-
-    def __init__(self, settings: Settings, store: OnlineStore,
-                 champions: ChampionModels | None, warning: str | None = None):
-        self.settings = settings
-        self.store = store
-        self.champions = champions
-        self.warning = warning or NO_MODELS_WARNING
-        self._cache: OrderedDict[tuple[str, str | None], tuple[float | None, float | None]] = \
-            OrderedDict()
-
-    def use(self, champions: ChampionModels) -> dict[str, str | None]:
-        """Serve ``champions`` from now on (cached scores of the old ones are dropped)."""
-        self.champions = champions
-        self._cache.clear()
-        return self.model_versions()
-
-    def newer_champions(self) -> ChampionModels | None:
-        """The registry's champions when they differ from the ones served, else None (also
-        when the registry has none: what is served stays). Safe off the event loop: it only
-        reads the registry and loads models."""
-        try:
-            versions = champion_versions(self.settings)
-        except NotFound:
-            return None
-        if self.champions is not None and versions == self.champions.versions:
-            return None
-        return load_champions(self.settings)
-
-    def forget(self, user_id: str) -> int:
-        """Drop the user's cached scores (erasure); returns the entries dropped.
-
-        Other worker processes keep theirs until evicted, but never serve them again: the
-        user's record is gone, and a cached score is only used with a record."""
-        keys = [key for key in self._cache if key[0] == user_id]
-        for key in keys:
-            del self._cache[key]
-        return len(keys)
-
-    def model_versions(self) -> dict[str, str | None]:
-        """Model name -> version in use, or a warning when scores are null."""
-        if self.champions is None:
-            return {"churn": None, "propensity": None, "warning": self.warning}
-        return {name: str(version) for name, version in self.champions.versions.items()}
-
-    def _predict(self, user_id: str,
-                 record: Mapping[str, Any]) -> tuple[float | None, float | None]:
-        """Churn probability and purchase propensity, or (None, None) without models.
-
-        A record only changes with its ``as_of``, so the scores are cached per
-        ``(user_id, as_of)`` (least recently used out first) until the models are reloaded.
-        """
-        if self.champions is None:
-            return None, None
-        key = (user_id, _as_of(record))
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
-        churn, propensity = self.champions.score(dict(record))
-        scores = finite_or_none(churn), finite_or_none(propensity)
-        limit = self.settings.serving.score_cache_size
-        if limit:
-            self._cache[key] = scores
-            if len(self._cache) > limit:
-                self._cache.popitem(last=False)
-        return scores
+class Scorer(UserDirectory):
+    """Builds score answers and explanations over the :class:`UserDirectory`."""
 
     def answer(self, user_id: str, record: Mapping[str, Any] | None) -> ScoreResponse:
         """The /score answer for one user from their store record (None: cold start)."""
@@ -125,13 +42,13 @@ class Scorer:
                                  segment=NO_PURCHASE, tags=[], churn_probability=None,
                                  purchase_propensity=None, model_versions=self.model_versions(),
                                  features_as_of=None)
-        churn, propensity = self._predict(user_id, record)
+        churn, propensity = self.scores(user_id, record)
         return ScoreResponse(
             user_id=user_id, known=True, tier=str(record.get("tier") or NEW_TIER),
             segment=str(record.get("segment") or NO_PURCHASE),
             tags=list(record.get("tags") or []), churn_probability=churn,
             purchase_propensity=propensity, model_versions=self.model_versions(),
-            features_as_of=_as_of(record))
+            features_as_of=record_as_of(record))
 
     def score(self, user_id: str) -> ScoreResponse:
         """The /score answer for one user."""
@@ -141,14 +58,6 @@ class Scorer:
         """The /score answers for a batch, in the order asked."""
         records = self.store.get_many(user_ids)
         return [self.answer(user_id, records.get(user_id)) for user_id in user_ids]
-
-    def user_view(self, user_id: str) -> UserView:
-        """What the engine needs about a user: score, tags, features and consent."""
-        record, prefs = self.store.get_with_preferences(user_id)
-        churn, propensity = self._predict(user_id, record) if record else (None, None)
-        return user_view(user_id, record, churn_probability=churn,
-                         purchase_propensity=propensity,
-                         personalization=bool(prefs.personalization))
 
     def explain(self, user_id: str) -> ExplanationResponse:
         """Why this tier, segment and tags: the configured rules and the values they read."""
@@ -175,7 +84,7 @@ class Scorer:
             segment=str(record.get("segment") or NO_PURCHASE) if record else NO_PURCHASE,
             segment_rule=("R and F quintile scores (1-5) mapped through the R x F grid; "
                           "no_purchase for users without a completed order"),
-            tags=tags, features=features, features_as_of=_as_of(record) if record else None)
+            tags=tags, features=features, features_as_of=record_as_of(record) if record else None)
 
 
 def tier_rules(settings: Settings) -> str:
@@ -193,9 +102,3 @@ def _json_value(value: Any) -> float | str | None:
     if isinstance(value, str):
         return value
     return finite_or_none(value)
-
-
-def _as_of(record: Mapping[str, Any]) -> str | None:
-    """The record's ``as_of`` as an ISO date string."""
-    value = record.get("as_of")
-    return None if value is None else str(value)[:10]

@@ -28,16 +28,18 @@ import logging
 import os
 import time
 from pathlib import Path as FilePath
-from typing import Any
+from typing import Any, Literal
 
 import bentoml
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from campaigns.triggers import Triggers
+from campaigns.layer import CampaignLayer
+from campaigns.store import CampaignStore
 from decisions.engine import DecisionEngine
+from decisions.users import try_load_champions
 from features.erasure import erase_users
 from features.store import Preferences, open_store
 from nextbest import __version__
@@ -46,27 +48,35 @@ from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from serving import middleware
 from serving.metrics import DomainMetrics
 from serving.schemas import (
+    BATCH,
+    ONE,
     BehaviourEvent,
+    CampaignSummary,
     Decision,
     ErasureResponse,
     ErrorBody,
-    EventsResponse,
+    EventsResult,
     ExplanationResponse,
     ExportResponse,
     FeedbackRequest,
     FeedbackResult,
     FieldError,
+    Item,
+    ItemResult,
     ModelsResponse,
     NextBestActionRequest,
     NoopRequest,
+    OutboxPage,
     PreferencesRequest,
     PreferencesResponse,
+    RunReport,
     ScoreResponse,
     TagRemovedResponse,
     WorkerModels,
+    events_request,
     score_request,
 )
-from serving.scoring import Scorer, missing_for_serving, try_load_champions
+from serving.scoring import Scorer, missing_for_serving
 from serving.status import WorkerBoard, WorkerStatus
 from training.loader import load_champions
 
@@ -77,6 +87,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (404, 409, 422)}
 USER_ID = Path(min_length=1, max_length=200)
 ScoreRequest = score_request(SETTINGS.serving.max_batch)
+EventsBody = events_request(SETTINGS.serving.max_batch)
 HOUSEKEEPING_SECONDS = 0.5
 
 API_DESCRIPTION = """\
@@ -92,8 +103,9 @@ app = FastAPI(title="nextbest", version=__version__, description=API_DESCRIPTION
 
 
 def error_field(loc: tuple[Any, ...]) -> str:
-    """The dotted name of a field from a FastAPI error location (``body.context.hour``)."""
-    parts = [str(part) for part in loc if part not in ("body", "query", "path")]
+    """The dotted name of a field from a FastAPI error location (``body.context.hour``;
+    the tag of a body with several shapes is not part of it)."""
+    parts = [str(part) for part in loc if part not in ("body", "query", "path", ONE, BATCH)]
     return ".".join(parts) or "body"
 
 
@@ -182,7 +194,7 @@ class NextBest:
         self.store = open_store(self.settings)
         self.scorer = Scorer(self.settings, self.store, *try_load_champions(self.settings))
         self.engine = open_engine(self.settings)
-        self.triggers = Triggers(self.settings.serving.triggers, self.engine)
+        self.campaigns = CampaignLayer(self.settings, self.engine, self.scorer)
         self.metrics = DomainMetrics(self.settings)
         self.board = WorkerBoard(board_dir(self.settings))
         self.generation = self.board.generation()
@@ -264,6 +276,7 @@ class NextBest:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         self.board.withdraw(os.getpid())
+        self.campaigns.close()
         self.engine.close()
         with contextlib.suppress(AttributeError):
             self.store.close()
@@ -297,14 +310,62 @@ class NextBest:
         self.metrics.rewarded(result.action, result.tier, result.status, body.converted)
         return result
 
-    @app.post("/events", response_model=EventsResponse, responses=ERRORS)
-    async def events(self, body: BehaviourEvent) -> EventsResponse:
-        """Run the triggers on a behaviour event; each fired campaign comes with its action."""
-        user = self.scorer.user_view(body.user_id)
-        fired = self.triggers.on_event(user, body)
-        for campaign in fired:
-            self.metrics.decided(campaign.decision.action, user.tier)
-        return EventsResponse(user_id=body.user_id, fired=fired)
+    @app.post("/events", response_model=EventsResult, responses=ERRORS)
+    async def events(self, body: EventsBody) -> EventsResult:
+        """Keep one event, or ``{"events": [...]}`` (at most ``serving.max_batch``), and run
+        the campaign triggers they fire. The same event posted again is kept once and fires
+        nothing; every firing is in the outbox (a message, or why none) before this
+        answers."""
+        events = [body] if isinstance(body, BehaviourEvent) else body.events
+        result = self.campaigns.on_events(events)
+        for message in result.messages:
+            if message.decision_id is not None:
+                self.metrics.decided(message.arm, None)
+        return result
+
+    @app.post("/items", response_model=ItemResult, responses=ERRORS)
+    async def items(self, body: Item) -> ItemResult:
+        """Upsert a listing: a new item notifies its seller's followers; stock falling to
+        ``campaigns.low_stock_threshold`` notifies its recent viewers, once per user."""
+        return self.campaigns.on_item(body)
+
+    # --- campaigns and the outbox -----------------------------------------------------------
+
+    @app.get("/campaigns", response_model=list[CampaignSummary], responses=ERRORS)
+    async def list_campaigns(self) -> list[CampaignSummary]:
+        """Every configured campaign with its outbox rows by status."""
+        return [CampaignSummary(**row) for row in self.campaigns.summary()]
+
+    @app.post("/campaigns/{name}/run", response_model=RunReport, responses=ERRORS)
+    async def run_campaign(self, name: str = Path(min_length=1, max_length=100),
+                           dry_run: bool = False) -> RunReport:
+        """Run a scheduled campaign over its audience now (in a worker thread with its own
+        store connection, so requests keep being answered meanwhile)."""
+        self.campaigns.get(name)  # unknown or disabled: a 4xx before any work
+
+        def run() -> RunReport:
+            layer = CampaignLayer(self.settings, self.engine, self.scorer,
+                                  CampaignStore(self.settings.paths.campaign_store))
+            try:
+                return layer.run(name, dry_run=dry_run)
+            finally:
+                layer.close()
+
+        return await asyncio.to_thread(run)
+
+    @app.get("/outbox", response_model=OutboxPage, responses=ERRORS)
+    async def outbox(self, user_id: str | None = Query(None, max_length=200),
+                     campaign: str | None = Query(None, max_length=100),
+                     status: Literal["pending", "cancelled", "suppressed", "sent",
+                                     "failed"] | None = None,
+                     limit: int = Query(100, ge=1, le=1000),
+                     after: str | None = Query(None, max_length=100)) -> OutboxPage:
+        """Outbox rows, oldest first, filtered by user, campaign and status; page with
+        ``after`` (the ``next_after`` of the previous page)."""
+        rows = self.campaigns.store.messages(user_id=user_id, campaign=campaign,
+                                             status=status, after=after, limit=limit)
+        return OutboxPage(messages=rows,
+                          next_after=rows[-1].message_id if len(rows) == limit else None)
 
     # --- the user's rights -----------------------------------------------------------------
 
@@ -341,14 +402,19 @@ class NextBest:
         The raw tables and feature files are purged by ``nextbest data erase --pending``."""
         report = erase_users([user_id], store=self.store, decisions=self.engine)
         self.scorer.forget(user_id)
+        with self.campaigns.lock:
+            campaign_rows = self.campaigns.store.erase_user(user_id)
         return ErasureResponse(user_id=user_id, store_records=report.store_records,
-                               decisions=report.decisions or 0)
+                               decisions=report.decisions or 0, campaign_rows=campaign_rows)
 
     @app.get("/users/{user_id}/export", response_model=ExportResponse, responses=ERRORS)
     async def export(self, user_id: str = USER_ID) -> ExportResponse:
-        """Everything stored about the user: store record, preferences and decisions."""
+        """Everything stored about the user: store record, preferences, decisions, kept
+        events, delayed triggers and campaign messages."""
+        with self.campaigns.lock:
+            campaigns = self.campaigns.store.export_user(user_id)
         return ExportResponse(user_id=user_id, store=self.store.export(user_id),
-                              decisions=self.engine.export_user(user_id))
+                              decisions=self.engine.export_user(user_id), campaigns=campaigns)
 
     @app.delete("/users/{user_id}/tags/{tag}", response_model=TagRemovedResponse,
                 responses=ERRORS)

@@ -26,6 +26,11 @@ def settings(tmp_path: Path) -> Settings:
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep a developer's own settings and working directory out of the tests."""
     for key in list(os.environ):
-        if key.startswith("NEXTBEST") or key == "MLFLOW_TRACKING_URI":
+        if key.startswith("NEXTBEST"):
             monkeypatch.delenv(key, raising=False)
+    # MLflow's set_tracking_uri/set_registry_uri write these into os.environ: set then delete
+    # them through monkeypatch so whatever a test leaves behind is undone after it.
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

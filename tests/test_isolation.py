@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nextbest.config import load_settings
@@ -25,3 +26,14 @@ def test_each_test_gets_its_own_working_directory(tmp_path: Path) -> None:
 
 def test_nothing_was_left_behind_by_another_test() -> None:
     assert not Path("left_behind").exists()
+
+
+def test_mlflow_addresses_set_by_a_test_do_not_outlive_it() -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri("sqlite:////tmp/elsewhere.db")  # writes MLFLOW_TRACKING_URI
+    assert os.environ.get("MLFLOW_TRACKING_URI") == "sqlite:////tmp/elsewhere.db"
+
+
+def test_the_next_test_does_not_inherit_them() -> None:
+    assert "MLFLOW_TRACKING_URI" not in os.environ

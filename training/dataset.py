@@ -61,7 +61,9 @@ def resolve_validation_cutoff(settings: Settings, model_name: ModelName, raw_dir
                               as_of: date | None) -> date:
     """``as_of`` if its label window is complete in the data, else the latest such cutoff."""
     horizon = horizon_days(model_name, settings.training.labels)
-    end = default_as_of(settings, raw_dir)
+    # Labels are read from orders: events streamed in since the last orders import must not
+    # make a label window look complete before its orders are in.
+    end = default_as_of(settings, raw_dir, tables=("orders",))
     latest = end - timedelta(days=horizon)
     if as_of is None:
         return latest

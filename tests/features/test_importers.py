@@ -84,7 +84,7 @@ def test_messy_events_report_unknown_types_and_negative_prices(tmp_path: Path) -
     assert list(events["type"]) == ["view", "add_to_cart", "login"]
     rejects = pd.read_csv(result.rejects_path)
     assert dict(zip(rejects["row"], rejects["reason"], strict=True)) == {
-        3: "unknown event type 'purchase'", 4: "unparsable date 'yesterday'",
+        3: "unknown event type 'checkout'", 4: "unparsable date 'yesterday'",
         6: "missing value", 7: "negative price '-50'"}
 
 

@@ -25,7 +25,9 @@ import psutil
 import pytest
 import yaml
 
+from decisions.policy import PolicyLayer
 from features.build import build_features
+from features.store import open_store
 from nextbest.config import BanditConfig, Settings, load_settings, path_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -230,3 +232,37 @@ def empty_server(tmp_path: Path, world: World) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop(signal.SIGKILL)
+
+
+class UserPool:
+    """Known, personalisable, non-control users of the world, handed out once each."""
+
+    def __init__(self, settings: Settings):
+        policy = PolicyLayer(settings.bandit)
+        store = open_store(settings)
+        try:
+            ids = [f"u{i:06d}" for i in range(2000)]
+            records = store.get_many(ids)
+            self.users = [
+                uid for uid, rec in records.items()
+                if not policy.in_control(uid) and store.get_preferences(uid).personalization
+                and not {"risk_review", "coupon_abuser"} & set(rec.get("tags") or [])]
+            self.tagged = [uid for uid in self.users if records[uid].get("tags")]
+        finally:
+            store.close()
+        assert len(self.users) > 100, "the world has too few usable users"
+
+    def take(self, tagged: bool = False) -> str:
+        """A user no other test has taken."""
+        pool = self.tagged if tagged else self.users
+        uid = pool.pop()
+        for other in (self.users, self.tagged):
+            if uid in other:
+                other.remove(uid)
+        return uid
+
+
+@pytest.fixture(scope="session")
+def pool(world: World) -> UserPool:
+    """The session's pool: a user handed to one test is never handed to another."""
+    return UserPool(world.settings)

@@ -23,48 +23,13 @@ import pytest
 
 from decisions.decision_log import DecisionLog
 from decisions.learner import CheckpointStore
-from decisions.policy import PolicyLayer
 from features.store import open_store
-from nextbest.config import Settings
 
 pytestmark = pytest.mark.integration
 
 VALID_TIERS = {"platinum", "gold", "silver", "dormant", "churned", "new"}
 CONTEXT = {"channel": "web", "page": "item", "item_id": "i1", "item_price": 120.0,
            "category": "bags", "hour": 14}
-
-
-class UserPool:
-    """Known, personalisable, non-control users of the world, handed out once each."""
-
-    def __init__(self, settings: Settings):
-        policy = PolicyLayer(settings.bandit)
-        store = open_store(settings)
-        try:
-            ids = [f"u{i:06d}" for i in range(2000)]
-            records = store.get_many(ids)
-            self.users = [
-                uid for uid, rec in records.items()
-                if not policy.in_control(uid) and store.get_preferences(uid).personalization
-                and not {"risk_review", "coupon_abuser"} & set(rec.get("tags") or [])]
-            self.tagged = [uid for uid in self.users if records[uid].get("tags")]
-        finally:
-            store.close()
-        assert len(self.users) > 100, "the world has too few usable users"
-
-    def take(self, tagged: bool = False) -> str:
-        """A user no other test has taken."""
-        pool = self.tagged if tagged else self.users
-        uid = pool.pop()
-        for other in (self.users, self.tagged):
-            if uid in other:
-                other.remove(uid)
-        return uid
-
-
-@pytest.fixture(scope="module")
-def pool(world) -> UserPool:
-    return UserPool(world.settings)
 
 
 def decide(client: httpx.Client, user_id: str, **context: object) -> dict:
@@ -78,7 +43,7 @@ def decide(client: httpx.Client, user_id: str, **context: object) -> dict:
 # --- scoring ---------------------------------------------------------------------------------
 
 def test_score_known_user_has_scores_from_the_champions(client: httpx.Client,
-                                                        pool: UserPool) -> None:
+                                                        pool) -> None:
     body = client.post("/score", json={"user_id": pool.take()}).json()
     assert body["known"] is True
     assert body["tier"] in VALID_TIERS
@@ -95,7 +60,7 @@ def test_score_unknown_user_gets_the_cold_start_answer(client: httpx.Client) -> 
     assert body["tags"] == [] and body["features_as_of"] is None
 
 
-def test_score_batch_keeps_the_order_asked(client: httpx.Client, pool: UserPool) -> None:
+def test_score_batch_keeps_the_order_asked(client: httpx.Client, pool) -> None:
     ids = [pool.take(), "stranger-1", pool.take()]
     body = client.post("/score", json={"user_ids": ids}).json()
     assert [row["user_id"] for row in body] == ids
@@ -112,7 +77,7 @@ def test_score_batch_over_the_limit_is_refused(client: httpx.Client, world) -> N
 # --- next best action --------------------------------------------------------------------------
 
 def test_pmf_sums_to_one_and_probability_is_the_chosen_entry(client: httpx.Client,
-                                                             pool: UserPool) -> None:
+                                                             pool) -> None:
     for _ in range(5):
         d = decide(client, pool.take())
         assert d["personalized"] is True
@@ -128,7 +93,7 @@ def test_unknown_user_gets_a_decision(client: httpx.Client) -> None:
 
 
 def test_opted_out_user_gets_the_default_action_not_personalised(
-        client: httpx.Client, pool: UserPool, world) -> None:
+        client: httpx.Client, pool, world) -> None:
     user = pool.take()
     response = client.put(f"/users/{user}/preferences", json={"personalization": False})
     assert response.status_code == 200, response.text
@@ -141,14 +106,16 @@ def test_opted_out_user_gets_the_default_action_not_personalised(
     fb = client.post("/feedback", json={"event_id": d["event_id"], "converted": True,
                                         "revenue": 10.0}).json()
     assert fb["status"] == "accepted" and fb["learnable"] is False
-    assert client.post("/events", json={"user_id": user, "type": "add_to_cart",
-                                        "ts": "2026-01-01T10:00:00"}).json()["fired"] == []
+    views = [{"user_id": user, "type": "view", "ts": f"2026-01-01T10:0{i}:00",
+              "category": "bags"} for i in range(5)]
+    fired = client.post("/events", json={"events": views}).json()["messages"]
+    assert [m for m in fired if m["status"] == "pending"] == []
 
 
 # --- feedback ----------------------------------------------------------------------------------
 
 def test_feedback_accepted_then_duplicate_then_unknown(client: httpx.Client,
-                                                       pool: UserPool) -> None:
+                                                       pool) -> None:
     d = decide(client, pool.take())
     first = client.post("/feedback", json={"event_id": d["event_id"], "converted": True,
                                            "revenue": 80.0})
@@ -162,7 +129,7 @@ def test_feedback_accepted_then_duplicate_then_unknown(client: httpx.Client,
 
 
 def test_feedback_after_the_window_is_late_and_not_learned(client: httpx.Client,
-                                                           pool: UserPool, world) -> None:
+                                                           pool, world) -> None:
     d = decide(client, pool.take())
     time.sleep(world.settings.bandit.reward.window_days * 86400 + 0.5)
     body = client.post("/feedback", json={"event_id": d["event_id"], "converted": True,
@@ -174,21 +141,7 @@ def test_feedback_after_the_window_is_late_and_not_learned(client: httpx.Client,
 
 # --- events, users -----------------------------------------------------------------------------
 
-def test_add_to_cart_event_fires_a_campaign_with_its_action(client: httpx.Client,
-                                                            pool: UserPool) -> None:
-    user = pool.take()
-    response = client.post("/events", json={"user_id": user, "type": "add_to_cart",
-                                            "ts": "2026-01-01T10:00:00", "item_id": "i9",
-                                            "price": 80.0, "category": "shoes"})
-    assert response.status_code == 200, response.text
-    fired = response.json()["fired"]
-    assert [f["campaign"] for f in fired] == ["cart_recovery"]
-    decision = fired[0]["decision"]
-    assert decision["campaign"] == "cart_recovery" and decision["user_id"] == user
-    assert decision["action"] in decision["pmf"]
-
-
-def test_explanation_names_the_rules_and_values(client: httpx.Client, pool: UserPool) -> None:
+def test_explanation_names_the_rules_and_values(client: httpx.Client, pool) -> None:
     user = pool.take(tagged=True)
     body = client.get(f"/users/{user}/explanation").json()
     assert body["known"] is True
@@ -199,7 +152,7 @@ def test_explanation_names_the_rules_and_values(client: httpx.Client, pool: User
     assert applied == set(score["tags"]) and applied
 
 
-def test_user_removes_a_tag(client: httpx.Client, pool: UserPool) -> None:
+def test_user_removes_a_tag(client: httpx.Client, pool) -> None:
     user = pool.take(tagged=True)
     tag = client.post("/score", json={"user_id": user}).json()["tags"][0]
     response = client.delete(f"/users/{user}/tags/{tag}")
@@ -211,7 +164,7 @@ def test_user_removes_a_tag(client: httpx.Client, pool: UserPool) -> None:
     assert client.delete(f"/users/{user}/tags/{tag}").status_code == 404
 
 
-def test_erasure_removes_the_user_everywhere(client: httpx.Client, pool: UserPool,
+def test_erasure_removes_the_user_everywhere(client: httpx.Client, pool,
                                              world) -> None:
     user = pool.take()
     client.put(f"/users/{user}/preferences", json={"marketing_sms": False})
@@ -220,7 +173,7 @@ def test_erasure_removes_the_user_everywhere(client: httpx.Client, pool: UserPoo
     before = client.get(f"/users/{user}/export").json()
     assert before["store"]["record"] is not None and len(before["decisions"]) == 2
     erased = client.delete(f"/users/{user}").json()
-    assert erased == {"user_id": user, "store_records": 1, "decisions": 2}
+    assert erased == {"user_id": user, "store_records": 1, "decisions": 2, "campaign_rows": 0}
     after = client.get(f"/users/{user}/export").json()
     assert after["store"]["record"] is None and after["store"]["preferences"] is None
     assert after["decisions"] == []
@@ -235,7 +188,7 @@ def test_erasure_removes_the_user_everywhere(client: httpx.Client, pool: UserPoo
 
 # --- admin -------------------------------------------------------------------------------------
 
-def test_bandit_stats_count_decisions_and_rewards(client: httpx.Client, pool: UserPool) -> None:
+def test_bandit_stats_count_decisions_and_rewards(client: httpx.Client, pool) -> None:
     before = client.get("/bandit/stats").json()
     for _ in range(3):
         d = decide(client, pool.take())
@@ -333,7 +286,7 @@ async def _learning_run(url: str, users: list[str], good_arm: str, rounds: int,
 
 
 @pytest.fixture(scope="module")
-def learning_users(pool: UserPool) -> Iterator[list[str]]:
+def learning_users(pool) -> Iterator[list[str]]:
     yield [pool.take() for _ in range(20)]
 
 
@@ -402,7 +355,7 @@ class _Traffic(threading.Thread):
 
 
 def test_kill_9_mid_traffic_then_restart_loses_no_accepted_feedback(
-        spawn, pool: UserPool, world) -> None:
+        spawn, pool, world) -> None:
     # No sweeping: only rewards from feedback reach the log, so they can be counted.
     no_sweep = {"NEXTBEST__BANDIT__SWEEP_SECONDS": "3600"}
     first = spawn("crash-1", env=no_sweep)
@@ -429,7 +382,7 @@ def test_kill_9_mid_traffic_then_restart_loses_no_accepted_feedback(
     assert stats["rewards_learned"] == in_log
 
 
-def test_two_workers_one_learner_the_rest_scorers(spawn, pool: UserPool) -> None:
+def test_two_workers_one_learner_the_rest_scorers(spawn, pool) -> None:
     srv = spawn("workers", workers=2)
     roles = set()
     for _ in range(40):  # a new connection each time: the kernel spreads them over workers
@@ -462,7 +415,7 @@ def _wait_for_checkpoint(bandit_dir: Path, proc: subprocess.Popen, timeout: floa
         time.sleep(0.1)
 
 
-def test_learner_process_learns_what_scorer_replicas_log(spawn, pool: UserPool, world) -> None:
+def test_learner_process_learns_what_scorer_replicas_log(spawn, pool, world) -> None:
     name = "replica"
     env = world.env | {"NEXTBEST__PATHS__DECISION_LOG": str(world.root / name / "decisions.sqlite"),
                        "NEXTBEST__PATHS__BANDIT_DIR": str(world.root / name / "bandit")}

@@ -71,3 +71,23 @@ def test_default_validation_cutoff_is_the_latest_with_a_complete_window(
     assert resolve_validation_cutoff(settings, "churn", raw, date(2024, 12, 1)) == date(2024, 12, 1)
     with pytest.raises(DataError, match="label window ends after the data"):
         resolve_validation_cutoff(settings, "churn", raw, date(2025, 2, 1))
+
+
+def test_label_windows_are_judged_on_the_orders_not_on_newer_events(tmp_path) -> None:
+    # Events keep streaming in (the service exports them) while orders arrive in batches:
+    # a window after the last orders is not complete, however recent the events are.
+    import pandas as pd
+
+    from nextbest.config import load_settings, path_overrides
+    from training.dataset import resolve_validation_cutoff
+
+    settings = load_settings(environ=path_overrides(tmp_path))
+    raw = settings.paths.raw_dir
+    (raw / "events").mkdir(parents=True)
+    pd.DataFrame({"order_id": ["o1"], "buyer_id": ["u1"], "amount": [10.0],
+                  "ts": pd.to_datetime(["2025-06-30 12:00"])}).to_parquet(raw / "orders.parquet")
+    pd.DataFrame({"user_id": ["u1"], "type": ["view"],
+                  "ts": pd.to_datetime(["2026-03-01 08:00"])}).to_parquet(
+        raw / "events" / "part-1.parquet")
+    cutoff = resolve_validation_cutoff(settings, "churn", raw, None)
+    assert cutoff == date(2025, 7, 1) - timedelta(days=settings.training.labels.churn_horizon_days)

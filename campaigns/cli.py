@@ -1,0 +1,156 @@
+"""``nextbest campaigns list|run`` and ``nextbest scheduler``.
+
+Both open the decision engine as a scorer (the service, or ``nextbest learner``, is the
+one learner), the online store with the champion models, and the campaign store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from nextbest.cli import command_group
+from nextbest.config import Settings
+from nextbest.errors import ValidationFailed
+
+
+def iso_moment(text: str) -> datetime:
+    """argparse ``type`` for ``--now``: an ISO 8601 moment, naive meaning UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a moment (e.g. 2026-01-05T10:00 or 2026-01-05T10:00:00+00:00)"
+        ) from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@contextmanager
+def open_layer(settings: Settings) -> Iterator:
+    """The campaign layer over a scorer engine, the online store and the champions."""
+    from campaigns.layer import CampaignLayer
+    from decisions.engine import DecisionEngine
+    from decisions.users import UserDirectory, try_load_champions
+    from features.store import open_store
+
+    store = open_store(settings)
+    engine = None
+    layer = None
+    try:
+        users = UserDirectory(settings, store, *try_load_champions(settings))
+        engine = DecisionEngine(settings, role="scorer")
+        layer = CampaignLayer(settings, engine, users)
+        yield layer
+    finally:
+        if layer is not None:
+            layer.close()
+        if engine is not None:
+            engine.close()
+        store.close()
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from campaigns.definitions import compile_campaigns, names_for
+
+    compile_campaigns(settings)  # a misspelt rule is refused before anything is shown
+    from campaigns.store import CampaignStore
+
+    store = CampaignStore(settings.paths.campaign_store)
+    try:
+        counts = store.counts()
+    finally:
+        store.close()
+    rows = []
+    for c in settings.campaigns.campaigns:
+        rows.append({"name": c.name, "kind": c.kind, "event": c.event, "schedule": c.schedule,
+                     "condition": c.condition, "arms": c.arms or "all",
+                     "holdout_share": c.holdout_share, "enabled": c.enabled,
+                     "counts": counts.get(c.name, {}),
+                     "names": sorted(names_for(c, settings))})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        when = row["event"] if row["kind"] != "scheduled" else f"cron {row['schedule']}"
+        state = "" if row["enabled"] else " (disabled)"
+        counts_text = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items())) or "none"
+        print(f"{row['name']}{state}: {row['kind']} on {when}; holdout "
+              f"{row['holdout_share']:.0%}; arms {row['arms']}")
+        if row["condition"]:
+            print(f"  when: {row['condition']}")
+        print(f"  outbox: {counts_text}")
+    print("\nnames a condition may read: `nextbest campaigns list --json` lists them per "
+          "campaign")
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    with open_layer(settings) as layer:
+        report = layer.run(args.name, now=args.now, dry_run=args.dry_run)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return 0
+    suppressed = ", ".join(f"{k} {v}" for k, v in sorted(report.suppressed.items())) or "none"
+    what = "would reach" if args.dry_run else "reached"
+    print(f"{report.campaign} (slot {report.slot}): audience {report.audience}, holdout "
+          f"{report.holdout}; {what} {report.messages} with a message; suppressed: "
+          f"{suppressed}; already in the outbox: {report.already} ({report.seconds:.1f} s)")
+    return 0
+
+
+def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    if args.interval <= 0:
+        raise ValidationFailed(f"--interval must be positive, got {args.interval}",
+                               field="interval")
+    stop = threading.Event()
+    if not args.once:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    with open_layer(settings) as layer:
+        while True:
+            report = layer.run_due(args.now)
+            runs = "; ".join(f"{r.campaign} {r.messages} messages of {r.audience}"
+                             for r in report.runs) or "no campaign due"
+            print(f"{report.now:%Y-%m-%d %H:%M:%S} UTC: {report.timers_fired} delayed "
+                  f"trigger(s) fired; {runs}; {report.events_exported} event(s) exported",
+                  flush=True)
+            if args.once or stop.wait(args.interval):
+                return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``nextbest campaigns list|run`` and ``nextbest scheduler``."""
+    actions = command_group(sub, "campaigns", help="campaigns: list them, run a scheduled one")
+    p = actions.add_parser("list", help="the configured campaigns and their outbox counts")
+    p.add_argument("--json", action="store_true", help="print JSON, with the names each "
+                   "campaign's condition may read")
+    p.set_defaults(handler=_list)
+    p = actions.add_parser("run", help="run a scheduled campaign over its audience now",
+                           description="Evaluate the campaign's audience over the online "
+                           "store, split off its holdout, decide each remaining user's arm and "
+                           "write the outbox. Running the same --now slot again adds nothing.")
+    p.add_argument("name", help="campaign name (nextbest campaigns list)")
+    p.add_argument("--now", type=iso_moment, default=None,
+                   help="the moment of the run, ISO 8601, UTC unless an offset is given "
+                   "(default: now)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="count the audience and holdout; decide and write nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("scheduler", help="fire delayed triggers and scheduled campaigns",
+                       description="Every --interval seconds (or once): fire the delayed "
+                       "triggers due, run each scheduled campaign whose latest cron slot has "
+                       "not run, and export kept events into the raw data.")
+    p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.add_argument("--now", type=iso_moment, default=None,
+                   help="evaluate at this moment instead of the clock (tests, backfills)")
+    p.add_argument("--interval", type=float, default=30.0,
+                   help="seconds between passes (default 30)")
+    p.set_defaults(handler=_scheduler)
+

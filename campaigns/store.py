@@ -1,0 +1,446 @@
+"""The campaign store: kept events, items, delayed timers, the outbox and campaign runs.
+
+One SQLite file (``paths.campaign_store``, WAL, like the decision log), so several worker
+processes and the scheduler share it on one host:
+
+- ``events``: every behaviour event accepted, once (``dedupe_key``: the same event posted
+  twice, or by two replicas, is kept once); ``seq`` orders them; ``exported`` marks those
+  already written into ``raw_dir/events/`` partitions for the next features build. The
+  real-time counters triggers read (views of a category in the last days, purchases, open
+  carts) are indexed queries over it, so they never wait for a batch build.
+- ``items``: the latest state of every listing posted to ``POST /items``.
+- ``timers``: delayed trigger instances (``waiting`` until due, then ``fired`` or
+  ``cancelled``).
+- ``outbox``: one row per firing, written before any answer leaves: a message
+  (``pending``), or a firing that sent nothing (``suppressed`` with its reason), or one
+  cancelled. ``idempotency_key`` (campaign + user + trigger instance) is unique, so one
+  trigger instance never makes two rows, whoever posts it.
+- ``runs``: one row per scheduled campaign and schedule slot, so a slot runs once.
+
+Callers serialise access per connection; every method commits before it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from decisions.decision_log import from_epoch, to_epoch
+
+MessageStatus = Literal["pending", "cancelled", "suppressed", "sent", "failed"]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    dedupe_key TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    ts REAL NOT NULL,
+    item_id TEXT,
+    category TEXT,
+    price REAL,
+    seller_id TEXT,
+    received REAL NOT NULL,
+    exported INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_id, type, ts);
+CREATE INDEX IF NOT EXISTS events_item ON events (item_id, ts);
+CREATE INDEX IF NOT EXISTS events_seller ON events (seller_id, type);
+CREATE INDEX IF NOT EXISTS events_unexported ON events (exported, seq);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    seller_id TEXT NOT NULL,
+    category TEXT,
+    price REAL,
+    stock INTEGER,
+    ts REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS timers (
+    instance_key TEXT PRIMARY KEY,
+    campaign TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    item_id TEXT,
+    due REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('waiting', 'fired', 'cancelled')),
+    event_seq INTEGER NOT NULL,
+    context TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS timers_due ON timers (status, due);
+CREATE INDEX IF NOT EXISTS timers_user ON timers (user_id, status);
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    campaign TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    arm TEXT,
+    decision_id TEXT,
+    channel TEXT,
+    created REAL NOT NULL,
+    scheduled REAL NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    trigger TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_user ON outbox (user_id, campaign, created);
+CREATE INDEX IF NOT EXISTS outbox_campaign ON outbox (campaign, status);
+CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status, scheduled);
+CREATE TABLE IF NOT EXISTS runs (
+    campaign TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    counts TEXT,
+    PRIMARY KEY (campaign, slot)
+);
+"""
+_MESSAGE_COLUMNS = ("message_id, idempotency_key, campaign, user_id, arm, decision_id, channel, "
+                    "created, scheduled, status, reason, trigger")
+
+
+class KeptEvent(BaseModel):
+    """A behaviour event as the store keeps it."""
+
+    seq: int
+    user_id: str
+    type: str
+    ts: datetime
+    item_id: str | None = None
+    category: str | None = None
+    price: float | None = None
+    seller_id: str | None = None
+
+
+class Item(BaseModel):
+    """A listing: its seller, category, price and stock, as last posted."""
+
+    item_id: str = Field(min_length=1, max_length=200)
+    seller_id: str = Field(min_length=1, max_length=200)
+    category: str | None = Field(None, max_length=100)
+    price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    stock: int | None = Field(None, ge=0)
+    ts: datetime
+
+
+class Timer(BaseModel):
+    """A delayed trigger instance waiting for its time."""
+
+    instance_key: str
+    campaign: str
+    user_id: str
+    item_id: str | None
+    due: datetime
+    event_seq: int
+    context: dict[str, Any]
+
+
+class OutboxMessage(BaseModel):
+    """One firing of a campaign for one user: a message to send, or why nothing is sent."""
+
+    message_id: str
+    idempotency_key: str
+    campaign: str
+    user_id: str
+    arm: str | None
+    decision_id: str | None  # the decision's event_id (feedback and rewards join on it)
+    channel: str | None
+    created: datetime
+    scheduled: datetime
+    status: MessageStatus
+    reason: str | None
+    trigger: str  # what fired it: "event:<seq>", "timer:<key>", "schedule:<slot>", ...
+
+
+def dedupe_key(user_id: str, type_: str, ts: datetime, item_id: str | None,
+               seller_id: str | None, category: str | None) -> str:
+    """The identity of an event: the same user, type, moment and subject is one event."""
+    text = json.dumps([user_id, type_, to_epoch(ts), item_id, seller_id, category])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class CampaignStore:
+    """The SQLite campaign store of one process (one connection; callers serialise)."""
+
+    def __init__(self, path: Path, *, timeout_seconds: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=timeout_seconds, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            self.conn.execute(statement)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- events ------------------------------------------------------------------------------
+    def add_event(self, user_id: str, type_: str, ts: datetime, *, item_id: str | None = None,
+                  category: str | None = None, price: float | None = None,
+                  seller_id: str | None = None, now: datetime | None = None) -> int | None:
+        """Keep one event; its ``seq``, or None when the same event is already kept."""
+        key = dedupe_key(user_id, type_, ts, item_id, seller_id, category)
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO events (dedupe_key, user_id, type, ts, item_id, category, "
+            "price, seller_id, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, user_id, type_, to_epoch(ts), item_id, category, price, seller_id,
+             to_epoch(now or datetime.now(UTC))))
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def count_events(self, user_id: str, type_: str, since: datetime, until: datetime, *,
+                     category: str | None = None, item_id: str | None = None) -> int:
+        """Events of ``type_`` by ``user_id`` from ``since`` to ``until`` (both included; in
+        one category or on one item when given)."""
+        sql = ("SELECT count(*) FROM events WHERE user_id = ? AND type = ? AND ts >= ? "
+               "AND ts <= ?")
+        args: list[Any] = [user_id, type_, to_epoch(since), to_epoch(until)]
+        for column, value in (("category", category), ("item_id", item_id)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        return int(self.conn.execute(sql, args).fetchone()[0])
+
+    def last_event_ts(self, user_id: str, type_: str, until: datetime) -> datetime | None:
+        """When ``user_id`` last sent an event of ``type_``, up to ``until``."""
+        row = self.conn.execute(
+            "SELECT max(ts) FROM events WHERE user_id = ? AND type = ? AND ts <= ?",
+            (user_id, type_, to_epoch(until))).fetchone()
+        return None if row[0] is None else from_epoch(row[0])
+
+    def open_carts(self, user_id: str) -> int:
+        """Items the user added to the cart and has not bought since."""
+        row = self.conn.execute(
+            "SELECT count(DISTINCT c.item_id) FROM events c WHERE c.user_id = ? AND "
+            "c.type = 'add_to_cart' AND c.item_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+            "events p WHERE p.user_id = c.user_id AND p.type = 'purchase' AND "
+            "p.item_id = c.item_id AND p.ts >= c.ts)", (user_id,)).fetchone()
+        return int(row[0])
+
+    def viewers(self, item_id: str, since: datetime) -> list[str]:
+        """Users who viewed or favourited ``item_id`` at or after ``since``."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT user_id FROM events WHERE item_id = ? AND ts >= ? AND "
+            "type IN ('view', 'favorite') ORDER BY user_id", (item_id, to_epoch(since)))
+        return [r[0] for r in rows]
+
+    def followers(self, seller_id: str) -> list[str]:
+        """Users who follow ``seller_id`` (a ``follow`` event naming the seller)."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT user_id FROM events WHERE seller_id = ? AND type = 'follow' "
+            "ORDER BY user_id", (seller_id,))
+        return [r[0] for r in rows]
+
+    def unexported_events(self, limit: int) -> list[KeptEvent]:
+        """The oldest events not yet written into the raw data, in ``seq`` order."""
+        rows = self.conn.execute(
+            "SELECT seq, user_id, type, ts, item_id, category, price, seller_id FROM events "
+            "WHERE exported = 0 ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [KeptEvent(seq=r[0], user_id=r[1], type=r[2], ts=from_epoch(r[3]), item_id=r[4],
+                          category=r[5], price=r[6], seller_id=r[7]) for r in rows]
+
+    def mark_exported(self, up_to_seq: int) -> None:
+        """Mark every event up to ``up_to_seq`` as written into the raw data."""
+        self.conn.execute("UPDATE events SET exported = 1 WHERE exported = 0 AND seq <= ?",
+                          (up_to_seq,))
+
+    # -- items -------------------------------------------------------------------------------
+    def get_item(self, item_id: str) -> Item | None:
+        """The item as last posted, or None."""
+        row = self.conn.execute(
+            "SELECT item_id, seller_id, category, price, stock, ts FROM items WHERE item_id = ?",
+            (item_id,)).fetchone()
+        return None if row is None else Item(item_id=row[0], seller_id=row[1], category=row[2],
+                                             price=row[3], stock=row[4], ts=from_epoch(row[5]))
+
+    def put_item(self, item: Item, now: datetime | None = None) -> Item | None:
+        """Upsert ``item``; the state it replaced (None for a new item)."""
+        before = self.get_item(item.item_id)
+        self.conn.execute(
+            "INSERT INTO items (item_id, seller_id, category, price, stock, ts, updated) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?) ON CONFLICT (item_id) DO UPDATE SET seller_id = "
+            "excluded.seller_id, category = excluded.category, price = excluded.price, "
+            "stock = excluded.stock, ts = excluded.ts, updated = excluded.updated",
+            (item.item_id, item.seller_id, item.category, item.price, item.stock,
+             to_epoch(item.ts), to_epoch(now or datetime.now(UTC))))
+        return before
+
+    # -- timers ------------------------------------------------------------------------------
+    def add_timer(self, timer: Timer) -> bool:
+        """Start a delayed trigger instance; False when this instance already exists."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO timers (instance_key, campaign, user_id, item_id, due, "
+            "status, event_seq, context) VALUES (?, ?, ?, ?, ?, 'waiting', ?, ?)",
+            (timer.instance_key, timer.campaign, timer.user_id, timer.item_id,
+             to_epoch(timer.due), timer.event_seq, json.dumps(timer.context)))
+        return cursor.rowcount == 1
+
+    def cancel_timers(self, user_id: str, campaigns: Sequence[str], item_id: str | None) -> int:
+        """Cancel the user's waiting timers of ``campaigns`` (on ``item_id`` when given, else
+        all of them); how many were cancelled."""
+        if not campaigns:
+            return 0
+        marks = ",".join("?" * len(campaigns))
+        sql = (f"UPDATE timers SET status = 'cancelled' WHERE user_id = ? AND status = "
+               f"'waiting' AND campaign IN ({marks})")
+        args: list[Any] = [user_id, *campaigns]
+        if item_id is not None:
+            sql += " AND (item_id = ? OR item_id IS NULL)"
+            args.append(item_id)
+        return self.conn.execute(sql, args).rowcount
+
+    def due_timers(self, now: datetime, limit: int = 1000) -> list[Timer]:
+        """Waiting timers due at ``now`` or before, oldest first."""
+        rows = self.conn.execute(
+            "SELECT instance_key, campaign, user_id, item_id, due, event_seq, context FROM "
+            "timers WHERE status = 'waiting' AND due <= ? ORDER BY due LIMIT ?",
+            (to_epoch(now), limit)).fetchall()
+        return [Timer(instance_key=r[0], campaign=r[1], user_id=r[2], item_id=r[3],
+                      due=from_epoch(r[4]), event_seq=r[5], context=json.loads(r[6]))
+                for r in rows]
+
+    def finish_timer(self, instance_key: str) -> bool:
+        """Mark a due timer fired; False when another scheduler got there first."""
+        return self.conn.execute(
+            "UPDATE timers SET status = 'fired' WHERE instance_key = ? AND status = 'waiting'",
+            (instance_key,)).rowcount == 1
+
+    def timers_of(self, user_id: str) -> list[dict[str, Any]]:
+        """Every timer of ``user_id`` (privacy export)."""
+        rows = self.conn.execute(
+            "SELECT campaign, item_id, due, status FROM timers WHERE user_id = ? ORDER BY due",
+            (user_id,))
+        return [{"campaign": r[0], "item_id": r[1], "due": from_epoch(r[2]).isoformat(),
+                 "status": r[3]} for r in rows]
+
+    # -- outbox ------------------------------------------------------------------------------
+    def add_message(self, message: OutboxMessage) -> bool:
+        """Write one firing; False when its idempotency key is already in the outbox."""
+        cursor = self.conn.execute(
+            f"INSERT OR IGNORE INTO outbox ({_MESSAGE_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message.message_id, message.idempotency_key, message.campaign, message.user_id,
+             message.arm, message.decision_id, message.channel, to_epoch(message.created),
+             to_epoch(message.scheduled), message.status, message.reason, message.trigger))
+        return cursor.rowcount == 1
+
+    def has_key(self, idempotency_key: str) -> bool:
+        """Whether a firing with this idempotency key is already in the outbox."""
+        return self.conn.execute("SELECT 1 FROM outbox WHERE idempotency_key = ?",
+                                 (idempotency_key,)).fetchone() is not None
+
+    def last_message(self, user_id: str, campaign: str) -> datetime | None:
+        """When ``campaign`` last made a message (not a suppression) for ``user_id``."""
+        row = self.conn.execute(
+            "SELECT max(created) FROM outbox WHERE user_id = ? AND campaign = ? AND status "
+            "NOT IN ('suppressed', 'cancelled')", (user_id, campaign)).fetchone()
+        return None if row[0] is None else from_epoch(row[0])
+
+    def messages(self, *, user_id: str | None = None, campaign: str | None = None,
+                 status: str | None = None, after: str | None = None,
+                 limit: int = 100) -> list[OutboxMessage]:
+        """Outbox rows, oldest first, filtered; ``after`` is the last ``message_id`` of the
+        previous page."""
+        where, args = [], []
+        for column, value in (("user_id", user_id), ("campaign", campaign), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if after is not None:
+            where.append("(created, message_id) > (SELECT created, message_id FROM outbox "
+                         "WHERE message_id = ?)")
+            args.append(after)
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM outbox"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created, message_id LIMIT ?"
+        rows = self.conn.execute(sql, [*args, limit]).fetchall()
+        return [_message(row) for row in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Outbox rows per campaign and status."""
+        out: dict[str, dict[str, int]] = {}
+        for campaign, status, n in self.conn.execute(
+                "SELECT campaign, status, count(*) FROM outbox GROUP BY campaign, status"):
+            out.setdefault(campaign, {})[status] = int(n)
+        return out
+
+    def reasons(self, campaign: str) -> dict[str, int]:
+        """Suppressed firings of ``campaign`` per reason."""
+        return {r: int(n) for r, n in self.conn.execute(
+            "SELECT reason, count(*) FROM outbox WHERE campaign = ? AND status = 'suppressed' "
+            "GROUP BY reason", (campaign,))}
+
+    # -- runs --------------------------------------------------------------------------------
+    def start_run(self, campaign: str, slot: str, now: datetime) -> bool:
+        """Claim one schedule slot of ``campaign``; False when it already ran (or runs)."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO runs (campaign, slot, started) VALUES (?, ?, ?)",
+            (campaign, slot, to_epoch(now)))
+        return cursor.rowcount == 1
+
+    def finish_run(self, campaign: str, slot: str, counts: dict[str, int],
+                   now: datetime) -> None:
+        self.conn.execute("UPDATE runs SET finished = ?, counts = ? WHERE campaign = ? AND "
+                          "slot = ?", (to_epoch(now), json.dumps(counts), campaign, slot))
+
+    def last_slot(self, campaign: str) -> str | None:
+        row = self.conn.execute("SELECT max(slot) FROM runs WHERE campaign = ?",
+                                (campaign,)).fetchone()
+        return row[0]
+
+    # -- privacy -----------------------------------------------------------------------------
+    def erase_user(self, user_id: str) -> int:
+        """Delete every event, timer and message of ``user_id``; rows deleted."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = sum(self.conn.execute(f"DELETE FROM {table} WHERE user_id = ?",
+                                            (user_id,)).rowcount
+                          for table in ("events", "timers", "outbox"))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return deleted
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        """The user's kept events, timers and messages."""
+        events = self.conn.execute(
+            "SELECT type, ts, item_id, category, price, seller_id FROM events WHERE user_id = ? "
+            "ORDER BY seq", (user_id,)).fetchall()
+        return {"events": [{"type": e[0], "ts": from_epoch(e[1]).isoformat(), "item_id": e[2],
+                            "category": e[3], "price": e[4], "seller_id": e[5]}
+                           for e in events],
+                "timers": self.timers_of(user_id),
+                "messages": [m.model_dump(mode="json") for m in self.messages(
+                    user_id=user_id, limit=1_000_000)]}
+
+    def transaction(self) -> _Transaction:
+        """``with store.transaction():`` groups writes into one commit."""
+        return _Transaction(self.conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _message(row: Iterable[Any]) -> OutboxMessage:
+    (message_id, key, campaign, user_id, arm, decision_id, channel, created, scheduled, status,
+     reason, trigger) = row
+    return OutboxMessage(message_id=message_id, idempotency_key=key, campaign=campaign,
+                         user_id=user_id, arm=arm, decision_id=decision_id, channel=channel,
+                         created=from_epoch(created), scheduled=from_epoch(scheduled),
+                         status=status, reason=reason, trigger=trigger)

@@ -1,0 +1,128 @@
+"""Users as the decision loop sees them: the online-store record, consent and model scores.
+
+:class:`UserDirectory` owns the champion models and reads the online store; it computes no
+features of its own (they come from ``features build`` through the store). It builds the
+:class:`~decisions.policy.UserView` of any user (a cold start for an unknown one) for the
+engine, the campaign layer and the service, and keeps the scores of recent users cached per
+``(user, as_of)`` until the models change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from decisions.policy import UserView, finite_or_none, user_view
+from features.store import OnlineStore
+from nextbest.config import Settings
+from nextbest.errors import NotFound
+from training.loader import ChampionModels, champion_versions, load_champions
+
+log = logging.getLogger(__name__)
+
+NO_MODELS_WARNING = "no champion models, scores are null: run `nextbest train churn` and " \
+    "`nextbest train propensity`, then POST /models/reload"
+
+
+def try_load_champions(settings: Settings) -> tuple[ChampionModels | None, str | None]:
+    """The champion models and None, or None and why (logged) when none is registered."""
+    try:
+        return load_champions(settings), None
+    except NotFound as exc:
+        log.warning("serving without models: %s", exc.message)
+        return None, f"no champion models, scores are null: {exc.message}"
+
+
+class UserDirectory:
+    """The users as the decision loop sees them: store record, consent and model scores."""
+
+    def __init__(self, settings: Settings, store: OnlineStore,
+                 champions: ChampionModels | None, warning: str | None = None):
+        self.settings = settings
+        self.store = store
+        self.champions = champions
+        self.warning = warning or NO_MODELS_WARNING
+        self._cache: OrderedDict[tuple[str, str | None], tuple[float | None, float | None]] = \
+            OrderedDict()
+
+    def use(self, champions: ChampionModels) -> dict[str, str | None]:
+        """Serve ``champions`` from now on (cached scores of the old ones are dropped)."""
+        self.champions = champions
+        self._cache.clear()
+        return self.model_versions()
+
+    def newer_champions(self) -> ChampionModels | None:
+        """The registry's champions when they differ from the ones served, else None (also
+        when the registry has none: what is served stays). Safe off the event loop: it only
+        reads the registry and loads models."""
+        try:
+            versions = champion_versions(self.settings)
+        except NotFound:
+            return None
+        if self.champions is not None and versions == self.champions.versions:
+            return None
+        return load_champions(self.settings)
+
+    def forget(self, user_id: str) -> int:
+        """Drop the user's cached scores (erasure); returns the entries dropped.
+
+        Other worker processes keep theirs until evicted, but never serve them again: the
+        user's record is gone, and a cached score is only used with a record."""
+        keys = [key for key in self._cache if key[0] == user_id]
+        for key in keys:
+            del self._cache[key]
+        return len(keys)
+
+    def model_versions(self) -> dict[str, str | None]:
+        """Model name -> version in use, or a warning when scores are null."""
+        if self.champions is None:
+            return {"churn": None, "propensity": None, "warning": self.warning}
+        return {name: str(version) for name, version in self.champions.versions.items()}
+
+    def scores(self, user_id: str,
+                 record: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """Churn probability and purchase propensity, or (None, None) without models.
+
+        A record only changes with its ``as_of``, so the scores are cached per
+        ``(user_id, as_of)`` (least recently used out first) until the models are reloaded.
+        """
+        if self.champions is None:
+            return None, None
+        key = (user_id, record_as_of(record))
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        churn, propensity = self.champions.score(dict(record))
+        scores = finite_or_none(churn), finite_or_none(propensity)
+        limit = self.settings.serving.score_cache_size
+        if limit:
+            self._cache[key] = scores
+            if len(self._cache) > limit:
+                self._cache.popitem(last=False)
+        return scores
+
+    def user_view(self, user_id: str) -> UserView:
+        """What the engine needs about a user: score, tags, features and consent."""
+        return self.lookup(user_id)[0]
+
+    def lookup(self, user_id: str) -> tuple[UserView, dict[str, Any]]:
+        """The user's view and the names a condition may read about them: the whole store
+        record (text columns too) with the model scores (empty for an unknown user)."""
+        record, prefs = self.store.get_with_preferences(user_id)
+        churn, propensity = self.scores(user_id, record) if record else (None, None)
+        view = user_view(user_id, record, churn_probability=churn,
+                         purchase_propensity=propensity,
+                         personalization=bool(prefs.personalization))
+        names = dict(record or {})
+        names.update(known=view.known, churn_probability=churn,
+                     purchase_propensity=propensity)
+        return view, names
+
+
+def record_as_of(record: Mapping[str, Any]) -> str | None:
+    """The record's ``as_of`` as an ISO date string."""
+    value = record.get("as_of")
+    return None if value is None else str(value)[:10]
