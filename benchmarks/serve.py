@@ -154,11 +154,8 @@ def nextbest(args: list[str], env: dict[str, str], cwd: Path) -> None:
 
 
 def build_world(root: Path, users: int, seed: int) -> dict[str, str]:
-    """Synthetic users, their features in the online store, both champion models.
-
-    Contact caps are lifted so that repeated users are not all refused an action."""
-    config = {"training": {"num_boost_round": 50, "early_stopping_rounds": 10},
-              "bandit": {"contact": {"max_actions_per_user_per_day": None}}}
+    """Synthetic users, their features in the online store, both champion models."""
+    config = {"training": {"num_boost_round": 50, "early_stopping_rounds": 10}}
     (root / "nextbest.yaml").write_text(yaml.safe_dump(config))
     env = world_env(root)
     data = root / "data"

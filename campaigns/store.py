@@ -34,7 +34,10 @@ from pydantic import BaseModel, Field
 
 from decisions.decision_log import from_epoch, to_epoch
 
-MessageStatus = Literal["pending", "cancelled", "suppressed", "sent", "failed"]
+# pending: waiting for its send time; sending: claimed by a dispatcher (until lease_until);
+# sent: the channel accepted it; dead: every attempt failed; suppressed / cancelled: never
+# sent (reason says why).
+MessageStatus = Literal["pending", "sending", "sent", "dead", "cancelled", "suppressed"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,7 +89,37 @@ CREATE TABLE IF NOT EXISTS outbox (
     scheduled REAL NOT NULL,
     status TEXT NOT NULL,
     reason TEXT,
-    trigger TEXT NOT NULL
+    trigger TEXT NOT NULL,
+    tier TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL,
+    sent REAL,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    message_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    ok INTEGER NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (message_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    message_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    ts REAL NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (message_id, status)
+);
+CREATE TABLE IF NOT EXISTS conversions (
+    message_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    event_seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    revenue REAL NOT NULL,
+    reward REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_user ON outbox (user_id, campaign, created);
 CREATE INDEX IF NOT EXISTS outbox_campaign ON outbox (campaign, status);
@@ -101,7 +134,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 _MESSAGE_COLUMNS = ("message_id, idempotency_key, campaign, user_id, arm, decision_id, channel, "
-                    "created, scheduled, status, reason, trigger")
+                    "created, scheduled, status, reason, trigger, tier")
 
 
 class KeptEvent(BaseModel):
@@ -155,6 +188,7 @@ class OutboxMessage(BaseModel):
     status: MessageStatus
     reason: str | None
     trigger: str  # what fired it: "event:<seq>", "timer:<key>", "schedule:<slot>", ...
+    tier: str | None = None  # the user's tier when it fired (for reports per tier)
 
 
 def dedupe_key(user_id: str, type_: str, ts: datetime, item_id: str | None,
@@ -324,10 +358,11 @@ class CampaignStore:
         """Write one firing; False when its idempotency key is already in the outbox."""
         cursor = self.conn.execute(
             f"INSERT OR IGNORE INTO outbox ({_MESSAGE_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (message.message_id, message.idempotency_key, message.campaign, message.user_id,
              message.arm, message.decision_id, message.channel, to_epoch(message.created),
-             to_epoch(message.scheduled), message.status, message.reason, message.trigger))
+             to_epoch(message.scheduled), message.status, message.reason, message.trigger,
+             message.tier))
         return cursor.rowcount == 1
 
     def has_key(self, idempotency_key: str) -> bool:
@@ -439,8 +474,8 @@ class _Transaction:
 
 def _message(row: Iterable[Any]) -> OutboxMessage:
     (message_id, key, campaign, user_id, arm, decision_id, channel, created, scheduled, status,
-     reason, trigger) = row
+     reason, trigger, tier) = row
     return OutboxMessage(message_id=message_id, idempotency_key=key, campaign=campaign,
                          user_id=user_id, arm=arm, decision_id=decision_id, channel=channel,
                          created=from_epoch(created), scheduled=from_epoch(scheduled),
-                         status=status, reason=reason, trigger=trigger)
+                         status=status, reason=reason, trigger=trigger, tier=tier)

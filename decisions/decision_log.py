@@ -29,8 +29,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from decisions.policy import ContactCounts
-
 BATCH_COMMIT = 1000  # operations per commit when durable=False
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -215,23 +213,6 @@ class DecisionLog:
         row = self.conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?",
                                 (event_id,)).fetchone()
         return None if row is None else _logged_decision(row)
-
-    def contact_counts(self, user_id: str, now: datetime) -> ContactCounts:
-        """Actions given to ``user_id`` in the 24 hours and per arm in the 7 days before now."""
-        t = to_epoch(now)
-        rows = self.conn.execute(
-            "SELECT action, count(*), sum(ts >= ?) FROM decisions WHERE user_id = ? "
-            "AND ts >= ? AND action IS NOT NULL GROUP BY action",
-            (t - 86400.0, user_id, t - 7 * 86400.0)).fetchall()
-        return ContactCounts(actions_today=sum(int(r[2]) for r in rows),
-                             per_arm_week={r[0]: int(r[1]) for r in rows})
-
-    def last_campaign_ts(self, user_id: str, campaign: str) -> datetime | None:
-        """When ``campaign`` last produced a decision for ``user_id`` (for cooldowns)."""
-        row = self.conn.execute(
-            "SELECT max(ts) FROM decisions WHERE user_id = ? AND campaign = ?",
-            (user_id, campaign)).fetchone()
-        return None if row[0] is None else from_epoch(row[0])
 
     def count_decisions(self) -> int:
         """How many decisions the log holds."""

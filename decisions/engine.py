@@ -21,8 +21,7 @@ Roles (one engine per process):
 Every public method is thread-safe (one lock per engine: a VW workspace is single-threaded).
 The engine keeps its last ``decision_cache_size`` decisions in memory, so feedback for a
 decision made here joins without reading it back from the log (the log stays the truth:
-feedback for any other event_id is read from it), and it counts past contacts only when a
-contact limit is configured.
+feedback for any other event_id is read from it).
 """
 
 from __future__ import annotations
@@ -165,20 +164,19 @@ class DecisionEngine:
 
     # -- decide ----------------------------------------------------------------------------
     def decide(self, user: UserView, context: RequestContext, *, now: datetime | None = None,
-               campaign: str | None = None,
-               arms: Sequence[str] | None = None) -> Decision:
+               campaign: str | None = None, arms: Sequence[str] | None = None,
+               counts: ContactCounts | None = None) -> Decision:
         """Choose the next-best action for ``user`` in ``context`` and log it durably.
 
         ``campaign`` names the campaign the decision is for, ``arms`` the only arms it may
-        use (default: every arm). The returned ``pmf`` covers the eligible arms and sums to
+        use (default: every arm), ``counts`` the user's recent campaign messages per arm for
+        the arms' weekly caps (None, an in-page answer: no caps). The returned ``pmf`` covers the eligible arms and sums to
         1; ``probability`` is the chosen arm's entry (1.0 when there is no action). The
         decision is in the log (committed, when durable) before this returns.
         """
         ts = utc(now)
         with self._lock:
             self._maybe_sweep(ts)
-            counts = (self.log.contact_counts(user.user_id, ts)
-                      if self.policy.needs_contact_counts else _NO_CONTACTS)
             plan = self.policy.plan(user, counts, arms)
             chooser, version = self._model()
             example = (build_example(self.arm_tokens, user, context, plan.eligible)
@@ -331,11 +329,6 @@ class DecisionEngine:
         elif (ts - self._last_sweep).total_seconds() >= self.config.sweep_seconds:
             self.sweep(ts)
 
-    def last_campaign_ts(self, user_id: str, campaign: str) -> datetime | None:
-        """When ``campaign`` last produced a decision for ``user_id`` (for cooldowns)."""
-        with self._lock:
-            return self.log.last_campaign_ts(user_id, campaign)
-
     # -- admin -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Decisions logged, rewards learned, arm shares and mean reward per arm, overall and
@@ -419,7 +412,6 @@ def _duration(span: timedelta) -> str:
     return f"{seconds:g} seconds"
 
 
-_NO_CONTACTS = ContactCounts()  # what the policy layer gets when no contact limit is set
 
 
 def _arm_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:

@@ -127,10 +127,10 @@ class PolicyPlan(BaseModel):
 
 
 class ContactCounts(BaseModel):
-    """How often a user was contacted recently, counted from the decision log."""
+    """How many campaign messages of each arm a user got in the last 7 days (the campaign
+    layer counts them in its outbox)."""
 
-    actions_today: int = 0                                        # last 24 hours, any arm
-    per_arm_week: dict[str, int] = Field(default_factory=dict)    # last 7 days, per arm
+    per_arm_week: dict[str, int] = Field(default_factory=dict)
 
 
 class PolicyLayer:
@@ -150,30 +150,27 @@ class PolicyLayer:
         return int.from_bytes(digest[:8], "big") / 2**64 < self.config.control_share
 
     @property
-    def needs_contact_counts(self) -> bool:
-        """Whether any contact limit is configured (else counting past contacts is wasted)."""
-        return (self.config.contact.max_actions_per_user_per_day is not None
-                or any(arm.max_per_user_per_week is not None for arm in self.config.arms))
+    def has_arm_caps(self) -> bool:
+        """Whether any arm has a weekly cap (else counting past messages is wasted)."""
+        return any(arm.max_per_user_per_week is not None for arm in self.config.arms)
 
-    def removed_arms(self, user: UserView, counts: ContactCounts) -> dict[str, str]:
+    def removed_arms(self, user: UserView, counts: ContactCounts | None) -> dict[str, str]:
         """Arms the user may not get, each with a short reason (``"coupon_abuser"``)."""
         removed: dict[str, str] = {}
-        limit = self.config.contact.max_actions_per_user_per_day
         tags = set(user.tags)
         for arm in self.config.arms:
             hit = sorted(tags.intersection(arm.exclude_tags))
-            weekly = counts.per_arm_week.get(arm.name, 0)
-            if limit is not None and counts.actions_today >= limit:
-                removed[arm.name] = f"daily contact limit {limit} reached"
-            elif hit:
+            weekly = counts.per_arm_week.get(arm.name, 0) if counts else 0
+            if hit:
                 removed[arm.name] = ", ".join(hit)
             elif arm.max_per_user_per_week is not None and weekly >= arm.max_per_user_per_week:
                 removed[arm.name] = f"weekly cap {arm.max_per_user_per_week} reached"
         return removed
 
-    def plan(self, user: UserView, counts: ContactCounts,
+    def plan(self, user: UserView, counts: ContactCounts | None = None,
              allowed: Collection[str] | None = None) -> PolicyPlan:
-        """Apply the rules in order: control group, opt-out, then eligibility. ``allowed``
+        """Apply the rules in order: control group, opt-out, then eligibility. ``counts``:
+        the user's recent campaign messages (None: an in-page answer, no caps); ``allowed``
         (a campaign's arms) removes every other arm."""
         if self.in_control(user.user_id):
             return PolicyPlan(kind=PlanKind.CONTROL, eligible=[])

@@ -7,9 +7,8 @@ policy faces the same luck). Non-conversions are reported after
 ``no_conversion_after_minutes``. The oracle is always played, since regret is measured
 against it.
 
-Contact caps are switched off for the simulation (:func:`simulation_settings`): with a few
-thousand users meeting tens of thousands of requests they would bind constantly and turn
-arm choice into a planning problem; the caps themselves are the serving stage's to test.
+The simulated requests are in-page answers (``/next_best_action``): contact caps count
+campaign messages only, so none bind here.
 """
 
 from __future__ import annotations
@@ -77,15 +76,13 @@ SIM_SWEEP_SECONDS = 3600.0  # simulated time between sweeps: 1/168 of a 7-day re
 
 
 def simulation_settings(settings: Settings) -> Settings:
-    """``settings`` with the contact caps switched off (see the module docstring) and the
-    sweeper run every simulated hour, not every ``sweep_seconds`` (a few decisions)."""
+    """``settings`` with the sweeper run every simulated hour, not every ``sweep_seconds``
+    (a few decisions). The simulated requests are in-page answers, which contact caps never
+    apply to."""
     bandit = settings.bandit
-    arms = [arm.model_copy(update={"max_per_user_per_week": None}) for arm in bandit.arms]
-    contact = bandit.contact.model_copy(update={"max_actions_per_user_per_day": None,
-                                                "quiet_hours": []})
     sweep = max(bandit.sweep_seconds, SIM_SWEEP_SECONDS)
     return settings.model_copy(update={"bandit": bandit.model_copy(
-        update={"arms": arms, "contact": contact, "sweep_seconds": sweep})})
+        update={"sweep_seconds": sweep})})
 
 
 def user_views(population: pd.DataFrame) -> list[UserView]:

@@ -27,6 +27,7 @@ from features.contract import raw_path
 from features.definitions import EVENT_KINDS, feature_table
 from features.engines import connect, execute_arrow, latest_timestamp, register_tables
 from features.segmentation import ClusterReport, segment
+from features.sendtime import best_hours
 from nextbest.config import FeaturesConfig, Settings
 from nextbest.errors import DataError, NotFound, ValidationFailed
 
@@ -68,6 +69,12 @@ def feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
 def segmentation_columns() -> list[str]:
     """Columns added by segmentation after the engine computed the features."""
     return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier", "tags"]
+
+
+def delivery_columns() -> list[str]:
+    """Columns for campaign delivery (not model inputs): the user's time zone and best hour
+    to be contacted (:mod:`features.sendtime`)."""
+    return ["timezone", "best_hour_utc", "active_events", "best_hour", "best_hour_source"]
 
 
 def partition_dir(features_dir: Path, as_of: date) -> Path:
@@ -174,8 +181,10 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
         if erased:
             frame = frame[~frame["user_id"].isin(erased)].reset_index(drop=True)
         frame, report = segment(frame, settings.features)
+        frame[["best_hour", "best_hour_source"]] = best_hours(
+            frame, as_of, settings.features.best_hour_min_events)
         frame = _as_written(frame[["user_id", "as_of"] + feature_columns(windows)
-                                  + segmentation_columns()])
+                                  + segmentation_columns() + delivery_columns()])
         stages.done()
         _write(frame, report, partition_dir(root, as_of))
         stages.done()
@@ -291,7 +300,8 @@ def _compute(settings: Settings, engine: str, raw: Path, as_of: date, windows: l
 
 
 def _int_columns(windows: Sequence[int]) -> list[str]:
-    counts = ["frequency_total", "cart_abandonments_30d", "items_listed", "items_sold"]
+    counts = ["frequency_total", "cart_abandonments_30d", "items_listed", "items_sold",
+              "active_events"]
     counts += [f"frequency_{w}d" for w in windows]
     counts += [f"{kind}_{w}d" for kind in EVENT_KINDS for w in windows]
     return counts
@@ -305,7 +315,7 @@ def _normalise(table: pa.Table, as_of: date, windows: Sequence[int]) -> pd.DataF
     agree between engines too.
     """
     ints = set(_int_columns(windows))
-    strings = {"user_id", *categorical_columns()}
+    strings = {"user_id", *categorical_columns(), "timezone"}
     columns: dict[str, pa.ChunkedArray] = {}
     for name in table.column_names:
         values = table[name]
@@ -315,6 +325,8 @@ def _normalise(table: pa.Table, as_of: date, windows: Sequence[int]) -> pd.DataF
             columns[name] = values.cast(pa.string())
         elif name == "is_seller":
             columns[name] = pc.fill_null(values, False).cast(pa.bool_())
+        elif name == "best_hour_utc":  # an hour 0-23, missing without any activity
+            columns[name] = values.cast(pa.float64())
         else:
             columns[name] = pc.round(values.cast(pa.float64()), 9)
         if name == "user_id":
@@ -325,7 +337,8 @@ def _normalise(table: pa.Table, as_of: date, windows: Sequence[int]) -> pd.DataF
 
 def _as_written(frame: pd.DataFrame) -> pd.DataFrame:
     """Text columns as pandas' string dtype (missing = NaN), as a Parquet round trip gives."""
-    text = ["user_id", *categorical_columns(), "tier", "segment", "seller_tier"]
+    text = ["user_id", *categorical_columns(), "timezone", "tier", "segment", "seller_tier",
+            "best_hour_source"]
     return frame.astype({column: "str" for column in text})
 
 

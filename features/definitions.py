@@ -152,11 +152,31 @@ def _population(raw: RawTables, orders: ir.Table, as_of: datetime) -> ir.Table:
     """The users of ``as_of``: signed up before it, or (no users table) bought before it."""
     if raw.users is not None:
         users = raw.users.filter(raw.users.signup_ts < _ts(as_of))
-        return users.select("user_id", "region", "channel",
+        return users.select("user_id", "region", "channel", "timezone",
                             signup_epoch=_epoch_us(users.signup_ts))
     buyers = orders.select(user_id=orders.buyer_id).distinct()
     return buyers.mutate(region=ibis.null("string"), channel=ibis.null("string"),
-                         signup_epoch=ibis.null("int64"))
+                         timezone=ibis.null("string"), signup_epoch=ibis.null("int64"))
+
+
+def _active_hours(orders: ir.Table, events: ir.Table | None, as_of: datetime) -> ir.Table:
+    """Per user: the UTC hour of day they are most active in over the last year (orders and
+    events other than logins; ties go to the earlier hour) and how many such moments there
+    were: what send-time optimisation starts from."""
+    since = _ts(as_of - timedelta(days=365))
+    moments = orders.filter(orders.ts >= since).select(user_id=orders.buyer_id, ts=orders.ts)
+    if events is not None:
+        active = events.filter((events.ts >= since) & (events.type != "login"))
+        moments = moments.union(active.select("user_id", "ts"))
+    per_hour = moments.group_by(["user_id", moments.ts.hour().name("hour")]).aggregate(
+        n=moments.count())
+    ranked = per_hour.mutate(
+        rank=ibis.row_number().over(group_by=per_hour.user_id,
+                                    order_by=[ibis.desc(per_hour.n), per_hour.hour]),
+        active_events=per_hour.n.sum().over(group_by=per_hour.user_id))
+    best = ranked.filter(ranked["rank"] == 0)
+    return best.select("user_id", best_hour_utc=best.hour.cast("int64"),
+                       active_events=best.active_events)
 
 
 def _left_join(left: ir.Table, right: ir.Table | None) -> ir.Table:
@@ -196,6 +216,7 @@ def feature_table(raw: RawTables, as_of: date, windows: Sequence[int]) -> ir.Tab
     joined = _left_join(joined, _viewed_categories(events) if events is not None else None)
     joined = _left_join(joined, _listing_aggregates(listings, moment) if listings is not None
                         else None)
+    joined = _left_join(joined, _active_hours(orders, events, moment))
     t = _null_columns(joined, {"last_event_epoch": "int64", "top_viewed": "string",
                                "items_listed": "int64", "items_sold": "int64",
                                "days_to_sell": "float64", "last_listed_epoch": "int64",
@@ -243,6 +264,9 @@ def _select_features(t: ir.Table, as_of: datetime, windows: Sequence[int]) -> ir
     cols["commission_paid"] = _zero(t.commission_paid)
     cols["region"] = t.region
     cols["channel"] = t.channel
+    cols["timezone"] = t.timezone
+    cols["best_hour_utc"] = t.best_hour_utc
+    cols["active_events"] = _zero(t.active_events)
     cols["is_seller"] = (listed > 0) | (_zero(t.sales) > 0)
     cols["seller_idle_days"] = _days_since(as_of, seller_last)
     return t.select(**cols)

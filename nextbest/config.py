@@ -162,6 +162,9 @@ class FeaturesConfig(_Section):
     tags: list[TagRule] = Field(default_factory=_default_tags)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     clusters: ClusterConfig = Field(default_factory=ClusterConfig)
+    # Send time: a user with fewer active moments (orders, events) in the last year than this
+    # gets the platform's best hour instead of their own.
+    best_hour_min_events: int = Field(5, ge=1)
     spark_master: str = "local[*]"
     spark_shuffle_partitions: int = Field(8, ge=1)
     # DuckDB runs in-process: cap its memory; threads 0 means one per core.
@@ -217,6 +220,7 @@ class ArmConfig(_Section):
     cost_rate: float = Field(0.0, ge=0)
     features: dict[str, str | float] = Field(default_factory=dict)
     exclude_tags: list[str] = Field(default_factory=list)
+    # Campaign messages with this arm to one user in 7 days (in-page answers never count).
     max_per_user_per_week: int | None = Field(None, ge=0)
     description: str = ""
 
@@ -289,12 +293,6 @@ class RewardConfig(_Section):
     default: float = 0.0
 
 
-class ContactPolicyConfig(_Section):
-    # None: no daily limit (with no weekly arm caps either, contact counts are not queried).
-    max_actions_per_user_per_day: int | None = Field(3, ge=0)
-    quiet_hours: list[int] = Field(default_factory=list)
-
-
 class BanditConfig(_Section):
     arms: list[ArmConfig] = Field(default_factory=_default_arms)
     default_arm: str = "certification"
@@ -302,7 +300,6 @@ class BanditConfig(_Section):
     control_salt: str = "nextbest-control"
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
-    contact: ContactPolicyConfig = Field(default_factory=ContactPolicyConfig)
     checkpoint_every: int = Field(500, gt=0)
     # The learner also checkpoints when it has learned anything for this long, so scorers
     # see new learning within about checkpoint_seconds + reload_seconds.
@@ -375,6 +372,14 @@ class CampaignConfig(_Section):
     cooldown_hours: float = Field(24.0, ge=0)
     priority: int = 0
     transactional: bool = False
+    # Channels in order of preference: a message goes to the first the user consented to.
+    channels: list[str] = Field(default_factory=lambda: ["push", "email", "sms"],
+                                min_length=1)
+    # Send time: the next occurrence of the user's best hour within max_delay_hours (quiet
+    # hours still hold it); urgent campaigns set a short one.
+    max_delay_hours: float = Field(24.0, ge=0)
+    # A purchase within this long after a delivered message converts it.
+    attribution_hours: float = Field(72.0, gt=0)
     enabled: bool = True
     description: str = ""
 
@@ -401,8 +406,8 @@ def _default_campaigns() -> list[CampaignConfig]:
             description="five views in one category within a week and no purchase"),
         CampaignConfig(
             name="cart_recovery", kind="delayed", event="add_to_cart", delay_hours=4,
-            cancel_event="purchase", cooldown_hours=12,
-            description="an item left in the cart for four hours"),
+            cancel_event="purchase", cooldown_hours=12, max_delay_hours=2,
+            attribution_hours=48, description="an item left in the cart for four hours"),
         CampaignConfig(
             name="low_stock", kind="trigger", event="low_stock", cooldown_hours=0,
             description="only a few left of an item the user viewed or favourited"),
@@ -422,10 +427,30 @@ def _default_campaigns() -> list[CampaignConfig]:
     ]
 
 
+class QuietHoursConfig(_Section):
+    """Local hours in which no marketing message is sent: from ``start`` to ``end`` (across
+    midnight when start > end); a message due inside waits until ``end``. start == end:
+    none."""
+
+    start: int = Field(21, ge=0, le=23)
+    end: int = Field(9, ge=0, le=23)
+
+
+class ContactPolicyConfig(_Section):
+    """How often one user may be contacted by marketing messages (scheduled or sent; the
+    answers of ``/next_best_action`` never count). Per-channel caps are in ``channels``."""
+
+    max_per_day: int | None = Field(2, ge=0)
+    max_per_week: int | None = Field(6, ge=0)
+    min_gap_hours: float = Field(4.0, ge=0)
+    quiet_hours: QuietHoursConfig = Field(default_factory=QuietHoursConfig)
+
+
 class CampaignsConfig(_Section):
     """The campaign layer: the campaigns and the item and timing rules they share."""
 
     campaigns: list[CampaignConfig] = Field(default_factory=_default_campaigns)
+    contact: ContactPolicyConfig = Field(default_factory=ContactPolicyConfig)
     # low_stock: stock at or below this; it reaches users who viewed or favourited the item
     # within lookback_days.
     low_stock_threshold: int = Field(2, ge=0)
@@ -448,6 +473,52 @@ class CampaignsConfig(_Section):
                 return campaign
         raise NotFound(f"no campaign {name!r}; configured: "
                        f"{', '.join(c.name for c in self.campaigns)}", field="campaign")
+
+
+ConsentFlag = Literal["marketing_email", "marketing_sms", "marketing_push"]
+
+
+class ChannelConfig(_Section):
+    """A delivery channel: the platform's webhook for it, or (no ``url``) JSON lines in
+    ``paths.data_dir/deliveries/<channel>.jsonl``, the embedded default of the demo."""
+
+    url: str | None = None
+    # The HMAC-SHA256 key of X-Nextbest-Signature; secret_env names an environment variable
+    # holding it instead (read when the dispatcher starts).
+    secret: str | None = None
+    secret_env: str | None = None
+    timeout_seconds: float = Field(5.0, gt=0)
+    # Which preference flag is the user's consent to marketing on this channel (None: the
+    # channel needs none, e.g. in-app messages).
+    consent: ConsentFlag | None = None
+    max_per_day: int | None = Field(None, ge=0)
+    max_per_week: int | None = Field(None, ge=0)
+    enabled: bool = True
+
+
+def _default_channels() -> dict[str, ChannelConfig]:
+    return {"email": ChannelConfig(consent="marketing_email", max_per_week=3),
+            "sms": ChannelConfig(consent="marketing_sms", max_per_week=1),
+            "push": ChannelConfig(consent="marketing_push", max_per_day=1),
+            "in_app": ChannelConfig(),
+            "log": ChannelConfig()}
+
+
+class DispatchConfig(_Section):
+    """How the dispatcher sends the outbox (at least once; receivers dedupe by the key)."""
+
+    batch: int = Field(200, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    backoff_seconds: float = Field(2.0, gt=0)   # first retry after about this long
+    backoff_max_seconds: float = Field(600.0, gt=0)
+    lease_seconds: float = Field(60.0, gt=0)    # a claimed message is re-sent after this
+    concurrency: int = Field(32, ge=1)
+
+
+class PrivacyConfig(_Section):
+    # A user who never stated a marketing preference: opt_in = no consent until given,
+    # opt_out = consent until withdrawn.
+    default_consent: Literal["opt_in", "opt_out"] = "opt_in"
 
 
 class ServingConfig(_Section):
@@ -480,6 +551,9 @@ class Settings(_Section):
     bandit: BanditConfig = Field(default_factory=BanditConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig)
+    channels: dict[str, ChannelConfig] = Field(default_factory=_default_channels)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     seed: int = 7
 

@@ -85,18 +85,6 @@ def test_sweep_gives_the_default_reward_once_after_the_window(log: DecisionLog):
     assert log.sweep(T0 + timedelta(days=14), window, 0.0) == 1  # "fresh" closes later
 
 
-def test_contact_counts_and_campaign_times(log: DecisionLog):
-    log.record_decision(logged("a", ts=T0 - timedelta(days=3)))
-    log.record_decision(logged("b", ts=T0 - timedelta(hours=2), campaign="cart_recovery"))
-    log.record_decision(logged("c", ts=T0 - timedelta(days=9)))
-    log.record_decision(logged("d", ts=T0 - timedelta(hours=1), action=None))
-    log.record_decision(logged("e", "someone_else", ts=T0))
-    counts = log.contact_counts("u1", T0)
-    assert counts.actions_today == 1 and counts.per_arm_week == {"coupon": 2}
-    assert log.last_campaign_ts("u1", "cart_recovery") == T0 - timedelta(hours=2)
-    assert log.last_campaign_ts("u1", "other") is None
-
-
 def test_export_and_erase_cover_decisions_rewards_and_late_feedback(log: DecisionLog):
     log.record_decision(logged("e1"))
     log.record_decision(logged("e2"))

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from decisions.engine import DecisionEngine, RequestContext, UserView
+from decisions.policy import ContactCounts
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONTEXT = RequestContext(channel="web", page="item", item_price=80.0, category="bags", hour=14)
-NO_CAPS: dict[str, Any] = {"contact": {"max_actions_per_user_per_day": 1_000_000},
-                           "arms": [{"name": "coupon", "cost": 5.0, "cost_rate": 0.1,
+NO_CAPS: dict[str, Any] = {"arms": [{"name": "coupon", "cost": 5.0, "cost_rate": 0.1,
                                      "exclude_tags": ["coupon_abuser"]},
                                     {"name": "installment", "cost_rate": 0.03},
                                     {"name": "certification", "cost": 0.5}]}
@@ -64,22 +64,16 @@ def test_ineligible_arm_is_never_chosen(engine: DecisionEngine):
             assert "coupon removed: coupon_abuser" in d.reason
 
 
-def test_weekly_cap_is_counted_from_the_log(settings: Settings):
-    capped = with_bandit(settings, control_share=0.0,
-                         contact={"max_actions_per_user_per_day": 1000})
-    with DecisionEngine(capped, durable=False) as eng:
-        actions = [eng.decide(user(1), CONTEXT, now=T0 + timedelta(minutes=i)).action
-                   for i in range(30)]
-        assert actions.count("coupon") <= 2 and actions.count("installment") <= 3
-        later = eng.decide(user(1), CONTEXT, now=T0 + timedelta(days=8))
-        assert set(later.eligible) == {"coupon", "installment", "certification"}
-
-
-def test_daily_contact_limit_gives_no_action(settings: Settings):
+def test_weekly_caps_apply_to_campaign_counts_never_to_in_page_answers(settings: Settings):
     with DecisionEngine(with_bandit(settings, control_share=0.0), durable=False) as eng:
-        decisions = [eng.decide(user(1), CONTEXT, now=T0) for _ in range(4)]
-    assert [d.action is None for d in decisions] == [False, False, False, True]
-    assert decisions[3].reason.startswith("no eligible arm: no action")
+        in_page = [eng.decide(user(1), CONTEXT, now=T0 + timedelta(minutes=i))
+                   for i in range(30)]
+        assert all(set(d.eligible) == {"coupon", "installment", "certification"}
+                   for d in in_page)  # anonymous calls cannot use up anyone's caps
+        capped = eng.decide(user(1), CONTEXT, now=T0, campaign="win_back",
+                            counts=ContactCounts(per_arm_week={"coupon": 2}))
+        assert set(capped.eligible) == {"installment", "certification"}
+        assert "coupon removed: weekly cap 2 reached" in capped.reason
 
 
 def test_opted_out_user_gets_the_default_and_is_not_learned(engine: DecisionEngine):

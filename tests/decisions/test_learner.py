@@ -21,7 +21,7 @@ from nextbest.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CONTEXT = RequestContext(channel="app", page="item", item_price=150.0, category="shoes", hour=9)
-NO_CAPS: dict[str, Any] = {"contact": {"max_actions_per_user_per_day": 1_000_000}}
+NO_CAPS: dict[str, Any] = {}
 # A learner-role engine in its own process: it runs until the stop file appears.
 LEARNER_PROCESS = """
 import sys, time

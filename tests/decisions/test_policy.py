@@ -58,22 +58,17 @@ def test_excluded_tags_and_caps_remove_arms():
     assert plan.removed == {"coupon": "coupon_abuser", "installment": "weekly cap 3 reached"}
 
 
-def test_daily_contact_limit_removes_every_arm():
+def test_an_in_page_answer_has_no_caps_and_caps_need_counts():
     layer = PolicyLayer(BanditConfig(control_share=0.0))
-    plan = layer.plan(treated_user(layer), ContactCounts(actions_today=3))
-    assert plan.kind is PlanKind.NO_ELIGIBLE and plan.eligible == []
-    assert set(plan.removed) == {"coupon", "installment", "certification"}
-
-
-def test_without_any_limit_contacts_are_not_counted_and_nothing_is_removed():
-    limited = PolicyLayer(BanditConfig(control_share=0.0))
-    assert limited.needs_contact_counts  # the defaults have a daily limit and weekly caps
-    config = BanditConfig(control_share=0.0, contact={"max_actions_per_user_per_day": None},
-                          arms=[{"name": "coupon"}, {"name": "certification"}])
-    layer = PolicyLayer(config)
-    assert not layer.needs_contact_counts
-    plan = layer.plan(treated_user(layer), ContactCounts(actions_today=10**6))
-    assert plan.kind is PlanKind.BANDIT and plan.eligible == ["coupon", "certification"]
+    assert layer.has_arm_caps  # the defaults cap coupons and installments per week
+    user = treated_user(layer)
+    assert layer.plan(user).eligible == ["coupon", "installment", "certification"]
+    capped = layer.plan(user, ContactCounts(per_arm_week={"coupon": 2, "installment": 1}))
+    assert capped.eligible == ["installment", "certification"]
+    uncapped = PolicyLayer(BanditConfig(control_share=0.0, arms=[{"name": "coupon"},
+                                                                 {"name": "certification"}],
+                                        default_arm="coupon"))
+    assert not uncapped.has_arm_caps
 
 
 def test_pmf_is_normalised_and_sampling_is_seeded():

@@ -28,7 +28,7 @@ import yaml
 from decisions.policy import PolicyLayer
 from features.build import build_features
 from features.store import open_store
-from nextbest.config import BanditConfig, Settings, load_settings, path_overrides
+from nextbest.config import Settings, load_settings, path_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD_USERS = 600
@@ -52,14 +52,11 @@ def world_env(root: Path) -> dict[str, str]:
 
 
 def test_config() -> dict:
-    """The service config of the tests: no contact caps (the learning test repeats users),
-    a reward window of a few seconds (so late feedback can be provoked) and a fast sweeper."""
-    arms = [arm.model_dump() | {"max_per_user_per_week": None} for arm in BanditConfig().arms]
+    """The service config of the tests: a reward window of a few seconds (so late feedback
+    can be provoked) and a fast sweeper."""
     return {
         "training": {"num_boost_round": 50, "early_stopping_rounds": 10},
         "bandit": {
-            "arms": arms,
-            "contact": {"max_actions_per_user_per_day": None},
             "reward": {"window_days": REWARD_WINDOW_SECONDS / 86400},
             "sweep_seconds": 1.0,
             "checkpoint_every": 200,
