@@ -103,6 +103,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from campaigns.report import campaign_report, format_report
+    from campaigns.store import CampaignStore
+
+    settings.campaigns.campaign(args.name)  # unknown: NotFound listing the campaigns
+    store = CampaignStore(settings.paths.campaign_store)
+    try:
+        report = campaign_report(settings, store, args.name, now=datetime.now(UTC),
+                                 alpha=args.alpha)
+    finally:
+        store.close()
+    print(report.model_dump_json(indent=2) if args.json else format_report(report))
+    return 0
+
+
 def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     if args.interval <= 0:
         raise ValidationFailed(f"--interval must be positive, got {args.interval}",
@@ -142,6 +157,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="count the audience and holdout; decide and write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_run)
+    p = actions.add_parser("report", help="a campaign's funnel and lift over its holdout",
+                           description="Funnel (fired, suppressed by reason, scheduled, sent, "
+                           "delivered, opened, clicked, converted), attributed revenue and arm "
+                           "cost, and the lift in conversion over the campaign's own holdout "
+                           "(intention to treat) with intervals and ROI, per arm and tier.")
+    p.add_argument("name", help="campaign name")
+    p.add_argument("--alpha", type=float, default=0.05, help="1 - interval level")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_report)
 
     p = sub.add_parser("scheduler", help="fire delayed triggers and scheduled campaigns",
                        description="Every --interval seconds (or once): fire the delayed "

@@ -38,15 +38,16 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from campaigns.definitions import TRANSITION_NAMES, Campaign, compile_campaigns
+from campaigns.delivery import WEEK, Contact, plan_delivery
 from campaigns.events import BehaviourEvent, realtime_names
 from campaigns.store import CampaignStore, Item, OutboxMessage, Timer
 from decisions.engine import DecisionEngine, utc
-from decisions.policy import RequestContext, UserView, user_view
-from decisions.users import UserDirectory
+from decisions.policy import ContactCounts, RequestContext, UserView
+from decisions.users import UserDirectory, UserState, user_state
 from features.build import available_as_of, load_features
 from features.segmentation import TIERS
 from nextbest.config import Settings
-from nextbest.errors import ValidationFailed
+from nextbest.errors import Conflict, NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
 AUDIENCE_CHUNK = 20_000
@@ -67,6 +68,15 @@ class ItemResult(BaseModel):
     new: bool
     low_stock: bool
     messages: list[OutboxMessage]
+
+
+class Receipt(BaseModel):
+    """What a delivery receipt did."""
+
+    message_id: str
+    status: str
+    counted: bool              # False: this status was already received for the message
+    consent_withdrawn: str | None = None  # the preference an unsubscribe turned off
 
 
 class RunReport(BaseModel):
@@ -90,6 +100,12 @@ class SchedulerReport(BaseModel):
     timers_fired: int
     runs: list[RunReport]
     events_exported: int
+
+
+def arm_counts(contacts: list[Contact], around: datetime) -> ContactCounts:
+    """Messages per arm within a week of ``around``: what the arms' weekly caps count."""
+    counts = Counter(c.arm for c in contacts if c.arm and abs(c.scheduled - around) < WEEK)
+    return ContactCounts(per_arm_week=dict(counts))
 
 
 def holdout_hash(campaign: str, user_id: str) -> float:
@@ -135,19 +151,27 @@ class CampaignLayer:
         return self.campaigns[config.name]
 
     # -- one firing ---------------------------------------------------------------------------
-    def fire(self, campaign: Campaign, user: UserView, *, key: str, trigger: str,
+    def fire(self, campaign: Campaign, state: UserState, *, key: str, trigger: str,
              context: RequestContext, now: datetime) -> OutboxMessage | None:
         """Decide and write one firing (module docstring); None when the instance is
         already in the outbox."""
         name = campaign.name
+        user = state.view
         idempotency_key = f"{name}|{user.user_id}|{key}"
         if self.store.has_key(idempotency_key):
             return None
         reason = self._suppression(campaign, user, now)
-        arm = decision_id = None
+        arm = decision_id = channel = None
+        scheduled = now
+        if reason is None:
+            horizon = WEEK + timedelta(hours=campaign.config.max_delay_hours)
+            contacts = self.store.contacts(user.user_id, now - horizon, now + horizon)
+            channel, scheduled, reason = plan_delivery(
+                self.settings, campaign.config, state.names, state.preferences, contacts, now)
         if reason is None:
             decision = self.engine.decide(user, context, now=now, campaign=name,
-                                          arms=campaign.config.arms or None)
+                                          arms=campaign.config.arms or None,
+                                          counts=arm_counts(contacts, scheduled))
             decision_id = decision.event_id
             arm = decision.action
             if decision.control:
@@ -157,8 +181,9 @@ class CampaignLayer:
         message = OutboxMessage(
             message_id=secrets.token_urlsafe(16), idempotency_key=idempotency_key,
             campaign=name, user_id=user.user_id, arm=arm, decision_id=decision_id,
-            channel=None, created=now, scheduled=now,
-            status="suppressed" if reason else "pending", reason=reason, trigger=trigger)
+            channel=None if reason else channel, created=now, scheduled=scheduled,
+            status="suppressed" if reason else "pending", reason=reason, trigger=trigger,
+            tier=user.tier)
         return message if self.store.add_message(message) else None
 
     def _suppression(self, campaign: Campaign, user: UserView, now: datetime) -> str | None:
@@ -198,6 +223,8 @@ class CampaignLayer:
                                    price=event.price, seller_id=event.seller_id, now=now)
         if seq is None:
             return None
+        if event.type == "purchase":
+            self._attribute(event, seq, now)
         cancelling = [c.name for c in self._of_kind("delayed")
                       if c.config.cancel_event == event.type]
         self.store.cancel_timers(event.user_id, cancelling, event.item_id)
@@ -205,14 +232,14 @@ class CampaignLayer:
         delayed = self._of_kind("delayed", event.type)
         if not triggered and not delayed:
             return []
-        user, names = self.users.lookup(event.user_id)
-        names |= event.names()
+        state = self.users.lookup(event.user_id)
+        names = state.names | event.names()
         wanted = {n for c in (*triggered, *delayed) if c.condition for n in c.condition.names}
         names |= realtime_names(self.store, event, wanted)
         fired = []
         for campaign in triggered:
             if campaign.holds(names):
-                message = self.fire(campaign, user, key=f"event:{seq}", trigger=f"event:{seq}",
+                message = self.fire(campaign, state, key=f"event:{seq}", trigger=f"event:{seq}",
                                     context=event.context(campaign.name), now=now)
                 fired += [message] if message else []
         for campaign in delayed:
@@ -224,6 +251,53 @@ class CampaignLayer:
                     due=utc(event.ts) + timedelta(hours=campaign.config.delay_hours),
                     event_seq=seq, context=event.model_dump(mode="json")))
         return fired
+
+    def _attribute(self, purchase: BehaviourEvent, seq: int, now: datetime) -> None:
+        """A purchase converts the user's latest delivered message whose attribution window
+        it falls in: the conversion (revenue minus the arm's cost) becomes the reward of the
+        message's decision, so campaign bandits learn without ``/feedback``. Once per
+        message."""
+        bought = utc(purchase.ts)
+        for message, delivered in self.store.delivered_to(purchase.user_id, bought):
+            campaign = self.settings.campaigns.campaign(message.campaign)
+            if bought - delivered > timedelta(hours=campaign.attribution_hours):
+                continue
+            revenue = float(purchase.price or 0.0)
+            reward = 0.0
+            if message.decision_id is not None:
+                try:
+                    result = self.engine.feedback(message.decision_id, True, revenue, now=now)
+                    reward = float(result.reward or 0.0)
+                except Conflict as exc:  # the platform already reported another outcome
+                    log.warning("conversion of %s not learned: %s", message.message_id,
+                                exc.message)
+            self.store.add_conversion(message.message_id, purchase.user_id, seq, bought,
+                                      revenue, reward)
+            return
+
+    def on_receipt(self, message_id: str, status: str, ts: datetime, *,
+                   now: datetime | None = None) -> Receipt:
+        """Record a delivery receipt of a sent message (each status once); ``unsubscribed``
+        withdraws the user's consent to that channel."""
+        received = utc(now)
+        with self.lock:
+            message = self.store.get_message(message_id)
+            if message is None:
+                raise NotFound(f"no message {message_id!r} in the outbox", field="message_id")
+            if message.status != "sent":
+                raise Conflict(f"message {message_id} is {message.status}, not sent: a "
+                               "receipt can only follow a sent message", field="message_id")
+            new = self.store.add_receipt(message_id, status, utc(ts), received)
+        consent_withdrawn = None
+        if new and status == "unsubscribed" and message.channel is not None:
+            flag = self.settings.channels[message.channel].consent
+            if flag is not None:
+                store = self.users.store
+                store.set_preferences(message.user_id, store.get_preferences(
+                    message.user_id).model_copy(update={flag: False, "updated_ts": None}))
+                consent_withdrawn = flag
+        return Receipt(message_id=message_id, status=status, counted=new,
+                       consent_withdrawn=consent_withdrawn)
 
     # -- items ----------------------------------------------------------------------------------
     def on_item(self, item: Item, *, now: datetime | None = None) -> ItemResult:
@@ -260,11 +334,11 @@ class CampaignLayer:
         for user_id in audience:
             if user_id == item.seller_id:
                 continue
-            user, names = self.users.lookup(user_id)
-            names |= item_names
+            state = self.users.lookup(user_id)
+            names = state.names | item_names
             for campaign in campaigns:
                 if campaign.holds(names):
-                    message = self.fire(campaign, user, key=f"item:{item.item_id}",
+                    message = self.fire(campaign, state, key=f"item:{item.item_id}",
                                         trigger=f"{event}:{item.item_id}",
                                         context=context.model_copy(update={"page": campaign.name}),
                                         now=now)
@@ -284,8 +358,8 @@ class CampaignLayer:
                 if campaign is None:
                     continue  # disabled since the timer started
                 event = BehaviourEvent.model_validate(timer.context)
-                user = self.users.user_view(timer.user_id)
-                message = self.fire(campaign, user, key=timer.instance_key.split("|", 2)[2],
+                state = self.users.lookup(timer.user_id)
+                message = self.fire(campaign, state, key=timer.instance_key.split("|", 2)[2],
                                     trigger=f"timer:{timer.event_seq}",
                                     context=event.context(campaign.name), now=ts)
                 fired += [message] if message else []
@@ -313,14 +387,15 @@ class CampaignLayer:
         reasons: Counter[str] = Counter()
         context = RequestContext(channel="campaign", page=name)
         with self.lock:
-            for views in self._audience(campaign):
-                report.audience += len(views)
-                for view in views:
-                    held = holdout_hash(name, view.user_id) < campaign.config.holdout_share
+            for states in self._audience(campaign):
+                report.audience += len(states)
+                for state in states:
+                    held = holdout_hash(name, state.view.user_id) < \
+                        campaign.config.holdout_share
                     report.holdout += int(held and not campaign.config.transactional)
                     if dry_run:
                         continue
-                    message = self.fire(campaign, view, key=f"schedule:{slot}",
+                    message = self.fire(campaign, state, key=f"schedule:{slot}",
                                         trigger=f"schedule:{slot}", context=context, now=ts)
                     if message is None:
                         report.already += 1
@@ -332,7 +407,7 @@ class CampaignLayer:
         report.seconds = (datetime.now(UTC) - started).total_seconds()
         return report
 
-    def _audience(self, campaign: Campaign) -> Iterator[list[UserView]]:
+    def _audience(self, campaign: Campaign) -> Iterator[list[UserState]]:
         """The users whose condition holds, a chunk of the store at a time."""
         assert campaign.condition is not None
         previous = self._previous_build(campaign)
@@ -347,13 +422,10 @@ class CampaignLayer:
                 frame = frame.merge(previous, on="user_id", how="left")
                 frame["tier_drop"] = _tier_rank(frame["tier"]) - _tier_rank(frame["previous_tier"])
             mask = campaign.condition.mask(frame)
-            chosen = frame[mask]
-            consent = {e.user_id: e.preferences.personalization for e in entries}
-            views = [user_view(row["user_id"], row, churn_probability=row["churn_probability"],
-                               purchase_propensity=row["purchase_propensity"],
-                               personalization=consent[row["user_id"]])
-                     for row in chosen.to_dict("records")]
-            yield views
+            preferences = {e.user_id: e.preferences for e in entries}
+            yield [user_state(row["user_id"], row, preferences[row["user_id"]],
+                              row["churn_probability"], row["purchase_propensity"])
+                   for row in frame[mask].to_dict("records")]
 
     def _with_scores(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with the champions' churn and propensity (NaN without models)."""

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from campaigns.delivery import Contact
 from decisions.decision_log import from_epoch, to_epoch
 
 # pending: waiting for its send time; sending: claimed by a dispatcher (until lease_until);
@@ -412,6 +413,73 @@ class CampaignStore:
             "SELECT reason, count(*) FROM outbox WHERE campaign = ? AND status = 'suppressed' "
             "GROUP BY reason", (campaign,))}
 
+    def get_message(self, message_id: str) -> OutboxMessage | None:
+        """One outbox row by its id."""
+        row = self.conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM outbox WHERE message_id = ?",
+                                (message_id,)).fetchone()
+        return None if row is None else _message(row)
+
+    def contacts(self, user_id: str, since: datetime, until: datetime) -> list[Contact]:
+        """Messages to ``user_id`` scheduled or sent with a send time in [since, until]."""
+        rows = self.conn.execute(
+            "SELECT channel, arm, scheduled FROM outbox WHERE user_id = ? AND status IN "
+            "('pending', 'sending', 'sent') AND scheduled >= ? AND scheduled <= ?",
+            (user_id, to_epoch(since), to_epoch(until))).fetchall()
+        return [Contact(r[0], r[1], from_epoch(r[2])) for r in rows]
+
+    # -- receipts and conversions ------------------------------------------------------------
+    def add_receipt(self, message_id: str, status: str, ts: datetime, now: datetime) -> bool:
+        """Record a delivery receipt; False when this status was already received."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO receipts (message_id, status, ts, received) "
+            "VALUES (?, ?, ?, ?)", (message_id, status, to_epoch(ts), to_epoch(now)))
+        return cursor.rowcount == 1
+
+    def delivered_to(self, user_id: str, until: datetime) -> list[tuple[OutboxMessage,
+                                                                          datetime]]:
+        """The user's delivered, not yet converted messages, with when each was delivered
+        (at or before ``until``), the latest first."""
+        rows = self.conn.execute(
+            f"SELECT {', '.join('o.' + c for c in _MESSAGE_COLUMNS.split(', '))}, r.ts "
+            "FROM outbox o JOIN receipts r ON r.message_id = o.message_id AND "
+            "r.status = 'delivered' WHERE o.user_id = ? AND r.ts <= ? AND NOT EXISTS "
+            "(SELECT 1 FROM conversions c WHERE c.message_id = o.message_id) "
+            "ORDER BY r.ts DESC", (user_id, to_epoch(until))).fetchall()
+        return [(_message(row[:-1]), from_epoch(row[-1])) for row in rows]
+
+    def add_conversion(self, message_id: str, user_id: str, event_seq: int, ts: datetime,
+                       revenue: float, reward: float) -> bool:
+        """Record that a purchase converted a message; False when it was converted before."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO conversions (message_id, user_id, event_seq, ts, revenue, "
+            "reward) VALUES (?, ?, ?, ?, ?, ?)",
+            (message_id, user_id, event_seq, to_epoch(ts), revenue, reward))
+        return cursor.rowcount == 1
+
+    def campaign_rows(self, campaign: str) -> list[dict[str, Any]]:
+        """Every firing of ``campaign`` with its receipts, conversion and the user's
+        purchases after it (for the campaign report)."""
+        cursor = self.conn.execute(
+            "SELECT o.message_id, o.user_id, o.arm, o.tier, o.status, o.reason, o.created, "
+            "o.sent, (SELECT group_concat(status) FROM receipts r WHERE r.message_id = "
+            "o.message_id) AS receipts, c.revenue, c.reward FROM outbox o LEFT JOIN conversions c ON "
+            "c.message_id = o.message_id WHERE o.campaign = ?", (campaign,))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def purchases(self, user_ids: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
+        """``{user: [(ts epoch, price)]}`` of the users' purchase events."""
+        out: dict[str, list[tuple[float, float]]] = {}
+        ids = list(dict.fromkeys(user_ids))
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            rows = self.conn.execute(
+                f"SELECT user_id, ts, coalesce(price, 0) FROM events WHERE type = 'purchase' "
+                f"AND user_id IN ({','.join('?' * len(part))})", part)
+            for user_id, ts, price in rows:
+                out.setdefault(user_id, []).append((float(ts), float(price)))
+        return out
+
     # -- runs --------------------------------------------------------------------------------
     def start_run(self, campaign: str, slot: str, now: datetime) -> bool:
         """Claim one schedule slot of ``campaign``; False when it already ran (or runs)."""
@@ -435,9 +503,12 @@ class CampaignStore:
         """Delete every event, timer and message of ``user_id``; rows deleted."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            for table in ("receipts", "attempts"):
+                self.conn.execute(f"DELETE FROM {table} WHERE message_id IN (SELECT "
+                                  "message_id FROM outbox WHERE user_id = ?)", (user_id,))
             deleted = sum(self.conn.execute(f"DELETE FROM {table} WHERE user_id = ?",
                                             (user_id,)).rowcount
-                          for table in ("events", "timers", "outbox"))
+                          for table in ("events", "timers", "conversions", "outbox"))
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from decisions.policy import UserView, finite_or_none, user_view
-from features.store import OnlineStore
+from features.store import OnlineStore, Preferences
 from nextbest.config import Settings
 from nextbest.errors import NotFound
 from training.loader import ChampionModels, champion_versions, load_champions
@@ -106,20 +106,34 @@ class UserDirectory:
 
     def user_view(self, user_id: str) -> UserView:
         """What the engine needs about a user: score, tags, features and consent."""
-        return self.lookup(user_id)[0]
+        return self.lookup(user_id).view
 
-    def lookup(self, user_id: str) -> tuple[UserView, dict[str, Any]]:
-        """The user's view and the names a condition may read about them: the whole store
-        record (text columns too) with the model scores (empty for an unknown user)."""
+    def lookup(self, user_id: str) -> UserState:
+        """Everything known about ``user_id`` (a cold start for an unknown user)."""
         record, prefs = self.store.get_with_preferences(user_id)
         churn, propensity = self.scores(user_id, record) if record else (None, None)
-        view = user_view(user_id, record, churn_probability=churn,
-                         purchase_propensity=propensity,
-                         personalization=bool(prefs.personalization))
-        names = dict(record or {})
-        names.update(known=view.known, churn_probability=churn,
-                     purchase_propensity=propensity)
-        return view, names
+        return user_state(user_id, record, prefs, churn, propensity)
+
+
+class UserState(NamedTuple):
+    """A user as the campaign layer needs them: the engine's view, the names a condition may
+    read (the whole store record, text columns too, with the model scores) and the user's
+    preferences (consent per channel)."""
+
+    view: UserView
+    names: dict[str, Any]
+    preferences: Preferences
+
+
+def user_state(user_id: str, record: Mapping[str, Any] | None, preferences: Preferences,
+               churn: float | None, propensity: float | None) -> UserState:
+    """The :class:`UserState` of one user from their record, preferences and scores."""
+    view = user_view(user_id, record, churn_probability=churn, purchase_propensity=propensity,
+                     personalization=bool(preferences.personalization))
+    names = dict(record or {})
+    names.update(known=view.known, churn_probability=view.churn_probability,
+                 purchase_propensity=view.purchase_propensity)
+    return UserState(view, names, preferences)
 
 
 def record_as_of(record: Mapping[str, Any]) -> str | None:

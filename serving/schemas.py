@@ -10,7 +10,8 @@ HTTP API and the engine cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -132,6 +133,16 @@ def events_request(max_batch: int) -> Any:
                      Discriminator(_events_shape)]
 
 
+class ReceiptRequest(RequestBody):
+    """A delivery receipt of a sent message, from the channel."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "delivered", "ts": "2026-01-05T20:00:03Z"}]})
+
+    status: Literal["delivered", "opened", "clicked", "bounced", "unsubscribed"]
+    ts: datetime
+
+
 class OutboxPage(BaseModel):
     """One page of the outbox, oldest first; pass ``next_after`` as ``after`` for the next."""
 
@@ -201,6 +212,9 @@ class ExplanationResponse(BaseModel):
     tags: list[TagExplanation]
     features: dict[str, float | str | None]
     features_as_of: str | None
+    best_hour: int | None = None       # local hour campaign messages are sent at
+    timezone: str | None = None
+    best_hour_reason: str | None = None
 
 
 class ErasureResponse(BaseModel):
@@ -263,11 +277,11 @@ class ErrorBody(BaseModel):
 
 
 __all__ = [
-    "BehaviourEvent", "CampaignSummary", "Decision", "ErasureResponse", "ErrorBody",
-    "EventsBatch", "EventsResult", "ExplanationResponse", "ExportResponse", "FeedbackRequest",
-    "FeedbackResult", "FieldError", "Item", "ItemResult", "ModelsResponse",
-    "NextBestActionRequest", "NoopRequest", "OutboxMessage", "OutboxPage",
-    "PreferencesRequest", "PreferencesResponse", "RequestContext", "RunReport", "ScoreRequest",
+    "BATCH", "ONE", "BehaviourEvent", "CampaignSummary", "Decision", "ErasureResponse",
+    "ErrorBody", "EventsBatch", "EventsResult", "ExplanationResponse", "ExportResponse",
+    "FeedbackRequest", "FeedbackResult", "FieldError", "Item", "ItemResult", "ModelsResponse",
+    "NextBestActionRequest", "NoopRequest", "OutboxMessage", "OutboxPage", "PreferencesRequest",
+    "PreferencesResponse", "ReceiptRequest", "RequestContext", "RunReport", "ScoreRequest",
     "ScoreResponse", "TagRemovedResponse", "UserView", "WorkerModels", "events_request",
-    "score_request", "ONE", "BATCH",
+    "score_request",
 ]

@@ -84,7 +84,25 @@ class Scorer(UserDirectory):
             segment=str(record.get("segment") or NO_PURCHASE) if record else NO_PURCHASE,
             segment_rule=("R and F quintile scores (1-5) mapped through the R x F grid; "
                           "no_purchase for users without a completed order"),
-            tags=tags, features=features, features_as_of=record_as_of(record) if record else None)
+            tags=tags, features=features, features_as_of=record_as_of(record) if record else None,
+            **best_hour_explained(record, self.settings))
+
+
+def best_hour_explained(record: Mapping[str, Any] | None, settings: Settings) -> dict[str, Any]:
+    """The user's send hour, time zone and why (features/sendtime.py)."""
+    if not record or finite_or_none(record.get("best_hour")) is None:
+        return {"best_hour_reason": "no features build has set a send hour for this user"}
+    hour = int(record["best_hour"])
+    zone = record.get("timezone") or None
+    where = f"in {zone}" if zone else "in UTC (no time zone known)"
+    if record.get("best_hour_source") == "own":
+        reason = (f"{hour}:00 {where}: the hour of day this user was most active in over the "
+                  f"last year ({int(record.get('active_events') or 0)} orders and events)")
+    else:
+        reason = (f"{hour}:00 {where}: the platform's most common best hour, as this user has "
+                  f"fewer than {settings.features.best_hour_min_events} orders and events in "
+                  "the last year")
+    return {"best_hour": hour, "timezone": zone, "best_hour_reason": reason}
 
 
 def tier_rules(settings: Settings) -> str:

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Any, Literal
 
@@ -36,7 +37,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from campaigns.layer import CampaignLayer
+from campaigns.layer import CampaignLayer, Receipt
+from campaigns.report import CampaignReport, campaign_report
 from campaigns.store import CampaignStore
 from decisions.engine import DecisionEngine
 from decisions.users import try_load_champions
@@ -69,6 +71,7 @@ from serving.schemas import (
     OutboxPage,
     PreferencesRequest,
     PreferencesResponse,
+    ReceiptRequest,
     RunReport,
     ScoreResponse,
     TagRemovedResponse,
@@ -352,6 +355,29 @@ class NextBest:
                 layer.close()
 
         return await asyncio.to_thread(run)
+
+    @app.get("/campaigns/{name}/report", response_model=CampaignReport, responses=ERRORS)
+    async def campaign_report(self, name: str = Path(min_length=1, max_length=100)
+                              ) -> CampaignReport:
+        """The campaign's funnel, attributed revenue and lift over its own holdout."""
+        self.settings.campaigns.campaign(name)
+
+        def report() -> CampaignReport:
+            store = CampaignStore(self.settings.paths.campaign_store)
+            try:
+                return campaign_report(self.settings, store, name, now=datetime.now(UTC))
+            finally:
+                store.close()
+
+        return await asyncio.to_thread(report)
+
+    @app.post("/messages/{message_id}/status", response_model=Receipt, responses=ERRORS)
+    async def message_status(self, body: ReceiptRequest,
+                             message_id: str = Path(min_length=1, max_length=100)) -> Receipt:
+        """A delivery receipt from the channel: delivered, opened, clicked, bounced or
+        unsubscribed (which withdraws the user's consent to that channel). Each status of a
+        message counts once; purchases after a delivered message convert it."""
+        return self.campaigns.on_receipt(message_id, body.status, body.ts)
 
     @app.get("/outbox", response_model=OutboxPage, responses=ERRORS)
     async def outbox(self, user_id: str | None = Query(None, max_length=200),

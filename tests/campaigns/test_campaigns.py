@@ -49,6 +49,12 @@ def population(n: int = USERS) -> pd.DataFrame:
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The tests' settings where users who never stated preferences consent (opt-out)."""
+    return with_changes(settings, privacy={"default_consent": "opt_out"})
+
+
+@pytest.fixture
 def layer(settings: Settings) -> Iterator[CampaignLayer]:
     """The campaign layer over an in-memory engine and a store of ``USERS`` users."""
     store = open_store(settings)

@@ -37,13 +37,16 @@ def outbox(client: httpx.Client, **filters: str) -> list[dict]:
             return rows
 
 
-def reachable(world, pool, campaign: str) -> str:
-    """A user of the pool in neither the control group nor ``campaign``'s holdout."""
+def reachable(world, pool, campaign: str, client: httpx.Client) -> str:
+    """A user of the pool in neither the control group nor ``campaign``'s holdout, who
+    consents to marketing by push and email (set through the API)."""
     policy = PolicyLayer(world.settings.bandit)
     share = world.settings.campaigns.campaign(campaign).holdout_share
     while True:
         user = pool.take()
         if not policy.in_control(user) and holdout_hash(campaign, user) >= share:
+            consent = {"marketing_push": True, "marketing_email": True}
+            assert client.put(f"/users/{user}/preferences", json=consent).status_code == 200
             return user
 
 
@@ -53,7 +56,7 @@ def at(moment: datetime) -> str:
 
 def test_five_views_make_one_browse_message_and_reposting_adds_none(client, world,
                                                                    pool) -> None:
-    user = reachable(world, pool, "browse_no_buy")
+    user = reachable(world, pool, "browse_no_buy", client)
     views = [{"user_id": user, "type": "view", "ts": at(T + timedelta(minutes=i)),
               "category": "jewelry", "item_id": f"j{i}", "price": 300.0} for i in range(5)]
     first = client.post("/events", json={"events": views}).json()
@@ -67,8 +70,8 @@ def test_five_views_make_one_browse_message_and_reposting_adds_none(client, worl
 
 def test_cart_recovery_waits_for_the_scheduler_and_a_purchase_cancels_it(client, world,
                                                                         pool) -> None:
-    buyer = reachable(world, pool, "cart_recovery")
-    leaver = reachable(world, pool, "cart_recovery")
+    buyer = reachable(world, pool, "cart_recovery", client)
+    leaver = reachable(world, pool, "cart_recovery", client)
     start = T + timedelta(days=1)
     for user, item in ((buyer, "c1"), (leaver, "c2")):
         answer = client.post("/events", json={"user_id": user, "type": "add_to_cart",
@@ -86,7 +89,7 @@ def test_cart_recovery_waits_for_the_scheduler_and_a_purchase_cancels_it(client,
 
 
 def test_lowering_an_items_stock_notifies_its_viewers_once(client, world, pool) -> None:
-    viewers = [reachable(world, pool, "low_stock") for _ in range(3)]
+    viewers = [reachable(world, pool, "low_stock", client) for _ in range(3)]
     now = datetime.now(UTC)
     item = {"item_id": "bag-http", "seller_id": "seller-http", "category": "bags",
             "price": 950.0, "stock": 6, "ts": at(now)}
