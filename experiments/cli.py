@@ -9,6 +9,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nextbest.cli import (
+    non_negative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+    share,
+)
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
 
@@ -34,7 +41,9 @@ row per decision and the columns:
   eligible     JSON list of the arms the user could get (default: all arms)
   tags         user tags (JSON list or comma list), used by the static rule book
   any other column (page, item_price, category, hour, segment, ...) is context for the DR
-  reward model.
+  reward model, except identifiers (*_id), times (ts, *_ts, *_at) and what the log says about
+  itself (seq, source, learnable, pmf, reason, ...). On the service's log the context is the
+  request and the user's shared features as logged, nothing else.
 """
 
 
@@ -53,8 +62,22 @@ DEFAULT_POLICIES = "random,static,epsilon,squarecb,oracle"
 
 
 def _or(value: int | None, default: int) -> int:
-    """``value`` unless the flag was not given (0 stays 0, and is refused later)."""
+    """``value`` unless the flag was not given (its default depends on the mode)."""
     return default if value is None else value
+
+
+DEFAULT_USERS = 5_000
+
+
+def _config(args: argparse.Namespace, default_decisions: int) -> SimulationConfig:
+    """The run's :class:`SimulationConfig` from the flags (``--users`` only without ``--data``)."""
+    from experiments.simulator import SimulationConfig
+
+    if args.data and args.users is not None:
+        raise ValidationFailed("--users sizes a generated population; with --data the "
+                               "simulation uses that marketplace's users", field="users")
+    return SimulationConfig(decisions=_or(args.decisions, default_decisions), seed=args.seed,
+                            users=_or(args.users, DEFAULT_USERS), drift=args.drift)
 
 
 def _population(args: argparse.Namespace, settings: Settings,
@@ -71,10 +94,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         return _simulate_via_http(args, settings)
     from experiments.plots import simulation_plots
     from experiments.runner import simulate
-    from experiments.simulator import SimulationConfig
 
-    config = SimulationConfig(decisions=_or(args.decisions, 50_000), seed=args.seed,
-                              users=args.users, drift=args.drift)
+    config = _config(args, 50_000)
     policies = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
     population = _population(args, settings, config)
     print(f"simulating {config.decisions} decisions over {len(population)} users "
@@ -110,10 +131,8 @@ def _simulate_via_http(args: argparse.Namespace, settings: Settings) -> int:
         compare_via_http,
         format_via_http,
     )
-    from experiments.simulator import SimulationConfig
 
-    config = SimulationConfig(decisions=_or(args.decisions, DEFAULT_DECISIONS), seed=args.seed,
-                              users=args.users, drift=args.drift)
+    config = _config(args, DEFAULT_DECISIONS)
     policies = [p.strip() for p in (args.policies or "").split(",") if p.strip()]
     if len(policies) > 1:
         raise ValidationFailed("policies: --via-http compares one bandit policy, the one the "
@@ -135,16 +154,30 @@ def _simulate_via_http(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def format_simulation(payload: dict) -> str:
-    """The comparison table of ``simulate``."""
+    """The comparison table of ``simulate``, with a legend of what its columns mean."""
     oracle = payload["oracle_expected_reward_last"]
-    lines = [f"{'policy':<12}{'reward':>14}{'profit':>14}{'regret':>12}{'conv':>7}"
-             f"{'mean last20%':>14}{'vs oracle':>10}{'dec/s':>9}"]
+    conversion = payload["reward_kind"] == "conversion"
+    last = max(payload["decisions"] // 5, 1)
+    lines = [
+        f"{payload['decisions']} decisions over {payload['users']} users (seed "
+        f"{payload['seed']}); profit, revenue, arm cost and regret are totals.",
+        "reward: " + ("1 per conversion." if conversion
+                      else "the profit, revenue minus the arm's cost on each conversion."),
+        "regret: the oracle's expected reward minus the policy's, summed.",
+        f"last 20%: the last {last} decisions, after learning: the reward per decision, and",
+        "  the expected reward as a share of the oracle's.", "",
+        f"{'':<{76 if conversion else 65}}{'last 20%':^23}".rstrip(),
+        f"{'policy':<12}{'profit':>12}{'revenue':>12}{'arm cost':>11}"
+        + (f"{'reward':>11}" if conversion else "")
+        + f"{'conv':>7}{'regret':>11}{'reward/dec':>12}{'of oracle':>11}{'dec/s':>8}"]
     for name, m in payload["policies"].items():
         ratio = m["expected_reward_last"] / oracle if oracle else float("nan")
-        lines.append(f"{name:<12}{m['cumulative_reward']:>14.0f}{m['profit']:>14.0f}"
-                     f"{m['regret']:>12.0f}{m['conversion_rate']:>7.3f}"
-                     f"{m['mean_reward_last']:>14.2f}{ratio:>10.1%}"
-                     f"{m['decisions_per_second']:>9.0f}")
+        lines.append(f"{name:<12}{m['profit']:>12,.0f}{m['revenue']:>12,.0f}"
+                     f"{m['arm_cost']:>11,.0f}"
+                     + (f"{m['cumulative_reward']:>11,.0f}" if conversion else "")
+                     + f"{m['conversion_rate']:>7.1%}{m['regret']:>11,.0f}"
+                     f"{m['mean_reward_last']:>12.2f}{ratio:>11.1%}"
+                     f"{m['decisions_per_second']:>8,.0f}")
     lines.append("\narm share by tier:")
     for name, m in payload["policies"].items():
         for tier, shares in sorted(m["arm_share_by_tier"].items()):
@@ -158,18 +191,20 @@ def _analyse_log(args: argparse.Namespace, settings: Settings, name: str,
                  render: Callable[[BaseModel], str]) -> int:
     """Read the decision log of ``--logs``, analyse it, write ``REPORTS/name/name.json`` (with
     the log's path and modification time under ``log``, for the HTML report) and print the
-    report (or its JSON with ``--json``)."""
+    report (or its JSON with ``--json``); the report's warnings, if it has any, go to stderr
+    as well."""
     from experiments.logs import read_log
     from experiments.report import LOG_KEY, log_provenance
 
     path = Path(args.logs or settings.paths.decision_log)
     source = log_provenance(path)  # before reading: a live log may grow meanwhile
-    log = read_log(path, settings)
-    report = analyse(log)
+    report = analyse(read_log(path, settings))
     out = Path(args.out or Path(settings.paths.reports_dir) / name)
     payload = {**report.model_dump(), LOG_KEY: source}
     _write_json(out / f"{name}.json", payload)
     print(json.dumps(payload, indent=2) if args.json else render(report))
+    for warning in getattr(report, "warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -204,10 +239,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run random, static, VW epsilon-greedy, VW squarecb and "
                        "oracle policies on one seeded simulated stream; report reward, "
                        "profit, regret, conversion and arm share by tier; plots and MLflow.")
-    p.add_argument("--decisions", type=int, default=None,
+    p.add_argument("--decisions", type=positive_int, default=None,
                    help="requests (default 50000; 3000 with --via-http, at most 20000 there)")
-    p.add_argument("--seed", type=int, default=7, help="seed of users and requests")
-    p.add_argument("--users", type=int, default=5_000, help="simulated users (no --data)")
+    p.add_argument("--seed", type=non_negative_int, default=7, help="seed of users and requests")
+    p.add_argument("--users", type=positive_int, default=None,
+                   help=f"users of the generated population (default {DEFAULT_USERS}; not "
+                   "with --data, which brings its own users)")
     p.add_argument("--policies", default=None,
                    help="comma list of random, static, epsilon, squarecb, oracle, always_ARM "
                    f"(default {DEFAULT_POLICIES}; with --via-http: the service's algorithm)")
@@ -216,16 +253,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "/next_best_action and /feedback, feedback at once) and in-process on the "
                    "same stream, and report whether they agree; writes the simulated users "
                    "into the online store of these settings, which the service must share")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--timeout", type=positive_float, default=10.0,
                    help="seconds per HTTP request with --via-http (default 10)")
     p.add_argument("--drift", action="store_true", help="shift the response model mid-run")
     p.add_argument("--data", help="use the synthetic marketplace in DIR (DIR/latent, "
                    "DIR/features) instead of a generated population")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--out", help="directory for simulation.json and the plots "
+    p.add_argument("--out", type=output_dir, help="directory for simulation.json and the plots "
                    "(default: reports_dir/simulation)")
-    p.add_argument("--keep-logs", metavar="DIR", help="keep the bandits' decision logs "
-                   "(service SQLite format, DIR/NAME.sqlite) for evaluate-policy and abtest")
+    p.add_argument("--keep-logs", metavar="DIR", type=output_dir,
+                   help="keep every policy's decision log in the service's SQLite format as "
+                   "DIR/NAME.sqlite (e.g. DIR/squarecb.sqlite), for evaluate-policy and abtest")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-plots", action="store_true", help="do not draw the plots")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -240,11 +278,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="static",
                    help="random, static, a saved VW model file, or file.py:function "
                    "(row dict -> {arm: probability}); default static")
-    p.add_argument("--alpha", type=float, default=0.05, help="1 - interval level")
-    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="seed of folds and bootstrap")
+    p.add_argument("--alpha", type=share, default=0.05, help="1 - interval level")
+    p.add_argument("--n-bootstrap", type=positive_int, default=200,
+                   help="bootstrap resamples (at least 10)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of folds and bootstrap")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--out", help="directory for ope.json (default: reports_dir/ope)")
+    p.add_argument("--out", type=output_dir,
+                   help="directory for ope.json (default: reports_dir/ope)")
     p.set_defaults(handler=_evaluate_policy)
 
     p = sub.add_parser("abtest", help="lift of each policy/campaign over the control group",
@@ -253,13 +294,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "z-/Welch tests and ROI per arm.\n\n" + LOG_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--logs", help="decision log (default: settings.paths.decision_log)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    p.add_argument("--alpha", type=share, default=0.05, help="significance level")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--out", help="directory for abtest.json (default: reports_dir/abtest)")
+    p.add_argument("--out", type=output_dir,
+                   help="directory for abtest.json (default: reports_dir/abtest)")
     p.set_defaults(handler=_abtest)
 
     p = sub.add_parser("report", help="one self-contained HTML report for marketing",
                        description="Write report.html with the segment report, model "
                        "metrics, policy comparison, OPE and A/B results and their charts.")
-    p.add_argument("--out", help="directory of report.html (default: reports_dir)")
+    p.add_argument("--out", type=output_dir,
+                   help="directory of report.html (default: reports_dir)")
     p.set_defaults(handler=_report)

@@ -20,7 +20,7 @@ cost                arm cost paid                                              f
 control             decision in the control group                              action null
 policy              policy / campaign / version that decided                   "logged"
 tier                user tier                                                  "unknown"
-context columns     any other column (page, item_price, category, hour, ...)
+context columns     see :func:`context_columns`
 ==================  =========================================================  ==========
 
 \\* needed for off-policy evaluation only; \\*\\* or ``converted`` (+ ``revenue``).
@@ -39,9 +39,16 @@ from decisions.reward import arm_cost, reward_of
 from nextbest.config import Settings
 from nextbest.errors import DataError
 
-RESERVED = ("event_id", "user_id", "action", "probability", "reward", "converted", "revenue",
-            "cost", "control", "policy", "tier", "pmf", "ts", "eligible")
-CONTEXT_DEFAULTS = ("page", "item_price", "category", "hour", "channel")
+# What the request and the user looked like when the decision was made: the context a
+# reward model may learn from. The service's log adds the shared-feature tokens it sent VW.
+CONTEXT = ("page", "item_price", "category", "hour", "channel", "tier", "segment", "tags")
+# What a log says about the logging itself (who decided, when, with which probability, how
+# the reward arrived): never context. A reward model shown ``source`` learns that a
+# timeout means no conversion and predicts each decision's own logged reward for every arm.
+METADATA = ("event_id", "user_id", "action", "probability", "pmf", "eligible", "reward",
+            "converted", "revenue", "cost", "control", "policy", "policy_version",
+            "campaign", "personalized", "learnable", "learned", "reason", "features",
+            "context", "status", "seq", "source", "ts", "decided_at", "rewarded_at")
 
 
 def read_log(path: Path | str, settings: Settings) -> pd.DataFrame:
@@ -50,15 +57,20 @@ def read_log(path: Path | str, settings: Settings) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"decision log {path} does not exist", field="logs")
     suffix = path.suffix.lower()
-    if suffix in (".sqlite", ".db", ".sqlite3"):
-        frame = _read_sqlite(path)
-    elif suffix == ".parquet" or path.is_dir():
-        frame = pd.read_parquet(path)
-    elif suffix == ".csv":
-        frame = pd.read_csv(path)
-    else:
+    if suffix not in (".sqlite", ".db", ".sqlite3", ".parquet", ".csv") and not path.is_dir():
         raise DataError(f"{path}: unknown log format {suffix!r} (use .sqlite, .parquet or .csv)",
                         field="logs")
+    try:
+        if suffix in (".sqlite", ".db", ".sqlite3"):
+            frame = _read_sqlite(path)
+        elif suffix == ".csv":
+            frame = pd.read_csv(path)
+        else:
+            frame = pd.read_parquet(path)
+    except (OSError, ValueError, sqlite3.DatabaseError) as exc:  # empty, truncated, not a log
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{path}: cannot read it as a decision log ({reason})",
+                        field="logs") from exc
     return normalise(frame, settings, source=str(path))
 
 
@@ -87,23 +99,26 @@ def _expand_json_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """
     if "features" not in frame.columns:
         return frame
-    rows = []
-    for raw in frame["features"]:
-        parsed = json.loads(raw) if isinstance(raw, str) and raw else {}
-        flat: dict[str, str] = {}
-        tags: list[str] = []
-        for tokens in parsed.get("shared", {}).values():
-            for token in tokens:
-                key, _, value = token.partition("=")
-                if key == "tag":
-                    tags.append(value)
-                elif value:
-                    flat[key] = value
-        flat["tags"] = ",".join(tags)
-        rows.append(flat)
-    expanded = pd.DataFrame(rows, index=frame.index)
+    expanded = pd.DataFrame([shared_tokens(raw) for raw in frame["features"]], index=frame.index)
     new = [c for c in expanded.columns if c not in frame.columns]
     return pd.concat([frame, expanded[new]], axis=1)
+
+
+def shared_tokens(raw: object) -> dict[str, str]:
+    """The shared-feature tokens of one logged ``features`` value as ``{key: value}``
+    (``tag=`` tokens joined by commas into ``tags``); ``{}`` plus tags for no features."""
+    parsed = json.loads(raw) if isinstance(raw, str) and raw else {}
+    flat: dict[str, str] = {}
+    tags: list[str] = []
+    for tokens in parsed.get("shared", {}).values():
+        for token in tokens:
+            key, _, value = token.partition("=")
+            if key == "tag":
+                tags.append(value)
+            elif value:
+                flat[key] = value
+    flat["tags"] = ",".join(tags)
+    return flat
 
 
 def normalise(frame: pd.DataFrame, settings: Settings, *, source: str = "log") -> pd.DataFrame:
@@ -166,7 +181,14 @@ def _arm_cost(frame: pd.DataFrame, settings: Settings) -> np.ndarray:
 
 
 def context_columns(frame: pd.DataFrame) -> list[str]:
-    """Columns usable as context for a reward model: everything not reserved."""
-    skip = set(RESERVED) | {"policy_version", "campaign", "personalized", "reason", "features",
-                            "context", "learned", "status", "decided_at", "rewarded_at"}
-    return [c for c in frame.columns if c not in skip and not c.endswith("_id")]
+    """The columns a reward model may use as context, never the log's :data:`METADATA`.
+
+    The service's log (it has the logged VW ``features``): the columns of :data:`CONTEXT`
+    and of the shared-feature tokens, nothing else. Another system's log: every column but
+    the metadata, identifiers (``*_id``) and times (``*_ts``, ``*_at``).
+    """
+    if "features" in frame.columns:
+        tokens = set().union(*(shared_tokens(raw) for raw in frame["features"]))
+        return [c for c in frame.columns if c in CONTEXT or c in tokens]
+    return [c for c in frame.columns
+            if c not in METADATA and not c.endswith(("_id", "_ts", "_at"))]

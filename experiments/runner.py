@@ -196,6 +196,7 @@ class SimulationResult:
     arms: list[str]
     traces: dict[str, Trace]
     metrics: dict[str, PolicyMetrics]
+    reward_kind: str  # settings.bandit.reward.kind: what "reward" means in the metrics
 
     def to_json(self) -> dict:
         """The ``--json`` document of ``nextbest simulate``."""
@@ -205,6 +206,7 @@ class SimulationResult:
             "decisions": self.config.decisions, "seed": self.config.seed,
             "users": self.config.users, "drift": self.config.drift,
             "drift_index": self.stream.drift_index, "arms": self.arms,
+            "reward_kind": self.reward_kind,
             "policies": {name: m.model_dump() for name, m in self.metrics.items()},
             "oracle_expected_reward_last": oracle_last,
         }
@@ -215,9 +217,11 @@ def simulate(settings: Settings, population: pd.DataFrame, config: SimulationCon
              progress: ProgressFn | None = None) -> SimulationResult:
     """Run each named policy (plus the oracle) on one seeded stream over ``population``.
 
-    The bandit policies' decision logs (the service's SQLite format, ``NAME.sqlite``) are
-    kept in ``log_dir`` when given, for ``evaluate-policy`` and ``abtest``; else discarded.
+    Every policy's decision log (the service's SQLite format, ``NAME.sqlite``) is kept in
+    ``log_dir`` when given, for ``evaluate-policy`` and ``abtest``; else discarded. The
+    result's ``config.users`` is the population's size, whatever ``config`` said.
     """
+    config = config.model_copy(update={"users": len(population)})
     sim_settings = simulation_settings(settings)
     stream = make_stream(sim_settings, population, config)
     views = user_views(population)
@@ -242,4 +246,5 @@ def simulate(settings: Settings, population: pd.DataFrame, config: SimulationCon
     metrics = {name: summarise(traces[name], traces["oracle"], tiers, arms)
                for name in names if name in policies}
     return SimulationResult(config=config, stream=stream, tiers=tiers, arms=arms,
-                            traces=traces, metrics=metrics)
+                            traces=traces, metrics=metrics,
+                            reward_kind=sim_settings.bandit.reward.kind)

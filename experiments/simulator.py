@@ -272,13 +272,17 @@ def marketplace_population(settings: Settings, data_dir: Path) -> pd.DataFrame:
 
     traits_path = Path(data_dir) / "latent" / "user_traits.parquet"
     if not traits_path.is_file():
-        raise DataError(f"{traits_path} is missing; run `nextbest data synth --latent-out "
-                        f"{Path(data_dir) / 'latent'}` first", field="data")
+        raise DataError(f"{traits_path} is missing: a simulation needs each user's latent "
+                        "traits (how they respond to each arm), which only a synthetic "
+                        "marketplace made by `nextbest data synth` has; imported real data "
+                        "cannot be simulated (evaluate its decision log with evaluate-policy), "
+                        "and simulate without --data uses a generated population",
+                        field="data")
     features_dir = Path(data_dir) / "features"
     dates = available_as_of(settings, features_dir)
     if not dates:
         raise DataError(f"no features under {features_dir}; run `nextbest features build "
-                        f"--raw {Path(data_dir) / 'raw'} --out {features_dir}` first",
+                        f"--data {Path(data_dir) / 'raw'} --out {features_dir}` first",
                         field="data")
     feats = load_features(settings, dates[-1], features_dir)
     traits = pd.read_parquet(traits_path)

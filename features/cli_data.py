@@ -12,7 +12,7 @@ from pathlib import Path
 from features.contract import SPECS
 from features.importers import import_table
 from features.synth import synthesize
-from nextbest.cli import command_group
+from nextbest.cli import command_group, non_negative_int, output_dir
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
 
@@ -30,12 +30,12 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
         "synth", help="write the five raw tables of a synthetic marketplace and its latent traits")
     synth.add_argument("--users", type=int, default=5000, help="number of users (default 5000)")
     synth.add_argument("--days", type=int, default=730, help="days of history (default 730)")
-    synth.add_argument("--seed", type=int, default=None, help="random seed (default: settings.seed)")
+    synth.add_argument("--seed", type=non_negative_int, default=None, help="random seed (default: settings.seed)")
     synth.add_argument("--start", type=date.fromisoformat, default=date(2024, 1, 1),
                        help="first day, YYYY-MM-DD (default 2024-01-01)")
-    synth.add_argument("--out", type=Path, default=None,
+    synth.add_argument("--out", type=output_dir, default=None,
                        help="raw tables directory (default: settings.paths.raw_dir)")
-    synth.add_argument("--latent-out", type=Path, default=None,
+    synth.add_argument("--latent-out", type=output_dir, default=None,
                        help="latent traits directory (default: settings.paths.latent_dir)")
     synth.set_defaults(handler=run_synth)
 

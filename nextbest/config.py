@@ -656,6 +656,8 @@ def load_settings(path: str | Path | None = None,
             data = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
+        except (OSError, UnicodeDecodeError) as exc:  # a directory, a binary file
+            raise ConfigError(f"{file}: not a readable YAML text file ({exc})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: the top level must be a mapping")
     elif explicit:

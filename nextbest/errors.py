@@ -7,6 +7,11 @@ Anything else escaping is a bug.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class NextbestError(Exception):
     """Base class of every error a user can cause and fix."""
@@ -68,3 +73,10 @@ class MissingComponent(NextbestError):
     kind = "missing_component"
     http_status = 503
     exit_code = 4
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A pydantic validation error as one line naming each bad field and why:
+    ``decisions: Input should be greater than 0``, several joined by ``; ``."""
+    return "; ".join(f"{'.'.join(str(p) for p in error['loc']) or exc.title}: {error['msg']}"
+                     for error in exc.errors())

@@ -21,7 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
-from nextbest.cli import command_group
+from nextbest.cli import command_group, port_number, positive_int
 from nextbest.config import Settings
 from nextbest.errors import MissingComponent, NotFound, ValidationFailed
 
@@ -189,9 +189,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("serve", help="run the BentoML service (score, next best action)")
     parser.add_argument("--host", default=None,
                         help="address to bind (default: serving.host, 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None,
+    parser.add_argument("--port", type=port_number, default=None,
                         help="port to listen on (default: serving.port, 3000)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="worker processes; one learns, the others score (default: 1)")
     parser.add_argument("--allow-empty", action="store_true",
                         help="start even without champion models or features (cold-start "

@@ -7,10 +7,13 @@ import pandas as pd
 import pytest
 
 from experiments.ope import (
+    DirectMethod,
     DoublyRobust,
     InverseProbabilityWeighting,
     SelfNormalizedInverseProbabilityWeighting,
+    effective_sample_size,
     fit_reward_model,
+    low_support_share,
 )
 from nextbest.errors import DataError, ValidationFailed
 
@@ -96,3 +99,68 @@ def test_cross_fitted_reward_model_learns_arm_effects():
     assert q.shape == (n, 2)
     assert np.abs(q[:, 0] - 1.0).mean() < 0.1
     assert np.abs(q[:, 1] - 3 * context["x"]).mean() < 0.15
+
+
+def test_dr_corrects_a_badly_wrong_reward_model(logged):
+    """The importance-weighted correction is what makes DR robust: with a reward model that
+    is wrong by arm (+3 on the target's arm, -2 on another), the direct method inherits the
+    error while DR stays at the truth. A DR without its correction term, or with an
+    unweighted one, fails here."""
+    n = logged["action"].shape[0]
+    target = np.zeros((n, 3))
+    target[:, 1] = 1.0  # always arm 1, true value 2.0
+    wrong = logged["q"] + np.array([-2.0, 3.0, 0.0])
+    args = (logged["reward"], logged["action"], logged["pscore"], target, wrong)
+    assert DirectMethod().estimate_policy_value(*args) == pytest.approx(5.0)
+    assert DoublyRobust().estimate_policy_value(*args) == pytest.approx(2.0, abs=0.1)
+    interval = DoublyRobust().estimate_interval(*args, n_bootstrap=50, seed=0)
+    assert interval["low"] < 2.0 < interval["high"] < 2.5
+
+
+def test_dr_with_an_exact_model_equals_the_direct_method():
+    rng = np.random.default_rng(2)
+    n, k = 300, 3
+    q = rng.uniform(0, 5, size=(n, k))
+    action = rng.integers(0, k, n)
+    target = rng.dirichlet(np.ones(k), size=n)
+    args = (q[np.arange(n), action], action, np.full(n, 1 / k), target, q)
+    assert DoublyRobust().estimate_policy_value(*args) == \
+        pytest.approx(DirectMethod().estimate_policy_value(*args))
+
+
+def test_effective_sample_size_counts_the_decisions_that_carry_the_estimate():
+    assert effective_sample_size(np.ones(50)) == pytest.approx(50)
+    assert effective_sample_size(np.r_[np.zeros(49), 7.0]) == pytest.approx(1)
+    # Half the decisions at weight 2, half at 0 (a deterministic target on a 50/50 log).
+    assert effective_sample_size(np.r_[np.full(50, 2.0), np.zeros(50)]) == pytest.approx(50)
+
+
+def test_low_support_share_exact_from_the_pmf_and_estimated_from_the_weights():
+    rng = np.random.default_rng(5)
+    n = 20_000
+    logging = np.tile([0.02, 0.49, 0.49], (n, 1))  # the logger rarely plays arm 0
+    action = rng.choice(3, size=n, p=logging[0])
+    target = np.tile([0.5, 0.25, 0.25], (n, 1))
+    exact = low_support_share(target, 0.05, logging_dist=logging)
+    assert exact == pytest.approx(0.5)
+    estimated = low_support_share(target, 0.05, action=action,
+                                  pscore=logging[np.arange(n), action])
+    assert estimated == pytest.approx(0.5, abs=0.1)
+    assert low_support_share(target, 0.01, logging_dist=logging) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_reward_model_on_a_handful_of_decisions_predicts_every_one(seed):
+    """Each cross-fitting fold holds decisions to predict and leaves some to train on, even
+    on the smallest log allowed (6 decisions)."""
+    rng = np.random.default_rng(seed)
+    context = pd.DataFrame({"x": rng.uniform(0, 1, 6), "page": rng.choice(["a", "b"], 6)})
+    q = fit_reward_model(context, rng.integers(0, 3, 6), rng.uniform(0, 1, 6), 3, seed=seed,
+                         num_boost_round=2)
+    assert q.shape == (6, 3) and np.isfinite(q).all()
+
+
+def test_too_few_decisions_for_a_reward_model_are_refused():
+    context = pd.DataFrame({"x": np.arange(5.0)})
+    with pytest.raises(DataError, match="too few decisions for a reward model: 5, need 6"):
+        fit_reward_model(context, np.zeros(5, int), np.ones(5), 3)

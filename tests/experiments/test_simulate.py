@@ -122,3 +122,53 @@ def test_simulate_logs_one_parent_run_with_a_nested_run_per_policy(tmp_path, mon
     assert all("regret" in r.data.metrics for r in children)
     plots = {a.path for a in client.list_artifacts(parents[0].info.run_id, "plots")}
     assert "plots/cumulative_reward.png" in plots and "plots/regret.png" in plots
+
+
+def test_json_reports_the_population_actually_used(settings):
+    population = synthetic_population(settings, 40, seed=1)
+    result = simulate(settings, population, SimulationConfig(decisions=50), ["random"])
+    assert SimulationConfig().users != 40
+    assert result.to_json()["users"] == 40
+
+
+@pytest.mark.parametrize("kind", ["profit", "conversion"])
+def test_the_table_shows_what_differs_and_says_what_last_20_percent_is(settings, kind):
+    from experiments.cli import format_simulation
+
+    bandit = settings.bandit.model_copy(update={"reward": settings.bandit.reward.model_copy(
+        update={"kind": kind})})
+    settings = settings.model_copy(update={"bandit": bandit})
+    population = synthetic_population(settings, 100, seed=2)
+    payload = simulate(settings, population, SimulationConfig(decisions=200),
+                       ["random", "static"]).to_json()
+    table = format_simulation(payload)
+    header = next(line for line in table.splitlines() if line.startswith("policy"))
+    columns = header.split()
+    assert {"profit", "revenue", "cost", "regret", "reward/dec", "oracle"} <= set(columns)
+    # Under the profit reward the reward is the profit: one column, not two equal ones.
+    assert ("reward" in columns) == (kind == "conversion")
+    assert "last 20%: the last 40 decisions" in table
+    static = next(line for line in table.splitlines() if line.startswith("static"))
+    assert static.split()[1] == f"{payload['policies']['static']['profit']:,.0f}"
+
+
+def test_simulate_on_real_data_says_it_needs_synthetic_traits(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()  # imported real data: raw tables, features, no latent traits
+    assert main(["simulate", "--data", str(tmp_path), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "latent traits" in err[0]
+    assert "only a synthetic marketplace" in err[0] and "--latent-out" not in err[0]
+
+
+def test_users_and_data_together_are_refused(tmp_path, capsys):
+    assert main(["simulate", "--data", str(tmp_path), "--users", "30", "--no-mlflow"]) == 2
+    assert "--users" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--decisions", "--users"])
+def test_zero_decisions_or_users_is_a_one_line_usage_error(flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", flag, "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"argument {flag}: 0 is not a positive whole number" in err[0]
