@@ -34,7 +34,8 @@ class _Section(BaseModel):
 # The places under ``paths.data_dir`` that follow it unless set themselves.
 DATA_PLACES = {"raw_dir": "raw", "latent_dir": "latent", "features_dir": "features",
                "store_path": "online_store.sqlite", "decision_log": "decisions.sqlite",
-               "bandit_dir": "bandit", "campaign_store": "campaigns.sqlite"}
+               "bandit_dir": "bandit", "campaign_store": "campaigns.sqlite",
+               "keys_file": "keys.yaml", "audit_log": "audit.sqlite"}
 
 
 class PathsConfig(_Section):
@@ -50,6 +51,9 @@ class PathsConfig(_Section):
     bandit_dir: Path = Path("data/bandit")
     # Events, items, delayed timers, the outbox and campaign runs (SQLite).
     campaign_store: Path = Path("data/campaigns.sqlite")
+    # API keys (hashes only; nextbest keys create) and the hash-chained audit log.
+    keys_file: Path = Path("data/keys.yaml")
+    audit_log: Path = Path("data/audit.sqlite")
     reports_dir: Path = Path("reports")
     mlruns_dir: Path = Path("mlruns")
 
@@ -515,10 +519,31 @@ class DispatchConfig(_Section):
     concurrency: int = Field(32, ge=1)
 
 
+class ApiKeyConfig(_Section):
+    """A key given in config instead of the keys file: its SHA-256 only, never the key."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Literal["platform", "operator", "admin"]] = Field(min_length=1)
+
+
+class AuthConfig(_Section):
+    """Who may call the service (serving/auth.py)."""
+
+    # false: every route is open. For local experiments only; the service warns.
+    enabled: bool = True
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+    # /metrics without a key (else it needs the operator scope).
+    metrics_open: bool = False
+
+
 class PrivacyConfig(_Section):
     # A user who never stated a marketing preference: opt_in = no consent until given,
     # opt_out = consent until withdrawn.
     default_consent: Literal["opt_in", "opt_out"] = "opt_in"
+    # The secret salt of user-id hashes (audit log, erasure list); empty: a random one kept
+    # in paths.data_dir/id_salt. Changing it orphans the hashes made before.
+    id_salt: str = ""
 
 
 class ServingConfig(_Section):
@@ -541,6 +566,8 @@ class ServingConfig(_Section):
     reload_wait_seconds: float = Field(10.0, gt=0)
     # Expose POST /noop (parses a body, does nothing): the serving benchmark's reference.
     benchmark_noop: bool = False
+    # Request bodies larger than this get 413 before they are read.
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
 
 
 class Settings(_Section):
@@ -554,6 +581,7 @@ class Settings(_Section):
     channels: dict[str, ChannelConfig] = Field(default_factory=_default_channels)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     seed: int = 7
 

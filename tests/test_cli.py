@@ -103,6 +103,9 @@ SMALL: dict[tuple[str, ...], list[str]] = {
     ("data", "synth"): ["--users", "20", "--days", "30"],
     ("simulate",): ["--decisions", "30", "--users", "10", "--policies", "random,squarecb",
                     "--no-mlflow", "--no-plots", "--quiet"],
+    # Loops that run until stopped: one pass.
+    ("scheduler",): ["--once"],
+    ("dispatch",): ["--once"],
 }
 # Commands that run until stopped: only bad flags.
 SERVERS = {("serve",), ("learner",)}
