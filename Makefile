@@ -53,6 +53,8 @@ demo-models: demo-data
 # The scheduler (delayed triggers, scheduled campaigns, event export) runs beside the
 # service and stops with it; its log is data/scheduler.log.
 demo: demo-models
+	@echo "API key of the demo (scopes platform, operator, admin; shown once, only its hash is kept):"
+	@$(NB) keys create --id demo --scope platform,operator,admin --replace 2>/dev/null
 	@echo "serving on http://127.0.0.1:$(PORT) (OpenAPI: /docs.json), scheduler beside it; Ctrl-C stops"
 	@$(NB) scheduler > data/scheduler.log 2>&1 & sched=$$!; \
 	  trap 'kill $$sched 2>/dev/null' EXIT INT TERM; \

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,7 +142,8 @@ def _simulate_via_http(args: argparse.Namespace, settings: Settings) -> int:
     print(f"simulating {config.decisions} decisions over {len(population)} users through "
           f"{args.via_http} and in-process (seed {config.seed})", file=sys.stderr)
     result = compare_via_http(settings, args.via_http, population, config,
-                              policy=policies[0] if policies else None, timeout=args.timeout)
+                              policy=policies[0] if policies else None, timeout=args.timeout,
+                              api_key=args.api_key or os.environ.get("NEXTBEST_API_KEY"))
     payload = result.model_dump(mode="json")
     out = Path(args.out or Path(settings.paths.reports_dir) / "simulation")
     json_path = _write_json(out / "via_http.json", payload)
@@ -253,6 +255,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "/next_best_action and /feedback, feedback at once) and in-process on the "
                    "same stream, and report whether they agree; writes the simulated users "
                    "into the online store of these settings, which the service must share")
+    p.add_argument("--api-key", default=None,
+                   help="the service's API key (platform scope) for --via-http (default: "
+                   "$NEXTBEST_API_KEY)")
     p.add_argument("--timeout", type=positive_float, default=10.0,
                    help="seconds per HTTP request with --via-http (default 10)")
     p.add_argument("--drift", action="store_true", help="shift the response model mid-run")

@@ -215,8 +215,8 @@ def check_request(settings: Settings, config: SimulationConfig, policy: str) -> 
 
 def compare_via_http(settings: Settings, url: str, population: pd.DataFrame,
                      config: SimulationConfig, *, policy: str | None = None,
-                     timeout: float = DEFAULT_TIMEOUT_SECONDS,
-                     as_of: date | None = None) -> ViaHttpResult:
+                     timeout: float = DEFAULT_TIMEOUT_SECONDS, as_of: date | None = None,
+                     api_key: str | None = None) -> ViaHttpResult:
     """Play one seeded stream through the service at ``url`` and in-process; compare them.
 
     ``settings`` must be the service's (same store, bandit seed and algorithm); the
@@ -230,7 +230,8 @@ def compare_via_http(settings: Settings, url: str, population: pd.DataFrame,
     requests = contexts(stream)
     arms = [arm.name for arm in settings.bandit.arms]
     tiers = population["tier"].to_numpy()[stream.user_index].astype(str)
-    with httpx.Client(base_url=url, timeout=timeout) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, timeout=timeout, headers=headers) as client:
         views = served_views(client, population, settings.serving.max_batch)
         with tempfile.TemporaryDirectory() as scratch:
             oracle_policy = EnginePolicy(settings, "oracle", config.seed,

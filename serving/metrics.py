@@ -12,6 +12,10 @@ decision point, never a user id or a free-text value.
 - ``nextbest_features_age_days``: days since the online store's latest ``as_of``
 - ``nextbest_learner_lag_rewards``: rewards in the decision log the deciding model has not
   learned yet
+- ``nextbest_http_requests_total{route, method, status}`` and
+  ``nextbest_http_request_seconds{route, method}``: by route template (serving/guard.py)
+
+:func:`metrics_text` renders every worker's series for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ class DomainMetrics:
             "nextbest_learner_lag_rewards",
             "Rewards logged that the deciding model has not learned yet",
             multiprocess_mode="livemax")
+        self.requests = prom.Counter(
+            "nextbest_http_requests", "HTTP requests by route template, method and status",
+            ["route", "method", "status"])
+        self.request_seconds = prom.Histogram(
+            "nextbest_http_request_seconds", "HTTP request duration by route template",
+            ["route", "method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self._versions: dict[str, str] = {}
 
     def _arm(self, arm: str | None) -> str:
@@ -58,7 +69,12 @@ class DomainMetrics:
     def _tier(self, tier: str | None) -> str:
         return tier if tier in self.tiers else OTHER
 
-    def decided(self, arm: str | None, tier: str) -> None:
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request under its route template (never its raw path)."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route, method).observe(seconds)
+
+    def decided(self, arm: str | None, tier: str | None) -> None:
         """Count one decision."""
         self.decisions.labels(DECISION_POINT, self._arm(arm), self._tier(tier)).inc()
 
@@ -82,3 +98,14 @@ class DomainMetrics:
             today = today or datetime.now(UTC).date()
             self.features_age.set((today - date.fromisoformat(as_of[:10])).days)
         self.learner_lag.set(lag)
+
+
+def metrics_text() -> tuple[bytes, str]:
+    """The Prometheus text of every worker of this service (multiprocess collection), and
+    its content type."""
+    import prometheus_client as prom
+    from prometheus_client import multiprocess
+
+    registry = prom.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import bentoml
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from campaigns.layer import CampaignLayer, Receipt
@@ -45,10 +45,13 @@ from decisions.users import try_load_champions
 from features.erasure import erase_users
 from features.store import Preferences, open_store
 from nextbest import __version__
+from nextbest.audit import AuditEntry, open_audit
 from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from serving import middleware
-from serving.metrics import DomainMetrics
+from serving.auth import KeyRing, Scope
+from serving.guard import Guard, GuardConfig, configure
+from serving.metrics import DomainMetrics, metrics_text
 from serving.schemas import (
     BATCH,
     ONE,
@@ -89,6 +92,21 @@ SETTINGS: Settings = load_settings()
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (404, 409, 422)}
 USER_ID = Path(min_length=1, max_length=200)
+# Which API key scope each route needs (serving/auth.py); probes and /docs.json are open.
+ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
+    ("POST", "/score"): "platform", ("POST", "/next_best_action"): "platform",
+    ("POST", "/feedback"): "platform", ("POST", "/events"): "platform",
+    ("POST", "/items"): "platform", ("POST", "/messages/{message_id}/status"): "platform",
+    ("GET", "/users/{user_id}/explanation"): "platform", ("POST", "/noop"): "platform",
+    ("GET", "/campaigns"): "operator", ("POST", "/campaigns/{name}/run"): "operator",
+    ("GET", "/campaigns/{name}/report"): "operator", ("GET", "/outbox"): "operator",
+    ("GET", "/bandit/stats"): "operator",
+    ("GET", "/users/{user_id}/preferences"): "admin",
+    ("PUT", "/users/{user_id}/preferences"): "admin", ("DELETE", "/users/{user_id}"): "admin",
+    ("GET", "/users/{user_id}/export"): "admin",
+    ("DELETE", "/users/{user_id}/tags/{tag}"): "admin", ("POST", "/models/reload"): "admin",
+    ("GET", "/audit"): "admin",
+}
 ScoreRequest = score_request(SETTINGS.serving.max_batch)
 EventsBody = events_request(SETTINGS.serving.max_batch)
 HOUSEKEEPING_SECONDS = 0.5
@@ -186,7 +204,10 @@ def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
     workers=SETTINGS.serving.workers,
     http={"host": SETTINGS.serving.host, "port": SETTINGS.serving.port},
     traffic={"timeout": 30},
-    logging={"access": {"enabled": SETTINGS.serving.access_log}},
+    # BentoML's request metrics and access log name raw paths (a series and a log line per
+    # user id); serving/guard.py records both under route templates instead.
+    metrics={"enabled": False},
+    logging={"access": {"enabled": False}},
 )
 @bentoml.asgi_app(app, path="/")
 class NextBest:
@@ -210,6 +231,19 @@ class NextBest:
                                "start it with --allow-empty)")
         middleware.register("status", self.status)
         middleware.register("openapi", openapi_info)
+        self.audit = open_audit(self.settings)
+        self.keys = KeyRing.load(self.settings)
+        configure(GuardConfig(
+            routes=list(app.routes), scopes=ROUTE_SCOPES, keys=self.keys,
+            enabled=self.settings.auth.enabled, metrics_open=self.settings.auth.metrics_open,
+            max_body_bytes=self.settings.serving.max_body_bytes,
+            access_log=self.settings.serving.access_log, observe=self.metrics.observe))
+        if not self.settings.auth.enabled:
+            log.warning("auth.enabled is false: every route is open to anyone who can reach "
+                        "the port; for local experiments only")
+        elif not self.keys.keys:
+            log.warning("no API keys: every route but the probes answers 401; create one "
+                        "with `nextbest keys create --id NAME --scope platform`")
         self.publish()
         log.info("nextbest service ready: engine role %s, models %s", self.engine.role,
                  self.scorer.model_versions())
@@ -280,6 +314,7 @@ class NextBest:
             self._housekeeping.cancel()
         self.board.withdraw(os.getpid())
         self.campaigns.close()
+        self.audit.close()
         self.engine.close()
         with contextlib.suppress(AttributeError):
             self.store.close()
@@ -340,7 +375,8 @@ class NextBest:
         return [CampaignSummary(**row) for row in self.campaigns.summary()]
 
     @app.post("/campaigns/{name}/run", response_model=RunReport, responses=ERRORS)
-    async def run_campaign(self, name: str = Path(min_length=1, max_length=100),
+    async def run_campaign(self, request: Request,
+                           name: str = Path(min_length=1, max_length=100),
                            dry_run: bool = False) -> RunReport:
         """Run a scheduled campaign over its audience now (in a worker thread with its own
         store connection, so requests keep being answered meanwhile)."""
@@ -354,7 +390,12 @@ class NextBest:
             finally:
                 layer.close()
 
-        return await asyncio.to_thread(run)
+        report = await asyncio.to_thread(run)
+        if not dry_run:
+            self.audit.append("campaign_run", actor=actor(request), details={
+                "campaign": name, "slot": report.slot, "audience": report.audience,
+                "messages": report.messages})
+        return report
 
     @app.get("/campaigns/{name}/report", response_model=CampaignReport, responses=ERRORS)
     async def campaign_report(self, name: str = Path(min_length=1, max_length=100)
@@ -397,7 +438,7 @@ class NextBest:
 
     @app.put("/users/{user_id}/preferences", response_model=PreferencesResponse,
              responses=ERRORS)
-    async def put_preferences(self, body: PreferencesRequest,
+    async def put_preferences(self, body: PreferencesRequest, request: Request,
                               user_id: str = USER_ID) -> PreferencesResponse:
         """Change a user's consent; opting out stops personalisation and learning at once."""
         current = self.store.get_preferences(user_id)
@@ -405,6 +446,8 @@ class NextBest:
         # updated_ts None: the store stamps the change with the current time.
         updated = current.model_copy(update={**changes, "updated_ts": None})
         self.store.set_preferences(user_id, updated)
+        self.audit.append("preferences_changed", actor=actor(request), user_id=user_id,
+                          details=changes)
         return _preferences(user_id, self.store.get_preferences(user_id))
 
     @app.get("/users/{user_id}/preferences", response_model=PreferencesResponse,
@@ -421,7 +464,7 @@ class NextBest:
         return self.scorer.explain(user_id)
 
     @app.delete("/users/{user_id}", response_model=ErasureResponse, responses=ERRORS)
-    async def erase(self, user_id: str = USER_ID) -> ErasureResponse:
+    async def erase(self, request: Request, user_id: str = USER_ID) -> ErasureResponse:
         """Erase the user: store record, preferences, cached scores and decisions; the user
         goes on the store's erasure list, so feature rebuilds do not bring them back.
 
@@ -430,13 +473,17 @@ class NextBest:
         self.scorer.forget(user_id)
         with self.campaigns.lock:
             campaign_rows = self.campaigns.store.erase_user(user_id)
+        self.audit.append("user_erased", actor=actor(request), user_id=user_id, details={
+            "store_records": report.store_records, "decisions": report.decisions or 0,
+            "campaign_rows": campaign_rows})
         return ErasureResponse(user_id=user_id, store_records=report.store_records,
                                decisions=report.decisions or 0, campaign_rows=campaign_rows)
 
     @app.get("/users/{user_id}/export", response_model=ExportResponse, responses=ERRORS)
-    async def export(self, user_id: str = USER_ID) -> ExportResponse:
+    async def export(self, request: Request, user_id: str = USER_ID) -> ExportResponse:
         """Everything stored about the user: store record, preferences, decisions, kept
         events, delayed triggers and campaign messages."""
+        self.audit.append("user_exported", actor=actor(request), user_id=user_id)
         with self.campaigns.lock:
             campaigns = self.campaigns.store.export_user(user_id)
         return ExportResponse(user_id=user_id, store=self.store.export(user_id),
@@ -464,11 +511,12 @@ class NextBest:
         return self.engine.stats()
 
     @app.post("/models/reload", response_model=ModelsResponse, responses=ERRORS)
-    async def reload_models(self) -> ModelsResponse:
+    async def reload_models(self, request: Request) -> ModelsResponse:
         """Move every worker to the current ``champion`` models without a restart (404 if
         none); the answer lists the versions each worker serves once all have reloaded
         (or after ``serving.reload_wait_seconds``)."""
         versions = self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
+        self.audit.append("models_reloaded", actor=actor(request), details=versions)
         self.generation = await asyncio.to_thread(self.board.bump)
         self.publish()
         workers = await asyncio.to_thread(self.board.wait_for, self.generation,
@@ -479,6 +527,19 @@ class NextBest:
                               all_workers_agree=all(w.model_versions == versions
                                                     for w in listed))
 
+    @app.get("/audit", response_model=list[AuditEntry], responses=ERRORS)
+    async def audit_entries(self, after: int = Query(0, ge=0),
+                            limit: int = Query(100, ge=1, le=1000)) -> list[AuditEntry]:
+        """The audit log, oldest first, ``limit`` entries after the seq ``after``."""
+        return self.audit.entries(after=after, limit=limit)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(self) -> Response:
+        """Prometheus metrics of every worker: nextbest's own series and the requests by
+        route template (operator scope unless ``auth.metrics_open``)."""
+        body, content_type = await asyncio.to_thread(metrics_text)
+        return Response(body, media_type=content_type)
+
     if SETTINGS.serving.benchmark_noop:
         @app.post("/noop", include_in_schema=False)
         async def noop(self, body: NoopRequest) -> dict[str, bool]:
@@ -488,8 +549,14 @@ class NextBest:
             return {"ok": bool(body.user_id)}
 
 
+NextBest.add_asgi_middleware(Guard)
 NextBest.add_asgi_middleware(middleware.ReadinessBody)
 NextBest.add_asgi_middleware(middleware.OpenApiInfo)
+
+
+def actor(request: Request) -> str:
+    """Who made a request: the id of its API key (never the key)."""
+    return getattr(request.state, "key_id", None) or "anonymous"
 
 
 def _preferences(user_id: str, prefs: Preferences) -> PreferencesResponse:

@@ -72,7 +72,7 @@ def smaller(argv: list[str]) -> list[str]:
     return out
 
 
-def run_serve(argv: list[str], cwd: Path) -> None:
+def run_serve(argv: list[str], cwd: Path, key: str) -> None:
     """Start the README's ``serve`` line with the real ``nextbest`` command, check that it
     answers for the walk-through's users, and stop it with SIGINT (Ctrl-C)."""
     port = argv[argv.index(FREE_PORT) + 1]
@@ -91,7 +91,8 @@ def run_serve(argv: list[str], cwd: Path) -> None:
                     break
             assert time.monotonic() < deadline, f"serve not ready:\n{log.read_text()}"
             time.sleep(0.25)
-        answer = httpx.post(f"{url}/score", json={"user_id": "u000042"}, timeout=30.0)
+        answer = httpx.post(f"{url}/score", json={"user_id": "u000042"}, timeout=30.0,
+                            headers={"Authorization": f"Bearer {key}"})
         assert answer.status_code == 200 and answer.json()["known"] is True, answer.text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, log.read_text()
@@ -118,13 +119,16 @@ def test_the_walk_through_is_found():
 def test_the_walk_through_runs_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)  # a fresh clone: no nextbest.yaml, no data/, no mlruns/
+    key = ""
     for argv, paths in walk_through():
         argv = smaller(argv)
         if argv[0] == "serve":
-            run_serve(argv, tmp_path)
+            run_serve(argv, tmp_path, key)
         else:
             code = main(argv)
             captured = capsys.readouterr()
             assert code == 0, f"nextbest {' '.join(argv)} exited {code}:\n{captured.err}"
+            if argv[:2] == ["keys", "create"]:
+                key = captured.out.strip()
         for path in paths:
             assert glob.glob(path), f"nextbest {' '.join(argv)} did not write {path}"

@@ -15,6 +15,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import yaml
+from api_key import TEST_KEY
 from scipy import stats
 
 from experiments.http_driver import MAX_DECISIONS, paired_interval
@@ -68,7 +69,7 @@ def test_via_http_agrees_with_in_process_and_logs_every_decision(
         if key.startswith("NEXTBEST"):
             monkeypatch.setenv(key, value)
     code = main(["simulate", "--via-http", server.url, "--decisions", str(DECISIONS),
-                 "--users", str(USERS), "--seed", "3", "--json",
+                 "--users", str(USERS), "--seed", "3", "--json", "--api-key", TEST_KEY,
                  "--out", str(world.root / "reports")])
     out = capsys.readouterr()
     assert code == 0, f"{out.err}\n{server.log_tail()}"

@@ -10,6 +10,7 @@ by ``nextbest serve`` on a free 127.0.0.1 port in its own process group, polled 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import httpx
 import psutil
 import pytest
 import yaml
+from api_key import HEADERS, key_config
 
 from decisions.policy import PolicyLayer
 from features.build import build_features
@@ -55,6 +57,7 @@ def test_config() -> dict:
     """The service config of the tests: a reward window of a few seconds (so late feedback
     can be provoked) and a fast sweeper."""
     return {
+        "auth": {"keys": [key_config()]},
         "training": {"num_boost_round": 50, "early_stopping_rounds": 10},
         "bandit": {
             "reward": {"window_days": REWARD_WINDOW_SECONDS / 86400},
@@ -195,7 +198,7 @@ def server(world: World) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def client(server: Server) -> Iterator[httpx.Client]:
     """An HTTP client bound to the session's server."""
-    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+    with httpx.Client(base_url=server.url, timeout=30.0, headers=HEADERS) as http:
         yield http
 
 
@@ -222,7 +225,8 @@ def empty_server(tmp_path: Path, world: World) -> Iterator[Server]:
     features (the world's environment minus its paths and config)."""
     env = {k: v for k, v in world.env.items() if not k.startswith("NEXTBEST")}
     env |= path_overrides(tmp_path) | {"BENTOML_HOME": str(tmp_path / "bentoml"),
-                                       "NEXTBEST__SERVING__ALLOW_EMPTY": "true"}
+                                       "NEXTBEST__SERVING__ALLOW_EMPTY": "true",
+                                       "NEXTBEST__AUTH__KEYS": json.dumps([key_config()])}
     empty = World(root=tmp_path, env=env, settings=load_settings(None, environ=env))
     srv = start_server(empty, name="empty")
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_key import HEADERS
 
 from nextbest.config import path_overrides
 
@@ -50,7 +51,7 @@ def test_an_allowed_empty_service_says_what_is_missing(empty_server) -> None:
     body = httpx.get(f"{empty_server.url}/readyz", timeout=30.0).json()
     assert body["models"]["churn"] is None and body["features_as_of"] is None
     assert len(body["missing"]) == 2 and body["store_users"] == 0
-    score = httpx.post(f"{empty_server.url}/score", json={"user_id": "anyone"},
+    score = httpx.post(f"{empty_server.url}/score", headers=HEADERS, json={"user_id": "anyone"},
                        timeout=30.0).json()
     assert score["known"] is False and score["churn_probability"] is None
 
@@ -62,14 +63,14 @@ def test_reload_moves_every_worker_to_the_new_champion(spawn, world) -> None:
                 env={"NEXTBEST__SERVING__MODEL_REFRESH_SECONDS": "3600"})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the second worker may still be starting
-        before = httpx.post(f"{srv.url}/models/reload", timeout=60.0).json()
+        before = httpx.post(f"{srv.url}/models/reload", headers=HEADERS, timeout=60.0).json()
         if len(before["workers"]) == 2:
             break
         time.sleep(0.5)
     assert len(before["workers"]) == 2 and before["all_workers_agree"]
     trained = cli(["train", "churn", "--cutoffs", "2", "--force"], world.env, world.root)
     assert trained.returncode == 0, trained.stderr
-    after = httpx.post(f"{srv.url}/models/reload", timeout=60.0).json()
+    after = httpx.post(f"{srv.url}/models/reload", headers=HEADERS, timeout=60.0).json()
     new = after["model_versions"]["churn"]
     assert int(new) > int(before["model_versions"]["churn"])
     assert {w["model_versions"]["churn"] for w in after["workers"]} == {new}

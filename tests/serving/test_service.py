@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from api_key import HEADERS
 
 from decisions.decision_log import DecisionLog
 from decisions.learner import CheckpointStore
@@ -294,7 +295,7 @@ def _least_favoured_arm(url: str, users: list[str]) -> tuple[str, float]:
     """The arm the current policy gives the lowest mean probability for ``users``, and that
     probability (the server is shared with other tests, so the starting policy is not flat)."""
     totals: dict[str, float] = {}
-    with httpx.Client(base_url=url, timeout=30.0) as http:
+    with httpx.Client(base_url=url, timeout=30.0, headers=HEADERS) as http:
         for user in users:
             pmf = http.post("/next_best_action", json={
                 "user_id": user, "context": CONTEXT | {"page": "learning"}}).json()["pmf"]
@@ -317,7 +318,7 @@ def test_rewarded_arm_share_rises_for_those_users(server, learning_users: list[s
 def _traffic_with_feedback(url: str, users: list[str], rounds: int) -> int:
     """Decide and give feedback ``rounds`` times; the number of learnable rewards accepted."""
     learnable = 0
-    with httpx.Client(base_url=url, timeout=30.0) as http:
+    with httpx.Client(base_url=url, timeout=30.0, headers=HEADERS) as http:
         for i in range(rounds):
             d = http.post("/next_best_action", json={
                 "user_id": users[i % len(users)], "context": CONTEXT}).json()
@@ -339,7 +340,7 @@ class _Traffic(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10.0) as http:
+        with httpx.Client(base_url=self.url, timeout=10.0, headers=HEADERS) as http:
             i = 0
             while not self.stop_event.is_set():
                 try:
@@ -370,7 +371,7 @@ def test_kill_9_mid_traffic_then_restart_loses_no_accepted_feedback(
     traffic.stop_event.set()
     assert traffic.accepted >= 260, "the traffic did not get going"
     second = spawn("crash-2", env=no_sweep)  # same decision log and bandit directory
-    stats = httpx.get(f"{second.url}/bandit/stats", timeout=30.0).json()
+    stats = httpx.get(f"{second.url}/bandit/stats", headers=HEADERS, timeout=30.0).json()
     log = DecisionLog(world.root / "crash" / "decisions.sqlite")
     try:
         in_log = log.count_rewards(learnable_only=True)
@@ -386,7 +387,7 @@ def test_two_workers_one_learner_the_rest_scorers(spawn, pool) -> None:
     srv = spawn("workers", workers=2)
     roles = set()
     for _ in range(40):  # a new connection each time: the kernel spreads them over workers
-        roles.add(httpx.get(f"{srv.url}/bandit/stats", timeout=30.0).json()["role"])
+        roles.add(httpx.get(f"{srv.url}/bandit/stats", headers=HEADERS, timeout=30.0).json()["role"])
         if len(roles) == 2:
             break
     assert roles == {"learner", "scorer"}
@@ -396,7 +397,7 @@ def test_two_workers_one_learner_the_rest_scorers(spawn, pool) -> None:
     while time.monotonic() < deadline and learned < accepted:
         # The learner's checkpoint is what every worker reports; it publishes within
         # checkpoint_seconds of the last reward.
-        learned = httpx.get(f"{srv.url}/bandit/stats", timeout=30.0).json()[
+        learned = httpx.get(f"{srv.url}/bandit/stats", headers=HEADERS, timeout=30.0).json()[
             "rewards_learned"]
         time.sleep(0.5)
     assert learned == accepted
@@ -434,7 +435,7 @@ def test_learner_process_learns_what_scorer_replicas_log(spawn, pool, world) -> 
         assert len(err) == 1 and "already the bandit learner" in err[0], second.stderr
         # A service started now finds the lock taken and serves as a scorer.
         srv = spawn(name)
-        assert httpx.get(f"{srv.url}/bandit/stats", timeout=30.0).json()["role"] == "scorer"
+        assert httpx.get(f"{srv.url}/bandit/stats", headers=HEADERS, timeout=30.0).json()["role"] == "scorer"
         accepted = _traffic_with_feedback(srv.url, [pool.take() for _ in range(4)], rounds=24)
         assert accepted > 0
     finally:
