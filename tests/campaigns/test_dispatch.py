@@ -181,7 +181,24 @@ def test_an_unreachable_webhook_is_a_failed_attempt_with_its_reason(
     assert (report.claimed, report.dead) == (1, 1)
     [attempt] = store.delivery_of(message.message_id).history
     assert not attempt.ok and attempt.status_code is None
-    assert attempt.error.startswith("ConnectError")
+    assert url.split("/")[2] in attempt.error  # the host and port it could not reach
+
+
+@pytest.mark.integration
+def test_a_receiver_that_does_not_answer_in_time_is_a_timeout(
+        settings: Settings, store: CampaignStore) -> None:
+    with receiver_in_thread(SECRET) as hook:
+        data = with_webhook(settings, hook.url).model_dump()
+        data["channels"]["hook"]["timeout_seconds"] = 0.2
+        [message] = add_messages(store, 1)
+        dispatcher = Dispatcher(Settings.model_validate(data), store)
+        hook.hold()
+        report = dispatcher.run_once(T0)
+        dispatcher.close()
+    assert (report.claimed, report.retried) == (1, 1)
+    [attempt] = store.delivery_of(message.message_id).history
+    assert (attempt.ok, attempt.status_code, attempt.error) == (False, None,
+                                                                "timeout after 0.2 s")
 
 
 @pytest.mark.integration
