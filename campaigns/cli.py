@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 
 from nextbest.cli import command_group
@@ -139,21 +139,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                   f"{report.lost} lost to another dispatcher ({report.seconds:.1f} s)",
                   flush=True)
 
-    store = CampaignStore(settings.paths.campaign_store)
-    try:
-        dispatcher = Dispatcher(settings, store, environ=os.environ)
-        try:
-            if args.once:
-                show(dispatcher.run_once(args.now))
-                return 0
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            dispatcher.run(stop, args.interval, args.now, on_pass=show)
-        finally:
-            dispatcher.close()
-    finally:
-        store.close()
+    with closing(CampaignStore(settings.paths.campaign_store)) as store, \
+            closing(Dispatcher(settings, store, environ=os.environ)) as dispatcher:
+        if args.once:
+            show(dispatcher.run_once(args.now))
+            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"dispatching to {', '.join(dispatcher.channels) or 'no enabled channel'} "
+              f"every {args.interval:g} s", flush=True)
+        dispatcher.run(stop, args.interval, args.now, on_pass=show)
     return 0
 
 

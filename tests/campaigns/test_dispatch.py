@@ -294,6 +294,7 @@ def test_dispatch_once_writes_one_json_line_per_message(
     assert main(["dispatch", "--once", "--now", now]) == 0
     assert "5 claimed: 5 sent, 0 to retry, 0 dead" in capsys.readouterr().out
     assert main(["dispatch", "--once", "--now", now]) == 0  # nothing due is sent again
+    assert main(["dispatch", "--interval", "0"]) == 2
 
     deliveries = settings.paths.data_dir / "deliveries"
     lines = (deliveries / "log.jsonl").read_text().splitlines()
@@ -304,6 +305,26 @@ def test_dispatch_once_writes_one_json_line_per_message(
     assert json.loads(line)["message_id"] == in_app[0].message_id
     assert statuses(store) == {"sent": 5, "pending": 1}
     assert store.delivery_of(logged[0].message_id).sent == T0 + timedelta(minutes=5)
+
+
+def test_the_loop_sends_what_becomes_due_between_passes_until_stopped(
+        settings: Settings, store: CampaignStore) -> None:
+    add_messages(store, 3, channel="log")
+    dispatcher = Dispatcher(settings, store)
+    stop = threading.Event()
+    reports: list[DispatchReport] = []
+
+    def on_pass(report: DispatchReport) -> None:
+        reports.append(report)
+        if len(reports) == 1:
+            add_messages(store, 1, channel="log", first=3)  # fired between two passes
+        elif len(reports) == 3:
+            stop.set()
+
+    dispatcher.run(stop, 0.01, T0, on_pass=on_pass)
+    dispatcher.close()
+    assert [r.sent for r in reports] == [3, 1, 0]
+    assert statuses(store) == {"sent": 4}
 
 
 def test_a_disabled_channel_keeps_its_messages_pending(settings: Settings,
