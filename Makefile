@@ -50,14 +50,16 @@ demo-models: demo-data
 	$(NB) train propensity
 	$(NB) models list
 
-# The scheduler (delayed triggers, scheduled campaigns, event export) runs beside the
-# service and stops with it; its log is data/scheduler.log.
+# The scheduler (delayed triggers, scheduled campaigns, event export) and the dispatcher
+# (due outbox messages to their channels) run beside the service and stop with it; their
+# logs are data/scheduler.log and data/dispatch.log.
 demo: demo-models
 	@echo "API key of the demo (scopes platform, operator, admin; shown once, only its hash is kept):"
 	@$(NB) keys create --id demo --scope platform,operator,admin --replace 2>/dev/null
-	@echo "serving on http://127.0.0.1:$(PORT) (OpenAPI: /docs.json), scheduler beside it; Ctrl-C stops"
+	@echo "serving on http://127.0.0.1:$(PORT) (OpenAPI: /docs.json), scheduler and dispatcher beside it; Ctrl-C stops"
 	@$(NB) scheduler > data/scheduler.log 2>&1 & sched=$$!; \
-	  trap 'kill $$sched 2>/dev/null' EXIT INT TERM; \
+	  $(NB) dispatch > data/dispatch.log 2>&1 & disp=$$!; \
+	  trap 'kill $$sched $$disp 2>/dev/null' EXIT INT TERM; \
 	  $(NB) serve --host 127.0.0.1 --port $(PORT)
 
 serve: install
@@ -68,6 +70,7 @@ bench: install
 	$(BIN)/python benchmarks/synth.py --out /tmp/bench_1m
 	$(BIN)/python benchmarks/feature_build.py
 	$(BIN)/python benchmarks/store.py
+	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/simulate.py

@@ -1,6 +1,6 @@
-"""``nextbest campaigns list|run`` and ``nextbest scheduler``.
+"""``nextbest campaigns list|run``, ``nextbest scheduler`` and ``nextbest dispatch``.
 
-Both open the decision engine as a scorer (the service, or ``nextbest learner``, is the
+The first two open the decision engine as a scorer (the service, or ``nextbest learner``, is the
 one learner), the online store with the champion models, and the campaign store.
 """
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 
 from nextbest.cli import command_group
@@ -138,8 +139,37 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
 
 
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from campaigns.dispatcher import Dispatcher, DispatchReport
+    from campaigns.store import CampaignStore
+
+    if args.interval <= 0:
+        raise ValidationFailed(f"--interval must be positive, got {args.interval}",
+                               field="interval")
+
+    def show(report: DispatchReport) -> None:
+        if args.once or report.claimed:
+            print(f"{report.now:%Y-%m-%d %H:%M:%S} UTC: {report.claimed} claimed: "
+                  f"{report.sent} sent, {report.retried} to retry, {report.dead} dead, "
+                  f"{report.lost} lost to another dispatcher ({report.seconds:.1f} s)",
+                  flush=True)
+
+    with closing(CampaignStore(settings.paths.campaign_store)) as store, \
+            closing(Dispatcher(settings, store, environ=os.environ)) as dispatcher:
+        if args.once:
+            show(dispatcher.run_once(args.now))
+            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"dispatching to {', '.join(dispatcher.channels) or 'no enabled channel'} "
+              f"every {args.interval:g} s", flush=True)
+        dispatcher.run(stop, args.interval, args.now, on_pass=show)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``nextbest campaigns list|run`` and ``nextbest scheduler``."""
+    """Add ``nextbest campaigns list|run``, ``nextbest scheduler`` and ``nextbest dispatch``."""
     actions = command_group(sub, "campaigns", help="campaigns: list them, run a scheduled one")
     p = actions.add_parser("list", help="the configured campaigns and their outbox counts")
     p.add_argument("--json", action="store_true", help="print JSON, with the names each "
@@ -178,3 +208,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds between passes (default 30)")
     p.set_defaults(handler=_scheduler)
 
+    p = sub.add_parser("dispatch", help="send due outbox messages to their channels",
+                       description="Every --interval seconds (or once): claim the due outbox "
+                       "messages, send each to its channel (a signed webhook POST with an "
+                       "Idempotency-Key, or a JSON line), retry failures with backoff and "
+                       "mark them dead after dispatch.max_attempts.")
+    p.add_argument("--once", action="store_true", help="send everything due, then exit")
+    p.add_argument("--now", type=iso_moment, default=None,
+                   help="send as of this moment instead of the clock (tests, backfills)")
+    p.add_argument("--interval", type=float, default=5.0,
+                   help="seconds between passes (default 5)")
+    p.set_defaults(handler=_dispatch)

@@ -192,6 +192,38 @@ class OutboxMessage(BaseModel):
     tier: str | None = None  # the user's tier when it fired (for reports per tier)
 
 
+class Claim(BaseModel):
+    """A message a dispatcher claimed, and which attempt at it this is (1 for the first)."""
+
+    message: OutboxMessage
+    attempt: int
+
+
+class Attempt(BaseModel):
+    """One delivery attempt: when, whether the channel accepted it, and why not."""
+
+    message_id: str
+    attempt: int
+    ts: datetime
+    ok: bool
+    status_code: int | None = None  # the webhook's HTTP status (None: no answer, or no HTTP)
+    error: str | None = None
+    seconds: float
+
+
+class DeliveryRecord(BaseModel):
+    """Where one message stands in delivery."""
+
+    message_id: str
+    status: MessageStatus
+    attempts: int             # attempts claimed (one may be in flight, or lost with its process)
+    scheduled: datetime       # due (again) at
+    lease_until: datetime | None
+    sent: datetime | None
+    last_error: str | None
+    history: list[Attempt]    # the attempts recorded, in order
+
+
 def dedupe_key(user_id: str, type_: str, ts: datetime, item_id: str | None,
                seller_id: str | None, category: str | None) -> str:
     """The identity of an event: the same user, type, moment and subject is one event."""
@@ -479,6 +511,81 @@ class CampaignStore:
             for user_id, ts, price in rows:
                 out.setdefault(user_id, []).append((float(ts), float(price)))
         return out
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def claim_due(self, now: datetime, *, channels: Sequence[str], limit: int,
+                  lease_seconds: float) -> list[Claim]:
+        """Claim up to ``limit`` messages to send on ``channels``: those ``pending`` and due at
+        ``now``, and those ``sending`` whose lease ran out (their dispatcher died or stalled).
+
+        One statement in one write transaction turns them ``sending`` with ``lease_until =
+        now + lease_seconds`` and counts the attempt, so two dispatchers never claim the same
+        message; expired leases come first, then the oldest due.
+        """
+        if not channels:
+            return []
+        marks = ",".join("?" * len(channels))
+        at = to_epoch(now)
+        with self.transaction():
+            rows = self.conn.execute(
+                f"WITH due AS (SELECT message_id FROM (SELECT message_id FROM outbox WHERE "
+                f"status = 'sending' AND lease_until <= ? AND channel IN ({marks}) LIMIT ?) "
+                f"UNION ALL SELECT message_id FROM (SELECT message_id FROM outbox WHERE "
+                f"status = 'pending' AND scheduled <= ? AND channel IN ({marks}) ORDER BY "
+                f"scheduled LIMIT ?) LIMIT ?) "
+                f"UPDATE outbox SET status = 'sending', lease_until = ?, attempts = attempts + 1 "
+                f"WHERE message_id IN (SELECT message_id FROM due) "
+                f"RETURNING {_MESSAGE_COLUMNS}, attempts",
+                (at, *channels, limit, at, *channels, limit, limit, at + lease_seconds),
+            ).fetchall()
+        claims = [Claim(message=_message(row[:-1]), attempt=row[-1]) for row in rows]
+        return sorted(claims, key=lambda c: (c.message.scheduled, c.message.message_id))
+
+    def record_attempt(self, attempt: Attempt) -> None:
+        """Keep one delivery attempt (inside the caller's transaction when there is one)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO attempts (message_id, attempt, ts, ok, status_code, error, "
+            "seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (attempt.message_id, attempt.attempt, to_epoch(attempt.ts), int(attempt.ok),
+             attempt.status_code, attempt.error, attempt.seconds))
+
+    def mark_sent(self, message_id: str, attempt: int, when: datetime) -> bool:
+        """The channel accepted attempt ``attempt``; False when that claim is no longer ours
+        (the lease ran out and another dispatcher claimed the message again)."""
+        return self._settle(message_id, attempt, "status = 'sent', sent = ?, lease_until = NULL, "
+                            "last_error = NULL", to_epoch(when))
+
+    def mark_retry(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+        """Attempt ``attempt`` failed: ``pending`` again, due at ``retry_at``."""
+        return self._settle(message_id, attempt, "status = 'pending', scheduled = ?, "
+                            "lease_until = NULL, last_error = ?", to_epoch(retry_at), error)
+
+    def mark_dead(self, message_id: str, attempt: int, error: str) -> bool:
+        """The last allowed attempt failed: ``dead`` (the dead letters), never sent again."""
+        return self._settle(message_id, attempt, "status = 'dead', lease_until = NULL, "
+                            "last_error = ?", error)
+
+    def _settle(self, message_id: str, attempt: int, assignments: str, *values: Any) -> bool:
+        return self.conn.execute(
+            f"UPDATE outbox SET {assignments} WHERE message_id = ? AND status = 'sending' AND "
+            f"attempts = ?", (*values, message_id, attempt)).rowcount == 1
+
+    def delivery_of(self, message_id: str) -> DeliveryRecord | None:
+        """Where one message stands in delivery, with every attempt recorded."""
+        row = self.conn.execute(
+            "SELECT status, attempts, scheduled, lease_until, sent, last_error FROM outbox "
+            "WHERE message_id = ?", (message_id,)).fetchone()
+        if row is None:
+            return None
+        attempts = [Attempt(message_id=message_id, attempt=a[0], ts=from_epoch(a[1]),
+                            ok=bool(a[2]), status_code=a[3], error=a[4], seconds=a[5])
+                    for a in self.conn.execute(
+                        "SELECT attempt, ts, ok, status_code, error, seconds FROM attempts WHERE "
+                        "message_id = ? ORDER BY attempt", (message_id,))]
+        optional = [None if value is None else from_epoch(value) for value in row[3:5]]
+        return DeliveryRecord(message_id=message_id, status=row[0], attempts=row[1],
+                              scheduled=from_epoch(row[2]), lease_until=optional[0],
+                              sent=optional[1], last_error=row[5], history=attempts)
 
     # -- runs --------------------------------------------------------------------------------
     def start_run(self, campaign: str, slot: str, now: datetime) -> bool:
