@@ -59,6 +59,19 @@ def configure(config: GuardConfig) -> None:
     _CONFIG["guard"] = config
 
 
+def flat_routes(routes: list[Any]) -> list[Route]:
+    """The app's routes as a flat list (FastAPI nests the included ones)."""
+    out: list[Route] = []
+    for route in routes:
+        if isinstance(route, Route):
+            out.append(route)
+        elif hasattr(route, "original_router"):  # FastAPI's included router
+            out += flat_routes(list(route.original_router.routes))
+        elif hasattr(route, "routes"):
+            out += flat_routes(list(route.routes))
+    return out
+
+
 def route_of(routes: list[Route], scope: AsgiScope) -> str:
     """The template of the route ``scope`` matches (``/users/{user_id}``), or 'unmatched'."""
     for route in routes:

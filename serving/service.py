@@ -50,7 +50,7 @@ from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from serving import middleware
 from serving.auth import KeyRing, Scope
-from serving.guard import Guard, GuardConfig, configure
+from serving.guard import Guard, GuardConfig, configure, flat_routes
 from serving.metrics import DomainMetrics, metrics_text
 from serving.schemas import (
     BATCH,
@@ -234,7 +234,7 @@ class NextBest:
         self.audit = open_audit(self.settings)
         self.keys = KeyRing.load(self.settings)
         configure(GuardConfig(
-            routes=list(app.routes), scopes=ROUTE_SCOPES, keys=self.keys,
+            routes=flat_routes(list(app.routes)), scopes=ROUTE_SCOPES, keys=self.keys,
             enabled=self.settings.auth.enabled, metrics_open=self.settings.auth.metrics_open,
             max_body_bytes=self.settings.serving.max_body_bytes,
             access_log=self.settings.serving.access_log, observe=self.metrics.observe))

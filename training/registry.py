@@ -29,6 +29,7 @@ from nextbest.errors import NotFound
 from training import pyfunc
 from training.model import ModelSpec
 
+log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 KEY_METRICS = ("roc_auc", "pr_auc", "log_loss", "ece")
@@ -116,7 +117,11 @@ def champion(client: MlflowClient, name: str) -> LoadedModel | None:
         client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    return load_version(client, name, CHAMPION)
+    try:
+        return load_version(client, name, CHAMPION)
+    except NotFound as exc:  # registered by an older nextbest: nothing to compare with
+        log.warning("%s; the new version is compared with no champion", exc.message)
+        return None
 
 
 def unbeaten_baselines(roc_auc: float, baselines: Mapping[str, float]) -> dict[str, float]:

@@ -278,7 +278,7 @@ async def _learning_run(url: str, users: list[str], good_arm: str, rounds: int,
                         concurrency: int = 8) -> list[tuple[str | None, float]]:
     """``rounds`` decisions for ``users`` in turn, ``concurrency`` in flight at a time."""
     results: list[tuple[str | None, float]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=30.0) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, headers=HEADERS) as http:
         for start in range(0, rounds, concurrency):
             batch = [users[(start + i) % len(users)] for i in range(concurrency)]
             results += await asyncio.gather(*(_decide_and_reward(http, u, good_arm)
