@@ -182,8 +182,12 @@ def _register_erase(sub: argparse._SubParsersAction) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``nextbest serve``, ``nextbest learner`` and ``nextbest data erase``."""
+    """Add ``nextbest serve``, ``nextbest learner``, ``nextbest data erase`` and
+    ``nextbest score`` (serving/cli_score.py)."""
+    from serving import cli_score
+
     _register_erase(sub)
+    cli_score.register(sub)
     parser = sub.add_parser("serve", help="run the BentoML service (score, next best action)")
     parser.add_argument("--host", default=None,
                         help="address to bind (default: serving.host, 127.0.0.1)")
