@@ -12,6 +12,10 @@ decision point, never a user id or a free-text value.
 - ``nextbest_features_age_days``: days since the online store's latest ``as_of``
 - ``nextbest_learner_lag_rewards``: rewards in the decision log the deciding model has not
   learned yet
+- ``nextbest_event_loop_max_stall_seconds{cause}``: the longest the worker's event loop was
+  kept from running other requests since it started; ``cause="all"``, and ``cause="own"``
+  without the time its thread waited for a CPU taken by other processes
+  (:mod:`serving.loopwatch`)
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class DomainMetrics:
         self.learner_lag = prom.Gauge(
             "nextbest_learner_lag_rewards",
             "Rewards logged that the deciding model has not learned yet",
+            multiprocess_mode="livemax")
+        self.loop_stall = prom.Gauge(
+            "nextbest_event_loop_max_stall_seconds", "Longest event-loop stall of a worker "
+            "since it started (own: less the time spent waiting for a CPU)", ["cause"],
             multiprocess_mode="livemax")
         self._versions: dict[str, str] = {}
 

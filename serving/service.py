@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -44,6 +45,7 @@ from nextbest import __version__
 from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from serving import middleware
+from serving.loopwatch import LoopWatchdog
 from serving.metrics import DomainMetrics
 from serving.schemas import (
     BehaviourEvent,
@@ -187,6 +189,7 @@ class NextBest:
         self.board = WorkerBoard(board_dir(self.settings))
         self.generation = self.board.generation()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._checked_registry = time.monotonic()
         self._last_sweep = time.monotonic()
         status = self.status()
@@ -223,8 +226,13 @@ class NextBest:
 
     @bentoml.on_startup
     async def start_housekeeping(self) -> None:
-        """Start the loop that sweeps, follows model reloads and publishes the status."""
+        """Start the loop that sweeps, follows model reloads and publishes the status, and
+        the watchdog of event-loop stalls."""
         self._housekeeping = asyncio.create_task(self._housekeep_forever())
+        gc.freeze()  # what start-up loaded leaves the collector's full scans (stalls of 0.5 s)
+        stall = self.metrics.loop_stall
+        self._watchdog = asyncio.create_task(LoopWatchdog(
+            stall.labels("all").set, stall.labels("own").set).run())
 
     async def _housekeep_forever(self) -> None:
         """Every half second: follow a reload asked of any worker; every
@@ -261,8 +269,9 @@ class NextBest:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         """Stop housekeeping, checkpoint and close the engine, close the store."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in (self._housekeeping, self._watchdog):
+            if task is not None:
+                task.cancel()
         self.board.withdraw(os.getpid())
         self.engine.close()
         with contextlib.suppress(AttributeError):

@@ -1,0 +1,88 @@
+"""A watchdog of the event loop: how long the loop was kept from running anything else.
+
+Every route runs on one event loop per worker, so anything slow done on it (a VW checkpoint
+written inline, a log scan, a wait on a SQLite lock) delays every other request of that
+worker by as much. :class:`LoopWatchdog` is a task that sleeps ``interval`` seconds again
+and again; how much later than asked it wakes is how long the loop was kept busy elsewhere
+(a stall). It keeps the longest stall since it started and hands every new longest one to
+``on_stall`` (the ``nextbest_event_loop_max_stall_seconds`` gauge of
+:class:`serving.metrics.DomainMetrics`).
+
+On a host shared with other work, a stall also holds the time the loop's thread was ready
+to run but waited for a CPU (Linux ``/proc/self/task/<tid>/schedstat``): that is the host's
+load, not this process's doing. The stall without it, the ``own`` stall (work or blocking
+calls of this process), is tracked beside it (``on_own_stall``); where schedstat is not
+available the two are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+
+INTERVAL_SECONDS = 0.005
+
+
+class RunqueueClock:
+    """Seconds the calling thread has spent runnable but waiting for a CPU, so far."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open(
+                f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def __call__(self) -> float:
+        if self._fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class LoopWatchdog:
+    """Measures event-loop stalls from inside the loop (start it with :meth:`run`)."""
+
+    def __init__(self, on_stall: Callable[[float], None] | None = None,
+                 on_own_stall: Callable[[float], None] | None = None,
+                 interval: float = INTERVAL_SECONDS):
+        self.interval = interval
+        self.on_stall = on_stall
+        self.on_own_stall = on_own_stall
+        self.max_stall = 0.0
+        self.max_own_stall = 0.0
+
+    async def run(self) -> None:
+        """Sleep, measure the oversleep, repeat until cancelled."""
+        loop = asyncio.get_running_loop()
+        waited = RunqueueClock()
+        try:
+            while True:
+                began, began_waiting = loop.time(), waited()
+                await asyncio.sleep(self.interval)
+                stall = loop.time() - began - self.interval
+                self.observe(stall, stall - (waited() - began_waiting))
+        finally:
+            waited.close()
+
+    def observe(self, stall: float, own: float | None = None) -> None:
+        """Record one oversleep of ``stall`` seconds, ``own`` of them not spent waiting
+        for a CPU (default: all of them)."""
+        own = stall if own is None else min(own, stall)
+        if stall > self.max_stall:
+            self.max_stall = stall
+            if self.on_stall is not None:
+                self.on_stall(stall)
+        if own > self.max_own_stall:
+            self.max_own_stall = own
+            if self.on_own_stall is not None:
+                self.on_own_stall(own)

@@ -1,0 +1,69 @@
+"""The event-loop watchdog: a callback that blocks the loop shows as a stall, in the gauge."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import pytest
+
+from serving.loopwatch import LoopWatchdog, RunqueueClock
+
+
+def test_a_blocking_callback_is_measured_as_a_stall() -> None:
+    seen: list[float] = []
+    watchdog = LoopWatchdog(seen.append, interval=0.005)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watchdog.run())
+        await asyncio.sleep(0.02)
+        time.sleep(0.06)  # what a checkpoint written on the loop would do
+        await asyncio.sleep(0.02)
+        task.cancel()
+
+    asyncio.run(scenario())
+    # The watchdog cannot wake before the blocking call returns: at least 60 - 5 ms late.
+    assert watchdog.max_stall >= 0.055
+    assert seen and seen[-1] == watchdog.max_stall
+    assert seen == sorted(seen)  # only each new longest stall is reported
+
+
+def test_smaller_stalls_do_not_lower_the_maximum() -> None:
+    seen: list[float] = []
+    watchdog = LoopWatchdog(seen.append)
+    for stall in (0.002, 0.010, 0.004, 0.010, 0.012):
+        watchdog.observe(stall)
+    assert watchdog.max_stall == watchdog.max_own_stall == 0.012
+    assert seen == [0.002, 0.010, 0.012]
+
+
+def test_time_spent_waiting_for_a_cpu_is_not_the_process_own_stall() -> None:
+    own: list[float] = []
+    watchdog = LoopWatchdog(on_own_stall=own.append)
+    watchdog.observe(0.050, own=0.004)  # the host kept the thread off the CPU 46 ms
+    watchdog.observe(0.008, own=0.008)
+    watchdog.observe(0.003, own=0.009)  # never more than the stall itself
+    assert watchdog.max_stall == 0.050 and watchdog.max_own_stall == 0.008
+    assert own == [0.004, 0.008]
+
+
+def test_runqueue_clock_reads_this_thread() -> None:
+    clock = RunqueueClock()
+    try:
+        first = clock()
+        assert first >= 0.0 and clock() >= first
+    finally:
+        clock.close()
+
+
+@pytest.mark.integration
+def test_the_service_exposes_its_longest_stall(client: httpx.Client) -> None:
+    assert client.post("/score", json={"user_id": "anyone"}).status_code == 200
+    text = client.get("/metrics").text
+    for cause in ("all", "own"):
+        name = 'nextbest_event_loop_max_stall_seconds{cause="' + cause + '"}'
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        assert found is not None, f"the {cause} gauge is missing from /metrics"
+        assert 0.0 < float(found.group(1)) < 60.0
