@@ -150,7 +150,8 @@ class Scorer:
         versions = self.model_versions()
         known = {row.user_id: ScoreResponse(
             user_id=row.user_id, known=True, tier=str(row.tier), segment=str(row.segment),
-            tags=[str(t) for t in row.tags], churn_probability=finite_or_none(row.churn_probability),
+            tags=[str(t) for t in row.tags],
+            churn_probability=finite_or_none(row.churn_probability),
             purchase_propensity=finite_or_none(row.purchase_propensity),
             model_versions=versions, features_as_of=row.features_as_of)
             for row in table.itertuples(index=False)}
