@@ -325,29 +325,31 @@ def run_open_loop(url: str, path: str, kind: str, rate: float, seconds: float,
 
 
 def tree_cpu_wait(proc: subprocess.Popen) -> float:
-    """Seconds the threads of the service's process tree have spent ready to run but
-    waiting for a CPU (Linux schedstat): how much other work on the host held it back."""
+    """Seconds the main threads (the event loops) of the service's processes have spent
+    ready to run but waiting for a CPU (Linux schedstat): how much other work on the host
+    held the service back. Short-lived threads are left out: their counts leave with them."""
     total = 0.0
     try:
         processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0.0
     for process in processes:
-        for task in Path(f"/proc/{process.pid}/task").glob("*"):
-            try:
-                total += int((task / "schedstat").read_text().split()[1]) / 1e9
-            except (OSError, IndexError, ValueError):
-                continue
+        try:
+            schedstat = Path(f"/proc/{process.pid}/task/{process.pid}/schedstat").read_text()
+            total += int(schedstat.split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
     return total
 
 
 def loop_stall_ms(url: str) -> dict[str, float]:
-    """The service's longest event-loop stall so far, in ms (its Prometheus gauge): ``all``
-    and ``own`` (less the time its thread waited for a CPU other processes held)."""
+    """The service's longest event-loop stall so far, in ms (its Prometheus gauge): ``all``,
+    ``own`` (less the time its thread waited for a CPU other processes held) and ``gc`` (the
+    garbage collector's longest pause)."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
     found = dict(re.findall(r'^nextbest_event_loop_max_stall_seconds\{cause="(\w+)"\} (\S+)$',
                             text, re.M))
-    if set(found) != {"all", "own"}:
+    if set(found) != {"all", "own", "gc"}:
         raise RuntimeError("/metrics lacks nextbest_event_loop_max_stall_seconds{cause}")
     return {cause: round(float(value) * 1e3, 3) for cause, value in found.items()}
 

@@ -12,15 +12,19 @@ On a host shared with other work, a stall also holds the time the loop's thread 
 to run but waited for a CPU (Linux ``/proc/self/task/<tid>/schedstat``): that is the host's
 load, not this process's doing. The stall without it, the ``own`` stall (work or blocking
 calls of this process), is tracked beside it (``on_own_stall``); where schedstat is not
-available the two are the same.
+available the two are the same. The longest pause of Python's garbage collector, which
+stops every thread, is tracked too (``on_gc_pause``): the usual cause of an own stall.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 INTERVAL_SECONDS = 0.005
 
@@ -54,17 +58,23 @@ class LoopWatchdog:
 
     def __init__(self, on_stall: Callable[[float], None] | None = None,
                  on_own_stall: Callable[[float], None] | None = None,
+                 on_gc_pause: Callable[[float], None] | None = None,
                  interval: float = INTERVAL_SECONDS):
         self.interval = interval
         self.on_stall = on_stall
         self.on_own_stall = on_own_stall
+        self.on_gc_pause = on_gc_pause
         self.max_stall = 0.0
         self.max_own_stall = 0.0
+        self.max_gc_pause = 0.0
+        self._gc_began = 0.0
 
     async def run(self) -> None:
-        """Sleep, measure the oversleep, repeat until cancelled."""
+        """Sleep, measure the oversleep, repeat until cancelled (timing the collector's
+        pauses meanwhile)."""
         loop = asyncio.get_running_loop()
         waited = RunqueueClock()
+        gc.callbacks.append(self._on_gc)
         try:
             while True:
                 began, began_waiting = loop.time(), waited()
@@ -72,7 +82,19 @@ class LoopWatchdog:
                 stall = loop.time() - began - self.interval
                 self.observe(stall, stall - (waited() - began_waiting))
         finally:
+            gc.callbacks.remove(self._on_gc)
             waited.close()
+
+    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        """``gc.callbacks`` hook: time each collection, keep the longest."""
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_began
+        if pause > self.max_gc_pause:
+            self.max_gc_pause = pause
+            if self.on_gc_pause is not None:
+                self.on_gc_pause(pause)
 
     def observe(self, stall: float, own: float | None = None) -> None:
         """Record one oversleep of ``stall`` seconds, ``own`` of them not spent waiting

@@ -13,9 +13,9 @@ decision point, never a user id or a free-text value.
 - ``nextbest_learner_lag_rewards``: rewards in the decision log the deciding model has not
   learned yet
 - ``nextbest_event_loop_max_stall_seconds{cause}``: the longest the worker's event loop was
-  kept from running other requests since it started; ``cause="all"``, and ``cause="own"``
-  without the time its thread waited for a CPU taken by other processes
-  (:mod:`serving.loopwatch`)
+  kept from running other requests since it started; ``cause="all"``, ``cause="own"``
+  without the time its thread waited for a CPU taken by other processes, and ``cause="gc"``
+  the longest garbage-collector pause (:mod:`serving.loopwatch`)
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class DomainMetrics:
             multiprocess_mode="livemax")
         self.loop_stall = prom.Gauge(
             "nextbest_event_loop_max_stall_seconds", "Longest event-loop stall of a worker "
-            "since it started (own: less the time spent waiting for a CPU)", ["cause"],
+            "since it started (own: less waits for a CPU; gc: the collector's longest pause)",
+            ["cause"],
             multiprocess_mode="livemax")
         self._versions: dict[str, str] = {}
 

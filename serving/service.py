@@ -232,7 +232,7 @@ class NextBest:
         gc.freeze()  # what start-up loaded leaves the collector's full scans (stalls of 0.5 s)
         stall = self.metrics.loop_stall
         self._watchdog = asyncio.create_task(LoopWatchdog(
-            stall.labels("all").set, stall.labels("own").set).run())
+            stall.labels("all").set, stall.labels("own").set, stall.labels("gc").set).run())
 
     async def _housekeep_forever(self) -> None:
         """Every half second: follow a reload asked of any worker; every
