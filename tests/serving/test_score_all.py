@@ -18,7 +18,6 @@ from serving.scoring import SCORE_COLUMNS, Scorer
 from training.loader import load_champions
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 def nextbest(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -69,7 +68,7 @@ def test_score_batch_answers_what_each_single_score_answers(client: httpx.Client
 
 def test_score_all_without_models_says_what_to_run(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST")}
-    proc = nextbest(["score", "--all"], env | path_overrides(tmp_path), REPO)
+    proc = nextbest(["score", "--all"], env | path_overrides(tmp_path), tmp_path)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nextbest train churn" in lines[0], proc.stderr
