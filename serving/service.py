@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
@@ -45,7 +44,7 @@ from nextbest import __version__
 from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from serving import middleware
-from serving.loopwatch import LoopWatchdog
+from serving.loopwatch import LoopWatchdog, quiet_collector
 from serving.metrics import DomainMetrics
 from serving.schemas import (
     BehaviourEvent,
@@ -229,7 +228,7 @@ class NextBest:
         """Start the loop that sweeps, follows model reloads and publishes the status, and
         the watchdog of event-loop stalls."""
         self._housekeeping = asyncio.create_task(self._housekeep_forever())
-        gc.freeze()  # what start-up loaded leaves the collector's full scans (stalls of 0.5 s)
+        quiet_collector()  # start-up objects out of collections; rarer full collections
         stall = self.metrics.loop_stall
         self._watchdog = asyncio.create_task(LoopWatchdog(
             stall.labels("all").set, stall.labels("own").set, stall.labels("gc").set).run())

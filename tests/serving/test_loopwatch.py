@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from serving.loopwatch import LoopWatchdog, RunqueueClock
+from serving.loopwatch import GC_THRESHOLDS, LoopWatchdog, RunqueueClock, quiet_collector
 
 
 def test_a_blocking_callback_is_measured_as_a_stall() -> None:
@@ -89,3 +89,14 @@ def test_the_service_exposes_its_longest_stall(client: httpx.Client) -> None:
         found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         assert found is not None, f"the {cause} gauge is missing from /metrics"
         assert 0.0 <= float(found.group(1)) < 60.0
+
+
+def test_quiet_collector_freezes_start_up_and_sets_the_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        quiet_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 1000  # this test process's modules, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
