@@ -230,7 +230,8 @@ def start_service(env: dict[str, str], root: Path,
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    raise RuntimeError("the service did not become ready in 120 s")
+    stop_service(proc)
+    raise RuntimeError(f"the service did not become ready in 120 s; see {root / 'server.log'}")
 
 
 def tree_rss_mb(proc: subprocess.Popen) -> float:

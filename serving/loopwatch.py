@@ -86,6 +86,7 @@ class LoopWatchdog:
         self.max_own_stall = 0.0
         self.max_gc_pause = 0.0
         self._gc_began = 0.0
+        self._gc_reported = 0.0
 
     async def run(self) -> None:
         """Sleep, measure the oversleep, repeat until cancelled (timing the collector's
@@ -99,18 +100,27 @@ class LoopWatchdog:
                 await asyncio.sleep(self.interval)
                 stall = loop.time() - began - self.interval
                 self.observe(stall, stall - (waited() - began_waiting))
+                self._report_gc_pause()
         finally:
             gc.callbacks.remove(self._on_gc)
             waited.close()
 
     def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
-        """``gc.callbacks`` hook: time each collection, keep the longest."""
+        """``gc.callbacks`` hook: time each collection, keep the longest.
+
+        It only records: a collection can start inside any code holding any lock (a
+        Prometheus metric's, say), so calling ``on_gc_pause`` from here could deadlock;
+        :meth:`run` reports the new longest pause on its next wake-up."""
         if phase == "start":
             self._gc_began = time.perf_counter()
             return
-        pause = time.perf_counter() - self._gc_began
-        if pause > self.max_gc_pause:
-            self.max_gc_pause = pause
+        self.max_gc_pause = max(self.max_gc_pause, time.perf_counter() - self._gc_began)
+
+    def _report_gc_pause(self) -> None:
+        """Hand a longest GC pause not reported yet to ``on_gc_pause``."""
+        pause = self.max_gc_pause
+        if pause > self._gc_reported:
+            self._gc_reported = pause
             if self.on_gc_pause is not None:
                 self.on_gc_pause(pause)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import re
+import threading
 import time
 
 import httpx
@@ -50,6 +51,33 @@ def test_garbage_collections_are_timed_while_it_runs() -> None:
     assert watchdog._on_gc not in gc.callbacks  # removed when the watchdog stops
     gc.collect()
     assert watchdog.max_gc_pause == pauses[-1]
+
+
+def test_a_collection_inside_a_held_lock_does_not_call_out() -> None:
+    # A collection can start in code that holds a lock the callback would need (as a
+    # Prometheus gauge's lock was): the hook records; the loop reports later.
+    lock = threading.Lock()
+    pauses: list[float] = []
+
+    blocked: list[float] = []
+
+    def report(pause: float) -> None:
+        if not lock.acquire(blocking=False):  # a blocking acquire would hang here
+            blocked.append(pause)
+            return
+        pauses.append(pause)
+        lock.release()
+
+    watchdog = LoopWatchdog(on_gc_pause=report)
+    gc.callbacks.append(watchdog._on_gc)
+    try:
+        with lock:
+            gc.collect()  # the hook must not call report() here
+    finally:
+        gc.callbacks.remove(watchdog._on_gc)
+    assert blocked == [] and pauses == [] and watchdog.max_gc_pause > 0.0
+    watchdog._report_gc_pause()
+    assert pauses == [watchdog.max_gc_pause]
 
 
 def test_smaller_stalls_do_not_lower_the_maximum() -> None:
