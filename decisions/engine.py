@@ -134,7 +134,8 @@ class DecisionEngine:
         if role == "auto":
             role = "learner"
         if role == "inline":
-            self._learner = Learner(self.settings, self.log, store=store, spec=self.spec)
+            self._learner = Learner(self.settings, self.log, store=store, spec=self.spec,
+                                    publish_in_background=True)
             self._learner.catch_up()
         elif role == "learner":
             assert store is not None  # durable=False was refused above
@@ -381,8 +382,7 @@ class DecisionEngine:
         """Checkpoint (inline), stop the learner thread, close the log, release the lock."""
         with self._lock:
             if self._learner is not None:
-                self._learner.checkpoint()
-                self._learner.chooser.close()
+                self._learner.close()  # checkpoints and waits until it is published
                 self._learner = None
             if self._thread is not None:
                 self._thread.stop()

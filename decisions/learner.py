@@ -5,10 +5,16 @@
   ``kill -9``, so a restart can always take it.
 - :class:`CheckpointStore`: checkpoints are a VW model file plus JSON meta (the reward log
   position ``seq`` they cover and counts), written to a temporary name and renamed, then
-  published by atomically replacing ``latest.json``. Readers never see half a file.
+  published by atomically replacing ``latest.json``. Readers never see half a file. Writing
+  is two steps: :meth:`~CheckpointStore.stage` (VW writes its model to the temporary file,
+  on the thread that owns the workspace; fast, no fsync) and
+  :meth:`~CheckpointStore.publish` (fsyncs, renames, meta, pruning; any thread).
 - :class:`Learner`: loads the latest checkpoint, then learns every reward with
   ``seq`` above it, in log order; checkpoints every ``checkpoint_every`` rewards, after
-  ``checkpoint_seconds`` with unsaved learning, and on close. After a crash the same steps
+  ``checkpoint_seconds`` with unsaved learning, and on close. With
+  ``publish_in_background`` (the inline role, which learns on the service's event loop) a
+  checkpoint only stages the model there and a publisher thread does the slow part, so a
+  checkpoint does not hold up other requests. After a crash the same steps
   replay what the checkpoint missed, so no accepted reward is lost, and because VW saves its
   full learning state the result equals a learner that never crashed.
 - :class:`ModelWatcher`: what scorer processes use to pick up published checkpoints.
@@ -17,13 +23,15 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -82,12 +90,20 @@ class LearnerLock:
             self._fd = None
 
 
+class StagedCheckpoint(NamedTuple):
+    """A model written to a temporary file, waiting to be published as ``meta``."""
+
+    meta: CheckpointMeta
+    path: Path
+
+
 class CheckpointStore:
     """Checkpoints under ``bandit_dir``: ``model-<seq>.vw`` + ``model-<seq>.json`` + latest."""
 
     def __init__(self, bandit_dir: Path):
         self.dir = bandit_dir
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._staged = itertools.count()  # staged file names never collide
 
     def latest(self) -> CheckpointMeta | None:
         """The published checkpoint, or None before the first one."""
@@ -110,17 +126,35 @@ class CheckpointStore:
 
     def save(self, chooser: Chooser, meta: CheckpointMeta) -> CheckpointMeta:
         """Write the model and its meta under temporary names, rename, then publish."""
-        name = f"model-{meta.seq:012d}"
-        meta = meta.model_copy(update={"model_file": f"{name}.vw",
+        return self.publish(self.stage(chooser, meta))
+
+    def stage(self, chooser: Chooser, meta: CheckpointMeta) -> StagedCheckpoint:
+        """Write the model to a temporary file of its own (on the chooser's thread: VW
+        saves from the workspace); the meta, a copy, names the file it will have."""
+        meta = meta.model_copy(update={"model_file": f"model-{meta.seq:012d}.vw",
                                        "created": datetime.now(UTC)})
-        tmp_model = self.dir / f".{name}.vw.tmp"
-        chooser.save(tmp_model)
-        _fsync_file(tmp_model)
-        os.replace(tmp_model, self.dir / meta.model_file)
-        _atomic_write(self.dir / f"{name}.json", meta.model_dump_json())
+        staged = self.dir / f".{meta.model_file}.{os.getpid()}.{next(self._staged)}.tmp"
+        chooser.save(staged)
+        return StagedCheckpoint(meta, staged)
+
+    def publish(self, staged: StagedCheckpoint) -> CheckpointMeta:
+        """Flush the staged model to disk, rename it into place, write its meta, then point
+        ``latest.json`` at it and prune old checkpoints. Safe from any one thread."""
+        meta = staged.meta
+        _fsync_file(staged.path)
+        os.replace(staged.path, self.dir / meta.model_file)
+        _atomic_write(self.dir / meta.model_file.replace(".vw", ".json"), meta.model_dump_json())
         _atomic_write(self.dir / LATEST, meta.model_dump_json())
         self._prune(keep=meta.model_file)
         return meta
+
+    def discard_staged(self) -> int:
+        """Delete staged models a crashed learner never published (only the learner, which
+        holds the lock, may: it is the only one that stages)."""
+        stale = list(self.dir.glob(".model-*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def _prune(self, keep: str) -> None:
         """Delete all but the newest ``KEEP_CHECKPOINTS`` checkpoints."""
@@ -173,13 +207,19 @@ class Learner:
     """
 
     def __init__(self, settings: Settings, log: DecisionLog, *, store: CheckpointStore | None,
-                 spec: ChooserSpec = BANDIT):
+                 spec: ChooserSpec = BANDIT, publish_in_background: bool = False):
         self.settings = settings
         self.log = log
         self.store = store
         self.chooser, self.meta = load_chooser(settings, store, spec)
+        if store is not None:
+            store.discard_staged()
         self._unsaved = 0
         self._last_save = time.monotonic()
+        # One publisher thread: checkpoints are published in the order they were staged.
+        self._publisher = (ThreadPoolExecutor(1, thread_name_prefix="checkpoint-publisher")
+                           if publish_in_background and store is not None else None)
+        self._published: Future[CheckpointMeta] | None = None
 
     @property
     def policy_version(self) -> str:
@@ -233,13 +273,31 @@ class Learner:
         if self._unsaved and elapsed >= self.settings.bandit.checkpoint_seconds:
             self.checkpoint()
 
-    def checkpoint(self) -> CheckpointMeta | None:
-        """Save and publish the model with the log position it covers (no-op in memory)."""
+    def checkpoint(self, *, wait: bool = False) -> CheckpointMeta | None:
+        """Save and publish the model with the log position it covers (no-op in memory).
+
+        With a background publisher only the staging happens here; ``wait`` also waits
+        until this checkpoint (and every earlier one) is published."""
         if self.store is not None:
-            self.meta = self.store.save(self.chooser, self.meta)
+            staged = self.store.stage(self.chooser, self.meta)
+            self.meta = staged.meta.model_copy()  # learning goes on in a copy
+            if self._publisher is None:
+                self.store.publish(staged)
+            else:
+                self._published = self._publisher.submit(self.store.publish, staged)
+                self._published.add_done_callback(_log_failure)
+                if wait:
+                    self._published.result()
         self._unsaved = 0
         self._last_save = time.monotonic()
         return self.meta if self.store is not None else None
+
+    def close(self) -> None:
+        """Checkpoint what is unsaved, wait until it is published, free the model."""
+        self.checkpoint(wait=True)
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+        self.chooser.close()
 
     def sweep(self, now: datetime) -> int:
         """Default rewards for decisions whose window closed; then learn them."""
@@ -248,6 +306,14 @@ class Learner:
         if added:
             self.catch_up()
         return added
+
+
+def _log_failure(published: Future[CheckpointMeta]) -> None:
+    """Log a checkpoint that could not be published (the next one tries again; the log
+    still holds every reward, so a restart replays what it missed)."""
+    error = published.exception()
+    if error is not None:
+        LOG.error("publishing a bandit checkpoint failed: %s", error, exc_info=error)
 
 
 class LearnerThread:

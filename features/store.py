@@ -30,6 +30,7 @@ The record format is in docs/CONTRACT.md ("Online store record").
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -43,6 +44,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pa_json
 from pydantic import BaseModel
 
 from nextbest.config import Settings
@@ -51,6 +54,11 @@ from nextbest.errors import DataError, MissingComponent
 PREFERENCE_FLAGS = ("personalization", "marketing_email", "marketing_sms", "marketing_push")
 WRITE_CHUNK_ROWS = 5000
 ENCODE_CHUNK_ROWS = 50_000
+SCAN_CHUNK_ROWS = 50_000
+# Record fields read as text whatever they look like (pyarrow would make as_of a timestamp).
+_TEXT_FIELDS = pa_json.ParseOptions(
+    explicit_schema=pa.schema([("user_id", pa.string()), ("as_of", pa.string())]),
+    unexpected_field_behavior="infer")
 
 
 class Preferences(BaseModel):
@@ -160,9 +168,40 @@ def decode_record(stored: StoredUser) -> dict[str, Any] | None:
         return None
     record = json.loads(stored.record)
     if stored.removed and record.get("tags"):
-        removed = set(json.loads(stored.removed))
-        record["tags"] = [t for t in record["tags"] if t not in removed]
+        record["tags"] = _without(record["tags"], stored.removed)
     return record
+
+
+def records_frame(rows: Sequence[tuple[str, StoredUser]]) -> pd.DataFrame:
+    """The records of ``rows`` as one frame, a row per user in the order given, with the
+    values :meth:`OnlineStore.get` returns (tags minus the user-removed ones).
+
+    The JSON texts are parsed together by pyarrow's reader, several times faster than
+    ``json.loads`` per record and a frame built from the dicts. A chunk whose column changed
+    type between builds (a number in one record, text in another) is read record by record.
+    Numbers come out as float or int columns, ``tags`` as arrays (None when absent).
+    """
+    texts = [stored.record for _, stored in rows if stored.record is not None]
+    if not texts:
+        return pd.DataFrame({"user_id": pd.Series([], dtype=object)})
+    try:
+        frame = pa_json.read_json(io.BytesIO("\n".join(texts).encode()),
+                                  parse_options=_TEXT_FIELDS).to_pandas()
+    except pa.ArrowInvalid:
+        frame = pd.DataFrame.from_records([json.loads(text) for text in texts])
+    removed = [stored.removed for _, stored in rows if stored.record is not None]
+    if "tags" in frame.columns and any(removed):
+        frame["tags"] = [_without(tags, hidden)
+                         for tags, hidden in zip(frame["tags"], removed, strict=True)]
+    return frame
+
+
+def _without(tags: Sequence[str] | None, removed: str | None) -> Sequence[str] | None:
+    """``tags`` minus the JSON array ``removed`` (the tags the user removed)."""
+    if not removed or tags is None:
+        return tags
+    hidden = set(json.loads(removed))
+    return [t for t in tags if t not in hidden]
 
 
 def preference_rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -275,31 +314,32 @@ class OnlineStore(ABC):
                 found[user_id] = record
         return found
 
-    def scan(self, chunk_rows: int = 10_000) -> Iterator[list[StoreEntry]]:
+    def get_frame(self, user_ids: Sequence[str]) -> pd.DataFrame:
+        """The records of the known users among ``user_ids`` as one frame (a row per user,
+        first occurrence order; :func:`records_frame`): the bulk read of batch scoring."""
+        ids = list(dict.fromkeys(user_ids))
+        stored = self._fetch(ids)
+        return records_frame([(u, stored[u]) for u in ids if u in stored])
+
+    def iter_frames(self, chunk_rows: int = SCAN_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+        """Every record of the store, as frames of at most ``chunk_rows`` users
+        (:func:`records_frame`). Each chunk is its own read: a write running meanwhile may
+        or may not show in later chunks, but no user comes twice."""
+        for rows in self._scan(chunk_rows):
+            if rows:
+                yield records_frame(rows)
+
+    def scan(self, chunk_rows: int = SCAN_CHUNK_ROWS) -> Iterator[list[StoreEntry]]:
         """Every user with a record, ``chunk_rows`` at a time, each with their record (as
-        :meth:`get` gives it) and preferences: for audiences and batch scoring over all
-        users. Users written or erased during the scan may or may not be seen."""
-        ids: list[str] = []
-        for user_id in self._user_ids():
-            ids.append(user_id)
-            if len(ids) == chunk_rows:
-                yield self._entries(ids)
-                ids = []
-        if ids:
-            yield self._entries(ids)
-
-    def _entries(self, user_ids: list[str]) -> list[StoreEntry]:
-        entries = []
-        for user_id, stored in self._fetch(user_ids).items():
-            record = decode_record(stored)
-            if record is not None:
-                entries.append(StoreEntry(user_id, record, _preferences_of(stored)))
-        return entries
-
-    @abstractmethod
-    def _user_ids(self) -> Iterator[str]:
-        """The id of every user with a record, and maybe of others (in no particular order;
-        :meth:`scan` reads them through :meth:`get_many`, which skips users without one)."""
+        :meth:`get` gives it) and preferences: for audiences over all users."""
+        for rows in self._scan(chunk_rows):
+            entries = []
+            for user_id, stored in rows:
+                record = decode_record(stored)
+                if record is not None:
+                    entries.append(StoreEntry(user_id, record, _preferences_of(stored)))
+            if entries:
+                yield entries
 
     def get_preferences(self, user_id: str) -> Preferences:
         """The user's preferences; all flags True for a user who never set any."""
@@ -376,6 +416,10 @@ class OnlineStore(ABC):
     @abstractmethod
     def _fetch(self, user_ids: list[str]) -> dict[str, StoredUser]:
         """What is stored for each of ``user_ids`` that has anything stored."""
+
+    @abstractmethod
+    def _scan(self, chunk_rows: int) -> Iterator[list[tuple[str, StoredUser]]]:
+        """Every user with a record, in chunks of at most ``chunk_rows``, each user once."""
 
     @abstractmethod
     def _erase(self, user_ids: list[str], stamp: str) -> int:
@@ -577,6 +621,19 @@ class SqliteStore(OnlineStore):
                 found[user_id] = StoredUser(*fields)
         return found
 
+    def _scan(self, chunk_rows: int) -> Iterator[list[tuple[str, StoredUser]]]:
+        """Pages in rowid order (the table's own order, read sequentially), each from where
+        the last one ended, so no long read transaction holds back the WAL."""
+        conn, after = self._conn(), 0
+        while True:
+            rows = conn.execute(
+                "SELECT rowid, user_id, record, removed, prefs FROM users WHERE rowid > ? "
+                "AND record IS NOT NULL ORDER BY rowid LIMIT ?", (after, chunk_rows)).fetchall()
+            if not rows:
+                return
+            yield [(user_id, StoredUser(*fields)) for _, user_id, *fields in rows]
+            after = rows[-1][0]
+
     def _erase(self, user_ids: list[str], stamp: str) -> int:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
@@ -611,9 +668,6 @@ class SqliteStore(OnlineStore):
         return self._conn().execute("DELETE FROM users WHERE user_id = ?",
                                     (user_id,)).rowcount > 0
 
-    def _user_ids(self) -> Iterator[str]:
-        rows = self._conn().execute("SELECT user_id FROM users WHERE record IS NOT NULL")
-        return (row[0] for row in rows.fetchall())
 
     def meta(self) -> dict[str, Any]:
         as_of, users = self._conn().execute(
@@ -738,6 +792,11 @@ class RedisStore(OnlineStore):
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}"
 
+    def _user_pattern(self) -> str:
+        """The SCAN pattern of every user hash. The pattern is a glob: the prefix's own glob
+        characters must match literally."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "user:*"
+
     def _put_rows(self, ids: list[str], stamps: list[str], data: list[str], *, fields: tuple[
             str, str], counter: str, only_newer: bool, skip_erased: bool) -> tuple[int, int]:
         """Run the conditional write script once per chunk of users; return the users
@@ -772,16 +831,6 @@ class RedisStore(OnlineStore):
         ids, stamps, data = (list(col) for col in zip(*rows, strict=True))
         return self._put_rows(ids, stamps, data, fields=("prefs_ts", "prefs"), counter="",
                               only_newer=only_newer, skip_erased=only_newer)[0]
-
-    def _user_pattern(self) -> str:
-        """The SCAN pattern of every user hash (the prefix's glob characters escaped)."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "user:*"
-
-    def _user_ids(self) -> Iterator[str]:
-        # Hashes holding only preferences come along too; get_many leaves them out.
-        start = len(self.prefix) + len("user:")
-        for key in self._client.scan_iter(match=self._user_pattern(), count=1000):
-            yield key.decode()[start:]
 
     def _clear_records(self, after: str) -> int:
         """Scan the user hashes, clear those later than ``after`` (one script per chunk of
@@ -822,6 +871,28 @@ class RedisStore(OnlineStore):
                 found[user_id] = StoredUser(*(v.decode() if v is not None else None
                                               for v in fields))
         return found
+
+    def _scan(self, chunk_rows: int) -> Iterator[list[tuple[str, StoredUser]]]:
+        """SCAN the user hashes, then read each chunk in one pipeline. SCAN may return a
+        key twice; the ids already given are remembered, so none comes twice."""
+        start = len(self.prefix) + len("user:")
+        seen: set[str] = set()
+        keys: list[str] = []
+        for key in self._client.scan_iter(match=self._user_pattern(), count=1000):
+            user_id = key.decode()[start:]
+            if user_id not in seen:
+                seen.add(user_id)
+                keys.append(user_id)
+            if len(keys) == chunk_rows:
+                yield self._with_records(keys)
+                keys = []
+        if keys:
+            yield self._with_records(keys)
+
+    def _with_records(self, user_ids: list[str]) -> list[tuple[str, StoredUser]]:
+        """What is stored for the users among ``user_ids`` that have a record."""
+        stored = self._fetch(user_ids)
+        return [(u, stored[u]) for u in user_ids if u in stored and stored[u].record]
 
     def remove_tag(self, user_id: str, tag: str) -> bool:
         return bool(self._remove_tag(keys=[self._key(user_id)], args=[tag]))

@@ -14,6 +14,10 @@ decision point, never a user id or a free-text value.
   learned yet
 - ``nextbest_http_requests_total{route, method, status}`` and
   ``nextbest_http_request_seconds{route, method}``: by route template (serving/guard.py)
+- ``nextbest_event_loop_max_stall_seconds{cause}``: the longest the worker's event loop was
+  kept from running other requests since it started; ``cause="all"``, ``cause="own"``
+  without the time its thread waited for a CPU taken by other processes, and ``cause="gc"``
+  the longest garbage-collector pause (:mod:`serving.loopwatch`)
 
 :func:`metrics_text` renders every worker's series for ``/metrics``.
 """
@@ -61,6 +65,11 @@ class DomainMetrics:
             "nextbest_http_request_seconds", "HTTP request duration by route template",
             ["route", "method"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+        self.loop_stall = prom.Gauge(
+            "nextbest_event_loop_max_stall_seconds", "Longest event-loop stall of a worker "
+            "since it started (own: less waits for a CPU; gc: the collector's longest pause)",
+            ["cause"],
+            multiprocess_mode="livemax")
         self._versions: dict[str, str] = {}
 
     def _arm(self, arm: str | None) -> str:

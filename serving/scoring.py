@@ -12,6 +12,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from decisions.policy import finite_or_none
 from decisions.users import UserDirectory, record_as_of
 from features.segmentation import NEW_TIER, NO_PURCHASE
@@ -19,6 +22,9 @@ from nextbest.config import Settings
 from serving.schemas import ExplanationResponse, ScoreResponse, TagExplanation
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The columns of a scored table (Scorer.score_table), in order: /score's per-user fields.
+SCORE_COLUMNS = ("user_id", "features_as_of", "tier", "segment", "tags", "churn_probability",
+                 "purchase_propensity")
 
 
 def missing_for_serving(has_models: bool, store_users: int) -> list[str]:
@@ -55,9 +61,40 @@ class Scorer(UserDirectory):
         return self.answer(user_id, self.store.get(user_id))
 
     def score_many(self, user_ids: list[str]) -> list[ScoreResponse]:
-        """The /score answers for a batch, in the order asked."""
-        records = self.store.get_many(user_ids)
-        return [self.answer(user_id, records.get(user_id)) for user_id in user_ids]
+        """The /score answers for a batch, in the order asked, scored together
+        (:meth:`score_table`); unknown users get the cold-start answer."""
+        table = self.score_table(self.store.get_frame(user_ids))
+        versions = self.model_versions()
+        known = {row.user_id: ScoreResponse(
+            user_id=row.user_id, known=True, tier=str(row.tier), segment=str(row.segment),
+            tags=[str(t) for t in row.tags],
+            churn_probability=finite_or_none(row.churn_probability),
+            purchase_propensity=finite_or_none(row.purchase_propensity),
+            model_versions=versions, features_as_of=row.features_as_of)
+            for row in table.itertuples(index=False)}
+        return [known[user_id] if user_id in known else self.answer(user_id, None)
+                for user_id in user_ids]
+
+    def score_table(self, records: pd.DataFrame) -> pd.DataFrame:
+        """The /score fields (:data:`SCORE_COLUMNS`) of every store record in ``records``
+        (a frame from :meth:`~features.store.OnlineStore.get_frame` or ``iter_frames``),
+        computed for all rows at once: the same values :meth:`answer` gives each record
+        (scores NaN without champion models, tags a list)."""
+        n = len(records)
+        out = pd.DataFrame({"user_id": records["user_id"].astype(str).to_numpy(object)})
+        as_of = _text(records, "as_of", None)
+        out["features_as_of"] = as_of.str.slice(0, 10).astype(object).where(as_of.notna(), None)
+        out["tier"] = _text(records, "tier", NEW_TIER)
+        out["segment"] = _text(records, "segment", NO_PURCHASE)
+        tags = records["tags"] if "tags" in records.columns else [None] * n
+        out["tags"] = [[] if v is None or _is_missing(v) else v for v in tags]
+        if self.champions is None or n == 0:
+            out["churn_probability"] = out["purchase_propensity"] = np.full(n, np.nan)
+        else:
+            scored = self.champions.score_frame(records)
+            out["churn_probability"] = scored["churn_probability"].to_numpy(float)
+            out["purchase_propensity"] = scored["purchase_propensity"].to_numpy(float)
+        return out
 
     def explain(self, user_id: str) -> ExplanationResponse:
         """Why this tier, segment and tags: the configured rules and the values they read."""
@@ -120,3 +157,18 @@ def _json_value(value: Any) -> float | str | None:
     if isinstance(value, str):
         return value
     return finite_or_none(value)
+
+
+def _text(frame: pd.DataFrame, name: str, default: str | None) -> pd.Series:
+    """A text column of ``frame`` with missing or empty values (or a missing column) as
+    ``default``, like ``str(record.get(name) or default)``."""
+    if name not in frame.columns:
+        return pd.Series([default] * len(frame), dtype="string" if default else object)
+    values = frame[name].astype("string")
+    return values.mask(values.isna() | (values == ""), default).reset_index(drop=True)
+
+
+def _is_missing(value: Any) -> bool:
+    """A scalar NaN or NA where a list of tags was expected."""
+    return not isinstance(value, list | np.ndarray) and bool(pd.isna(value))
+

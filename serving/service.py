@@ -51,6 +51,7 @@ from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from serving import middleware
 from serving.auth import KeyRing, Scope
 from serving.guard import Guard, GuardConfig, configure, flat_routes
+from serving.loopwatch import LoopWatchdog, quiet_collector
 from serving.metrics import DomainMetrics, metrics_text
 from serving.schemas import (
     BATCH,
@@ -223,6 +224,7 @@ class NextBest:
         self.board = WorkerBoard(board_dir(self.settings))
         self.generation = self.board.generation()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._checked_registry = time.monotonic()
         self._last_sweep = time.monotonic()
         status = self.status()
@@ -272,8 +274,13 @@ class NextBest:
 
     @bentoml.on_startup
     async def start_housekeeping(self) -> None:
-        """Start the loop that sweeps, follows model reloads and publishes the status."""
+        """Start the loop that sweeps, follows model reloads and publishes the status, and
+        the watchdog of event-loop stalls."""
         self._housekeeping = asyncio.create_task(self._housekeep_forever())
+        quiet_collector()  # start-up objects out of collections; rarer full collections
+        stall = self.metrics.loop_stall
+        self._watchdog = asyncio.create_task(LoopWatchdog(
+            stall.labels("all").set, stall.labels("own").set, stall.labels("gc").set).run())
 
     async def _housekeep_forever(self) -> None:
         """Every half second: follow a reload asked of any worker; every
@@ -310,8 +317,9 @@ class NextBest:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         """Stop housekeeping, checkpoint and close the engine, close the store."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in (self._housekeeping, self._watchdog):
+            if task is not None:
+                task.cancel()
         self.board.withdraw(os.getpid())
         self.campaigns.close()
         self.audit.close()

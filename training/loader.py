@@ -77,6 +77,11 @@ class _Scorer:
         return float(self.model.spec.calibrator.transform(raw)[0])
 
     def score_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """A column the model reads that ``frame`` lacks is missing (NaN) in every row, as
+        an absent key of a record is in :meth:`score_row`."""
+        absent = [name for name in self.encoder.feature_names if name not in frame.columns]
+        if absent:
+            frame = frame.assign(**dict.fromkeys(absent, np.nan))
         return predict(self.model.booster, self.model.spec, frame)
 
 
@@ -103,7 +108,9 @@ class ChampionModels:
         return churn, propensity
 
     def score_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """A copy of ``frame`` with ``churn_probability`` and ``purchase_propensity`` added."""
+        """A copy of ``frame`` with ``churn_probability`` and ``purchase_propensity`` added:
+        the same numbers as :meth:`score` gives each row as a record, computed for all rows
+        at once (batch scoring)."""
         out = frame.copy()
         out["churn_probability"] = self._churn.score_matrix(frame)
         out["purchase_propensity"] = self._propensity.score_matrix(frame)

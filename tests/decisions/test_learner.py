@@ -145,3 +145,53 @@ def test_a_checkpoint_of_another_config_is_not_reused(settings: Settings):
     assert stats["policy_version"].split(".")[0] != version.split(".")[0]
     store = CheckpointStore(tuned.paths.bandit_dir)
     assert len(list(store.dir.glob("model-*.vw"))) <= 3  # old checkpoints are pruned
+
+
+def test_a_staged_checkpoint_is_invisible_until_published(settings: Settings):
+    tuned = with_bandit(settings, **NO_CAPS)
+    with DecisionEngine(tuned) as eng:
+        for i in range(20):
+            d = eng.decide(kind(i), CONTEXT)
+            eng.feedback(d.event_id, converts(i, d.action), 90.0 if converts(i, d.action) else 0)
+    store = CheckpointStore(tuned.paths.bandit_dir)
+    published = store.latest()
+    bandit = make_bandit(tuned.bandit, model_file=store.model_path(published))
+    staged = store.stage(bandit, published.model_copy(update={"seq": published.seq + 5}))
+    assert staged.path.exists() and staged.path.name.startswith(".")
+    assert store.latest() == published  # readers still see the published one
+    assert store.publish(staged).seq == published.seq + 5
+    assert store.latest().seq == published.seq + 5 and not staged.path.exists()
+    assert store.model_path(store.latest()).exists()
+    leftover = store.stage(bandit, store.latest())  # as if the learner died before publishing
+    bandit.close()
+    log = DecisionLog(tuned.paths.decision_log)
+    learner = Learner(tuned, log, store=store)  # the next learner clears it away
+    assert not leftover.path.exists()
+    learner.chooser.close()
+    log.close()
+
+
+def test_inline_checkpoints_published_in_the_background_cover_every_reward(settings: Settings):
+    tuned = with_bandit(settings, checkpoint_every=7, **NO_CAPS)
+    with DecisionEngine(tuned) as eng:  # inline: checkpoints staged, published by a thread
+        decisions = [eng.decide(kind(i), CONTEXT) for i in range(60)]
+        for i, d in enumerate(decisions):
+            eng.feedback(d.event_id, converts(i, d.action), 0.0)
+        last_seq = eng.log.last_seq()
+    store = CheckpointStore(tuned.paths.bandit_dir)
+    meta = store.latest()
+    assert meta.seq == last_seq == 60 and meta.rewards_seen == 60  # close() waited for it
+    assert not list(store.dir.glob(".*.tmp"))
+    assert len(list(store.dir.glob("model-*.vw"))) == 3  # published in order, then pruned
+    log = DecisionLog(tuned.paths.decision_log)
+    reference = Learner(tuned, log, store=None)
+    reference.catch_up()
+    reloaded = make_bandit(tuned.bandit, model_file=store.model_path(meta),
+                           learned=meta.rewards_learned)
+    probes = [DecisionInput(UserView(user_id=d.user_id), CONTEXT, BanditExample.model_validate(
+        log.get_decision(d.event_id).features)) for d in decisions[:20] if d.learnable]
+    assert probes and [reloaded.pmf(p) for p in probes] == [reference.chooser.pmf(p)
+                                                             for p in probes]
+    reloaded.close()
+    reference.chooser.close()
+    log.close()

@@ -300,6 +300,59 @@ def test_reads_from_many_threads(store: OnlineStore) -> None:
     assert results == ["silver"] * 200
 
 
+def many_users(n: int, as_of: date) -> pd.DataFrame:
+    """``n`` users shaped like :func:`feature_frame` (ids u0000, u0001, ...)."""
+    rows = feature_frame(as_of)
+    frame = pd.concat([rows] * (n // 3 + 1), ignore_index=True).iloc[:n]
+    return frame.assign(user_id=[f"u{i:04d}" for i in range(n)])
+
+
+def frame_records(frame: pd.DataFrame) -> dict[str, dict]:
+    """The rows of a records frame as plain dicts (arrays as lists, missing as None)."""
+    out = {}
+    for row in frame.to_dict("records"):
+        out[row["user_id"]] = {k: (list(v) if isinstance(v, np.ndarray | list) else
+                                   None if pd.isna(v) else v) for k, v in row.items()}
+    return out
+
+
+def test_iter_frames_gives_every_record_once_as_get_does(store: OnlineStore) -> None:
+    store.write(many_users(25, JAN), JAN)
+    store.set_preferences("only-prefs", Preferences(marketing_sms=False))  # no record
+    store.remove_tag("u0000", "high_value")
+    store.erase("u0004")
+    chunks = list(store.iter_frames(chunk_rows=7))
+    assert all(0 < len(chunk) <= 7 for chunk in chunks)
+    assert sum(len(chunk) for chunk in chunks) == 24
+    scanned = frame_records(pd.concat(chunks, ignore_index=True))
+    assert len(scanned) == 24 and "only-prefs" not in scanned and "u0004" not in scanned
+    for user_id, record in scanned.items():
+        expected = store.get(user_id)
+        assert {k: record.get(k) for k in expected} == expected, user_id
+    assert scanned["u0000"]["tags"] == []  # removed by the user
+    assert scanned["u0003"]["tags"] == ["high_value"]
+    assert scanned["u0001"]["recency_days"] is None and scanned["u0001"]["top_category"] is None
+
+
+def test_get_frame_holds_the_known_users_in_the_order_asked(store: OnlineStore) -> None:
+    store.write(feature_frame(JAN), JAN)
+    frame = store.get_frame(["u3", "nobody", "u1", "u3"])
+    assert frame["user_id"].tolist() == ["u3", "u1"]
+    assert frame["as_of"].tolist() == ["2024-01-01"] * 2
+    assert frame_records(frame)["u1"]["tags"] == ["high_value"]
+    assert store.get_frame(["nobody"]).empty
+    assert [len(chunk) for chunk in store.iter_frames()] == [3]
+
+
+def test_a_column_that_changed_type_between_builds_is_still_read(store: OnlineStore) -> None:
+    store.write(feature_frame(JAN).iloc[:2], JAN)
+    later = feature_frame(FEB).iloc[2:].assign(cluster="c7")  # a number became text
+    store.write(later, FEB)
+    scanned = frame_records(pd.concat(store.iter_frames(), ignore_index=True))
+    assert scanned["u1"]["cluster"] == 1 and scanned["u3"]["cluster"] == "c7"
+    assert scanned["u3"]["as_of"] == "2024-02-01"
+
+
 def test_sqlite_file_is_shared_between_connections(settings: Settings) -> None:
     with open_store(settings) as writer, open_store(settings) as reader:
         writer.write(feature_frame(JAN), JAN)

@@ -1,0 +1,130 @@
+"""The event-loop watchdog: a callback that blocks the loop shows as a stall, in the gauge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import re
+import threading
+import time
+
+import httpx
+import pytest
+
+from serving.loopwatch import GC_THRESHOLDS, LoopWatchdog, RunqueueClock, quiet_collector
+
+
+def test_a_blocking_callback_is_measured_as_a_stall() -> None:
+    seen: list[float] = []
+    watchdog = LoopWatchdog(seen.append, interval=0.005)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watchdog.run())
+        await asyncio.sleep(0.02)
+        time.sleep(0.06)  # what a checkpoint written on the loop would do
+        await asyncio.sleep(0.02)
+        task.cancel()
+
+    asyncio.run(scenario())
+    # The watchdog cannot wake before the blocking call returns: at least 60 - 5 ms late.
+    assert watchdog.max_stall >= 0.055
+    assert seen and seen[-1] == watchdog.max_stall
+    assert seen == sorted(seen)  # only each new longest stall is reported
+
+
+def test_garbage_collections_are_timed_while_it_runs() -> None:
+    pauses: list[float] = []
+    watchdog = LoopWatchdog(on_gc_pause=pauses.append)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watchdog.run())
+        await asyncio.sleep(0.01)
+        gc.collect()
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert pauses and pauses[-1] == watchdog.max_gc_pause > 0.0
+    assert watchdog._on_gc not in gc.callbacks  # removed when the watchdog stops
+    gc.collect()
+    assert watchdog.max_gc_pause == pauses[-1]
+
+
+def test_a_collection_inside_a_held_lock_does_not_call_out() -> None:
+    # A collection can start in code that holds a lock the callback would need (as a
+    # Prometheus gauge's lock was): the hook records; the loop reports later.
+    lock = threading.Lock()
+    pauses: list[float] = []
+
+    blocked: list[float] = []
+
+    def report(pause: float) -> None:
+        if not lock.acquire(blocking=False):  # a blocking acquire would hang here
+            blocked.append(pause)
+            return
+        pauses.append(pause)
+        lock.release()
+
+    watchdog = LoopWatchdog(on_gc_pause=report)
+    gc.callbacks.append(watchdog._on_gc)
+    try:
+        with lock:
+            gc.collect()  # the hook must not call report() here
+    finally:
+        gc.callbacks.remove(watchdog._on_gc)
+    assert blocked == [] and pauses == [] and watchdog.max_gc_pause > 0.0
+    watchdog._report_gc_pause()
+    assert pauses == [watchdog.max_gc_pause]
+
+
+def test_smaller_stalls_do_not_lower_the_maximum() -> None:
+    seen: list[float] = []
+    watchdog = LoopWatchdog(seen.append)
+    for stall in (0.002, 0.010, 0.004, 0.010, 0.012):
+        watchdog.observe(stall)
+    assert watchdog.max_stall == watchdog.max_own_stall == 0.012
+    assert seen == [0.002, 0.010, 0.012]
+
+
+def test_time_spent_waiting_for_a_cpu_is_not_the_process_own_stall() -> None:
+    own: list[float] = []
+    watchdog = LoopWatchdog(on_own_stall=own.append)
+    watchdog.observe(0.050, own=0.004)  # the host kept the thread off the CPU 46 ms
+    watchdog.observe(0.008, own=0.008)
+    watchdog.observe(0.003, own=0.009)  # never more than the stall itself
+    assert watchdog.max_stall == 0.050 and watchdog.max_own_stall == 0.008
+    assert own == [0.004, 0.008]
+
+
+def test_runqueue_clock_reads_this_thread() -> None:
+    clock = RunqueueClock()
+    try:
+        first = clock()
+        assert first >= 0.0 and clock() >= first
+    finally:
+        clock.close()
+
+
+@pytest.mark.integration
+def test_the_service_exposes_its_longest_stall(client: httpx.Client) -> None:
+    assert client.post("/score", json={"user_id": "anyone"}).status_code == 200
+    text = client.get("/metrics").text
+    for cause in ("all", "own", "gc"):
+        name = 'nextbest_event_loop_max_stall_seconds{cause="' + cause + '"}'
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        assert found is not None, f"the {cause} gauge is missing from /metrics"
+        assert 0.0 <= float(found.group(1)) < 60.0
+
+
+def test_quiet_collector_freezes_start_up_and_sets_the_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        quiet_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 1000  # this test process's modules, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -1,0 +1,75 @@
+"""Batch scoring: ``nextbest score --all`` and ``/score`` with ``user_ids`` score many users at
+once, and give each the answer ``/score`` gives it alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from features.store import open_store
+from nextbest.config import path_overrides
+from serving.scoring import SCORE_COLUMNS, Scorer
+from training.loader import load_champions
+
+pytestmark = pytest.mark.integration
+
+
+def nextbest(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``nextbest ARGS``."""
+    return subprocess.run([sys.executable, "-m", "nextbest.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_score_all_writes_every_user_as_score_answers_them(world, tmp_path: Path) -> None:
+    out = tmp_path / "nested" / "scores.parquet"
+    done = nextbest(["score", "--all", "--out", str(out), "--chunk-rows", "128"], world.env,
+                    world.root)
+    assert done.returncode == 0, done.stderr
+    assert f"-> {out}" in done.stdout
+    table = pq.read_table(out)
+    assert tuple(table.column_names) == SCORE_COLUMNS
+    rows = table.to_pandas()
+    with open_store(world.settings) as store:
+        champions = load_champions(world.settings)
+        scorer = Scorer(world.settings, store, champions)
+        assert len(rows) == rows["user_id"].nunique() == store.meta()["users"]
+        assert table.schema.metadata[b"churn_version"].decode() == champions.versions["churn"]
+        for row in rows.itertuples(index=False):
+            alone = scorer.score(row.user_id)
+            assert (row.tier, row.segment, list(row.tags), row.features_as_of) == (
+                alone.tier, alone.segment, alone.tags, alone.features_as_of), row.user_id
+            assert row.churn_probability == pytest.approx(alone.churn_probability, abs=1e-12)
+            assert row.purchase_propensity == pytest.approx(alone.purchase_propensity,
+                                                            abs=1e-12)
+    assert rows["churn_probability"].between(0, 1).all()
+
+
+def test_score_batch_answers_what_each_single_score_answers(client: httpx.Client,
+                                                            world) -> None:
+    with open_store(world.settings) as store:
+        records = store.get_many([f"u{i:06d}" for i in range(60)])
+    ids = sorted(records)[:40]
+    tagged = next(u for u in ids if records[u].get("tags"))
+    removed = client.delete(f"/users/{tagged}/tags/{records[tagged]['tags'][0]}")
+    assert removed.status_code == 200, removed.text
+    asked = [ids[3], "stranger", *ids, ids[3]]
+    batch = client.post("/score", json={"user_ids": asked})
+    assert batch.status_code == 200, batch.text
+    singles = [client.post("/score", json={"user_id": u}).json() for u in asked]
+    assert batch.json() == singles
+    assert [row["known"] for row in batch.json()][:2] == [True, False]
+
+
+def test_score_all_without_models_says_what_to_run(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST")}
+    proc = nextbest(["score", "--all"], env | path_overrides(tmp_path), tmp_path)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nextbest train churn" in lines[0], proc.stderr
+    assert not (tmp_path / "data" / "scores.parquet").exists()
