@@ -37,11 +37,14 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # Optional columns the definition reads, with the value used when a platform lacks them.
 OPTIONAL: dict[str, dict[str, tuple[str, Any]]] = {
     "users": {"region": ("string", None), "channel": ("string", None)},
-    "orders": {"seller_id": ("string", None), "category": ("string", None),
-               "commission": ("float64", 0.0), "status": ("string", "completed"),
-               "coupon_used": ("boolean", False)},
+    "orders": {"seller_id": ("string", None), "item_id": ("string", None),
+               "category": ("string", None), "commission": ("float64", 0.0),
+               "status": ("string", "completed"), "coupon_used": ("boolean", False),
+               "payment_fingerprint": ("string", None), "new_user_perk": ("boolean", False)},
     "listings": {"sold_ts": ("timestamp", None)},
-    "events": {"category": ("string", None)},
+    "events": {"item_id": ("string", None), "category": ("string", None),
+               "session_id": ("string", None), "ip_prefix": ("string", None),
+               "country": ("string", None), "rating": ("float64", None)},
 }
 
 

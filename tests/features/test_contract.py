@@ -108,10 +108,10 @@ def test_row_numbers_follow_index_labels() -> None:
 
 def test_events_listings_and_preferences_rules() -> None:
     events = pd.DataFrame({"user_id": ["u", "u", "u"], "ts": ["2024-01-01"] * 3,
-                           "type": ["VIEW", "purchase", None]})
+                           "type": ["VIEW", "bought", None]})
     result = validate("events", events)
     assert list(result.accepted["type"]) == ["view"]
-    assert list(result.rejects["reason"]) == ["unknown event type 'purchase'", "missing value"]
+    assert list(result.rejects["reason"]) == ["unknown event type 'bought'", "missing value"]
     listings = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "seller_id": ["s"] * 3,
                              "listed_ts": ["2024-01-01"] * 3, "stock": ["2", "1.5", None]})
     result = validate("listings", listings)
