@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from features.definitions import EVENT_KINDS, feature_table
+from features.definitions import ACTIVITY_COUNTS, EVENT_KINDS, GROUP_FEATURES, feature_table
 from features.engines import (
     connect,
     execute_arrow,
@@ -66,13 +66,20 @@ def feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
         cols += [f"{kind}_{w}d" for w in ws]
     cols += ["browse_to_buy_30d", "cart_abandonments_30d", "category_entropy", "return_rate",
              "coupon_share", "items_listed", "items_sold", "sell_through_rate", "days_to_sell",
-             "commission_paid", "is_seller"]
+             "commission_paid", "is_seller", "first_purchase_days", "frequency_prev_90d"]
     return cols + categorical_columns()
+
+
+def group_feature_columns() -> list[str]:
+    """Risk, behaviour-path and sentiment features: written with the others and read by tag
+    and risk rules, never model inputs (a risk signal must not lower anyone's score)."""
+    return list(GROUP_FEATURES)
 
 
 def segmentation_columns() -> list[str]:
     """Columns added by segmentation after the engine computed the features."""
-    return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier", "tags"]
+    return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier",
+            "lifecycle_stage", "tags", "risk_reasons"]
 
 
 def partition_dir(features_dir: Path, as_of: date) -> Path:
@@ -178,7 +185,7 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
             frame = frame[~frame["user_id"].isin(erased)].reset_index(drop=True)
         frame, report = segment(frame, settings.features)
         frame = _as_written(frame[["user_id", "as_of"] + feature_columns(windows)
-                                  + segmentation_columns()])
+                                  + group_feature_columns() + segmentation_columns()])
         stages.done()
         _write(frame, report, partition_dir(root, as_of))
         stages.done()
@@ -202,21 +209,26 @@ class StoreRefresh(BaseModel):
     kept_newer: int
     preferences: int
     store_as_of: str | None
+    reviews_opened: int = 0
 
     @classmethod
     def of(cls, as_of: date, loaded: RecordsLoaded, preferences: int,
            store_as_of: str | None) -> StoreRefresh:
         return cls(as_of=as_of, written=loaded.written, kept_newer=loaded.kept_newer,
-                   preferences=preferences, store_as_of=store_as_of)
+                   preferences=preferences, store_as_of=store_as_of,
+                   reviews_opened=loaded.reviews_opened)
 
     def line(self) -> str:
-        """``store refreshed ...``, or ``store kept N newer records ...`` when it did."""
+        """``store refreshed ...``, or ``store kept N newer records ...`` when it did; and
+        how many users risk rules sent to the review queue."""
         prefs = f"preferences of {self.preferences:,} users"
+        reviews = (f"; {self.reviews_opened:,} users sent to review (`nextbest review list`)"
+                   if self.reviews_opened else "")
         if not self.kept_newer:
-            return f"store refreshed: {self.written:,} records, {prefs}"
+            return f"store refreshed: {self.written:,} records, {prefs}{reviews}"
         return (f"store kept {self.kept_newer:,} newer records (as_of {self.store_as_of}) "
-                f"and wrote {self.written:,}, {prefs}; `nextbest store refresh --as-of "
-                f"{self.as_of}` puts this as_of back")
+                f"and wrote {self.written:,}, {prefs}{reviews}; `nextbest store refresh "
+                f"--as-of {self.as_of}` puts this as_of back")
 
 
 def refresh_online_store(settings: Settings, frame: pd.DataFrame, as_of: date,
@@ -294,7 +306,9 @@ def _compute(settings: Settings, engine: str, raw: Path, as_of: date, windows: l
 
 
 def _int_columns(windows: Sequence[int]) -> list[str]:
-    counts = ["frequency_total", "cart_abandonments_30d", "items_listed", "items_sold"]
+    counts = ["frequency_total", "cart_abandonments_30d", "items_listed", "items_sold",
+              "frequency_prev_90d", "payment_fingerprints_30d", "fingerprint_accounts",
+              "new_user_perks", "purchases_after_perk", "returns_total", *ACTIVITY_COUNTS]
     counts += [f"frequency_{w}d" for w in windows]
     counts += [f"{kind}_{w}d" for kind in EVENT_KINDS for w in windows]
     return counts
@@ -328,7 +342,8 @@ def _normalise(table: pa.Table, as_of: date, windows: Sequence[int]) -> pd.DataF
 
 def _as_written(frame: pd.DataFrame) -> pd.DataFrame:
     """Text columns as pandas' string dtype (missing = NaN), as a Parquet round trip gives."""
-    text = ["user_id", *categorical_columns(), "tier", "segment", "seller_tier"]
+    text = ["user_id", *categorical_columns(), "tier", "segment", "seller_tier",
+            "lifecycle_stage"]
     return frame.astype({column: "str" for column in text})
 
 
