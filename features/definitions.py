@@ -133,8 +133,8 @@ def _perk_aggregates(orders: ir.Table) -> ir.Table:
 
 def _activity_aggregates(events: ir.Table, as_of: datetime) -> ir.Table:
     """Per user over the last 365 days of events: where they came from (distinct IP prefixes
-    and countries in 24 hours and 30 days), reviews and their mean rating, complaints,
-    shares and looks at their order history."""
+    and countries in 24 hours and 30 days), reviews, complaints, shares and looks at their
+    order history."""
     recent = events.filter(events.ts >= _ts(as_of - timedelta(days=365)))
     day = recent.ts >= _ts(as_of - timedelta(days=1))
     month = recent.ts >= _ts(as_of - timedelta(days=30))
@@ -145,10 +145,25 @@ def _activity_aggregates(events: ir.Table, as_of: datetime) -> ir.Table:
         countries_24h=recent.country.nunique(where=day),
         countries_30d=recent.country.nunique(where=month),
         reviews_365d=recent.count(where=review),
-        rating_mean_365d=recent.rating.mean(where=review),
         complaints_365d=recent.count(where=recent.type == "complaint"),
         shares_365d=recent.count(where=recent.type == "share"),
         order_history_views_30d=recent.count(where=month & (recent.type == "order_history")))
+
+
+def _ratings(events: ir.Table, scores: ir.Table | None, as_of: datetime) -> ir.Table:
+    """Per user: the mean rating of their reviews of the last 365 days, the stars they gave
+    and, where a review came with a text only, the rating the sentiment model estimated."""
+    since = _ts(as_of - timedelta(days=365))
+    given = events.filter((events.type == "review") & events.rating.notnull()
+                          & (events.ts >= since))
+    ratings = given.select("user_id", rating=given.rating.cast("float64"))
+    if scores is not None:
+        estimated = scores.filter((scores.ts < _ts(as_of)) & (scores.ts >= since)
+                                  & scores.rating.notnull())
+        ratings = ratings.union(estimated.select("user_id",
+                                                 rating=estimated.rating.cast("float64")),
+                                distinct=False)
+    return ratings.group_by("user_id").aggregate(rating_mean_365d=ratings.rating.mean())
 
 
 def _purchase_paths(events: ir.Table, as_of: datetime) -> ir.Table:
@@ -309,6 +324,7 @@ def feature_table(raw: RawTables, as_of: date, windows: Sequence[int]) -> ir.Tab
     joined = _left_join(joined, _perk_aggregates(orders))
     if events is not None:
         joined = _left_join(joined, _activity_aggregates(events, moment))
+        joined = _left_join(joined, _ratings(events, raw.review_scores, moment))
         joined = _left_join(joined, _purchase_paths(events, moment))
         joined = _left_join(joined, _carts_not_bought(events, orders, moment))
     t = _null_columns(joined, {"last_event_epoch": "int64", "top_viewed": "string",

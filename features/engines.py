@@ -24,7 +24,7 @@ from nextbest.config import FeaturesConfig
 from nextbest.errors import ConfigError, DataError, MissingComponent
 
 ENGINES = ("duckdb", "spark")
-TABLES = ("users", "orders", "listings", "events")
+TABLES = ("users", "orders", "listings", "events", "review_scores")
 
 # Required columns per table (docs/CONTRACT.md); a file without one is unusable.
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -32,6 +32,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "orders": ("order_id", "buyer_id", "ts", "amount"),
     "listings": ("item_id", "seller_id", "listed_ts"),
     "events": ("user_id", "ts", "type"),
+    # Derived, not a contract table: ratings that `nextbest train sentiment` estimated for
+    # reviews that came with a text only.
+    "review_scores": ("user_id", "ts", "rating"),
 }
 
 # Optional columns the definition reads, with the value used when a platform lacks them.
@@ -45,6 +48,7 @@ OPTIONAL: dict[str, dict[str, tuple[str, Any]]] = {
     "events": {"item_id": ("string", None), "category": ("string", None),
                "session_id": ("string", None), "ip_prefix": ("string", None),
                "country": ("string", None), "rating": ("float64", None)},
+    "review_scores": {},
 }
 
 
@@ -56,6 +60,7 @@ class RawTables:
     users: ir.Table | None = None
     listings: ir.Table | None = None
     events: ir.Table | None = None
+    review_scores: ir.Table | None = None
 
 
 def raw_path(raw_dir: Path, table: str) -> Path:

@@ -4,8 +4,8 @@ The places, and what erasing a user means in each:
 
 - the online store: record, preferences and removed tags deleted, and the user put on the
   store's erasure list, so every later ``features build`` skips them (:mod:`features.store`);
-- the raw tables in ``paths.raw_dir``: ``users``, ``events`` and ``preferences`` rows of the
-  user, ``listings`` the user sells, ``orders`` the user bought; orders the user *sold* stay
+- the raw tables in ``paths.raw_dir``: ``users``, ``events``, ``preferences`` and
+  ``review_scores`` rows of the user, ``listings`` the user sells, ``orders`` the user bought; orders the user *sold* stay
   (they are the buyer's history) with ``seller_id`` blanked; import rejects
   (``rejects/*.csv``) lines naming the user;
 - the feature partitions ``paths.features_dir/as_of=*/features.parquet`` and the latent
@@ -54,6 +54,7 @@ RAW_RULES: dict[str, TableRule] = {
     "listings": TableRule(drop=("seller_id",)),
     "events": TableRule(drop=("user_id",)),
     "preferences": TableRule(drop=("user_id",)),
+    "review_scores": TableRule(drop=("user_id",)),  # ratings estimated from review texts
 }
 BY_USER_ID = TableRule(drop=("user_id",))
 

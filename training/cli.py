@@ -11,7 +11,7 @@ from nextbest.cli import iso_date
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
 from training import cli_segments
-from training.labels import LTV_MODEL, MODEL_NAMES
+from training.labels import LTV_MODEL, MODEL_NAMES, SENTIMENT_MODEL
 
 
 def with_data_dir(settings: Settings, data_dir: str | None) -> Settings:
@@ -31,6 +31,11 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         raise ValidationFailed(f"--cutoffs must be at least 1, got {args.cutoffs}", field="cutoffs")
     if args.model == LTV_MODEL:
         return _train_ltv(args, settings)
+    if args.model == SENTIMENT_MODEL:
+        from training.sentiment import train_sentiment
+
+        train_sentiment(with_data_dir(settings, args.data))
+        return 0
     if args.horizon_days is not None:
         raise ValidationFailed(f"--horizon-days is for `train ltv`; the {args.model} horizon is "
                                f"training.labels.{args.model}_horizon_days",
@@ -116,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``models`` and ``segments`` to the top-level parser."""
     cli_segments.register(sub)
     train = sub.add_parser("train", help="train, evaluate, register and gate a model")
-    train.add_argument("model", choices=(*MODEL_NAMES, LTV_MODEL))
+    train.add_argument("model", choices=(*MODEL_NAMES, LTV_MODEL, SENTIMENT_MODEL))
     train.add_argument("--as-of", type=iso_date, default=None,
                        help="validation cutoff (default: latest with a complete label window)")
     train.add_argument("--horizon-days", type=int, default=None, metavar="N",

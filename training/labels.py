@@ -25,6 +25,7 @@ from nextbest.errors import DataError
 ModelName = Literal["churn", "propensity"]
 MODEL_NAMES: tuple[ModelName, ...] = ("churn", "propensity")
 LTV_MODEL = "ltv"  # the lifetime-value model (training/ltv.py), a regression
+SENTIMENT_MODEL = "sentiment"  # ratings of review texts (training/sentiment.py)
 
 
 def horizon_days(model_name: ModelName, config: LabelConfig) -> int:

@@ -74,14 +74,21 @@ def _events() -> pd.DataFrame:
     return frame.assign(ts=pd.to_datetime(frame["ts"]).astype("datetime64[us]"))
 
 
-@pytest.fixture
-def built(settings: Settings) -> pd.DataFrame:
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, pd.DataFrame]:
+    """The hand-made tables built once (the online store refreshed) for the module."""
+    settings = load_settings(None, environ=path_overrides(tmp_path_factory.mktemp("home")))
     raw = Path(settings.paths.raw_dir)
     raw.mkdir(parents=True)
     _orders().to_parquet(raw / "orders.parquet")
     _events().to_parquet(raw / "events.parquet")
     frame = build_features(settings, AS_OF, progress=False)
-    return frame.set_index("user_id")
+    return settings, frame.set_index("user_id")
+
+
+@pytest.fixture
+def built(home: tuple[Settings, pd.DataFrame]) -> pd.DataFrame:
+    return home[1]
 
 
 def test_group_features_by_hand(built: pd.DataFrame) -> None:
@@ -105,7 +112,7 @@ def test_group_features_by_hand(built: pd.DataFrame) -> None:
 
 
 def test_risk_tags_carry_a_reason_and_never_touch_tiers_or_model_inputs(
-        built: pd.DataFrame, settings: Settings, tmp_path: Path) -> None:
+        built: pd.DataFrame, tmp_path: Path) -> None:
     assert "card_switching" in built.loc["u_card", "tags"]
     assert list(built.loc["u_card", "risk_reasons"]) == [
         CARDS_REASON, "ip_jumping: came from 3 countries in 24 hours, 3 countries and 3 IP "
@@ -118,19 +125,19 @@ def test_risk_tags_carry_a_reason_and_never_touch_tiers_or_model_inputs(
     _orders().drop(columns=["payment_fingerprint", "new_user_perk"]).to_parquet(
         clean / "orders.parquet")
     _events().drop(columns=["ip_prefix", "country"]).to_parquet(clean / "events.parquet")
-    plain = build_features(settings, AS_OF, raw_dir=clean, out_dir=tmp_path / "f",
-                           refresh_store=False, progress=False).set_index("user_id")
+    settings = load_settings(None, environ=path_overrides(tmp_path))
+    plain = build_features(settings, AS_OF, raw_dir=clean, refresh_store=False,
+                           progress=False).set_index("user_id")
     assert plain["risk_reasons"].map(len).sum() == 0
     columns = ["tier", "segment", "lifecycle_stage", *feature_columns()]
     pd.testing.assert_frame_equal(plain[columns], built[columns])
 
 
 def test_a_card_switcher_waits_in_the_review_queue_until_cleared(
-        built: pd.DataFrame, settings: Settings, capsys: pytest.CaptureFixture[str],
+        home: tuple[Settings, pd.DataFrame], capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {f"NEXTBEST__PATHS__{k.upper()}": str(v)
-           for k, v in settings.paths.model_dump().items()}
-    for key, value in env.items():
+    settings = home[0]
+    for key, value in path_overrides(Path(settings.paths.data_dir).parent).items():
         monkeypatch.setenv(key, value)
     assert cli_main(["review", "list"]) == 0
     listed = capsys.readouterr().out
