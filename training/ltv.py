@@ -47,9 +47,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 from pydantic import BaseModel
 
 from nextbest.config import Settings, TrainingConfig
@@ -63,66 +60,21 @@ from training.dataset import (
     with_inputs,
 )
 from training.labels import LTV_MODEL, build_ltv_labels, orders_path
+from training.ltv_model import PARTS, TARGETS, LtvModel, LtvSpec, load_ltv, log_ltv_model
 from training.metrics import LtvMetrics, evaluate_ltv
-from training.model import InputSpec, category_lists
-from training.pipeline import data_fingerprint
+from training.model import category_lists
 from training.registry import (
     CHALLENGER,
     CHAMPION,
     configure,
     experiment_id,
     register_version,
-    resolve_version,
 )
 
 Say = Callable[[str], None]
 BASELINE = "bgnbd_gg"
-TARGETS = ("spend", "purchases")
-# The boosters: purchase days in the window, and spend per purchase day where there was one.
-PARTS = ("purchases", "value")
 OBJECTIVES = {"purchases": "poisson", "value": "gamma"}
 STOP_SHARE = 0.2  # training users (by seeded hash) that early stopping watches
-REQUIREMENTS = [f"lightgbm=={lgb.__version__}", f"mlflow=={mlflow.__version__}",
-                f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
-
-
-class LtvSpec(InputSpec):
-    """What scoring needs besides the two boosters: inputs, horizon, iterations."""
-
-    model_name: str = LTV_MODEL
-    horizon_days: int
-    iterations: dict[str, int]
-
-
-class LtvModel:
-    """The spend and purchase boosters with their spec: ``forecast(frame)``."""
-
-    def __init__(self, boosters: dict[str, lgb.Booster], spec: LtvSpec):
-        self.boosters, self.spec = boosters, spec
-
-    def forecast(self, data: pd.DataFrame) -> pd.DataFrame:
-        """Forecast ``spend`` and ``purchases`` over the horizon for every row of ``data``
-        (columns of ``features.parquet`` or of online-store records)."""
-        matrix = self.spec.matrix(data)
-        parts = {part: np.clip(self.boosters[part].predict(
-            matrix, num_iteration=self.spec.iterations[part]), 0.0, None) for part in PARTS}
-        return pd.DataFrame({"spend": parts["purchases"] * parts["value"],
-                             "purchases": parts["purchases"]}, index=data.index)
-
-
-class LtvForecaster(mlflow.pyfunc.PythonModel):
-    """The registered ``ltv`` pyfunc: ``predict(frame)`` -> frame of spend and purchases."""
-
-    model: LtvModel
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        spec = LtvSpec.model_validate_json(Path(context.artifacts["spec"]).read_text())
-        boosters = {p: lgb.Booster(model_file=context.artifacts[p]) for p in PARTS}
-        self.model = LtvModel(boosters, spec)
-
-    def predict(self, context: Any, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return self.model.forecast(model_input)
 
 
 class LtvGate(BaseModel):
@@ -213,44 +165,6 @@ def fit_ltv(train: pd.DataFrame, spec: LtvSpec, config: TrainingConfig) -> LtvMo
 
 
 # ---------------------------------------------------------------- registry
-def _signature(spec: LtvSpec, features: pd.DataFrame) -> ModelSignature:
-    from training.pyfunc import signature as probability_signature
-
-    inputs = probability_signature(spec, features).inputs  # type: ignore[arg-type]
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", t) for t in TARGETS]))
-
-
-def log_ltv_model(model: LtvModel, features: pd.DataFrame, workdir: Path) -> Any:
-    """Log the ``ltv`` pyfunc into the active run (signature and input example from
-    ``features``, rows of ``features.parquet``)."""
-    artifacts = {}
-    for part, booster in model.boosters.items():
-        path = workdir / f"{part}.lgb"
-        booster.save_model(str(path))
-        artifacts[part] = str(path)
-    spec_path = workdir / "ltv_spec.json"
-    spec_path.write_text(model.spec.model_dump_json(indent=1))
-    artifacts["spec"] = str(spec_path)
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=LtvForecaster(), artifacts=artifacts,
-        signature=_signature(model.spec, features),
-        input_example=features[model.spec.feature_names].head(5),
-        pip_requirements=REQUIREMENTS)
-
-
-def load_ltv(client: MlflowClient, ref: str = CHAMPION) -> tuple[str, LtvModel]:
-    """Version ``ref`` (alias or number) of ``ltv`` and its model; NotFound if none."""
-    version = resolve_version(client, LTV_MODEL, ref)
-    try:
-        python_model = mlflow.pyfunc.load_model(
-            f"models:/{LTV_MODEL}/{version}").unwrap_python_model()
-    except (MlflowException, KeyError, OSError) as exc:  # KeyError: another model's layout
-        raise NotFound(f"ltv version {version} cannot be loaded ({exc})", field="model") from exc
-    if not isinstance(python_model, LtvForecaster):
-        raise NotFound(f"ltv version {version} is not a nextbest LTV model", field="model")
-    return version, python_model.model
-
-
 def _beats_baseline(metrics: LtvMetrics, baseline: LtvMetrics) -> list[str]:
     """The criteria on which the model does not beat the baseline (empty: it does)."""
     failed = []
@@ -373,6 +287,8 @@ def train_ltv(settings: Settings, as_of: date | None = None, horizon: int | None
         f"{name}: spend {m.spend_error:+.1%}, purchases {m.purchases_error:+.1%}, Spearman "
         f"{m.spearman:.4f}, top decile {m.top_decile_capture:.1%}"
         for name, m in scores.items()))
+
+    from training.pipeline import data_fingerprint
 
     client = configure(settings)
     fingerprint = data_fingerprint(raw_dir)

@@ -21,7 +21,8 @@ from trainingkit import settings_at
 from features.build import load_features
 from nextbest.cli import main
 from nextbest.errors import DataError
-from training.ltv import LtvResult, load_ltv, train_ltv
+from training.ltv import LtvResult, train_ltv
+from training.ltv_model import load_ltv
 from training.metrics import evaluate_ltv, normalised_gini, top_share
 from training.registry import configure
 
