@@ -23,7 +23,15 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from features.definitions import ACTIVITY_COUNTS, EVENT_KINDS, GROUP_FEATURES, feature_table
+from features.definitions import (
+    ACTIVITY_COUNTS,
+    CATEGORICAL,
+    EVENT_KINDS,
+    GROUP_FEATURES,
+    feature_table,
+    model_inputs,
+    with_30_days,
+)
 from features.engines import (
     connect,
     execute_arrow,
@@ -46,28 +54,14 @@ _PARTITION = re.compile(r"^as_of=(\d{4}-\d{2}-\d{2})$")
 _DEFAULT_WINDOWS: tuple[int, ...] = tuple(FeaturesConfig().windows_days)
 
 
-def _windows(windows: Sequence[int]) -> list[int]:
-    """The windows to compute: the configured ones plus 30 days, which the contract needs."""
-    return sorted(set(windows) | {30})
-
-
 def categorical_columns() -> list[str]:
     """Model-input columns that hold categories (strings), not numbers."""
-    return ["region", "channel", "top_category"]
+    return list(CATEGORICAL)
 
 
 def feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
     """Model-input feature names (numeric, then categorical) in a fixed order."""
-    ws = _windows(windows)
-    cols = ["tenure_days", "recency_days", "frequency_total", "monetary_total"]
-    cols += [f"frequency_{w}d" for w in ws] + [f"monetary_{w}d" for w in ws]
-    cols += ["aov", "spend_trend", "days_since_login"]
-    for kind in EVENT_KINDS:
-        cols += [f"{kind}_{w}d" for w in ws]
-    cols += ["browse_to_buy_30d", "cart_abandonments_30d", "category_entropy", "return_rate",
-             "coupon_share", "items_listed", "items_sold", "sell_through_rate", "days_to_sell",
-             "commission_paid", "is_seller", "first_purchase_days", "frequency_prev_90d"]
-    return cols + categorical_columns()
+    return model_inputs(windows)
 
 
 def group_feature_columns() -> list[str]:
@@ -171,7 +165,7 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
     engine = engine or settings.features.engine
     raw = Path(raw_dir or settings.paths.raw_dir)
     root = Path(out_dir or settings.paths.features_dir)
-    windows = _windows(settings.features.windows_days)
+    windows = with_30_days(settings.features.windows_days)
     if as_of is None:
         as_of = default_as_of(settings, raw)
     elif not force:

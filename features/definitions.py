@@ -39,6 +39,30 @@ GROUP_FEATURES = ("payment_fingerprints_30d", "fingerprint_accounts", "new_user_
                   "compare_items_per_purchase")
 
 
+CATEGORICAL = ("region", "channel", "top_category")
+
+
+def with_30_days(windows: Sequence[int]) -> list[int]:
+    """The windows to compute: the configured ones plus 30 days, which the contract needs."""
+    return sorted(set(windows) | {30})
+
+
+def model_inputs(windows: Sequence[int]) -> list[str]:
+    """The model-input columns of :func:`feature_table` (numeric, then categorical) in a
+    fixed order; the other columns it returns are :data:`GROUP_FEATURES` (no model input)
+    and ``seller_idle_days``."""
+    ws = with_30_days(windows)
+    cols = ["tenure_days", "recency_days", "frequency_total", "monetary_total"]
+    cols += [f"frequency_{w}d" for w in ws] + [f"monetary_{w}d" for w in ws]
+    cols += ["aov", "spend_trend", "days_since_login"]
+    for kind in EVENT_KINDS:
+        cols += [f"{kind}_{w}d" for w in ws]
+    cols += ["browse_to_buy_30d", "cart_abandonments_30d", "category_entropy", "return_rate",
+             "coupon_share", "items_listed", "items_sold", "sell_through_rate", "days_to_sell",
+             "commission_paid", "is_seller", "first_purchase_days", "frequency_prev_90d"]
+    return cols + list(CATEGORICAL)
+
+
 def _ts(moment: datetime) -> ir.TimestampScalar:
     return ibis.timestamp(moment)
 

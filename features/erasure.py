@@ -54,9 +54,10 @@ RAW_RULES: dict[str, TableRule] = {
     "listings": TableRule(drop=("seller_id",)),
     "events": TableRule(drop=("user_id",)),
     "preferences": TableRule(drop=("user_id",)),
-    "review_scores": TableRule(drop=("user_id",)),  # ratings estimated from review texts
 }
 BY_USER_ID = TableRule(drop=("user_id",))
+# Tables nextbest derives into raw_dir (not the platform's): ratings estimated from texts.
+DERIVED_TABLES = ("review_scores",)
 
 
 class FileErasure(BaseModel):
@@ -158,6 +159,7 @@ def erase_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
     jobs: list[tuple[Path, TableRule | None]] = []
     if raw_dir is not None:
         jobs += [(Path(raw_dir) / f"{name}.parquet", rule) for name, rule in RAW_RULES.items()]
+        jobs += [(Path(raw_dir) / f"{name}.parquet", BY_USER_ID) for name in DERIVED_TABLES]
         jobs += [(path, None) for path in sorted((Path(raw_dir) / "rejects").glob("*.csv"))]
     if features_dir is not None:
         jobs += [(path, BY_USER_ID) for path in sorted(Path(features_dir).glob(FEATURES_GLOB))]

@@ -19,6 +19,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from features.definitions import GROUP_FEATURES, model_inputs
 from features.expressions import compile_expression
 from nextbest.config import (
     ClusterConfig,
@@ -159,10 +160,18 @@ def assign_seller_tiers(frame: pd.DataFrame, config: TierConfig) -> pd.Series:
 
 
 # ---------------------------------------------------------------- tags
-def _tag_mask(frame: pd.DataFrame, rule: TagRule) -> np.ndarray:
+def _known(frame: pd.DataFrame) -> set[str]:
+    """The names a rule may read: the frame's columns and every feature the definition
+    produces, which a frame not made by ``features build`` (the simulator's population) may
+    lack (a rule is then false there). A name outside both is a misspelling."""
+    return {*frame.columns, *model_inputs(FeaturesConfig().windows_days), *GROUP_FEATURES}
+
+
+def _tag_mask(frame: pd.DataFrame, rule: TagRule | RiskRule) -> np.ndarray:
     """Where ``rule.when`` holds (:mod:`features.expressions`); false wherever a column it
-    names is missing on that row. A name that is not a column is a ConfigError."""
-    expression = compile_expression(rule.when, rule=f"tag {rule.name!r}", known=frame.columns)
+    names is missing on that row (or from the frame, for a group feature). Any other name
+    that is not a column is a ConfigError."""
+    expression = compile_expression(rule.when, rule=f"tag {rule.name!r}", known=_known(frame))
     return expression.mask(frame)
 
 
@@ -193,7 +202,7 @@ def assign_tags(frame: pd.DataFrame, rules: Sequence[TagRule]) -> pd.Series:
 def _reason_fields(rule: RiskRule, columns: pd.Index) -> list[str]:
     """The ``{column}`` fields of a risk reason; ConfigError for one that is no column."""
     fields = [name for _, name, _, _ in string.Formatter().parse(rule.reason) if name]
-    unknown = sorted(set(fields) - set(columns))
+    unknown = sorted(set(fields) - _known(pd.DataFrame(columns=columns)))
     if unknown:
         raise ConfigError(f"risk rule {rule.name!r}: reason {rule.reason!r} names unknown "
                           f"column(s) {', '.join(unknown)}",
@@ -246,7 +255,7 @@ def assign_lifecycle(frame: pd.DataFrame, rules: Sequence[StageRule],
     """
     data = frame if churn_probability is None else frame.assign(
         churn_probability=churn_probability)
-    known = [*frame.columns, *SCORE_COLUMNS]
+    known = [*_known(frame), *SCORE_COLUMNS]
     stages = np.full(len(frame), DEFAULT_STAGE, dtype=object)
     decided = np.zeros(len(frame), dtype=bool)
     for i, rule in enumerate(rules):
