@@ -9,13 +9,14 @@ HTTP API and the engine cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
 from campaigns.triggers import BehaviourEvent, CampaignFired
 from decisions.decision_log import Decision, FeedbackResult
 from decisions.policy import RequestContext, UserView
+from features.review import MAX_NOTE, ReviewItem
 
 
 class RequestBody(BaseModel):
@@ -172,6 +173,25 @@ class TagRemovedResponse(BaseModel):
     user_id: str
     removed: str
     tags: list[str]
+
+
+class ReviewDecisionRequest(RequestBody):
+    """An operator's decision on a user's review: ``cleared`` gives the automated incentives
+    back, ``confirmed`` keeps them off; ``note`` says why, ``by`` who decided."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"decision": "cleared", "note": "new bank cards, same person", "by": "ana"}]})
+
+    decision: Literal["cleared", "confirmed"]
+    note: str = Field(min_length=1, max_length=MAX_NOTE)
+    by: str = Field(min_length=1, max_length=200)
+
+
+class ReviewListResponse(BaseModel):
+    """The reviews with ``status`` (``all``: every status), oldest first."""
+
+    status: str
+    reviews: list[ReviewItem]
 
 
 class WorkerModels(BaseModel):
