@@ -4,8 +4,10 @@ In order: a stable hash puts ``control_share`` of users into a global control gr
 no action (logged, so lift can be measured, never learned from); users who opted out of
 personalisation get the configured ``default_arm`` with probability 1 and are not learned
 from; every other user gets the arms left after removing those excluded by their tags, those
-over their per-user weekly cap, and all of them when the user has reached the daily contact
-limit. The bandit then chooses among the eligible arms.
+over their per-user weekly cap, all of them when the user has reached the daily contact
+limit, and the incentive arms (``features.kind`` discount or financing) while the user is
+under review (a risk tag put them in the review queue; an operator's clearing gives the
+incentives back). The bandit then chooses among the eligible arms.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from features.segmentation import NEW_TIER, NO_PURCHASE
 from nextbest.config import BanditConfig
+
+# Arms that pay the user to act (ArmConfig.features["kind"]): none while under review.
+INCENTIVE_KINDS = frozenset({"discount", "financing"})
 
 
 class UserView(BaseModel):
@@ -41,6 +46,9 @@ class UserView(BaseModel):
     features: dict[str, float | None] = Field(default_factory=dict)
     # False: the user opted out of personalisation -> default arm, never learned from.
     personalization: bool = True
+    # In the review queue (a risk tag) until an operator clears them: no incentive arms.
+    under_review: bool = False
+    review_reasons: list[str] = Field(default_factory=list)
 
     @field_validator("features")
     @classmethod
@@ -88,7 +96,9 @@ def user_view(user_id: str, record: Mapping[str, Any] | None, *,
         tags=[str(tag) for tag in (record.get("tags") or [])],
         churn_probability=finite_or_none(churn_probability),
         purchase_propensity=finite_or_none(purchase_propensity),
-        features=record_features(record), personalization=personalization)
+        features=record_features(record),
+        personalization=personalization, under_review=bool(record.get("under_review")),
+        review_reasons=[str(r) for r in (record.get("review_reasons") or [])])
 
 
 class RequestContext(BaseModel):
@@ -158,10 +168,13 @@ class PolicyLayer:
         """Arms the user may not get, each with a short reason (``"coupon_abuser"``)."""
         removed: dict[str, str] = {}
         tags = set(user.tags)
+        review = "under review: " + ("; ".join(user.review_reasons) or "a risk tag")
         for arm in self.config.arms:
             hit = sorted(tags.intersection(arm.exclude_tags))
             weekly = counts.per_arm_week.get(arm.name, 0) if counts else 0
-            if hit:
+            if user.under_review and arm.features.get("kind") in INCENTIVE_KINDS:
+                removed[arm.name] = review
+            elif hit:
                 removed[arm.name] = ", ".join(hit)
             elif arm.max_per_user_per_week is not None and weekly >= arm.max_per_user_per_week:
                 removed[arm.name] = f"weekly cap {arm.max_per_user_per_week} reached"

@@ -24,7 +24,15 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from features.contract import raw_path
-from features.definitions import EVENT_KINDS, feature_table
+from features.definitions import (
+    ACTIVITY_COUNTS,
+    CATEGORICAL,
+    EVENT_KINDS,
+    GROUP_FEATURES,
+    feature_table,
+    model_inputs,
+    with_30_days,
+)
 from features.engines import connect, execute_arrow, latest_timestamp, register_tables
 from features.segmentation import ClusterReport, segment
 from features.sendtime import best_hours
@@ -42,33 +50,26 @@ _PARTITION = re.compile(r"^as_of=(\d{4}-\d{2}-\d{2})$")
 _DEFAULT_WINDOWS: tuple[int, ...] = tuple(FeaturesConfig().windows_days)
 
 
-def _windows(windows: Sequence[int]) -> list[int]:
-    """The windows to compute: the configured ones plus 30 days, which the contract needs."""
-    return sorted(set(windows) | {30})
-
-
 def categorical_columns() -> list[str]:
     """Model-input columns that hold categories (strings), not numbers."""
-    return ["region", "channel", "top_category"]
+    return list(CATEGORICAL)
 
 
 def feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
     """Model-input feature names (numeric, then categorical) in a fixed order."""
-    ws = _windows(windows)
-    cols = ["tenure_days", "recency_days", "frequency_total", "monetary_total"]
-    cols += [f"frequency_{w}d" for w in ws] + [f"monetary_{w}d" for w in ws]
-    cols += ["aov", "spend_trend", "days_since_login"]
-    for kind in EVENT_KINDS:
-        cols += [f"{kind}_{w}d" for w in ws]
-    cols += ["browse_to_buy_30d", "cart_abandonments_30d", "category_entropy", "return_rate",
-             "coupon_share", "items_listed", "items_sold", "sell_through_rate", "days_to_sell",
-             "commission_paid", "is_seller"]
-    return cols + categorical_columns()
+    return model_inputs(windows)
+
+
+def group_feature_columns() -> list[str]:
+    """Risk, behaviour-path and sentiment features: written with the others and read by tag
+    and risk rules, never model inputs (a risk signal must not lower anyone's score)."""
+    return list(GROUP_FEATURES)
 
 
 def segmentation_columns() -> list[str]:
     """Columns added by segmentation after the engine computed the features."""
-    return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier", "tags"]
+    return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier",
+            "lifecycle_stage", "tags", "risk_reasons"]
 
 
 def delivery_columns() -> list[str]:
@@ -168,7 +169,7 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
     engine = engine or settings.features.engine
     raw = Path(raw_dir or settings.paths.raw_dir)
     root = Path(out_dir or settings.paths.features_dir)
-    windows = _windows(settings.features.windows_days)
+    windows = with_30_days(settings.features.windows_days)
     if as_of is None:
         as_of = default_as_of(settings, raw)
     elif not force:
@@ -184,7 +185,8 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
         frame[["best_hour", "best_hour_source"]] = best_hours(
             frame, as_of, settings.features.best_hour_min_events)
         frame = _as_written(frame[["user_id", "as_of"] + feature_columns(windows)
-                                  + segmentation_columns() + delivery_columns()])
+                                  + group_feature_columns() + segmentation_columns()
+                                  + delivery_columns()])
         stages.done()
         _write(frame, report, partition_dir(root, as_of))
         stages.done()
@@ -208,21 +210,26 @@ class StoreRefresh(BaseModel):
     kept_newer: int
     preferences: int
     store_as_of: str | None
+    reviews_opened: int = 0
 
     @classmethod
     def of(cls, as_of: date, loaded: RecordsLoaded, preferences: int,
            store_as_of: str | None) -> StoreRefresh:
         return cls(as_of=as_of, written=loaded.written, kept_newer=loaded.kept_newer,
-                   preferences=preferences, store_as_of=store_as_of)
+                   preferences=preferences, store_as_of=store_as_of,
+                   reviews_opened=loaded.reviews_opened)
 
     def line(self) -> str:
-        """``store refreshed ...``, or ``store kept N newer records ...`` when it did."""
+        """``store refreshed ...``, or ``store kept N newer records ...`` when it did; and
+        how many users risk rules sent to the review queue."""
         prefs = f"preferences of {self.preferences:,} users"
+        reviews = (f"; {self.reviews_opened:,} users sent to review (`nextbest review list`)"
+                   if self.reviews_opened else "")
         if not self.kept_newer:
-            return f"store refreshed: {self.written:,} records, {prefs}"
+            return f"store refreshed: {self.written:,} records, {prefs}{reviews}"
         return (f"store kept {self.kept_newer:,} newer records (as_of {self.store_as_of}) "
-                f"and wrote {self.written:,}, {prefs}; `nextbest store refresh --as-of "
-                f"{self.as_of}` puts this as_of back")
+                f"and wrote {self.written:,}, {prefs}{reviews}; `nextbest store refresh "
+                f"--as-of {self.as_of}` puts this as_of back")
 
 
 def refresh_online_store(settings: Settings, frame: pd.DataFrame, as_of: date,
@@ -301,7 +308,9 @@ def _compute(settings: Settings, engine: str, raw: Path, as_of: date, windows: l
 
 def _int_columns(windows: Sequence[int]) -> list[str]:
     counts = ["frequency_total", "cart_abandonments_30d", "items_listed", "items_sold",
-              "active_events"]
+              "active_events", "frequency_prev_90d", "payment_fingerprints_30d",
+              "fingerprint_accounts", "new_user_perks", "purchases_after_perk",
+              "returns_total", *ACTIVITY_COUNTS]
     counts += [f"frequency_{w}d" for w in windows]
     counts += [f"{kind}_{w}d" for kind in EVENT_KINDS for w in windows]
     return counts
@@ -338,7 +347,7 @@ def _normalise(table: pa.Table, as_of: date, windows: Sequence[int]) -> pd.DataF
 def _as_written(frame: pd.DataFrame) -> pd.DataFrame:
     """Text columns as pandas' string dtype (missing = NaN), as a Parquet round trip gives."""
     text = ["user_id", *categorical_columns(), "timezone", "tier", "segment", "seller_tier",
-            "best_hour_source"]
+            "lifecycle_stage", "best_hour_source"]
     return frame.astype({column: "str" for column in text})
 
 

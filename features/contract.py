@@ -20,6 +20,8 @@ refused with a DataError asking for a format instead of guessing. With a ``date_
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,17 +33,23 @@ from pydantic import BaseModel, ConfigDict
 
 from nextbest.errors import DataError
 
-Kind = Literal["id", "text", "timestamp", "amount", "count", "flag", "choice"]
+Kind = Literal["id", "text", "timestamp", "amount", "count", "flag", "choice", "fingerprint",
+               "ip_prefix", "rating"]
 
 ORDER_STATUSES = ("completed", "returned", "cancelled")
 # Categories whose items are sold on trust (authenticity certification matters most): the
 # synthetic marketplace prices them high, the bandit's context marks them, the simulator's
 # certification lift is larger on them.
 LUXURY_CATEGORIES = frozenset({"bags", "jewelry", "watches", "art"})
-# purchase: sent by the platform in real time (cancels cart recovery); the orders table
-# stays the record of purchases for features. follow names the seller followed (seller_id).
+# ``review`` carries ``rating`` (1-5) and optionally ``text``; ``purchase`` marks the moment of
+# buying (sent in real time it cancels cart recovery; the orders table stays the record of
+# purchases for features); ``order_history`` is a look at one's own orders; ``follow`` names
+# the seller followed (``seller_id``).
 EVENT_TYPES = ("view", "favorite", "add_to_cart", "search", "follow", "login", "share", "review",
-               "purchase")
+               "purchase", "complaint", "order_history")
+RATINGS = (1, 5)
+# IP addresses are kept only as these prefixes: a full address is truncated on import.
+IPV4_PREFIX, IPV6_PREFIX = 24, 48
 TRUE_WORDS = ("true", "t", "yes", "y", "1", "1.0")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "0.0")
 REJECT_COLUMNS = ["row", "column", "reason"]
@@ -85,14 +93,17 @@ def _col(name: str, kind: Kind, required: bool = False, choices: tuple[str, ...]
 SPECS: dict[str, TableSpec] = {
     "users": TableSpec(name="users", key="user_id", columns=(
         _col("user_id", "id", True), _col("signup_ts", "timestamp", True),
-        _col("region", "text"), _col("channel", "text"), _col("timezone", "text"))),
+        _col("region", "text"), _col("channel", "text"), _col("timezone", "text"),
+        _col("acquisition_cost", "amount"))),
     "orders": TableSpec(name="orders", key="order_id", columns=(
         _col("order_id", "id", True), _col("buyer_id", "id", True),
         _col("ts", "timestamp", True), _col("amount", "amount", True),
         _col("seller_id", "id"), _col("item_id", "id"), _col("category", "text"),
         _col("commission", "amount"),
         _col("status", "choice", choices=ORDER_STATUSES, default="completed"),
-        _col("coupon_used", "flag", default=False))),
+        _col("coupon_used", "flag", default=False),
+        _col("payment_fingerprint", "fingerprint"),
+        _col("new_user_perk", "flag", default=False))),
     "listings": TableSpec(name="listings", key="item_id", columns=(
         _col("item_id", "id", True), _col("seller_id", "id", True),
         _col("listed_ts", "timestamp", True), _col("category", "text"),
@@ -101,7 +112,9 @@ SPECS: dict[str, TableSpec] = {
     "events": TableSpec(name="events", columns=(
         _col("user_id", "id", True), _col("ts", "timestamp", True),
         _col("type", "choice", True, choices=EVENT_TYPES), _col("item_id", "id"),
-        _col("category", "text"), _col("price", "amount"), _col("seller_id", "id"))),
+        _col("category", "text"), _col("price", "amount"), _col("seller_id", "id"),
+        _col("session_id", "id"), _col("ip_prefix", "ip_prefix"), _col("country", "text"),
+        _col("rating", "rating"), _col("text", "text"))),
     # Personalisation is on unless the user turned it off; marketing needs an opt-in.
     "preferences": TableSpec(name="preferences", key="user_id", columns=(
         _col("user_id", "id", True), _col("personalization", "flag", default=True),
@@ -133,11 +146,15 @@ class Issue:
 
 @dataclass(frozen=True)
 class Coerced:
-    """A column converted to its contract type, and the checks it failed."""
+    """A column converted to its contract type, and the checks it failed.
+
+    ``shown``: what the reject file shows in place of the raw values, for columns whose raw
+    value must never be written anywhere (a card number masked, an IP address truncated)."""
 
     values: pd.Series
     issues: tuple[Issue, ...] = ()
     note: str | None = None
+    shown: pd.Series | None = None
 
 
 def spec(table: str) -> TableSpec:
@@ -320,9 +337,85 @@ def _coerce_text(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
     return Coerced(_text(raw).astype("str"))
 
 
+_CARD_DIGITS = re.compile(r"^\d{13,19}$")
+
+
+def _luhn_valid(digits: str) -> bool:
+    """Whether a digit string passes the Luhn check that payment card numbers carry."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        d = int(char)
+        if position % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def looks_like_card_number(value: str) -> bool:
+    """13-19 digits (blanks and dashes aside) passing the Luhn check: a payment card number."""
+    digits = re.sub(r"[\s\-]", "", value)
+    return bool(_CARD_DIGITS.match(digits)) and _luhn_valid(digits)
+
+
+def _coerce_fingerprint(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    """An opaque token the platform derives from a payment method; a card number is refused
+    (and masked in the reject file) so that none is ever stored."""
+    text = _coerce_text(c, raw, missing).values
+    values = text.dropna().unique()
+    cards = {v for v in values if looks_like_card_number(v)}
+    bad = text.isin(cards).to_numpy(bool) if cards else np.zeros(len(text), bool)
+    masked = raw.where(~bad, text.str.replace(r"[^\s\-](?=(?:[\s\-]*[^\s\-]){4})", "*",
+                                              regex=True))
+    return Coerced(text, (Issue(bad, "looks like a payment card number, not a fingerprint "
+                                     "(send an opaque hash of the card instead)",
+                                show_value=False),), shown=masked)
+
+
+def ip_prefix(value: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) network of an address or prefix, as text; a shorter
+    prefix is kept as it is. None when ``value`` is neither an address nor a prefix."""
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        return None
+    keep = IPV4_PREFIX if network.version == 4 else IPV6_PREFIX
+    if network.prefixlen > keep:
+        network = network.supernet(new_prefix=keep)
+    return str(network)
+
+
+def _coerce_ip_prefix(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    """IP prefixes; full addresses (and longer prefixes) are truncated to /24 or /48, so no
+    full address is ever stored. Each distinct value is parsed once."""
+    text = _text(raw)
+    distinct = text.dropna().unique()
+    prefixes = {v: ip_prefix(v) for v in distinct}
+    values = text.map(prefixes).astype("str")
+    bad = ~missing & values.isna().to_numpy(bool)
+    truncated = sum(1 for v, p in prefixes.items() if p is not None and p != v)
+    note = None
+    if truncated:
+        rows = int(text.isin([v for v, p in prefixes.items() if p is not None and p != v]).sum())
+        note = (f"{c.name}: {rows:,} full addresses (or longer prefixes) truncated to /"
+                f"{IPV4_PREFIX} (IPv4) or /{IPV6_PREFIX} (IPv6) prefixes")
+    return Coerced(values, (Issue(bad, "not an IP address or prefix"),), note,
+                   shown=raw.where(bad | missing, values))
+
+
+def _coerce_rating(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    """A whole number from RATINGS[0] to RATINGS[1] (stars), as float64 (NaN when absent)."""
+    numbers = _numbers(raw)
+    low, high = RATINGS
+    valid = ((numbers >= low) & (numbers <= high) & (numbers == np.floor(numbers))).to_numpy(bool)
+    return Coerced(numbers.where(valid),
+                   (Issue(~missing & ~valid, f"{c.name} is not a whole number from {low} to "
+                                             f"{high}"),))
+
+
 COERCERS = {"timestamp": _coerce_timestamp, "amount": _coerce_amount, "count": _coerce_count,
             "flag": _coerce_flag, "choice": _coerce_choice, "id": _coerce_text,
-            "text": _coerce_text}
+            "text": _coerce_text, "fingerprint": _coerce_fingerprint,
+            "ip_prefix": _coerce_ip_prefix, "rating": _coerce_rating}
 
 
 @dataclass
@@ -407,6 +500,8 @@ def validate(table: str, frame: pd.DataFrame, *,
             problems.add(Issue(missing, "missing value", show_value=False), c.name, raw)
         for issue in coerced.issues:
             problems.add(issue, c.name, raw)
+        if coerced.shown is not None and c.name in frame:
+            frame[c.name] = coerced.shown
         values[c.name] = coerced.values
     accepted = pd.DataFrame(values)
     bad = problems.bad_rows(len(frame))

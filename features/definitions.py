@@ -29,6 +29,38 @@ CATEGORY_SLOTS = 1_000_000
 # Event counts per window: feature prefix -> event type.
 EVENT_KINDS = {"views": "view", "favorites": "favorite", "carts": "add_to_cart",
                "searches": "search"}
+# Counts of the group features (0 when the source table or column is absent).
+ACTIVITY_COUNTS = ("ip_prefixes_24h", "ip_prefixes_30d", "countries_24h", "countries_30d",
+                   "reviews_365d", "complaints_365d", "shares_365d", "order_history_views_30d",
+                   "purchases_viewed_365d", "carted_not_bought_90d")
+GROUP_FEATURES = ("payment_fingerprints_30d", "fingerprint_accounts", "new_user_perks",
+                  "purchases_after_perk", "perk_age_days", "returns_total", *ACTIVITY_COUNTS,
+                  "rating_mean_365d", "complaint_rate_365d", "minutes_to_buy_median",
+                  "compare_items_per_purchase")
+
+
+CATEGORICAL = ("region", "channel", "top_category")
+
+
+def with_30_days(windows: Sequence[int]) -> list[int]:
+    """The windows to compute: the configured ones plus 30 days, which the contract needs."""
+    return sorted(set(windows) | {30})
+
+
+def model_inputs(windows: Sequence[int]) -> list[str]:
+    """The model-input columns of :func:`feature_table` (numeric, then categorical) in a
+    fixed order; the other columns it returns are :data:`GROUP_FEATURES` (no model input)
+    and ``seller_idle_days``."""
+    ws = with_30_days(windows)
+    cols = ["tenure_days", "recency_days", "frequency_total", "monetary_total"]
+    cols += [f"frequency_{w}d" for w in ws] + [f"monetary_{w}d" for w in ws]
+    cols += ["aov", "spend_trend", "days_since_login"]
+    for kind in EVENT_KINDS:
+        cols += [f"{kind}_{w}d" for w in ws]
+    cols += ["browse_to_buy_30d", "cart_abandonments_30d", "category_entropy", "return_rate",
+             "coupon_share", "items_listed", "items_sold", "sell_through_rate", "days_to_sell",
+             "commission_paid", "is_seller", "first_purchase_days", "frequency_prev_90d"]
+    return cols + list(CATEGORICAL)
 
 
 def _ts(moment: datetime) -> ir.TimestampScalar:
@@ -65,6 +97,10 @@ def _order_aggregates(orders: ir.Table, as_of: datetime, windows: Sequence[int])
         "spend_prev_30d": orders.amount.sum(
             where=done & (orders.ts >= _ts(as_of - timedelta(days=60)))
             & (orders.ts < _ts(as_of - timedelta(days=30)))),
+        "frequency_prev_90d": orders.count(
+            where=done & (orders.ts >= _ts(as_of - timedelta(days=180)))
+            & (orders.ts < _ts(as_of - timedelta(days=90)))),
+        "first_order_epoch": _epoch_us(orders.ts).min(where=done),
     }
     for w in windows:
         recent = done & (orders.ts >= _ts(as_of - timedelta(days=w)))
@@ -91,6 +127,118 @@ def _event_aggregates(events: ir.Table, as_of: datetime, windows: Sequence[int])
             aggs[f"{prefix}_{w}d"] = coded.count(
                 where=(coded.kind == code) & (age_us <= int(w * DAY_US)))
     return coded.group_by("user_id").aggregate(**aggs)
+
+
+def _payment_aggregates(orders: ir.Table, as_of: datetime) -> ir.Table:
+    """Per buyer: distinct payment fingerprints in the last 30 days, and the most accounts
+    any of the buyer's fingerprints was used by (one card behind many accounts)."""
+    paid = orders.filter(orders.payment_fingerprint.notnull())
+    recent = paid.ts >= _ts(as_of - timedelta(days=30))
+    per_user = paid.group_by(user_id=paid.buyer_id).aggregate(
+        payment_fingerprints_30d=paid.payment_fingerprint.nunique(where=recent))
+    accounts = paid.group_by("payment_fingerprint").aggregate(accounts=paid.buyer_id.nunique())
+    used = paid.select(user_id=paid.buyer_id, fingerprint=paid.payment_fingerprint).distinct()
+    shared = used.join(accounts, used.fingerprint == accounts.payment_fingerprint)
+    most = shared.group_by("user_id").aggregate(fingerprint_accounts=shared.accounts.max())
+    return per_user.left_join(most, "user_id").drop("user_id_right")
+
+
+def _perk_aggregates(orders: ir.Table) -> ir.Table:
+    """Per buyer: new-user perks taken, when the first was, and completed orders after it."""
+    perks = orders.filter(orders.new_user_perk)
+    first = perks.group_by(user_id=perks.buyer_id).aggregate(
+        new_user_perks=perks.count(), first_perk_epoch=_epoch_us(perks.ts).min())
+    done = orders.filter(orders.status == COMPLETED)
+    later = done.join(first, done.buyer_id == first.user_id)
+    after = later.group_by("user_id").aggregate(
+        purchases_after_perk=later.count(where=_epoch_us(later.ts) > later.first_perk_epoch))
+    return first.left_join(after, "user_id").drop("user_id_right")
+
+
+def _activity_aggregates(events: ir.Table, as_of: datetime) -> ir.Table:
+    """Per user over the last 365 days of events: where they came from (distinct IP prefixes
+    and countries in 24 hours and 30 days), reviews, complaints, shares and looks at their
+    order history."""
+    recent = events.filter(events.ts >= _ts(as_of - timedelta(days=365)))
+    day = recent.ts >= _ts(as_of - timedelta(days=1))
+    month = recent.ts >= _ts(as_of - timedelta(days=30))
+    review = recent.type == "review"
+    return recent.group_by("user_id").aggregate(
+        ip_prefixes_24h=recent.ip_prefix.nunique(where=day),
+        ip_prefixes_30d=recent.ip_prefix.nunique(where=month),
+        countries_24h=recent.country.nunique(where=day),
+        countries_30d=recent.country.nunique(where=month),
+        reviews_365d=recent.count(where=review),
+        complaints_365d=recent.count(where=recent.type == "complaint"),
+        shares_365d=recent.count(where=recent.type == "share"),
+        order_history_views_30d=recent.count(where=month & (recent.type == "order_history")))
+
+
+def _ratings(events: ir.Table, scores: ir.Table | None, as_of: datetime) -> ir.Table:
+    """Per user: the mean rating of their reviews of the last 365 days, the stars they gave
+    and, where a review came with a text only, the rating the sentiment model estimated."""
+    since = _ts(as_of - timedelta(days=365))
+    given = events.filter((events.type == "review") & events.rating.notnull()
+                          & (events.ts >= since))
+    ratings = given.select("user_id", rating=given.rating.cast("float64"))
+    if scores is not None:
+        estimated = scores.filter((scores.ts < _ts(as_of)) & (scores.ts >= since)
+                                  & scores.rating.notnull())
+        ratings = ratings.union(estimated.select("user_id",
+                                                 rating=estimated.rating.cast("float64")),
+                                distinct=False)
+    return ratings.group_by("user_id").aggregate(rating_mean_365d=ratings.rating.mean())
+
+
+def _purchase_paths(events: ir.Table, as_of: datetime) -> ir.Table:
+    """Per user, over purchase events of the last 365 days (docs/CONTRACT.md):
+
+    - ``purchases_viewed_365d`` / ``minutes_to_buy_median``: purchases of an item the user
+      had viewed before, and the median minutes from the first view of it to the purchase;
+    - ``compare_items_per_purchase``: the mean number of distinct items viewed in the
+      purchased item's category in the same session before the purchase (0 for none).
+    """
+    bought = events.filter((events.type == "purchase") & events.item_id.notnull()
+                           & (events.ts >= _ts(as_of - timedelta(days=365))))
+    bought = bought.select("user_id", "session_id", "item_id", "category",
+                           buy_us=_epoch_us(bought.ts))
+    views = events.filter((events.type == "view") & events.item_id.notnull())
+    first = views.group_by(v_user=views.user_id, v_item=views.item_id).aggregate(
+        first_us=_epoch_us(views.ts).min())
+    seen = bought.join(first, [bought.user_id == first.v_user, bought.item_id == first.v_item,
+                               first.first_us <= bought.buy_us])
+    minutes = (seen.buy_us - seen.first_us) / 60_000_000.0
+    speed = seen.group_by("user_id").aggregate(purchases_viewed_365d=seen.count(),
+                                               minutes_to_buy_median=minutes.median())
+    in_session = views.filter(views.session_id.notnull() & views.category.notnull())
+    compared = in_session.select(c_user=in_session.user_id, c_session=in_session.session_id,
+                                 c_category=in_session.category, c_item=in_session.item_id,
+                                 c_us=_epoch_us(in_session.ts))
+    session_buys = bought.filter(bought.session_id.notnull() & bought.category.notnull())
+    paths = session_buys.left_join(compared, [
+        session_buys.user_id == compared.c_user, session_buys.session_id == compared.c_session,
+        session_buys.category == compared.c_category, compared.c_us <= session_buys.buy_us])
+    per_buy = paths.group_by("user_id", "session_id", "item_id", "buy_us").aggregate(
+        items=paths.c_item.nunique())
+    compare = per_buy.group_by("user_id").aggregate(
+        compare_items_per_purchase=per_buy.items.mean())
+    return speed.outer_join(compare, "user_id").select(
+        user_id=ibis.coalesce(speed.user_id, compare.user_id),
+        purchases_viewed_365d=speed.purchases_viewed_365d,
+        minutes_to_buy_median=speed.minutes_to_buy_median,
+        compare_items_per_purchase=compare.compare_items_per_purchase)
+
+
+def _carts_not_bought(events: ir.Table, orders: ir.Table, as_of: datetime) -> ir.Table:
+    """Per user: distinct items put in the cart in the last 90 days and not ordered since."""
+    carts = events.filter((events.type == "add_to_cart") & events.item_id.notnull()
+                          & (events.ts >= _ts(as_of - timedelta(days=90))))
+    carted = carts.select("user_id", "item_id").distinct()
+    ordered = orders.filter(orders.item_id.notnull()).select(
+        o_user=orders.buyer_id, o_item=orders.item_id).distinct()
+    open_items = carted.anti_join(ordered, [carted.user_id == ordered.o_user,
+                                            carted.item_id == ordered.o_item])
+    return open_items.group_by("user_id").aggregate(carted_not_bought_90d=open_items.count())
 
 
 def _category_counts(table: ir.Table, user: str) -> ir.Table:
@@ -217,11 +365,21 @@ def feature_table(raw: RawTables, as_of: date, windows: Sequence[int]) -> ir.Tab
     joined = _left_join(joined, _listing_aggregates(listings, moment) if listings is not None
                         else None)
     joined = _left_join(joined, _active_hours(orders, events, moment))
+    joined = _left_join(joined, _payment_aggregates(orders, moment))
+    joined = _left_join(joined, _perk_aggregates(orders))
+    if events is not None:
+        joined = _left_join(joined, _activity_aggregates(events, moment))
+        joined = _left_join(joined, _ratings(events, raw.review_scores, moment))
+        joined = _left_join(joined, _purchase_paths(events, moment))
+        joined = _left_join(joined, _carts_not_bought(events, orders, moment))
     t = _null_columns(joined, {"last_event_epoch": "int64", "top_viewed": "string",
                                "items_listed": "int64", "items_sold": "int64",
                                "days_to_sell": "float64", "last_listed_epoch": "int64",
                                "last_sold_epoch": "int64",
-                               **{f"{k}_{w}d": "int64" for k in EVENT_KINDS for w in windows}})
+                               **{f"{k}_{w}d": "int64" for k in EVENT_KINDS for w in windows},
+                               **{name: "int64" for name in ACTIVITY_COUNTS},
+                               "rating_mean_365d": "float64", "minutes_to_buy_median": "float64",
+                               "compare_items_per_purchase": "float64"})
     return _select_features(t, moment, windows)
 
 
@@ -268,5 +426,28 @@ def _select_features(t: ir.Table, as_of: datetime, windows: Sequence[int]) -> ir
     cols["best_hour_utc"] = t.best_hour_utc
     cols["active_events"] = _zero(t.active_events)
     cols["is_seller"] = (listed > 0) | (_zero(t.sales) > 0)
+    cols["first_purchase_days"] = _days_since(as_of, t.first_order_epoch)
+    cols["frequency_prev_90d"] = _zero(t.frequency_prev_90d)
+    cols.update(_group_features(t, as_of))
     cols["seller_idle_days"] = _days_since(as_of, seller_last)
     return t.select(**cols)
+
+
+def _group_features(t: ir.Table, as_of: datetime) -> dict[str, ir.Value]:
+    """The risk, behaviour-path and sentiment columns (docs/CONTRACT.md), which group users
+    into tags and are no model input."""
+    cols: dict[str, ir.Value] = {
+        "payment_fingerprints_30d": _zero(t.payment_fingerprints_30d),
+        "fingerprint_accounts": _zero(t.fingerprint_accounts),
+        "new_user_perks": _zero(t.new_user_perks),
+        "purchases_after_perk": _zero(t.purchases_after_perk),
+        "perk_age_days": _days_since(as_of, t.first_perk_epoch),
+        "returns_total": _zero(t.returned_orders),
+    }
+    cols.update({name: _zero(t[name]) for name in ACTIVITY_COUNTS})
+    cols["rating_mean_365d"] = t.rating_mean_365d
+    cols["complaint_rate_365d"] = _zero(t.complaints_365d) / ibis.greatest(
+        _zero(t.frequency_365d), 1)
+    cols["minutes_to_buy_median"] = t.minutes_to_buy_median
+    cols["compare_items_per_purchase"] = t.compare_items_per_purchase
+    return cols

@@ -26,7 +26,7 @@ from nextbest.config import FeaturesConfig
 from nextbest.errors import ConfigError, DataError, MissingComponent
 
 ENGINES = ("duckdb", "spark")
-TABLES = ("users", "orders", "listings", "events")
+TABLES = ("users", "orders", "listings", "events", "review_scores")
 
 # Required columns per table (docs/CONTRACT.md); a file without one is unusable.
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -34,17 +34,24 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "orders": ("order_id", "buyer_id", "ts", "amount"),
     "listings": ("item_id", "seller_id", "listed_ts"),
     "events": ("user_id", "ts", "type"),
+    # Derived, not a contract table: ratings that `nextbest train sentiment` estimated for
+    # reviews that came with a text only.
+    "review_scores": ("user_id", "ts", "rating"),
 }
 
 # Optional columns the definition reads, with the value used when a platform lacks them.
 OPTIONAL: dict[str, dict[str, tuple[str, Any]]] = {
     "users": {"region": ("string", None), "channel": ("string", None),
               "timezone": ("string", None)},
-    "orders": {"seller_id": ("string", None), "category": ("string", None),
-               "commission": ("float64", 0.0), "status": ("string", "completed"),
-               "coupon_used": ("boolean", False)},
+    "orders": {"seller_id": ("string", None), "item_id": ("string", None),
+               "category": ("string", None), "commission": ("float64", 0.0),
+               "status": ("string", "completed"), "coupon_used": ("boolean", False),
+               "payment_fingerprint": ("string", None), "new_user_perk": ("boolean", False)},
     "listings": {"sold_ts": ("timestamp", None)},
-    "events": {"category": ("string", None)},
+    "events": {"item_id": ("string", None), "category": ("string", None),
+               "session_id": ("string", None), "ip_prefix": ("string", None),
+               "country": ("string", None), "rating": ("float64", None)},
+    "review_scores": {},
 }
 
 
@@ -56,6 +63,7 @@ class RawTables:
     users: ir.Table | None = None
     listings: ir.Table | None = None
     events: ir.Table | None = None
+    review_scores: ir.Table | None = None
 
 
 def connect(engine: str, config: FeaturesConfig) -> ibis.BaseBackend:

@@ -4,8 +4,8 @@ The places, and what erasing a user means in each:
 
 - the online store: record, preferences and removed tags deleted, and the user put on the
   store's erasure list, so every later ``features build`` skips them (:mod:`features.store`);
-- the raw tables in ``paths.raw_dir``: ``users``, ``events`` and ``preferences`` rows of the
-  user, ``listings`` the user sells, ``orders`` the user bought; orders the user *sold* stay
+- the raw tables in ``paths.raw_dir``: ``users``, ``events``, ``preferences`` and
+  ``review_scores`` rows of the user, ``listings`` the user sells, ``orders`` the user bought; orders the user *sold* stay
   (they are the buyer's history) with ``seller_id`` blanked; import rejects
   (``rejects/*.csv``) lines naming the user;
 - the feature partitions ``paths.features_dir/as_of=*/features.parquet`` and the latent
@@ -57,6 +57,8 @@ RAW_RULES: dict[str, TableRule] = {
     "preferences": TableRule(drop=("user_id",)),
 }
 BY_USER_ID = TableRule(drop=("user_id",))
+# Tables nextbest derives into raw_dir (not the platform's): ratings estimated from texts.
+DERIVED_TABLES = ("review_scores",)
 
 
 class FileErasure(BaseModel):
@@ -159,6 +161,7 @@ def erase_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
     if raw_dir is not None:
         jobs += [(path, rule) for name, rule in RAW_RULES.items()
                  for path in raw_files(Path(raw_dir), name)]
+        jobs += [(Path(raw_dir) / f"{name}.parquet", BY_USER_ID) for name in DERIVED_TABLES]
         jobs += [(path, None) for path in sorted((Path(raw_dir) / "rejects").glob("*.csv"))]
     if features_dir is not None:
         jobs += [(path, BY_USER_ID) for path in sorted(Path(features_dir).glob(FEATURES_GLOB))]

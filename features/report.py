@@ -8,12 +8,18 @@ chart (tier shares and the migration heat map).
 Platinum churn risk comes from the champion churn model when the caller passes its scorer
 (:func:`training.loader.load_churn_scorer`), else from recency: a Platinum user who has not bought for more
 than ``alerts.platinum_recency_risk_days``.
+
+The report also counts users per lifecycle stage (with the churn model's probability when
+there is one, as the ``churn_probability`` lifecycle rules read it) and per tag, and, when
+the platform supplies ``users.acquisition_cost`` and the caller passes the LTV champion
+(:func:`training.loader.load_ltv_scorer`), LTV against acquisition cost per channel.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -23,7 +29,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from features.build import available_as_of, load_features
-from features.segmentation import TIERS
+from features.engines import raw_path
+from features.segmentation import LIFECYCLE_STAGES, TIERS, assign_lifecycle
 from nextbest.config import AlertConfig, Settings
 from nextbest.errors import DataError, NextbestError, NotFound
 
@@ -42,6 +49,16 @@ REQUIRED_COLUMNS = ("user_id", "tier", "segment", "monetary_30d", "monetary_365d
 ChurnScorer = Callable[[pd.DataFrame], pd.Series]
 
 
+@dataclass(frozen=True)
+class LtvScorer:
+    """The LTV champion for the report: ``score`` maps a features frame to each user's
+    forecast spend over ``horizon_days`` (same index)."""
+
+    horizon_days: int
+    version: str
+    score: Callable[[pd.DataFrame], pd.Series]
+
+
 class TierSummary(BaseModel):
     """One tier: its users, their share of all users and revenue per user (ARPU)."""
 
@@ -56,6 +73,33 @@ class SegmentSummary(BaseModel):
     segment: str
     users: int
     share: float
+
+
+class StageSummary(BaseModel):
+    """Users in one lifecycle stage."""
+
+    stage: str
+    users: int
+    share: float
+
+
+class TagSummary(BaseModel):
+    """Users carrying one tag (risk tags included)."""
+
+    tag: str
+    users: int
+    share: float
+
+
+class ChannelValue(BaseModel):
+    """One acquisition channel: its users, their mean acquisition cost (users with a cost)
+    and forecast spend over the LTV horizon, and the ratio of the two (None without cost)."""
+
+    channel: str
+    users: int
+    acquisition_cost: float | None
+    ltv: float
+    ltv_to_cac: float | None
 
 
 class Migration(BaseModel):
@@ -95,6 +139,12 @@ class SegmentsReport(BaseModel):
     migration: Migration | None = None
     churn_risk_source: Literal["churn_model", "recency"]
     alerts: list[Alert]
+    lifecycle: list[StageSummary] = []
+    lifecycle_source: Literal["rules", "rules_and_churn_model"] = "rules"
+    tags: list[TagSummary] = []
+    ltv_horizon_days: int | None = None
+    ltv_version: str | None = None
+    channels: list[ChannelValue] = []
 
 
 def resolve_as_of(settings: Settings, as_of: date | None,
@@ -160,6 +210,61 @@ def segment_summary(frame: pd.DataFrame) -> list[SegmentSummary]:
             for seg, n in counts.sort_index().sort_values(ascending=False, kind="stable").items()]
 
 
+def lifecycle_summary(frame: pd.DataFrame, settings: Settings, scorer: ChurnScorer | None
+                      ) -> tuple[list[StageSummary], Literal["rules", "rules_and_churn_model"]]:
+    """Users per lifecycle stage, every stage listed; with a churn scorer the stages are
+    assigned again with each user's churn probability (rules reading it then apply)."""
+    stages, source = frame.get("lifecycle_stage"), "rules"
+    if scorer is not None and len(frame):
+        try:
+            churn = scorer(frame)
+            stages, source = assign_lifecycle(frame, settings.features.lifecycle, churn), \
+                "rules_and_churn_model"
+        except (NextbestError, KeyError) as exc:
+            log.warning("the churn model could not score the features (%s); lifecycle "
+                        "stages from the rules alone", exc)
+    if stages is None:
+        return [], "rules"
+    counts = stages.astype(str).value_counts()
+    total = len(frame)
+    return [StageSummary(stage=stage, users=int(counts.get(stage, 0)),
+                         share=int(counts.get(stage, 0)) / total if total else 0.0)
+            for stage in _ordered(counts.index, LIFECYCLE_STAGES)], source  # type: ignore[return-value]
+
+
+def tag_summary(frame: pd.DataFrame) -> list[TagSummary]:
+    """Users per tag, most common first."""
+    if "tags" not in frame.columns or frame.empty:
+        return []
+    counts = frame["tags"].explode().dropna().astype(str).value_counts()
+    return [TagSummary(tag=tag, users=int(n), share=int(n) / len(frame))
+            for tag, n in counts.sort_index().sort_values(ascending=False, kind="stable").items()]
+
+
+def channel_value(settings: Settings, frame: pd.DataFrame, ltv: LtvScorer) -> list[ChannelValue]:
+    """LTV (forecast spend) against acquisition cost per channel, from the raw users table's
+    ``acquisition_cost``; empty when the platform does not supply it."""
+    path = raw_path(Path(settings.paths.raw_dir), "users")
+    if not path.is_file():
+        return []
+    users = pd.read_parquet(path)
+    if "acquisition_cost" not in users.columns or users["acquisition_cost"].isna().all():
+        return []
+    joined = frame[["user_id", "channel"]].assign(ltv=ltv.score(frame).to_numpy()).merge(
+        users[["user_id", "acquisition_cost"]], on="user_id", how="left")
+    joined["channel"] = joined["channel"].fillna("unknown").astype(str)
+    rows = []
+    for channel, group in joined.groupby("channel", sort=True):
+        cost = group["acquisition_cost"].mean()
+        value = float(group["ltv"].mean())
+        known = not pd.isna(cost)
+        rows.append(ChannelValue(channel=str(channel), users=len(group),
+                                 acquisition_cost=float(cost) if known else None, ltv=value,
+                                 ltv_to_cac=value / float(cost) if known and cost > 0
+                                 else None))
+    return rows
+
+
 def tier_migration(earlier: pd.DataFrame, later: pd.DataFrame, from_as_of: date,
                    to_as_of: date) -> Migration:
     """The tier migration matrix; every user of either date is counted exactly once."""
@@ -223,11 +328,13 @@ def tier_alerts(tiers: list[TierSummary], compare_tiers: list[TierSummary] | Non
 
 
 def build_report(settings: Settings, as_of: date | None = None, compare_to: date | None = None,
-                 *, scorer: ChurnScorer | None = None,
+                 *, scorer: ChurnScorer | None = None, ltv: LtvScorer | None = None,
                  features_dir: Path | None = None) -> SegmentsReport:
     """The segments report of ``as_of`` (default: latest built), compared to ``compare_to``.
 
-    ``scorer`` gives churn probabilities for the Platinum alert; None uses recency.
+    ``scorer`` gives churn probabilities for the Platinum alert and the lifecycle stages;
+    None uses recency and the rules alone. ``ltv`` (the LTV champion) adds LTV / CAC per
+    acquisition channel.
     """
     as_of = resolve_as_of(settings, as_of, features_dir)
     frame = read_features(settings, as_of, features_dir)
@@ -252,10 +359,15 @@ def build_report(settings: Settings, as_of: date | None = None, compare_to: date
                             message=f"{len(at_risk)} platinum user(s) at high churn risk "
                                     f"({rule})"))
     alerts += tier_alerts(tiers, compare_tiers, cfg, compare_to)
+    stages, stage_source = lifecycle_summary(frame, settings, scorer)
     return SegmentsReport(as_of=as_of, users=len(frame), tiers=tiers,
                           segments=segment_summary(frame), compare_to=compare_to,
                           compare_tiers=compare_tiers, migration=migration,
-                          churn_risk_source=source, alerts=alerts)
+                          churn_risk_source=source, alerts=alerts, lifecycle=stages,
+                          lifecycle_source=stage_source, tags=tag_summary(frame),
+                          ltv_horizon_days=ltv.horizon_days if ltv else None,
+                          ltv_version=ltv.version if ltv else None,
+                          channels=channel_value(settings, frame, ltv) if ltv else [])
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -293,9 +405,28 @@ def render_text(report: SegmentsReport) -> str:
                   _table(["from \\ to", *m.tiers_to],
                          [[name, *(f"{n:,}" for n in counts)]
                           for name, counts in zip(m.tiers_from, m.counts, strict=True)])]
+    if report.lifecycle:
+        parts += ["", f"Lifecycle stages ({report.lifecycle_source.replace('_', ' ')})",
+                  _table(["stage", "users", "share"],
+                         [[s.stage, f"{s.users:,}", f"{s.share:.1%}"] for s in report.lifecycle])]
+    if report.tags:
+        parts += ["", _table(["tag", "users", "share"],
+                             [[t.tag, f"{t.users:,}", f"{t.share:.1%}"] for t in report.tags])]
+    if report.channels:
+        parts += ["", f"LTV ({report.ltv_horizon_days}-day forecast spend, ltv v"
+                      f"{report.ltv_version}) against acquisition cost per channel",
+                  _table(["channel", "users", "CAC", "LTV", "LTV / CAC"],
+                         [[c.channel, f"{c.users:,}", _money(c.acquisition_cost),
+                           f"{c.ltv:,.2f}",
+                           "-" if c.ltv_to_cac is None else f"{c.ltv_to_cac:.2f}"]
+                          for c in report.channels])]
     parts += ["", f"Alerts (platinum risk from {report.churn_risk_source}):"]
     parts += [f"  ! {a.message}" for a in report.alerts] or ["  none"]
     return "\n".join(parts)
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
 
 
 def render_chart(report: SegmentsReport, path: Path) -> Path:

@@ -7,7 +7,9 @@ returns new columns aligned with its index; :func:`segment` adds them all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,14 +19,27 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from features.definitions import GROUP_FEATURES, model_inputs
 from features.expressions import compile_expression
-from nextbest.config import ClusterConfig, FeaturesConfig, TagRule, TierConfig
+from nextbest.config import (
+    ClusterConfig,
+    FeaturesConfig,
+    RiskRule,
+    StageRule,
+    TagRule,
+    TierConfig,
+)
 from nextbest.errors import ConfigError
 
 # Tiers in their natural order, best first; ``new`` is also every unknown user's tier.
 TIERS = ("platinum", "gold", "silver", "dormant", "churned", "new")
 NEW_TIER = TIERS[-1]
 SELLER_TIERS = ("vip", "potential", "sleeping")
+# Lifecycle stages in their natural order; ``mature`` is the stage when no rule holds.
+LIFECYCLE_STAGES = ("new", "growth", "mature", "decline", "churned")
+DEFAULT_STAGE = "mature"
+# Columns the lifecycle rules may read besides the features (given by a churn model).
+SCORE_COLUMNS = ("churn_probability",)
 NO_PURCHASE = "no_purchase"  # the segment of users without a completed order
 
 # The R x F grid (rows: recency score 1-5, columns: frequency score 1-5). Every cell holds
@@ -145,24 +160,111 @@ def assign_seller_tiers(frame: pd.DataFrame, config: TierConfig) -> pd.Series:
 
 
 # ---------------------------------------------------------------- tags
-def _tag_mask(frame: pd.DataFrame, rule: TagRule) -> np.ndarray:
+def _known(frame: pd.DataFrame) -> set[str]:
+    """The names a rule may read: the frame's columns and every feature the definition
+    produces, which a frame not made by ``features build`` (the simulator's population) may
+    lack (a rule is then false there). A name outside both is a misspelling."""
+    return {*frame.columns, *model_inputs(FeaturesConfig().windows_days), *GROUP_FEATURES}
+
+
+def _tag_mask(frame: pd.DataFrame, rule: TagRule | RiskRule) -> np.ndarray:
     """Where ``rule.when`` holds (:mod:`features.expressions`); false wherever a column it
-    names is missing on that row. A name that is not a column is a ConfigError."""
-    expression = compile_expression(rule.when, rule=f"tag {rule.name!r}", known=frame.columns)
+    names is missing on that row (or from the frame, for a group feature). Any other name
+    that is not a column is a ConfigError."""
+    expression = compile_expression(rule.when, rule=f"tag {rule.name!r}", known=_known(frame))
     return expression.mask(frame)
+
+
+def _masks(frame: pd.DataFrame, rules: Sequence[TagRule | RiskRule]) -> np.ndarray:
+    """Shape ``(len(frame), len(rules))``: where each rule holds."""
+    if not rules:
+        return np.zeros((len(frame), 0), dtype=bool)
+    return np.column_stack([_tag_mask(frame, rule) for rule in rules])
+
+
+def _lists(masks: np.ndarray, names: Sequence[str], index: pd.Index) -> list[list[str]]:
+    """Per row, the names whose mask column holds (in ``names`` order)."""
+    if not names:
+        return [[] for _ in range(len(index))]
+    # Users share few distinct combinations: build each list once, then map the codes.
+    codes = masks.astype(np.int64) @ (1 << np.arange(len(names), dtype=np.int64))
+    lists = {int(c): [n for i, n in enumerate(names) if c >> i & 1] for c in np.unique(codes)}
+    return [lists[c] for c in codes.tolist()]
 
 
 def assign_tags(frame: pd.DataFrame, rules: Sequence[TagRule]) -> pd.Series:
     """The list of tag names whose rule holds, per user (rules in config order)."""
-    if not rules:
-        return pd.Series([[] for _ in range(len(frame))], index=frame.index, name="tags")
-    masks = np.column_stack([_tag_mask(frame, rule) for rule in rules])
-    # Users share few distinct tag combinations: build each list once, then map the codes.
-    codes = masks.astype(np.int64) @ (1 << np.arange(len(rules), dtype=np.int64))
-    names = [rule.name for rule in rules]
-    lists = {int(c): [n for i, n in enumerate(names) if c >> i & 1] for c in np.unique(codes)}
-    return pd.Series([lists[c] for c in codes.tolist()], index=frame.index, name="tags",
-                     dtype=object)
+    lists = _lists(_masks(frame, rules), [rule.name for rule in rules], frame.index)
+    return pd.Series(lists, index=frame.index, name="tags", dtype=object)
+
+
+# ---------------------------------------------------------------- risk
+def _reason_fields(rule: RiskRule, columns: pd.Index) -> list[str]:
+    """The ``{column}`` fields of a risk reason; ConfigError for one that is no column."""
+    fields = [name for _, name, _, _ in string.Formatter().parse(rule.reason) if name]
+    unknown = sorted(set(fields) - _known(pd.DataFrame(columns=columns)))
+    if unknown:
+        raise ConfigError(f"risk rule {rule.name!r}: reason {rule.reason!r} names unknown "
+                          f"column(s) {', '.join(unknown)}",
+                          field="features.risk_rules")
+    return fields
+
+
+def _shown(value: Any) -> Any:
+    """A feature value as a reason shows it: whole numbers without decimals, others rounded."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "unknown"
+    if isinstance(value, float | np.floating):
+        return int(value) if float(value).is_integer() else round(float(value), 2)
+    return value
+
+
+def risk_reason(rule: RiskRule, row: Mapping[str, Any]) -> str:
+    """``"name: reason"`` with the reason's fields filled from ``row``."""
+    values = {name: _shown(row.get(name)) for name in _reason_fields(rule, pd.Index(row))}
+    return f"{rule.name}: {rule.reason.format_map(values)}"
+
+
+def assign_risk(frame: pd.DataFrame, rules: Sequence[RiskRule]) -> tuple[pd.Series, pd.Series]:
+    """The risk tags of each user and, aligned with them, a readable reason per tag.
+
+    Returns ``(risk_tags, risk_reasons)``, both lists per user (empty for most users); the
+    reasons read ``"card_switching: paid with 4 different payment fingerprints in 30 days"``.
+    """
+    masks = _masks(frame, rules)
+    for rule in rules:
+        _reason_fields(rule, frame.columns)
+    tags = _lists(masks, [rule.name for rule in rules], frame.index)
+    reasons: list[list[str]] = [[] for _ in range(len(frame))]
+    flagged = np.flatnonzero(masks.any(axis=1)) if rules else np.array([], dtype=int)
+    for position in flagged:
+        row = frame.iloc[position].to_dict()
+        reasons[position] = [risk_reason(rule, row) for i, rule in enumerate(rules)
+                             if masks[position, i]]
+    return (pd.Series(tags, index=frame.index, name="risk_tags", dtype=object),
+            pd.Series(reasons, index=frame.index, name="risk_reasons", dtype=object))
+
+
+# ---------------------------------------------------------------- lifecycle
+def assign_lifecycle(frame: pd.DataFrame, rules: Sequence[StageRule],
+                     churn_probability: pd.Series | None = None) -> pd.Series:
+    """Each user's lifecycle stage: the stage of the first rule that holds, else ``mature``.
+
+    ``churn_probability`` (aligned with ``frame``), when a churn model scored the users,
+    lets rules that read it apply; without it those rules never hold.
+    """
+    data = frame if churn_probability is None else frame.assign(
+        churn_probability=churn_probability)
+    known = [*_known(frame), *SCORE_COLUMNS]
+    stages = np.full(len(frame), DEFAULT_STAGE, dtype=object)
+    decided = np.zeros(len(frame), dtype=bool)
+    for i, rule in enumerate(rules):
+        expression = compile_expression(rule.when, rule=f"lifecycle rule {i} ({rule.stage})",
+                                        known=known)
+        hit = expression.mask(data) & ~decided
+        stages[hit] = rule.stage
+        decided |= hit
+    return pd.Series(stages, index=frame.index, name="lifecycle_stage", dtype=object)
 
 
 # ---------------------------------------------------------------- clusters
@@ -287,7 +389,8 @@ def _profiles(frame: pd.DataFrame, labels: pd.Series, scaled: np.ndarray) -> lis
 
 # ---------------------------------------------------------------- all together
 def segment(frame: pd.DataFrame, config: FeaturesConfig) -> tuple[pd.DataFrame, ClusterReport]:
-    """Add tier, segment, r/f/m scores, cluster, seller tier and tags to a feature frame."""
+    """Add tier, segment, r/f/m scores, cluster, seller tier, lifecycle stage, tags (risk
+    tags last) and risk reasons to a feature frame."""
     out = frame.copy(deep=False)  # copy-on-write: the input frame is never changed
     out["tier"] = assign_tiers(frame, config.tiers)
     scores = rfm_scores(frame)
@@ -295,5 +398,8 @@ def segment(frame: pd.DataFrame, config: FeaturesConfig) -> tuple[pd.DataFrame, 
     out["segment"] = rfm_segments(scores)
     out["cluster"], report = assign_clusters(frame, config.clusters)
     out["seller_tier"] = assign_seller_tiers(frame, config.tiers)
-    out["tags"] = assign_tags(frame, config.tags)
+    out["lifecycle_stage"] = assign_lifecycle(frame, config.lifecycle)
+    tags = assign_tags(frame, config.tags)
+    risk_tags, out["risk_reasons"] = assign_risk(frame, config.risk_rules)
+    out["tags"] = [[*t, *r] for t, r in zip(tags, risk_tags, strict=True)]
     return out, report

@@ -25,6 +25,11 @@ how many newer records it kept (:class:`RecordsLoaded`), so a store pinned to a 
 ``replace_newer`` puts an older date back, and :meth:`~OnlineStore.reset` empties the
 records while keeping what users chose (preferences, removed tags) and the erasure list.
 
+The store also keeps the review queue (:mod:`features.review`): :meth:`~OnlineStore.load_records`
+puts users whose record carries risk reasons into it, operators clear or confirm them
+(:meth:`~OnlineStore.decide_review`), and every record shows ``under_review`` and
+``review_reasons``. Resets and refreshes keep the queue; erasure removes the user from it.
+
 The record format is in docs/CONTRACT.md ("Online store record").
 """
 
@@ -37,7 +42,7 @@ import re
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,8 +53,10 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 from pydantic import BaseModel
 
+from features import review
+from features.review import REVIEW_STATUSES, ReviewItem
 from nextbest.config import Settings
-from nextbest.errors import DataError, MissingComponent
+from nextbest.errors import DataError, MissingComponent, NotFound, ValidationFailed
 
 PREFERENCE_FLAGS = ("personalization", "marketing_email", "marketing_sms", "marketing_push")
 WRITE_CHUNK_ROWS = 5000
@@ -59,6 +66,8 @@ SCAN_CHUNK_ROWS = 50_000
 _TEXT_FIELDS = pa_json.ParseOptions(
     explicit_schema=pa.schema([("user_id", pa.string()), ("as_of", pa.string())]),
     unexpected_field_behavior="infer")
+# What every record read back adds to the columns written: the user's review state.
+REVIEW_FIELDS = ("under_review", "review_status", "review_reasons")
 
 
 class Preferences(BaseModel):
@@ -90,11 +99,13 @@ class RecordsLoaded(NamedTuple):
 
     ``written``: records stored; ``kept_newer``: users of the frame whose stored record has
     a later as_of and was kept; ``cleared``: records later than the frame's as_of removed
-    for users not in the frame (only when replacing newer records)."""
+    for users not in the frame (only when replacing newer records); ``reviews_opened``:
+    users the frame's risk reasons put into the review queue (new or reopened)."""
 
     written: int
     kept_newer: int = 0
     cleared: int = 0
+    reviews_opened: int = 0
 
 
 class StoreEntry(NamedTuple):
@@ -111,6 +122,12 @@ class StoredUser(NamedTuple):
     record: str | None
     removed: str | None
     prefs: str | None
+    review: str | None = None
+
+
+# Reads the current reviews of some users (those with a record, not erased) and returns the
+# reviews to store; the backends run it atomically (:meth:`OnlineStore._update_reviews`).
+ReviewChange = Callable[[dict[str, ReviewItem]], dict[str, ReviewItem]]
 
 
 def _stamp(ts: datetime | pd.Timestamp | None) -> str:
@@ -163,36 +180,52 @@ def _preferences_of(stored: StoredUser | None) -> Preferences:
 
 
 def decode_record(stored: StoredUser) -> dict[str, Any] | None:
-    """The record as returned by :meth:`OnlineStore.get`: tags minus the user-removed ones."""
+    """The record as returned by :meth:`OnlineStore.get`: tags minus the user-removed ones,
+    and the review state: ``under_review`` (automated incentives off until an operator
+    clears the user), ``review_status`` (None outside the queue) and ``review_reasons``."""
     if stored.record is None:
         return None
     record = json.loads(stored.record)
     if stored.removed and record.get("tags"):
         record["tags"] = _without(record["tags"], stored.removed)
+    record.update(_review_fields(stored))
     return record
+
+
+def _review_fields(stored: StoredUser) -> dict[str, Any]:
+    """The review state every record read back carries (:data:`REVIEW_FIELDS`)."""
+    item = ReviewItem.model_validate_json(stored.review) if stored.review else None
+    return {"under_review": bool(item and item.under_review),
+            "review_status": item.status if item else None,
+            "review_reasons": list(item.reasons) if item and item.under_review else []}
 
 
 def records_frame(rows: Sequence[tuple[str, StoredUser]]) -> pd.DataFrame:
     """The records of ``rows`` as one frame, a row per user in the order given, with the
-    values :meth:`OnlineStore.get` returns (tags minus the user-removed ones).
+    values :meth:`OnlineStore.get` returns (tags minus the user-removed ones, the review
+    state).
 
     The JSON texts are parsed together by pyarrow's reader, several times faster than
     ``json.loads`` per record and a frame built from the dicts. A chunk whose column changed
     type between builds (a number in one record, text in another) is read record by record.
     Numbers come out as float or int columns, ``tags`` as arrays (None when absent).
     """
-    texts = [stored.record for _, stored in rows if stored.record is not None]
-    if not texts:
+    kept = [stored for _, stored in rows if stored.record is not None]
+    if not kept:
         return pd.DataFrame({"user_id": pd.Series([], dtype=object)})
+    texts = [stored.record for stored in kept]
     try:
         frame = pa_json.read_json(io.BytesIO("\n".join(texts).encode()),
                                   parse_options=_TEXT_FIELDS).to_pandas()
     except pa.ArrowInvalid:
         frame = pd.DataFrame.from_records([json.loads(text) for text in texts])
-    removed = [stored.removed for _, stored in rows if stored.record is not None]
+    removed = [stored.removed for stored in kept]
     if "tags" in frame.columns and any(removed):
         frame["tags"] = [_without(tags, hidden)
                          for tags, hidden in zip(frame["tags"], removed, strict=True)]
+    reviews = [_review_fields(stored) for stored in kept]
+    for name in REVIEW_FIELDS:
+        frame[name] = [review[name] for review in reviews]
     return frame
 
 
@@ -202,6 +235,17 @@ def _without(tags: Sequence[str] | None, removed: str | None) -> Sequence[str] |
         return tags
     hidden = set(json.loads(removed))
     return [t for t in tags if t not in hidden]
+
+
+def flagged_users(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """``{user_id: risk reasons}`` of the rows of ``frame`` with any (column ``risk_reasons``)."""
+    if "risk_reasons" not in frame.columns:
+        return {}
+    reasons = frame["risk_reasons"]
+    has = reasons.map(lambda r: r is not None and not isinstance(r, float) and len(r) > 0)
+    chosen = frame.loc[has.to_numpy(bool)]
+    return {str(u): [str(r) for r in rs]
+            for u, rs in zip(chosen["user_id"], chosen["risk_reasons"], strict=True)}
 
 
 def preference_rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -291,8 +335,64 @@ class OnlineStore(ABC):
         not in ``frame`` are removed (their preferences and removed tags stay). Users on the
         erasure list are skipped either way.
         """
-        return self._put_records(encode_records(frame, as_of), as_of.isoformat(),
-                                 replace_newer=replace_newer)
+        loaded = self._put_records(encode_records(frame, as_of), as_of.isoformat(),
+                                   replace_newer=replace_newer)
+        opened = self.flag_for_review(flagged_users(frame), as_of)
+        return loaded._replace(reviews_opened=opened)
+
+    # -- the review queue ---------------------------------------------------------------------
+    def flag_for_review(self, flags: Mapping[str, Sequence[str]], as_of: date, *,
+                        now: datetime | None = None) -> int:
+        """Put users with risk reasons (``{user_id: ["tag: reason", ...]}``) into the review
+        queue, as :func:`features.review.flag` says; users without a record, and erased
+        users, are skipped. Returns how many became pending (new or reopened)."""
+        if not flags:
+            return 0
+        stamp, day = review.utc_now(now), as_of.isoformat()
+        opened = 0
+
+        def change(current: dict[str, ReviewItem]) -> dict[str, ReviewItem]:
+            nonlocal opened
+            out = {}
+            for user_id, reasons in flags.items():
+                before = current.get(user_id)
+                item = review.flag(before, user_id, list(reasons), day, stamp)
+                if item is not None:
+                    out[user_id] = item
+                    opened += before is None or before.status == "cleared"
+            return out
+
+        for part in _chunks(len(flags)):
+            self._update_reviews(list(flags)[part], change)
+        return opened
+
+    def decide_review(self, user_id: str, decision: str, note: str, by: str, *,
+                      now: datetime | None = None) -> ReviewItem:
+        """Clear (incentives come back) or confirm (they stay off) the user's review, with a
+        note and the operator's name. NotFound when the user is not in the queue."""
+        stamp = review.utc_now(now)
+
+        def change(current: dict[str, ReviewItem]) -> dict[str, ReviewItem]:
+            if user_id not in current:
+                raise NotFound(f"user {user_id!r} is not in the review queue", field="user_id")
+            return {user_id: review.decide(current[user_id], decision, note, by, stamp)}
+
+        return self._update_reviews([user_id], change)[user_id]
+
+    def review(self, user_id: str) -> ReviewItem | None:
+        """The user's review, or None when they were never in the queue."""
+        stored = self._fetch([user_id]).get(user_id)
+        return ReviewItem.model_validate_json(stored.review) if stored and stored.review \
+            else None
+
+    def reviews(self, status: str | None = "pending") -> list[ReviewItem]:
+        """The reviews with ``status`` (None: all), oldest first (then by user id)."""
+        if status is not None and status not in REVIEW_STATUSES:
+            raise ValidationFailed(f"status {status!r} must be one of "
+                                   f"{', '.join(REVIEW_STATUSES)}", field="status")
+        items = [ReviewItem.model_validate_json(raw) for raw in self._all_reviews()]
+        chosen = [i for i in items if status is None or i.status == status]
+        return sorted(chosen, key=lambda i: (i.opened_ts, i.user_id))
 
     def reset(self) -> int:
         """Remove every record; keep preferences, removed tags and the erasure list.
@@ -394,6 +494,7 @@ class OnlineStore(ABC):
             "record": json.loads(stored.record) if stored.record else None,
             "removed_tags": json.loads(stored.removed) if stored.removed else [],
             "preferences": json.loads(stored.prefs) if stored.prefs else None,
+            "review": json.loads(stored.review) if stored.review else None,
         }
 
     @abstractmethod
@@ -420,6 +521,16 @@ class OnlineStore(ABC):
     @abstractmethod
     def _scan(self, chunk_rows: int) -> Iterator[list[tuple[str, StoredUser]]]:
         """Every user with a record, in chunks of at most ``chunk_rows``, each user once."""
+
+    @abstractmethod
+    def _update_reviews(self, user_ids: list[str], change: ReviewChange
+                        ) -> dict[str, ReviewItem]:
+        """Atomically: read the reviews of those of ``user_ids`` that have a record (and are
+        not erased), store what ``change`` returns for them, and return it."""
+
+    @abstractmethod
+    def _all_reviews(self) -> list[str]:
+        """Every stored review, as JSON."""
 
     @abstractmethod
     def _erase(self, user_ids: list[str], stamp: str) -> int:
@@ -463,7 +574,8 @@ CREATE TABLE IF NOT EXISTS users (
     record TEXT,
     removed TEXT,
     prefs TEXT,
-    prefs_ts TEXT
+    prefs_ts TEXT,
+    review TEXT
 );
 CREATE INDEX IF NOT EXISTS users_as_of ON users (as_of);
 CREATE TABLE IF NOT EXISTS erased (
@@ -488,7 +600,9 @@ SELECT count(*) FROM users WHERE as_of > ?1 AND user_id IN (SELECT value FROM js
 """
 _SQLITE_CLEAR_RECORDS = "UPDATE users SET as_of = NULL, record = NULL WHERE as_of > ?"
 _SQLITE_DROP_EMPTY = ("DELETE FROM users WHERE record IS NULL AND removed IS NULL "
-                      "AND prefs IS NULL")
+                      "AND prefs IS NULL AND review IS NULL")
+_SQLITE_REVIEW_INDEX = ("CREATE INDEX IF NOT EXISTS users_review ON users (user_id) "
+                        "WHERE review IS NOT NULL")
 _SQLITE_SET_PREFS = "INSERT INTO users (user_id, prefs_ts, prefs) VALUES (?1, ?2, ?3)"
 _SQLITE_LOAD_PREFS = f"""
 INSERT INTO users (user_id, prefs_ts, prefs) SELECT ?1, ?2, ?3 {_SQLITE_NOT_ERASED}"""
@@ -526,6 +640,10 @@ class SqliteStore(OnlineStore):
         self._closed = False
         with self._conn() as conn:
             conn.executescript(_SQLITE_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+            if "review" not in columns:  # a store created before the review queue
+                conn.execute("ALTER TABLE users ADD COLUMN review TEXT")
+            conn.execute(_SQLITE_REVIEW_INDEX)
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection, opened (and configured) on first use."""
@@ -609,13 +727,13 @@ class SqliteStore(OnlineStore):
     def _fetch(self, user_ids: list[str]) -> dict[str, StoredUser]:
         conn = self._conn()
         if len(user_ids) == 1:
-            row = conn.execute("SELECT record, removed, prefs FROM users WHERE user_id = ?",
-                               (user_ids[0],)).fetchone()
+            row = conn.execute("SELECT record, removed, prefs, review FROM users "
+                               "WHERE user_id = ?", (user_ids[0],)).fetchone()
             return {user_ids[0]: StoredUser(*row)} if row else {}
         found = {}
         for part in _chunks(len(user_ids), _SQLITE_IN_CHUNK):
             ids = user_ids[part]
-            sql = ("SELECT user_id, record, removed, prefs FROM users WHERE user_id IN "
+            sql = ("SELECT user_id, record, removed, prefs, review FROM users WHERE user_id IN "
                    f"({','.join('?' * len(ids))})")
             for user_id, *fields in conn.execute(sql, ids):
                 found[user_id] = StoredUser(*fields)
@@ -627,12 +745,40 @@ class SqliteStore(OnlineStore):
         conn, after = self._conn(), 0
         while True:
             rows = conn.execute(
-                "SELECT rowid, user_id, record, removed, prefs FROM users WHERE rowid > ? "
+                "SELECT rowid, user_id, record, removed, prefs, review FROM users WHERE rowid > ? "
                 "AND record IS NOT NULL ORDER BY rowid LIMIT ?", (after, chunk_rows)).fetchall()
             if not rows:
                 return
             yield [(user_id, StoredUser(*fields)) for _, user_id, *fields in rows]
             after = rows[-1][0]
+
+    def _update_reviews(self, user_ids: list[str], change: ReviewChange
+                        ) -> dict[str, ReviewItem]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current: dict[str, ReviewItem] = {}
+            have: set[str] = set()
+            for part in _chunks(len(user_ids), _SQLITE_IN_CHUNK):
+                ids = user_ids[part]
+                sql = ("SELECT user_id, review FROM users WHERE record IS NOT NULL AND "
+                       f"user_id IN ({','.join('?' * len(ids))})")
+                for user_id, raw in conn.execute(sql, ids):
+                    have.add(user_id)
+                    if raw:
+                        current[user_id] = ReviewItem.model_validate_json(raw)
+            changed = {u: item for u, item in change(current).items() if u in have}
+            conn.executemany("UPDATE users SET review = ? WHERE user_id = ?",
+                             [(item.model_dump_json(), u) for u, item in changed.items()])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return changed
+
+    def _all_reviews(self) -> list[str]:
+        return [raw for (raw,) in self._conn().execute(
+            "SELECT review FROM users WHERE review IS NOT NULL")]
 
     def _erase(self, user_ids: list[str], stamp: str) -> int:
         conn = self._conn()
@@ -742,28 +888,31 @@ table.insert(tags, ARGV[1])
 redis.call('HSET', KEYS[1], 'removed', cjson.encode(tags))
 return 1
 """
-# KEYS[1] = meta hash, KEYS[2] = erasure list hash, KEYS[3..] = user hashes; ARGV[1] = the
-# erasure stamp ('' to delete without listing), ARGV[2..] = the users' ids. Deletes the
-# users, keeping the user count right; returns how many had anything stored.
+# KEYS[1] = meta hash, KEYS[2] = erasure list hash, KEYS[3] = review index set, KEYS[4..] =
+# user hashes; ARGV[1] = the erasure stamp ('' to delete without listing), ARGV[2..] = the
+# users' ids. Deletes the users (and their reviews), keeping the user count right; returns
+# how many had anything stored.
 _REDIS_DELETE = """
 local deleted, gone = 0, 0
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   if redis.call('HEXISTS', KEYS[i], 'record') == 1 then gone = gone + 1 end
   deleted = deleted + redis.call('DEL', KEYS[i])
-  if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[2], ARGV[i - 1], ARGV[1]) end
+  redis.call('SREM', KEYS[3], ARGV[i - 2])
+  if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[2], ARGV[i - 2], ARGV[1]) end
 end
 if gone > 0 then redis.call('HINCRBY', KEYS[1], 'users', -gone) end
 return deleted
 """
-_FIELDS = ("record", "removed", "prefs")
+_FIELDS = ("record", "removed", "prefs", "review")
 
 
 class RedisStore(OnlineStore):
     """The online store in Redis, shared by several service replicas.
 
     Layout: ``{prefix}user:{user_id}`` is a hash with ``as_of``, ``record``, ``removed``,
-    ``prefs``, ``prefs_ts``; ``{prefix}meta`` holds ``as_of`` and ``users``; ``{prefix}erased``
-    maps erased user ids to their erasure stamps. The bulk write
+    ``prefs``, ``prefs_ts``, ``review``; ``{prefix}meta`` holds ``as_of`` and ``users``;
+    ``{prefix}erased`` maps erased user ids to their erasure stamps; ``{prefix}reviews`` is
+    the set of users with a review. The bulk write
     runs one Lua script per chunk of users, so it needs all keys on one node (no cluster).
     """
 
@@ -788,6 +937,7 @@ class RedisStore(OnlineStore):
         self._clear = self._client.register_script(_REDIS_CLEAR)
         self._meta_key = f"{prefix}meta"
         self._erased_key = f"{prefix}erased"
+        self._reviews_key = f"{prefix}reviews"
 
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}"
@@ -894,6 +1044,45 @@ class RedisStore(OnlineStore):
         stored = self._fetch(user_ids)
         return [(u, stored[u]) for u in user_ids if u in stored and stored[u].record]
 
+    def _update_reviews(self, user_ids: list[str], change: ReviewChange
+                        ) -> dict[str, ReviewItem]:
+        """Optimistic: WATCH the users' hashes and the erasure list, read, then write in
+        MULTI/EXEC; a concurrent change to any of them makes it start again."""
+        import redis
+
+        keys = [self._key(u) for u in user_ids]
+        with self._client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*keys, self._erased_key)
+                    reads = self._client.pipeline(transaction=False)
+                    for key in keys:
+                        reads.hmget(key, ["record", "review"])
+                    reads.hmget(self._erased_key, user_ids)
+                    *fields, erased = reads.execute()
+                    have = {u for u, (record, _), gone in zip(user_ids, fields, erased,
+                                                              strict=True)
+                            if record is not None and gone is None}
+                    current = {u: ReviewItem.model_validate_json(raw)
+                               for u, (_, raw) in zip(user_ids, fields, strict=True)
+                               if u in have and raw is not None}
+                    changed = {u: item for u, item in change(current).items() if u in have}
+                    pipe.multi()
+                    for user_id, item in changed.items():
+                        pipe.hset(self._key(user_id), "review", item.model_dump_json())
+                        pipe.sadd(self._reviews_key, user_id)
+                    pipe.execute()
+                    return changed
+                except redis.WatchError:
+                    continue
+
+    def _all_reviews(self) -> list[str]:
+        ids = sorted(m.decode() for m in self._client.smembers(self._reviews_key))
+        pipe = self._client.pipeline(transaction=False)
+        for user_id in ids:
+            pipe.hget(self._key(user_id), "review")
+        return [raw.decode() for raw in pipe.execute() if raw is not None]
+
     def remove_tag(self, user_id: str, tag: str) -> bool:
         return bool(self._remove_tag(keys=[self._key(user_id)], args=[tag]))
 
@@ -906,7 +1095,7 @@ class RedisStore(OnlineStore):
         deleted = 0
         for part in _chunks(len(user_ids)):
             ids = user_ids[part]
-            keys = [self._meta_key, self._erased_key, *map(self._key, ids)]
+            keys = [self._meta_key, self._erased_key, self._reviews_key, *map(self._key, ids)]
             deleted += int(self._delete(keys=keys, args=[stamp, *ids]))
         return deleted
 

@@ -19,6 +19,18 @@ How it behaves:
 - Sellers' sales follow Pareto weights, so about 20% of sellers bring about 80% of value.
   Every sold item is a listing of its seller, listed before the sale; sellers also hold
   unsold listings.
+- Groups with a known truth (latent flags in ``user_traits.parquet``, see
+  :data:`GROUP_TRAITS`): card switchers pay with a new payment fingerprint on most of their
+  frequent orders; IP jumpers come from ever new IP prefixes and countries; perk abusers
+  are rings of accounts sharing one card that each take the new-user perk once and never
+  buy again; impulse buyers buy minutes after first seeing an item (others saw it hours or
+  days before); comparison shoppers view several items of the category in the session
+  before buying; re-readers keep opening their order history; cart hoarders fill carts
+  they never buy; fans rate high and share, critics rate low, the silent never review;
+  complainers complain about most orders.
+- Every purchase is a session (login, views, add_to_cart, a ``purchase`` event at the order
+  time); every session has one IP prefix (/24) and country. Reviews carry a rating (1-5)
+  and often a short text; some texts come without a rating.
 
 Everything is vectorised numpy over chunks of users, written as Parquet row groups, so 1M
 users x 730 days fits in bounded memory. The same seed gives the same files.
@@ -32,6 +44,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -57,9 +70,11 @@ REGION_TZ = np.array(["America/New_York", "America/New_York", "America/Chicago",
 REGION_SHARE = np.array([0.25, 0.20, 0.20, 0.12, 0.23])
 CHANNELS = np.array(["organic", "invite", "ads", "social", "partner"])
 CHANNEL_SHARE = np.array([0.45, 0.12, 0.25, 0.13, 0.05])
+CHANNEL_COST = np.array([2.0, 10.0, 35.0, 20.0, 25.0])  # mean acquisition cost per user
 
 EVENT_TYPES = np.array(["view", "favorite", "add_to_cart", "search", "follow", "login", "share",
-                        "review"])
+                        "review", "purchase", "complaint", "order_history"])
+VIEW, FAVORITE, CART, LOGIN, SHARE, REVIEW, PURCHASE, COMPLAINT, HISTORY = 0, 1, 2, 5, 6, 7, 8, 9, 10
 # Types of the events after the first one in a browsing session, and their odds.
 BROWSE_TYPES = np.array([0, 3, 1, 2, 4, 6])
 BROWSE_ODDS = np.array([0.55, 0.12, 0.08, 0.20, 0.03, 0.02])
@@ -78,6 +93,39 @@ SELLER_PARETO_ALPHA = 1.16  # the Pareto index that gives the 80/20 rule
 QUIET_DAYS = 60
 QUIET_KEEP = 0.35
 UNSOLD_PER_SOLD = 0.5
+BROWSE_ITEMS_PER_USER = 20  # distinct items a browsing user may come across, per user
+
+# Latent group flags (user_traits.parquet) and the share of users drawn into each.
+GROUP_TRAITS = ("card_switcher", "ip_jumper", "perk_abuser", "serial_returner", "impulse_buyer",
+                "comparison_shopper", "history_rereader", "cart_hoarder", "fan", "critic",
+                "silent", "complainer")
+GROUP_SHARE = {"card_switcher": 0.02, "ip_jumper": 0.02, "perk_abuser": 0.02,
+               "serial_returner": 0.03,
+               "impulse_buyer": 0.15, "comparison_shopper": 0.15, "history_rereader": 0.03,
+               "cart_hoarder": 0.03, "complainer": 0.08}
+SENTIMENT_SHARE = {"fan": 0.15, "critic": 0.10, "silent": 0.40}  # the rest review sometimes
+SWITCHER_EXTRA_ORDERS = 7.0  # card switchers order this many times more often
+SWITCHER_NEW_CARD = 0.8  # chance a card switcher's order uses a fresh fingerprint
+SECOND_CARD_SHARE, SECOND_CARD_USE = 0.2, 0.3
+PERK_SHARE = 0.5  # share of ordinary first orders that take the new-user perk
+RING_SIZES = (3, 6)  # perk-abuse rings: accounts per shared card (inclusive)
+JUMPER_EXTRA_SESSIONS = 0.4  # extra sessions per day of an IP jumper
+TRAVEL_SESSION = 0.01  # chance an ordinary session comes from abroad
+MOBILE_SESSION = 0.3  # chance an ordinary session comes from a mobile carrier's prefix
+REREAD_RATE = 0.4  # order-history looks per day of a re-reader
+SERIAL_RETURNS = 0.9  # chance a serial returner sends an order back
+HOARD_RATE = 0.25  # carts per day of a cart hoarder
+COUNTRIES = np.array(["US", "CA", "MX", "GB", "DE", "FR", "NL", "BR", "IN", "NG", "RU", "CN",
+                      "TR", "VN", "ID", "AR"])
+# Review texts per sentiment: 0 negative, 1 neutral, 2 positive.
+PHRASES = (
+    ("arrived damaged", "not as described", "smells of smoke", "looks fake",
+     "very disappointed", "poor condition", "seller never answered", "would not buy again"),
+    ("it is ok", "as expected", "fine for the price", "average condition", "took a while",
+     "does the job", "nothing special", "fair deal"),
+    ("love it", "exactly as described", "beautiful piece", "fast shipping",
+     "authentic and well packed", "like new", "great seller", "will buy again"),
+)
 
 
 class SynthSummary(BaseModel):
@@ -116,6 +164,10 @@ class Population:
     is_seller: np.ndarray
     favorite_category: np.ndarray
     order_rate: np.ndarray
+    groups: dict[str, np.ndarray]
+    ring_card: np.ndarray
+    second_card: np.ndarray
+    acquisition_cost: np.ndarray
 
 
 @dataclass
@@ -179,8 +231,10 @@ def make_clock(start: date, days: int) -> Clock:
     return Clock(start_us=start_us, hours=hours, grid=np.arange(hours + 1, dtype=float), cum=cum)
 
 
-def _draw_population(n: int, days: int, rng: np.random.Generator) -> Population:
-    """Every user's signup, traits, churn time and rates (vectorised over users)."""
+def _draw_population(n: int, days: int, rng: np.random.Generator,
+                     grng: np.random.Generator) -> Population:
+    """Every user's signup, traits, churn time and rates (vectorised over users); the group
+    flags come from their own stream ``grng``."""
     hours = days * 24
     early = rng.random(n) < 0.2
     signup_h = np.where(early, rng.random(n) * min(60, days) * 24,
@@ -202,15 +256,45 @@ def _draw_population(n: int, days: int, rng: np.random.Generator) -> Population:
     order_rate = np.where(never_buy, 0.0,
                           ORDER_RATE * engagement * spend_level**0.3 / (1 - NEVER_BUY_SHARE))
     width = max(6, len(str(n - 1)))
+    region, channel = _pick(rng, REGION_SHARE, n), _pick(rng, CHANNEL_SHARE, n)
+    favorite_category = _pick(rng, CATEGORY_SHARE, n)
+    # Group flags from their own stream, so the draws above stay what they always were.
+    groups = {name: grng.random(n) < share for name, share in GROUP_SHARE.items()}
+    mood = grng.random(n)
+    groups["fan"] = mood < SENTIMENT_SHARE["fan"]
+    groups["critic"] = (mood >= SENTIMENT_SHARE["fan"]) & (
+        mood < SENTIMENT_SHARE["fan"] + SENTIMENT_SHARE["critic"])
+    groups["silent"] = mood >= 1 - SENTIMENT_SHARE["silent"]
+    groups["complainer"] &= ~groups["silent"]
+    abuser = groups["perk_abuser"]
+    groups["card_switcher"] &= ~abuser
+    # Serial returners send most orders back (their churn was drawn from their other traits).
+    return_propensity = np.where(groups["serial_returner"], SERIAL_RETURNS, return_propensity)
+    order_rate = np.where(abuser, 0.0, order_rate)  # one perk order each, added explicitly
+    ring_card = _rings(grng, abuser, signup_h)
     return Population(
         user_id=_ids("u", np.arange(n), width),
-        signup_h=signup_h, churn_h=churn_h,
-        region=_pick(rng, REGION_SHARE, n), channel=_pick(rng, CHANNEL_SHARE, n),
+        signup_h=signup_h, churn_h=churn_h, region=region, channel=channel,
         price_sensitivity=price_sensitivity, brand_focus=brand_focus,
         installment_affinity=installment_affinity, spend_level=spend_level,
         engagement=engagement, return_propensity=return_propensity, is_seller=is_seller,
-        favorite_category=_pick(rng, CATEGORY_SHARE, n), order_rate=order_rate,
+        favorite_category=favorite_category, order_rate=order_rate,
+        groups={name: groups[name] for name in GROUP_TRAITS}, ring_card=ring_card,
+        second_card=grng.random(n) < SECOND_CARD_SHARE,
+        acquisition_cost=np.round(CHANNEL_COST[channel] * grng.gamma(4.0, 0.25, n), 2),
     )
+
+
+def _rings(rng: np.random.Generator, abuser: np.ndarray, signup_h: np.ndarray) -> np.ndarray:
+    """The shared card of each perk abuser (-1 for everyone else): abusers in signup order
+    form rings of RING_SIZES accounts, each ring paying with one card."""
+    ring_card = np.full(abuser.size, -1, dtype=np.int64)
+    members = np.flatnonzero(abuser)
+    members = members[np.argsort(signup_h[members], kind="stable")]
+    sizes = rng.integers(RING_SIZES[0], RING_SIZES[1] + 1, members.size // RING_SIZES[0] + 1)
+    ring = np.repeat(np.arange(sizes.size), sizes)[:members.size]
+    ring_card[members] = ring
+    return ring_card
 
 
 def _draw_sellers(pop: Population, rng: np.random.Generator) -> Sellers:
@@ -275,14 +359,55 @@ class OrderDraw:
     seller: np.ndarray
     status: np.ndarray
     coupon: np.ndarray
+    card: np.ndarray
+    perk: np.ndarray
 
 
-def _draw_orders(rng: np.random.Generator, clock: Clock, pop: Population, sellers: Sellers,
-                 lo: int, hi: int) -> OrderDraw:
-    """Orders of users ``lo:hi``: times, categories, prices, coupons, status and seller."""
+def _group_orders(grng: np.random.Generator, clock: Clock, pop: Population, lo: int, hi: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Orders only groups place: card switchers' extra orders and each perk abuser's one
+    order within two days of signup. Returns (buyer, time in hours)."""
+    switcher = pop.groups["card_switcher"][lo:hi]
+    rate = np.where(switcher, pop.order_rate[lo:hi] * SWITCHER_EXTRA_ORDERS, 0.0)
+    row, t = _poisson_times(grng, clock, pop.signup_h[lo:hi], pop.churn_h[lo:hi], rate)
+    abusers = np.flatnonzero(pop.groups["perk_abuser"][lo:hi])
+    perk_t = pop.signup_h[lo + abusers] + grng.uniform(1.0, 48.0, abusers.size)
+    made = perk_t < np.minimum(pop.churn_h[lo + abusers], clock.hours)
+    return (np.concatenate([row, abusers[made]]) + lo, np.concatenate([t, perk_t[made]]))
+
+
+def _payment(grng: np.random.Generator, pop: Population, buyer: np.ndarray, first: np.ndarray,
+             counters: Counters) -> tuple[np.ndarray, np.ndarray]:
+    """The card number (an integer behind the fingerprint) and new-user perk of each order.
+
+    Cards: a user's own card is their index, a second card (some users) ``n + index``, a
+    ring's shared card ``2n + ring``, a card switcher's fresh cards ``3n + k``."""
+    n = pop.signup_h.size
+    card = buyer.astype(np.int64)
+    second = pop.second_card[buyer] & (grng.random(buyer.size) < SECOND_CARD_USE)
+    card = np.where(second, n + buyer, card)
+    fresh = pop.groups["card_switcher"][buyer] & (grng.random(buyer.size) < SWITCHER_NEW_CARD)
+    card[fresh] = 3 * n + counters.cards + np.arange(int(fresh.sum()))
+    counters.cards += int(fresh.sum())
+    abuser = pop.groups["perk_abuser"][buyer]
+    card = np.where(abuser, 2 * n + pop.ring_card[buyer], card)
+    perk = first & (abuser | (grng.random(buyer.size) < PERK_SHARE))
+    return card, perk
+
+
+def _draw_orders(rng: np.random.Generator, grng: np.random.Generator, clock: Clock,
+                 pop: Population, sellers: Sellers, counters: Counters, lo: int, hi: int
+                 ) -> OrderDraw:
+    """Orders of users ``lo:hi``: times, categories, prices, coupons, status, seller, card
+    and new-user perk."""
     row, t = _poisson_times(rng, clock, pop.signup_h[lo:hi], pop.churn_h[lo:hi],
                             pop.order_rate[lo:hi])
-    buyer = row + lo
+    extra_buyer, extra_t = _group_orders(grng, clock, pop, lo, hi)
+    buyer = np.concatenate([row + lo, extra_buyer])
+    t = np.concatenate([t, extra_t])
+    order = np.lexsort((t, buyer))
+    buyer, t = buyer[order], t[order]
+    first = np.r_[True, buyer[1:] != buyer[:-1]] if buyer.size else np.zeros(0, bool)
     category = _categories(rng, pop, buyer)
     price = _prices(rng, pop, buyer, category)
     coupon = rng.random(buyer.size) < 0.03 + 0.5 * pop.price_sensitivity[buyer] ** 2
@@ -291,9 +416,11 @@ def _draw_orders(rng: np.random.Generator, clock: Clock, pop: Population, seller
     u = rng.random(buyer.size)
     status = np.where(u < pop.return_propensity[buyer], 1,
                       np.where(u > 0.98, 2, 0))
+    status = np.where(pop.groups["perk_abuser"][buyer], 0, status)
     seller = _draw_seller(rng, sellers, t, buyer)
+    card, perk = _payment(grng, pop, buyer, first, counters)
     return OrderDraw(buyer=buyer, t=t, category=category, price=price, amount=amount,
-                     seller=seller, status=status, coupon=coupon)
+                     seller=seller, status=status, coupon=coupon, card=card, perk=perk)
 
 
 def _draw_seller(rng: np.random.Generator, sellers: Sellers, t: np.ndarray,
@@ -314,6 +441,8 @@ class Counters:
 
     orders: int = 0
     items: int = 0
+    sessions: int = 0
+    cards: int = 0
 
 
 def _orders_table(draw: OrderDraw, pop: Population, clock: Clock, counters: Counters
@@ -335,6 +464,8 @@ def _orders_table(draw: OrderDraw, pop: Population, clock: Clock, counters: Coun
         "commission": pa.array(np.round(draw.amount * CATEGORY_COMMISSION[draw.category], 2)),
         "status": _labels(STATUSES, draw.status),
         "coupon_used": pa.array(draw.coupon, pa.bool_()),
+        "payment_fingerprint": _ids("pf_", draw.card, 10),
+        "new_user_perk": pa.array(draw.perk, pa.bool_()),
     })
     return table, item_ids
 
@@ -375,33 +506,172 @@ def _listings_table(rng: np.random.Generator, draw: OrderDraw, sold_items: pa.Ar
     })
 
 
-def _purchase_events(rng: np.random.Generator, draw: OrderDraw, items: pa.Array,
-                     pop: Population, hours: int) -> dict[str, np.ndarray | pa.Array]:
-    """Events leading to each order: login, 1-3 views of the item, add_to_cart; some reviews."""
+Part = dict[str, np.ndarray | pa.Array]
+
+
+def _part(user: np.ndarray, t: np.ndarray, kind: np.ndarray | int, session: np.ndarray, *,
+          item: pa.Array | None = None, category: np.ndarray | None = None,
+          price: np.ndarray | None = None, rating: np.ndarray | None = None,
+          text: np.ndarray | None = None) -> Part:
+    """Events as arrays; absent fields are null (-1 category or text, NaN price or rating)."""
+    n = user.size
+    return {"user": user, "t": t, "kind": np.broadcast_to(np.asarray(kind), n),
+            "session": session,
+            "item": item if item is not None else pa.nulls(n, pa.string()),
+            "category": category if category is not None else np.full(n, -1),
+            "price": price if price is not None else np.full(n, np.nan),
+            "rating": rating if rating is not None else np.full(n, np.nan),
+            "text": text if text is not None else np.full(n, -1)}
+
+
+def _sessions(counters: Counters, n: int) -> np.ndarray:
+    """``n`` new session numbers, unique over the whole data set."""
+    numbers = np.arange(counters.sessions, counters.sessions + n, dtype=np.int64)
+    counters.sessions += n
+    return numbers
+
+
+def _browsed_items(rng: np.random.Generator, n: int) -> pa.Array:
+    """Ids of items someone looked at that this data set's listings do not hold."""
+    return _ids("v", rng.integers(0, 10**9, n), 9)
+
+
+def _back_times(gaps: np.ndarray, starts: np.ndarray, size: np.ndarray, row: np.ndarray
+                ) -> np.ndarray:
+    """Minutes before the last event of its group for each event, from the gap after it.
+
+    Events of group ``row[i]`` are contiguous from ``starts[g]`` for ``size[g]`` events;
+    ``gaps[i]`` separates event i from event i + 1 (the last event's gap is ignored)."""
+    last = starts + size - 1
+    gaps = gaps.copy()
+    gaps[last] = 0.0
+    suffix = np.cumsum(gaps[::-1])[::-1]
+    return suffix - suffix[last[row]]
+
+
+def _purchase_events(rng: np.random.Generator, grng: np.random.Generator, draw: OrderDraw,
+                     items: pa.Array, pop: Population, counters: Counters) -> list[Part]:
+    """The session of each order: login, views of other items of the category (many for
+    comparison shoppers), views of the item, add_to_cart and ``purchase`` at the order time.
+
+    Everyone but impulse buyers first saw the item hours or days before, in a session of
+    its own."""
     n = draw.t.size
+    buyer = draw.buyer
     views = 1 + rng.poisson(0.6, n)
-    per_order = views + 2
-    row = np.repeat(np.arange(n), per_order)
-    first = np.repeat(np.cumsum(per_order) - per_order, per_order)
-    pos = np.arange(row.size) - first
-    last = pos == per_order[row] - 1
-    kind = np.where(pos == 0, 5, np.where(last, 2, 0))
-    back_minutes = (per_order[row] - pos) * rng.exponential(3.0, n)[row]
-    t = np.maximum(draw.t[row] - back_minutes / 60.0, pop.signup_h[draw.buyer[row]])
-    review_t = draw.t + 24 * rng.uniform(3, 20, n)
-    reviewed = np.flatnonzero((draw.status == 0) & (rng.random(n) < 0.1) & (review_t < hours))
-    row = np.concatenate([row, reviewed])
-    kind = np.concatenate([kind, np.full(reviewed.size, 7)])
-    t = np.concatenate([t, review_t[reviewed]])
-    login = kind == 5
-    item = pc.if_else(pa.array(login), pa.scalar(None, pa.string()), items.take(pa.array(row)))
-    return {"user": draw.buyer[row], "t": t, "kind": kind, "item": item,
-            "category": np.where(login, -1, draw.category[row]),
-            "price": np.where(login, np.nan, draw.price[row])}
+    compare = np.where(pop.groups["comparison_shopper"][buyer], 4 + grng.poisson(3.0, n),
+                       grng.poisson(0.7, n))
+    size = compare + views + 3
+    starts = np.cumsum(size) - size
+    row = np.repeat(np.arange(n), size)
+    pos = np.arange(row.size) - starts[row]
+    from_end = size[row] - 1 - pos
+    kind = np.select([from_end == 0, from_end == 1, pos == 0], [PURCHASE, CART, LOGIN], VIEW)
+    own_item = (from_end <= views[row] + 1) & (pos > 0)
+    back_minutes = _back_times(grng.exponential(1.5, row.size), starts, size, row)
+    t = np.maximum(draw.t[row] - back_minutes / 60.0, pop.signup_h[buyer[row]])
+    item = pc.if_else(pa.array(own_item), items.take(pa.array(row)),
+                      _browsed_items(grng, row.size))
+    item = pc.if_else(pa.array(kind == LOGIN), pa.scalar(None, pa.string()), item)
+    login = kind == LOGIN
+    session = _sessions(counters, n)[row]
+    parts = [_part(buyer[row], t, kind, session, item=item,
+                   category=np.where(login, -1, draw.category[row]),
+                   price=np.where(login | ~own_item, np.nan, draw.price[row]))]
+    seen = ~pop.groups["impulse_buyer"][buyer]
+    earlier = draw.t - np.exp(np.log(20.0) + 1.2 * grng.standard_normal(n))
+    seen &= earlier > pop.signup_h[buyer]
+    idx = np.flatnonzero(seen)
+    parts.append(_part(buyer[idx], earlier[idx], VIEW, _sessions(counters, idx.size),
+                       item=items.take(pa.array(idx)), category=draw.category[idx],
+                       price=draw.price[idx]))
+    return parts
 
 
-def _browse_events(rng: np.random.Generator, clock: Clock, pop: Population, lo: int, hi: int
-                   ) -> dict[str, np.ndarray | pa.Array]:
+def _texts() -> pa.Array:
+    """Every review text: two different phrases of one sentiment, negative ones first."""
+    texts = [f"{a}, {b}" for phrases in PHRASES for a in phrases for b in phrases if a != b]
+    return pa.array(texts, pa.string())
+
+
+def _texts_per_sentiment() -> int:
+    return len(PHRASES[0]) * (len(PHRASES[0]) - 1)
+
+
+def _after_order_events(grng: np.random.Generator, draw: OrderDraw, pop: Population,
+                        hours: int, counters: Counters) -> list[Part]:
+    """What follows orders: reviews (ratings by sentiment, often a text, some texts without
+    a rating), complaints, shares, and a few looks at the order history."""
+    n = draw.t.size
+    buyer = draw.buyer
+    g = pop.groups
+    done = draw.status == 0
+    p_review = np.select([g["silent"][buyer], g["fan"][buyer] | g["critic"][buyer]],
+                         [0.0, 0.85], 0.7)
+    review_t = draw.t + 24 * grng.uniform(3, 20, n)
+    reviewed = np.flatnonzero(done & (grng.random(n) < p_review) & (review_t < hours))
+    who = buyer[reviewed]
+    stars = np.select([g["fan"][who], g["critic"][who]],
+                      [_stars(grng, (0, 0, 0, 0.15, 0.85), who.size),
+                       _stars(grng, (0.5, 0.4, 0.1, 0, 0), who.size)],
+                      _stars(grng, (0, 0.05, 0.2, 0.4, 0.35), who.size))
+    mood = np.select([stars <= 2, stars == 3], [0, 1], 2)
+    texted = grng.random(who.size) < 0.6
+    text = np.where(texted, mood * _texts_per_sentiment()
+                    + grng.integers(0, _texts_per_sentiment(), who.size), -1)
+    rating = np.where(texted & (grng.random(who.size) < 0.15), np.nan, stars.astype(float))
+    parts = [_part(who, review_t[reviewed], REVIEW, _sessions(counters, who.size),
+                   item=pa.nulls(who.size, pa.string()), rating=rating, text=text)]
+    p_complain = np.where(g["complainer"][buyer], 0.6, 0.005)
+    complain_t = draw.t + 24 * grng.uniform(1, 10, n)
+    complained = np.flatnonzero((draw.status < 2) & (grng.random(n) < p_complain)
+                                & (complain_t < hours))
+    parts.append(_part(buyer[complained], complain_t[complained], COMPLAINT,
+                       _sessions(counters, complained.size)))
+    share_t = draw.t + 24 * grng.uniform(0, 5, n)
+    shared = np.flatnonzero(done & (grng.random(n) < np.where(g["fan"][buyer], 0.7, 0.03))
+                            & (share_t < hours))
+    parts.append(_part(buyer[shared], share_t[shared], SHARE, _sessions(counters, shared.size)))
+    looks = grng.poisson(0.3, n)
+    row = np.repeat(np.arange(n), looks)
+    look_t = draw.t[row] + 24 * grng.uniform(0, 7, row.size)
+    row, look_t = row[look_t < hours], look_t[look_t < hours]
+    parts.append(_part(buyer[row], look_t, HISTORY, _sessions(counters, row.size)))
+    return parts
+
+
+def _stars(rng: np.random.Generator, odds: tuple[float, ...], n: int) -> np.ndarray:
+    """Ratings 1-5 drawn with ``odds``."""
+    return 1 + _pick(rng, np.asarray(odds), n)
+
+
+def _habit_events(grng: np.random.Generator, clock: Clock, pop: Population, lo: int, hi: int,
+                  counters: Counters) -> list[Part]:
+    """Habits of groups while they are active: re-readers open their order history, cart
+    hoarders fill carts they never buy, IP jumpers browse a lot (from everywhere)."""
+    parts = []
+    begin, end = pop.signup_h[lo:hi], np.minimum(pop.churn_h[lo:hi], clock.hours)
+    for group, rate, kind in (("history_rereader", REREAD_RATE, HISTORY),
+                              ("cart_hoarder", HOARD_RATE, CART),
+                              ("ip_jumper", JUMPER_EXTRA_SESSIONS, VIEW)):
+        member = pop.groups[group][lo:hi]
+        days = np.where(member, np.maximum(end - begin, 0.0) / 24.0, 0.0)
+        count = grng.poisson(rate * days)
+        row = np.repeat(np.arange(hi - lo), count)
+        t = begin[row] + grng.random(row.size) * (end - begin)[row]
+        user = row + lo
+        category = np.where(kind == HISTORY, -1, _pick(grng, CATEGORY_SHARE, row.size))
+        with_item = kind != HISTORY
+        parts.append(_part(
+            user, t, kind, _sessions(counters, row.size),
+            item=_browsed_items(grng, row.size) if with_item else None,
+            category=category,
+            price=_prices(grng, pop, user, np.maximum(category, 0)) if with_item else None))
+    return parts
+
+
+def _browse_events(rng: np.random.Generator, grng: np.random.Generator, clock: Clock,
+                   pop: Population, lo: int, hi: int, counters: Counters) -> list[Part]:
     """Browsing sessions that mostly end without a purchase (carts left, items favourited)."""
     rate = SESSION_RATE * pop.engagement[lo:hi] + 0.5 * pop.order_rate[lo:hi]
     s_row, s_t = _poisson_times(rng, clock, pop.signup_h[lo:hi], pop.churn_h[lo:hi], rate)
@@ -409,40 +679,77 @@ def _browse_events(rng: np.random.Generator, clock: Clock, pop: Population, lo: 
     row = np.repeat(np.arange(s_row.size), size)
     first = np.repeat(np.cumsum(size) - size, size)
     pos = np.arange(row.size) - first
-    kind = np.where(pos == 0, 5, BROWSE_TYPES[_pick(rng, BROWSE_ODDS, row.size)])
+    kind = np.where(pos == 0, LOGIN, BROWSE_TYPES[_pick(rng, BROWSE_ODDS, row.size)])
     t = s_t[row] + pos * rng.exponential(2.0, row.size) / 60.0
     user = s_row[row] + lo
     category = _categories(rng, pop, user)
     price = _prices(rng, pop, user, category)
-    with_item = np.isin(kind, [0, 1, 2])
-    return {"user": user, "t": t, "kind": kind,
-            "item": pa.nulls(row.size, pa.string()),
-            "category": np.where(with_item, category, -1),
-            "price": np.where(with_item, price, np.nan)}
+    with_item = np.isin(kind, [VIEW, FAVORITE, CART])
+    item = pc.if_else(pa.array(with_item), _browsed_items(grng, row.size),
+                      pa.scalar(None, pa.string()))
+    return [_part(user, t, kind, _sessions(counters, s_row.size)[row], item=item,
+                  category=np.where(with_item, category, -1),
+                  price=np.where(with_item, price, np.nan))]
 
 
-def _events_table(parts: list[dict[str, np.ndarray | pa.Array]], pop: Population,
+def _network(grng: np.random.Generator, pop: Population, user: np.ndarray,
+             session: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each event's IP prefix (a /24 as an integer ``a << 16 | b << 8 | c``) and country
+    index, drawn once per session: ordinary users come from home, a mobile carrier or (rarely)
+    abroad; IP jumpers from anywhere."""
+    sessions, first = np.unique(session, return_index=True)
+    owner = user[first]
+    u = grng.random(sessions.size)
+    jumper = pop.groups["ip_jumper"][owner]
+    away = jumper | (u < TRAVEL_SESSION)
+    mobile = ~away & (u < TRAVEL_SESSION + MOBILE_SESSION)
+    anywhere = grng.integers(0x200000, 0xDF0000, sessions.size)
+    # A carrier hands each user one of a few prefixes of its pool.
+    carrier = 0xAC1000 + (owner * 7919 + grng.integers(0, 3, sessions.size)) % 4096
+    prefix = np.select([away, mobile], [anywhere, carrier], 0x0A0000 + owner)
+    abroad = 1 + grng.integers(0, COUNTRIES.size - 1, sessions.size)
+    country = np.where(jumper, grng.integers(0, COUNTRIES.size, sessions.size),
+                       np.where(away, abroad, 0))
+    at = np.searchsorted(sessions, session)
+    return prefix[at], country[at]
+
+
+def _prefix_text(prefix: np.ndarray) -> pa.Array:
+    """``a.b.c.0/24`` for each integer prefix."""
+    octets = [pa.array(((prefix >> shift) & 255).astype(np.int64)).cast(pa.string())
+              for shift in (16, 8, 0)]
+    return pc.binary_join_element_wise(*octets, pa.scalar("0/24"), ".")
+
+
+def _events_table(grng: np.random.Generator, parts: list[Part], pop: Population,
                   clock: Clock) -> pa.Table:
     """Join event parts into one table sorted by user then time."""
-    user = np.concatenate([p["user"] for p in parts])
-    t = np.concatenate([p["t"] for p in parts])
-    kind = np.concatenate([p["kind"] for p in parts])
-    category = np.concatenate([p["category"] for p in parts])
-    price = np.concatenate([p["price"] for p in parts])
-    item = pa.concat_arrays([p["item"] for p in parts])
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([np.asarray(p[key]) for p in parts])
+
+    user, t, kind = cat("user"), cat("t"), cat("kind")
     order = np.lexsort((t, user))
     order = order[t[order] < clock.hours]  # sessions running past the end are cut there
-    category = category[order]
-    price = price[order]
+    user, session = user[order], cat("session")[order]
+    category, price = cat("category")[order], cat("price")[order]
+    rating, text = cat("rating")[order], cat("text")[order]
+    item = pa.concat_arrays([p["item"] for p in parts]).take(pa.array(order))
+    prefix, country = _network(grng, pop, user, session)
     no_item = np.isnan(price)
     return pa.table({
-        "user_id": pop.user_id.take(pa.array(user[order])),
+        "user_id": pop.user_id.take(pa.array(user)),
         "ts": pa.array(clock.to_us(t[order]), pa.timestamp("us")),
         "type": _labels(EVENT_TYPES, kind[order]),
-        "item_id": item.take(pa.array(order)),
+        "item_id": item,
         "category": pc.if_else(pa.array(category < 0), pa.scalar(None, pa.string()),
                                _labels(CATEGORIES, np.maximum(category, 0))),
         "price": pa.array(np.where(no_item, 0.0, price), pa.float64(), mask=no_item),
+        "session_id": _ids("s", session, 10),
+        "ip_prefix": _prefix_text(prefix),
+        "country": _labels(COUNTRIES, country),
+        "rating": pa.array(rating, pa.float64(), mask=np.isnan(rating)),
+        "text": pc.if_else(pa.array(text < 0), pa.scalar(None, pa.string()),
+                           _texts().take(pa.array(np.maximum(text, 0)))),
     })
 
 
@@ -453,6 +760,7 @@ def _users_table(pop: Population, clock: Clock) -> pa.Table:
         "region": _labels(REGIONS, pop.region),
         "channel": _labels(CHANNELS, pop.channel),
         "timezone": _labels(REGION_TZ, pop.region),
+        "acquisition_cost": pa.array(pop.acquisition_cost, pa.float64()),
     })
 
 
@@ -482,6 +790,7 @@ def _traits_table(pop: Population, clock: Clock) -> pa.Table:
         "is_seller": pa.array(pop.is_seller),
         "engagement": pa.array(pop.engagement),
         "return_propensity": pa.array(pop.return_propensity),
+        **{name: pa.array(flags) for name, flags in pop.groups.items()},
         "churn_ts": pa.array(clock.to_us(pop.churn_h), pa.timestamp("us"),
                              mask=pop.churn_h >= clock.hours),
     })
@@ -527,7 +836,8 @@ def synthesize(n_users: int, days: int, seed: int, raw_dir: Path, latent_dir: Pa
     latent_dir.mkdir(parents=True, exist_ok=True)
     clock = make_clock(start, days)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
-    pop = _draw_population(n_users, days, rng)
+    pop = _draw_population(n_users, days, rng,
+                           np.random.default_rng(np.random.SeedSequence([seed, 2])))
     sellers = _draw_sellers(pop, rng)
     writers = _Writers(raw_dir)
     counters = Counters()
@@ -537,17 +847,110 @@ def synthesize(n_users: int, days: int, seed: int, raw_dir: Path, latent_dir: Pa
         for chunk, lo in enumerate(range(0, n_users, CHUNK_USERS)):
             hi = min(lo + CHUNK_USERS, n_users)
             crng = np.random.default_rng(np.random.SeedSequence([seed, 1, chunk]))
-            draw = _draw_orders(crng, clock, pop, sellers, lo, hi)
+            grng = np.random.default_rng(np.random.SeedSequence([seed, 3, chunk]))
+            draw = _draw_orders(crng, grng, clock, pop, sellers, counters, lo, hi)
             orders, items = _orders_table(draw, pop, clock, counters)
             writers.write("orders", orders)
             writers.write("listings",
                           _listings_table(crng, draw, items, pop, clock, counters, lo, hi))
-            parts = [_purchase_events(crng, draw, items, pop, clock.hours),
-                     _browse_events(crng, clock, pop, lo, hi)]
-            writers.write("events", _events_table(parts, pop, clock))
+            parts = [*_purchase_events(crng, grng, draw, items, pop, counters),
+                     *_browse_events(crng, grng, clock, pop, lo, hi, counters),
+                     *_after_order_events(grng, draw, pop, clock.hours, counters),
+                     *_habit_events(grng, clock, pop, lo, hi, counters)]
+            writers.write("events", _events_table(grng, parts, pop, clock))
     finally:
         writers.close()
     pq.write_table(_traits_table(pop, clock), latent_dir / "user_traits.parquet")
     return SynthSummary(n_users=n_users, days=days, seed=seed, start=start, raw_dir=raw_dir,
                         latent_dir=latent_dir, rows={t: writers.rows[t] for t in TABLES},
                         seconds=round(time.perf_counter() - began, 3))
+
+
+# What each group's tag (config features.tags / features.risk_rules) should find, and how
+# much of it a user must have shown before as_of for the group to be recoverable at all.
+GROUP_TAGS = {
+    "card_switching": "card_switcher", "ip_jumping": "ip_jumper", "perk_abuser": "perk_abuser",
+    "serial_returner": "serial_returner", "impulse_buyer": "impulse_buyer",
+    "comparison_shopper": "comparison_shopper", "order_history_rereader": "history_rereader",
+    "cart_hoarder": "cart_hoarder", "fan": "fan", "critic": "critic",
+    "silent_majority": "silent", "complaint_escalation": "complainer",
+    "high_spend_and_complaining": "complainer",
+}
+EVIDENCE = {
+    "card_switching": "3 or more orders in the 30 days before as_of",
+    "ip_jumping": "3 or more sessions in the 30 days before as_of",
+    "perk_abuser": "the perk order 30 or more days before as_of",
+    "serial_returner": "4 or more completed or returned orders before as_of",
+    "impulse_buyer": "2 or more purchases in the 365 days before as_of",
+    "comparison_shopper": "2 or more purchases in the 365 days before as_of",
+    "order_history_rereader": "signed up 30 or more days before as_of, still active",
+    "cart_hoarder": "signed up 60 or more days before as_of, still active",
+    "fan": "3 or more completed orders in the 365 days before as_of",
+    "critic": "3 or more completed orders in the 365 days before as_of",
+    "silent_majority": "3 or more completed orders in the 365 days before as_of",
+    "complaint_escalation": "4 or more completed or returned orders in the 365 days before "
+                            "as_of",
+    "high_spend_and_complaining": "as complaint_escalation, and 1,000 or more spent in the 365 "
+                                  "days before as_of",
+}
+
+
+def group_truth(raw_dir: Path, latent_dir: Path, as_of: date) -> tuple[pd.DataFrame,
+                                                                       pd.DataFrame]:
+    """The latent truth of every group tag at ``as_of`` for the users signed up before it.
+
+    Returns ``(trait, evidence)``: boolean frames indexed by user_id with one column per tag
+    of :data:`GROUP_TAGS`. ``trait`` is the latent flag (a tagged user with it is right);
+    ``trait & evidence`` is who the tag should find (:data:`EVIDENCE` says what a user must
+    have shown before as_of, e.g. a card switcher who ordered once in the month cannot be
+    seen switching).
+    """
+    end = pd.Timestamp(as_of)
+    users = pd.read_parquet(Path(raw_dir) / "users.parquet", columns=["user_id", "signup_ts"])
+    traits = pd.read_parquet(Path(latent_dir) / "user_traits.parquet").set_index("user_id")
+    users = users[users["signup_ts"] < end].set_index("user_id")
+    orders = pd.read_parquet(Path(raw_dir) / "orders.parquet",
+                             columns=["buyer_id", "ts", "amount", "status", "new_user_perk"])
+    orders = orders[orders["ts"] < end]
+    events = pd.read_parquet(Path(raw_dir) / "events.parquet",
+                             columns=["user_id", "ts", "type", "session_id"])
+    events = events[(events["ts"] < end) & (events["ts"] >= end - pd.Timedelta(days=365))]
+
+    def count(frame: pd.DataFrame, key: str, days: int | None = None) -> pd.Series:
+        if days is not None:
+            frame = frame[frame["ts"] >= end - pd.Timedelta(days=days)]
+        return frame.groupby(key).size().reindex(users.index, fill_value=0)
+
+    done = orders[orders["status"] == "completed"]
+    kept = orders[orders["status"] != "cancelled"]
+    spend = done[done["ts"] >= end - pd.Timedelta(days=365)].groupby("buyer_id")["amount"] \
+        .sum().reindex(users.index, fill_value=0.0)
+    perk_ts = orders[orders["new_user_perk"]].groupby("buyer_id")["ts"].min() \
+        .reindex(users.index)
+    sessions = events[events["ts"] >= end - pd.Timedelta(days=30)] \
+        .groupby("user_id")["session_id"].nunique().reindex(users.index, fill_value=0)
+    purchases = count(events[events["type"] == "purchase"], "user_id")
+    tenure = end - users["signup_ts"]
+    churn = traits["churn_ts"].reindex(users.index)
+    active = churn.isna() | (churn > end)
+    complaints_seen = count(kept, "buyer_id", 365) >= 4
+    evidence = pd.DataFrame({
+        "card_switching": count(orders, "buyer_id", 30) >= 3,
+        "ip_jumping": sessions >= 3,
+        "perk_abuser": perk_ts <= end - pd.Timedelta(days=30),
+        "serial_returner": count(kept, "buyer_id") >= 4,
+        "impulse_buyer": purchases >= 2,
+        "comparison_shopper": purchases >= 2,
+        "order_history_rereader": (tenure >= pd.Timedelta(days=30)) & active,
+        "cart_hoarder": (tenure >= pd.Timedelta(days=60)) & active,
+        "fan": count(done, "buyer_id", 365) >= 3,
+        "critic": count(done, "buyer_id", 365) >= 3,
+        "silent_majority": count(done, "buyer_id", 365) >= 3,
+        "complaint_escalation": complaints_seen,
+        "high_spend_and_complaining": complaints_seen & (spend >= 1000),
+    }, index=users.index)
+    flags = traits.reindex(users.index)
+    trait = pd.DataFrame({tag: flags[name].astype(bool) for tag, name in GROUP_TAGS.items()},
+                         index=users.index)
+    trait["high_spend_and_complaining"] &= spend >= 1000
+    return trait, evidence.fillna(False).astype(bool)

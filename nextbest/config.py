@@ -108,11 +108,29 @@ class TierConfig(_Section):
 
 
 class TagRule(_Section):
-    """A dynamic tag: ``when`` is a pandas ``DataFrame.eval`` expression over feature columns."""
+    """A dynamic tag: ``when`` is a condition of features/expressions.py over feature columns."""
 
     name: str
     when: str
     description: str = ""
+
+
+class RiskRule(_Section):
+    """A risk tag: a user for whom ``when`` holds gets tag ``name`` and lands in the review
+    queue with ``reason``, a sentence whose ``{column}`` fields are filled with the user's
+    feature values. A risk tag removes automated incentives until an operator clears it; it
+    never changes a score, price or tier."""
+
+    name: str
+    when: str
+    reason: str
+
+
+class StageRule(_Section):
+    """A lifecycle stage: the first rule whose ``when`` holds names the user's stage."""
+
+    stage: Literal["new", "growth", "mature", "decline", "churned"]
+    when: str
 
 
 def _default_tags() -> list[TagRule]:
@@ -129,8 +147,70 @@ def _default_tags() -> list[TagRule]:
                 description="nearly always buys with a coupon and often returns"),
         TagRule(name="at_risk", when="recency_days > 60 and frequency_total >= 3",
                 description="a regular buyer who has not bought for 60 days"),
-        TagRule(name="risk_review", when="return_rate >= 0.5 and frequency_total >= 4",
-                description="returns half of what they buy: review before incentives"),
+        # Behaviour paths (purchase events of the last 365 days, sessions).
+        TagRule(name="comparison_shopper",
+                when="compare_items_per_purchase >= 4 and purchases_viewed_365d >= 2",
+                description="views four or more items of the category in the session "
+                            "before buying"),
+        TagRule(name="impulse_buyer",
+                when="minutes_to_buy_median < 10 and purchases_viewed_365d >= 2",
+                description="buys within ten minutes of first seeing the item (median)"),
+        TagRule(name="order_history_rereader", when="order_history_views_30d >= 6",
+                description="looked at their order history six or more times in 30 days"),
+        TagRule(name="cart_hoarder", when="carted_not_bought_90d >= 8",
+                description="eight or more items put in the cart in 90 days and not bought"),
+        # Sentiment (reviews, shares and complaints of the last 365 days).
+        TagRule(name="fan", when="rating_mean_365d >= 4.5 and reviews_365d >= 2 "
+                                 "and shares_365d >= 1",
+                description="rates highly and shares"),
+        TagRule(name="silent_majority",
+                when="frequency_365d >= 3 and reviews_365d == 0 and complaints_365d == 0",
+                description="buys but never reviews or complains"),
+        TagRule(name="critic", when="rating_mean_365d <= 2.5 and reviews_365d >= 2",
+                description="rates low"),
+        TagRule(name="complaint_escalation",
+                when="complaint_rate_365d > 0.15 and complaints_365d >= 2",
+                description="complains about more than 15% of orders: senior support"),
+        TagRule(name="high_spend_and_complaining",
+                when="monetary_365d >= 1000 and complaint_rate_365d > 0.15 "
+                     "and complaints_365d >= 2",
+                description="a high spender who complains: priority service channel, never "
+                            "down-weighted"),
+    ]
+
+
+def _default_risk_rules() -> list[RiskRule]:
+    return [
+        RiskRule(name="card_switching", when="payment_fingerprints_30d >= 3",
+                 reason="paid with {payment_fingerprints_30d} different payment "
+                        "fingerprints in 30 days"),
+        RiskRule(name="ip_jumping",
+                 when="countries_24h >= 2 or countries_30d >= 3 or ip_prefixes_30d >= 8",
+                 reason="came from {countries_24h} countries in 24 hours, {countries_30d} "
+                        "countries and {ip_prefixes_30d} IP prefixes in 30 days"),
+        RiskRule(name="perk_abuser",
+                 when="new_user_perks >= 1 and purchases_after_perk == 0 "
+                      "and fingerprint_accounts >= 2 and perk_age_days >= 30",
+                 reason="took a new-user perk {perk_age_days} days ago, never bought again, "
+                        "and paid with a card used by {fingerprint_accounts} accounts"),
+        RiskRule(name="serial_returner", when="returns_total >= 3 and return_rate >= 0.7",
+                 reason="sent back {returns_total} orders, {return_rate} of what they kept "
+                        "or returned"),
+    ]
+
+
+def _default_lifecycle() -> list[StageRule]:
+    return [
+        StageRule(stage="churned", when="recency_days > 180"),
+        # A rule is false where a column it reads is missing: one rule per condition.
+        StageRule(stage="new", when="frequency_total == 0"),
+        StageRule(stage="new", when="first_purchase_days <= 90"),
+        StageRule(stage="decline", when="recency_days > 90"),
+        StageRule(stage="decline", when="frequency_prev_90d >= 2 "
+                                        "and frequency_90d * 2 <= frequency_prev_90d"),
+        StageRule(stage="decline", when="churn_probability >= 0.6"),
+        StageRule(stage="growth", when="first_purchase_days <= 365 "
+                                       "and frequency_90d >= frequency_prev_90d"),
     ]
 
 
@@ -164,6 +244,10 @@ class FeaturesConfig(_Section):
     windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90, 365])
     tiers: TierConfig = Field(default_factory=TierConfig)
     tags: list[TagRule] = Field(default_factory=_default_tags)
+    risk_rules: list[RiskRule] = Field(default_factory=_default_risk_rules)
+    # In order; the first rule that holds names the stage, ``mature`` when none does. A rule
+    # reading churn_probability applies where a churn model scored the user.
+    lifecycle: list[StageRule] = Field(default_factory=_default_lifecycle)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     clusters: ClusterConfig = Field(default_factory=ClusterConfig)
     # Send time: a user with fewer active moments (orders, events) in the last year than this
@@ -195,6 +279,7 @@ class LabelConfig(_Section):
     population_days: int = Field(365, gt=0)
     churn_horizon_days: int = Field(90, gt=0)
     propensity_horizon_days: int = Field(30, gt=0)
+    ltv_horizon_days: int = Field(365, gt=0)
 
 
 class TrainingConfig(_Section):
@@ -233,11 +318,11 @@ def _default_arms() -> list[ArmConfig]:
     return [
         ArmConfig(name="coupon", cost=5.0, cost_rate=0.10,
                   features={"kind": "discount", "value": 0.10},
-                  exclude_tags=["coupon_abuser", "risk_review"], max_per_user_per_week=2,
+                  exclude_tags=["coupon_abuser"], max_per_user_per_week=2,
                   description="10% off this item"),
         ArmConfig(name="installment", cost=0.0, cost_rate=0.03,
                   features={"kind": "financing", "value": 0.03},
-                  exclude_tags=["risk_review"], max_per_user_per_week=3,
+                  max_per_user_per_week=3,
                   description="pay in 3 interest-free installments"),
         ArmConfig(name="certification", cost=0.5, cost_rate=0.0,
                   features={"kind": "trust", "value": 0.0},

@@ -29,6 +29,7 @@ from campaigns.layer import EventsResult, ItemResult, RunReport
 from campaigns.store import Item, OutboxMessage
 from decisions.decision_log import Decision, FeedbackResult
 from decisions.policy import RequestContext, UserView
+from features.review import MAX_NOTE, ReviewItem
 
 
 class RequestBody(BaseModel):
@@ -241,6 +242,25 @@ class TagRemovedResponse(BaseModel):
     user_id: str
     removed: str
     tags: list[str]
+
+
+class ReviewDecisionRequest(RequestBody):
+    """An operator's decision on a user's review: ``cleared`` gives the automated incentives
+    back, ``confirmed`` keeps them off; ``note`` says why, ``by`` who decided."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"decision": "cleared", "note": "new bank cards, same person", "by": "ana"}]})
+
+    decision: Literal["cleared", "confirmed"]
+    note: str = Field(min_length=1, max_length=MAX_NOTE)
+    by: str = Field(min_length=1, max_length=200)
+
+
+class ReviewListResponse(BaseModel):
+    """The reviews with ``status`` (``all``: every status), oldest first."""
+
+    status: str
+    reviews: list[ReviewItem]
 
 
 class WorkerModels(BaseModel):

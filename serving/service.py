@@ -76,6 +76,9 @@ from serving.schemas import (
     PreferencesRequest,
     PreferencesResponse,
     ReceiptRequest,
+    ReviewDecisionRequest,
+    ReviewItem,
+    ReviewListResponse,
     RunReport,
     ScoreResponse,
     TagRemovedResponse,
@@ -510,6 +513,23 @@ class NextBest:
         self.store.remove_tag(user_id, tag)
         after = self.store.get(user_id) or {}
         return TagRemovedResponse(user_id=user_id, removed=tag, tags=list(after.get("tags") or []))
+
+    # --- the review queue (operators) --------------------------------------------------------
+
+    @app.get("/review", response_model=ReviewListResponse, responses=ERRORS)
+    async def reviews(self, status: Literal["pending", "cleared", "confirmed", "all"] = Query(
+            "pending", description="which reviews")) -> ReviewListResponse:
+        """Users a risk rule put into the review queue, with the reasons, oldest first. A
+        user under review is offered no automated incentive until an operator clears them."""
+        items = self.store.reviews(None if status == "all" else status)
+        return ReviewListResponse(status=status, reviews=items)
+
+    @app.post("/review/{user_id}", response_model=ReviewItem, responses=ERRORS)
+    async def decide_review(self, body: ReviewDecisionRequest,
+                            user_id: str = USER_ID) -> ReviewItem:
+        """Clear (incentives come back at the user's next decision) or confirm a user's
+        review, with a note and the operator's name; 404 when the user is not in the queue."""
+        return self.store.decide_review(user_id, body.decision, body.note, body.by)
 
     # --- admin -------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from nextbest.cli import iso_date
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
 from training import cli_segments
-from training.labels import MODEL_NAMES
+from training.labels import LTV_MODEL, MODEL_NAMES, SENTIMENT_MODEL
 
 
 def with_data_dir(settings: Settings, data_dir: str | None) -> Settings:
@@ -29,6 +29,17 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.cutoffs is not None and args.cutoffs < 1:
         raise ValidationFailed(f"--cutoffs must be at least 1, got {args.cutoffs}", field="cutoffs")
+    if args.model == LTV_MODEL:
+        return _train_ltv(args, settings)
+    if args.model == SENTIMENT_MODEL:
+        from training.sentiment import train_sentiment
+
+        train_sentiment(with_data_dir(settings, args.data))
+        return 0
+    if args.horizon_days is not None:
+        raise ValidationFailed(f"--horizon-days is for `train ltv`; the {args.model} horizon is "
+                               f"training.labels.{args.model}_horizon_days",
+                               field="horizon_days")
     result = train(with_data_dir(settings, args.data), args.model, as_of=args.as_of,
                    cutoffs=args.cutoffs, tune=args.tune, force=args.force,
                    rebuild_features=args.rebuild_features)
@@ -38,6 +49,29 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
           f"{'champion' if result.decision.promoted else 'challenger'}")
     if result.decision.warning():
         print(f"warning: {result.model_name} {result.decision.warning()}", file=sys.stderr)
+    return 0
+
+
+def _train_ltv(args: argparse.Namespace, settings: Settings) -> int:
+    from training.ltv import train_ltv
+
+    if args.tune:
+        raise ValidationFailed("--tune is not available for `train ltv`", field="tune")
+    if args.horizon_days is not None and args.horizon_days < 1:
+        raise ValidationFailed(f"--horizon-days must be at least 1, got {args.horizon_days}",
+                               field="horizon_days")
+    result = train_ltv(with_data_dir(settings, args.data), as_of=args.as_of,
+                       horizon=args.horizon_days, cutoffs=args.cutoffs, force=args.force,
+                       rebuild_features=args.rebuild_features)
+    m, b = result.metrics, result.baseline
+    print(f"ltv v{result.version} ({result.plan.horizon_days} days from "
+          f"{result.plan.validation}): spend {m.spend_error:+.1%} (bgnbd_gg "
+          f"{b.spend_error:+.1%}), purchases {m.purchases_error:+.1%} ({b.purchases_error:+.1%}),"
+          f" Spearman {m.spearman:.4f} ({b.spearman:.4f}); "
+          f"{'champion' if result.gate.promoted else 'challenger'}")
+    if not result.gate.promoted:
+        print(f"warning: ltv version {result.version} not promoted: {result.gate.reason}",
+              file=sys.stderr)
     return 0
 
 
@@ -54,7 +88,7 @@ def _tuning(trials: int | None) -> str:
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     from training.registry import configure, list_versions
 
-    rows = list_versions(configure(settings), MODEL_NAMES)
+    rows = list_versions(configure(settings), (*MODEL_NAMES, LTV_MODEL))
     if args.json:
         print(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
         return 0
@@ -87,9 +121,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``models`` and ``segments`` to the top-level parser."""
     cli_segments.register(sub)
     train = sub.add_parser("train", help="train, evaluate, register and gate a model")
-    train.add_argument("model", choices=MODEL_NAMES)
+    train.add_argument("model", choices=(*MODEL_NAMES, LTV_MODEL, SENTIMENT_MODEL))
     train.add_argument("--as-of", type=iso_date, default=None,
                        help="validation cutoff (default: latest with a complete label window)")
+    train.add_argument("--horizon-days", type=int, default=None, metavar="N",
+                       help="ltv only: days of spend to forecast (default: "
+                            "training.labels.ltv_horizon_days, 365)")
     train.add_argument("--cutoffs", type=int, default=None,
                        help="number of monthly training cutoffs (default: training.cutoffs)")
     train.add_argument("--tune", type=int, default=0, metavar="N", help="N Optuna trials")
@@ -107,6 +144,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     lst.add_argument("--json", action="store_true", help="print the versions as JSON")
     lst.set_defaults(handler=_list)
     prm = msub.add_parser("promote", help="make a version the champion")
-    prm.add_argument("name", choices=MODEL_NAMES)
+    prm.add_argument("name", choices=(*MODEL_NAMES, LTV_MODEL))
     prm.add_argument("version")
     prm.set_defaults(handler=_promote)

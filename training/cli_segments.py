@@ -18,7 +18,7 @@ from features.report import (
 )
 from nextbest.cli import command_group, iso_date
 from nextbest.config import Settings
-from training.loader import load_churn_scorer
+from training.loader import load_churn_scorer, load_ltv_scorer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     as_of = resolve_as_of(settings, args.as_of, args.features_dir)
     compare_to = args.compare_to and resolve_as_of(settings, args.compare_to, args.features_dir)
     report = build_report(settings, as_of, compare_to, scorer=load_churn_scorer(settings),
-                          features_dir=args.features_dir)
+                          ltv=load_ltv_scorer(settings), features_dir=args.features_dir)
     json_path, chart_path = write_report(report, args.out or default_out_dir(settings, report))
     if args.json:
         print(report.model_dump_json())

@@ -44,15 +44,17 @@ class CutoffPlan(BaseModel):
         return [*self.training, self.validation]
 
 
-def plan_cutoffs(validation: date, horizon: int, n: int, step_days: int) -> CutoffPlan:
+def plan_cutoffs(validation: date, horizon: int, n: int, step_days: int, *,
+                 on_grid: bool = True) -> CutoffPlan:
     """``n`` cutoffs ``step_days`` apart whose label windows ``[t, t + horizon)`` end by T.
 
     The latest training cutoff is T minus the horizon rounded up to whole steps, so the
-    cutoffs stay on the monthly grid anchored at T.
+    cutoffs stay on the monthly grid anchored at T; with ``on_grid`` false it is T minus the
+    horizon itself (its window closes exactly at T: the most recent behaviour there is).
     """
     if n < 1:
         raise DataError(f"cutoffs must be at least 1, got {n}", field="cutoffs")
-    gap = math.ceil(horizon / step_days) * step_days
+    gap = math.ceil(horizon / step_days) * step_days if on_grid else horizon
     training = [validation - timedelta(days=gap + k * step_days) for k in range(n)]
     return CutoffPlan(validation=validation, training=sorted(training), horizon_days=horizon)
 
@@ -60,7 +62,13 @@ def plan_cutoffs(validation: date, horizon: int, n: int, step_days: int) -> Cuto
 def resolve_validation_cutoff(settings: Settings, model_name: ModelName, raw_dir: Path,
                               as_of: date | None) -> date:
     """``as_of`` if its label window is complete in the data, else the latest such cutoff."""
-    horizon = horizon_days(model_name, settings.training.labels)
+    return latest_cutoff(settings, horizon_days(model_name, settings.training.labels), raw_dir,
+                         as_of)
+
+
+def latest_cutoff(settings: Settings, horizon: int, raw_dir: Path, as_of: date | None) -> date:
+    """``as_of`` if a ``horizon``-day label window from it is complete in the data, else the
+    latest cutoff whose window is; DataError for an ``as_of`` whose window is not."""
     # Labels are read from orders: events streamed in since the last orders import must not
     # make a label window look complete before its orders are in.
     end = default_as_of(settings, raw_dir, tables=("orders",))
@@ -99,18 +107,9 @@ def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame[columns].apply(pd.to_numeric, errors="coerce").astype(np.float32)
 
 
-def examples_at(settings: Settings, model_name: ModelName, cutoff: date, raw_dir: Path, *,
-                rebuild: bool, say: Say) -> pd.DataFrame:
-    """One row per population user at ``cutoff``: ``user_id, cutoff, label`` + model inputs.
-
-    Users in the population with no feature row (none expected) get all-missing inputs
-    rather than being dropped, so the population stays exactly as the labels define it.
-    """
-    labels = build_labels(raw_dir, cutoff, settings.training.labels)
-    if labels.empty:
-        raise DataError(f"no user was active in the {settings.training.labels.population_days} "
-                        f"days before cutoff {cutoff}; use fewer --cutoffs or a later --as-of",
-                        field="cutoffs")
+def inputs_at(settings: Settings, cutoff: date, raw_dir: Path, *, rebuild: bool,
+              say: Say) -> pd.DataFrame:
+    """``user_id`` and the model inputs of every user with features at ``cutoff``."""
     names, categorical = model_columns(settings)
     feats = features_at(settings, cutoff, raw_dir, rebuild=rebuild, say=say)
     missing = [c for c in [*names, "user_id"] if c not in feats.columns]
@@ -118,11 +117,34 @@ def examples_at(settings: Settings, model_name: ModelName, cutoff: date, raw_dir
         raise DataError(f"features as_of {cutoff} lack columns {missing}; rebuild them with "
                         "`--rebuild-features`", field="features")
     numeric = [c for c in names if c not in categorical]
-    inputs = pd.concat([feats[["user_id"]].astype(str), _numeric(feats, numeric),
-                        feats[categorical].astype("string")], axis=1)
-    frame = labels[["user_id", model_name]].rename(columns={model_name: "label"})
-    frame = frame.merge(inputs, on="user_id", how="left", validate="one_to_one")
+    return pd.concat([feats[["user_id"]].astype(str), _numeric(feats, numeric),
+                      feats[categorical].astype("string")], axis=1)
+
+
+def with_inputs(settings: Settings, labels: pd.DataFrame, cutoff: date, raw_dir: Path, *,
+                rebuild: bool, say: Say) -> pd.DataFrame:
+    """``labels`` (one row per population user) with ``cutoff`` and the model inputs added.
+
+    Users in the population with no feature row (none expected) get all-missing inputs
+    rather than being dropped, so the population stays exactly as the labels define it.
+    """
+    if labels.empty:
+        raise DataError(f"no user was active in the {settings.training.labels.population_days} "
+                        f"days before cutoff {cutoff}; use fewer --cutoffs or a later --as-of",
+                        field="cutoffs")
+    inputs = inputs_at(settings, cutoff, raw_dir, rebuild=rebuild, say=say)
+    frame = labels.merge(inputs, on="user_id", how="left", validate="one_to_one")
     frame.insert(1, "cutoff", pd.Timestamp(cutoff))
+    return frame
+
+
+def examples_at(settings: Settings, model_name: ModelName, cutoff: date, raw_dir: Path, *,
+                rebuild: bool, say: Say) -> pd.DataFrame:
+    """One row per population user at ``cutoff``: ``user_id, cutoff, label`` + model inputs."""
+    labels = build_labels(raw_dir, cutoff, settings.training.labels)
+    frame = with_inputs(settings, labels[["user_id", model_name]].rename(
+        columns={model_name: "label"}), cutoff, raw_dir, rebuild=rebuild, say=say)
+    names, _ = model_columns(settings)
     return frame[["user_id", "cutoff", "label", *names]]
 
 

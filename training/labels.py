@@ -24,6 +24,8 @@ from nextbest.errors import DataError
 
 ModelName = Literal["churn", "propensity"]
 MODEL_NAMES: tuple[ModelName, ...] = ("churn", "propensity")
+LTV_MODEL = "ltv"  # the lifetime-value model (training/ltv.py), a regression
+SENTIMENT_MODEL = "sentiment"  # ratings of review texts (training/sentiment.py)
 
 
 def horizon_days(model_name: ModelName, config: LabelConfig) -> int:
@@ -98,3 +100,34 @@ def build_labels(raw_dir: Path, cutoff: date, config: LabelConfig) -> pd.DataFra
     frame["user_id"] = frame["user_id"].astype(str)
     return frame.astype({"churn": "int8", "propensity": "int8"})
 
+
+
+def build_ltv_labels(raw_dir: Path, cutoff: date, horizon: int, config: LabelConfig
+                     ) -> pd.DataFrame:
+    """Lifetime-value labels at ``cutoff``: ``user_id, spend, purchases`` over
+    ``[cutoff, cutoff + horizon)`` for the population of :func:`build_labels`.
+
+    ``spend`` sums completed orders; ``purchases`` counts the days with a completed order
+    (the unit BG/NBD forecasts). Sorted by ``user_id``.
+    """
+    sql = f"""
+        WITH population AS (
+            SELECT DISTINCT user_id FROM ({activity_sql(raw_dir)})
+            WHERE ts >= $start AND ts < $end
+        ), future AS (
+            SELECT buyer_id AS user_id, sum(amount) AS spend,
+                   count(DISTINCT CAST(ts AS DATE)) AS purchases
+            FROM read_parquet('{orders_path(raw_dir)}')
+            WHERE status = 'completed' AND ts >= $end AND ts < $window_end
+            GROUP BY buyer_id
+        )
+        SELECT p.user_id, coalesce(f.spend, 0) AS spend, coalesce(f.purchases, 0) AS purchases
+        FROM population p LEFT JOIN future f USING (user_id)
+        ORDER BY p.user_id
+    """
+    params = {"start": midnight(cutoff - timedelta(days=config.population_days)),
+              "end": midnight(cutoff), "window_end": midnight(cutoff + timedelta(days=horizon))}
+    with duckdb.connect() as con:
+        frame = con.execute(sql, params).df()
+    frame["user_id"] = frame["user_id"].astype(str)
+    return frame.astype({"spend": "float64", "purchases": "float64"})

@@ -1,5 +1,7 @@
 """The serving hand-off: load both champions once, score records with numpy only.
 
+(The LTV champion, when one is registered, loads the same way: :func:`load_ltv_champion`.)
+
 ``load_champions(settings)`` reads ``models:/churn@champion`` and
 ``models:/propensity@champion`` (the registered pyfuncs of ``training.pyfunc``) and keeps
 their raw LightGBM Boosters with their calibrators, feature order and category lists.
@@ -18,10 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features.report import ChurnScorer
+from features.report import ChurnScorer, LtvScorer
 from nextbest.config import Settings
-from nextbest.errors import NextbestError
-from training.model import predict
+from nextbest.errors import NextbestError, NotFound
+from training.ltv_model import LtvModel, load_ltv
+from training.model import InputSpec, predict
 from training.registry import CHAMPION, LoadedModel, configure, load_version, resolve_version
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,10 @@ class _RowEncoder:
     codes: dict[str, dict[str, float]]
 
     @classmethod
-    def from_model(cls, model: LoadedModel) -> _RowEncoder:
+    def from_spec(cls, spec: InputSpec) -> _RowEncoder:
         codes = {name: {value: float(i) for i, value in enumerate(values)}
-                 for name, values in model.spec.categories.items()}
-        return cls(feature_names=model.spec.feature_names, codes=codes)
+                 for name, values in spec.categories.items()}
+        return cls(feature_names=spec.feature_names, codes=codes)
 
     def encode(self, record: dict) -> np.ndarray:
         """Shape ``(1, n_features)``; missing, None or unknown values are NaN."""
@@ -69,7 +72,7 @@ class _Scorer:
     encoder: _RowEncoder = field(init=False)
 
     def __post_init__(self) -> None:
-        self.encoder = _RowEncoder.from_model(self.model)
+        self.encoder = _RowEncoder.from_spec(self.model.spec)
 
     def score_row(self, row: np.ndarray) -> float:
         raw = self.model.booster.predict(row, num_iteration=self.model.spec.best_iteration,
@@ -146,3 +149,48 @@ def champion_versions(settings: Settings) -> dict[str, str]:
     cheap check for a newer champion); :class:`~nextbest.errors.NotFound` if one is missing."""
     client = configure(settings)
     return {name: resolve_version(client, name, CHAMPION) for name in (CHURN, PROPENSITY)}
+
+
+@dataclass
+class LtvChampion:
+    """The LTV champion, ready to score: ``score(record)`` is the forecast spend over
+    ``horizon_days`` of one online-store record (``ltv_12m`` for the default 365 days)."""
+
+    version: str
+    model: LtvModel
+    encoder: _RowEncoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.encoder = _RowEncoder.from_spec(self.model.spec)
+
+    @property
+    def horizon_days(self) -> int:
+        return self.model.spec.horizon_days
+
+    def score(self, record: dict) -> float:
+        """Forecast spend of one record, numpy only (as the churn and propensity scores)."""
+        spend, _ = self.model.forecast_matrix(self.encoder.encode(record), num_threads=1)
+        return float(spend[0])
+
+    def score_frame(self, frame: pd.DataFrame) -> pd.Series:
+        """Forecast spend of every row of a features frame, same index."""
+        return self.model.forecast(frame)["spend"]
+
+
+def load_ltv_champion(settings: Settings) -> LtvChampion | None:
+    """The ``ltv`` champion, or None when none is registered (LTV is optional)."""
+    try:
+        version, model = load_ltv(configure(settings))
+    except NotFound as exc:
+        log.info("no ltv model (%s)", exc.message)
+        return None
+    return LtvChampion(version=version, model=model)
+
+
+def load_ltv_scorer(settings: Settings) -> LtvScorer | None:
+    """The LTV champion as a segments-report scorer (LTV / CAC per channel), or None."""
+    champion = load_ltv_champion(settings)
+    if champion is None:
+        return None
+    return LtvScorer(horizon_days=champion.horizon_days, version=champion.version,
+                     score=champion.score_frame)

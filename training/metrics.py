@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel
+from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from nextbest.errors import DataError
@@ -81,3 +82,79 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> Metrics:
         lift_top_decile=lift_top_decile(y, p),
         ece=expected_calibration_error(y, p),
     )
+
+
+class LtvMetrics(BaseModel):
+    """Lifetime-value forecast metrics on one validation population (the ones practitioners
+    use for CLV): total forecast errors (signed, relative to the actual totals), mean
+    absolute error per user, Spearman rank correlation with actual spend, the share of
+    actual spend captured by the top 10% of forecasts, and the normalised Gini of the
+    forecast's ranking (1: ranks spend perfectly, 0: no better than random)."""
+
+    users: int
+    actual_spend: float
+    forecast_spend: float
+    spend_error: float
+    actual_purchases: float
+    forecast_purchases: float
+    purchases_error: float
+    mae_spend: float
+    spearman: float
+    top_decile_capture: float
+    gini: float
+
+    def prefixed(self, prefix: str) -> dict[str, float]:
+        """The metrics as an MLflow-ready dict, e.g. ``baseline_bgnbd_gg_spearman``."""
+        return {f"{prefix}{name}": float(value) for name, value in self.model_dump().items()}
+
+
+def _check_forecast(actual: np.ndarray, forecast: np.ndarray, name: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    actual = np.asarray(actual, dtype=float).ravel()
+    forecast = np.asarray(forecast, dtype=float).ravel()
+    if actual.shape != forecast.shape:
+        raise DataError(f"actual ({actual.size}) and forecast ({forecast.size}) {name} differ "
+                        "in length", field=name)
+    if np.isnan(forecast).any() or np.isnan(actual).any():
+        raise DataError(f"{name} contain NaN", field=name)
+    if actual.sum() <= 0:
+        raise DataError(f"no actual {name} in the validation window: nothing to compare",
+                        field=name)
+    return actual, forecast
+
+
+def top_share(actual: np.ndarray, forecast: np.ndarray, share: float = 0.1) -> float:
+    """Share of the total of ``actual`` held by the ``share`` of rows with the highest
+    ``forecast`` (``ceil(share * n)`` rows, ties broken by row order after a stable sort)."""
+    k = max(1, int(np.ceil(len(actual) * share)))
+    top = np.argsort(-forecast, kind="stable")[:k]
+    return float(actual[top].sum() / actual.sum())
+
+
+def normalised_gini(actual: np.ndarray, forecast: np.ndarray) -> float:
+    """Gini of ``actual`` ordered by ``forecast`` over the Gini of ``actual`` ordered by itself
+    (the Lorenz-curve area between the ordering and random, relative to the best ordering)."""
+    def gini(order: np.ndarray) -> float:
+        cumulative = np.cumsum(actual[order]) / actual.sum()
+        return float(np.mean(cumulative) - (len(actual) + 1) / (2 * len(actual)))
+
+    best = gini(np.argsort(-actual, kind="stable"))
+    return gini(np.argsort(-forecast, kind="stable")) / best if best > 0 else 0.0
+
+
+def evaluate_ltv(spend: np.ndarray, purchases: np.ndarray, forecast_spend: np.ndarray,
+                 forecast_purchases: np.ndarray) -> LtvMetrics:
+    """All LTV metrics of a forecast against the actual spend and purchases, shape ``(n,)``."""
+    spend, forecast_spend = _check_forecast(spend, forecast_spend, "spend")
+    purchases, forecast_purchases = _check_forecast(purchases, forecast_purchases, "purchases")
+    return LtvMetrics(
+        users=len(spend), actual_spend=float(spend.sum()),
+        forecast_spend=float(forecast_spend.sum()),
+        spend_error=float(forecast_spend.sum() / spend.sum() - 1),
+        actual_purchases=float(purchases.sum()),
+        forecast_purchases=float(forecast_purchases.sum()),
+        purchases_error=float(forecast_purchases.sum() / purchases.sum() - 1),
+        mae_spend=float(np.mean(np.abs(forecast_spend - spend))),
+        spearman=float(spearmanr(forecast_spend, spend).statistic),
+        top_decile_capture=top_share(spend, forecast_spend),
+        gini=normalised_gini(spend, forecast_spend))

@@ -93,15 +93,12 @@ def choose_calibrator(raw: np.ndarray, y: np.ndarray, seed: int) -> tuple[Calibr
     return _FITTERS[best](raw, y), scores
 
 
-class ModelSpec(BaseModel):
-    """What serving needs besides the booster: input order, category lists, calibrator."""
+class InputSpec(BaseModel):
+    """How a frame of features becomes a model's input: the feature order and the fixed
+    category list of every categorical input."""
 
-    model_name: str
     feature_names: list[str]
     categories: dict[str, list[str]]
-    calibrator: Calibrator
-    best_iteration: int
-    event: str
 
     def frame(self, data: pd.DataFrame) -> pd.DataFrame:
         """Model inputs as LightGBM trains on them: float columns, fixed-category columns."""
@@ -121,6 +118,15 @@ class ModelSpec(BaseModel):
             codes = frame[name].cat.codes.to_numpy(dtype=np.float64)
             frame[name] = np.where(codes < 0, np.nan, codes)
         return frame.to_numpy(dtype=np.float64)
+
+
+class ModelSpec(InputSpec):
+    """What serving needs besides the booster: input order, category lists, calibrator."""
+
+    model_name: str
+    calibrator: Calibrator
+    best_iteration: int
+    event: str
 
 
 def category_lists(train: pd.DataFrame, categorical: list[str]) -> dict[str, list[str]]:

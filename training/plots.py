@@ -71,3 +71,18 @@ def importance_plot(names: list[str], gains: np.ndarray, path: Path, top: int = 
     ax.barh([names[i] for i in order], np.asarray(gains)[order])
     ax.set(xlabel="total gain", title="feature importance")
     return _save(fig, path)
+
+
+def lorenz_plot(spend: np.ndarray, forecasts: dict[str, np.ndarray], path: Path) -> Path:
+    """Share of actual spend held by the top x% of users, ranked by each forecast (and by the
+    actual spend itself: the best any forecast can do)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    share = np.arange(1, len(spend) + 1) / len(spend)
+    for name, ranking in {"actual (best)": spend, **forecasts}.items():
+        order = np.argsort(-np.asarray(ranking), kind="stable")
+        ax.plot(share, np.cumsum(spend[order]) / spend.sum(), label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="share of users (highest forecast first)", ylabel="share of actual spend",
+           title="Lorenz curve of the LTV forecasts")
+    ax.legend(loc="lower right")
+    return _save(fig, path)

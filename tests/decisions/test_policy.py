@@ -16,6 +16,7 @@ from decisions.policy import (
     normalise_pmf,
     reason_for,
     sample_arm,
+    user_view,
 )
 from nextbest.config import BanditConfig
 
@@ -56,6 +57,26 @@ def test_excluded_tags_and_caps_remove_arms():
     plan = layer.plan(abuser, ContactCounts(per_arm_week={"installment": 3}))
     assert plan.kind is PlanKind.BANDIT and plan.eligible == ["certification"]
     assert plan.removed == {"coupon": "coupon_abuser", "installment": "weekly cap 3 reached"}
+
+
+CARDS = "card_switching: paid with 4 different payment fingerprints in 30 days"
+
+
+def test_a_user_under_review_gets_no_incentive_until_cleared():
+    layer = PolicyLayer(BanditConfig(control_share=0.0))
+    record = {"tier": "gold", "tags": ["high_value", "card_switching"], "aov": 80.0,
+              "under_review": True, "review_reasons": [CARDS]}
+    user = user_view(treated_user(layer).user_id, record)
+    assert user.under_review and user.review_reasons == [CARDS]
+    plan = layer.plan(user, ContactCounts())
+    # Discount and financing arms go; the trust arm stays; the tier is untouched.
+    assert plan.kind is PlanKind.BANDIT and plan.eligible == ["certification"]
+    assert plan.removed == {"coupon": f"under review: {CARDS}",
+                            "installment": f"under review: {CARDS}"}
+    assert user.tier == "gold"
+    cleared = user_view(user.user_id, record | {"under_review": False, "review_reasons": []})
+    assert layer.plan(cleared, ContactCounts()).eligible == ["coupon", "installment",
+                                                             "certification"]
 
 
 def test_an_in_page_answer_has_no_caps_and_caps_need_counts():

@@ -75,6 +75,13 @@ def test_duckdb_and_spark_build_the_same_features(raw_dir: Path, tmp_path: Path,
     spark = build_features(settings, AS_OF, engine="spark", raw_dir=raw_dir,
                            out_dir=tmp_path / "spark", refresh_store=False, progress=False)
     assert len(duck) > 300 and duck["frequency_total"].sum() > 0 and duck["views_30d"].sum() > 0
+    # The group features see real data here: joins, distinct counts and medians per user.
+    assert duck["minutes_to_buy_median"].notna().sum() > 50
+    assert duck["compare_items_per_purchase"].max() >= 4
+    assert duck["payment_fingerprints_30d"].max() >= 3 and duck["fingerprint_accounts"].max() >= 3
+    assert duck["ip_prefixes_30d"].max() >= 3 and duck["countries_30d"].max() >= 2
+    assert duck["rating_mean_365d"].notna().sum() > 20 and duck["carted_not_bought_90d"].max() > 5
+    assert duck["lifecycle_stage"].nunique() >= 4
     pd.testing.assert_frame_equal(duck.sort_values("user_id").reset_index(drop=True),
                                   spark.sort_values("user_id").reset_index(drop=True),
                                   check_exact=False, rtol=1e-9, atol=1e-9)

@@ -300,3 +300,40 @@ def test_cli_refuses_a_silent_replace_and_a_mostly_rejected_file(
     assert code == 0
     assert "orders: 9 accepted, 1 rejected" in printed
     assert f"replaced {out / 'orders.parquet'} (it had 2 rows, now 9)" in printed
+
+
+def test_card_numbers_are_refused_and_ip_addresses_truncated(tmp_path: Path) -> None:
+    orders = tmp_path / "orders.csv"
+    orders.write_text("order_id,buyer_id,ts,amount,card,perk\n"
+                      "1,u1,2024-01-01,10,tok_8f3a9c,yes\n"
+                      "2,u1,2024-01-02,10,4111 1111 1111 1111,no\n"
+                      "3,u2,2024-01-03,10,5500-0000-0000-0004,no\n")
+    result = import_table("orders", orders, {"payment_fingerprint": "card",
+                                             "new_user_perk": "perk"}, tmp_path / "raw",
+                          max_reject_share=1.0)
+    stored = pd.read_parquet(result.parquet_path)
+    assert list(stored["payment_fingerprint"]) == ["tok_8f3a9c"]
+    assert list(stored["new_user_perk"]) == [True]
+    rejects = result.rejects_path.read_text()
+    assert "4111 1111" not in rejects and "5500-0000" not in rejects
+    lines = pd.read_csv(result.rejects_path, dtype=str)
+    assert list(lines["row"]) == ["2", "3"]
+    assert lines["reason"].str.startswith("looks like a payment card number").all()
+    assert list(lines["payment_fingerprint"]) == ["**** **** **** 1111", "****-****-****-0004"]
+
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,ts,type,ip,rating,text\n"
+                      "u1,2024-01-01,review,203.0.113.77,5,love it\n"
+                      "u1,2024-01-01,login,2001:db8:1:2::5,,\n"
+                      "u1,2024-01-01,review,10.1.0.0/16,6,\n"
+                      "u1,2024-01-01,login,not-an-ip,,\n")
+    result = import_table("events", events, {"ip_prefix": "ip"}, tmp_path / "raw",
+                          max_reject_share=1.0)
+    stored = pd.read_parquet(result.parquet_path)
+    assert list(stored["ip_prefix"]) == ["203.0.113.0/24", "2001:db8:1::/48"]
+    assert list(stored["rating"].fillna(0)) == [5.0, 0.0] and stored["text"][0] == "love it"
+    assert any("2 full addresses (or longer prefixes) truncated" in n for n in result.notes)
+    lines = pd.read_csv(result.rejects_path, dtype=str)
+    assert list(lines["reason"]) == ["rating is not a whole number from 1 to 5 '6'",
+                                     "not an IP address or prefix 'not-an-ip'"]
+    assert "203.0.113.77" not in result.rejects_path.read_text()

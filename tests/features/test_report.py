@@ -12,6 +12,7 @@ import pytest
 
 from features.report import (
     NOT_PRESENT,
+    LtvScorer,
     SegmentsReport,
     build_report,
     render_text,
@@ -221,3 +222,47 @@ def test_cli_json_and_text(cli_env: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "Segments report, as_of 2024-01-01 (6 users)" in out
     assert "wrote mine/segments.png" in out
     assert (cli_env / "mine" / "report.json").is_file()
+
+
+def test_lifecycle_stages_tags_and_ltv_against_acquisition_cost(settings: Settings) -> None:
+    users = [("a", "platinum", "champions", 100.0, 2000.0, 5.0),
+             ("b", "gold", "loyal", 50.0, 800.0, 20.0),
+             ("c", "dormant", "at_risk", 0.0, 60.0, 120.0)]
+    write_features(settings, JAN, users)
+    path = Path(settings.paths.features_dir) / f"as_of={JAN.isoformat()}" / "features.parquet"
+    frame = pd.read_parquet(path).assign(
+        lifecycle_stage=["mature", "growth", "decline"], channel=["ads", "ads", "organic"],
+        tags=[["high_value", "fan"], ["fan"], ["card_switching"]],
+        frequency_total=[9, 4, 2], first_purchase_days=[500.0, 200.0, 400.0],
+        frequency_90d=[3, 2, 0], frequency_prev_90d=[3, 1, 1])
+    frame.to_parquet(path)
+    raw = Path(settings.paths.raw_dir)
+    raw.mkdir(parents=True)
+    pd.DataFrame({"user_id": ["a", "b", "c"], "acquisition_cost": [30.0, 50.0, 0.0]}
+                 ).to_parquet(raw / "users.parquet")
+
+    plain = build_report(settings, JAN)
+    assert plain.lifecycle_source == "rules" and plain.channels == []
+    assert [(s.stage, s.users) for s in plain.lifecycle] == [
+        ("new", 0), ("growth", 1), ("mature", 1), ("decline", 1), ("churned", 0)]
+    assert [(t.tag, t.users) for t in plain.tags] == [("fan", 2), ("card_switching", 1),
+                                                      ("high_value", 1)]
+
+    def churn(features: pd.DataFrame) -> pd.Series:
+        return features["user_id"].map({"a": 0.9, "b": 0.1, "c": 0.1})
+
+    def spend(features: pd.DataFrame) -> pd.Series:
+        return features["user_id"].map({"a": 400.0, "b": 100.0, "c": 20.0})
+
+    report = build_report(settings, JAN, scorer=churn,
+                          ltv=LtvScorer(horizon_days=365, version="2", score=spend))
+    # The churn model moves a (churn probability 0.9) from mature to decline.
+    assert report.lifecycle_source == "rules_and_churn_model"
+    assert {s.stage: s.users for s in report.lifecycle}["decline"] == 2
+    ads, organic = report.channels
+    assert (ads.channel, ads.users, ads.acquisition_cost, ads.ltv) == ("ads", 2, 40.0, 250.0)
+    assert ads.ltv_to_cac == pytest.approx(250.0 / 40.0)
+    assert organic.ltv_to_cac is None  # acquired for free: no ratio
+    text = render_text(report)
+    assert "LTV (365-day forecast spend, ltv v2) against acquisition cost" in text
+    assert "6.25" in text and "Lifecycle stages (rules and churn model)" in text

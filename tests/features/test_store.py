@@ -13,6 +13,7 @@ import pytest
 from redis_server import free_port
 
 from features.store import (
+    REVIEW_FIELDS,
     OnlineStore,
     Preferences,
     RecordsLoaded,
@@ -21,7 +22,7 @@ from features.store import (
     preference_rows,
 )
 from nextbest.config import Settings
-from nextbest.errors import DataError, MissingComponent
+from nextbest.errors import DataError, MissingComponent, NotFound, ValidationFailed
 
 JAN, FEB, MAR = date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)
 
@@ -68,7 +69,8 @@ def test_write_then_get_returns_every_column(store: OnlineStore, tmp_path: Path)
     assert store.write(frame, JAN) == 3
     got = store.get("u1")
     assert got is not None
-    assert set(got) == set(frame.columns)
+    assert set(got) == set(frame.columns) | set(REVIEW_FIELDS)
+    assert got["under_review"] is False and got["review_reasons"] == []
     assert got["as_of"] == "2024-01-01"
     assert got["monetary_365d"] == pytest.approx(1250.5)
     assert got["frequency_total"] == 7
@@ -228,7 +230,7 @@ def test_delete_erases_everything(store: OnlineStore) -> None:
     assert store.get("u1") is None
     assert store.get_preferences("u1") == Preferences()
     assert store.export("u1") == {"user_id": "u1", "record": None, "removed_tags": [],
-                                  "preferences": None}
+                                  "preferences": None, "review": None}
     assert store.delete("u1") is False
     assert store.meta()["users"] == 2
     # A later build brings the record back without the old removal.
@@ -400,3 +402,73 @@ def test_preference_rows_are_the_models_own_json() -> None:
          p.model_dump_json()) for user, p in expected.items())
     aware = raw.assign(updated_ts=raw["updated_ts"].dt.tz_localize("Europe/Paris"))
     assert dict((u, s) for u, s, _ in preference_rows(aware))["d"] == "2024-03-01T11:00:00.000000"
+
+
+# ---------------------------------------------------------------- the review queue
+CARDS = "card_switching: paid with 4 different payment fingerprints in 30 days"
+IPS = "ip_jumping: came from 3 countries in 24 hours, 3 countries and 5 IP prefixes in 30 days"
+
+
+def flagged_frame(as_of: date, u1_reasons: list[str]) -> pd.DataFrame:
+    """The three users of feature_frame, u1 with ``u1_reasons`` (risk reasons)."""
+    return feature_frame(as_of).assign(risk_reasons=[u1_reasons, [], []])
+
+
+def test_a_risk_tag_puts_the_user_in_the_review_queue_until_cleared(store: OnlineStore) -> None:
+    loaded = store.load_records(flagged_frame(JAN, [CARDS]), JAN)
+    assert loaded.reviews_opened == 1
+    got = store.get("u1")
+    assert got["under_review"] is True and got["review_status"] == "pending"
+    assert got["review_reasons"] == [CARDS]
+    assert store.get("u2")["under_review"] is False and store.get("u2")["review_status"] is None
+    [pending] = store.reviews()
+    assert (pending.user_id, pending.status, pending.tags) == ("u1", "pending", ["card_switching"])
+    assert pending.as_of == "2024-01-01"
+
+    when = datetime(2024, 1, 2, 9, 30)
+    cleared = store.decide_review("u1", "cleared", "same person, new bank", "ana", now=when)
+    assert (cleared.status, cleared.decided_by, cleared.decided_ts, cleared.note) == \
+        ("cleared", "ana", when, "same person, new bank")
+    assert store.get("u1")["under_review"] is False and store.get("u1")["review_reasons"] == []
+    assert store.reviews() == [] and [r.user_id for r in store.reviews("cleared")] == ["u1"]
+
+    # The next daily build sees the same evidence: a cleared user stays cleared ...
+    assert store.load_records(flagged_frame(FEB, [CARDS]), FEB).reviews_opened == 0
+    assert store.get("u1")["under_review"] is False
+    # ... but a risk the clearance did not cover reopens the review.
+    assert store.load_records(flagged_frame(MAR, [CARDS, IPS]), MAR).reviews_opened == 1
+    reopened = store.review("u1")
+    assert reopened.status == "pending" and reopened.reasons == [CARDS, IPS]
+    assert reopened.tags == ["card_switching", "ip_jumping"] and reopened.as_of == "2024-03-01"
+    confirmed = store.decide_review("u1", "confirmed", "card testing ring", "bo")
+    assert confirmed.status == "confirmed" and store.get("u1")["under_review"] is True
+    assert [(d.status, d.by) for d in confirmed.history] == [("cleared", "ana"),
+                                                             ("confirmed", "bo")]
+    assert store.export("u1")["review"]["status"] == "confirmed"
+
+
+def test_review_decisions_are_checked(store: OnlineStore) -> None:
+    store.load_records(flagged_frame(JAN, [CARDS]), JAN)
+    with pytest.raises(NotFound, match="'u2' is not in the review queue"):
+        store.decide_review("u2", "cleared", "fine", "ana")
+    with pytest.raises(ValidationFailed, match="needs a note") as err:
+        store.decide_review("u1", "cleared", "  ", "ana")
+    assert err.value.field == "note"
+    with pytest.raises(ValidationFailed, match="one of cleared, confirmed"):
+        store.decide_review("u1", "ignored", "fine", "ana")
+    with pytest.raises(ValidationFailed, match="status 'open'"):
+        store.reviews("open")
+    assert store.review("u1").status == "pending" and store.review("u1").history == []
+
+
+def test_the_queue_survives_resets_and_leaves_with_erasure(store: OnlineStore) -> None:
+    store.load_records(flagged_frame(JAN, [CARDS]), JAN)
+    store.reset()
+    assert [r.user_id for r in store.reviews()] == ["u1"]
+    store.write(feature_frame(FEB), FEB)  # a build without risk reasons keeps the review
+    assert store.get("u1")["under_review"] is True
+    store.erase("u1")
+    assert store.reviews(None) == [] and store.review("u1") is None
+    # An erased user is never queued again.
+    store.load_records(flagged_frame(MAR, [CARDS]), MAR)
+    assert store.reviews(None) == []

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.contract import EVENT_TYPES
 from features.synth import TABLES, SynthSummary, synthesize
 from nextbest.cli import main
 from nextbest.errors import ValidationFailed
@@ -46,8 +47,7 @@ def test_tables_follow_the_contract(synth: tuple[SynthSummary, dict[str, pd.Data
     assert orders["coupon_used"].dtype == bool
     assert set(orders["status"]) == {"completed", "returned", "cancelled"}
     assert orders["order_id"].is_unique
-    assert set(f["events"]["type"]) <= {"view", "favorite", "add_to_cart", "search", "follow",
-                                        "login", "share", "review"}
+    assert set(f["events"]["type"]) == set(EVENT_TYPES)
     traits = f["traits"]
     for col in ["price_sensitivity", "brand_focus", "installment_affinity"]:
         assert traits[col].between(0, 1).all(), col

@@ -247,7 +247,8 @@ class UserPool:
             self.users = [
                 uid for uid, rec in records.items()
                 if not policy.in_control(uid) and store.get_preferences(uid).personalization
-                and not {"risk_review", "coupon_abuser"} & set(rec.get("tags") or [])]
+                and not rec.get("under_review")
+                and "coupon_abuser" not in (rec.get("tags") or [])]
             self.tagged = [uid for uid in self.users if records[uid].get("tags")]
         finally:
             store.close()

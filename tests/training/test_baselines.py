@@ -12,7 +12,13 @@ from lifetimes.datasets import load_cdnow_summary
 from trainingkit import write_events, write_orders
 
 from nextbest.config import TrainingConfig
-from training.baselines import bgnbd_scores, fit_bgnbd, purchase_summary, rfm_scores
+from training.baselines import (
+    bgnbd_gg_forecast,
+    bgnbd_scores,
+    fit_bgnbd,
+    purchase_summary,
+    rfm_scores,
+)
 
 
 def test_bgnbd_reproduces_the_published_cdnow_parameters() -> None:
@@ -44,10 +50,27 @@ def test_purchase_summary_counts_repeat_days_before_the_cutoff(raw: Path) -> Non
     s = purchase_summary(raw, date(2025, 1, 1)).set_index("user_id")
     # a: purchase days 10-01, 11-01, 12-21 (two orders on 10-01 are one day; the return
     # and the order after the cutoff do not count).
-    assert s.loc["a"].to_dict() == {"frequency": 2.0, "recency": 81.0, "T": 92.0}
-    assert s.loc["b"].to_dict() == {"frequency": 0.0, "recency": 0.0, "T": 31.0}
+    # Gamma-Gamma's input: the mean spend of the repeat days (the first day left out).
+    assert s.loc["a"].to_dict() == {"frequency": 2.0, "recency": 81.0, "T": 92.0,
+                                    "monetary_value": 10.0}
+    assert s.loc["b"].to_dict() == {"frequency": 0.0, "recency": 0.0, "T": 31.0,
+                                    "monetary_value": 0.0}
     # c never bought: observed since its first event.
-    assert s.loc["c"].to_dict() == {"frequency": 0.0, "recency": 0.0, "T": 21.0}
+    assert s.loc["c"].to_dict() == {"frequency": 0.0, "recency": 0.0, "T": 21.0,
+                                    "monetary_value": 0.0}
+
+
+def test_bgnbd_gamma_gamma_forecast_is_purchases_times_spend_per_purchase(raw: Path) -> None:
+    users = pd.Series(["a", "b", "unknown"])
+    config = TrainingConfig(bgnbd_sample=1000)
+    forecast = bgnbd_gg_forecast(raw, date(2025, 1, 1), users, 30, config)
+    churn = bgnbd_scores(raw, date(2025, 1, 1), users, 30, "churn", config)
+    # The purchases are the BG/NBD expectation the churn baseline turns into exp(-E).
+    np.testing.assert_allclose(np.exp(-forecast["purchases"]), churn)
+    per_purchase = forecast["spend"] / forecast["purchases"]
+    assert (per_purchase > 0).all()
+    # Users without a repeat purchase get the population's mean spend per purchase.
+    assert per_purchase[1] == pytest.approx(per_purchase[2])
 
 
 def test_bgnbd_churn_and_propensity_are_complements(raw: Path) -> None:
