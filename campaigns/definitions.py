@@ -112,7 +112,7 @@ def compile_campaign(config: CampaignConfig, settings: Settings) -> Campaign:
         tags = {rule.name for rule in settings.features.tags}
         condition = compile_expression(config.condition, rule=where,
                                        known=names_for(config, settings),
-                                       values={"tags": tags})
+                                       values={"tags": tags}, forbidden=settings.policy)
     return Campaign(config=config, condition=condition)
 
 

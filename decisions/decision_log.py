@@ -27,7 +27,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from nextbest.config import ArmConfig
 
 BATCH_COMMIT = 1000  # operations per commit when durable=False
 _SCHEMA = """
@@ -74,6 +76,25 @@ _DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, p
                      "item_price, reason")
 
 
+class Offer(BaseModel):
+    """An arm's public terms (``ArmConfig.features``: discount value, installment terms),
+    the same for every user it is shown to: one price for everyone. Built from the
+    configuration only (:meth:`of`), never from the user."""
+
+    model_config = ConfigDict(frozen=True)
+
+    arm: str
+    kind: str | None = None
+    terms: dict[str, str | float] = Field(default_factory=dict)
+    description: str = ""
+
+    @classmethod
+    def of(cls, arm: ArmConfig) -> Offer:
+        kind = arm.features.get("kind")
+        return cls(arm=arm.name, kind=None if kind is None else str(kind),
+                   terms=dict(arm.features), description=arm.description)
+
+
 class Decision(BaseModel):
     """One next-best-action decision, as returned to the caller."""
 
@@ -90,6 +111,9 @@ class Decision(BaseModel):
     ts: datetime
     campaign: str | None = None
     learnable: bool = False
+    # The chosen arm's public terms (None: no action); not kept in the log, where the
+    # action names the arm.
+    offer: Offer | None = None
 
 
 class FeedbackResult(BaseModel):

@@ -9,10 +9,14 @@ to):
   columns (``FEATURE_BINS``: RFM, aov, coupon share, category entropy, cart abandonments,
   return rate, spend trend): what a platform knows about price sensitivity, brand focus
   and appetite for financing;
-- ``C`` context: channel, page, category, luxury or not, item price bin, the item price
-  relative to the user's aov, hour bin;
+- ``C`` context: channel, page, category (only the configured values, else ``other``: free
+  text never reaches the bandit), luxury or not, item price bin, the item price relative to
+  the user's aov, hour bin;
 - ``P`` price: ``value:<item price / 100>`` (the user's aov when the request has no item);
 - ``A`` arm: ``arm=<name>`` plus the arm's own features from ``ArmConfig.features``.
+
+An arm's tokens come from its configuration only, never from the user: one public offer per
+arm. No name in ``policy.forbidden_features`` may be read (:func:`check_encoder`).
 
 The example is also what the decision log keeps, so a logged decision can be learned from
 and re-scored offline exactly as it was seen. Every number written into the text goes
@@ -28,9 +32,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from decisions.policy import RequestContext, UserView
+from decisions.policy import ContextValues, RequestContext, UserView, default_context_values
 from features.contract import LUXURY_CATEGORIES
-from nextbest.config import ArmConfig, BanditConfig
+from nextbest.config import ArmConfig, BanditConfig, PolicyConfig
 
 _UNSAFE = re.compile(r"[\s|:]+")
 
@@ -52,6 +56,12 @@ PRICE_EDGES = (25, 50, 100, 250, 500, 1000)
 RELATIVE_PRICE_EDGES = (0.5, 0.8, 1.25, 2.0, 4.0)  # item price / the user's aov
 PRICE_UNIT = 100.0  # namespace P carries the price in hundreds
 HOUR_PARTS = ("night",) * 6 + ("morning",) * 6 + ("afternoon",) * 6 + ("evening",) * 6
+OTHER = "other"  # a context value outside the configured ones
+# What the shared namespaces read besides FEATURE_BINS: the user's segmentation and scores,
+# the request's context.
+ENCODED_NAMES = ("tier", "segment", "known", "tags", "churn_probability",
+                 "purchase_propensity", "channel", "page", "category", "item_price", "hour",
+                 "aov")
 
 
 class BanditExample(BaseModel):
@@ -80,30 +90,54 @@ def _bin(name: str, value: float | None, edges: tuple[float, ...]) -> str:
     return f"{name}={bisect.bisect_right(edges, value)}"
 
 
-def encode_shared(user: UserView, context: RequestContext) -> dict[str, list[str]]:
-    """The shared namespaces S, U and C of one decision."""
+def check_encoder(config: BanditConfig, policy: PolicyConfig) -> None:
+    """Refuse (ConfigError) an encoder that would read one of ``policy.forbidden_features``:
+    a store column in ``FEATURE_BINS``, a context field, or an arm feature in config."""
+    policy.refuse_forbidden([*FEATURE_BINS, *ENCODED_NAMES], "the bandit's encoder")
+    for arm in config.arms:
+        policy.refuse_forbidden(arm.features, f"bandit.arms {arm.name!r} features")
+
+
+def encode_shared(user: UserView, context: RequestContext,
+                  values: ContextValues | None = None) -> dict[str, list[str]]:
+    """The shared namespaces S, U and C of one decision (``values``: the configured context
+    values, default the built-in ones)."""
     segmentation = [f"tier={_token(user.tier)}", f"segment={_token(user.segment)}",
                     f"known={int(user.known)}"]
     segmentation += [f"tag={_token(tag)}" for tag in sorted(user.tags)]
     scores = [_bin("churn", user.churn_probability, SCORE_EDGES),
               _bin("propensity", user.purchase_propensity, SCORE_EDGES)]
     scores += [_bin(name, user.features.get(name), edges) for name, edges in FEATURE_BINS.items()]
-    shared = {"S": segmentation, "U": scores, "C": encode_context(user, context)}
+    shared = {"S": segmentation, "U": scores, "C": encode_context(user, context, values)}
     value = context.item_price if context.item_price is not None else user.features.get("aov")
     if value is not None:
         shared["P"] = [f"value:{vw_number(value / PRICE_UNIT)}"]
     return shared
 
 
-def encode_context(user: UserView, context: RequestContext) -> list[str]:
-    """Namespace C: where the user is, what the item costs, absolutely and against their aov."""
+def _known(value: str | None, allowed: frozenset[str]) -> str:
+    """``value`` when it is one of ``allowed``, ``na`` when missing, else ``other``."""
+    if value is None:
+        return "na"
+    return _token(value) if value in allowed else OTHER
+
+
+def encode_context(user: UserView, context: RequestContext,
+                   values: ContextValues | None = None) -> list[str]:
+    """Namespace C: where the user is, what the item costs, absolutely and against their aov.
+
+    Channel, page and category are written only when they are configured values
+    (``values``), else as ``other``."""
+    values = values or default_context_values()
     hour = "na" if context.hour is None else HOUR_PARTS[context.hour]
-    category = context.category or "na"
+    category = context.category
     aov = user.features.get("aov")
     relative = (context.item_price / aov if context.item_price is not None and aov
                 else None)
-    return [f"channel={_token(context.channel)}", f"page={_token(context.page)}",
-            f"category={_token(category)}", f"luxury={int(category in LUXURY_CATEGORIES)}",
+    return [f"channel={_known(context.channel, values.channels)}",
+            f"page={_known(context.page, values.pages)}",
+            f"category={_known(category, values.categories)}",
+            f"luxury={int(category in LUXURY_CATEGORIES)}",
             _bin("price", context.item_price, PRICE_EDGES),
             _bin("relative_price", relative, RELATIVE_PRICE_EDGES), f"hour={hour}"]
 
@@ -130,10 +164,11 @@ def encode_arms(config: BanditConfig) -> dict[str, list[str]]:
 
 
 def build_example(arm_tokens: dict[str, list[str]], user: UserView, context: RequestContext,
-                  eligible: list[str]) -> BanditExample:
-    """The VW example for choosing among ``eligible`` (``arm_tokens`` from encode_arms)."""
+                  eligible: list[str], values: ContextValues | None = None) -> BanditExample:
+    """The VW example for choosing among ``eligible`` (``arm_tokens`` from encode_arms;
+    ``values``: the configured context values)."""
     value = context.item_price if context.item_price is not None else user.features.get("aov")
-    return BanditExample(shared=encode_shared(user, context),
+    return BanditExample(shared=encode_shared(user, context, values),
                          arms={name: arm_tokens[name] for name in eligible},
                          value=None if value is None or not math.isfinite(value) else value)
 

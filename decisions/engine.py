@@ -43,9 +43,16 @@ from decisions.decision_log import (
     DecisionLog,
     FeedbackResult,
     LoggedDecision,
+    Offer,
     RewardRow,
 )
-from decisions.encoding import BanditExample, DecisionInput, build_example, encode_arms
+from decisions.encoding import (
+    BanditExample,
+    DecisionInput,
+    build_example,
+    check_encoder,
+    encode_arms,
+)
 from decisions.learner import (
     CheckpointStore,
     Learner,
@@ -55,6 +62,8 @@ from decisions.learner import (
 )
 from decisions.policy import (
     ContactCounts,
+    ContextValues,
+    CreditRule,
     PlanKind,
     PolicyLayer,
     PolicyPlan,
@@ -99,8 +108,12 @@ class DecisionEngine:
         self.settings = settings
         self.config = settings.bandit
         self.spec = chooser
-        self.policy = PolicyLayer(self.config)
+        check_encoder(self.config, settings.policy)
+        self.policy = PolicyLayer(self.config, CreditRule.from_settings(settings))
+        self.context_values = ContextValues.from_settings(settings)
         self.arm_tokens = encode_arms(self.config)
+        # One public offer per arm, built once from config: never personalised.
+        self.offers = {arm.name: Offer.of(arm) for arm in self.config.arms}
         self.log_path = Path(log_path or settings.paths.decision_log)
         self.log = DecisionLog(self.log_path, durable=durable,
                                synchronous=self.config.log_synchronous)
@@ -171,16 +184,20 @@ class DecisionEngine:
 
         ``campaign`` names the campaign the decision is for, ``arms`` the only arms it may
         use (default: every arm), ``counts`` the user's recent campaign messages per arm for
-        the arms' weekly caps (None, an in-page answer: no caps). The returned ``pmf`` covers the eligible arms and sums to
-        1; ``probability`` is the chosen arm's entry (1.0 when there is no action). The
-        decision is in the log (committed, when durable) before this returns.
+        the arms' weekly caps (None, an in-page answer: no caps). The returned ``pmf`` covers
+        the eligible arms and sums to 1; ``probability`` is the chosen arm's entry (1.0 when
+        there is no action); ``offer`` the chosen arm's public terms. The decision is in the
+        log (committed, when durable) before this returns. Raises ValidationFailed naming
+        ``context.channel`` or ``context.page`` when it is not a configured value.
         """
+        self.context_values.check(context)
         ts = utc(now)
         with self._lock:
             self._maybe_sweep(ts)
-            plan = self.policy.plan(user, counts, arms)
+            plan = self.policy.plan(user, counts, arms, context)
             chooser, version = self._model()
-            example = (build_example(self.arm_tokens, user, context, plan.eligible)
+            example = (build_example(self.arm_tokens, user, context, plan.eligible,
+                                     self.context_values)
                        if user.personalization else BanditExample())
             arm, pmf = self._choose(plan, chooser, DecisionInput(user, context, example))
             probability = pmf.get(arm, 1.0) if arm is not None else 1.0
@@ -191,7 +208,7 @@ class DecisionEngine:
                 reason=reason_for(plan, user, algorithm=self._algorithm, action=arm,
                                   probability=probability),
                 policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
-                learnable=plan.learnable)
+                learnable=plan.learnable, offer=self.offers.get(arm) if arm else None)
             logged = LoggedDecision(
                 decision=decision, tier=user.tier,
                 features=example.model_dump(),

@@ -8,6 +8,12 @@ over their per-user weekly cap, all of them when the user has reached the daily 
 limit, and the incentive arms (``features.kind`` discount or financing) while the user is
 under review (a risk tag put them in the review queue; an operator's clearing gives the
 incentives back). The bandit then chooses among the eligible arms.
+
+A red line comes before all of that: every arm of kind ``financing`` (credit) is removed for
+a user for whom ``policy.no_credit_when`` holds (:class:`CreditRule`: students, users who
+excluded themselves from credit, users under review (a risk tag), an item far above what they
+usually spend), whatever the bandit would predict, in every path: in-page answers, campaign
+messages and the simulator all decide through this layer.
 """
 
 from __future__ import annotations
@@ -17,13 +23,23 @@ import math
 import numbers
 import random
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from features.build import feature_columns, policy_columns, segmentation_columns
+from features.expressions import Expression, compile_expression
 from features.segmentation import NEW_TIER, NO_PURCHASE
-from nextbest.config import BanditConfig
+from nextbest.config import CAMPAIGN_CHANNEL, BanditConfig, Settings
+from nextbest.errors import ValidationFailed
+
+# ArmConfig.features["kind"] of an arm that lends the user money (installments).
+CREDIT_KIND = "financing"
+# Names of a user the policy rules read besides their store record's columns.
+USER_SCORES = ("known", "churn_probability", "purchase_propensity")
 
 # Arms that pay the user to act (ArmConfig.features["kind"]): none while under review.
 INCENTIVE_KINDS = frozenset({"discount", "financing"})
@@ -114,6 +130,45 @@ class RequestContext(BaseModel):
     hour: int | None = Field(None, ge=0, le=23)
 
 
+@dataclass(frozen=True)
+class ContextValues:
+    """The values a request's context may take (``settings.context``).
+
+    ``channel`` and ``page`` outside them are refused (:meth:`check`, a 422 naming the field
+    over HTTP); the encoder writes only these values, so free text never reaches the
+    bandit. The campaign layer's own decisions are always allowed: channel ``campaign``
+    and a page named after the campaign.
+    """
+
+    channels: frozenset[str]
+    pages: frozenset[str]
+    categories: frozenset[str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ContextValues:
+        config = settings.context
+        campaigns = [campaign.name for campaign in settings.campaigns.campaigns]
+        return cls(channels=frozenset([*config.channels, CAMPAIGN_CHANNEL]),
+                   pages=frozenset([*config.pages, *campaigns]),
+                   categories=frozenset(config.categories))
+
+    def check(self, context: RequestContext) -> None:
+        """ValidationFailed naming ``context.channel`` or ``context.page`` when its value is
+        not one of the configured ones."""
+        for name, value, allowed in (("channel", context.channel, self.channels),
+                                     ("page", context.page, self.pages)):
+            if value not in allowed:
+                raise ValidationFailed(
+                    f"context.{name}: {value!r} is not one of {', '.join(sorted(allowed))} "
+                    f"(config context.{name}s)", field=f"context.{name}")
+
+
+@cache
+def default_context_values() -> ContextValues:
+    """The context values of the built-in configuration."""
+    return ContextValues.from_settings(Settings())
+
+
 class PlanKind(StrEnum):
     """Which path of the policy layer a decision takes."""
 
@@ -143,12 +198,60 @@ class ContactCounts(BaseModel):
     per_arm_week: dict[str, int] = Field(default_factory=dict)
 
 
+class CreditRule:
+    """``policy.no_credit_when`` compiled: for whom no credit arm may be shown, and why.
+
+    The rule reads the user's store record (tags, tier, feature columns, ``is_student``,
+    ``self_excluded_from_credit``), their scores and the request (``item_price``, ...). Each
+    top-level ``or`` part is checked on its own: a value missing in one part (no item price,
+    no aov, an attribute the platform does not supply) makes that part false without hiding
+    another part that holds, and never makes a user vulnerable by itself.
+    """
+
+    def __init__(self, expression: Expression | None):
+        self.parts = expression.parts() if expression is not None else []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CreditRule:
+        """Compile the configured rule; ConfigError naming it for an unknown or forbidden
+        name or an unknown tag."""
+        text = settings.policy.no_credit_when.strip()
+        if not text:
+            return cls(None)
+        known = {*feature_columns(settings.features.windows_days), *segmentation_columns(),
+                 *policy_columns(), *USER_SCORES, *RequestContext.model_fields, "under_review"}
+        tags = {rule.name for rule in [*settings.features.tags, *settings.features.risk_rules]}
+        return cls(compile_expression(text, rule="policy.no_credit_when", known=known,
+                                      values={"tags": tags}, forbidden=settings.policy))
+
+    def why(self, user: UserView, context: RequestContext | None) -> str | None:
+        """The part of the rule that holds for ``user`` in ``context`` (None: none holds)."""
+        if not self.parts:
+            return None
+        row: dict[str, Any] = {
+            **user.features, "tier": user.tier, "segment": user.segment, "tags": user.tags,
+            "known": user.known, "under_review": user.under_review,
+            "churn_probability": user.churn_probability,
+            "purchase_propensity": user.purchase_propensity,
+            **(context.model_dump() if context is not None else {})}
+        return next((part.text for part in self.parts if part.holds(row)), None)
+
+
+def credit_arms(config: BanditConfig) -> set[str]:
+    """The arms that lend money: ``features.kind`` is ``financing``."""
+    return {arm.name for arm in config.arms if arm.features.get("kind") == CREDIT_KIND}
+
+
 class PolicyLayer:
     """Decides control group, opt-out and arm eligibility from config; no state of its own."""
 
-    def __init__(self, config: BanditConfig):
+    def __init__(self, config: BanditConfig, credit: CreditRule | None = None):
+        """``credit``: the compiled ``policy.no_credit_when`` (default: the built-in rule)."""
         self.config = config
         self.arm_names = [arm.name for arm in config.arms]
+        self.credit = credit if credit is not None else \
+            CreditRule.from_settings(Settings(bandit=config))
+        self.credit_arms = credit_arms(config)
 
     def in_control(self, user_id: str) -> bool:
         """Stable assignment: sha256(control_salt + user_id) as a number in [0, 1) < share.
@@ -164,16 +267,21 @@ class PolicyLayer:
         """Whether any arm has a weekly cap (else counting past messages is wasted)."""
         return any(arm.max_per_user_per_week is not None for arm in self.config.arms)
 
-    def removed_arms(self, user: UserView, counts: ContactCounts | None) -> dict[str, str]:
-        """Arms the user may not get, each with a short reason (``"coupon_abuser"``)."""
+    def removed_arms(self, user: UserView, counts: ContactCounts | None,
+                     context: RequestContext | None = None) -> dict[str, str]:
+        """Arms the user may not get, each with a short reason (``"coupon_abuser"``,
+        ``"no credit: is_student == True"``)."""
         removed: dict[str, str] = {}
         tags = set(user.tags)
         review = "under review: " + ("; ".join(user.review_reasons) or "a risk tag")
+        no_credit = self.credit.why(user, context) if self.credit_arms else None
         for arm in self.config.arms:
             hit = sorted(tags.intersection(arm.exclude_tags))
             weekly = counts.per_arm_week.get(arm.name, 0) if counts else 0
             if user.under_review and arm.features.get("kind") in INCENTIVE_KINDS:
                 removed[arm.name] = review
+            elif no_credit is not None and arm.name in self.credit_arms:
+                removed[arm.name] = f"no credit: {no_credit}"
             elif hit:
                 removed[arm.name] = ", ".join(hit)
             elif arm.max_per_user_per_week is not None and weekly >= arm.max_per_user_per_week:
@@ -181,13 +289,15 @@ class PolicyLayer:
         return removed
 
     def plan(self, user: UserView, counts: ContactCounts | None = None,
-             allowed: Collection[str] | None = None) -> PolicyPlan:
+             allowed: Collection[str] | None = None,
+             context: RequestContext | None = None) -> PolicyPlan:
         """Apply the rules in order: control group, opt-out, then eligibility. ``counts``:
         the user's recent campaign messages (None: an in-page answer, no caps); ``allowed``
-        (a campaign's arms) removes every other arm."""
+        (a campaign's arms) removes every other arm; ``context``: the request, which the
+        no-credit rule may read (its item price)."""
         if self.in_control(user.user_id):
             return PolicyPlan(kind=PlanKind.CONTROL, eligible=[])
-        removed = self.removed_arms(user, counts)
+        removed = self.removed_arms(user, counts, context)
         if allowed:
             removed |= {arm: "not an arm of this campaign" for arm in self.arm_names
                         if arm not in allowed and arm not in removed}

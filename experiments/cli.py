@@ -1,5 +1,5 @@
 """Sub-commands of the ``experiments`` stage: ``simulate``, ``evaluate-policy``, ``abtest``,
-``report`` (registered into the ``nextbest`` CLI)."""
+``audit fairness``, ``report`` (registered into the ``nextbest`` CLI)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nextbest.cli import (
+    command_group,
     non_negative_int,
     output_dir,
     positive_float,
@@ -227,6 +228,19 @@ def _abtest(args: argparse.Namespace, settings: Settings) -> int:
                         format_report)
 
 
+def _fairness(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.fairness import MIN_DECISIONS, fairness, format_report, user_attributes
+
+    users, source = user_attributes(settings,
+                                    Path(args.attributes) if args.attributes else None)
+    minimum = _or(args.min_decisions, MIN_DECISIONS)
+    return _analyse_log(
+        args, settings, "fairness",
+        lambda log: fairness(log, settings, users, users_source=source,
+                             min_decisions=minimum),
+        format_report)
+
+
 def _report(args: argparse.Namespace, settings: Settings) -> int:
     from experiments.report import write_report
 
@@ -236,7 +250,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``simulate``, ``evaluate-policy``, ``abtest`` and ``report``."""
+    """Add ``simulate``, ``evaluate-policy``, ``abtest``, ``audit fairness`` and ``report``."""
     p = sub.add_parser("simulate", help="compare policies on a simulated marketplace",
                        description="Run random, static, VW epsilon-greedy, VW squarecb and "
                        "oracle policies on one seeded simulated stream; report reward, "
@@ -304,6 +318,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=output_dir,
                    help="directory for abtest.json (default: reports_dir/abtest)")
     p.set_defaults(handler=_abtest)
+
+    audit = command_group(sub, "audit", help="the audit log and the fairness of offers")
+    p = audit.add_parser(
+        "fairness", help="offer rate and value by tier, region and segment (four-fifths rule)",
+        description="Offer rate (share of decisions outside the control group that showed "
+        "an arm whose terms have a value: a discount, installment terms) and mean offer "
+        "value (its cost at the item price) by tier, region and segment, with fairlearn's "
+        "MetricFrame; the ratio of the lowest to the highest offer rate per attribute is "
+        "flagged below 0.8 (the four-fifths rule). Attributes the log lacks are joined on "
+        "user_id from --attributes or the latest features build.\n\n" + LOG_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--logs", help="decision log (default: settings.paths.decision_log)")
+    p.add_argument("--attributes", help="table (Parquet or CSV) with user_id and region / tier / "
+                   "segment to join (default: the latest features build; simulate "
+                   "--keep-logs DIR writes DIR/users.parquet)")
+    p.add_argument("--min-decisions", type=positive_int, default=None,
+                   help="groups with fewer decisions are shown but not compared (default 30)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--out", type=output_dir,
+                   help="directory for fairness.json (default: reports_dir/fairness)")
+    p.set_defaults(handler=_fairness)
 
     p = sub.add_parser("report", help="one self-contained HTML report for marketing",
                        description="Write report.html with the segment report, model "

@@ -12,7 +12,7 @@ picks among the eligible arms. Policy names:
 
 For offline evaluation, :func:`candidate_action_dist` asks a chooser (``random``,
 ``static``, a saved VW model) or a Python policy (``path.py:function``) for the pmf it gives
-on every logged decision.
+on every logged decision; a chooser sees only the arms the policy layer allows there.
 """
 
 from __future__ import annotations
@@ -32,7 +32,13 @@ from decisions.choosers import ChooserSpec, Truth
 from decisions.encoding import BanditExample, DecisionInput
 from decisions.engine import DecisionEngine
 from decisions.learner import CheckpointMeta
-from decisions.policy import RequestContext, UserView
+from decisions.policy import (
+    CreditRule,
+    PolicyLayer,
+    RequestContext,
+    UserView,
+    record_features,
+)
 from nextbest.config import Settings
 from nextbest.errors import DataError, ValidationFailed
 
@@ -150,15 +156,32 @@ def _row_example(row: dict[str, Any], eligible: list[str]) -> BanditExample:
     return BanditExample(arms={arm: [] for arm in eligible})
 
 
-def logged_input(row: dict[str, Any], arms: list[str]) -> DecisionInput:
-    """What a chooser saw on a logged decision, rebuilt from the log's columns."""
-    example = _row_example(row, _row_eligible(row, arms))
+def logged_input(row: dict[str, Any], arms: list[str],
+                 policy: PolicyLayer | None = None) -> DecisionInput:
+    """What a chooser saw on a logged decision, rebuilt from the log's columns.
+
+    A log that does not say which arms were eligible (another system's) gets them from
+    ``policy``: the arms its layer would remove for this row (a vulnerable user's credit
+    arm, a tag's excluded arm) are not offered to the candidate either. The service's log
+    names them, already without those arms.
+    """
     price = row.get("item_price")
     user = UserView(user_id=str(row.get("user_id") or "logged"),
-                    tier=str(row.get("tier") or "unknown"), tags=_row_tags(row))
+                    tier=str(row.get("tier") or "unknown"), tags=_row_tags(row),
+                    features=record_features(row))
     context = RequestContext(item_price=None if price is None or pd.isna(price)
                              else float(price))
-    return DecisionInput(user=user, context=context, example=example)
+    eligible = _row_eligible(row, arms)
+    if policy is not None and not _logs_eligible(row):
+        removed = policy.removed_arms(user, None, context)
+        eligible = [arm for arm in eligible if arm not in removed]
+    return DecisionInput(user=user, context=context, example=_row_example(row, eligible))
+
+
+def _logs_eligible(row: dict[str, Any]) -> bool:
+    """Whether the log names the decision's eligible arms."""
+    eligible = row.get("eligible")
+    return isinstance(eligible, str) and eligible.startswith("[")
 
 
 def candidate_action_dist(name: str, log: pd.DataFrame, settings: Settings) -> np.ndarray:
@@ -187,9 +210,12 @@ def candidate_action_dist(name: str, log: pd.DataFrame, settings: Settings) -> n
                                "saved VW model file or file.py:function", field="policy")
     index = {arm: i for i, arm in enumerate(arms)}
     dist = np.zeros((len(log), len(arms)))
+    policy = PolicyLayer(settings.bandit, CreditRule.from_settings(settings))
     try:
         for i, row in enumerate(log.to_dict("records")):
-            decision = logged_input(row, arms)
+            decision = logged_input(row, arms, policy)
+            if not decision.arms:
+                continue  # the policy layer leaves no arm: the candidate takes no action
             for arm, p in zip(decision.arms, chooser.pmf(decision), strict=True):
                 dist[i, index[arm]] = p
     finally:

@@ -6,9 +6,10 @@ churn risk, Dormant share, tier share shifts) each with what to do about it. The
 per input: segments (tiers in their natural order, :data:`features.segmentation.TIERS`),
 models (churn and propensity, each chart captioned with its model, version and MLflow run),
 the policy comparison of the last ``nextbest simulate``, offline policy evaluation
-(``nextbest evaluate-policy``) and A/B analysis (``nextbest abtest``).
+(``nextbest evaluate-policy``), A/B analysis (``nextbest abtest``) and the fairness of
+offers by tier, region and segment (``nextbest audit fairness``).
 
-Every chart says where it came from. The OPE and A/B sections name the decision log they
+Every chart says where it came from. The OPE, A/B and fairness sections name the decision log they
 analysed (path and modification time, recorded by the command under the ``log`` key of its
 JSON, see :func:`log_provenance`); an analysis whose log is unknown is left out with a
 sentence saying so, and two analyses of different logs are flagged, never mixed silently.
@@ -200,6 +201,7 @@ class Inputs:
     simulation: SourceFile | None = None
     ope: LogAnalysis | None = None
     abtest: LogAnalysis | None = None
+    fairness: LogAnalysis | None = None
     problems: dict[str, str] = field(default_factory=dict)
 
 
@@ -290,6 +292,8 @@ def gather(settings: Settings, scratch: Path, now: datetime | None = None) -> In
                           lambda: LogAnalysis.read(reports / "ope" / "ope.json"), None)
     inputs.abtest = _attempt(problems, "A/B analysis",
                              lambda: LogAnalysis.read(reports / "abtest" / "abtest.json"), None)
+    inputs.fairness = _attempt(problems, "fairness report", lambda: LogAnalysis.read(
+        reports / "fairness" / "fairness.json"), None)
     return inputs
 
 
@@ -450,7 +454,9 @@ def summary_section(inputs: Inputs) -> str:
              ["Features", features], ["Champion models", models],
              ["Simulation", simulation],
              ["Offline evaluation", _analysis_fact(inputs.ope, "evaluate-policy", ope_what)],
-             ["A/B analysis", _analysis_fact(inputs.abtest, "abtest", "control vs policies")]]
+             ["A/B analysis", _analysis_fact(inputs.abtest, "abtest", "control vs policies")],
+             ["Fairness", _analysis_fact(inputs.fairness, "audit fairness",
+                                         "offer rates by tier, region and segment")]]
     notes = _notes(inputs)
     return (_table([], facts, css="facts")
             + '<h3 id="alerts">Alerts and what to do</h3>' + _alerts_html(inputs)
@@ -693,6 +699,41 @@ def abtest_section(inputs: Inputs, scratch: Path) -> str:
     return "".join(parts)
 
 
+def fairness_section(inputs: Inputs) -> str:
+    """Offer rate and mean offer value per tier, region and segment, and the four-fifths
+    check of each attribute (``nextbest audit fairness``)."""
+    fair = inputs.fairness
+    if fair is None:
+        return _missing("No fairness report yet: run `nextbest audit fairness --logs LOG`.")
+    if fair.log_path is None:
+        return _unrecorded("audit fairness")
+    payload = fair.file.payload
+    threshold = payload.get("threshold", 0.8)
+    parts = [fair.source_html("audit fairness"),
+             _p(f"{fmt(payload['n_decisions'], 'count')} decisions, "
+                f"{fmt(payload['n_control'], 'count')} of them in the control group (left out). "
+                f"An offer is an arm whose terms have a value "
+                f"({', '.join(payload['offer_arms']) or 'none configured'}); its value is "
+                f"its cost at the item price. The ratio is the lowest offer rate over the "
+                f"highest, among groups with {fmt(payload['min_decisions'], 'count')} or more "
+                f"decisions; below {fmt(threshold, 'share')} it fails the four-fifths rule. "
+                f"Users' attributes from {payload['users_source']}.")]
+    for result in payload["attributes"]:
+        ratio = result["ratio"]
+        verdict = ("not enough groups to compare" if ratio is None else
+                   f"ratio {fmt(ratio)}: {result['lowest']} get offers at "
+                   f"{fmt(ratio, 'share')} of the rate of {result['highest']}")
+        parts.append(f"<h3>By {html.escape(result['attribute'])}</h3>")
+        parts.append(_warning(f"Below the four-fifths rule: {verdict}.") if result["flagged"]
+                     else _p(verdict[:1].upper() + verdict[1:] + "."))
+        rows = [[g["group"], fmt(g["decisions"], "count"), fmt(g["offers"], "count"),
+                 fmt(g["offer_rate"], "share"), fmt(g["mean_offer_value"], "money")]
+                for g in result["groups"]]
+        parts.append(_table([result["attribute"], "decisions", "offers", "offer rate",
+                             "mean offer value"], rows))
+    return "".join(parts)
+
+
 def write_report(settings: Settings, out_dir: Path | None = None, *,
                  now: datetime | None = None) -> Path:
     """Write ``report.html`` into ``out_dir`` (default ``reports_dir``); returns its path.
@@ -713,6 +754,7 @@ def write_report(settings: Settings, out_dir: Path | None = None, *,
              lambda: simulation_section(inputs)),
             ("ope", "Offline policy evaluation", lambda: ope_section(inputs, scratch)),
             ("abtest", "A/B and holdout", lambda: abtest_section(inputs, scratch)),
+            ("fairness", "Fairness of offers", lambda: fairness_section(inputs)),
         )
         body = []
         for key, title, build in sections:

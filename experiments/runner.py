@@ -212,13 +212,25 @@ class SimulationResult:
         }
 
 
+USERS_FILE = "users.parquet"  # beside kept logs: who the simulated users were
+USER_ATTRIBUTES = ("tier", "segment", "region", "is_student")
+
+
+def write_users(population: pd.DataFrame, path: Path) -> None:
+    """The simulated users' attributes (``user_id``, tier, segment, region, is_student) for
+    reports that join a kept log on ``user_id`` (``nextbest audit fairness --users``)."""
+    columns = ["user_id", *(c for c in USER_ATTRIBUTES if c in population.columns)]
+    population[columns].to_parquet(path, index=False)
+
+
 def simulate(settings: Settings, population: pd.DataFrame, config: SimulationConfig,
              policies: list[str], *, log_dir: Path | None = None,
              progress: ProgressFn | None = None) -> SimulationResult:
     """Run each named policy (plus the oracle) on one seeded stream over ``population``.
 
     Every policy's decision log (the service's SQLite format, ``NAME.sqlite``) is kept in
-    ``log_dir`` when given, for ``evaluate-policy`` and ``abtest``; else discarded. The
+    ``log_dir`` when given, for ``evaluate-policy``, ``abtest`` and ``audit fairness``, with
+    the users' attributes in ``log_dir/users.parquet``; else discarded. The
     result's ``config.users`` is the population's size, whatever ``config`` said.
     """
     config = config.model_copy(update={"users": len(population)})
@@ -232,6 +244,7 @@ def simulate(settings: Settings, population: pd.DataFrame, config: SimulationCon
     traces: dict[str, Trace] = {}
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
+        write_users(population, Path(log_dir) / USERS_FILE)
     keep = nullcontext(str(log_dir)) if log_dir is not None else tempfile.TemporaryDirectory()
     truth = stream_truth(stream, sim_settings)
     with keep as scratch:

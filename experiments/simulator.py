@@ -11,8 +11,13 @@ Response model (logit of the conversion probability, per arm ``a``)::
     base       = b0 + 0.4 log(spend_level) - 0.35 log(price / median_price) + page effect
     coupon         lift = c_ps * price_sensitivity - 0.7
     installment    lift = c_ia * installment_affinity * sigmoid(2 (log price - log 400)) - 0.4
+                          + c_st * is_student
     certification  lift = c_bf * brand_focus * (0.2 + 0.8 luxury category)
                           + 0.5 (spend_level - 1) clipped to [-0.5, 1] - 0.5
+
+Students (``is_student``, about 8% of users, as the platform's users table says) respond to
+installments more than to anything else: in this world a bandit left alone would learn to
+lend to them, which the policy layer's no-credit rule must prevent.
 
 Revenue on conversion is the item price; the arm's cost (``cost + cost_rate * price``, from
 ``settings.bandit.arms``) is paid on conversion, so profit = converted x (price - cost),
@@ -36,6 +41,7 @@ from pydantic import BaseModel, Field
 from decisions.reward import arm_cost
 from features.contract import LUXURY_CATEGORIES
 from features.segmentation import assign_tags, assign_tiers, rfm_scores, rfm_segments
+from features.synth import REGION_SHARE, REGIONS, STUDENT_SHARE
 from nextbest.config import Settings
 from nextbest.errors import DataError
 
@@ -71,6 +77,7 @@ class ResponseModel:
     coupon_offset: float = -0.7
     installment_ia: float = 3.0
     installment_offset: float = -0.4
+    installment_student: float = 3.0
     certification_bf: float = 2.4
     certification_offset: float = -0.5
 
@@ -81,8 +88,10 @@ class ResponseModel:
 
     def logits(self, traits: dict[str, np.ndarray], context: dict[str, np.ndarray],
                arms: list[str]) -> np.ndarray:
-        """Conversion logits, shape ``(n, k)``; unknown arm names get no lift."""
+        """Conversion logits, shape ``(n, k)``; unknown arm names get no lift. ``traits``
+        holds the :data:`TRAIT_COLUMNS` and ``is_student`` (0/1; absent: nobody)."""
         price = context["item_price"]
+        student = traits.get("is_student", np.zeros_like(price))
         luxury = np.isin(context["category"], sorted(LUXURY_CATEGORIES)).astype(float)
         page = np.vectorize(PAGE_EFFECT.get, otypes=[float])(context["page"])
         base = (self.base + 0.4 * np.log(traits["spend_level"])
@@ -91,7 +100,7 @@ class ResponseModel:
         lifts = {
             "coupon": self.coupon_ps * traits["price_sensitivity"] + self.coupon_offset,
             "installment": (self.installment_ia * traits["installment_affinity"] * high_price
-                            + self.installment_offset),
+                            + self.installment_offset + self.installment_student * student),
             "certification": (self.certification_bf * traits["brand_focus"] * (0.2 + 0.8 * luxury)
                               + np.clip(0.5 * (traits["spend_level"] - 1), -0.5, 1.0)
                               + self.certification_offset),
@@ -166,6 +175,7 @@ def make_stream(settings: Settings, population: pd.DataFrame, config: Simulation
     delay = rng.exponential(config.mean_delay_minutes, size=n)
     arms = [arm.name for arm in settings.bandit.arms] + [NO_ACTION]
     traits = {col: population[col].to_numpy()[user_index] for col in TRAIT_COLUMNS}
+    traits["is_student"] = students(population)[user_index]
     context = {"item_price": price, "category": category, "page": page}
     logits = model.logits(traits, context, arms)
     drift_index = None
@@ -184,6 +194,14 @@ def make_stream(settings: Settings, population: pd.DataFrame, config: Simulation
 
 
 # ----------------------------------------------------------------------------- population
+
+def students(population: pd.DataFrame) -> np.ndarray:
+    """1.0 for the users the platform knows to be students, else 0.0 (unknown: not one)."""
+    if "is_student" not in population.columns:
+        return np.zeros(len(population))
+    flags = population["is_student"].astype("boolean").fillna(False)
+    return flags.to_numpy(dtype=bool).astype(float)
+
 
 def synthetic_population(settings: Settings, users: int, seed: int) -> pd.DataFrame:
     """A seeded population: latent traits plus observable features, tier, segment and tags.
@@ -229,10 +247,15 @@ def synthetic_population(settings: Settings, users: int, seed: int) -> pd.DataFr
     feats["cart_abandonments_30d"] = np.maximum(feats["carts_30d"] - feats["frequency_30d"], 0)
     _as_counted_from_orders(feats, frequency, np.random.default_rng([seed, 2]))
     out = pd.concat([traits, feats], axis=1)
+    # Students and regions, as the platform's users table would say; drawn from their own
+    # generators so every other column stays as it was.
+    out["is_student"] = np.random.default_rng([seed, 3]).random(users) < STUDENT_SHARE
+    out["region"] = np.random.default_rng([seed, 4]).choice(
+        REGIONS, size=users, p=REGION_SHARE / REGION_SHARE.sum())
     # Tiers, segments and tags exactly as a features build assigns them.
     out["tier"] = assign_tiers(feats, settings.features.tiers)
     out["segment"] = rfm_segments(rfm_scores(feats))
-    out["tags"] = assign_tags(feats, settings.features.tags)
+    out["tags"] = assign_tags(feats, settings.features.tags, settings.policy)
     logit = -1.0 + 0.8 * np.log(spend) - 0.02 * np.nan_to_num(recency, nan=200)
     out["purchase_propensity"] = 1 / (1 + np.exp(-logit))
     out["churn_probability"] = 1 - out["purchase_propensity"] ** 0.5

@@ -29,6 +29,7 @@ from features.definitions import (
     CATEGORICAL,
     EVENT_KINDS,
     GROUP_FEATURES,
+    POLICY_FLAGS,
     feature_table,
     model_inputs,
     with_30_days,
@@ -70,6 +71,12 @@ def segmentation_columns() -> list[str]:
     """Columns added by segmentation after the engine computed the features."""
     return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier",
             "lifecycle_stage", "tags", "risk_reasons"]
+
+
+def policy_columns() -> list[str]:
+    """Columns only the policy layer reads (``policy.no_credit_when``), never model inputs:
+    what the platform says of the user's vulnerability to credit (null when unknown)."""
+    return list(POLICY_FLAGS)
 
 
 def delivery_columns() -> list[str]:
@@ -181,12 +188,12 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
         erased = _erased_user_ids(settings)
         if erased:
             frame = frame[~frame["user_id"].isin(erased)].reset_index(drop=True)
-        frame, report = segment(frame, settings.features)
+        frame, report = segment(frame, settings.features, settings.policy)
         frame[["best_hour", "best_hour_source"]] = best_hours(
             frame, as_of, settings.features.best_hour_min_events)
         frame = _as_written(frame[["user_id", "as_of"] + feature_columns(windows)
                                   + group_feature_columns() + segmentation_columns()
-                                  + delivery_columns()])
+                                  + delivery_columns() + policy_columns()])
         stages.done()
         _write(frame, report, partition_dir(root, as_of))
         stages.done()
@@ -334,6 +341,8 @@ def _normalise(table: pa.Table, as_of: date, windows: Sequence[int]) -> pd.DataF
             columns[name] = values.cast(pa.string())
         elif name == "is_seller":
             columns[name] = pc.fill_null(values, False).cast(pa.bool_())
+        elif name in POLICY_FLAGS:  # null stays null: unknown is not "no"
+            columns[name] = values.cast(pa.bool_())
         elif name == "best_hour_utc":  # an hour 0-23, missing without any activity
             columns[name] = values.cast(pa.float64())
         else:
@@ -348,7 +357,8 @@ def _as_written(frame: pd.DataFrame) -> pd.DataFrame:
     """Text columns as pandas' string dtype (missing = NaN), as a Parquet round trip gives."""
     text = ["user_id", *categorical_columns(), "timezone", "tier", "segment", "seller_tier",
             "lifecycle_stage", "best_hour_source"]
-    return frame.astype({column: "str" for column in text})
+    flags = {column: "boolean" for column in policy_columns()}
+    return frame.astype({column: "str" for column in text} | flags)
 
 
 def _write(frame: pd.DataFrame, report: ClusterReport, directory: Path) -> None:

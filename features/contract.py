@@ -94,7 +94,10 @@ SPECS: dict[str, TableSpec] = {
     "users": TableSpec(name="users", key="user_id", columns=(
         _col("user_id", "id", True), _col("signup_ts", "timestamp", True),
         _col("region", "text"), _col("channel", "text"), _col("timezone", "text"),
-        _col("acquisition_cost", "amount"))),
+        _col("acquisition_cost", "amount"),
+        # What the platform may know of a user's vulnerability to credit (no default: an
+        # unknown value stays null and never counts as vulnerable on its own).
+        _col("is_student", "flag"), _col("self_excluded_from_credit", "flag"))),
     "orders": TableSpec(name="orders", key="order_id", columns=(
         _col("order_id", "id", True), _col("buyer_id", "id", True),
         _col("ts", "timestamp", True), _col("amount", "amount", True),
@@ -314,10 +317,16 @@ def _coerce_count(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced
 
 
 def _coerce_flag(c: ColumnSpec, raw: pd.Series, missing: np.ndarray) -> Coerced:
+    """Booleans from booleans or words; a missing value takes the column's default, or stays
+    null (pandas' nullable ``boolean``) when it has none."""
     if pd.api.types.is_bool_dtype(raw.dtype) and not missing.any():
         return Coerced(raw.astype(bool))
     words = _text(raw).str.lower()
     true, false = words.isin(TRUE_WORDS).to_numpy(bool), words.isin(FALSE_WORDS).to_numpy(bool)
+    if c.default is None:
+        values = pd.Series(pd.array(np.where(true, True, np.where(false, False, None)),
+                                    dtype="boolean"), index=raw.index)
+        return Coerced(values, (Issue(~missing & ~true & ~false, "not a boolean"),))
     values = pd.Series(np.where(true, True, np.where(false, False, bool(c.default))),
                        index=raw.index, dtype=bool)
     return Coerced(values, (Issue(~missing & ~true & ~false, "not a boolean"),))

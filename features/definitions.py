@@ -38,6 +38,9 @@ GROUP_FEATURES = ("payment_fingerprints_30d", "fingerprint_accounts", "new_user_
                   "rating_mean_365d", "complaint_rate_365d", "minutes_to_buy_median",
                   "compare_items_per_purchase")
 
+# Users' attributes that only the policy layer reads (never a model input): null when the
+# platform does not say (decisions/policy.py, policy.no_credit_when).
+POLICY_FLAGS = ("is_student", "self_excluded_from_credit")
 
 CATEGORICAL = ("region", "channel", "top_category")
 
@@ -300,11 +303,12 @@ def _population(raw: RawTables, orders: ir.Table, as_of: datetime) -> ir.Table:
     """The users of ``as_of``: signed up before it, or (no users table) bought before it."""
     if raw.users is not None:
         users = raw.users.filter(raw.users.signup_ts < _ts(as_of))
-        return users.select("user_id", "region", "channel", "timezone",
+        return users.select("user_id", "region", "channel", "timezone", *POLICY_FLAGS,
                             signup_epoch=_epoch_us(users.signup_ts))
     buyers = orders.select(user_id=orders.buyer_id).distinct()
     return buyers.mutate(region=ibis.null("string"), channel=ibis.null("string"),
-                         timezone=ibis.null("string"), signup_epoch=ibis.null("int64"))
+                         timezone=ibis.null("string"), signup_epoch=ibis.null("int64"),
+                         **{flag: ibis.null("boolean") for flag in POLICY_FLAGS})
 
 
 def _active_hours(orders: ir.Table, events: ir.Table | None, as_of: datetime) -> ir.Table:
@@ -423,6 +427,7 @@ def _select_features(t: ir.Table, as_of: datetime, windows: Sequence[int]) -> ir
     cols["region"] = t.region
     cols["channel"] = t.channel
     cols["timezone"] = t.timezone
+    cols.update({flag: t[flag] for flag in POLICY_FLAGS})
     cols["best_hour_utc"] = t.best_hour_utc
     cols["active_events"] = _zero(t.active_events)
     cols["is_seller"] = (listed > 0) | (_zero(t.sales) > 0)

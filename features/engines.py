@@ -42,7 +42,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # Optional columns the definition reads, with the value used when a platform lacks them.
 OPTIONAL: dict[str, dict[str, tuple[str, Any]]] = {
     "users": {"region": ("string", None), "channel": ("string", None),
-              "timezone": ("string", None)},
+              "timezone": ("string", None),
+              "is_student": ("boolean", None), "self_excluded_from_credit": ("boolean", None)},
     "orders": {"seller_id": ("string", None), "item_id": ("string", None),
                "category": ("string", None), "commission": ("float64", 0.0),
                "status": ("string", "completed"), "coupon_used": ("boolean", False),

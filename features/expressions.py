@@ -5,7 +5,8 @@ A condition such as ``views_in_category >= 5 and frequency_30d == 0`` or
 once into a small safe subset of Python: comparisons (chained too), ``and`` / ``or`` /
 ``not``, ``+ - * /``, ``in`` / ``not in`` over a literal list or over a list-valued name
 (``'vip' in tags``), names and constants. Calls, attributes, subscripts and everything else
-are refused when the expression is compiled, naming the rule.
+are refused when the expression is compiled, naming the rule, and so is a name listed in
+``policy.forbidden_features`` (device model, OS, IP, ...), whatever the data holds.
 
 :func:`compile_expression` also checks every name against the names the caller says exist
 (feature columns, event fields, ...) and every quoted value compared with a list-valued
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nextbest.config import PolicyConfig
 from nextbest.errors import ConfigError
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
@@ -93,6 +95,19 @@ class Expression:
         values = np.asarray(pd.Series(result).fillna(False), dtype=bool) \
             if not np.isscalar(result) else np.full(n, bool(result))
         return values & present
+
+    # -- parts --------------------------------------------------------------------------------
+    def parts(self) -> list[Expression]:
+        """The top-level ``or`` parts, each its own expression (the whole one when it is not
+        an ``or``), so a rule can say which part held and a value missing in one part does
+        not hide another that holds."""
+        body = self.tree.body
+        if not (isinstance(body, ast.BoolOp) and isinstance(body.op, ast.Or)):
+            return [self]
+        return [Expression(text=ast.unparse(part), tree=ast.Expression(body=part),
+                           names=frozenset(n.id for n in ast.walk(part)
+                                           if isinstance(n, ast.Name)))
+                for part in body.values]
 
 
 def _row(node: ast.AST, row: Mapping[str, Any]) -> Any:
@@ -186,11 +201,14 @@ def _frame(node: ast.AST, names: Mapping[str, Any], n: int) -> Any:
 
 
 def compile_expression(text: str, *, rule: str, known: Collection[str] | None = None,
-                       values: Mapping[str, Collection[str]] | None = None) -> Expression:
+                       values: Mapping[str, Collection[str]] | None = None,
+                       forbidden: PolicyConfig | None = None) -> Expression:
     """Parse and check ``text`` (the condition of ``rule``, named in every error).
 
     ``known``: the names the expression may read (None: any); ``values``: for list-valued
-    names (``tags``), the values a quoted string tested against them may take.
+    names (``tags``), the values a quoted string tested against them may take;
+    ``forbidden``: the policy whose ``forbidden_features`` it may never read, even when the
+    data has them.
     """
     try:
         tree = ast.parse(text, mode="eval")
@@ -206,6 +224,8 @@ def compile_expression(text: str, *, rule: str, known: Collection[str] | None = 
     if not _is_condition(tree.body):
         raise ConfigError(f"{rule}: {text!r} is not a condition: it must be true or false "
                           "(compare a value, e.g. 'recency_days > 30')")
+    if forbidden is not None:
+        forbidden.refuse_forbidden(names, f"{rule}: {text!r}")
     if known is not None:
         unknown = sorted(names - set(known))
         if unknown:

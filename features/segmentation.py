@@ -24,6 +24,7 @@ from features.expressions import compile_expression
 from nextbest.config import (
     ClusterConfig,
     FeaturesConfig,
+    PolicyConfig,
     RiskRule,
     StageRule,
     TagRule,
@@ -167,19 +168,22 @@ def _known(frame: pd.DataFrame) -> set[str]:
     return {*frame.columns, *model_inputs(FeaturesConfig().windows_days), *GROUP_FEATURES}
 
 
-def _tag_mask(frame: pd.DataFrame, rule: TagRule | RiskRule) -> np.ndarray:
+def _tag_mask(frame: pd.DataFrame, rule: TagRule | RiskRule,
+              policy: PolicyConfig | None) -> np.ndarray:
     """Where ``rule.when`` holds (:mod:`features.expressions`); false wherever a column it
     names is missing on that row (or from the frame, for a group feature). Any other name
-    that is not a column is a ConfigError."""
-    expression = compile_expression(rule.when, rule=f"tag {rule.name!r}", known=_known(frame))
+    that is not a column, or one the ``policy`` forbids, is a ConfigError."""
+    expression = compile_expression(rule.when, rule=f"tag {rule.name!r}", known=_known(frame),
+                                    forbidden=policy or PolicyConfig())
     return expression.mask(frame)
 
 
-def _masks(frame: pd.DataFrame, rules: Sequence[TagRule | RiskRule]) -> np.ndarray:
+def _masks(frame: pd.DataFrame, rules: Sequence[TagRule | RiskRule],
+           policy: PolicyConfig | None = None) -> np.ndarray:
     """Shape ``(len(frame), len(rules))``: where each rule holds."""
     if not rules:
         return np.zeros((len(frame), 0), dtype=bool)
-    return np.column_stack([_tag_mask(frame, rule) for rule in rules])
+    return np.column_stack([_tag_mask(frame, rule, policy) for rule in rules])
 
 
 def _lists(masks: np.ndarray, names: Sequence[str], index: pd.Index) -> list[list[str]]:
@@ -192,9 +196,11 @@ def _lists(masks: np.ndarray, names: Sequence[str], index: pd.Index) -> list[lis
     return [lists[c] for c in codes.tolist()]
 
 
-def assign_tags(frame: pd.DataFrame, rules: Sequence[TagRule]) -> pd.Series:
-    """The list of tag names whose rule holds, per user (rules in config order)."""
-    lists = _lists(_masks(frame, rules), [rule.name for rule in rules], frame.index)
+def assign_tags(frame: pd.DataFrame, rules: Sequence[TagRule],
+                policy: PolicyConfig | None = None) -> pd.Series:
+    """The list of tag names whose rule holds, per user (rules in config order); a rule
+    reading one of ``policy.forbidden_features`` (default: the built-in list) is refused."""
+    lists = _lists(_masks(frame, rules, policy), [rule.name for rule in rules], frame.index)
     return pd.Series(lists, index=frame.index, name="tags", dtype=object)
 
 
@@ -225,13 +231,14 @@ def risk_reason(rule: RiskRule, row: Mapping[str, Any]) -> str:
     return f"{rule.name}: {rule.reason.format_map(values)}"
 
 
-def assign_risk(frame: pd.DataFrame, rules: Sequence[RiskRule]) -> tuple[pd.Series, pd.Series]:
+def assign_risk(frame: pd.DataFrame, rules: Sequence[RiskRule],
+                policy: PolicyConfig | None = None) -> tuple[pd.Series, pd.Series]:
     """The risk tags of each user and, aligned with them, a readable reason per tag.
 
     Returns ``(risk_tags, risk_reasons)``, both lists per user (empty for most users); the
     reasons read ``"card_switching: paid with 4 different payment fingerprints in 30 days"``.
     """
-    masks = _masks(frame, rules)
+    masks = _masks(frame, rules, policy)
     for rule in rules:
         _reason_fields(rule, frame.columns)
     tags = _lists(masks, [rule.name for rule in rules], frame.index)
@@ -388,9 +395,11 @@ def _profiles(frame: pd.DataFrame, labels: pd.Series, scaled: np.ndarray) -> lis
 
 
 # ---------------------------------------------------------------- all together
-def segment(frame: pd.DataFrame, config: FeaturesConfig) -> tuple[pd.DataFrame, ClusterReport]:
+def segment(frame: pd.DataFrame, config: FeaturesConfig,
+            policy: PolicyConfig | None = None) -> tuple[pd.DataFrame, ClusterReport]:
     """Add tier, segment, r/f/m scores, cluster, seller tier, lifecycle stage, tags (risk
-    tags last) and risk reasons to a feature frame."""
+    tags last) and risk reasons to a feature frame (no tag or risk rule may read
+    ``policy.forbidden_features``)."""
     out = frame.copy(deep=False)  # copy-on-write: the input frame is never changed
     out["tier"] = assign_tiers(frame, config.tiers)
     scores = rfm_scores(frame)
@@ -399,7 +408,7 @@ def segment(frame: pd.DataFrame, config: FeaturesConfig) -> tuple[pd.DataFrame, 
     out["cluster"], report = assign_clusters(frame, config.clusters)
     out["seller_tier"] = assign_seller_tiers(frame, config.tiers)
     out["lifecycle_stage"] = assign_lifecycle(frame, config.lifecycle)
-    tags = assign_tags(frame, config.tags)
-    risk_tags, out["risk_reasons"] = assign_risk(frame, config.risk_rules)
+    tags = assign_tags(frame, config.tags, policy)
+    risk_tags, out["risk_reasons"] = assign_risk(frame, config.risk_rules, policy)
     out["tags"] = [[*t, *r] for t, r in zip(tags, risk_tags, strict=True)]
     return out, report

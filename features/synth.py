@@ -5,7 +5,9 @@ ground truth, at sizes from a unit test (2,000 users) to the 1M-user benchmark.
 
 How it behaves:
 
-- Users sign up over the whole period (a platform that grows); about 15% are consignors.
+- Users sign up over the whole period (a platform that grows); about 15% are consignors,
+  about 8% students and 2% have excluded themselves from credit (``users.is_student``,
+  ``users.self_excluded_from_credit``: what the platform knows of them).
 - Each user has hidden traits (price sensitivity, brand focus, installment affinity, spend
   level, engagement, return propensity). They are written to ``latent_dir`` only, never to
   the raw tables a model may read.
@@ -89,6 +91,8 @@ ORDER_RATE = 0.015  # orders per active day of an average buyer
 SESSION_RATE = 0.016  # browsing sessions per active day of an average user
 NEVER_BUY_SHARE = 0.30
 SELLER_SHARE = 0.15
+STUDENT_SHARE = 0.08
+SELF_EXCLUDED_SHARE = 0.02
 SELLER_PARETO_ALPHA = 1.16  # the Pareto index that gives the 80/20 rule
 QUIET_DAYS = 60
 QUIET_KEEP = 0.35
@@ -168,6 +172,9 @@ class Population:
     ring_card: np.ndarray
     second_card: np.ndarray
     acquisition_cost: np.ndarray
+    # What the platform knows of the user's vulnerability to credit (_draw_credit_flags).
+    is_student: np.ndarray | None = None
+    self_excluded_from_credit: np.ndarray | None = None
 
 
 @dataclass
@@ -295,6 +302,16 @@ def _rings(rng: np.random.Generator, abuser: np.ndarray, signup_h: np.ndarray) -
     ring = np.repeat(np.arange(sizes.size), sizes)[:members.size]
     ring_card[members] = ring
     return ring_card
+
+
+def _draw_credit_flags(pop: Population, seed: int) -> None:
+    """Students (``STUDENT_SHARE``) and users who excluded themselves from credit
+    (``SELF_EXCLUDED_SHARE``), from their own generator so every other draw stays as it was.
+    The simulator's students respond best to installments (experiments/simulator.py)."""
+    n = pop.signup_h.size
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+    pop.is_student = rng.random(n) < STUDENT_SHARE
+    pop.self_excluded_from_credit = rng.random(n) < SELF_EXCLUDED_SHARE
 
 
 def _draw_sellers(pop: Population, rng: np.random.Generator) -> Sellers:
@@ -761,6 +778,8 @@ def _users_table(pop: Population, clock: Clock) -> pa.Table:
         "channel": _labels(CHANNELS, pop.channel),
         "timezone": _labels(REGION_TZ, pop.region),
         "acquisition_cost": pa.array(pop.acquisition_cost, pa.float64()),
+        "is_student": pa.array(pop.is_student),
+        "self_excluded_from_credit": pa.array(pop.self_excluded_from_credit),
     })
 
 
@@ -838,6 +857,7 @@ def synthesize(n_users: int, days: int, seed: int, raw_dir: Path, latent_dir: Pa
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     pop = _draw_population(n_users, days, rng,
                            np.random.default_rng(np.random.SeedSequence([seed, 2])))
+    _draw_credit_flags(pop, seed)
     sellers = _draw_sellers(pop, rng)
     writers = _Writers(raw_dir)
     counters = Counters()

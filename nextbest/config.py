@@ -14,6 +14,7 @@ down; library code never reads ``os.environ`` itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -631,6 +632,59 @@ class PrivacyConfig(_Section):
     id_salt: str = ""
 
 
+# Where a request may come from and what it may be about (decisions/policy.py). Values
+# outside these lists are refused (channel, page: 422 naming the field) or encoded as
+# "other" (category), so free text never reaches the bandit.
+CAMPAIGN_CHANNEL = "campaign"  # the campaign layer's own decisions; its page is the campaign
+
+
+class ContextConfig(_Section):
+    """The values of a request's context (``channel``, ``page``, ``category``).
+
+    The campaign layer's decisions (channel ``campaign``, page = the campaign's name) are
+    always allowed, whatever these lists say.
+    """
+
+    channels: list[Annotated[str, Field(min_length=1, max_length=50)]] = Field(
+        default_factory=lambda: ["web", "app", "mobile_web"], min_length=1)
+    pages: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=lambda: ["home", "search", "category", "item", "cart", "checkout",
+                                 "account"], min_length=1)
+    # Item categories the bandit may tell apart; any other is encoded as "other".
+    categories: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=lambda: ["apparel", "clothing", "shoes", "bags", "jewelry", "watches",
+                                 "electronics", "home", "art"])
+
+
+def _default_forbidden_features() -> list[str]:
+    return ["device_model", "os", "phone_brand", "ip", "ip_prefix"]
+
+
+class PolicyConfig(_Section):
+    """Red lines enforced in code (docs/DESIGN.md section 10)."""
+
+    # Users for whom every arm of kind "financing" is removed, in every path (requests,
+    # triggers, campaigns, simulator). An expression of features/expressions.py over the
+    # user's store record (tags, feature columns, is_student, self_excluded_from_credit) and
+    # the request (item_price, category, channel, page, hour). Each top-level "or" part is
+    # checked on its own, so a value missing in one part does not hide another, and a
+    # missing value never makes a user vulnerable by itself. Empty: no such rule.
+    no_credit_when: str = ("is_student == True or self_excluded_from_credit == True "
+                           "or under_review == True or item_price > 3 * aov")
+    # Names no model, bandit feature, tag rule or campaign condition may read (exact
+    # column names): judging people by their device or network is a black box.
+    forbidden_features: list[str] = Field(default_factory=_default_forbidden_features)
+
+    def refuse_forbidden(self, names: Iterable[str], where: str) -> None:
+        """ConfigError naming the first of ``names`` listed in ``forbidden_features``."""
+        forbidden = {name.lower() for name in self.forbidden_features}
+        hits = sorted({name for name in names if name.lower() in forbidden})
+        if hits:
+            raise ConfigError(f"{where} reads {', '.join(hits)}, listed in policy."
+                              "forbidden_features: no model, bandit feature, tag rule or "
+                              "campaign condition may read it", field="policy.forbidden_features")
+
+
 class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(3000, gt=0, lt=65536)
@@ -667,6 +721,8 @@ class Settings(_Section):
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    context: ContextConfig = Field(default_factory=ContextConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     seed: int = 7
 

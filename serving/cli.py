@@ -84,12 +84,12 @@ def check_servable(settings: Settings, *, allow_empty: bool = False) -> None:
     compile_campaigns(settings)
     try:
         champion_versions(settings)
-        has_models = True
-    except NotFound:
-        has_models = False
+        no_model = None
+    except NotFound as exc:
+        no_model = str(exc)
     with open_store(settings) as store:
         users = int(store.meta().get("users") or 0)
-    missing = missing_for_serving(has_models, users)
+    missing = missing_for_serving(no_model, users)
     if missing and not allow_empty:
         raise MissingComponent(f"nothing to serve: {'; '.join(missing)} (or pass "
                                "--allow-empty to serve cold-start answers)")

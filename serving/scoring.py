@@ -27,12 +27,12 @@ SCORE_COLUMNS = ("user_id", "features_as_of", "tier", "segment", "tags", "churn_
                  "purchase_propensity")
 
 
-def missing_for_serving(has_models: bool, store_users: int) -> list[str]:
-    """What the service lacks to give real answers, each with the command that fixes it."""
+def missing_for_serving(no_model: str | None, store_users: int) -> list[str]:
+    """What the service lacks to give real answers, each with the command that fixes it
+    (``no_model``: why a champion model is missing, None when both are there)."""
     missing = []
-    if not has_models:
-        missing.append("no champion models: run `nextbest train churn` and "
-                       "`nextbest train propensity`")
+    if no_model is not None:
+        missing.append(f"no champion models: {no_model}")
     if not store_users:
         missing.append("no features in the online store: run `nextbest features build`")
     return missing

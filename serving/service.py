@@ -258,8 +258,9 @@ class NextBest:
     def status(self) -> WorkerStatus:
         """What this worker serves now, and what readiness lacks (in words)."""
         meta = self.store.meta()
-        missing = missing_for_serving(self.scorer.champions is not None,
-                                      int(meta.get("users") or 0))
+        no_model = None if self.scorer.champions is not None else (
+            "run `nextbest train churn` and `nextbest train propensity`")
+        missing = missing_for_serving(no_model, int(meta.get("users") or 0))
         as_of = meta.get("as_of")
         return WorkerStatus(
             pid=os.getpid(), ready=not missing or self.settings.serving.allow_empty,

@@ -84,8 +84,14 @@ def latest_cutoff(settings: Settings, horizon: int, raw_dir: Path, as_of: date |
 
 
 def model_columns(settings: Settings) -> tuple[list[str], list[str]]:
-    """Model inputs in their fixed order, and which of them are categorical."""
-    return feature_columns(settings.features.windows_days), categorical_columns()
+    """Model inputs in their fixed order, and which of them are categorical.
+
+    Refuses (ConfigError) a list holding one of ``policy.forbidden_features``: no model may
+    learn from the user's device, operating system or network address.
+    """
+    names = feature_columns(settings.features.windows_days)
+    settings.policy.refuse_forbidden(names, "training: the model's feature list")
+    return names, categorical_columns()
 
 
 def features_at(settings: Settings, cutoff: date, raw_dir: Path, *, rebuild: bool,

@@ -219,6 +219,37 @@ def test_a_scheduled_campaign_holds_out_its_share_and_accounts_for_everyone(
     assert again.already == len(dormant) and again.messages == 0
 
 
+def test_a_campaign_never_lends_to_a_student(settings: Settings) -> None:
+    """A campaign that may only offer installments: students get none (the decision says
+    why), other users get theirs."""
+    campaign = {"name": "pay_later", "kind": "scheduled", "schedule": "0 10 * * 1",
+                "condition": "tier == 'silver'", "arms": ["installment"],
+                "holdout_share": 0.0, "cooldown_hours": 0}
+    tuned = with_changes(settings, campaigns={"campaigns": [campaign]})
+    users = population(200)
+    users["is_student"] = [i % 2 == 0 for i in range(200)]
+    store = open_store(tuned)
+    store.write(users, AS_OF)
+    engine = DecisionEngine(tuned, durable=False)
+    layer = CampaignLayer(tuned, engine, UserDirectory(tuned, store, None))
+    try:
+        layer.run("pay_later", now=T0)
+        rows = messages(layer, "pay_later", status=None)
+    finally:
+        layer.close()
+        engine.close()
+        store.close()
+    student = set(users.loc[users["is_student"], "user_id"])
+    treated = [m for m in rows if m.reason != "control_group"]
+    assert len(treated) > 100
+    for message in treated:
+        if message.user_id in student:
+            assert message.arm is None and message.status == "suppressed"
+            assert "installment removed: no credit: is_student == True" in message.reason
+        else:
+            assert message.arm == "installment" and message.status == "pending"
+
+
 def test_the_scheduler_runs_each_cron_slot_once(settings: Settings) -> None:
     campaign = {"name": "weekly", "kind": "scheduled", "schedule": "0 10 * * 1",
                 "condition": "tier == 'dormant'", "holdout_share": 0.0, "cooldown_hours": 0}
@@ -261,6 +292,7 @@ def test_kept_events_are_exported_into_the_raw_data(layer: CampaignLayer,
     ({"condition": "'hig_value' in tags"}, "'hig_value' in tags"),
     ({"condition": "category_veiws_7d >= 5"}, "category_veiws_7d"),
     ({"arms": ["voucher"]}, "unknown arm"),
+    ({"condition": "os == 'ios' and purchases_7d == 0"}, "policy.forbidden_features"),
 ])
 def test_a_misspelt_campaign_is_refused_naming_it(settings: Settings, change: dict,
                                                   named: str) -> None:

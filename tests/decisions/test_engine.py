@@ -12,7 +12,7 @@ import pytest
 from decisions.engine import DecisionEngine, RequestContext, UserView
 from decisions.policy import ContactCounts
 from nextbest.config import Settings
-from nextbest.errors import Conflict, NotFound, ValidationFailed
+from nextbest.errors import ConfigError, Conflict, NotFound, ValidationFailed
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONTEXT = RequestContext(channel="web", page="item", item_price=80.0, category="bags", hour=14)
@@ -250,3 +250,65 @@ def test_erase_and_export_user(engine: DecisionEngine):
     assert engine.erase_user("user-1") == 1
     assert engine.export_user("user-1") == []
     assert engine.stats()["decisions"] == 1
+
+
+# --- red lines ---------------------------------------------------------------------------------
+
+def test_a_student_never_gets_an_installment_and_the_reason_says_why(settings: Settings):
+    with DecisionEngine(with_bandit(settings, control_share=0.0), durable=False) as eng:
+        for i in range(100):
+            student = user(i, tier="gold", features={"is_student": 1.0, "aov": 400.0})
+            d = eng.decide(student, CONTEXT, now=T0)
+            assert d.action != "installment" and "installment" not in d.eligible
+            assert "installment removed: no credit: is_student == True" in d.reason
+        others = {eng.decide(user(1000 + i, features={"is_student": 0.0}), CONTEXT,
+                             now=T0).action for i in range(100)}
+    assert "installment" in others
+
+
+@pytest.mark.parametrize("field, context", [
+    ("context.channel", RequestContext(channel="whatsapp", page="item")),
+    ("context.page", RequestContext(channel="web", page="<script>alert(1)</script>")),
+])
+def test_an_unknown_channel_or_page_is_refused_before_anything_is_logged(
+        engine: DecisionEngine, field: str, context: RequestContext):
+    with pytest.raises(ValidationFailed) as exc:
+        engine.decide(user(1), context, now=T0)
+    assert exc.value.field == field
+    assert engine.stats()["decisions"] == 0
+
+
+def test_the_encoder_refuses_a_forbidden_feature(settings: Settings):
+    data = settings.model_dump()
+    data["policy"]["forbidden_features"] = ["coupon_share"]  # a FEATURE_BINS column
+    with pytest.raises(ConfigError, match="bandit's encoder reads coupon_share.*policy."
+                                          "forbidden_features"):
+        DecisionEngine(Settings.model_validate(data), durable=False)
+    arms = [*NO_CAPS["arms"], {"name": "device_deal", "features": {"device_model": "iphone"}}]
+    with pytest.raises(ConfigError, match="'device_deal' features reads device_model"):
+        DecisionEngine(with_bandit(settings, arms=arms), durable=False)
+
+
+def test_one_price_for_everyone_every_tier_gets_the_same_terms_per_arm(settings: Settings):
+    """An arm's offer (its discount value, its installment terms) does not depend on who
+    gets it: decisions for users of every tier carry identical terms for each arm, in the
+    answer and in the logged example the bandit saw."""
+    tiers = ["platinum", "gold", "silver", "dormant", "churned", "new"]
+    terms: dict[str, set[str]] = {}
+    tokens: dict[str, set[str]] = {}
+    with DecisionEngine(with_bandit(settings, control_share=0.0), durable=False) as eng:
+        arms = {arm.name: arm for arm in eng.config.arms}
+        for i in range(600):
+            tier = tiers[i % len(tiers)]
+            d = eng.decide(user(i, tier=tier, features={"aov": 20.0 + 90 * (i % 7)}),
+                           CONTEXT.model_copy(update={"item_price": 30.0 + i}), now=T0)
+            assert d.offer is not None and d.offer.arm == d.action
+            assert d.offer.terms == arms[d.action].features
+            terms.setdefault(d.action, set()).add(d.offer.model_dump_json())
+            logged = eng.log.get_decision(d.event_id)
+            for arm, arm_tokens in logged.features["arms"].items():
+                tokens.setdefault(arm, set()).add(" ".join(arm_tokens))
+            terms.setdefault(f"{d.action}@{tier}", set()).add(d.offer.model_dump_json())
+    assert {key.split("@")[1] for key in terms if "@" in key} == set(tiers)
+    assert all(len(offers) == 1 for offers in terms.values())  # one offer per arm
+    assert len(tokens) == 3 and all(len(t) == 1 for t in tokens.values())

@@ -9,6 +9,8 @@ from pydantic import ValidationError
 
 from decisions.policy import (
     ContactCounts,
+    ContextValues,
+    CreditRule,
     PlanKind,
     PolicyLayer,
     RequestContext,
@@ -18,7 +20,8 @@ from decisions.policy import (
     sample_arm,
     user_view,
 )
-from nextbest.config import BanditConfig
+from nextbest.config import BanditConfig, Settings
+from nextbest.errors import ConfigError, ValidationFailed
 
 
 def treated_user(layer: PolicyLayer, **fields: object) -> UserView:
@@ -125,3 +128,75 @@ def test_user_view_reads_nan_features_as_missing_and_refuses_infinity():
     assert UserView(user_id="u", features={"aov": float("nan")}).features == {"aov": None}
     with pytest.raises(ValidationError, match="features.aov"):
         UserView(user_id="u", features={"aov": float("inf")})
+
+
+# --- the no-credit red line (policy.no_credit_when) -------------------------------------------
+
+@pytest.mark.parametrize("fields, context, part", [
+    ({"features": {"is_student": 1.0}}, RequestContext(), "is_student == True"),
+    ({"features": {"self_excluded_from_credit": 1.0}}, RequestContext(),
+     "self_excluded_from_credit == True"),
+    ({"features": {"aov": 100.0}}, RequestContext(item_price=301.0), "item_price > 3 * aov"),
+    # A part that holds is not hidden by a value missing from another (no item price here).
+    ({"features": {"is_student": 1.0, "aov": None}}, RequestContext(), "is_student == True"),
+])
+def test_vulnerable_users_get_no_credit_arm_and_the_reason_says_why(
+        fields: dict, context: RequestContext, part: str):
+    layer = PolicyLayer(BanditConfig(control_share=0.0))
+    user = treated_user(layer, **fields)
+    plan = layer.plan(user, context=context)
+    assert "installment" not in plan.eligible and "certification" in plan.eligible
+    assert plan.removed["installment"] == f"no credit: {part}"
+    text = reason_for(plan, user, algorithm="squarecb", action="certification", probability=1.0)
+    assert f"installment removed: no credit: {part}" in text
+
+
+@pytest.mark.parametrize("fields, context", [
+    ({}, RequestContext(item_price=5000.0)),  # nothing known about the user: not vulnerable
+    ({"features": {"is_student": 0.0, "self_excluded_from_credit": 0.0, "aov": 100.0}},
+     RequestContext(item_price=300.0)),
+    ({"features": {"is_student": None, "aov": None}}, RequestContext(item_price=300.0)),
+])
+def test_a_missing_or_false_attribute_is_not_vulnerability(fields: dict,
+                                                            context: RequestContext):
+    layer = PolicyLayer(BanditConfig(control_share=0.0))
+    plan = layer.plan(treated_user(layer, **fields), context=context)
+    assert plan.eligible == ["coupon", "installment", "certification"]
+
+
+def test_every_financing_arm_goes_even_the_default_of_an_opted_out_student():
+    arms = [{"name": "bnpl", "features": {"kind": "financing", "value": 0.0}},
+            {"name": "loan", "features": {"kind": "financing"}}, {"name": "tip"}]
+    layer = PolicyLayer(BanditConfig(control_share=0.0, arms=arms, default_arm="bnpl"))
+    student = treated_user(layer, features={"is_student": 1.0})
+    assert layer.plan(student).eligible == ["tip"]
+    opted_out = layer.plan(student.model_copy(update={"personalization": False}))
+    assert opted_out.kind is PlanKind.NO_ELIGIBLE and opted_out.eligible == []
+
+
+def test_the_no_credit_rule_is_configurable_and_checked_at_start():
+    settings = Settings(policy={"no_credit_when": "tier == 'new' or frequency_total < 2"})
+    layer = PolicyLayer(settings.bandit, CreditRule.from_settings(settings))
+    new = treated_user(layer, tier="new")
+    assert layer.plan(new).removed["installment"] == "no credit: tier == 'new'"
+    assert "installment" in layer.plan(treated_user(layer, tier="gold")).eligible
+    assert CreditRule.from_settings(Settings(policy={"no_credit_when": ""})).parts == []
+    with pytest.raises(ConfigError, match="policy.no_credit_when.*is_studnet"):
+        CreditRule.from_settings(Settings(policy={"no_credit_when": "is_studnet == True"}))
+    with pytest.raises(ConfigError, match="policy.forbidden_features"):
+        CreditRule.from_settings(Settings(policy={"no_credit_when": "os == 'android'"}))
+
+
+# --- context values ----------------------------------------------------------------------------
+
+def test_context_channel_and_page_must_be_configured_values():
+    values = ContextValues.from_settings(Settings(context={"channels": ["app"],
+                                                           "pages": ["item"]}))
+    values.check(RequestContext(channel="app", page="item"))
+    values.check(RequestContext(channel="campaign", page="win_back"))  # the campaign layer's
+    with pytest.raises(ValidationFailed, match="context.channel: 'web' is not one of") as exc:
+        values.check(RequestContext(channel="web", page="item"))
+    assert exc.value.field == "context.channel"
+    with pytest.raises(ValidationFailed, match="'iPhone 15 Pro' is not one of") as exc:
+        values.check(RequestContext(channel="app", page="iPhone 15 Pro"))
+    assert exc.value.field == "context.page"

@@ -109,3 +109,21 @@ def test_a_log_of_a_handful_of_decisions_is_refused_in_one_line(simulated, tmp_p
     assert main(["evaluate-policy", "--logs", str(small)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: too few decisions for a reward model")
+
+
+def test_a_candidate_never_lends_to_a_student_of_a_foreign_log(tmp_path):
+    """Another system's log does not say which arms were eligible: the candidate gets the
+    policy layer's, so a student's row gives the installment no probability."""
+    import pandas as pd
+
+    from experiments.logs import normalise
+
+    frame = pd.DataFrame({"user_id": ["a", "b", "c"], "action": ["installment"] * 3,
+                          "probability": 1 / 3, "reward": 0.0, "item_price": 900.0,
+                          "is_student": [True, False, None], "aov": [None, 100.0, None]})
+    log = normalise(frame, Settings())
+    dist = candidate_action_dist("random", log, Settings())
+    installment = [arm.name for arm in Settings().bandit.arms].index("installment")
+    assert dist[0, installment] == 0 and dist[0].sum() == pytest.approx(1.0)  # a student
+    assert dist[1, installment] == 0  # 900 is more than three times the aov of 100
+    assert dist[2, installment] == pytest.approx(1 / 3)  # nothing known: not vulnerable

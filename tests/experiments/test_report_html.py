@@ -54,7 +54,7 @@ SCIENTIFIC = re.compile(r"\d(?:\.\d+)?[eE][+-]\d")
 LONG_DECIMALS = re.compile(r"\d\.\d{5,}")
 BLOCKS = {"p", "div", "section", "table", "tr", "td", "th", "h1", "h2", "h3", "figure",
           "figcaption", "li", "title"}
-SECTIONS = ["summary", "segments", "models", "simulation", "ope", "abtest"]
+SECTIONS = ["summary", "segments", "models", "simulation", "ope", "abtest", "fairness"]
 
 
 def _chromium() -> str:
@@ -191,8 +191,8 @@ def test_one_formatter_writes_every_number_readably(value, kind, text):
 @pytest.fixture
 def world(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A small real run: data, features (at the training cutoffs too), both champions, a
-    simulation with its logs, OPE on the squarecb log and A/B on the random one (two logs
-    on purpose: the page must say so)."""
+    simulation with its logs, OPE and fairness on the squarecb log and A/B on the random
+    one (two logs on purpose: the page must say so)."""
     monkeypatch.setenv("NEXTBEST__TRAINING__NUM_BOOST_ROUND", "40")
     monkeypatch.setenv("NEXTBEST__TRAINING__EARLY_STOPPING_ROUNDS", "10")
     # The synthetic Platinum users' churn probabilities lie around 0.1 (0.097-0.125 with
@@ -207,6 +207,8 @@ def world(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ["evaluate-policy", "--logs", "logs/squarecb.sqlite", "--policy", "static",
          "--n-bootstrap", "30"],
         ["abtest", "--logs", "logs/random.sqlite"],
+        ["audit", "fairness", "--logs", "logs/squarecb.sqlite", "--attributes",
+         "logs/users.parquet"],
         ["report"],
     ]
     for args in commands:
@@ -230,6 +232,10 @@ def test_report_renders_in_chromium_with_every_section(world: Path, capsys):
     assert "propensity v1" in facts["Champion models"]
     assert str(world / "logs" / "squarecb.sqlite") in facts["Offline evaluation"]
     assert str(world / "logs" / "random.sqlite") in facts["A/B analysis"]
+    assert str(world / "logs" / "squarecb.sqlite") in facts["Fairness"]
+    fair_tiers = [row.find_all("td")[0].text()
+                  for row in _section(dom, "fairness").find("table").find_all("tr")[1:]]
+    assert fair_tiers == sorted(fair_tiers, key=TIERS.index)  # natural tier order
 
     summary = _section(dom, "summary")
     assert summary.find("h3", id="alerts")

@@ -172,3 +172,45 @@ def test_zero_decisions_or_users_is_a_one_line_usage_error(flag, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and f"argument {flag}: 0 is not a positive whole number" in err[0]
+
+
+def test_students_never_get_an_installment_in_10000_simulated_decisions(settings, tmp_path):
+    """A world where installments convert best for students: the bandit learning in it, and
+    the oracle that knows it, never offer one to a student; non-students do get them."""
+    import sqlite3
+
+    from experiments.simulator import students
+
+    population = synthetic_population(settings, 3000, seed=7)
+    result = simulate(settings, population, SimulationConfig(decisions=10_000, seed=7),
+                      ["squarecb"], log_dir=tmp_path)
+    student = students(population)[result.stream.user_index].astype(bool)
+    installment = result.arms.index("installment")
+    best = result.stream.expected_reward.argmax(axis=1)
+    assert student.sum() > 500
+    assert (best[student] == installment).mean() > 0.9  # what a bandit would learn to do
+    for name in ("squarecb", "oracle"):
+        chosen = result.traces[name].arm
+        assert (chosen[student] == installment).sum() == 0, name
+        assert (chosen[~student] == installment).mean() > 0.03, name
+    treated = student & ~result.traces["squarecb"].control
+    first_student = population["user_id"][result.stream.user_index[treated.argmax()]]
+    with sqlite3.connect(tmp_path / "squarecb.sqlite") as conn:
+        reasons = [r for (r,) in conn.execute("SELECT reason FROM decisions WHERE user_id = ? "
+                                               "AND control = 0", (first_student,))]
+    assert reasons and all("installment removed: no credit: is_student == True" in r
+                           for r in reasons)
+
+
+def test_without_the_rule_the_oracle_lends_to_students(settings):
+    """The same world with ``policy.no_credit_when`` empty: the red line is what stops it."""
+    from experiments.simulator import students
+
+    data = settings.model_dump()
+    data["policy"]["no_credit_when"] = ""
+    unguarded = type(settings).model_validate(data)
+    population = synthetic_population(settings, 1000, seed=7)
+    result = simulate(unguarded, population, SimulationConfig(decisions=2000, seed=7), [])
+    student = students(population)[result.stream.user_index].astype(bool)
+    chosen = result.traces["oracle"].arm[student & ~result.traces["oracle"].control]
+    assert (chosen == result.arms.index("installment")).mean() > 0.9

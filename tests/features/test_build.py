@@ -116,6 +116,21 @@ def _row(frame: pd.DataFrame, user: str) -> pd.Series:
     return frame.set_index("user_id").loc[user]
 
 
+def test_credit_flags_reach_the_features_and_the_store_but_not_the_models(
+        settings: Settings, raw: Path) -> None:
+    users = pd.read_parquet(raw / "users.parquet")
+    users["is_student"] = pd.array([True, None, False, None], dtype="boolean")
+    users.to_parquet(raw / "users.parquet")  # no self_excluded_from_credit column at all
+    frame = build_features(settings, AS_OF, progress=False)
+    flags = frame.set_index("user_id")["is_student"]
+    assert (flags["s1"], flags["u1"], pd.isna(flags["u2"])) == (False, True, True)
+    assert frame["self_excluded_from_credit"].isna().all()
+    assert not {"is_student", "self_excluded_from_credit"} & set(feature_columns())
+    with open_store(settings) as store:
+        assert store.get("u1")["is_student"] is True and store.get("s1")["is_student"] is False
+        assert store.get("u2")["is_student"] is None
+
+
 def test_features_match_hand_computed_values(settings: Settings, raw: Path) -> None:
     frame = build_features(settings, AS_OF, refresh_store=False, progress=False)
     assert list(frame["user_id"]) == ["s1", "u1", "u2"]  # "late" signed up on as_of

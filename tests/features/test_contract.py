@@ -138,3 +138,17 @@ def test_synthetic_tables_pass_the_contract_untouched(tmp_path: Path) -> None:
                                       check_dtype=False)
         for column in frame.columns:
             assert result.accepted[column].dtype.kind == frame[column].dtype.kind, column
+
+
+def test_credit_flags_of_users_stay_null_when_unknown_and_reject_other_words() -> None:
+    frame = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "signup_ts": ["2024-01-01"] * 4,
+                          "is_student": ["yes", None, "sometimes", "0"],
+                          "self_excluded_from_credit": [None, "true", "n", ""]})
+    result = validate("users", frame)
+    assert list(result.accepted["user_id"]) == ["a", "b", "d"]
+    assert result.accepted["is_student"].tolist() == [True, pd.NA, False]
+    assert result.accepted["self_excluded_from_credit"].tolist() == [pd.NA, True, pd.NA]
+    assert result.rejects[["row", "column"]].values.tolist() == [[3, "is_student"]]
+    assert "not a boolean 'sometimes'" in result.rejects["reason"].iloc[0]
+    absent = validate("users", frame[["user_id", "signup_ts"]]).accepted
+    assert absent["is_student"].isna().all()  # a platform that does not say: unknown

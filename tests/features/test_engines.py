@@ -82,6 +82,7 @@ def test_duckdb_and_spark_build_the_same_features(raw_dir: Path, tmp_path: Path,
     assert duck["ip_prefixes_30d"].max() >= 3 and duck["countries_30d"].max() >= 2
     assert duck["rating_mean_365d"].notna().sum() > 20 and duck["carted_not_bought_90d"].max() > 5
     assert duck["lifecycle_stage"].nunique() >= 4
+    assert duck["is_student"].dtype == "boolean" and duck["is_student"].sum() > 10
     pd.testing.assert_frame_equal(duck.sort_values("user_id").reset_index(drop=True),
                                   spark.sort_values("user_id").reset_index(drop=True),
                                   check_exact=False, rtol=1e-9, atol=1e-9)

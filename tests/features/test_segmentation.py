@@ -26,7 +26,14 @@ from features.segmentation import (
     segment_of,
 )
 from features.synth import synthesize
-from nextbest.config import ClusterConfig, Settings, TagRule, TierConfig, load_settings
+from nextbest.config import (
+    ClusterConfig,
+    PolicyConfig,
+    Settings,
+    TagRule,
+    TierConfig,
+    load_settings,
+)
 from nextbest.errors import ConfigError
 
 AS_OF = date(2025, 10, 1)
@@ -141,6 +148,16 @@ def test_a_bad_tag_rule_raises_config_error_naming_the_tag(when: str) -> None:
     frame = pd.DataFrame({"monetary_total": [1.0], "recency_days": [3.0]})
     with pytest.raises(ConfigError, match="broken_tag"):
         assign_tags(frame, [TagRule(name="broken_tag", when=when)])
+
+
+def test_a_tag_rule_may_not_read_a_forbidden_feature_even_when_the_data_has_it() -> None:
+    frame = pd.DataFrame({"device_model": ["iPhone 15", "Galaxy A05"], "aov": [80.0, 20.0]})
+    rule = TagRule(name="can_pay", when="device_model == 'iPhone 15' or aov > 50")
+    with pytest.raises(ConfigError, match="tag 'can_pay'.*reads device_model, listed in "
+                                          "policy.forbidden_features"):
+        assign_tags(frame, [rule])
+    allowed = PolicyConfig(forbidden_features=["ip"])
+    assert list(assign_tags(frame, [rule], allowed)) == [["can_pay"], []]
 
 
 def test_clusters_are_seeded_profiled_and_written(built: pd.DataFrame,

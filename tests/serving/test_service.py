@@ -86,6 +86,7 @@ def test_pmf_sums_to_one_and_probability_is_the_chosen_entry(client: httpx.Clien
         assert math.isclose(sum(d["pmf"].values()), 1.0, abs_tol=1e-6)
         assert d["probability"] == d["pmf"][d["action"]]
         assert len(d["event_id"]) >= 16 and d["reason"] and d["policy_version"]
+        assert d["offer"]["arm"] == d["action"] and "kind" in d["offer"]["terms"]
 
 
 def test_unknown_user_gets_a_decision(client: httpx.Client) -> None:
@@ -232,6 +233,10 @@ BAD_REQUESTS = [
      "context.item_price"),
     ("/next_best_action", '{"user_id": "a", "context": {"hour": 24}}', "context.hour"),
     ("/next_best_action", '{"user_id": "a", "context": {"colour": "red"}}', "context.colour"),
+    ("/next_best_action", '{"user_id": "a", "context": {"channel": "whatsapp"}}',
+     "context.channel"),
+    ("/next_best_action", '{"user_id": "a", "context": {"page": "Galaxy S24 owners"}}',
+     "context.page"),
     ("/feedback", '{"event_id": "e", "converted": "maybe"}', "converted"),
     ("/feedback", '{"event_id": "e", "converted": true, "revenue": -Infinity}', "revenue"),
     ("/feedback", '{"event_id": "e", "converted": true, "revenue": -1}', "revenue"),
@@ -266,7 +271,7 @@ async def _decide_and_reward(http: httpx.AsyncClient, user: str,
 
     Returns the action and the probability the policy gave ``good_arm``."""
     response = await http.post("/next_best_action", json={
-        "user_id": user, "context": CONTEXT | {"page": "learning"}})
+        "user_id": user, "context": CONTEXT | {"page": "checkout"}})
     d = response.json()
     converted = d["action"] == good_arm
     await http.post("/feedback", json={"event_id": d["event_id"], "converted": converted,
@@ -298,7 +303,7 @@ def _least_favoured_arm(url: str, users: list[str]) -> tuple[str, float]:
     with httpx.Client(base_url=url, timeout=30.0, headers=HEADERS) as http:
         for user in users:
             pmf = http.post("/next_best_action", json={
-                "user_id": user, "context": CONTEXT | {"page": "learning"}}).json()["pmf"]
+                "user_id": user, "context": CONTEXT | {"page": "checkout"}}).json()["pmf"]
             for arm, p in pmf.items():
                 totals[arm] = totals.get(arm, 0.0) + p
     arm = min(totals, key=totals.__getitem__)

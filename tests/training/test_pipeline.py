@@ -222,3 +222,20 @@ def test_an_orders_only_log_trains_end_to_end(synth_raw: Path, tmp_path: Path,
     validation = load_features(settings, max(available_as_of(settings)))
     assert validation["tenure_days"].isna().all() and validation["days_since_login"].isna().all()
 
+
+
+def test_training_refuses_a_forbidden_feature_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform that forbids region: no model may learn from it (no data needed to say so)."""
+    from nextbest.config import Settings
+    from nextbest.errors import ConfigError
+
+    settings = Settings(policy={"forbidden_features": ["region", "ip"]})
+    with pytest.raises(ConfigError, match="training: the model's feature list reads region"):
+        train(settings, "churn")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEXTBEST__POLICY__FORBIDDEN_FEATURES", "[device_model, channel]")
+    assert main(["train", "churn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "channel" in err[0] and "policy.forbidden_features" in err[0]
