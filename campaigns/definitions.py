@@ -16,8 +16,8 @@ Names a condition may read (``nextbest campaigns list`` prints them):
 - item triggers (``new_listing``, ``low_stock``): the item (``item_id``, ``category``,
   ``price``, ``seller_id``, ``stock``);
 - scheduled campaigns: ``previous_tier``, ``tier_drop`` (how many steps the tier fell
-  since the previous features build; negative when it rose) and
-  ``previous_churn_probability``.
+  since the previous features build; negative when it rose), ``previous_churn_probability``
+  and ``previous_lifecycle_stage`` (so a stage transition, e.g. mature to decline, can fire).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ REALTIME_NAMES = (*(f"category_views_{w}d" for w in WINDOWS),
                   *(f"purchases_{w}d" for w in WINDOWS), "open_carts", "hours_since_purchase",
                   "hours_since_login")
 ITEM_NAMES = ("item_id", "category", "price", "seller_id", "stock")
-TRANSITION_NAMES = ("previous_tier", "tier_drop", "previous_churn_probability")
+TRANSITION_NAMES = ("previous_tier", "tier_drop", "previous_churn_probability",
+                    "previous_lifecycle_stage")
 
 
 @dataclass(frozen=True)

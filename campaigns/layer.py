@@ -435,8 +435,9 @@ class CampaignLayer:
         return champions.score_frame(frame)
 
     def _previous_build(self, campaign: Campaign) -> pd.DataFrame | None:
-        """The previous features build's tier and churn probability per user, when the
-        condition reads them (``previous_*``, ``tier_drop``) and there are two builds."""
+        """The previous features build's tier, churn probability and lifecycle stage per user,
+        when the condition reads them (``previous_*``, ``tier_drop``) and there are two
+        builds."""
         assert campaign.condition is not None
         if not campaign.condition.names & set(TRANSITION_NAMES):
             return None
@@ -444,11 +445,14 @@ class CampaignLayer:
         if len(dates) < 2:
             return pd.DataFrame({"user_id": pd.Series(dtype=str),
                                  "previous_tier": pd.Series(dtype=str),
-                                 "previous_churn_probability": pd.Series(dtype=float)})
+                                 "previous_churn_probability": pd.Series(dtype=float),
+                                 "previous_lifecycle_stage": pd.Series(dtype=str)})
         earlier = self._with_scores(load_features(self.settings, dates[-2]))
+        stages = earlier["lifecycle_stage"] if "lifecycle_stage" in earlier.columns else None
         return pd.DataFrame({"user_id": earlier["user_id"].astype(str),
                              "previous_tier": earlier["tier"],
-                             "previous_churn_probability": earlier["churn_probability"]})
+                             "previous_churn_probability": earlier["churn_probability"],
+                             "previous_lifecycle_stage": stages})
 
     def run_due(self, now: datetime | None = None, *, export: bool = True) -> SchedulerReport:
         """Everything due at ``now``: delayed timers, scheduled campaigns whose latest cron

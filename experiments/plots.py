@@ -115,3 +115,20 @@ def interval_chart(title: str, rows: dict[str, tuple[float, float, float]], path
     ax.xaxis.set_major_formatter(PercentFormatter(1.0) if percent else THOUSANDS)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def funnel_chart(title: str, funnel: dict[str, int], path: Path) -> Path:
+    """Horizontal bars of a campaign's funnel, first stage on top, each labelled with its
+    count (thousands separators)."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(funnel) + 1.2))
+    names = list(funnel)
+    values = [funnel[name] for name in names]
+    ax.barh(range(len(names)), values, color="#4C72B0")
+    for i, value in enumerate(values):
+        ax.text(value, i, f" {value:,}", va="center")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(THOUSANDS)
+    ax.set_xlim(0, max(max(values), 1) * 1.15)
+    ax.set_title(title)
+    return _save(fig, path)

@@ -7,7 +7,8 @@ per input: segments (tiers in their natural order, :data:`features.segmentation.
 models (churn and propensity, each chart captioned with its model, version and MLflow run),
 the policy comparison of the last ``nextbest simulate``, offline policy evaluation
 (``nextbest evaluate-policy``), A/B analysis (``nextbest abtest``) and the fairness of
-offers by tier, region and segment (``nextbest audit fairness``).
+offers by tier, region and segment (``nextbest audit fairness``), and each campaign's funnel
+and lift over its own holdout (:mod:`campaigns.report`).
 
 Every chart says where it came from. The OPE, A/B and fairness sections name the decision log they
 analysed (path and modification time, recorded by the command under the ``log`` key of its
@@ -35,6 +36,7 @@ from features.segmentation import TIERS
 from nextbest.config import Settings
 
 if TYPE_CHECKING:
+    from campaigns.report import CampaignReport, Lift
     from features.report import Alert, SegmentsReport
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,7 @@ class Inputs:
     ope: LogAnalysis | None = None
     abtest: LogAnalysis | None = None
     fairness: LogAnalysis | None = None
+    campaigns: list[CampaignReport] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
 
 
@@ -260,6 +263,24 @@ def _champions(settings: Settings, scratch: Path) -> dict[str, Champion]:
     return found
 
 
+def _campaign_reports(settings: Settings, now: datetime) -> list[CampaignReport]:
+    """The report of every configured campaign that fired at least once, in config order
+    (none without a campaign store)."""
+    from campaigns.report import campaign_report
+    from campaigns.store import CampaignStore
+
+    path = Path(settings.paths.campaign_store)
+    if not path.is_file():
+        return []
+    store = CampaignStore(path)
+    try:
+        reports = [campaign_report(settings, store, c.name, now=now)
+                   for c in settings.campaigns.campaigns]
+    finally:
+        store.close()
+    return [report for report in reports if report.funnel["fired"]]
+
+
 def _attempt(problems: dict[str, str], name: str, read: Callable[[], T], default: T) -> T:
     """``read()``, or ``default`` with the error noted in ``problems`` under ``name``."""
     try:
@@ -294,6 +315,8 @@ def gather(settings: Settings, scratch: Path, now: datetime | None = None) -> In
                              lambda: LogAnalysis.read(reports / "abtest" / "abtest.json"), None)
     inputs.fairness = _attempt(problems, "fairness report", lambda: LogAnalysis.read(
         reports / "fairness" / "fairness.json"), None)
+    inputs.campaigns = _attempt(problems, "campaign store",
+                                lambda: _campaign_reports(settings, inputs.generated), [])
     return inputs
 
 
@@ -456,7 +479,10 @@ def summary_section(inputs: Inputs) -> str:
              ["Offline evaluation", _analysis_fact(inputs.ope, "evaluate-policy", ope_what)],
              ["A/B analysis", _analysis_fact(inputs.abtest, "abtest", "control vs policies")],
              ["Fairness", _analysis_fact(inputs.fairness, "audit fairness",
-                                         "offer rates by tier, region and segment")]]
+                                         "offer rates by tier, region and segment")],
+             ["Campaigns", ", ".join(f"{r.campaign} ({fmt(r.funnel['fired'], 'count')} "
+                                     "firings)" for r in inputs.campaigns)
+              or "none has fired yet"]]
     notes = _notes(inputs)
     return (_table([], facts, css="facts")
             + '<h3 id="alerts">Alerts and what to do</h3>' + _alerts_html(inputs)
@@ -734,6 +760,63 @@ def fairness_section(inputs: Inputs) -> str:
     return "".join(parts)
 
 
+def _lift_row(lift: Lift) -> list[str]:
+    """One row of a campaign's lift table."""
+    c, money = lift.conversion, lift.revenue_per_firing
+    if c is None:
+        return [lift.group, fmt(lift.n, "count"), fmt(lift.n_holdout, "count"),
+                "no holdout to compare", "", "", "", "", fmt(lift.arm_cost, "money"), ""]
+    return [lift.group, fmt(lift.n, "count"), fmt(lift.n_holdout, "count"),
+            fmt(c.treatment, "share"), fmt(c.control, "share"), fmt(c.diff, "points"),
+            f"{fmt(c.low, 'points')} to {fmt(c.high, 'points')}",
+            "" if money is None else fmt(money.diff, "signed"),
+            fmt(lift.arm_cost, "money"), "" if lift.roi is None else fmt(lift.roi, "signed_share")]
+
+
+def campaigns_section(inputs: Inputs, scratch: Path) -> str:
+    """Each campaign that fired: its funnel (table and chart), suppressions by reason, and
+    its lift over its own holdout overall, per arm and per tier (tiers in natural order)."""
+    from experiments.plots import funnel_chart, interval_chart
+
+    if not inputs.campaigns:
+        return _missing("No campaign has fired yet: triggers fire on `POST /events`, "
+                        "scheduled campaigns with `nextbest scheduler` or "
+                        "`nextbest campaigns run NAME`.")
+    parts = [_p("Lift is intention to treat: every firing outside the campaign's holdout "
+                "counts as treated, whatever happened to its message; a firing converts when "
+                "the user bought within the attribution window. Intervals at 95%.")]
+    for report in inputs.campaigns:
+        name = report.campaign
+        parts.append(f"<h3>{html.escape(name)}</h3>")
+        parts.append(_table(list(report.funnel), [[fmt(v, "count")
+                                                   for v in report.funnel.values()]]))
+        if report.suppressed:
+            parts.append(_p("Suppressed: " + ", ".join(
+                f"{html.escape(reason)} {fmt(n, 'count')}"
+                for reason, n in sorted(report.suppressed.items())) + "."))
+        parts.append(_p(f"Attributed revenue {fmt(report.revenue, 'money')}, arm cost "
+                        f"{fmt(report.arm_cost, 'money')} (attribution window "
+                        f"{report.attribution_hours:g} hours)."))
+        lifts = [report.overall, *report.per_arm, *report.per_tier]
+        parts.append(_table(["group", "firings", "holdout", "conversion", "holdout "
+                             "conversion", "conversion lift", "interval",
+                             "revenue lift per firing", "arm cost", "ROI"],
+                            [_lift_row(lift) for lift in lifts]))
+        chart = funnel_chart(f"Funnel of {name}", report.funnel, scratch / f"funnel_{name}.png")
+        parts.append(_figure(chart, f"Funnel of the campaign {name}: firings down to "
+                                    "conversions, from the campaign store."))
+        compared = {("all" if lift is report.overall else lift.group):
+                    (lift.conversion.diff, lift.conversion.low, lift.conversion.high)
+                    for lift in [report.overall, *report.per_tier] if lift.conversion}
+        if compared:
+            chart = interval_chart(f"Conversion lift of {name} over its holdout", compared,
+                                   scratch / f"lift_{name}.png", reference=0.0, percent=True)
+            parts.append(_figure(chart, f"Conversion lift of the campaign {name} over its "
+                                        "own holdout in percentage points, overall and per "
+                                        "tier, from the campaign store."))
+    return "".join(parts)
+
+
 def write_report(settings: Settings, out_dir: Path | None = None, *,
                  now: datetime | None = None) -> Path:
     """Write ``report.html`` into ``out_dir`` (default ``reports_dir``); returns its path.
@@ -755,6 +838,7 @@ def write_report(settings: Settings, out_dir: Path | None = None, *,
             ("ope", "Offline policy evaluation", lambda: ope_section(inputs, scratch)),
             ("abtest", "A/B and holdout", lambda: abtest_section(inputs, scratch)),
             ("fairness", "Fairness of offers", lambda: fairness_section(inputs)),
+            ("campaigns", "Campaigns: funnel and lift", lambda: campaigns_section(inputs, scratch)),
         )
         body = []
         for key, title, build in sections:

@@ -20,6 +20,9 @@ A compiled :class:`Expression` evaluates two ways with the same meaning:
 - :meth:`Expression.mask` on a whole frame at once (tags over every user of a build,
   audiences over the online store): a boolean numpy array, false wherever a name it reads is
   missing on that row.
+
+Both judge each part of a top-level ``or`` on its own, so a value missing in one part (no
+churn model has scored the user) never hides another part that holds (a tier drop).
 """
 
 from __future__ import annotations
@@ -69,7 +72,10 @@ class Expression:
     # -- one row ------------------------------------------------------------------------------
     def holds(self, row: Mapping[str, Any]) -> bool:
         """Whether the condition is true on ``row`` (false when a name it reads is missing
-        or a value cannot be compared)."""
+        or a value cannot be compared; of a top-level ``or``, each part on its own)."""
+        parts = self.parts()
+        if len(parts) > 1:
+            return any(part.holds(row) for part in parts)
         try:
             return bool(_row(self.tree.body, row))
         except (_Missing, TypeError, ZeroDivisionError):
@@ -78,7 +84,13 @@ class Expression:
     # -- a frame ------------------------------------------------------------------------------
     def mask(self, frame: pd.DataFrame, extra: Mapping[str, Any] | None = None) -> np.ndarray:
         """Where the condition is true on each row of ``frame`` (columns are the names;
-        ``extra`` adds names with one value for every row)."""
+        ``extra`` adds names with one value for every row). A row missing a value the
+        condition reads is false, except that each part of a top-level ``or`` is judged on
+        its own: ``tier_drop >= 2 or churn_probability >= 0.6`` holds for a tier drop even
+        where no churn model has scored the user."""
+        parts = self.parts()
+        if len(parts) > 1:
+            return np.logical_or.reduce([part.mask(frame, extra) for part in parts])
         n = len(frame)
         names = dict(extra or {})
         present = np.ones(n, dtype=bool)

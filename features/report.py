@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from features.build import available_as_of, load_features
 from features.engines import raw_path
-from features.segmentation import LIFECYCLE_STAGES, TIERS, assign_lifecycle
+from features.segmentation import LIFECYCLE_STAGES, TIERS, assign_lifecycle, assign_tiers
 from nextbest.config import AlertConfig, Settings
 from nextbest.errors import DataError, NextbestError, NotFound
 
@@ -145,6 +145,8 @@ class SegmentsReport(BaseModel):
     ltv_horizon_days: int | None = None
     ltv_version: str | None = None
     channels: list[ChannelValue] = []
+    # What ranks buyers into Platinum and Gold: the tiers' value column, or the LTV forecast.
+    tier_by: Literal["value", "ltv"] = "value"
 
 
 def resolve_as_of(settings: Settings, as_of: date | None,
@@ -327,23 +329,40 @@ def tier_alerts(tiers: list[TierSummary], compare_tiers: list[TierSummary] | Non
     return alerts
 
 
+def ltv_tiers(frame: pd.DataFrame, settings: Settings, ltv: LtvScorer) -> pd.DataFrame:
+    """``frame`` with its tiers re-ranked by the LTV forecast instead of past value: the
+    top ``platinum_share`` of buyers by forecast spend (with a recent purchase) are
+    Platinum, and so on with the same recency rules (``features.tiers``)."""
+    config = settings.features.tiers.model_copy(update={"value_column": "ltv_forecast"})
+    scored = frame.assign(ltv_forecast=ltv.score(frame).to_numpy())
+    return frame.assign(tier=assign_tiers(scored, config).to_numpy())
+
+
 def build_report(settings: Settings, as_of: date | None = None, compare_to: date | None = None,
                  *, scorer: ChurnScorer | None = None, ltv: LtvScorer | None = None,
-                 features_dir: Path | None = None) -> SegmentsReport:
+                 features_dir: Path | None = None,
+                 tier_by: Literal["value", "ltv"] = "value") -> SegmentsReport:
     """The segments report of ``as_of`` (default: latest built), compared to ``compare_to``.
 
     ``scorer`` gives churn probabilities for the Platinum alert and the lifecycle stages;
     None uses recency and the rules alone. ``ltv`` (the LTV champion) adds LTV / CAC per
-    acquisition channel.
+    acquisition channel; with ``tier_by="ltv"`` it also ranks the tiers (:func:`ltv_tiers`).
     """
+    if tier_by == "ltv" and ltv is None:
+        raise NotFound("tiers by LTV need an LTV model: run `nextbest train ltv`",
+                       field="tier_by")
     as_of = resolve_as_of(settings, as_of, features_dir)
     frame = read_features(settings, as_of, features_dir)
+    if tier_by == "ltv":
+        frame = ltv_tiers(frame, settings, ltv)
     cfg = settings.features.alerts
     tiers = tier_summary(frame)
     compare_tiers = migration = None
     if compare_to is not None:
         compare_to = resolve_as_of(settings, compare_to, features_dir)
         other = read_features(settings, compare_to, features_dir)
+        if tier_by == "ltv":
+            other = ltv_tiers(other, settings, ltv)
         compare_tiers = tier_summary(other)
         earlier, later = sorted([(compare_to, other), (as_of, frame)], key=lambda p: p[0])
         migration = tier_migration(earlier[1], later[1], earlier[0], later[0])
@@ -367,7 +386,8 @@ def build_report(settings: Settings, as_of: date | None = None, compare_to: date
                           lifecycle_source=stage_source, tags=tag_summary(frame),
                           ltv_horizon_days=ltv.horizon_days if ltv else None,
                           ltv_version=ltv.version if ltv else None,
-                          channels=channel_value(settings, frame, ltv) if ltv else [])
+                          channels=channel_value(settings, frame, ltv) if ltv else [],
+                          tier_by=tier_by)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -395,7 +415,9 @@ def render_text(report: SegmentsReport) -> str:
             old = previous.get(t.tier, 0.0)
             row += [f"{old:.1%}", f"{t.share - old:+.1%}"]
         rows.append(row)
-    parts = [f"Segments report, as_of {report.as_of} ({report.users:,} users)", "",
+    by = (f"; tiers ranked by the {report.ltv_horizon_days}-day LTV forecast (ltv "
+          f"v{report.ltv_version})" if report.tier_by == "ltv" else "")
+    parts = [f"Segments report, as_of {report.as_of} ({report.users:,} users{by})", "",
              _table(header, rows), "",
              _table(["segment", "users", "share"],
                     [[s.segment, f"{s.users:,}", f"{s.share:.1%}"] for s in report.segments])]

@@ -507,9 +507,12 @@ def _default_campaigns() -> list[CampaignConfig]:
         CampaignConfig(
             name="lifecycle", kind="scheduled", schedule="0 7 * * *",
             condition="tier_drop >= 2 or (churn_probability >= 0.6 and "
-                      "previous_churn_probability < 0.6)",
-            description="a tier dropped two steps or more (e.g. gold to dormant), or churn "
-                        "risk crossed 60%, between the two latest features builds"),
+                      "previous_churn_probability < 0.6) or (lifecycle_stage in "
+                      "['decline', 'churned'] and previous_lifecycle_stage in "
+                      "['new', 'growth', 'mature'])",
+            description="a tier dropped two steps or more (e.g. gold to dormant), churn "
+                        "risk crossed 60%, or the lifecycle stage turned to decline or churned, "
+                        "between the two latest features builds"),
         CampaignConfig(
             name="win_back", kind="scheduled", schedule="0 10 * * 1",
             condition="tier == 'dormant' and churn_probability >= 0.5", cooldown_hours=24 * 6,

@@ -53,7 +53,8 @@ def parquet_schema(versions: dict[str, str]) -> pa.Schema:
 
     types = {"user_id": pa.string(), "features_as_of": pa.string(), "tier": pa.string(),
              "segment": pa.string(), "tags": pa.list_(pa.string()),
-             "churn_probability": pa.float64(), "purchase_propensity": pa.float64()}
+             "churn_probability": pa.float64(), "purchase_propensity": pa.float64(),
+             "lifecycle_stage": pa.string(), "ltv_12m": pa.float64()}
     return pa.schema([(name, types[name]) for name in SCORE_COLUMNS],
                      metadata={f"{name}_version": v for name, v in versions.items()})
 
@@ -135,7 +136,9 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
 
     champions = load_champions(settings)  # NotFound (one line, non-zero exit) without them
     with open_store(settings) as store:
-        done = score_all(Scorer(settings, store, champions), out, args.chunk_rows)
+        scorer = Scorer(settings, store, champions)
+        scorer.use_ltv(scorer.load_ltv())
+        done = score_all(scorer, out, args.chunk_rows)
     models = ", ".join(f"{name} v{version}" for name, version in done.model_versions.items())
     print(f"scored {done.users:,} users in {done.seconds:.1f} s ({models}) -> {done.path}")
     if not done.users:

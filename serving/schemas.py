@@ -84,6 +84,10 @@ class ScoreResponse(BaseModel):
     # Model name -> registered version, or ``warning`` -> why the scores are null.
     model_versions: dict[str, str | None]
     features_as_of: str | None
+    # new, growth, mature, decline or churned (features.lifecycle rules); None when unknown.
+    lifecycle_stage: str | None = None
+    # Forecast spend over the LTV champion's horizon (365 days by default); None without one.
+    ltv_12m: float | None = None
 
 
 class NextBestActionRequest(RequestBody):
@@ -216,6 +220,8 @@ class ExplanationResponse(BaseModel):
     best_hour: int | None = None       # local hour campaign messages are sent at
     timezone: str | None = None
     best_hour_reason: str | None = None
+    lifecycle_stage: str | None = None
+    lifecycle_reason: str | None = None  # the rule behind the stage (features.lifecycle)
 
 
 class ErasureResponse(BaseModel):

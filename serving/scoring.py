@@ -20,11 +20,12 @@ from decisions.users import UserDirectory, record_as_of
 from features.segmentation import NEW_TIER, NO_PURCHASE
 from nextbest.config import Settings
 from serving.schemas import ExplanationResponse, ScoreResponse, TagExplanation
+from training.loader import LtvChampion, load_ltv_champion
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The columns of a scored table (Scorer.score_table), in order: /score's per-user fields.
 SCORE_COLUMNS = ("user_id", "features_as_of", "tier", "segment", "tags", "churn_probability",
-                 "purchase_propensity")
+                 "purchase_propensity", "lifecycle_stage", "ltv_12m")
 
 
 def missing_for_serving(no_model: str | None, store_users: int) -> list[str]:
@@ -39,7 +40,30 @@ def missing_for_serving(no_model: str | None, store_users: int) -> list[str]:
 
 
 class Scorer(UserDirectory):
-    """Builds score answers and explanations over the :class:`UserDirectory`."""
+    """Builds score answers and explanations over the :class:`UserDirectory`; with an LTV
+    champion (optional: ``nextbest train ltv``) answers carry ``ltv_12m`` too."""
+
+    ltv: LtvChampion | None = None
+
+    def use_ltv(self, champion: LtvChampion | None) -> None:
+        """Serve ``champion`` as ``ltv_12m`` from now on (None: ``ltv_12m`` is null)."""
+        self.ltv = champion
+
+    def load_ltv(self) -> LtvChampion | None:
+        """The registry's LTV champion when it differs from the one served, else None (safe
+        off the event loop)."""
+        return load_ltv_champion(self.settings,
+                                 unless=None if self.ltv is None else self.ltv.version)
+
+    def model_versions(self) -> dict[str, str | None]:
+        versions = super().model_versions()
+        if self.ltv is not None:
+            versions["ltv"] = str(self.ltv.version)
+        return versions
+
+    def ltv_of(self, record: Mapping[str, Any]) -> float | None:
+        """The LTV champion's forecast spend for one record (None without one)."""
+        return None if self.ltv is None else finite_or_none(self.ltv.score(dict(record)))
 
     def answer(self, user_id: str, record: Mapping[str, Any] | None) -> ScoreResponse:
         """The /score answer for one user from their store record (None: cold start)."""
@@ -47,14 +71,16 @@ class Scorer(UserDirectory):
             return ScoreResponse(user_id=user_id, known=False, tier=NEW_TIER,
                                  segment=NO_PURCHASE, tags=[], churn_probability=None,
                                  purchase_propensity=None, model_versions=self.model_versions(),
-                                 features_as_of=None)
+                                 features_as_of=None, lifecycle_stage=None, ltv_12m=None)
         churn, propensity = self.scores(user_id, record)
         return ScoreResponse(
             user_id=user_id, known=True, tier=str(record.get("tier") or NEW_TIER),
             segment=str(record.get("segment") or NO_PURCHASE),
             tags=list(record.get("tags") or []), churn_probability=churn,
             purchase_propensity=propensity, model_versions=self.model_versions(),
-            features_as_of=record_as_of(record))
+            features_as_of=record_as_of(record),
+            lifecycle_stage=str(record["lifecycle_stage"]) if record.get("lifecycle_stage")
+            else None, ltv_12m=self.ltv_of(record))
 
     def score(self, user_id: str) -> ScoreResponse:
         """The /score answer for one user."""
@@ -70,7 +96,8 @@ class Scorer(UserDirectory):
             tags=[str(t) for t in row.tags],
             churn_probability=finite_or_none(row.churn_probability),
             purchase_propensity=finite_or_none(row.purchase_propensity),
-            model_versions=versions, features_as_of=row.features_as_of)
+            model_versions=versions, features_as_of=row.features_as_of,
+            lifecycle_stage=row.lifecycle_stage, ltv_12m=finite_or_none(row.ltv_12m))
             for row in table.itertuples(index=False)}
         return [known[user_id] if user_id in known else self.answer(user_id, None)
                 for user_id in user_ids]
@@ -94,6 +121,10 @@ class Scorer(UserDirectory):
             scored = self.champions.score_frame(records)
             out["churn_probability"] = scored["churn_probability"].to_numpy(float)
             out["purchase_propensity"] = scored["purchase_propensity"].to_numpy(float)
+        stage = _text(records, "lifecycle_stage", None)
+        out["lifecycle_stage"] = stage.astype(object).where(stage.notna(), None)
+        out["ltv_12m"] = (np.full(n, np.nan) if self.ltv is None or n == 0
+                          else self.ltv.score_frame(records).to_numpy(float))
         return out
 
     def explain(self, user_id: str) -> ExplanationResponse:
@@ -122,7 +153,20 @@ class Scorer(UserDirectory):
             segment_rule=("R and F quintile scores (1-5) mapped through the R x F grid; "
                           "no_purchase for users without a completed order"),
             tags=tags, features=features, features_as_of=record_as_of(record) if record else None,
-            **best_hour_explained(record, self.settings))
+            **best_hour_explained(record, self.settings),
+            **lifecycle_explained(record, self.settings))
+
+
+def lifecycle_explained(record: Mapping[str, Any] | None, settings: Settings) -> dict[str, Any]:
+    """The user's lifecycle stage and the rule behind it (the first of ``features.lifecycle``
+    that holds names the stage; none holding means the default stage)."""
+    stage = str(record.get("lifecycle_stage") or "") if record else ""
+    if not stage:
+        return {"lifecycle_reason": "no features build has set a lifecycle stage for this user"}
+    rule = next((r for r in settings.features.lifecycle if r.stage == stage), None)
+    reason = (f"{stage}: the first lifecycle rule that holds is {rule.when!r}" if rule else
+              f"{stage}: no lifecycle rule holds, so the default stage")
+    return {"lifecycle_stage": stage, "lifecycle_reason": reason}
 
 
 def best_hour_explained(record: Mapping[str, Any] | None, settings: Settings) -> dict[str, Any]:

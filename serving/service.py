@@ -221,6 +221,7 @@ class NextBest:
         self.settings = SETTINGS
         self.store = open_store(self.settings)
         self.scorer = Scorer(self.settings, self.store, *try_load_champions(self.settings))
+        self.scorer.use_ltv(self.scorer.load_ltv())
         self.engine = open_engine(self.settings)
         self.campaigns = CampaignLayer(self.settings, self.engine, self.scorer)
         self.metrics = DomainMetrics(self.settings)
@@ -307,6 +308,10 @@ class NextBest:
             newer = await asyncio.to_thread(self.scorer.newer_champions)
             if newer is not None:
                 log.info("now serving models %s", self.scorer.use(newer))
+            ltv = await asyncio.to_thread(self.scorer.load_ltv)
+            if ltv is not None:
+                self.scorer.use_ltv(ltv)
+                log.info("now serving ltv v%s", ltv.version)
             self.generation = generation
             self.publish()
         if self.engine.role == "inline" and \
@@ -545,6 +550,10 @@ class NextBest:
         none); the answer lists the versions each worker serves once all have reloaded
         (or after ``serving.reload_wait_seconds``)."""
         versions = self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
+        ltv = await asyncio.to_thread(self.scorer.load_ltv)
+        if ltv is not None:
+            self.scorer.use_ltv(ltv)
+        versions = self.scorer.model_versions()
         self.audit.append("models_reloaded", actor=actor(request), details=versions)
         self.generation = await asyncio.to_thread(self.board.bump)
         self.publish()

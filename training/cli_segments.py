@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "object (paths go to stderr)")
     report.add_argument("--out", type=Path,
                         help="output directory (default: REPORTS_DIR/segments_AS_OF)")
+    report.add_argument("--tier-by", choices=("value", "ltv"), default="value",
+                        help="rank Platinum and Gold by past value (features.tiers."
+                        "value_column, default) or by the LTV champion's forecast")
     report.add_argument("--features-dir", type=Path,
                         help="features root (default: paths.features_dir)")
     report.set_defaults(handler=run_report)
@@ -47,7 +50,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     as_of = resolve_as_of(settings, args.as_of, args.features_dir)
     compare_to = args.compare_to and resolve_as_of(settings, args.compare_to, args.features_dir)
     report = build_report(settings, as_of, compare_to, scorer=load_churn_scorer(settings),
-                          ltv=load_ltv_scorer(settings), features_dir=args.features_dir)
+                          ltv=load_ltv_scorer(settings), features_dir=args.features_dir,
+                          tier_by=args.tier_by)
     json_path, chart_path = write_report(report, args.out or default_out_dir(settings, report))
     if args.json:
         print(report.model_dump_json())

@@ -177,14 +177,15 @@ class LtvChampion:
         return self.model.forecast(frame)["spend"]
 
 
-def load_ltv_champion(settings: Settings) -> LtvChampion | None:
-    """The ``ltv`` champion, or None when none is registered (LTV is optional)."""
+def load_ltv_champion(settings: Settings, unless: str | None = None) -> LtvChampion | None:
+    """The ``ltv`` champion, or None when none is registered (LTV is optional) or when its
+    version is ``unless`` (already served)."""
     try:
-        version, model = load_ltv(configure(settings))
+        version, model = load_ltv(configure(settings), unless=unless)
     except NotFound as exc:
         log.info("no ltv model (%s)", exc.message)
         return None
-    return LtvChampion(version=version, model=model)
+    return None if model is None else LtvChampion(version=version, model=model)
 
 
 def load_ltv_scorer(settings: Settings) -> LtvScorer | None:

@@ -98,9 +98,13 @@ def log_ltv_model(model: LtvModel, features: pd.DataFrame, workdir: Path) -> Any
         pip_requirements=REQUIREMENTS)
 
 
-def load_ltv(client: MlflowClient, ref: str = CHAMPION) -> tuple[str, LtvModel]:
-    """Version ``ref`` (alias or number) of ``ltv`` and its model; NotFound if none."""
+def load_ltv(client: MlflowClient, ref: str = CHAMPION,
+             unless: str | None = None) -> tuple[str, LtvModel | None]:
+    """Version ``ref`` (alias or number) of ``ltv`` and its model; NotFound if none. The
+    model is None when the version is ``unless`` (the one already served: nothing to load)."""
     version = resolve_version(client, LTV_MODEL, ref)
+    if unless is not None and str(version) == str(unless):
+        return version, None
     try:
         python_model = mlflow.pyfunc.load_model(
             f"models:/{LTV_MODEL}/{version}").unwrap_python_model()

@@ -219,6 +219,39 @@ def test_a_scheduled_campaign_holds_out_its_share_and_accounts_for_everyone(
     assert again.already == len(dormant) and again.messages == 0
 
 
+def test_the_lifecycle_campaign_fires_on_tier_drops_and_stage_transitions(
+        settings: Settings) -> None:
+    """Between two features builds: mature -> decline and growth -> churned fire, as does
+    gold -> dormant (two tier steps); a stage that stays, or has no previous build, does not."""
+    from features.build import FEATURES_FILE, partition_dir
+
+    earlier = pd.DataFrame({"user_id": ["u0", "u1", "u2", "u4"],
+                            "tier": ["silver", "silver", "gold", "silver"],
+                            "lifecycle_stage": ["mature", "decline", "mature", "growth"]})
+    latest = population(5).assign(
+        user_id=["u0", "u1", "u2", "u3", "u4"],
+        tier=["silver", "silver", "dormant", "silver", "silver"],
+        lifecycle_stage=["decline", "decline", "mature", "decline", "churned"])
+    for as_of, frame in ((date(2026, 2, 1), earlier), (AS_OF, latest)):
+        path = partition_dir(settings.paths.features_dir, as_of)
+        path.mkdir(parents=True)
+        frame.to_parquet(path / FEATURES_FILE)
+    tuned = with_changes(settings, campaigns={"campaigns": [
+        {**settings.campaigns.campaign("lifecycle").model_dump(), "holdout_share": 0.0}]})
+    store = open_store(tuned)
+    store.write(latest, AS_OF)
+    engine = DecisionEngine(tuned, durable=False)
+    layer = CampaignLayer(tuned, engine, UserDirectory(tuned, store, None))
+    try:
+        report = layer.run("lifecycle", now=T0)
+        fired = {m.user_id for m in messages(layer, "lifecycle", status=None)}
+    finally:
+        layer.close()
+        engine.close()
+        store.close()
+    assert report.audience == 3 and fired == {"u0", "u2", "u4"}
+
+
 def test_a_campaign_never_lends_to_a_student(settings: Settings) -> None:
     """A campaign that may only offer installments: students get none (the decision says
     why), other users get theirs."""

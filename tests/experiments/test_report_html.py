@@ -54,7 +54,8 @@ SCIENTIFIC = re.compile(r"\d(?:\.\d+)?[eE][+-]\d")
 LONG_DECIMALS = re.compile(r"\d\.\d{5,}")
 BLOCKS = {"p", "div", "section", "table", "tr", "td", "th", "h1", "h2", "h3", "figure",
           "figcaption", "li", "title"}
-SECTIONS = ["summary", "segments", "models", "simulation", "ope", "abtest", "fairness"]
+SECTIONS = ["summary", "segments", "models", "simulation", "ope", "abtest", "fairness",
+            "campaigns"]
 
 
 def _chromium() -> str:
@@ -202,6 +203,7 @@ def world(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ["data", "synth", "--users", "600", "--days", "400", "--seed", "11"],
         ["features", "build"],  # training adds the features of its cutoffs
         ["train", "churn", "--cutoffs", "2"], ["train", "propensity", "--cutoffs", "2"],
+        ["campaigns", "run", "win_back", "--now", "2025-02-10T10:00:00Z"],
         ["simulate", "--decisions", "1500", "--users", "300", "--quiet", "--no-mlflow",
          "--policies", "random,static,squarecb", "--keep-logs", "logs"],
         ["evaluate-policy", "--logs", "logs/squarecb.sqlite", "--policy", "static",
@@ -277,6 +279,19 @@ def test_report_renders_in_chromium_with_every_section(world: Path, capsys):
                     for row in _section(dom, "abtest").find("table").find_all("tr")[1:]]
     assert abtest_tiers[0] == "all"
     assert abtest_tiers[1:] == sorted(abtest_tiers[1:], key=TIERS.index)
+
+    campaigns = _section(dom, "campaigns")
+    assert campaigns.find("h3").text() == "win_back"  # the name, never a fingerprint
+    funnel, lift = campaigns.find_all("table")[:2]
+    assert [th.text() for th in funnel.find_all("th")][:3] == ["fired", "suppressed",
+                                                                "scheduled"]
+    assert int(funnel.find_all("td")[0].text().replace(",", "")) > 0
+    groups = [row.find("td").text() for row in lift.find_all("tr")[1:]]
+    assert groups[0] == "all"
+    lift_tiers = [g for g in groups if g in TIERS]
+    assert lift_tiers and lift_tiers == sorted(lift_tiers, key=TIERS.index)
+    assert any(c.startswith("Funnel of the campaign win_back") for c in _captions(campaigns))
+    assert "win_back (" in facts["Campaigns"]
 
     shot = world / "report.png"
     proc = _run_chromium("--window-size=1200,4000", f"--screenshot={shot}", page.as_uri())

@@ -21,8 +21,10 @@ CASES = [
     ("tier == 'dormant' and churn_probability > 0.6", [False, True, False, False]),
     ("views >= 5 and not (tier == 'gold')", [False, False, True, False]),
     ("'vip' in tags and 'coupon_abuser' not in tags", [True, False, False, False]),
-    # A missing tier makes the whole condition false, even beside a true "or".
-    ("tier in ['gold', 'dormant'] or views * 2 > 13", [True, True, True, False]),
+    # Each part of a top-level "or" on its own: a missing tier hides no true other part...
+    ("tier in ['gold', 'dormant'] or views * 2 > 13", [True, True, True, True]),
+    # ... but inside an "and", a missing value makes the whole condition false.
+    ("views > 0 and (tier == 'gold' or views * 2 > 13)", [True, False, True, False]),
     ("0.5 < churn_probability <= 0.9", [False, True, False, True]),
     ("views / 2 - 1 >= 2", [True, False, True, True]),
 ]

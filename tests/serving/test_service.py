@@ -24,6 +24,7 @@ from api_key import HEADERS
 
 from decisions.decision_log import DecisionLog
 from decisions.learner import CheckpointStore
+from features.segmentation import LIFECYCLE_STAGES
 from features.store import open_store
 
 pytestmark = pytest.mark.integration
@@ -152,6 +153,11 @@ def test_explanation_names_the_rules_and_values(client: httpx.Client, pool) -> N
     applied = {t["name"] for t in body["tags"] if t["applies"]}
     score = client.post("/score", json={"user_id": user}).json()
     assert applied == set(score["tags"]) and applied
+    # The lifecycle stage: the same in both answers, with the rule that set it.
+    assert score["lifecycle_stage"] in LIFECYCLE_STAGES
+    assert body["lifecycle_stage"] == score["lifecycle_stage"]
+    assert body["lifecycle_reason"].startswith(f"{score['lifecycle_stage']}: ")
+    assert score["ltv_12m"] is None and "ltv" not in score["model_versions"]  # no LTV model
 
 
 def test_user_removes_a_tag(client: httpx.Client, pool) -> None:

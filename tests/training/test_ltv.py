@@ -19,6 +19,7 @@ import pytest
 from trainingkit import settings_at
 
 from features.build import load_features
+from features.segmentation import LIFECYCLE_STAGES
 from nextbest.cli import main
 from nextbest.errors import DataError
 from training.ltv import LtvResult, train_ltv
@@ -107,3 +108,50 @@ def test_ltv_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "--horizon-days is for `train ltv`" in capsys.readouterr().err
     assert main(["--config", config, "train", "ltv", "--tune", "3"]) == 2
     assert "--tune is not available" in capsys.readouterr().err
+
+
+def test_score_answers_carry_the_ltv_champions_forecast(
+        cdnow_run: tuple[Path, LtvResult]) -> None:
+    from features.store import open_store
+    from serving.scoring import Scorer
+    from training.loader import load_ltv_champion
+
+    root, result = cdnow_run
+    settings = settings_at(root)
+    features = load_features(settings, AS_OF).head(50)
+    with open_store(settings) as store:
+        store.write(features, AS_OF)
+        scorer = Scorer(settings, store, None)
+        assert scorer.answer("nobody", None).ltv_12m is None
+        scorer.use_ltv(scorer.load_ltv())
+        assert scorer.model_versions()["ltv"] == result.version
+        assert scorer.load_ltv() is None  # the served version: nothing to load again
+        assert load_ltv_champion(settings, unless="999") is not None
+        expected = scorer.ltv.model.forecast(features)["spend"].to_numpy()
+        ids = features["user_id"].astype(str).tolist()
+        one = [scorer.score(user_id).ltv_12m for user_id in ids[:5]]
+        answers = scorer.score_many(ids)
+    assert one == pytest.approx(expected[:5])
+    assert [a.ltv_12m for a in answers] == pytest.approx(expected)
+    assert {a.lifecycle_stage for a in answers} <= set(LIFECYCLE_STAGES)
+
+
+def test_tiers_can_be_ranked_by_the_ltv_forecast(cdnow_run: tuple[Path, LtvResult]) -> None:
+    from features.report import build_report, ltv_tiers
+    from nextbest.errors import NotFound
+    from training.loader import load_ltv_scorer
+
+    root, _ = cdnow_run
+    settings = settings_at(root)
+    scorer = load_ltv_scorer(settings)
+    by_value = build_report(settings, AS_OF)
+    by_ltv = build_report(settings, AS_OF, ltv=scorer, tier_by="ltv")
+    assert by_ltv.tier_by == "ltv" and by_ltv.users == by_value.users
+    frame = ltv_tiers(load_features(settings, AS_OF), settings, scorer)
+    forecast = scorer.score(frame).groupby(frame["tier"]).mean()
+    assert forecast["platinum"] > forecast["gold"] > forecast["silver"]
+    # The same buyers, ranked by what they will spend rather than what they spent.
+    assert [t.users for t in by_ltv.tiers] != [t.users for t in by_value.tiers] or \
+        (frame["tier"] != load_features(settings, AS_OF)["tier"]).any()
+    with pytest.raises(NotFound, match="train ltv"):
+        build_report(settings, AS_OF, tier_by="ltv")
