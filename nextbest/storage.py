@@ -287,8 +287,16 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, *, pool_size: int = 4):
         self.url = url
         self.pool = _pool(url, pool_size)
-        self._conn: Any = None  # pinned while a transaction is open
+        self._local = threading.local()  # .conn: pinned while this thread's transaction runs
         self._sql: dict[str, str] = {}
+
+    @property
+    def _conn(self) -> Any:
+        return getattr(self._local, "conn", None)
+
+    @_conn.setter
+    def _conn(self, conn: Any) -> None:
+        self._local.conn = conn
 
     def _translated(self, sql: str) -> str:
         out = self._sql.get(sql)
