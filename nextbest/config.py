@@ -289,8 +289,6 @@ class StorageConfig(_Section):
     PostgreSQL database shared by every replica and the learner (many hosts)."""
 
     url: str | None = None
-    # Connections per process and URL (psycopg_pool).
-    pool_size: int = Field(4, ge=1)
     # How often a standby learner asks for the learner lease.
     lease_poll_seconds: float = Field(0.5, gt=0)
 
