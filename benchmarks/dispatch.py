@@ -43,6 +43,7 @@ from campaigns.channels import (  # noqa: E402
 from campaigns.dispatcher import Dispatcher  # noqa: E402
 from campaigns.store import CampaignStore, OutboxMessage  # noqa: E402
 from nextbest.config import Settings, load_settings, path_overrides  # noqa: E402
+from nextbest.storage import location  # noqa: E402
 
 RESULTS = _HERE / "results" / "dispatch.json"
 SECRET = b"benchmark-secret"
@@ -119,7 +120,7 @@ def one_round(settings: Settings, base: str, messages: list[OutboxMessage],
         began, began_cpu = time.perf_counter(), time.process_time()
         sent = asyncio.run(BARE[kind](base + PATH, requests, concurrency))
     else:
-        store = CampaignStore(settings.paths.campaign_store)
+        store = CampaignStore(location(settings, "campaign_store"))
         with store.transaction():
             for m in messages:
                 store.add_message(m)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from nextbest.cli import command_group
 from nextbest.config import Settings
 from nextbest.errors import ValidationFailed
+from nextbest.storage import location
 
 
 def iso_moment(text: str) -> datetime:
@@ -61,7 +62,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     compile_campaigns(settings)  # a misspelt rule is refused before anything is shown
     from campaigns.store import CampaignStore
 
-    store = CampaignStore(settings.paths.campaign_store)
+    store = CampaignStore(location(settings, "campaign_store"))
     try:
         counts = store.counts()
     finally:
@@ -109,7 +110,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     from campaigns.store import CampaignStore
 
     settings.campaigns.campaign(args.name)  # unknown: NotFound listing the campaigns
-    store = CampaignStore(settings.paths.campaign_store)
+    store = CampaignStore(location(settings, "campaign_store"))
     try:
         report = campaign_report(settings, store, args.name, now=datetime.now(UTC),
                                  alpha=args.alpha)
@@ -154,7 +155,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                   f"{report.lost} lost to another dispatcher ({report.seconds:.1f} s)",
                   flush=True)
 
-    with closing(CampaignStore(settings.paths.campaign_store)) as store, \
+    with closing(CampaignStore(location(settings, "campaign_store"))) as store, \
             closing(Dispatcher(settings, store, environ=os.environ)) as dispatcher:
         if args.once:
             show(dispatcher.run_once(args.now))

@@ -48,6 +48,7 @@ from features.build import available_as_of, load_features
 from features.segmentation import TIERS
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
+from nextbest.storage import location
 
 log = logging.getLogger(__name__)
 AUDIENCE_CHUNK = 20_000
@@ -129,7 +130,7 @@ class CampaignLayer:
         self.engine = engine
         self.users = users
         self.campaigns = compile_campaigns(settings)
-        self.store = store or CampaignStore(Path(settings.paths.campaign_store))
+        self.store = store or CampaignStore(location(settings, "campaign_store"))
         self.lock = threading.RLock()
         self._last_export: datetime | None = None
 

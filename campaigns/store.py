@@ -1,7 +1,8 @@
 """The campaign store: kept events, items, delayed timers, the outbox and campaign runs.
 
 One SQLite file (``paths.campaign_store``, WAL, like the decision log), so several worker
-processes and the scheduler share it on one host:
+processes and the scheduler share it on one host, or the PostgreSQL database of
+``storage.url`` (:mod:`nextbest.storage`), shared by replicas on many hosts:
 
 - ``events``: every behaviour event accepted, once (``dedupe_key``: the same event posted
   twice, or by two replicas, is kept once); ``seq`` orders them; ``exported`` marks those
@@ -24,16 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from campaigns.delivery import Contact
 from decisions.decision_log import from_epoch, to_epoch
+from nextbest.storage import Target, open_database
 
 # pending: waiting for its send time; sending: claimed by a dispatcher (until lease_until);
 # sent: the channel accepted it; dead: every attempt failed; suppressed / cancelled: never
@@ -134,6 +135,8 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (campaign, slot)
 );
 """
+# Migration steps (nextbest.storage): append a step for a change, never edit a released one.
+SCHEMA_STEPS = (_SCHEMA,)
 _MESSAGE_COLUMNS = ("message_id, idempotency_key, campaign, user_id, arm, decision_id, channel, "
                     "created, scheduled, status, reason, trigger, tier")
 
@@ -232,18 +235,13 @@ def dedupe_key(user_id: str, type_: str, ts: datetime, item_id: str | None,
 
 
 class CampaignStore:
-    """The SQLite campaign store of one process (one connection; callers serialise)."""
+    """The campaign store of one process (one connection or pool user; callers serialise).
+    ``path`` is a SQLite file or a ``postgresql://`` URL (:mod:`nextbest.storage`)."""
 
-    def __init__(self, path: Path, *, timeout_seconds: float = 30.0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=timeout_seconds, isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            self.conn.execute(statement)
+    def __init__(self, path: Target, *, timeout_seconds: float = 30.0, pool_size: int = 4):
+        self.path = path
+        self.conn = open_database(path, timeout_seconds=timeout_seconds, pool_size=pool_size)
+        self.conn.migrate("campaign_store", SCHEMA_STEPS)
 
     def close(self) -> None:
         self.conn.close()
@@ -254,12 +252,11 @@ class CampaignStore:
                   seller_id: str | None = None, now: datetime | None = None) -> int | None:
         """Keep one event; its ``seq``, or None when the same event is already kept."""
         key = dedupe_key(user_id, type_, ts, item_id, seller_id, category)
-        cursor = self.conn.execute(
+        return self.conn.insert(
             "INSERT OR IGNORE INTO events (dedupe_key, user_id, type, ts, item_id, category, "
             "price, seller_id, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (key, user_id, type_, to_epoch(ts), item_id, category, price, seller_id,
-             to_epoch(now or datetime.now(UTC))))
-        return cursor.lastrowid if cursor.rowcount == 1 else None
+             to_epoch(now or datetime.now(UTC))), key="seq")
 
     def count_events(self, user_id: str, type_: str, since: datetime, until: datetime, *,
                      category: str | None = None, item_id: str | None = None) -> int:
@@ -493,7 +490,7 @@ class CampaignStore:
         purchases after it (for the campaign report)."""
         cursor = self.conn.execute(
             "SELECT o.message_id, o.user_id, o.arm, o.tier, o.status, o.reason, o.created, "
-            "o.sent, (SELECT group_concat(status) FROM receipts r WHERE r.message_id = "
+            f"o.sent, (SELECT {self.conn.group_concat('status')} FROM receipts r WHERE r.message_id = "
             "o.message_id) AS receipts, c.revenue, c.reward FROM outbox o LEFT JOIN conversions c ON "
             "c.message_id = o.message_id WHERE o.campaign = ?", (campaign,))
         names = [d[0] for d in cursor.description]
@@ -530,13 +527,16 @@ class CampaignStore:
             rows = self.conn.execute(
                 f"WITH due AS (SELECT message_id FROM (SELECT message_id FROM outbox WHERE "
                 f"status = 'sending' AND lease_until <= ? AND channel IN ({marks}) LIMIT ?) "
-                f"UNION ALL SELECT message_id FROM (SELECT message_id FROM outbox WHERE "
-                f"status = 'pending' AND scheduled <= ? AND channel IN ({marks}) ORDER BY "
-                f"scheduled LIMIT ?) LIMIT ?) "
+                f"AS expired UNION ALL SELECT message_id FROM (SELECT message_id FROM outbox "
+                f"WHERE status = 'pending' AND scheduled <= ? AND channel IN ({marks}) ORDER BY "
+                f"scheduled LIMIT ?) AS ready LIMIT ?) "
                 f"UPDATE outbox SET status = 'sending', lease_until = ?, attempts = attempts + 1 "
                 f"WHERE message_id IN (SELECT message_id FROM due) "
+                # Checked again on the row itself: PostgreSQL re-reads a row another claim
+                # updated meanwhile, and this skips it instead of claiming it twice.
+                f"AND (status = 'pending' OR lease_until <= ?) "
                 f"RETURNING {_MESSAGE_COLUMNS}, attempts",
-                (at, *channels, limit, at, *channels, limit, limit, at + lease_seconds),
+                (at, *channels, limit, at, *channels, limit, limit, at + lease_seconds, at),
             ).fetchall()
         claims = [Claim(message=_message(row[:-1]), attempt=row[-1]) for row in rows]
         return sorted(claims, key=lambda c: (c.message.scheduled, c.message.message_id))
@@ -544,8 +544,10 @@ class CampaignStore:
     def record_attempt(self, attempt: Attempt) -> None:
         """Keep one delivery attempt (inside the caller's transaction when there is one)."""
         self.conn.execute(
-            "INSERT OR REPLACE INTO attempts (message_id, attempt, ts, ok, status_code, error, "
-            "seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO attempts (message_id, attempt, ts, ok, status_code, error, seconds) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, attempt) DO UPDATE SET "
+            "ts = excluded.ts, ok = excluded.ok, status_code = excluded.status_code, "
+            "error = excluded.error, seconds = excluded.seconds",
             (attempt.message_id, attempt.attempt, to_epoch(attempt.ts), int(attempt.ok),
              attempt.status_code, attempt.error, attempt.seconds))
 
@@ -634,20 +636,9 @@ class CampaignStore:
                 "messages": [m.model_dump(mode="json") for m in self.messages(
                     user_id=user_id, limit=1_000_000)]}
 
-    def transaction(self) -> _Transaction:
+    def transaction(self) -> AbstractContextManager[None]:
         """``with store.transaction():`` groups writes into one commit."""
-        return _Transaction(self.conn)
-
-
-class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        return self.conn.transaction()
 
 
 def _message(row: Iterable[Any]) -> OutboxMessage:

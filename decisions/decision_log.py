@@ -8,28 +8,33 @@ Tables:
   offline (IPS/SNIPS/DR need context, action, probability and reward).
 - ``rewards``: at most one row per decision (``event_id UNIQUE``), from feedback within the
   reward window or from the sweeper when the window closed without feedback. ``seq`` (an
-  AUTOINCREMENT key) is the log position the learner's checkpoints refer to. SQLite lets
-  one writer at a time commit, so ``seq`` grows in commit order and a reader tailing
-  ``seq > n`` never skips a row.
+  auto-increment key) is the log position the learner's checkpoints refer to. It must grow
+  in commit order, or a reader tailing ``seq > n`` could pass a row still uncommitted
+  below ``n``: SQLite commits one writer at a time; on PostgreSQL every reward write holds
+  one advisory lock from taking its ``seq`` to its commit, so a rolled-back writer leaves a
+  hole (skipped harmlessly) and never a late row below a committed one.
 - ``late_feedback``: feedback that arrived after the window: recorded, never learned.
 
-Several processes (BentoML workers, the learner) may open the same file: WAL lets readers
-run beside the one writer, and ``busy_timeout`` makes writers wait instead of failing.
-``durable=False`` (simulations on a scratch file) commits in batches with
-``synchronous=OFF``: fast, but a crash may lose the last batch.
+The rows live in a SQLite file (default) or a PostgreSQL database (``storage.url``), through
+:mod:`nextbest.storage`. Several processes (BentoML workers, replicas, the learner) may open
+the same log: on SQLite, WAL lets readers run beside the one writer and ``busy_timeout``
+makes writers wait instead of failing. ``durable=False`` (simulations on a scratch file)
+commits in batches with ``synchronous=OFF``: fast, but a crash may lose the last batch (a
+PostgreSQL log is always durable).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nextbest.config import ArmConfig
+from nextbest.storage import Target, open_database
 
 BATCH_COMMIT = 1000  # operations per commit when durable=False
 _SCHEMA = """
@@ -71,6 +76,9 @@ CREATE TABLE IF NOT EXISTS late_feedback (
     ts REAL NOT NULL
 );
 """
+# Migration steps (nextbest.storage): append a step for a change, never edit a released one.
+SCHEMA_STEPS = (_SCHEMA,)
+REWARD_LOCK = "decision_log:rewards"  # serialises reward writers on PostgreSQL
 _DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, probability, "
                      "pmf, policy_version, personalized, control, learnable, campaign, "
                      "item_price, reason")
@@ -185,24 +193,30 @@ def from_epoch(seconds: float) -> datetime:
 
 
 class DecisionLog:
-    """The SQLite decision log of one process (one connection; callers serialise access)."""
+    """The decision log of one process (one connection or pool user; callers serialise
+    access). ``path`` is a SQLite file or a ``postgresql://`` URL (:mod:`nextbest.storage`)."""
 
-    def __init__(self, path: Path, *, durable: bool = True,
-                 synchronous: Literal["NORMAL", "FULL"] = "NORMAL"):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.durable = durable
+    def __init__(self, path: Target, *, durable: bool = True,
+                 synchronous: Literal["NORMAL", "FULL"] = "NORMAL", pool_size: int = 4):
+        self.path = path
         self._pending = 0
         self._swept_to: float | None = None
-        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout=30000")
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA synchronous={synchronous if durable else 'OFF'}")
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            self.conn.execute(statement)
-        if not durable:
+        self.conn = open_database(path, synchronous=synchronous if durable else "OFF",
+                                  pool_size=pool_size)
+        self.durable = durable or self.conn.dialect != "sqlite"
+        self.conn.migrate("decision_log", SCHEMA_STEPS)
+        if not self.durable:
             self.conn.execute("BEGIN")
+
+    @contextmanager
+    def _reward_writer(self) -> Iterator[None]:
+        """Around every write to ``rewards``: makes ``seq`` follow commit order (see the
+        module docstring; SQLite's single writer already does)."""
+        if self.conn.dialect == "sqlite":
+            yield
+            return
+        with self.conn.transaction(lock=REWARD_LOCK):
+            yield
 
     def _wrote(self) -> None:
         """Commit now (durable) or every ``BATCH_COMMIT`` writes (scratch logs)."""
@@ -215,7 +229,7 @@ class DecisionLog:
     def flush(self) -> None:
         """Commit pending batched writes (no-op for a durable log)."""
         if not self.durable and self.conn.in_transaction:
-            self.conn.execute("COMMIT")
+            self.conn.commit()
             self.conn.execute("BEGIN")
         self._pending = 0
 
@@ -245,13 +259,14 @@ class DecisionLog:
     # -- rewards ---------------------------------------------------------------------------
     def insert_reward(self, row: RewardRow) -> int | None:
         """Insert a reward; its ``seq``, or None when the decision already has one."""
-        cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, ts, "
-            "learnable) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (row.event_id, int(row.converted), row.revenue, row.reward, row.source,
-             to_epoch(row.ts), int(row.learnable)))
+        with self._reward_writer():
+            seq = self.conn.insert(
+                "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, "
+                "ts, learnable) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.event_id, int(row.converted), row.revenue, row.reward, row.source,
+                 to_epoch(row.ts), int(row.learnable)), key="seq")
         self._wrote()
-        return cursor.lastrowid if cursor.rowcount == 1 else None
+        return seq
 
     def get_reward(self, event_id: str) -> StoredReward | None:
         """The reward already recorded for ``event_id``, or None."""
@@ -279,12 +294,13 @@ class DecisionLog:
         """
         cutoff = to_epoch(now) - window.total_seconds()
         lower = -1.0 if self._swept_to is None else self._swept_to - window.total_seconds()
-        cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, ts, "
-            "learnable) SELECT d.event_id, 0, 0.0, ?, 'timeout', ?, d.learnable "
-            "FROM decisions d WHERE d.ts >= ? AND d.ts < ? AND NOT EXISTS "
-            "(SELECT 1 FROM rewards r WHERE r.event_id = d.event_id) ORDER BY d.ts",
-            (default_reward, to_epoch(now), lower, cutoff))
+        with self._reward_writer():
+            cursor = self.conn.execute(
+                "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, "
+                "ts, learnable) SELECT d.event_id, 0, 0.0, ?, 'timeout', ?, d.learnable "
+                "FROM decisions d WHERE d.ts >= ? AND d.ts < ? AND NOT EXISTS "
+                "(SELECT 1 FROM rewards r WHERE r.event_id = d.event_id) ORDER BY d.ts",
+                (default_reward, to_epoch(now), lower, cutoff))
         self._swept_to = cutoff
         self._wrote()
         return max(cursor.rowcount, 0)
@@ -362,7 +378,7 @@ class DecisionLog:
         """Commit what is pending and close the connection."""
         self.flush()
         if self.conn.in_transaction:
-            self.conn.execute("COMMIT")
+            self.conn.commit()
         self.conn.close()
 
 

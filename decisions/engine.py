@@ -56,9 +56,10 @@ from decisions.encoding import (
 from decisions.learner import (
     CheckpointStore,
     Learner,
-    LearnerLock,
     LearnerThread,
+    Lease,
     ModelWatcher,
+    open_checkpoints,
 )
 from decisions.policy import (
     ContactCounts,
@@ -76,6 +77,7 @@ from decisions.policy import (
 from decisions.reward import reward_of
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
+from nextbest.storage import Target, location
 
 __all__ = ["Decision", "DecisionEngine", "FeedbackResult", "RequestContext", "Role", "UserView"]
 
@@ -92,13 +94,14 @@ def utc(now: datetime | None) -> datetime:
 class DecisionEngine:
     """Decide, log, join rewards and learn: the public API of the serving loop."""
 
-    def __init__(self, settings: Settings, *, log_path: Path | None = None,
+    def __init__(self, settings: Settings, *, log_path: Target | None = None,
                  role: Role = "inline", durable: bool = True, bandit_dir: Path | None = None,
                  chooser: ChooserSpec = BANDIT):
         """Open the decision log and the model for ``role`` (see the module docstring).
 
-        ``log_path`` defaults to ``settings.paths.decision_log`` and ``bandit_dir`` to
-        ``settings.paths.bandit_dir``. ``durable=False`` only goes with ``role="inline"``.
+        ``log_path`` defaults to the decision log of the settings (``storage.url`` or
+        ``paths.decision_log``) and ``bandit_dir`` to ``settings.paths.bandit_dir`` (with
+        ``storage.url``, checkpoints and the learner lease live in that database). ``durable=False`` only goes with ``role="inline"``.
         ``chooser`` picks the policy (default: the configured VW bandit).
         Raises Conflict when ``role="learner"`` (or durable inline) finds another learner.
         """
@@ -114,19 +117,20 @@ class DecisionEngine:
         self.arm_tokens = encode_arms(self.config)
         # One public offer per arm, built once from config: never personalised.
         self.offers = {arm.name: Offer.of(arm) for arm in self.config.arms}
-        self.log_path = Path(log_path or settings.paths.decision_log)
+        self.log_path = log_path or location(settings, "decision_log")
         self.log = DecisionLog(self.log_path, durable=durable,
                                synchronous=self.config.log_synchronous)
         self.rng = random.Random(self.config.seed)  # re-seeded per process for shared roles
         self._lock = threading.RLock()
-        self._lock_file: LearnerLock | None = None
+        self._lock_file: Lease | None = None
         self._learner: Learner | None = None
         self._watcher: ModelWatcher | None = None
         self._thread: LearnerThread | None = None
         self._last_sweep: datetime | None = None
         # event_id -> decision made here, newest last: feedback joins without a log read.
         self._recent: OrderedDict[str, LoggedDecision] = OrderedDict()
-        store = CheckpointStore(Path(bandit_dir or settings.paths.bandit_dir)) if durable else None
+        store = open_checkpoints(settings, bandit_dir) if durable else None
+        self._store = store
         self.role = self._start(role, store)
         if self.role != "inline":
             # Several scorer processes must not draw the same numbers in lockstep.
@@ -135,13 +139,14 @@ class DecisionEngine:
     def _start(self, role: Role, store: CheckpointStore | None) -> Role:
         """Take the learner lock if the role needs it, load the model, replay the log."""
         if role in ("inline", "learner", "auto") and store is not None:
-            lock = LearnerLock(store.dir)
+            lock = store.lease()
             try:
                 lock.acquire()
                 self._lock_file = lock
             except Conflict:
                 if role != "auto":
                     self.log.close()
+                    store.close()
                     raise
                 role = "scorer"
         if role == "auto":
@@ -152,7 +157,8 @@ class DecisionEngine:
             self._learner.catch_up()
         elif role == "learner":
             assert store is not None  # durable=False was refused above
-            self._thread = LearnerThread(self.settings, self.log_path, store, spec=self.spec)
+            self._thread = LearnerThread(self.settings, self.log_path, store, spec=self.spec,
+                                         lease=self._lock_file)
             self._thread.start()
             self._watcher = ModelWatcher(self.settings, store, self.spec)
         else:
@@ -411,6 +417,14 @@ class DecisionEngine:
             if self._lock_file is not None:
                 self._lock_file.release()
                 self._lock_file = None
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    @property
+    def lease_lost(self) -> bool:
+        """Whether the learner thread stopped because its lease was lost (many hosts)."""
+        return self._thread is not None and self._thread.lost.is_set()
 
     def __enter__(self) -> DecisionEngine:
         return self

@@ -18,6 +18,15 @@
   replay what the checkpoint missed, so no accepted reward is lost, and because VW saves its
   full learning state the result equals a learner that never crashed.
 - :class:`ModelWatcher`: what scorer processes use to pick up published checkpoints.
+
+Many hosts (``storage.url`` set, :func:`open_checkpoints`): checkpoints are rows of the
+storage database instead (:class:`DatabaseCheckpointStore`: the model bytes with the log
+position they cover), so replicas on other hosts load them, and the lock is a lease
+(:class:`AdvisoryLease`: a PostgreSQL session advisory lock per decision point, held on a
+connection of its own). The server drops it the moment the holder's connection dies
+(``kill -9`` closes its socket; a vanished host is found by TCP keepalives within
+seconds), and a standby waiting for it (``nextbest learner --standby``) takes over,
+loading the newest checkpoint and replaying the log after it.
 """
 
 from __future__ import annotations
@@ -26,12 +35,14 @@ import fcntl
 import itertools
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -40,6 +51,7 @@ from decisions.decision_log import DecisionLog, LoggedDecision
 from decisions.encoding import BanditExample
 from nextbest.config import Settings
 from nextbest.errors import Conflict
+from nextbest.storage import Target, is_postgres, lock_key, open_database, redact
 
 LOG = logging.getLogger(__name__)
 LATEST = "latest.json"
@@ -88,6 +100,68 @@ class LearnerLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def held(self) -> bool:
+        """Whether this process still holds the lock (a file lock is never lost)."""
+        return self._fd is not None
+
+
+class Lease(Protocol):
+    """What makes one process the learner: :class:`LearnerLock` or :class:`AdvisoryLease`."""
+
+    def acquire(self) -> None: ...
+    def release(self) -> None: ...
+    def held(self) -> bool: ...
+
+
+class AdvisoryLease:
+    """The learner lease of one decision point on PostgreSQL: a session advisory lock.
+
+    Held on a dedicated connection (never a pooled one) with short TCP keepalives on both
+    ends, so the server releases it within seconds of the holder's death and the holder
+    learns (:meth:`held`) that it lost it when its connection breaks.
+    """
+
+    def __init__(self, url: str, point: str):
+        self.url = url
+        self.point = point
+        self.key = lock_key(f"learner:{point}")
+        self._conn: Any = None
+
+    def acquire(self) -> None:
+        """Take the lease or raise Conflict (another process is the learner)."""
+        import psycopg
+
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10, keepalives=1,
+                               keepalives_idle=2, keepalives_interval=1, keepalives_count=3)
+        for name, value in (("tcp_keepalives_idle", 2), ("tcp_keepalives_interval", 1),
+                            ("tcp_keepalives_count", 3)):
+            conn.execute(f"SET {name} = {value}")
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]:
+            conn.close()
+            raise Conflict(f"another process is already the bandit learner of {self.point} "
+                           f"(its lease on {redact(self.url)} is held); start this one as a "
+                           "scorer, or as a standby: nextbest learner --standby")
+        self._conn = conn
+
+    def held(self) -> bool:
+        """Whether the lease's connection is still alive (the server holds it for us)."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+            return True
+        except Exception:  # psycopg.OperationalError and friends: the lease is gone
+            self.release()
+            return False
+
+    def release(self) -> None:
+        """Drop the lease (closing the connection releases the lock)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
 
 
 class StagedCheckpoint(NamedTuple):
@@ -163,6 +237,101 @@ class CheckpointStore:
             if old.name != keep:
                 old.unlink(missing_ok=True)
                 old.with_suffix(".json").unlink(missing_ok=True)
+
+    def lease(self) -> Lease:
+        """The lock that makes one process the learner of these checkpoints."""
+        return LearnerLock(self.dir)
+
+    def close(self) -> None:
+        """Nothing to close for files."""
+
+
+# Migration steps (nextbest.storage): append a step for a change, never edit a released one.
+CHECKPOINT_STEPS = ("""
+CREATE TABLE IF NOT EXISTS checkpoints (
+    point TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    model BLOB NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (point, seq)
+)""",)
+
+
+class DatabaseCheckpointStore(CheckpointStore):
+    """Checkpoints of one decision point as rows of the storage database (many hosts).
+
+    The same interface as the file store: staging writes the model to a local temporary
+    file; publishing inserts its bytes with the meta (``seq``: the log position covered)
+    and keeps the newest ``KEEP_CHECKPOINTS``; readers copy a model into a local cache
+    directory to load it. Two learners publishing the same ``seq`` (one about to lose its
+    lease) would publish the same model: the first row stays.
+    """
+
+    def __init__(self, target: Target, point: str):
+        self.target = target
+        self.point = point
+        self.db = open_database(target)
+        self.db.migrate("checkpoints", CHECKPOINT_STEPS)
+        super().__init__(Path(tempfile.mkdtemp(prefix=f"nextbest-{point}-")))
+
+    def latest(self) -> CheckpointMeta | None:
+        row = self.db.execute("SELECT meta FROM checkpoints WHERE point = ? ORDER BY seq DESC "
+                              "LIMIT 1", (self.point,)).fetchone()
+        return None if row is None else CheckpointMeta.model_validate_json(row[0])
+
+    def latest_stamp(self) -> tuple[int, int] | None:
+        row = self.db.execute("SELECT max(seq), count(*) FROM checkpoints WHERE point = ?",
+                              (self.point,)).fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
+    def model_path(self, meta: CheckpointMeta) -> Path:
+        """The local copy of ``meta``'s model (fetched once; absent when it was pruned)."""
+        path = self.dir / meta.model_file
+        if not path.exists():
+            row = self.db.execute("SELECT model FROM checkpoints WHERE point = ? AND seq = ?",
+                                  (self.point, meta.seq)).fetchone()
+            if row is not None:
+                tmp = path.with_name(f".{path.name}.{next(self._staged)}.fetch")
+                tmp.write_bytes(bytes(row[0]))
+                os.replace(tmp, path)
+        return path
+
+    def publish(self, staged: StagedCheckpoint) -> CheckpointMeta:
+        meta = staged.meta
+        model = staged.path.read_bytes()
+        with self.db.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO checkpoints (point, seq, meta, model, created) VALUES "
+                "(?, ?, ?, ?, ?)", (self.point, meta.seq, meta.model_dump_json(), model,
+                                    meta.created.timestamp()))
+            self.db.execute(
+                "DELETE FROM checkpoints WHERE point = ? AND seq < (SELECT min(seq) FROM "
+                "(SELECT seq FROM checkpoints WHERE point = ? ORDER BY seq DESC LIMIT ?) "
+                "AS newest)", (self.point, self.point, KEEP_CHECKPOINTS))
+        os.replace(staged.path, self.dir / meta.model_file)
+        for old in sorted(self.dir.glob("model-*.vw"))[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
+        return meta
+
+    def lease(self) -> Lease:
+        if is_postgres(self.target):
+            return AdvisoryLease(str(self.target), self.point)
+        return LearnerLock(Path(self.target).parent / f"{self.point}.learner")
+
+    def close(self) -> None:
+        """Close the connection and delete the local cache."""
+        self.db.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def open_checkpoints(settings: Settings, bandit_dir: Path | None = None,
+                     point: str = "bandit") -> CheckpointStore:
+    """Where the learner publishes and scorers load: files under ``bandit_dir`` (one host),
+    or, with ``storage.url``, rows of that database (many hosts)."""
+    if settings.storage.url:
+        return DatabaseCheckpointStore(settings.storage.url, point)
+    return CheckpointStore(Path(bandit_dir or settings.paths.bandit_dir))
 
 
 def _fsync_file(path: Path) -> None:
@@ -323,9 +492,12 @@ class LearnerThread:
     is shared with the scoring thread(s).
     """
 
-    def __init__(self, settings: Settings, log_path: Path, store: CheckpointStore,
-                 poll_seconds: float = 0.05, spec: ChooserSpec = BANDIT):
+    def __init__(self, settings: Settings, log_path: Target, store: CheckpointStore,
+                 poll_seconds: float = 0.05, spec: ChooserSpec = BANDIT,
+                 lease: Lease | None = None):
         self.settings = settings
+        self.lease = lease
+        self.lost = threading.Event()  # set when the lease was lost: learning stopped
         self.spec = spec
         self.log_path = log_path
         self.store = store
@@ -355,8 +527,16 @@ class LearnerThread:
             return
         self.ready.set()
         last_sweep = 0.0
+        last_check = time.monotonic()
         try:
             while not self.stop_event.is_set():
+                if self.lease is not None and time.monotonic() - last_check >= 1.0:
+                    last_check = time.monotonic()
+                    if not self.lease.held():
+                        # Another learner may hold it now: stop at once, publish nothing.
+                        LOG.error("the bandit learner lease was lost; learning stopped")
+                        self.lost.set()
+                        return
                 try:
                     learner.catch_up()
                     if time.monotonic() - last_sweep >= self.settings.bandit.sweep_seconds:

@@ -6,8 +6,10 @@ id or ``cli:<user>``; never a key), when, to which user (as a salted hash, so an
 user's id is nowhere in it) and a few details. Each entry carries the hash of the one
 before it and its own hash over both; :meth:`AuditLog.verify` recomputes the chain.
 
-One SQLite file (``paths.audit_log``, WAL): the service's workers, the CLI and the
-scheduler append to it; a ``BEGIN IMMEDIATE`` per append keeps the chain a chain.
+One SQLite file (``paths.audit_log``, WAL), or the PostgreSQL database of ``storage.url``
+(:mod:`nextbest.storage`): the service's workers (on any host), the CLI and the scheduler
+append to it; one write transaction per append, holding a lock every appender takes,
+keeps the chain a chain.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import hashlib
 import json
 import os
 import secrets
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from nextbest.config import Settings
+from nextbest.storage import Target, location, open_database
 
 GENESIS = "0" * 64
 _SCHEMA = """
@@ -40,6 +42,9 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject);
 """
+# Migration steps (nextbest.storage): append a step for a change, never edit a released one.
+SCHEMA_STEPS = (_SCHEMA,)
+APPEND_LOCK = "audit:append"
 
 
 class AuditEntry(BaseModel):
@@ -85,7 +90,7 @@ def id_salt(settings: Settings) -> str:
 
 def open_audit(settings: Settings) -> AuditLog:
     """The audit log of these settings."""
-    return AuditLog(Path(settings.paths.audit_log), id_salt(settings))
+    return AuditLog(location(settings, "audit_log"), id_salt(settings))
 
 
 def subject_hash(user_id: str, salt: str) -> str:
@@ -108,18 +113,13 @@ def _entry_hash(prev_hash: str, ts: str, actor: str, action: str, subject: str |
 
 
 class AuditLog:
-    """The audit log in one SQLite file."""
+    """The audit log in a SQLite file or a PostgreSQL database (``path`` is either)."""
 
-    def __init__(self, path: Path, salt: str):
-        self.path = Path(path)
+    def __init__(self, path: Target, salt: str):
+        self.path = path
         self.salt = salt
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA busy_timeout=30000")
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            self.conn.execute(statement)
+        self.conn = open_database(path)
+        self.conn.migrate("audit_log", SCHEMA_STEPS)
 
     def close(self) -> None:
         self.conn.close()
@@ -131,19 +131,15 @@ class AuditLog:
         ts = (now or datetime.now(UTC)).isoformat()
         subject = subject_hash(user_id, self.salt) if user_id is not None else None
         body = json.dumps(details or {}, sort_keys=True, default=str)
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.conn.transaction(lock=APPEND_LOCK):
             row = self.conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             prev = row[0] if row else GENESIS
             digest = _entry_hash(prev, ts, actor, action, subject, body)
-            cursor = self.conn.execute(
+            seq = self.conn.insert(
                 "INSERT INTO audit (ts, actor, action, subject, details, prev_hash, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", (ts, actor, action, subject, body, prev, digest))
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        return AuditEntry(seq=cursor.lastrowid, ts=datetime.fromisoformat(ts), actor=actor,
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (ts, actor, action, subject, body, prev, digest),
+                key="seq")
+        return AuditEntry(seq=seq, ts=datetime.fromisoformat(ts), actor=actor,
                           action=action, subject=subject, details=details or {},
                           prev_hash=prev, hash=digest)
 
@@ -180,9 +176,13 @@ class AuditLog:
                 return Verification(entries=count, ok=False,
                                     problem=f"entry {seq} was changed")
             prev, last_seq = digest, seq
-        # AUTOINCREMENT remembers the highest seq ever written: a deleted last entry shows.
-        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
-        if row is not None and row[0] > last_seq:
+        # The key's sequence remembers the highest seq ever written: a deleted last entry
+        # shows.
+        row = self.conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'audit'" if self.conn.dialect ==
+            "sqlite" else "SELECT pg_sequence_last_value(pg_get_serial_sequence('audit', "
+            "'seq'))").fetchone()
+        if row is not None and row[0] is not None and row[0] > last_seq:
             return Verification(entries=count, ok=False,
                                 problem=f"entries {last_seq + 1} to {row[0]} are missing")
         return Verification(entries=count, ok=True)

@@ -20,7 +20,14 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nextbest.errors import ConfigError, Conflict, NotFound
 
@@ -274,6 +281,25 @@ class StoreConfig(_Section):
     redis_timeout_seconds: float = Field(5.0, gt=0)
     # How long a writer or reader waits for a lock held by another process.
     sqlite_timeout_seconds: float = Field(30.0, gt=0)
+
+
+class StorageConfig(_Section):
+    """Where the decision log, campaign store, audit log and bandit checkpoints live: unset,
+    SQLite files under ``paths`` (one host); ``postgresql://user@host:port/db``, one
+    PostgreSQL database shared by every replica and the learner (many hosts)."""
+
+    url: str | None = None
+    # How often a standby learner asks for the learner lease.
+    lease_poll_seconds: float = Field(0.5, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_only(cls, url: str | None) -> str | None:
+        if url in (None, ""):
+            return None
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (unset: SQLite files under paths)")
+        return url
 
 
 class LabelConfig(_Section):
@@ -716,6 +742,7 @@ class Settings(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     bandit: BanditConfig = Field(default_factory=BanditConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)

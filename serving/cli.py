@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nextbest.cli import command_group, port_number, positive_int
 from nextbest.config import Settings
-from nextbest.errors import MissingComponent, NotFound, ValidationFailed
+from nextbest.errors import Conflict, MissingComponent, NotFound, ValidationFailed
 
 SERVICE_TARGET = "serving.service:NextBest"
 
@@ -134,25 +134,71 @@ def _learner(args: argparse.Namespace, settings: Settings) -> int:
     Raises Conflict (a one-line error, non-zero exit) when another process is the learner.
     On the way out the learner learns what is left in the log and writes a final checkpoint.
     """
-    del args
     from decisions.engine import DecisionEngine  # VW loads only for this command
-    from decisions.learner import CheckpointStore
+    from decisions.learner import open_checkpoints
+    from nextbest.storage import location, redact
 
-    engine = DecisionEngine(settings, role="learner")
-    print(f"bandit learner running (pid {os.getpid()}) on {settings.paths.decision_log}, "
-          f"checkpoints in {settings.paths.bandit_dir}; stop with SIGINT or SIGTERM",
-          file=sys.stderr, flush=True)
+    stop = threading.Event()
+    engine = _become_learner(settings, stop) if args.standby else \
+        DecisionEngine(settings, role="learner")
+    if engine is None:  # a standby stopped before it took over
+        return 0
+    where = redact(str(location(settings, "decision_log")))
+    print(f"bandit learner running (pid {os.getpid()}) on {where}; stop with SIGINT or "
+          "SIGTERM", file=sys.stderr, flush=True)
+    watch = threading.Thread(target=_watch_lease, args=(engine, stop), daemon=True)
+    watch.start()
     try:
-        signum = run_until_signalled(threading.Event())
+        signum = run_until_signalled(stop)
     finally:
         engine.close()  # stops the thread: learns the rest, writes the final checkpoint
-    meta = CheckpointStore(Path(settings.paths.bandit_dir)).latest()
+    if engine.lease_lost:
+        raise Conflict("the learner lease was lost (another learner may hold it now); "
+                       "stopped without a final checkpoint")
+    store = open_checkpoints(settings)
+    meta = store.latest()
+    store.close()
     learned = meta.rewards_learned if meta else 0
     seq = meta.seq if meta else 0
     why = signal.Signals(signum).name if signum else "stopped"
     print(f"bandit learner {why}: {learned} rewards learned, log position {seq} checkpointed",
           flush=True)
     return 0
+
+
+def _become_learner(settings: Settings, stop: threading.Event):
+    """``nextbest learner --standby``: wait until the learner lease is free, then take it
+    (None when SIGINT or SIGTERM came first)."""
+    from decisions.engine import DecisionEngine
+
+    previous = {sig: signal.signal(sig, lambda _signum, _frame: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    announced = False
+    try:
+        while not stop.is_set():
+            try:
+                engine = DecisionEngine(settings, role="learner")
+            except Conflict:
+                if not announced:
+                    print(f"standby learner (pid {os.getpid()}) waiting for the learner lease",
+                          file=sys.stderr, flush=True)
+                    announced = True
+                stop.wait(settings.storage.lease_poll_seconds)
+                continue
+            print(f"standby learner (pid {os.getpid()}) took over the learner lease",
+                  file=sys.stderr, flush=True)
+            return engine
+        return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch_lease(engine, stop: threading.Event) -> None:
+    """Stop the learner command when its learner thread lost the lease."""
+    while not stop.wait(0.2):
+        if engine.lease_lost:
+            stop.set()
 
 
 def _erase(args: argparse.Namespace, settings: Settings) -> int:
@@ -205,7 +251,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     learner = sub.add_parser(
         "learner", help="run the single bandit learner as its own process",
         description="Learn every reward of the decision log (paths.decision_log) and publish "
-                    "checkpoints (paths.bandit_dir) until SIGINT or SIGTERM, then checkpoint "
-                    "once more. Services started meanwhile on the same log become scorers. "
-                    "Fails if another process is already the learner.")
+                    "checkpoints (paths.bandit_dir; with storage.url, both in PostgreSQL) "
+                    "until SIGINT or SIGTERM, then checkpoint once more. Services started "
+                    "meanwhile on the same log become scorers. Fails if another process is "
+                    "already the learner, unless --standby.")
+    learner.add_argument("--standby", action="store_true",
+                         help="wait for the learner lease and take over when its holder dies")
     learner.set_defaults(handler=_learner)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
 
 from campaigns.store import CampaignStore
 from decisions.decision_log import DecisionLog
 from features.erasure import ErasureReport, erase_users
 from features.store import open_store, unique_user_ids
 from nextbest.config import Settings
+from nextbest.storage import exists, location
 
 
 def erase_everywhere(settings: Settings, user_ids: Iterable[str], *,
@@ -31,16 +31,17 @@ def erase_everywhere(settings: Settings, user_ids: Iterable[str], *,
         paths = settings.paths
         dirs = {"raw_dir": paths.raw_dir, "features_dir": paths.features_dir,
                 "latent_dir": paths.latent_dir}
-        if Path(paths.campaign_store).exists():
-            campaigns = CampaignStore(Path(paths.campaign_store))
+        if exists(location(settings, "campaign_store")):
+            campaigns = CampaignStore(location(settings, "campaign_store"))
             try:
                 for user_id in ids:
                     campaigns.erase_user(user_id)
             finally:
                 campaigns.close()
-        if not Path(paths.decision_log).exists():
+        if not exists(location(settings, "decision_log")):
             return erase_users(ids, store=store, now=now, **dirs)
-        log = DecisionLog(Path(paths.decision_log), synchronous=settings.bandit.log_synchronous)
+        log = DecisionLog(location(settings, "decision_log"),
+                          synchronous=settings.bandit.log_synchronous)
         try:
             return erase_users(ids, store=store, decisions=log, now=now, **dirs)
         finally:

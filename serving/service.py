@@ -48,6 +48,7 @@ from nextbest import __version__
 from nextbest.audit import AuditEntry, open_audit
 from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
+from nextbest.storage import location
 from serving import middleware
 from serving.auth import KeyRing, Scope
 from serving.guard import Guard, GuardConfig, configure, flat_routes
@@ -401,7 +402,7 @@ class NextBest:
 
         def run() -> RunReport:
             layer = CampaignLayer(self.settings, self.engine, self.scorer,
-                                  CampaignStore(self.settings.paths.campaign_store))
+                                  CampaignStore(location(self.settings, "campaign_store")))
             try:
                 return layer.run(name, dry_run=dry_run)
             finally:
@@ -421,7 +422,7 @@ class NextBest:
         self.settings.campaigns.campaign(name)
 
         def report() -> CampaignReport:
-            store = CampaignStore(self.settings.paths.campaign_store)
+            store = CampaignStore(location(self.settings, "campaign_store"))
             try:
                 return campaign_report(self.settings, store, name, now=datetime.now(UTC))
             finally:

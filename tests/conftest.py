@@ -34,3 +34,64 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
         monkeypatch.setenv(key, "unset")
         monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+# -- storage backends -----------------------------------------------------------------------
+class StorageBackend:
+    """One backend for a test: SQLite files (``url`` None) or a fresh PostgreSQL database."""
+
+    def __init__(self, name: str, url: str | None):
+        self.name = name
+        self.url = url
+
+    def target(self, path: Path) -> Path | str:
+        """Where a store opens: ``path`` on SQLite, the test's database on PostgreSQL."""
+        return self.url or path
+
+    def apply(self, settings: Settings) -> Settings:
+        """``settings`` with ``storage.url`` set to this backend's."""
+        return settings.model_copy(update={"storage": settings.storage.model_copy(
+            update={"url": self.url})})
+
+    def use(self, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+        """:meth:`apply`, and the same for settings loaded from the environment meanwhile
+        (the CLI in-process, subprocesses)."""
+        if self.url:
+            monkeypatch.setenv("NEXTBEST__STORAGE__URL", self.url)
+        return self.apply(settings)
+
+    def env(self) -> dict[str, str]:
+        """The ``NEXTBEST__STORAGE__URL`` variable of a subprocess on this backend."""
+        return {"NEXTBEST__STORAGE__URL": self.url} if self.url else {}
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throw-away PostgreSQL cluster for the session (started on first use); each test
+    gets a database of its own (``storage`` fixture)."""
+    from postgres_server import PostgresServerError, running_postgres
+
+    try:
+        with running_postgres() as url:
+            yield url
+    except PostgresServerError as exc:
+        pytest.fail(str(exc))
+
+
+_DATABASES = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest):
+    """Each storage test runs twice: on SQLite files and on a real PostgreSQL database."""
+    if request.param == "sqlite":
+        yield StorageBackend("sqlite", None)
+        return
+    from postgres_server import create_database
+
+    from nextbest.storage import close_pools
+
+    server = request.getfixturevalue("postgres_server")
+    url = create_database(server, f"nb_{os.getpid()}_{next(_DATABASES)}")
+    yield StorageBackend("postgresql", url)
+    close_pools()

@@ -25,6 +25,7 @@ from campaigns.store import CampaignStore, OutboxMessage
 from nextbest.cli import main
 from nextbest.config import DispatchConfig, Settings, path_overrides
 from nextbest.errors import ConfigError
+from nextbest.storage import location
 
 SECRET = b"s3cret-for-tests"
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -58,8 +59,14 @@ def statuses(store: CampaignStore) -> Counter[str]:
 
 
 @pytest.fixture
+def settings(settings: Settings, storage, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL (the ``storage`` fixture)."""
+    return storage.use(settings, monkeypatch)
+
+
+@pytest.fixture
 def store(settings: Settings) -> Iterator[CampaignStore]:
-    opened = CampaignStore(settings.paths.campaign_store)
+    opened = CampaignStore(location(settings, "campaign_store"))
     yield opened
     opened.close()
 
@@ -75,7 +82,7 @@ def test_a_claim_takes_due_messages_once_and_an_expired_lease_frees_them(
     add_messages(store, 5)
     add_messages(store, 1, scheduled=T0 + timedelta(hours=1), first=5)  # not due yet
     add_messages(store, 1, channel="elsewhere", first=6)  # no dispatcher of this channel
-    other = CampaignStore(settings.paths.campaign_store)
+    other = CampaignStore(location(settings, "campaign_store"))
     try:
         first = store.claim_due(T0, channels=["hook"], limit=3, lease_seconds=60)
         second = other.claim_due(T0, channels=["hook"], limit=10, lease_seconds=60)
@@ -208,7 +215,7 @@ def test_two_dispatchers_on_one_outbox_never_send_a_message_twice(
     add_messages(store, n)
     with receiver_in_thread(SECRET) as hook:
         config = with_webhook(settings, hook.url, batch=10, concurrency=concurrency)
-        stores = [CampaignStore(settings.paths.campaign_store) for _ in range(2)]
+        stores = [CampaignStore(location(settings, "campaign_store")) for _ in range(2)]
         dispatchers = [Dispatcher(config, s) for s in stores]
         reports: list[DispatchReport] = []
         hook.hold()

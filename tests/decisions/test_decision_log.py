@@ -31,8 +31,8 @@ def reward(event_id: str, value: float = 10.0, *, ts: datetime = T0) -> RewardRo
 
 
 @pytest.fixture
-def log(tmp_path: Path):
-    log = DecisionLog(tmp_path / "log.sqlite")
+def log(tmp_path: Path, storage):
+    log = DecisionLog(storage.target(tmp_path / "log.sqlite"))
     yield log
     log.close()
 
@@ -42,8 +42,10 @@ def test_decision_round_trip_and_wal(log: DecisionLog):
     back = log.get_decision("e1")
     assert back == logged("e1")
     assert log.get_decision("nope") is None
-    mode = log.conn.execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+    if log.conn.dialect == "sqlite":
+        mode = log.conn.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+    assert log.conn.schema_version("decision_log") == 1
 
 
 def test_rewards_are_counted_once_in_log_order(log: DecisionLog):
@@ -60,9 +62,9 @@ def test_rewards_are_counted_once_in_log_order(log: DecisionLog):
     assert log.last_seq() == second
 
 
-def test_a_second_connection_sees_committed_writes_at_once(tmp_path: Path):
-    writer = DecisionLog(tmp_path / "log.sqlite")
-    reader = DecisionLog(tmp_path / "log.sqlite")
+def test_a_second_connection_sees_committed_writes_at_once(tmp_path: Path, storage):
+    writer = DecisionLog(storage.target(tmp_path / "log.sqlite"))
+    reader = DecisionLog(storage.target(tmp_path / "log.sqlite"))
     writer.record_decision(logged("e1"))
     writer.insert_reward(reward("e1"))
     assert reader.get_decision("e1") is not None and reader.last_seq() == 1

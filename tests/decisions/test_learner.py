@@ -16,8 +16,9 @@ from decisions.bandit import make_bandit
 from decisions.decision_log import DecisionLog
 from decisions.encoding import BanditExample, DecisionInput
 from decisions.engine import DecisionEngine, RequestContext, UserView
-from decisions.learner import CheckpointStore, Learner
+from decisions.learner import CheckpointStore, Learner, open_checkpoints
 from nextbest.config import Settings
+from nextbest.storage import location
 
 REPO = Path(__file__).resolve().parents[2]
 CONTEXT = RequestContext(channel="app", page="item", item_price=150.0, category="shoes", hour=9)
@@ -84,11 +85,14 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def test_kill_9_mid_traffic_loses_no_accepted_feedback(settings: Settings, tmp_path: Path):
-    tuned = with_bandit(settings, checkpoint_every=25, checkpoint_seconds=3600.0, **NO_CAPS)
+def test_kill_9_mid_traffic_loses_no_accepted_feedback(settings: Settings, tmp_path: Path,
+                                                       storage):
+    """On SQLite files and on PostgreSQL (log, checkpoints and lease in the database)."""
+    tuned = with_bandit(storage.apply(settings), checkpoint_every=25,
+                        checkpoint_seconds=3600.0, **NO_CAPS)
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(tuned.model_dump_json())
-    store = CheckpointStore(tuned.paths.bandit_dir)
+    store = open_checkpoints(tuned)
     scorer = DecisionEngine(tuned, role="scorer")
     decisions = [scorer.decide(kind(i), CONTEXT) for i in range(600)]
     learned = 0
@@ -115,7 +119,7 @@ def test_kill_9_mid_traffic_loses_no_accepted_feedback(settings: Settings, tmp_p
     scorer.close()
 
     meta = store.latest()
-    log = DecisionLog(tuned.paths.decision_log)
+    log = DecisionLog(location(tuned, "decision_log"))
     assert meta.seq == log.last_seq()
     assert meta.rewards_seen == 600 and meta.rewards_learned == learned > 500
     reference = Learner(tuned, log, store=None)  # a learner that never crashed
@@ -126,6 +130,7 @@ def test_kill_9_mid_traffic_loses_no_accepted_feedback(settings: Settings, tmp_p
         log.get_decision(d.event_id).features)) for d in decisions[:30] if d.learnable]
     assert [recovered.pmf(p) for p in probes] == [reference.chooser.pmf(p) for p in probes]
     log.close()
+    store.close()
 
 
 def test_a_checkpoint_of_another_config_is_not_reused(settings: Settings):

@@ -1,0 +1,382 @@
+"""One storage interface, two backends: SQLite files (the default) or PostgreSQL.
+
+The decision log, the campaign store (events, outbox, ...), the audit log and, on
+PostgreSQL, the bandit checkpoints keep their rows through a :class:`Database`: the stores
+write their SQL once, in SQLite's dialect with ``?`` placeholders, and the PostgreSQL backend
+translates the few things that differ (placeholders, ``INSERT OR IGNORE``, the
+auto-increment key, floating-point and binary column types). Each store's SQL stays in its
+own module.
+
+- :class:`SqliteDatabase`: one connection to a file in WAL mode (several processes on one
+  host; ``busy_timeout`` makes writers wait). Behaviour exactly as before this module.
+- :class:`PostgresDatabase`: statements run on connections borrowed from a process-wide
+  ``psycopg_pool`` pool per URL (autocommit, like the SQLite connections);
+  :meth:`~Database.transaction` pins one connection until commit, and takes a named
+  transaction-scoped advisory lock when asked (how writers of one ordered log serialise).
+
+Schemas are versioned: each store passes its migration steps to :meth:`Database.migrate`,
+which records the version per store in ``schema_versions`` and applies the missing steps
+on start, under one lock, so two processes starting together upgrade once. A step, once
+released, is never edited: a change is a new step appended to the list.
+
+Which backend: ``storage.url`` (``postgresql://...``) puts every store into that database;
+unset, each store is its SQLite file under ``paths`` (:func:`location`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from nextbest.config import Settings
+from nextbest.errors import ConfigError, MissingComponent
+
+Target = Path | str  # a SQLite file, or a postgresql:// URL
+Place = Literal["decision_log", "campaign_store", "audit_log"]
+Dialect = Literal["sqlite", "postgresql"]
+_SCHEMA_VERSIONS = ("CREATE TABLE IF NOT EXISTS schema_versions (store TEXT PRIMARY KEY, "
+                    "version INTEGER NOT NULL, applied REAL NOT NULL)")
+
+
+def is_postgres(target: Target) -> bool:
+    """Whether ``target`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def location(settings: Settings, place: Place) -> Target:
+    """Where a store lives: ``storage.url`` when set, else its SQLite file under ``paths``."""
+    return settings.storage.url or Path(getattr(settings.paths, place))
+
+
+def exists(target: Target) -> bool:
+    """Whether the store at ``target`` may hold rows (a PostgreSQL database always may)."""
+    return is_postgres(target) or Path(target).exists()
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``name``."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of a ``;``-separated script (no ``;`` inside literals, as here)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+class Database:
+    """What every store sees: ``execute``, ``insert``, transactions and migrations."""
+
+    dialect: Dialect
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """Run one statement; a cursor-like result (``fetchone``, ``fetchall``, iteration,
+        ``rowcount``, ``description``). ``BEGIN [IMMEDIATE]``, ``COMMIT`` and ``ROLLBACK``
+        statements work on both backends."""
+        raise NotImplementedError
+
+    def insert(self, sql: str, args: Sequence[Any], key: str) -> int | None:
+        """Run an INSERT; the new row's ``key`` (an auto-increment column), or None when
+        nothing was inserted (``INSERT OR IGNORE`` found the row)."""
+        raise NotImplementedError
+
+    def begin(self, lock: str | None = None) -> None:
+        """Start a write transaction; ``lock`` names an advisory lock held until it ends
+        (SQLite's ``BEGIN IMMEDIATE`` already excludes every other writer)."""
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def rollback(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def in_transaction(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def ddl(self, statement: str) -> str:
+        """A CREATE statement written for SQLite, in this backend's types."""
+        return statement
+
+    def group_concat(self, expression: str) -> str:
+        """SQL aggregating ``expression`` into one comma-separated text."""
+        return f"group_concat({expression})"
+
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator[None]:
+        """``with db.transaction():`` groups statements into one commit (rolled back on an
+        exception)."""
+        self.begin(lock)
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    def migrate(self, store: str, steps: Sequence[str]) -> int:
+        """Bring ``store``'s tables to ``len(steps)``: apply each step not yet recorded in
+        ``schema_versions``, in order, in one transaction; the version now."""
+        with self.transaction(lock="nextbest:schema"):
+            self.execute(_SCHEMA_VERSIONS)
+            row = self.execute("SELECT version FROM schema_versions WHERE store = ?",
+                               (store,)).fetchone()
+            current = int(row[0]) if row else 0
+            if current > len(steps):
+                raise ConfigError(f"the {store} schema is at version {current}, newer than "
+                                  f"this nextbest knows ({len(steps)}): upgrade nextbest")
+            for step in steps[current:]:
+                for statement in split_statements(step):
+                    self.execute(self.ddl(statement))
+            if current < len(steps):
+                self.execute("INSERT INTO schema_versions (store, version, applied) VALUES "
+                             "(?, ?, ?) ON CONFLICT (store) DO UPDATE SET version = "
+                             "excluded.version, applied = excluded.applied",
+                             (store, len(steps), time.time()))
+        return len(steps)
+
+    def schema_version(self, store: str) -> int:
+        """The recorded schema version of ``store`` (0: never migrated)."""
+        row = self.execute("SELECT version FROM schema_versions WHERE store = ?",
+                           (store,)).fetchone()
+        return int(row[0]) if row else 0
+
+
+class SqliteDatabase(Database):
+    """One SQLite connection to a WAL file (callers serialise access to it)."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path, *, timeout_seconds: float = 30.0,
+                 synchronous: str = "NORMAL"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=timeout_seconds, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, args)
+
+    def insert(self, sql: str, args: Sequence[Any], key: str) -> int | None:
+        cursor = self.conn.execute(sql, args)
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def begin(self, lock: str | None = None) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Rows:
+    """A fetched PostgreSQL result, read like a DB-API cursor."""
+
+    lastrowid = None
+
+    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int, description: Any):
+        self._rows = rows
+        self._next = 0
+        self.rowcount = rowcount
+        self.description = description
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rest, self._next = self._rows[self._next:], len(self._rows)
+        return rest
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self.fetchall())
+
+
+_PLACEHOLDER = re.compile(r"'[^']*'|\?|%")
+_DDL_TYPES = [(re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", re.I),
+               "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+              (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
+              (re.compile(r"\bBLOB\b", re.I), "BYTEA")]
+_CONTROL = {"BEGIN": "begin", "BEGIN IMMEDIATE": "begin", "COMMIT": "commit",
+            "ROLLBACK": "rollback"}
+_POOLS: dict[tuple[int, str], Any] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def translate(sql: str) -> str:
+    """SQLite-dialect DML as PostgreSQL: ``?`` -> ``%s`` (``%`` escaped), ``INSERT OR
+    IGNORE`` -> ``INSERT ... ON CONFLICT DO NOTHING``."""
+    def one(match: re.Match[str]) -> str:
+        token = match.group(0)
+        return {"?": "%s", "%": "%%"}.get(token) or token.replace("%", "%%")
+
+    sql = _PLACEHOLDER.sub(one, sql)
+    if sql.lstrip().upper().startswith("INSERT OR IGNORE"):
+        sql = re.sub(r"^\s*INSERT OR IGNORE", "INSERT", sql, count=1, flags=re.I)
+        sql += " ON CONFLICT DO NOTHING"
+    return sql
+
+
+def _pool(url: str, size: int) -> Any:
+    """This process's connection pool for ``url`` (made on first use; checked once)."""
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    key = (os.getpid(), url)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = ConnectionPool(url, min_size=1, max_size=max(size, 1), open=True,
+                                  kwargs={"autocommit": True, "connect_timeout": 10},
+                                  name=f"nextbest-{len(_POOLS)}")
+            try:
+                pool.wait(timeout=15.0)
+            except PoolTimeout as exc:
+                pool.close()
+                raise MissingComponent(f"storage.url: cannot connect to PostgreSQL at "
+                                       f"{redact(url)}: is the server running?") from exc
+            _POOLS[key] = pool
+    return pool
+
+
+def redact(url: str) -> str:
+    """``url`` without its password."""
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+@atexit.register
+def close_pools() -> None:
+    """Close every pool of this process (tests call it between databases)."""
+    with _POOLS_LOCK:
+        for key, pool in list(_POOLS.items()):
+            if key[0] == os.getpid():
+                pool.close()
+            del _POOLS[key]
+
+
+class PostgresDatabase(Database):
+    """A store's view of a PostgreSQL database through the process's pool for its URL."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 4):
+        self.url = url
+        self.pool = _pool(url, pool_size)
+        self._local = threading.local()  # .conn: pinned while this thread's transaction runs
+        self._sql: dict[str, str] = {}
+
+    @property
+    def _conn(self) -> Any:
+        return getattr(self._local, "conn", None)
+
+    @_conn.setter
+    def _conn(self, conn: Any) -> None:
+        self._local.conn = conn
+
+    def _translated(self, sql: str) -> str:
+        out = self._sql.get(sql)
+        if out is None:
+            out = self._sql[sql] = translate(sql)
+        return out
+
+    def _run(self, sql: str, args: Sequence[Any]) -> _Rows:
+        values = [int(a) if isinstance(a, bool) else a for a in args]
+        if self._conn is not None:
+            return _fetch(self._conn.execute(sql, values))
+        with self.pool.connection() as conn:
+            return _fetch(conn.execute(sql, values))
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Rows:
+        control = _CONTROL.get(sql.strip().upper())
+        if control is not None:
+            getattr(self, control)()
+            return _Rows([], -1, None)
+        return self._run(self._translated(sql), args)
+
+    def insert(self, sql: str, args: Sequence[Any], key: str) -> int | None:
+        row = self._run(self._translated(sql) + f" RETURNING {key}", args).fetchone()
+        return None if row is None else int(row[0])
+
+    def begin(self, lock: str | None = None) -> None:
+        if self._conn is not None:
+            raise RuntimeError("a transaction is already open on this store")
+        self._conn = self.pool.getconn()
+        try:
+            self._conn.execute("BEGIN")
+            if lock is not None:
+                self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(lock),))
+        except BaseException:
+            self._release(rollback=True)
+            raise
+
+    def commit(self) -> None:
+        self._release(rollback=False)
+
+    def rollback(self) -> None:
+        self._release(rollback=True)
+
+    def _release(self, *, rollback: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("ROLLBACK" if rollback else "COMMIT")
+        finally:
+            self.pool.putconn(conn)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn is not None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self.rollback()
+
+    def ddl(self, statement: str) -> str:
+        for pattern, replacement in _DDL_TYPES:
+            statement = pattern.sub(replacement, statement)
+        return statement
+
+    def group_concat(self, expression: str) -> str:
+        return f"string_agg({expression}, ',')"
+
+
+def _fetch(cursor: Any) -> _Rows:
+    rows = cursor.fetchall() if cursor.description is not None else []
+    return _Rows(rows, cursor.rowcount, cursor.description)
+
+
+def open_database(target: Target, *, timeout_seconds: float = 30.0,
+                  synchronous: str = "NORMAL", pool_size: int = 4) -> Database:
+    """The database of ``target``: a PostgreSQL URL, or a SQLite file path."""
+    if is_postgres(target):
+        return PostgresDatabase(str(target), pool_size=pool_size)
+    if isinstance(target, str) and "://" in target:
+        raise ConfigError(f"storage.url: {redact(target)} is not a postgresql:// URL")
+    return SqliteDatabase(Path(target), timeout_seconds=timeout_seconds,
+                          synchronous=synchronous)
