@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nextbest.config import ArmConfig
+from nextbest.sqlite_wipe import secure, truncate_wal
 
 BATCH_COMMIT = 1000  # operations per commit when durable=False
 _SCHEMA = """
@@ -199,6 +200,7 @@ class DecisionLog:
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous if durable else 'OFF'}")
+        secure(self.conn)
         for statement in filter(str.strip, _SCHEMA.split(";")):
             self.conn.execute(statement)
         if not durable:
@@ -345,17 +347,29 @@ class DecisionLog:
         return item
 
     def erase_user(self, user_id: str) -> int:
-        """Delete every decision, reward and late feedback of ``user_id``; decisions deleted."""
+        """Delete every decision, reward and late feedback of ``user_id``; decisions deleted.
+
+        Durable log: one transaction (no reader sees rewards without their decision), rolled
+        back on any failure so the log stays writable; the deleted bytes are overwritten
+        (``secure_delete``) and the WAL is emptied afterwards."""
         subquery = "SELECT event_id FROM decisions WHERE user_id = ?"
-        if self.durable:  # one transaction: no reader sees rewards without their decision
-            self.conn.execute("BEGIN IMMEDIATE")
-        for table in ("rewards", "late_feedback"):
-            self.conn.execute(f"DELETE FROM {table} WHERE event_id IN ({subquery})", (user_id,))
-        count = self.conn.execute("DELETE FROM decisions WHERE user_id = ?", (user_id,)).rowcount
         if self.durable:
-            self.conn.execute("COMMIT")
-        else:
+            self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("rewards", "late_feedback"):
+                self.conn.execute(f"DELETE FROM {table} WHERE event_id IN ({subquery})",
+                                  (user_id,))
+            count = self.conn.execute("DELETE FROM decisions WHERE user_id = ?",
+                                      (user_id,)).rowcount
+        except BaseException:
+            if self.durable and self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        if not self.durable:
             self.flush()
+            return count
+        self.conn.execute("COMMIT")
+        truncate_wal(self.conn, "decision log")
         return count
 
     def close(self) -> None:

@@ -104,7 +104,7 @@ def test_erase_everywhere_purges_files_and_rebuilds_skip_the_user(world: Setting
     assert user not in features_ids(world)
     with open_store(world) as store:
         assert store.get(user) is None
-        assert [e.user_id for e in store.erasures()] == [user]
+        assert [e.id_hash for e in store.erasures()] == [store.erasure_hash(user)]
         assert store.meta()["users"] == len(features_ids(world))
 
 
@@ -127,13 +127,13 @@ def test_store_erasure_alone_survives_a_rebuild_then_pending_purges(
         assert store.meta()["users"] == users_before - 1
     assert sum(mentions(world, user).values()) > 0  # purged only by data erase --pending
 
-    for name in ("RAW_DIR", "LATENT_DIR", "FEATURES_DIR", "STORE_PATH", "DECISION_LOG",
+    for name in ("DATA_DIR", "RAW_DIR", "LATENT_DIR", "FEATURES_DIR", "STORE_PATH", "DECISION_LOG",
                  "BANDIT_DIR"):
         value = getattr(world.paths, name.lower())
         monkeypatch.setenv(f"NEXTBEST__PATHS__{name}", str(value))
     assert cli_main(["data", "erase", "--pending"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("erased 1 user(s): 0 store record(s)")
+    assert out[0].startswith("erased 1 user(s): 0 store record(s)"), out
     assert sum(mentions(world, user).values()) == 0
     assert user not in features_ids(world)
 
