@@ -57,8 +57,9 @@ def decisions_of(world: World, user: str) -> int:
 class Written:
     """The user written everywhere, and their export taken before the erasure."""
 
-    def __init__(self, user: str, export: dict, message_id: str):
+    def __init__(self, user: str, export: dict, message_id: str, rewarded: str):
         self.user, self.export, self.message_id = user, export, message_id
+        self.rewarded = rewarded  # the event_id of the decision given feedback
 
 
 def _views(user: str, category: str, now: datetime) -> dict:
@@ -105,7 +106,7 @@ def written(world: World, server: Server, client: httpx.Client, pool) -> Written
     run_cli(["score", "--all"], world.env, world.root)  # data/scores.parquet
     export = client.get(f"/users/{user}/export")
     assert export.status_code == 200, export.text
-    return Written(user, export.json(), message["message_id"])
+    return Written(user, export.json(), message["message_id"], decision["event_id"])
 
 
 def test_export_returns_everything_held_about_the_user(written: Written,
@@ -113,8 +114,11 @@ def test_export_returns_everything_held_about_the_user(written: Written,
     export, user = written.export, written.user
     assert export["store"]["record"]["user_id"] == user
     assert export["store"]["preferences"]["marketing_sms"] is True
-    assert len(export["decisions"]) == 2
-    assert [d["reward"]["converted"] for d in export["decisions"] if d["reward"]] == [0]
+    # Two in-page decisions and the campaign message's; the feedback is with its decision.
+    assert sorted(str(d["campaign"]) for d in export["decisions"]) == [
+        "None", "None", "browse_no_buy"]
+    [rewarded] = [d for d in export["decisions"] if d["event_id"] == written.rewarded]
+    assert rewarded["reward"]["source"] == "feedback" and rewarded["reward"]["converted"] == 0
     [message] = [m for m in export["campaigns"]["messages"]
                  if m["message_id"] == written.message_id]
     assert [r["status"] for r in message["receipts"]] == ["delivered"]
@@ -143,7 +147,7 @@ def erased(written: Written, client: httpx.Client) -> Iterator[Written]:
     response = client.delete(f"/users/{written.user}")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["store_records"] == 1 and body["decisions"] == 2
+    assert body["store_records"] == 1 and body["decisions"] == 3
     assert body["campaign_rows"] >= 6 and body["file_rows"] > 0
     yield written
 
