@@ -8,28 +8,37 @@ scanned byte by byte), and calling again re-creates nothing."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import Server, World, run_cli
 
 from features.store import open_store
 
 pytestmark = pytest.mark.integration
 
 
-def validation_users(world: World) -> set[str]:
+def run_cli(args: list[str], env: dict[str, str], cwd: Any) -> None:
+    """Run ``nextbest ARGS`` in the world; fail with its output if it fails."""
+    proc = subprocess.run([sys.executable, "-m", "nextbest.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"nextbest {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+
+
+def validation_users(world: Any) -> set[str]:
     """Users in some MLflow run's validation predictions."""
     files = list((world.root / "mlruns").rglob("validation_predictions.csv"))
     assert files, "the world's training logged no validation predictions"
     return set().union(*(set(pd.read_csv(f, dtype=str)["user_id"]) for f in files))
 
 
-def mentions(world: World, server: Server, user: str) -> list[str]:
+def mentions(world: Any, server: Any, user: str) -> list[str]:
     """Every place the id is found: Parquet values (decompressed), other files' bytes."""
     needle = user.encode()
     roots = [world.root / "data", world.root / "mlruns", world.root / "reports"]
@@ -48,7 +57,7 @@ def mentions(world: World, server: Server, user: str) -> list[str]:
     return hits
 
 
-def decisions_of(world: World, user: str) -> int:
+def decisions_of(world: Any, user: str) -> int:
     with sqlite3.connect(world.settings.paths.decision_log) as conn:
         return conn.execute("SELECT count(*) FROM decisions WHERE user_id = ?",
                             (user,)).fetchone()[0]
@@ -70,7 +79,7 @@ def _views(user: str, category: str, now: datetime) -> dict:
 
 
 @pytest.fixture(scope="module")
-def written(world: World, server: Server, client: httpx.Client, pool) -> Written:
+def written(world: Any, server: Any, client: httpx.Client, pool) -> Written:
     """A user of the world (raw data, features, validation predictions) given decisions,
     feedback, events, a campaign message delivered to a JSON-lines file and a receipt."""
     in_predictions = validation_users(world)
@@ -110,7 +119,7 @@ def written(world: World, server: Server, client: httpx.Client, pool) -> Written
 
 
 def test_export_returns_everything_held_about_the_user(written: Written,
-                                                       world: World) -> None:
+                                                       world: Any) -> None:
     export, user = written.export, written.user
     assert export["store"]["record"]["user_id"] == user
     assert export["store"]["preferences"]["marketing_sms"] is True
@@ -152,8 +161,19 @@ def erased(written: Written, client: httpx.Client) -> Iterator[Written]:
     yield written
 
 
-def test_no_byte_of_the_erased_user_remains(erased: Written, world: World,
-                                            server: Server) -> None:
+@pytest.fixture(scope="module")
+def mentioned_before(written: Written, world: Any, server: Any) -> list[str]:
+    """Where the scan finds the user before the erasure (it must find them to mean
+    anything afterwards)."""
+    return mentions(world, server, written.user)
+
+
+def test_no_byte_of_the_erased_user_remains(mentioned_before: list[str], erased: Written,
+                                            world: Any, server: Any) -> None:
+    places = " ".join(mentioned_before)
+    for where in ("orders.parquet", "as_of=", "validation_predictions.csv", ".jsonl",
+                  "decisions.sqlite", "campaigns.sqlite", "scores.parquet"):
+        assert where in places, f"the scan did not find the user in {where} before"
     assert mentions(world, server, erased.user) == []
     # The erasure list names them by salted hash only, and builds skip them.
     with open_store(world.settings) as store:
@@ -161,8 +181,8 @@ def test_no_byte_of_the_erased_user_remains(erased: Written, world: World,
         assert all(e.id_hash != erased.user for e in store.erasures())
 
 
-def test_an_erased_user_calling_again_is_not_recreated(erased: Written, world: World,
-                                                       server: Server,
+def test_an_erased_user_calling_again_is_not_recreated(erased: Written, world: Any,
+                                                       server: Any,
                                                        client: httpx.Client) -> None:
     user = erased.user
     answer = client.post("/next_best_action", json={
