@@ -14,6 +14,7 @@ secret and comparing it in constant time with the header (:func:`signature_match
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import time
@@ -152,8 +153,13 @@ class JsonLinesChannel:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("ab")
-            self._file.write(body + b"\n")
-            self._file.flush()
+            # Under the file's lock: an erasure rewrites the file in place (serving/erasure.py).
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            try:
+                self._file.write(body + b"\n")
+                self._file.flush()
+            finally:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
         except OSError as exc:
             return SendResult(ok=False, error=f"{self.path}: {exc.strerror or exc}",
                               seconds=time.perf_counter() - began)

@@ -60,6 +60,8 @@ class EventsResult(BaseModel):
     accepted: int
     duplicates: int
     messages: list[OutboxMessage]
+    # Events of erased users: neither kept nor acted on (nothing about them is stored again).
+    erased: int = 0
 
 
 class ItemResult(BaseModel):
@@ -205,18 +207,24 @@ class CampaignLayer:
     # -- behaviour events -------------------------------------------------------------------
     def on_events(self, events: list[BehaviourEvent], *,
                   now: datetime | None = None) -> EventsResult:
-        """Keep each new event and run the triggers it fires (duplicates do nothing)."""
+        """Keep each new event and run the triggers it fires (duplicates do nothing).
+        Events of erased users are dropped unread: nothing about them is kept, logged or
+        sent (one read of the erasure list per batch)."""
         ts = utc(now)
         messages: list[OutboxMessage] = []
         accepted = 0
+        erased = self.users.store.erased_among(
+            [e.user_id for e in events] + [e.seller_id for e in events if e.seller_id])
+        kept = [e if e.seller_id not in erased else e.model_copy(update={"seller_id": None})
+                for e in events if e.user_id not in erased]
         with self.lock:
-            for event in events:
+            for event in kept:
                 fired = self._on_event(event, ts)
                 if fired is not None:
                     accepted += 1
                     messages += fired
-        return EventsResult(accepted=accepted, duplicates=len(events) - accepted,
-                            messages=messages)
+        return EventsResult(accepted=accepted, duplicates=len(kept) - accepted,
+                            messages=messages, erased=len(events) - len(kept))
 
     def _on_event(self, event: BehaviourEvent, now: datetime) -> list[OutboxMessage] | None:
         seq = self.store.add_event(event.user_id, event.type, utc(event.ts),

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from campaigns.delivery import Contact
 from decisions.decision_log import from_epoch, to_epoch
+from nextbest.sqlite_wipe import truncate_wal
 from nextbest.storage import Target, open_database
 
 # pending: waiting for its send time; sending: claimed by a dispatcher (until lease_until);
@@ -609,7 +610,10 @@ class CampaignStore:
 
     # -- privacy -----------------------------------------------------------------------------
     def erase_user(self, user_id: str) -> int:
-        """Delete every event, timer and message of ``user_id``; rows deleted."""
+        """Delete every event, timer, message (with its attempts, receipts and conversion)
+        and listing of ``user_id``, and blank them as the seller of others' events; rows
+        deleted. One transaction (rolled back on failure), ``secure_delete``, then the WAL
+        is emptied."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             for table in ("receipts", "attempts"):
@@ -618,23 +622,58 @@ class CampaignStore:
             deleted = sum(self.conn.execute(f"DELETE FROM {table} WHERE user_id = ?",
                                             (user_id,)).rowcount
                           for table in ("events", "timers", "conversions", "outbox"))
+            deleted += self.conn.execute("DELETE FROM items WHERE seller_id = ?",
+                                         (user_id,)).rowcount
+            self.conn.execute("UPDATE events SET seller_id = NULL WHERE seller_id = ?",
+                              (user_id,))
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
+        if self.conn.dialect == "sqlite":  # PostgreSQL keeps no WAL file of ours
+            truncate_wal(self.conn, "campaign store")
         return deleted
 
     def export_user(self, user_id: str) -> dict[str, Any]:
-        """The user's kept events, timers and messages."""
+        """The user's kept events, timers, messages (with every delivery attempt, receipt
+        and conversion) and the listings they sell."""
         events = self.conn.execute(
             "SELECT type, ts, item_id, category, price, seller_id FROM events WHERE user_id = ? "
             "ORDER BY seq", (user_id,)).fetchall()
+        messages = [m.model_dump(mode="json") for m in self.messages(user_id=user_id,
+                                                                     limit=1_000_000)]
+        for message in messages:
+            message_id = message["message_id"]
+            message["attempts"] = self._rows(
+                "SELECT attempt, ts, ok, status_code, error, seconds FROM attempts "
+                "WHERE message_id = ? ORDER BY attempt", message_id)
+            message["receipts"] = self._rows(
+                "SELECT status, ts, received FROM receipts WHERE message_id = ? ORDER BY ts",
+                message_id)
+            message["conversion"] = next(iter(self._rows(
+                "SELECT ts, revenue, reward FROM conversions WHERE message_id = ?",
+                message_id)), None)
+        items = self._rows("SELECT item_id, category, price, stock, ts, updated FROM items "
+                           "WHERE seller_id = ? ORDER BY item_id", user_id)
         return {"events": [{"type": e[0], "ts": from_epoch(e[1]).isoformat(), "item_id": e[2],
                             "category": e[3], "price": e[4], "seller_id": e[5]}
                            for e in events],
                 "timers": self.timers_of(user_id),
-                "messages": [m.model_dump(mode="json") for m in self.messages(
-                    user_id=user_id, limit=1_000_000)]}
+                "messages": messages,
+                "items": items}
+
+    def _rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        """Rows of ``sql`` as dicts, epoch columns (``ts``, ``received``, ``updated``) as
+        ISO times."""
+        cursor = self.conn.execute(sql, args)
+        names = [c[0] for c in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        for row in rows:
+            for name in ("ts", "received", "updated"):
+                if row.get(name) is not None:
+                    row[name] = from_epoch(row[name]).isoformat()
+        return rows
 
     def transaction(self) -> AbstractContextManager[None]:
         """``with store.transaction():`` groups writes into one commit."""

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nextbest.config import ArmConfig
+from nextbest.sqlite_wipe import truncate_wal
 from nextbest.storage import Target, open_database
 
 BATCH_COMMIT = 1000  # operations per commit when durable=False
@@ -361,17 +362,30 @@ class DecisionLog:
         return item
 
     def erase_user(self, user_id: str) -> int:
-        """Delete every decision, reward and late feedback of ``user_id``; decisions deleted."""
+        """Delete every decision, reward and late feedback of ``user_id``; decisions deleted.
+
+        Durable log: one transaction (no reader sees rewards without their decision), rolled
+        back on any failure so the log stays writable; the deleted bytes are overwritten
+        (``secure_delete``) and the WAL is emptied afterwards."""
         subquery = "SELECT event_id FROM decisions WHERE user_id = ?"
-        if self.durable:  # one transaction: no reader sees rewards without their decision
-            self.conn.execute("BEGIN IMMEDIATE")
-        for table in ("rewards", "late_feedback"):
-            self.conn.execute(f"DELETE FROM {table} WHERE event_id IN ({subquery})", (user_id,))
-        count = self.conn.execute("DELETE FROM decisions WHERE user_id = ?", (user_id,)).rowcount
         if self.durable:
-            self.conn.execute("COMMIT")
-        else:
+            self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("rewards", "late_feedback"):
+                self.conn.execute(f"DELETE FROM {table} WHERE event_id IN ({subquery})",
+                                  (user_id,))
+            count = self.conn.execute("DELETE FROM decisions WHERE user_id = ?",
+                                      (user_id,)).rowcount
+        except BaseException:
+            if self.durable and self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        if not self.durable:
             self.flush()
+            return count
+        self.conn.execute("COMMIT")
+        if self.conn.dialect == "sqlite":  # PostgreSQL keeps no WAL file of ours
+            truncate_wal(self.conn, "decision log")
         return count
 
     def close(self) -> None:

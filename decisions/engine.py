@@ -185,12 +185,14 @@ class DecisionEngine:
     # -- decide ----------------------------------------------------------------------------
     def decide(self, user: UserView, context: RequestContext, *, now: datetime | None = None,
                campaign: str | None = None, arms: Sequence[str] | None = None,
-               counts: ContactCounts | None = None) -> Decision:
+               counts: ContactCounts | None = None, record: bool = True) -> Decision:
         """Choose the next-best action for ``user`` in ``context`` and log it durably.
 
         ``campaign`` names the campaign the decision is for, ``arms`` the only arms it may
         use (default: every arm), ``counts`` the user's recent campaign messages per arm for
-        the arms' weekly caps (None, an in-page answer: no caps). The returned ``pmf`` covers
+        the arms' weekly caps (None, an in-page answer: no caps). ``record`` False: the
+        answer is given but neither logged nor remembered (an erased user's call, about whom
+        nothing may be stored), so it cannot be learned from. The returned ``pmf`` covers
         the eligible arms and sums to 1; ``probability`` is the chosen arm's entry (1.0 when
         there is no action); ``offer`` the chosen arm's public terms. The decision is in the
         log (committed, when durable) before this returns. Raises ValidationFailed naming
@@ -214,7 +216,10 @@ class DecisionEngine:
                 reason=reason_for(plan, user, algorithm=self._algorithm, action=arm,
                                   probability=probability),
                 policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
-                learnable=plan.learnable, offer=self.offers.get(arm) if arm else None)
+                learnable=plan.learnable and record,
+                offer=self.offers.get(arm) if arm else None)
+            if not record:
+                return decision
             logged = LoggedDecision(
                 decision=decision, tier=user.tier,
                 features=example.model_dump(),
@@ -386,9 +391,22 @@ class DecisionEngine:
     def erase_user(self, user_id: str) -> int:
         """Delete every decision and reward of ``user_id`` from the log; decisions deleted."""
         with self._lock:
-            for event_id in [e for e, d in self._recent.items() if d.decision.user_id == user_id]:
-                del self._recent[event_id]
+            self.forget_user(user_id)
             return self.log.erase_user(user_id)
+
+    def forget_user(self, user_id: str) -> int:
+        """Drop the user's decisions kept in memory for their feedback (an erasure made by
+        another worker); returns how many were dropped."""
+        with self._lock:
+            gone = [e for e, d in self._recent.items() if d.decision.user_id == user_id]
+            for event_id in gone:
+                del self._recent[event_id]
+            return len(gone)
+
+    def remembered_users(self) -> set[str]:
+        """Users with decisions kept in memory (what :meth:`forget_user` may drop)."""
+        with self._lock:
+            return {d.decision.user_id for d in self._recent.values()}
 
     def export_user(self, user_id: str) -> list[dict[str, Any]]:
         """Every logged decision about ``user_id`` with its reward (privacy export)."""

@@ -75,6 +75,10 @@ class UserDirectory:
             del self._cache[key]
         return len(keys)
 
+    def cached_users(self) -> set[str]:
+        """Users with cached scores (what :meth:`forget` may drop)."""
+        return {user_id for user_id, _ in self._cache}
+
     def model_versions(self) -> dict[str, str | None]:
         """Model name -> version in use, or a warning when scores are null."""
         if self.champions is None:

@@ -268,11 +268,12 @@ def _campaign_reports(settings: Settings, now: datetime) -> list[CampaignReport]
     (none without a campaign store)."""
     from campaigns.report import campaign_report
     from campaigns.store import CampaignStore
+    from nextbest.storage import exists, location
 
-    path = Path(settings.paths.campaign_store)
-    if not path.is_file():
+    target = location(settings, "campaign_store")
+    if not exists(target):
         return []
-    store = CampaignStore(path)
+    store = CampaignStore(target)
     try:
         reports = [campaign_report(settings, store, c.name, now=now)
                    for c in settings.campaigns.campaigns]

@@ -110,7 +110,7 @@ def load_features(settings: Settings, as_of: date,
     if not path.is_file():
         raise NotFound(f"no features for as_of {as_of.isoformat()} ({path} is missing); "
                        f"run `nextbest features build --as-of {as_of}` first", field="as_of")
-    return pd.read_parquet(path)
+    return without_erased(settings, pd.read_parquet(path))
 
 
 def default_as_of(settings: Settings, raw_dir: Path | None = None,
@@ -185,9 +185,7 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
     names += ["refresh online store"] if refresh_store else []
     with _Stages(names, f"features {as_of}", progress) as stages:
         frame = _compute(settings, engine, raw, as_of, windows, stages)
-        erased = _erased_user_ids(settings)
-        if erased:
-            frame = frame[~frame["user_id"].isin(erased)].reset_index(drop=True)
+        frame = without_erased(settings, frame)
         frame, report = segment(frame, settings.features, settings.policy)
         frame[["best_hour", "best_hour_source"]] = best_hours(
             frame, as_of, settings.features.best_hour_min_events)
@@ -256,16 +254,22 @@ def refresh_online_store(settings: Settings, frame: pd.DataFrame, as_of: date,
         return StoreRefresh.of(as_of, loaded, preferences, store.meta()["as_of"])
 
 
-def _erased_user_ids(settings: Settings) -> set[str]:
-    """Users erased on request (the online store's erasure list): never built again, so
-    neither the online store nor a training set sees them even before their raw rows are
-    purged with ``nextbest data erase --pending``."""
+def without_erased(settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the rows of users erased on request (the online store's erasure
+    list): never built again, and never read back from a partition built before their
+    erasure, so neither the online store nor a training set sees them even if a file still
+    held them."""
+    if frame.empty or "user_id" not in frame.columns:
+        return frame
     if settings.store.backend == "sqlite" and not Path(settings.paths.store_path).exists():
-        return set()
+        return frame
     from features.store import open_store
 
     with open_store(settings) as store:
-        return {erasure.user_id for erasure in store.erasures()}
+        erased = store.erased_among(frame["user_id"].astype(str).unique())
+    if not erased:
+        return frame
+    return frame[~frame["user_id"].astype(str).isin(erased)].reset_index(drop=True)
 
 
 class _Stages:

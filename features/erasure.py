@@ -23,11 +23,13 @@ files of every listed user.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -37,6 +39,7 @@ from pydantic import BaseModel, Field
 
 from features.contract import raw_files
 from features.store import OnlineStore, unique_user_ids
+from nextbest.errors import ErasureFailed
 
 FEATURES_GLOB = "as_of=*/features.parquet"
 LATENT_FILE = "user_traits.parquet"
@@ -74,6 +77,7 @@ class ErasureReport(BaseModel):
     user_ids: list[str]
     store_records: int = 0
     decisions: int | None = None  # None: the decision log was not touched
+    campaign_rows: int | None = None  # None: the campaign store was not touched
     files: dict[str, FileErasure] = Field(default_factory=dict)
 
     @property
@@ -84,8 +88,10 @@ class ErasureReport(BaseModel):
     def lines(self) -> list[str]:
         """A human summary: one line overall, then one per file that changed."""
         decisions = "not touched" if self.decisions is None else str(self.decisions)
+        campaigns = "not touched" if self.campaign_rows is None else str(self.campaign_rows)
         head = (f"erased {len(self.user_ids)} user(s): {self.store_records} store record(s), "
-                f"{decisions} decision(s), {self.rows_removed} file row(s) removed, "
+                f"{decisions} decision(s), {campaigns} campaign row(s), "
+                f"{self.rows_removed} file row(s) removed, "
                 f"{sum(f.ids_blanked for f in self.files.values())} seller id(s) blanked")
         return [head, *(f"  {path}: -{f.rows_removed} rows, {f.ids_blanked} ids blanked"
                         for path, f in sorted(self.files.items()))]
@@ -128,35 +134,105 @@ def erase_from_table(table: pa.Table, rule: TableRule,
     return table, counts
 
 
-def erase_from_parquet(path: Path, rule: TableRule, user_ids: Sequence[str]) -> FileErasure:
-    """Rewrite one Parquet file without the users (atomically, and only if it held them)."""
+class StagedFile:
+    """One file's erasure, written beside it and not yet visible: :meth:`commit` puts it in
+    place (an atomic rename), :meth:`discard` forgets it. Staging every file before any
+    store is touched lets a failed erasure leave every file as it was."""
+
+    def __init__(self, path: Path, counts: FileErasure, tmp: Path):
+        self.path, self.counts, self.tmp = Path(path), counts, Path(tmp)
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.erasing")
+
+
+def stage_parquet(path: Path, rule: TableRule | None, user_ids: Sequence[str]
+                  ) -> StagedFile | None:
+    """One Parquet file without the users, staged (None when it does not hold them).
+
+    ``rule`` None: drop every row in which any text column equals one of the ids (a file
+    erasure knows no rule for, e.g. ``score --all`` output or a report's table)."""
     table = pq.read_table(path)
-    cleaned, counts = erase_from_table(table, rule, user_ids)
-    if counts.rows_removed or counts.ids_blanked:
-        tmp = path.with_name(f".{path.name}.erasing")
-        pq.write_table(cleaned, tmp)
-        os.replace(tmp, path)
-    return counts
+    if rule is None:
+        rule = TableRule(drop=tuple(f.name for f in table.schema
+                                    if pa.types.is_string(f.type)
+                                    or pa.types.is_large_string(f.type)
+                                    or pa.types.is_dictionary(f.type)))
+        table = _any_column_rule(table, rule, user_ids)
+        if table is None:
+            return None
+        cleaned, counts = table
+    else:
+        cleaned, counts = erase_from_table(table, rule, user_ids)
+    if not (counts.rows_removed or counts.ids_blanked):
+        return None
+    tmp = _tmp(path)
+    pq.write_table(cleaned, tmp)
+    return StagedFile(path, counts, tmp)
 
 
-def erase_from_csv(path: Path, user_ids: Sequence[str]) -> FileErasure:
-    """Drop the lines of a rejects CSV in which any cell is one of the users' ids."""
+def _any_column_rule(table: pa.Table, rule: TableRule, user_ids: Sequence[str]
+                     ) -> tuple[pa.Table, FileErasure] | None:
+    """Drop rows where *any* of the rule's columns holds an id (not all of them)."""
+    if not rule.drop:
+        return None
+    ids = pa.array(list(user_ids), type=pa.string())
+    hit = None
+    for name in rule.drop:
+        column = table[name]
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        match = _matches(column, ids)
+        hit = match if hit is None else pc.or_(hit, match)
+    removed = pc.sum(hit).as_py() or 0
+    return table.filter(pc.invert(hit)), FileErasure(rows_removed=removed)
+
+
+def stage_csv(path: Path, user_ids: Sequence[str]) -> StagedFile | None:
+    """A CSV file without the lines in which any cell is one of the users' ids, staged (None
+    when it holds none): import rejects, MLflow runs' validation predictions, report tables."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     hit = frame.isin(set(user_ids)).any(axis=1)
-    if hit.any():
-        tmp = path.with_name(f".{path.name}.erasing")
-        frame[~hit].to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    return FileErasure(rows_removed=int(hit.sum()))
+    if not hit.any():
+        return None
+    tmp = _tmp(path)
+    frame[~hit].to_csv(tmp, index=False)
+    return StagedFile(path, FileErasure(rows_removed=int(hit.sum())), tmp)
 
 
-def erase_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
+def stage_json_lines(path: Path, user_ids: Sequence[str]) -> StagedFile | None:
+    """A JSON-lines file (a channel's deliveries) without the lines naming a user, staged."""
+    pattern = token_pattern(user_ids)
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = [line for line in lines if not pattern.search(line)]
+    if len(kept) == len(lines):
+        return None
+    tmp = _tmp(path)
+    tmp.write_bytes(b"".join(kept))
+    return StagedFile(path, FileErasure(rows_removed=len(lines) - len(kept)), tmp)
+
+
+def token_pattern(user_ids: Sequence[str]) -> re.Pattern[bytes]:
+    """Matches one of the ids as a whole token (not inside a longer id or word)."""
+    alternatives = b"|".join(re.escape(str(u).encode()) for u in user_ids)
+    return re.compile(rb"(?<![\w.-])(?:" + alternatives + rb")(?![\w.-])")
+
+
+def stage_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
                 features_dir: Path | None = None,
-                latent_dir: Path | None = None) -> dict[str, FileErasure]:
-    """Erase the users from the raw tables, import rejects, feature partitions and latent
-    traits under the given directories (missing directories and tables are skipped).
+                latent_dir: Path | None = None) -> list[StagedFile]:
+    """Stage the users' erasure from the raw tables, import rejects, feature partitions and
+    latent traits under the given directories (missing directories and tables are skipped).
 
-    Returns what changed per file path, for the files that held any of the users."""
+    On any failure the files staged so far are discarded and :class:`ErasureFailed` names
+    the file."""
     jobs: list[tuple[Path, TableRule | None]] = []
     if raw_dir is not None:
         jobs += [(path, rule) for name, rule in RAW_RULES.items()
@@ -167,15 +243,33 @@ def erase_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
         jobs += [(path, BY_USER_ID) for path in sorted(Path(features_dir).glob(FEATURES_GLOB))]
     if latent_dir is not None:
         jobs.append((Path(latent_dir) / LATENT_FILE, BY_USER_ID))
-    changed: dict[str, FileErasure] = {}
+    staged: list[StagedFile] = []
     for path, rule in jobs:
         if not path.is_file():
             continue
-        counts = (erase_from_csv(path, user_ids) if rule is None
-                  else erase_from_parquet(path, rule, user_ids))
-        if counts.rows_removed or counts.ids_blanked:
-            changed[str(path)] = counts
-    return changed
+        try:
+            one = (stage_csv(path, user_ids) if rule is None
+                   else stage_parquet(path, rule, user_ids))
+        except Exception as exc:
+            for done in staged:
+                done.discard()
+            raise ErasureFailed(f"{path}: cannot rewrite it without the user ({exc}); "
+                                "nothing was erased", field=str(path)) from exc
+        if one is not None:
+            staged.append(one)
+    return staged
+
+
+def erase_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
+                features_dir: Path | None = None,
+                latent_dir: Path | None = None) -> dict[str, FileErasure]:
+    """Erase the users from the files :func:`stage_files` knows; what changed per file path
+    (only the files that held any of the users)."""
+    staged = stage_files(user_ids, raw_dir=raw_dir, features_dir=features_dir,
+                         latent_dir=latent_dir)
+    for one in staged:
+        one.commit()
+    return {str(one.path): one.counts for one in staged}
 
 
 def erase_users(user_ids: Iterable[str], *, store: OnlineStore,
@@ -192,3 +286,49 @@ def erase_users(user_ids: Iterable[str], *, store: OnlineStore,
     report.files = erase_files(ids, raw_dir=raw_dir, features_dir=features_dir,
                                latent_dir=latent_dir)
     return report
+
+
+def _rows_naming(path: Path, columns: Sequence[str], user_id: str) -> list[dict[str, Any]]:
+    """The rows of a Parquet file in which any of ``columns`` is ``user_id``, as JSON-ready
+    dicts (timestamps as ISO text, missing values as None)."""
+    present = [c for c in columns if c in pq.read_schema(path).names]
+    if not present:
+        return []
+    table = pq.read_table(path)
+    ids = pa.array([user_id], type=pa.string())
+    hit = None
+    for name in present:
+        column = table[name]
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        match = _matches(column, ids)
+        hit = match if hit is None else pc.or_(hit, match)
+    rows = table.filter(hit).to_pandas()
+    if rows.empty:
+        return []
+    return json.loads(rows.to_json(orient="records", date_format="iso"))
+
+
+def export_files(user_id: str, *, raw_dir: Path | None = None,
+                 features_dir: Path | None = None,
+                 latent_dir: Path | None = None) -> dict[str, Any]:
+    """Every row naming the user in the files erasure knows (the same places and rules):
+    ``raw`` (table -> rows: orders they bought and sold, listings, events, preferences,
+    derived review scores, each file's rows in turn), ``features`` (the user's row of every
+    partition, oldest as_of first: their feature history) and ``latent``."""
+    raw: dict[str, list[dict[str, Any]]] = {}
+    if raw_dir is not None:
+        tables = {**RAW_RULES, **{name: BY_USER_ID for name in DERIVED_TABLES}}
+        for name, rule in tables.items():
+            rows = [row for path in raw_files(Path(raw_dir), name)
+                    for row in _rows_naming(path, (*rule.drop, *rule.blank), user_id)]
+            if rows:
+                raw[name] = rows
+    history = []
+    if features_dir is not None:
+        for path in sorted(Path(features_dir).glob(FEATURES_GLOB)):
+            history += _rows_naming(path, ("user_id",), user_id)
+    latent: list[dict[str, Any]] = []
+    if latent_dir is not None and (Path(latent_dir) / LATENT_FILE).is_file():
+        latent = _rows_naming(Path(latent_dir) / LATENT_FILE, ("user_id",), user_id)
+    return {"raw": raw, "features": history, "latent": latent}

@@ -10,12 +10,15 @@ One interface, :class:`OnlineStore`, and two backends with the same behaviour:
   plus a meta hash; conditional writes run as Lua scripts so they are atomic and take one
   round trip per chunk of users.
 
-Erasure sticks: the store keeps an erasure list (user id -> time erased). :meth:`OnlineStore.erase`
-deletes what is stored about a user and adds them to it in one step, and the bulk writes
-(:meth:`~OnlineStore.write`, :meth:`~OnlineStore.load_preferences`) skip listed users inside
-the same statement or script, so a features rebuild from tables that still hold the user
-cannot bring them back. :meth:`~OnlineStore.set_preferences` (the user acting now, e.g. an
-opt-out) is still stored.
+Erasure sticks: the store keeps an erasure list (salted hash of the user id -> time erased;
+the salt is ``privacy.id_salt``, so the list names no one). :meth:`OnlineStore.erase`
+deletes what is stored about a user and adds them to it in one step, and every write
+(:meth:`~OnlineStore.write`, :meth:`~OnlineStore.load_preferences`,
+:meth:`~OnlineStore.set_preferences`) skips listed users inside the same statement or
+script, so a features rebuild from tables that still hold the user cannot bring them back;
+:meth:`~OnlineStore.update_preferences` refuses them (:class:`~nextbest.errors.Gone`).
+SQLite erases with ``secure_delete`` and empties its WAL afterwards
+(:mod:`nextbest.sqlite_wipe`).
 
 Writes keep the newest data: a record is replaced only by one with the same or a later
 ``as_of``, loaded preferences only by ones with the same or a later ``updated_ts``. Both are
@@ -55,8 +58,10 @@ from pydantic import BaseModel
 
 from features import review
 from features.review import REVIEW_STATUSES, ReviewItem
+from nextbest.audit import id_salt, subject_hash
 from nextbest.config import Settings
-from nextbest.errors import DataError, MissingComponent, NotFound, ValidationFailed
+from nextbest.errors import DataError, Gone, MissingComponent, NotFound, ValidationFailed
+from nextbest.sqlite_wipe import secure, truncate_wal
 
 PREFERENCE_FLAGS = ("personalization", "marketing_email", "marketing_sms", "marketing_push")
 WRITE_CHUNK_ROWS = 5000
@@ -81,9 +86,9 @@ class Preferences(BaseModel):
 
 
 class Erasure(BaseModel):
-    """One entry of the erasure list: who was erased and when (UTC)."""
+    """One entry of the erasure list: the salted hash of who was erased, and when (UTC)."""
 
-    user_id: str
+    id_hash: str
     erased_ts: datetime
 
 
@@ -296,6 +301,12 @@ def _now_stamp(now: datetime | None) -> str:
     return _stamp(now)
 
 
+def gone(user_id: str) -> Gone:
+    """The error of a write about an erased user."""
+    return Gone(f"user {user_id!r} was erased at their request; nothing about them is "
+                "stored again", field="user_id")
+
+
 def unique_user_ids(user_ids: Iterable[str]) -> list[str]:
     """The ids as strings, first occurrence order, empty ones refused."""
     ids = list(dict.fromkeys(str(u) for u in user_ids))
@@ -317,6 +328,7 @@ class OnlineStore(ABC):
     """
 
     backend: str = ""
+    salt: str = ""  # of the erasure list's hashes (privacy.id_salt)
 
     def write(self, frame: pd.DataFrame, as_of: date) -> int:
         """Upsert one record per row of ``frame`` (one row per user) as of ``as_of``.
@@ -451,12 +463,38 @@ class OnlineStore(ABC):
         return (decode_record(stored) if stored else None), _preferences_of(stored)
 
     def set_preferences(self, user_id: str, prefs: Preferences) -> None:
-        """Store what the user chose now; ``updated_ts`` defaults to the current UTC time."""
+        """Store what the user chose now; ``updated_ts`` defaults to the current UTC time.
+        Nothing is stored for an erased user."""
         if prefs.updated_ts is None:
             now = datetime.now(UTC).replace(tzinfo=None)
             prefs = prefs.model_copy(update={"updated_ts": now})
         row = (user_id, _stamp(prefs.updated_ts), prefs.model_dump_json())
         self._put_preferences([row], only_newer=False)
+
+    def update_preferences(self, user_id: str, changes: Mapping[str, bool], *,
+                           now: datetime | None = None) -> Preferences:
+        """Change some of the user's flags and stamp the change, atomically: two replicas
+        changing different flags of one user at once both count (read, merge and write in
+        one SQLite transaction, or under Redis ``WATCH``). Returns the preferences stored.
+
+        Raises :class:`~nextbest.errors.Gone` for an erased user (nothing is stored)."""
+        unknown = sorted(set(changes) - set(PREFERENCE_FLAGS))
+        if unknown:
+            raise ValidationFailed(f"unknown preference {unknown[0]!r}", field=unknown[0])
+
+        def merge(current: Preferences) -> tuple[str, str]:
+            updated = current.model_copy(update={**changes, "updated_ts": None})
+            stamp = _now_stamp(now)
+            updated.updated_ts = datetime.fromisoformat(stamp)
+            return stamp, updated.model_dump_json()
+
+        return Preferences.model_validate_json(self._update_preferences(user_id, merge))
+
+    @abstractmethod
+    def _update_preferences(self, user_id: str,
+                            merge: Callable[[Preferences], tuple[str, str]]) -> str:
+        """Read the user's preferences, store ``merge``'s (stamp, JSON) in the same
+        transaction and return the JSON; raise ``gone(user_id)`` for an erased user."""
 
     def load_preferences(self, frame: pd.DataFrame) -> int:
         """Bulk-load the raw preferences table; newer stored preferences are kept and erased
@@ -477,13 +515,25 @@ class OnlineStore(ABC):
         return self._erase(ids, _now_stamp(now)) if ids else 0
 
     def erasures(self) -> list[Erasure]:
-        """The erasure list, oldest first (then by user id)."""
+        """The erasure list (salted hashes), oldest first (then by hash)."""
         rows = sorted(self._erased().items(), key=lambda item: (item[1], item[0]))
-        return [Erasure(user_id=u, erased_ts=datetime.fromisoformat(ts)) for u, ts in rows]
+        return [Erasure(id_hash=h, erased_ts=datetime.fromisoformat(ts)) for h, ts in rows]
+
+    def erasure_hash(self, user_id: str) -> str:
+        """How the erasure list names ``user_id``: its salted SHA-256."""
+        return subject_hash(str(user_id), self.salt)
 
     def is_erased(self, user_id: str) -> bool:
         """Whether the user is on the erasure list."""
-        return user_id in self._erased([user_id])
+        return bool(self.erased_among([user_id]))
+
+    def erased_among(self, user_ids: Iterable[str]) -> set[str]:
+        """The ids among ``user_ids`` that are on the erasure list."""
+        ids = list(dict.fromkeys(str(u) for u in user_ids))
+        if not ids:
+            return set()
+        hashes = {self.erasure_hash(u): u for u in ids}
+        return {hashes[h] for h in self._erased(list(hashes))}
 
     def export(self, user_id: str) -> dict[str, Any]:
         """Everything stored about the user: the record as built (all tags), the tags the user
@@ -534,12 +584,12 @@ class OnlineStore(ABC):
 
     @abstractmethod
     def _erase(self, user_ids: list[str], stamp: str) -> int:
-        """Delete the users' rows and list them as erased at ``stamp`` (kept if listed);
+        """Delete the users' rows and list their hashes as erased at ``stamp`` (kept if listed);
         return how many had anything stored."""
 
     @abstractmethod
-    def _erased(self, user_ids: list[str] | None = None) -> dict[str, str]:
-        """``{user_id: erased stamp}`` of the listed users among ``user_ids`` (all if None)."""
+    def _erased(self, hashes: list[str] | None = None) -> dict[str, str]:
+        """``{id hash: erased stamp}`` of the listed hashes among ``hashes`` (all if None)."""
 
     @abstractmethod
     def remove_tag(self, user_id: str, tag: str) -> bool:
@@ -578,15 +628,17 @@ CREATE TABLE IF NOT EXISTS users (
     review TEXT
 );
 CREATE INDEX IF NOT EXISTS users_as_of ON users (as_of);
-CREATE TABLE IF NOT EXISTS erased (
-    user_id TEXT PRIMARY KEY,
-    erased_ts TEXT NOT NULL
-);
 """
+_SQLITE_ERASED_TABLE = """
+CREATE TABLE IF NOT EXISTS erased (
+    id_hash TEXT PRIMARY KEY,
+    erased_ts TEXT NOT NULL
+)"""
 # Bulk writes skip erased users in the same statement, so an erasure committed before the
 # write's transaction is always honoured. (INSERT ... SELECT ... WHERE needs the WHERE for
 # SQLite to parse the upsert clause.)
-_SQLITE_NOT_ERASED = "WHERE NOT EXISTS (SELECT 1 FROM erased WHERE erased.user_id = ?1)"
+_SQLITE_NOT_ERASED = ("WHERE NOT EXISTS (SELECT 1 FROM erased "
+                      "WHERE erased.id_hash = erasure_hash(?1))")
 _SQLITE_REPLACE_RECORD = f"""
 INSERT INTO users (user_id, as_of, record) SELECT ?1, ?2, ?3 {_SQLITE_NOT_ERASED}
 ON CONFLICT (user_id) DO UPDATE SET as_of = excluded.as_of, record = excluded.record
@@ -603,7 +655,6 @@ _SQLITE_DROP_EMPTY = ("DELETE FROM users WHERE record IS NULL AND removed IS NUL
                       "AND prefs IS NULL AND review IS NULL")
 _SQLITE_REVIEW_INDEX = ("CREATE INDEX IF NOT EXISTS users_review ON users (user_id) "
                         "WHERE review IS NOT NULL")
-_SQLITE_SET_PREFS = "INSERT INTO users (user_id, prefs_ts, prefs) VALUES (?1, ?2, ?3)"
 _SQLITE_LOAD_PREFS = f"""
 INSERT INTO users (user_id, prefs_ts, prefs) SELECT ?1, ?2, ?3 {_SQLITE_NOT_ERASED}"""
 _SQLITE_PREFS_UPSERT = """
@@ -628,9 +679,10 @@ class SqliteStore(OnlineStore):
 
     backend = "sqlite"
 
-    def __init__(self, path: Path, timeout_seconds: float = 30.0):
+    def __init__(self, path: Path, timeout_seconds: float = 30.0, salt: str = ""):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.salt = salt
         self._timeout = timeout_seconds
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -640,10 +692,33 @@ class SqliteStore(OnlineStore):
         self._closed = False
         with self._conn() as conn:
             conn.executescript(_SQLITE_SCHEMA)
+            conn.execute(_SQLITE_ERASED_TABLE)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
             if "review" not in columns:  # a store created before the review queue
                 conn.execute("ALTER TABLE users ADD COLUMN review TEXT")
             conn.execute(_SQLITE_REVIEW_INDEX)
+            self._hash_old_erasure_list(conn)
+
+    def _hash_old_erasure_list(self, conn: sqlite3.Connection) -> None:
+        """A store made when the erasure list held plain ids: replace them by their hashes
+        (securely deleted, WAL emptied)."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(erased)")}
+        if "user_id" not in columns:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute("SELECT user_id, erased_ts FROM erased").fetchall()
+            conn.execute("DROP TABLE erased")
+            conn.execute(_SQLITE_ERASED_TABLE)
+            conn.executemany("INSERT OR IGNORE INTO erased (id_hash, erased_ts) VALUES (?, ?)",
+                             [(self.erasure_hash(u), ts) for u, ts in rows])
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        conn.execute("VACUUM")
+        truncate_wal(conn, "online store")
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection, opened (and configured) on first use."""
@@ -656,6 +731,10 @@ class SqliteStore(OnlineStore):
                                isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        secure(conn)
+        salt = self.salt
+        conn.create_function("erasure_hash", 1, lambda user_id: subject_hash(str(user_id), salt),
+                             deterministic=True)
         self._local.conn, self._local.pid = conn, os.getpid()
         with self._lock:
             self._connections.append((os.getpid(), conn))
@@ -718,11 +797,27 @@ class SqliteStore(OnlineStore):
         return cleared
 
     def _put_preferences(self, rows: list[tuple[str, str, str]], *, only_newer: bool) -> int:
-        if only_newer:
-            sql = _SQLITE_LOAD_PREFS + _SQLITE_PREFS_UPSERT + _SQLITE_ONLY_NEWER
-        else:
-            sql = _SQLITE_SET_PREFS + _SQLITE_PREFS_UPSERT
-        return self._run_many(sql, [rows])
+        sql = _SQLITE_LOAD_PREFS + _SQLITE_PREFS_UPSERT
+        return self._run_many(sql + _SQLITE_ONLY_NEWER if only_newer else sql, [rows])
+
+    def _update_preferences(self, user_id: str,
+                            merge: Callable[[Preferences], tuple[str, str]]) -> str:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM erased WHERE id_hash = erasure_hash(?)",
+                            (user_id,)).fetchone():
+                raise gone(user_id)
+            row = conn.execute("SELECT prefs FROM users WHERE user_id = ?",
+                               (user_id,)).fetchone()
+            current = Preferences.model_validate_json(row[0]) if row and row[0] else Preferences()
+            stamp, text = merge(current)
+            conn.execute(_SQLITE_LOAD_PREFS + _SQLITE_PREFS_UPSERT, (user_id, stamp, text))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return text
 
     def _fetch(self, user_ids: list[str]) -> dict[str, StoredUser]:
         conn = self._conn()
@@ -784,8 +879,8 @@ class SqliteStore(OnlineStore):
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR IGNORE INTO erased (user_id, erased_ts) VALUES (?, ?)",
-                             [(u, stamp) for u in user_ids])
+            conn.executemany("INSERT OR IGNORE INTO erased (id_hash, erased_ts) VALUES (?, ?)",
+                             [(self.erasure_hash(u), stamp) for u in user_ids])
             before = conn.total_changes
             conn.executemany("DELETE FROM users WHERE user_id = ?", [(u,) for u in user_ids])
             deleted = conn.total_changes - before
@@ -793,16 +888,17 @@ class SqliteStore(OnlineStore):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        truncate_wal(conn, "online store")
         return deleted
 
-    def _erased(self, user_ids: list[str] | None = None) -> dict[str, str]:
+    def _erased(self, hashes: list[str] | None = None) -> dict[str, str]:
         conn = self._conn()
-        if user_ids is None:
-            return dict(conn.execute("SELECT user_id, erased_ts FROM erased"))
+        if hashes is None:
+            return dict(conn.execute("SELECT id_hash, erased_ts FROM erased"))
         found: dict[str, str] = {}
-        for part in _chunks(len(user_ids), _SQLITE_IN_CHUNK):
-            ids = user_ids[part]
-            sql = ("SELECT user_id, erased_ts FROM erased WHERE user_id IN "
+        for part in _chunks(len(hashes), _SQLITE_IN_CHUNK):
+            ids = hashes[part]
+            sql = ("SELECT id_hash, erased_ts FROM erased WHERE id_hash IN "
                    f"({','.join('?' * len(ids))})")
             found.update(conn.execute(sql, ids))
         return found
@@ -833,7 +929,8 @@ class SqliteStore(OnlineStore):
 # KEYS[1] = meta hash, KEYS[2] = erasure list hash, KEYS[3..] = user hashes, with their ids
 # in the same order after the 5 leading ARGV; ARGV[1] = stamp field, ARGV[2] = data field,
 # ARGV[3] = meta counter of new users ('' for none), ARGV[4] = '1' to keep newer stamps,
-# ARGV[5] = '1' to skip erased users, then (id, stamp, data) per user. Writes each user
+# ARGV[5] = '1' to skip erased users, then (id, stamp, data, id hash) per user (the erasure
+# list holds salted hashes; Lua has no SHA-256, so Python sends them). Writes each user
 # unless kept or skipped; returns {users written, users kept because their stamp is later}
 # and records the newest stamp written in the meta hash under the stamp field.
 _REDIS_PUT = """
@@ -841,10 +938,10 @@ local meta, erased, sf, df, counter = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3
 local only_newer, skip_erased = ARGV[4] == '1', ARGV[5] == '1'
 local written, kept, added, newest = 0, 0, 0, nil
 for i = 3, #KEYS do
-  local at = 5 + 3 * (i - 3)
-  local id, stamp, data = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local at = 5 + 4 * (i - 3)
+  local stamp, data, hash = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local cur = redis.call('HGET', KEYS[i], sf)
-  local skip = skip_erased and redis.call('HEXISTS', erased, id) == 1
+  local skip = skip_erased and redis.call('HEXISTS', erased, hash) == 1
   if (not skip) and ((not only_newer) or (not cur) or cur <= stamp) then
     redis.call('HSET', KEYS[i], sf, stamp, df, data)
     written = written + 1
@@ -890,15 +987,15 @@ return 1
 """
 # KEYS[1] = meta hash, KEYS[2] = erasure list hash, KEYS[3] = review index set, KEYS[4..] =
 # user hashes; ARGV[1] = the erasure stamp ('' to delete without listing), ARGV[2..] = the
-# users' ids. Deletes the users (and their reviews), keeping the user count right; returns
-# how many had anything stored.
+# users' ids, then their salted hashes in the same order. Deletes the users (and their
+# reviews), keeping the user count right; returns how many had anything stored.
 _REDIS_DELETE = """
-local deleted, gone = 0, 0
+local deleted, gone, n = 0, 0, #KEYS - 3
 for i = 4, #KEYS do
   if redis.call('HEXISTS', KEYS[i], 'record') == 1 then gone = gone + 1 end
   deleted = deleted + redis.call('DEL', KEYS[i])
   redis.call('SREM', KEYS[3], ARGV[i - 2])
-  if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[2], ARGV[i - 2], ARGV[1]) end
+  if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[2], ARGV[i - 2 + n], ARGV[1]) end
 end
 if gone > 0 then redis.call('HINCRBY', KEYS[1], 'users', -gone) end
 return deleted
@@ -911,17 +1008,18 @@ class RedisStore(OnlineStore):
 
     Layout: ``{prefix}user:{user_id}`` is a hash with ``as_of``, ``record``, ``removed``,
     ``prefs``, ``prefs_ts``, ``review``; ``{prefix}meta`` holds ``as_of`` and ``users``;
-    ``{prefix}erased`` maps erased user ids to their erasure stamps; ``{prefix}reviews`` is
+    ``{prefix}erased`` maps the salted hashes of erased users to their erasure stamps; ``{prefix}reviews`` is
     the set of users with a review. The bulk write
     runs one Lua script per chunk of users, so it needs all keys on one node (no cluster).
     """
 
     backend = "redis"
 
-    def __init__(self, url: str, prefix: str = "nextbest:", timeout_seconds: float = 5.0):
+    def __init__(self, url: str, prefix: str = "nextbest:", timeout_seconds: float = 5.0,
+                 salt: str = ""):
         import redis
 
-        self.url, self.prefix = url, prefix
+        self.url, self.prefix, self.salt = url, prefix, salt
         self._client = redis.Redis.from_url(url, socket_timeout=timeout_seconds,
                                             socket_connect_timeout=timeout_seconds)
         try:
@@ -957,7 +1055,7 @@ class RedisStore(OnlineStore):
             args: list[str] = [*fields, counter, "1" if only_newer else "0",
                                "1" if skip_erased else "0"]
             for user_id, stamp, value in zip(ids[part], stamps[part], data[part], strict=True):
-                args += (user_id, stamp, value)
+                args += (user_id, stamp, value, self.erasure_hash(user_id))
             done, held = self._put(keys=keys, args=args)
             written, kept = written + int(done), kept + int(held)
         return written, kept
@@ -980,7 +1078,31 @@ class RedisStore(OnlineStore):
             return 0
         ids, stamps, data = (list(col) for col in zip(*rows, strict=True))
         return self._put_rows(ids, stamps, data, fields=("prefs_ts", "prefs"), counter="",
-                              only_newer=only_newer, skip_erased=only_newer)[0]
+                              only_newer=only_newer, skip_erased=True)[0]
+
+    def _update_preferences(self, user_id: str,
+                            merge: Callable[[Preferences], tuple[str, str]]) -> str:
+        """Optimistic: WATCH the user's hash and the erasure list, read, then write in
+        MULTI/EXEC; a concurrent change to either makes it start again."""
+        import redis
+
+        key, hashed = self._key(user_id), self.erasure_hash(user_id)
+        with self._client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key, self._erased_key)
+                    if pipe.hexists(self._erased_key, hashed):
+                        raise gone(user_id)
+                    raw = pipe.hget(key, "prefs")
+                    current = (Preferences.model_validate_json(raw) if raw is not None
+                               else Preferences())
+                    stamp, text = merge(current)
+                    pipe.multi()
+                    pipe.hset(key, mapping={"prefs_ts": stamp, "prefs": text})
+                    pipe.execute()
+                    return text
+                except redis.WatchError:
+                    continue
 
     def _clear_records(self, after: str) -> int:
         """Scan the user hashes, clear those later than ``after`` (one script per chunk of
@@ -1058,7 +1180,7 @@ class RedisStore(OnlineStore):
                     reads = self._client.pipeline(transaction=False)
                     for key in keys:
                         reads.hmget(key, ["record", "review"])
-                    reads.hmget(self._erased_key, user_ids)
+                    reads.hmget(self._erased_key, [self.erasure_hash(u) for u in user_ids])
                     *fields, erased = reads.execute()
                     have = {u for u, (record, _), gone in zip(user_ids, fields, erased,
                                                               strict=True)
@@ -1096,17 +1218,18 @@ class RedisStore(OnlineStore):
         for part in _chunks(len(user_ids)):
             ids = user_ids[part]
             keys = [self._meta_key, self._erased_key, self._reviews_key, *map(self._key, ids)]
-            deleted += int(self._delete(keys=keys, args=[stamp, *ids]))
+            hashes = [self.erasure_hash(u) for u in ids]
+            deleted += int(self._delete(keys=keys, args=[stamp, *ids, *hashes]))
         return deleted
 
     def _erase(self, user_ids: list[str], stamp: str) -> int:
         return self._delete_users(user_ids, stamp)
 
-    def _erased(self, user_ids: list[str] | None = None) -> dict[str, str]:
-        if user_ids is None:
+    def _erased(self, hashes: list[str] | None = None) -> dict[str, str]:
+        if hashes is None:
             pairs = self._client.hgetall(self._erased_key).items()
         else:
-            pairs = zip(user_ids, self._client.hmget(self._erased_key, user_ids), strict=True)
+            pairs = zip(hashes, self._client.hmget(self._erased_key, hashes), strict=True)
         return {(k.decode() if isinstance(k, bytes) else k): v.decode()
                 for k, v in pairs if v is not None}
 
@@ -1125,6 +1248,7 @@ def open_store(settings: Settings) -> OnlineStore:
     Raises :class:`MissingComponent` when the Redis server cannot be reached.
     """
     cfg = settings.store
+    salt = id_salt(settings)
     if cfg.backend == "redis":
-        return RedisStore(cfg.redis_url, cfg.redis_prefix, cfg.redis_timeout_seconds)
-    return SqliteStore(settings.paths.store_path, cfg.sqlite_timeout_seconds)
+        return RedisStore(cfg.redis_url, cfg.redis_prefix, cfg.redis_timeout_seconds, salt)
+    return SqliteStore(settings.paths.store_path, cfg.sqlite_timeout_seconds, salt)

@@ -67,6 +67,26 @@ class Conflict(NextbestError):
     http_status = 409
 
 
+class Gone(NextbestError):
+    """The thing existed and was removed for good (an erased user): never re-created."""
+
+    kind = "gone"
+    http_status = 410
+    exit_code = 3
+
+
+class ErasureFailed(NextbestError):
+    """An erasure could not finish: ``field`` names the place (store or file) that failed.
+
+    The files were left as they were and the failing store's transaction rolled back; the
+    places listed as done stay erased (an erasure is never undone), so running the same
+    erasure again finishes it once the cause is fixed."""
+
+    kind = "erasure_failed"
+    http_status = 503
+    exit_code = 5
+
+
 class MissingComponent(NextbestError):
     """A component needed here is not installed or not running; the message says what to do."""
 

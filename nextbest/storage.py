@@ -168,6 +168,8 @@ class SqliteDatabase(Database):
         self.conn.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        # Erasure leaves no byte behind: freed content is overwritten (nextbest/sqlite_wipe.py).
+        self.conn.execute("PRAGMA secure_delete=ON")
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, args)

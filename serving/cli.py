@@ -217,15 +217,18 @@ def _register_erase(sub: argparse._SubParsersAction) -> None:
     data = command_group(sub, "data", help="import platform tables, generate a synthetic "
                                            "marketplace, erase users")
     erase = data.add_parser(
-        "erase", help="erase users from the raw tables, features, online store and decision log",
-        description="Remove the users' rows from every raw table in paths.raw_dir (orders they "
+        "erase", help="erase users from every store and file (as DELETE /users/{id} does)",
+        description="Remove the users from every raw table in paths.raw_dir (orders they "
                     "sold stay, with seller_id blanked), the import rejects, the feature "
-                    "partitions, the latent traits, the online store and the decision log, "
-                    "and put them on the store's erasure list so later builds skip them.")
+                    "partitions, the latent traits, MLflow runs' validation predictions, "
+                    "reports, delivery files, the online store, the decision log and the "
+                    "campaign store (SQLite: secure_delete, WAL emptied), and put their "
+                    "salted hashes on the store's erasure list so nothing re-creates them. "
+                    "A failure names the place, changes no file and exits 5.")
     erase.add_argument("user_ids", nargs="*", metavar="USER_ID", help="users to erase")
     erase.add_argument("--pending", action="store_true",
-                       help="also purge the files of every user already on the erasure list "
-                            "(e.g. erased through DELETE /users/{id})")
+                       help="also erase every user on the erasure list still found in the "
+                            "raw tables or feature partitions (e.g. re-imported data)")
     erase.set_defaults(handler=_erase)
 
 

@@ -30,6 +30,7 @@ from campaigns.store import Item, OutboxMessage
 from decisions.decision_log import Decision, FeedbackResult
 from decisions.policy import RequestContext, UserView
 from features.review import MAX_NOTE, ReviewItem
+from nextbest.audit import AuditEntry
 
 
 class RequestBody(BaseModel):
@@ -230,7 +231,9 @@ class ErasureResponse(BaseModel):
     user_id: str
     store_records: int
     decisions: int
-    campaign_rows: int = 0  # kept events, timers and outbox rows
+    campaign_rows: int = 0  # kept events, timers, outbox rows and listings
+    file_rows: int = 0  # rows removed from raw tables, feature partitions, artifacts, reports
+    files: int = 0  # files rewritten
 
 
 class ExportResponse(BaseModel):
@@ -238,8 +241,13 @@ class ExportResponse(BaseModel):
 
     user_id: str
     store: dict[str, Any]
-    decisions: list[dict[str, Any]]
-    campaigns: dict[str, Any] = Field(default_factory=dict)  # events, timers, messages
+    decisions: list[dict[str, Any]]  # each with its reward and late feedback
+    # events, timers, messages (with attempts, receipts, conversion), listings
+    campaigns: dict[str, Any] = Field(default_factory=dict)
+    raw: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # table -> rows
+    features: list[dict[str, Any]] = Field(default_factory=list)  # one row per as_of
+    latent: list[dict[str, Any]] = Field(default_factory=list)  # synthetic truth, if any
+    audit: list[AuditEntry] = Field(default_factory=list)  # entries about the user
 
 
 class TagRemovedResponse(BaseModel):

@@ -41,8 +41,9 @@ from campaigns.layer import CampaignLayer, Receipt
 from campaigns.report import CampaignReport, campaign_report
 from campaigns.store import CampaignStore
 from decisions.engine import DecisionEngine
+from decisions.policy import UserView
 from decisions.users import try_load_champions
-from features.erasure import erase_users
+from features.erasure import export_files
 from features.store import Preferences, open_store
 from nextbest import __version__
 from nextbest.audit import AuditEntry, open_audit
@@ -51,6 +52,7 @@ from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from nextbest.storage import location
 from serving import middleware
 from serving.auth import KeyRing, Scope
+from serving.erasure import Eraser
 from serving.guard import Guard, GuardConfig, configure, flat_routes
 from serving.loopwatch import LoopWatchdog, quiet_collector
 from serving.metrics import DomainMetrics, metrics_text
@@ -96,6 +98,10 @@ log = logging.getLogger(__name__)
 SETTINGS: Settings = load_settings()
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (404, 409, 422)}
+USER_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (404, 409, 410, 422)}
+ERASURE_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (404, 409, 422, 503)}
 USER_ID = Path(min_length=1, max_length=200)
 # Which API key scope each route needs (serving/auth.py); probes and /docs.json are open.
 ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
@@ -228,6 +234,7 @@ class NextBest:
         self.metrics = DomainMetrics(self.settings)
         self.board = WorkerBoard(board_dir(self.settings))
         self.generation = self.board.generation()
+        self.erasures = self.board.erasures()
         self._housekeeping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._checked_registry = time.monotonic()
@@ -278,6 +285,16 @@ class NextBest:
         self.metrics.freshness(status.features_as_of, self.engine.learner_lag())
         return status
 
+    def _forget_erased(self) -> int:
+        """Drop what this worker keeps in memory (cached scores, decisions awaiting feedback)
+        about users on the erasure list: an erasure made by another worker or replica."""
+        erased = self.store.erased_among(self.scorer.cached_users()
+                                         | self.engine.remembered_users())
+        for user_id in erased:
+            self.scorer.forget(user_id)
+            self.engine.forget_user(user_id)
+        return len(erased)
+
     @bentoml.on_startup
     async def start_housekeeping(self) -> None:
         """Start the loop that sweeps, follows model reloads and publishes the status, and
@@ -304,6 +321,10 @@ class NextBest:
         now = time.monotonic()
         generation = self.board.generation()
         due = now - self._checked_registry >= self.settings.serving.model_refresh_seconds
+        erasures = self.board.erasures()
+        if erasures != self.erasures or due:
+            self.erasures = erasures
+            self._forget_erased()
         if generation != self.generation or due:
             self._checked_registry = now
             newer = await asyncio.to_thread(self.scorer.newer_champions)
@@ -353,9 +374,20 @@ class NextBest:
     async def next_best_action(self, body: NextBestActionRequest) -> Decision:
         """Choose, log durably and return the next best action for a user in a context."""
         user = self.scorer.user_view(body.user_id)
+        if not user.known and self.store.is_erased(body.user_id):
+            return self._erased_default(body)
         decision = self.engine.decide(user, body.context)
         self.metrics.decided(decision.action, user.tier)
         return decision
+
+    def _erased_default(self, body: NextBestActionRequest) -> Decision:
+        """An erased user calling again: the non-personalised default, logged nowhere (no
+        decision, no metric naming them), so they are not re-created."""
+        anonymous = UserView(user_id=body.user_id, personalization=False)
+        decision = self.engine.decide(anonymous, body.context, record=False)
+        return decision.model_copy(update={
+            "reason": "erased user: the non-personalised default; nothing about this call "
+                      "is stored"})
 
     @app.post("/feedback", response_model=FeedbackResult, responses=ERRORS)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResult:
@@ -455,18 +487,17 @@ class NextBest:
     # --- the user's rights -----------------------------------------------------------------
 
     @app.put("/users/{user_id}/preferences", response_model=PreferencesResponse,
-             responses=ERRORS)
+             responses=USER_ERRORS)
     async def put_preferences(self, body: PreferencesRequest, request: Request,
                               user_id: str = USER_ID) -> PreferencesResponse:
-        """Change a user's consent; opting out stops personalisation and learning at once."""
-        current = self.store.get_preferences(user_id)
+        """Change a user's consent; opting out stops personalisation and learning at once.
+        The flags sent are merged into the stored ones atomically (two replicas changing
+        different flags at once both count); an erased user is 410 (never re-created)."""
         changes = body.model_dump(exclude_none=True)
-        # updated_ts None: the store stamps the change with the current time.
-        updated = current.model_copy(update={**changes, "updated_ts": None})
-        self.store.set_preferences(user_id, updated)
+        stored = self.store.update_preferences(user_id, changes)
         self.audit.append("preferences_changed", actor=actor(request), user_id=user_id,
                           details=changes)
-        return _preferences(user_id, self.store.get_preferences(user_id))
+        return _preferences(user_id, stored)
 
     @app.get("/users/{user_id}/preferences", response_model=PreferencesResponse,
              responses=ERRORS)
@@ -481,31 +512,49 @@ class NextBest:
         """Why this tier, segment and tags: the rules and the feature values behind them."""
         return self.scorer.explain(user_id)
 
-    @app.delete("/users/{user_id}", response_model=ErasureResponse, responses=ERRORS)
+    @app.delete("/users/{user_id}", response_model=ErasureResponse, responses=ERASURE_ERRORS)
     async def erase(self, request: Request, user_id: str = USER_ID) -> ErasureResponse:
-        """Erase the user: store record, preferences, cached scores and decisions; the user
-        goes on the store's erasure list, so feature rebuilds do not bring them back.
-
-        The raw tables and feature files are purged by ``nextbest data erase --pending``."""
-        report = erase_users([user_id], store=self.store, decisions=self.engine)
-        self.scorer.forget(user_id)
-        with self.campaigns.lock:
-            campaign_rows = self.campaigns.store.erase_user(user_id)
+        """Erase the user from every store and file (serving/erasure.py): the online store
+        (the user's salted hash goes on the erasure list, so nothing re-creates them), the
+        decision log, the campaign store, the raw tables, feature partitions, MLflow runs'
+        validation predictions, reports and the channels' delivery files; SQLite with
+        ``secure_delete`` and an emptied WAL. Every worker forgets the user. A failure is
+        503 naming the place (``field``), with the files unchanged."""
+        eraser = Eraser(self.settings, self.store, decisions=self.engine,
+                        campaigns=self.campaigns.store, campaign_lock=self.campaigns.lock)
+        try:
+            report = await asyncio.to_thread(eraser.erase, [user_id])
+        finally:
+            self.scorer.forget(user_id)
+            await asyncio.to_thread(self.board.bump_erasures)
         self.audit.append("user_erased", actor=actor(request), user_id=user_id, details={
             "store_records": report.store_records, "decisions": report.decisions or 0,
-            "campaign_rows": campaign_rows})
+            "campaign_rows": report.campaign_rows or 0, "file_rows": report.rows_removed,
+            "files": len(report.files)})
         return ErasureResponse(user_id=user_id, store_records=report.store_records,
-                               decisions=report.decisions or 0, campaign_rows=campaign_rows)
+                               decisions=report.decisions or 0,
+                               campaign_rows=report.campaign_rows or 0,
+                               file_rows=report.rows_removed, files=len(report.files))
 
     @app.get("/users/{user_id}/export", response_model=ExportResponse, responses=ERRORS)
     async def export(self, request: Request, user_id: str = USER_ID) -> ExportResponse:
-        """Everything stored about the user: store record, preferences, decisions, kept
-        events, delayed triggers and campaign messages."""
+        """Everything held about the user: store record and preferences, decisions with
+        their rewards, kept events, timers, messages with their attempts and receipts, raw
+        orders (bought and sold), listings, events and preferences, every feature partition's
+        row (the feature history), and the audit entries about them (this export's
+        included)."""
         self.audit.append("user_exported", actor=actor(request), user_id=user_id)
         with self.campaigns.lock:
             campaigns = self.campaigns.store.export_user(user_id)
+        paths = self.settings.paths
+        files = await asyncio.to_thread(export_files, user_id, raw_dir=paths.raw_dir,
+                                        features_dir=paths.features_dir,
+                                        latent_dir=paths.latent_dir)
         return ExportResponse(user_id=user_id, store=self.store.export(user_id),
-                              decisions=self.engine.export_user(user_id), campaigns=campaigns)
+                              decisions=self.engine.export_user(user_id), campaigns=campaigns,
+                              raw=files["raw"], features=files["features"],
+                              latent=files["latent"],
+                              audit=self.audit.entries(user_id=user_id, limit=1_000_000))
 
     @app.delete("/users/{user_id}/tags/{tag}", response_model=TagRemovedResponse,
                 responses=ERRORS)

@@ -8,6 +8,11 @@ the registry, every ``serving.model_refresh_seconds``) and reloads, and the work
 answered waits until every live worker reports the versions it loaded, so its answer says
 which versions each worker serves. Several replicas on other hosts see a new champion on
 their own schedule (the registry check).
+
+Erasure works the same way: the worker that erased a user bumps the board's erasure
+generation, and every worker, seeing it change, drops whatever it keeps in memory about any
+user on the erasure list (cached scores, decisions kept for their feedback). The board names
+no user: the list in the shared store says who.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 RELOAD_FILE = "reload"
+ERASURE_FILE = "erasures"
 WORKER_PREFIX = "worker-"
 
 
@@ -70,6 +76,20 @@ class WorkerBoard:
         """Ask every worker to reload; returns the new generation."""
         generation = self.generation() + 1
         _write(self.dir / RELOAD_FILE, str(generation))
+        return generation
+
+    def erasures(self) -> int:
+        """The current erasure generation (0 before the first erasure)."""
+        try:
+            return int((self.dir / ERASURE_FILE).read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def bump_erasures(self) -> int:
+        """Tell every worker that users were erased; returns the new generation. (Two
+        workers bumping at once may both write the same number: either way it changed.)"""
+        generation = self.erasures() + 1
+        _write(self.dir / ERASURE_FILE, str(generation))
         return generation
 
     def publish(self, status: WorkerStatus) -> None:

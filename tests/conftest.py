@@ -95,3 +95,18 @@ def storage(request: pytest.FixtureRequest):
     url = create_database(server, f"nb_{os.getpid()}_{next(_DATABASES)}")
     yield StorageBackend("postgresql", url)
     close_pools()
+
+
+# Fixtures built once per session that are worth building once per run: under
+# ``pytest -n 2 --dist loadgroup`` (``make test``) every test using one of them goes to the
+# same worker, so the served world and the trained models are built once, not per worker.
+SHARED_GROUPS = {"world": "served_world", "server": "served_world", "client": "served_world",
+                 "pool": "served_world", "trained": "trained", "fresh_home": "trained"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((SHARED_GROUPS[name] for name in getattr(item, "fixturenames", ())
+                      if name in SHARED_GROUPS), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -22,7 +24,7 @@ from features.store import (
     preference_rows,
 )
 from nextbest.config import Settings
-from nextbest.errors import DataError, MissingComponent, NotFound, ValidationFailed
+from nextbest.errors import DataError, Gone, MissingComponent, NotFound, ValidationFailed
 
 JAN, FEB, MAR = date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)
 
@@ -159,7 +161,7 @@ def test_reset_empties_records_and_keeps_choices_and_erasures(store: OnlineStore
     assert store.get_many(["u1", "u2", "u3"]) == {}
     assert store.meta() == {"backend": store.backend, "as_of": None, "users": 0}
     assert store.get_preferences("u2").marketing_email is False
-    assert [e.user_id for e in store.erasures()] == ["u3"]
+    assert [e.id_hash for e in store.erasures()] == [store.erasure_hash("u3")]
     assert store.reset() == 0
     # An older build now lands, without the removed tag and without the erased user.
     assert store.write(feature_frame(JAN, tags=("high_value", "price_sensitive")), JAN) == 2
@@ -259,12 +261,17 @@ def test_erasure_sticks_through_later_writes(store: OnlineStore) -> None:
     # Erasing again (or an unknown user) lists them, keeping the first erasure time.
     assert store.erase("u1", now=datetime(2024, 3, 1)) is False
     assert store.erase_many(["ghost", "u3", "ghost"], now=datetime(2024, 2, 2)) == 1
-    assert [(e.user_id, e.erased_ts) for e in store.erasures()] == [
-        ("u1", erased_at), ("ghost", datetime(2024, 2, 2)), ("u3", datetime(2024, 2, 2))]
+    listed = {store.erasure_hash(u): u for u in ("u1", "ghost", "u3")}
+    assert sorted((listed[e.id_hash], e.erased_ts) for e in store.erasures()) == [
+        ("ghost", datetime(2024, 2, 2)), ("u1", erased_at), ("u3", datetime(2024, 2, 2))]
+    assert store.erased_among(["u1", "u2", "u3", "nobody"]) == {"u1", "u3"}
     assert store.meta()["users"] == 1
-    # The user acting now (consent) is still stored.
+    # Nothing about an erased user is stored again: a consent change is refused (410).
     store.set_preferences("u1", Preferences(marketing_email=False))
-    assert store.get_preferences("u1").marketing_email is False
+    assert store.export("u1")["preferences"] is None
+    with pytest.raises(Gone, match="erased"):
+        store.update_preferences("u1", {"marketing_email": False})
+    assert store.export("u1")["preferences"] is None
     with pytest.raises(DataError, match="empty user id"):
         store.erase("")
 
@@ -472,3 +479,64 @@ def test_the_queue_survives_resets_and_leaves_with_erasure(store: OnlineStore) -
     # An erased user is never queued again.
     store.load_records(flagged_frame(MAR, [CARDS]), MAR)
     assert store.reviews(None) == []
+
+
+def test_erasure_leaves_no_byte_of_the_user_in_the_sqlite_files(settings: Settings) -> None:
+    """secure_delete and a TRUNCATE checkpoint: neither the database nor its WAL keeps the
+    id, and the erasure list holds only its salted hash."""
+    frame = feature_frame(JAN)
+    frame["user_id"] = ["erase_me_7f3a", "u2", "u3"]
+    with open_store(settings) as store:
+        store.write(frame, JAN)
+        store.set_preferences("erase_me_7f3a", Preferences(marketing_sms=False))
+        store.erase("erase_me_7f3a")
+        assert store.is_erased("erase_me_7f3a")
+        path = Path(settings.paths.store_path)
+        for file in path.parent.glob(path.name + "*"):
+            assert b"erase_me_7f3a" not in file.read_bytes(), file
+        assert Path(f"{path}-wal").stat().st_size == 0
+
+
+def test_an_old_plain_erasure_list_is_hashed_on_open(settings: Settings) -> None:
+    path = Path(settings.paths.store_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE erased (user_id TEXT PRIMARY KEY, erased_ts TEXT NOT NULL)")
+        conn.execute("INSERT INTO erased VALUES ('old_erased_9c1', '2024-01-01T00:00:00')")
+    with open_store(settings) as store:
+        assert store.is_erased("old_erased_9c1")
+        assert [e.id_hash for e in store.erasures()] == [store.erasure_hash("old_erased_9c1")]
+    for file in path.parent.glob(path.name + "*"):
+        assert b"old_erased_9c1" not in file.read_bytes(), file
+
+
+def _flip(settings: Settings, flag: str, rounds: int) -> None:
+    """A replica (its own process and store connection) changing one flag again and again."""
+    with open_store(settings) as store:
+        for i in range(rounds):
+            store.update_preferences("racer", {flag: i % 2 == 1})
+
+
+def test_preference_updates_from_replicas_never_lose_a_flag(store: OnlineStore,
+                                                            settings: Settings) -> None:
+    """Two processes change different flags of one user at once; each merge is atomic, so
+    the last value each one wrote survives (a read-merge-write race would lose some)."""
+    if store.backend == "redis":
+        settings = settings.model_copy(update={"store": settings.store.model_copy(update={
+            "backend": "redis", "redis_url": store.url, "redis_prefix": store.prefix})})
+    rounds = 200  # each writer's last write (i = 199) sets its flag True
+    context = multiprocessing.get_context("fork")
+    racers = [context.Process(target=_flip, args=(settings, flag, rounds))
+              for flag in ("marketing_sms", "marketing_push")]
+    for racer in racers:
+        racer.start()
+    for flag in ("marketing_email",):
+        for i in range(rounds):
+            store.update_preferences("racer", {flag: i % 2 == 1})
+    for racer in racers:
+        racer.join(timeout=120)
+        assert racer.exitcode == 0
+    prefs = store.get_preferences("racer")
+    assert (prefs.marketing_email, prefs.marketing_sms, prefs.marketing_push) == (
+        True, True, True)
+    assert prefs.personalization is True and prefs.updated_ts is not None

@@ -63,7 +63,7 @@ def test_five_views_make_one_browse_message_and_reposting_adds_none(client, worl
     assert first["accepted"] == 5
     assert [m["campaign"] for m in first["messages"]] == ["browse_no_buy"]
     again = client.post("/events", json={"events": views}).json()
-    assert again == {"accepted": 0, "duplicates": 5, "messages": []}
+    assert again == {"accepted": 0, "duplicates": 5, "messages": [], "erased": 0}
     sent = outbox(client, user_id=user, campaign="browse_no_buy", status="pending")
     assert len(sent) == 1 and sent[0]["arm"] and sent[0]["decision_id"]
 

@@ -4,6 +4,7 @@ and rebuilds that do not bring the user back."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from datetime import date, datetime
 from pathlib import Path
 
@@ -11,15 +12,17 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from decisions.decision_log import DecisionLog
 from decisions.engine import DecisionEngine
 from decisions.policy import RequestContext, UserView
-from features.build import build_features
+from features.build import build_features, load_features
 from features.erasure import RAW_RULES, TableRule, erase_from_table, erase_users
 from features.store import open_store
 from features.synth import synthesize
 from nextbest.cli import main as cli_main
 from nextbest.config import Settings
-from serving.erasure import erase_everywhere
+from nextbest.errors import ErasureFailed
+from serving.erasure import Eraser, erase_everywhere
 
 SEED = 11
 
@@ -104,7 +107,7 @@ def test_erase_everywhere_purges_files_and_rebuilds_skip_the_user(world: Setting
     assert user not in features_ids(world)
     with open_store(world) as store:
         assert store.get(user) is None
-        assert [e.user_id for e in store.erasures()] == [user]
+        assert [e.id_hash for e in store.erasures()] == [store.erasure_hash(user)]
         assert store.meta()["users"] == len(features_ids(world))
 
 
@@ -127,13 +130,13 @@ def test_store_erasure_alone_survives_a_rebuild_then_pending_purges(
         assert store.meta()["users"] == users_before - 1
     assert sum(mentions(world, user).values()) > 0  # purged only by data erase --pending
 
-    for name in ("RAW_DIR", "LATENT_DIR", "FEATURES_DIR", "STORE_PATH", "DECISION_LOG",
+    for name in ("DATA_DIR", "RAW_DIR", "LATENT_DIR", "FEATURES_DIR", "STORE_PATH", "DECISION_LOG",
                  "BANDIT_DIR"):
         value = getattr(world.paths, name.lower())
         monkeypatch.setenv(f"NEXTBEST__PATHS__{name}", str(value))
     assert cli_main(["data", "erase", "--pending"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("erased 1 user(s): 0 store record(s)")
+    assert out[0].startswith("erased 1 user(s): 0 store record(s)"), out
     assert sum(mentions(world, user).values()) == 0
     assert user not in features_ids(world)
 
@@ -170,3 +173,78 @@ def test_erase_from_table_drops_blanks_and_ignores_nulls() -> None:
     untouched, none = erase_from_table(table, rule, ["zzz"])
     assert (none.rows_removed, none.ids_blanked) == (0, 0)
     assert untouched.num_rows == 4
+
+
+def _snapshot(settings: Settings) -> dict[str, bytes]:
+    """The bytes of every data file (raw tables, feature partitions, latent traits)."""
+    roots = (settings.paths.raw_dir, settings.paths.features_dir, settings.paths.latent_dir)
+    return {str(p): p.read_bytes() for root in roots for p in Path(root).rglob("*.parquet")}
+
+
+def test_a_file_that_cannot_be_rewritten_fails_before_anything_changes(
+        world: Settings) -> None:
+    user = seller_with_sales(world)
+    # A partition that holds the user but is not readable Parquet any more.
+    broken = world.paths.features_dir / "as_of=2099-01-01" / "features.parquet"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"PAR1 not really parquet " + user.encode())
+    before = _snapshot(world)
+    with DecisionEngine(world, role="inline") as engine, open_store(world) as store:
+        engine.decide(UserView(user_id=user), RequestContext())
+        with pytest.raises(ErasureFailed) as failed:
+            Eraser(world, store, decisions=engine).erase([user])
+        assert failed.value.field == str(broken)
+        assert "nothing was erased" in failed.value.message
+        assert store.get(user) is not None and not store.is_erased(user)
+        assert len(engine.export_user(user)) == 1
+        engine.decide(UserView(user_id=user), RequestContext())  # the log is writable
+    assert _snapshot(world) == before
+    assert not list(Path(world.paths.data_dir).rglob("*.erasing"))
+
+
+def test_a_failing_store_rolls_back_and_leaves_the_decision_log_writable(
+        world: Settings) -> None:
+    user = seller_with_sales(world)
+    log_path = Path(world.paths.decision_log)
+    with DecisionEngine(world, role="inline") as engine:
+        engine.decide(UserView(user_id=user), RequestContext())
+    before = _snapshot(world)
+    log = DecisionLog(log_path)
+    log.conn.execute("PRAGMA busy_timeout=200")
+    blocker = sqlite3.connect(log_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the log's write lock
+    try:
+        with open_store(world) as store, pytest.raises(ErasureFailed) as failed:
+            Eraser(world, store, decisions=log).erase([user])
+        assert failed.value.field == "decision log"
+        assert "already erased (and kept so): online store" in failed.value.message
+        assert not log.conn.in_transaction  # rolled back, not left holding a transaction
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert _snapshot(world) == before  # staged files discarded
+    assert len(log.export_user(user)) == 1
+    # The log is writable again, and the same erasure, run again, finishes.
+    log.conn.execute("PRAGMA busy_timeout=30000")
+    with DecisionEngine(world, role="inline") as engine:
+        engine.decide(UserView(user_id="someone_else"), RequestContext())
+    with open_store(world) as store:
+        report = Eraser(world, store, decisions=log).erase([user])
+    assert report.decisions == 1 and report.rows_removed > 0
+    assert log.export_user(user) == [] and len(log.export_user("someone_else")) == 1
+    assert log_path.with_name(log_path.name + "-wal").stat().st_size == 0
+    assert user.encode() not in log_path.read_bytes()
+    log.close()
+
+
+def test_training_reads_no_erased_user_from_partitions_built_before(
+        settings: Settings) -> None:
+    as_of = date(2024, 5, 1)
+    partition = settings.paths.features_dir / f"as_of={as_of}" / "features.parquet"
+    partition.parent.mkdir(parents=True)
+    pd.DataFrame({"user_id": ["keep_1", "gone_2", "keep_3"], "orders_30d": [1, 2, 3]}
+                 ).to_parquet(partition)
+    with open_store(settings) as store:
+        store.erase("gone_2")  # the store only: the partition built before still holds them
+    assert "gone_2" in set(pd.read_parquet(partition)["user_id"])
+    assert list(load_features(settings, as_of)["user_id"]) == ["keep_1", "keep_3"]
