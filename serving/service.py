@@ -50,6 +50,7 @@ from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from serving import middleware
 from serving.auth import KeyRing, Scope
+from serving.bento import BANDIT, bundle_from_arguments, load_bundled_champions, seed_bandit
 from serving.guard import Guard, GuardConfig, configure, flat_routes
 from serving.loopwatch import LoopWatchdog, quiet_collector
 from serving.metrics import DomainMetrics, metrics_text
@@ -88,11 +89,15 @@ from serving.schemas import (
 )
 from serving.scoring import Scorer, missing_for_serving
 from serving.status import WorkerBoard, WorkerStatus
-from training.loader import load_champions
+from training.labels import LTV_MODEL, SENTIMENT_MODEL
+from training.loader import CHURN, PROPENSITY, ChampionModels, load_champions
 
 log = logging.getLogger(__name__)
 
-SETTINGS: Settings = load_settings()
+# Set when the service runs from a bento built by `nextbest bento build` (serving/bento.py):
+# the models, the bandit's checkpoint and the configuration it carries.
+BUNDLE = bundle_from_arguments()
+SETTINGS: Settings = load_settings() if BUNDLE is None else BUNDLE.settings()
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (404, 409, 422)}
 USER_ID = Path(min_length=1, max_length=200)
@@ -217,10 +222,19 @@ def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
 class NextBest:
     """Scores users and chooses their next best action; learns from the feedback."""
 
+    # The models a bento built by `nextbest bento build` carries (None from source).
+    churn_model = BUNDLE.reference(CHURN) if BUNDLE else None
+    propensity_model = BUNDLE.reference(PROPENSITY) if BUNDLE else None
+    ltv_model = BUNDLE.reference(LTV_MODEL) if BUNDLE else None
+    sentiment_model = BUNDLE.reference(SENTIMENT_MODEL) if BUNDLE else None
+    bandit_model = BUNDLE.reference(BANDIT) if BUNDLE else None
+
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.store = open_store(self.settings)
-        self.scorer = Scorer(self.settings, self.store, *try_load_champions(self.settings))
+        self.scorer = Scorer(self.settings, self.store, *self._champions())
+        if BUNDLE is not None:
+            seed_bandit(self.settings, BUNDLE)
         self.engine = open_engine(self.settings)
         self.campaigns = CampaignLayer(self.settings, self.engine, self.scorer)
         self.metrics = DomainMetrics(self.settings)
@@ -252,6 +266,14 @@ class NextBest:
         self.publish()
         log.info("nextbest service ready: engine role %s, models %s", self.engine.role,
                  self.scorer.model_versions())
+
+    def _champions(self) -> tuple[ChampionModels | None, str | None]:
+        """The champions from the bento's model store (in a bento), else from the registry;
+        with why there are none."""
+        if BUNDLE is None:
+            return try_load_champions(self.settings)
+        log.info("serving the models of the bento: %s", BUNDLE.versions())
+        return load_bundled_champions(BUNDLE), None
 
     # --- status and housekeeping ------------------------------------------------------------
 
@@ -302,7 +324,8 @@ class NextBest:
         now = time.monotonic()
         generation = self.board.generation()
         due = now - self._checked_registry >= self.settings.serving.model_refresh_seconds
-        if generation != self.generation or due:
+        # A bento's models are fixed: it never asks the registry.
+        if BUNDLE is None and (generation != self.generation or due):
             self._checked_registry = now
             newer = await asyncio.to_thread(self.scorer.newer_champions)
             if newer is not None:
@@ -543,7 +566,11 @@ class NextBest:
     async def reload_models(self, request: Request) -> ModelsResponse:
         """Move every worker to the current ``champion`` models without a restart (404 if
         none); the answer lists the versions each worker serves once all have reloaded
-        (or after ``serving.reload_wait_seconds``)."""
+        (or after ``serving.reload_wait_seconds``); 409 in a bento, whose models are fixed."""
+        if BUNDLE is not None:
+            raise Conflict(f"this service serves the models its bento carries "
+                           f"({BUNDLE.versions()}); build and deploy a new bento "
+                           "(`nextbest bento build`) to change them", field="models")
         versions = self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
         self.audit.append("models_reloaded", actor=actor(request), details=versions)
         self.generation = await asyncio.to_thread(self.board.bump)
