@@ -96,6 +96,7 @@ def _champion_versions(world: Any) -> dict[str, str]:
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
+    (tmp_path / "redis-data").mkdir()
     try:
         with running_redis(tmp_path / "redis-data") as url:
             yield url
@@ -123,7 +124,8 @@ def test_bento_serves_its_models_in_an_empty_directory(
 
     bento_dir = home / "bentos" / "nextbest" / tag.split(":")[1]
     info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
-    carried = {model["tag"].split(":")[0] for model in info["models"]}
+    carried = {model["tag"].split(":")[0] for service in info["services"]
+               for model in service["models"]}
     assert {"nextbest-churn", "nextbest-propensity", "nextbest-bandit"} <= carried
     assert info["labels"]["churn_version"] == versions["churn"]
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().lower()
