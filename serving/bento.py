@@ -187,6 +187,11 @@ def import_bandit(settings: Settings) -> BundledModel | None:
 def import_models(settings: Settings, *, say: Say = print) -> Bundle:
     """Import the champions and the bandit's latest checkpoint into BentoML's model store;
     :class:`~nextbest.errors.NotFound` when a required champion is missing."""
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise NotFound(f"no MLflow registry at {uri}: run `nextbest train churn` and "
+                       "`nextbest train propensity` first (or set MLFLOW_TRACKING_URI)",
+                       field="mlflow_tracking_uri")
     client = configure(settings)
     models: dict[str, BundledModel] = {}
     for name in REQUIRED + OPTIONAL:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from redis_server import RedisServerError, running_redis
 from decisions.engine import DecisionEngine
 from decisions.learner import CheckpointStore
 from decisions.policy import RequestContext, user_view
+from features.build import load_features
 from features.store import open_store
-from nextbest.config import load_settings
+from nextbest.config import Settings, load_settings
 from serving.bento import BENTO_DATA_DIR, Bundle, carried_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +90,15 @@ def _train_bandit(world: Any, users: list[str], env: dict[str, str]) -> int:
     return meta.rewards_learned
 
 
+def _features_into(settings: Settings, source: Settings) -> None:
+    """The latest features of ``source``'s online store, loaded into ``settings``' store."""
+    with open_store(source) as store:
+        as_of = date.fromisoformat(str(store.meta()["as_of"])[:10])
+    with open_store(settings) as store:
+        loaded = store.load_records(load_features(source, as_of, None), as_of)
+    assert loaded.written > 0
+
+
 def _champion_versions(world: Any) -> dict[str, str]:
     from training.loader import champion_versions
 
@@ -133,11 +144,7 @@ def test_bento_serves_its_models_in_an_empty_directory(
 
     # The features live in Redis only; the serving directory is empty and no MLflow is set.
     store_env = {"NEXTBEST__STORE__BACKEND": "redis", "NEXTBEST__STORE__REDIS_URL": redis_url}
-    as_of = str(open_store(world.settings).meta()["as_of"])[:10]
-    refreshed = subprocess.run(
-        [sys.executable, "-m", "nextbest.cli", "store", "refresh", "--as-of", as_of],
-        env=world.env | store_env, cwd=world.root, capture_output=True, text=True, timeout=300)
-    assert refreshed.returncode == 0, refreshed.stderr
+    _features_into(load_settings(None, environ=world.env | store_env), world.settings)
     empty, user_home = tmp_path / "empty", tmp_path / "home"
     empty.mkdir()
     user_home.mkdir()
