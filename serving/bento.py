@@ -25,6 +25,7 @@ and ``NEXTBEST__*`` variables. ``paths.data_dir`` defaults to :data:`BENTO_DATA_
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -55,6 +56,7 @@ REQUIRED = (CHURN, PROPENSITY)
 OPTIONAL = (LTV_MODEL, SENTIMENT_MODEL)
 BANDIT_MODEL_FILE = "model.vw"
 BANDIT_META_FILE = "checkpoint.json"
+SEED_LOCK = "seed.lock"
 BENTO_DATA_DIR = "~/.nextbest/data"
 REPO = Path(__file__).resolve().parents[1]
 Say = Callable[[str], None]
@@ -108,10 +110,12 @@ def bundle_from_arguments() -> Bundle | None:
 def carried_config(settings: Settings) -> dict[str, Any]:
     """The configuration a bento carries: everything but the build host's paths, its
     MLflow URI and its secrets (the id salt, channel HMAC keys, the Redis URL, which may
-    hold a password): a container gets those from its environment."""
+    hold a password): a container gets those from its environment. The online store is
+    Redis (``NEXTBEST__STORE__REDIS_URL``): a bento's is shared, not a file of the build."""
     config = settings.model_dump(mode="json", exclude={"paths", "mlflow_tracking_uri"})
     config["privacy"].pop("id_salt", None)
     config["store"].pop("redis_url", None)
+    config["store"]["backend"] = "redis"
     for channel in config["channels"].values():
         channel.pop("secret", None)
     return config
@@ -250,14 +254,16 @@ def seed_bandit(settings: Settings, bundle: Bundle) -> CheckpointMeta | None:
     if BANDIT not in bundle.models:
         return None
     store = CheckpointStore(Path(settings.paths.bandit_dir))
-    if store.latest() is not None:
-        return None
-    source = bundle.path(BANDIT)
-    meta = CheckpointMeta.model_validate_json((source / BANDIT_META_FILE).read_text())
-    meta = meta.model_copy(update={"seq": 0, "model_file": f"model-{0:012d}.vw"})
-    staged = store.dir / f".seed-{os.getpid()}.tmp"
-    shutil.copyfile(source / BANDIT_MODEL_FILE, staged)
-    published = store.publish(StagedCheckpoint(meta, staged))
+    with (store.dir / SEED_LOCK).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the workers of one service start together
+        if store.latest() is not None:
+            return None
+        source = bundle.path(BANDIT)
+        meta = CheckpointMeta.model_validate_json((source / BANDIT_META_FILE).read_text())
+        meta = meta.model_copy(update={"seq": 0, "model_file": f"model-{0:012d}.vw"})
+        staged = store.dir / f".seed-{os.getpid()}.tmp"
+        shutil.copyfile(source / BANDIT_MODEL_FILE, staged)
+        published = store.publish(StagedCheckpoint(meta, staged))
     log.info("bandit seeded from %s (%d rewards learned) in %s", bundle.models[BANDIT].tag,
              meta.rewards_learned, store.dir)
     return published

@@ -69,6 +69,7 @@ def test_carried_config_keeps_no_paths_or_secrets() -> None:
                                      "NEXTBEST__BANDIT__CONTROL_SHARE": "0.3"})
     assert moved.paths.decision_log == Path("/srv/nb/decisions.sqlite")
     assert moved.bandit.control_share == 0.3  # the environment wins over the bento
+    assert served.store.backend == "redis"  # a bento's online store is shared
 
 
 def _train_bandit(world: Any, users: list[str], env: dict[str, str]) -> int:
@@ -142,7 +143,8 @@ def test_bento_serves_its_models_in_an_empty_directory(
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().lower()
     assert "pyspark" not in requirements and "lightgbm==" in requirements
 
-    # The features live in Redis only; the serving directory is empty and no MLflow is set.
+    # The features live in Redis only; the serving directory is empty, no MLflow is set and
+    # only the Redis URL is configured.
     store_env = {"NEXTBEST__STORE__BACKEND": "redis", "NEXTBEST__STORE__REDIS_URL": redis_url}
     _features_into(load_settings(None, environ=world.env | store_env), world.settings)
     empty, user_home = tmp_path / "empty", tmp_path / "home"
@@ -150,8 +152,8 @@ def test_bento_serves_its_models_in_an_empty_directory(
     user_home.mkdir()
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("NEXTBEST", "MLFLOW"))}
-    env |= store_env | {"BENTOML_HOME": str(home), "HOME": str(user_home),
-                        "BENTOML_DO_NOT_TRACK": "true"}
+    env |= {"NEXTBEST__STORE__REDIS_URL": redis_url, "BENTOML_HOME": str(home),
+            "HOME": str(user_home), "BENTOML_DO_NOT_TRACK": "true"}
     server = launch([sys.executable, "-m", "bentoml", "serve", tag], env=env, cwd=empty,
                     log_path=tmp_path / "bento-serve.log")
     try:
