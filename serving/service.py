@@ -324,10 +324,10 @@ class NextBest:
         now = time.monotonic()
         generation = self.board.generation()
         due = now - self._checked_registry >= self.settings.serving.model_refresh_seconds
-        # A bento's models are fixed: it never asks the registry.
-        if BUNDLE is None and (generation != self.generation or due):
+        if generation != self.generation or due:
             self._checked_registry = now
-            newer = await asyncio.to_thread(self.scorer.newer_champions)
+            # A bento's models are fixed: it never asks the registry.
+            newer = None if BUNDLE else await asyncio.to_thread(self.scorer.newer_champions)
             if newer is not None:
                 log.info("now serving models %s", self.scorer.use(newer))
             self.generation = generation
