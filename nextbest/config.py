@@ -840,11 +840,13 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_settings(path: str | Path | None = None,
-                  environ: dict[str, str] | None = None) -> Settings:
+                  environ: dict[str, str] | None = None,
+                  base: dict[str, Any] | None = None) -> Settings:
     """Build the settings from defaults, the YAML file and the environment, in that order.
 
     ``path`` wins over ``NEXTBEST_CONFIG``, which wins over ``./nextbest.yaml``. A missing
-    file named explicitly is an error; a missing default file is not.
+    file named explicitly is an error; a missing default file is not. ``base`` (a config
+    mapping, e.g. the one a bento carries) sits between the defaults and the file.
     """
     environ = dict(os.environ) if environ is None else environ
     explicit = path or environ.get("NEXTBEST_CONFIG")
@@ -861,7 +863,7 @@ def load_settings(path: str | Path | None = None,
             raise ConfigError(f"{file}: the top level must be a mapping")
     elif explicit:
         raise ConfigError(f"config file {file} does not exist")
-    data = _deep_merge(data, _env_overrides(environ))
+    data = _deep_merge(_deep_merge(base or {}, data), _env_overrides(environ))
     if "MLFLOW_TRACKING_URI" in environ and "mlflow_tracking_uri" not in data:
         data["mlflow_tracking_uri"] = environ["MLFLOW_TRACKING_URI"]
     try:

@@ -234,10 +234,12 @@ def _register_erase(sub: argparse._SubParsersAction) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``nextbest serve``, ``nextbest learner``, ``nextbest data erase``, ``score``
-    (serving/cli_score.py), ``keys`` and ``audit`` (serving/cli_trust.py)."""
-    from serving import cli_score, cli_trust
+    (serving/cli_score.py), ``bento build`` (serving/cli_bento.py), ``keys`` and ``audit``
+    (serving/cli_trust.py)."""
+    from serving import cli_bento, cli_score, cli_trust
 
     _register_erase(sub)
+    cli_bento.register(sub)
     cli_score.register(sub)
     cli_trust.register(sub)
     parser = sub.add_parser("serve", help="run the BentoML service (score, next best action)")

@@ -52,6 +52,7 @@ from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from nextbest.storage import location
 from serving import middleware
 from serving.auth import KeyRing, Scope
+from serving.bento import BANDIT, bundle_from_arguments, load_bundled_champions, seed_bandit
 from serving.erasure import Eraser
 from serving.guard import Guard, GuardConfig, configure, flat_routes
 from serving.loopwatch import LoopWatchdog, quiet_collector
@@ -91,11 +92,15 @@ from serving.schemas import (
 )
 from serving.scoring import Scorer, missing_for_serving
 from serving.status import WorkerBoard, WorkerStatus
-from training.loader import load_champions
+from training.labels import LTV_MODEL, SENTIMENT_MODEL
+from training.loader import CHURN, PROPENSITY, ChampionModels, load_champions
 
 log = logging.getLogger(__name__)
 
-SETTINGS: Settings = load_settings()
+# Set when the service runs from a bento built by `nextbest bento build` (serving/bento.py):
+# the models, the bandit's checkpoint and the configuration it carries.
+BUNDLE = bundle_from_arguments()
+SETTINGS: Settings = load_settings() if BUNDLE is None else BUNDLE.settings()
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (404, 409, 422)}
 USER_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -224,11 +229,21 @@ def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
 class NextBest:
     """Scores users and chooses their next best action; learns from the feedback."""
 
+    # The models a bento built by `nextbest bento build` carries (None from source).
+    churn_model = BUNDLE.reference(CHURN) if BUNDLE else None
+    propensity_model = BUNDLE.reference(PROPENSITY) if BUNDLE else None
+    ltv_model = BUNDLE.reference(LTV_MODEL) if BUNDLE else None
+    sentiment_model = BUNDLE.reference(SENTIMENT_MODEL) if BUNDLE else None
+    bandit_model = BUNDLE.reference(BANDIT) if BUNDLE else None
+
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.store = open_store(self.settings)
-        self.scorer = Scorer(self.settings, self.store, *try_load_champions(self.settings))
-        self.scorer.use_ltv(self.scorer.load_ltv())
+        self.scorer = Scorer(self.settings, self.store, *self._champions())
+        if BUNDLE is None:  # a bento carries no LTV model (yet): it serves ltv_12m null
+            self.scorer.use_ltv(self.scorer.load_ltv())
+        else:
+            seed_bandit(self.settings, BUNDLE)
         self.engine = open_engine(self.settings)
         self.campaigns = CampaignLayer(self.settings, self.engine, self.scorer)
         self.metrics = DomainMetrics(self.settings)
@@ -261,6 +276,14 @@ class NextBest:
         self.publish()
         log.info("nextbest service ready: engine role %s, models %s", self.engine.role,
                  self.scorer.model_versions())
+
+    def _champions(self) -> tuple[ChampionModels | None, str | None]:
+        """The champions from the bento's model store (in a bento), else from the registry;
+        with why there are none."""
+        if BUNDLE is None:
+            return try_load_champions(self.settings)
+        log.info("serving the models of the bento: %s", BUNDLE.versions())
+        return load_bundled_champions(BUNDLE), None
 
     # --- status and housekeeping ------------------------------------------------------------
 
@@ -327,10 +350,11 @@ class NextBest:
             self._forget_erased()
         if generation != self.generation or due:
             self._checked_registry = now
-            newer = await asyncio.to_thread(self.scorer.newer_champions)
+            # A bento's models are fixed: it never asks the registry.
+            newer = None if BUNDLE else await asyncio.to_thread(self.scorer.newer_champions)
             if newer is not None:
                 log.info("now serving models %s", self.scorer.use(newer))
-            ltv = await asyncio.to_thread(self.scorer.load_ltv)
+            ltv = None if BUNDLE else await asyncio.to_thread(self.scorer.load_ltv)
             if ltv is not None:
                 self.scorer.use_ltv(ltv)
                 log.info("now serving ltv v%s", ltv.version)
@@ -598,9 +622,13 @@ class NextBest:
     async def reload_models(self, request: Request) -> ModelsResponse:
         """Move every worker to the current ``champion`` models without a restart (404 if
         none); the answer lists the versions each worker serves once all have reloaded
-        (or after ``serving.reload_wait_seconds``)."""
+        (or after ``serving.reload_wait_seconds``); 409 in a bento, whose models are fixed."""
+        if BUNDLE is not None:
+            raise Conflict(f"this service serves the models its bento carries "
+                           f"({BUNDLE.versions()}); build and deploy a new bento "
+                           "(`nextbest bento build`) to change them", field="models")
         versions = self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
-        ltv = await asyncio.to_thread(self.scorer.load_ltv)
+        ltv = await asyncio.to_thread(self.scorer.load_ltv)  # not in a bento (409 above)
         if ltv is not None:
             self.scorer.use_ltv(ltv)
         versions = self.scorer.model_versions()

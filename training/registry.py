@@ -107,7 +107,13 @@ def load_version(client: MlflowClient, name: str, ref: str) -> LoadedModel:
     """Load version/alias ``ref`` of ``name`` through its pyfunc and keep the raw booster and
     spec (the very artifacts ``mlflow.pyfunc.load_model`` reads)."""
     version = resolve_version(client, name, ref)
-    model = pyfunc.load(f"models:/{name}/{version}")
+    return load_directory(name, version, f"models:/{name}/{version}")
+
+
+def load_directory(name: str, version: str, location: str | Path) -> LoadedModel:
+    """Version ``version`` of ``name`` from ``location``: a ``models:/`` URI or the model's
+    directory copied out of the registry (the bento's model store keeps one)."""
+    model = pyfunc.load(str(location))
     return LoadedModel(name=name, version=version, booster=model.booster, spec=model.spec)
 
 

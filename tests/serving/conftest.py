@@ -156,19 +156,27 @@ def start_server(world: World, *, workers: int = 1, name: str = "server",
 
     ``env`` adds or overrides variables of the world's environment for this server only."""
     port = free_port()
-    log_path = world.root / f"{name}-{port}.log"
     cmd = [sys.executable, "-m", "nextbest.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers)]
     # Each server its own BENTOML_HOME: `bentoml serve` empties its metrics directory.
     home = {"BENTOML_HOME": str(world.root / f"bentoml-{name}-{port}")}
+    return launch_server(cmd, port, env=world.env | home | (env or {}), cwd=world.root,
+                         log_path=world.root / f"{name}-{port}.log")
+
+
+def launch_server(cmd: list[str], port: int, *, env: dict[str, str], cwd: Path,
+                  log_path: Path) -> Server:
+    """Run ``cmd`` (a server listening on 127.0.0.1:``port``) in its own session and wait
+    until ``/readyz`` is 200; fail the test with its output if it exits or never is."""
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=world.env | home | (env or {}), cwd=world.root,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"nextbest serve exited with {proc.returncode}:\n{server.log_tail()}")
+            pytest.fail(f"{' '.join(cmd[2:4])} exited with {proc.returncode}:\n"
+                        f"{server.log_tail()}")
         try:
             if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
                 return server
@@ -176,7 +184,8 @@ def start_server(world: World, *, workers: int = 1, name: str = "server",
             pass
         time.sleep(0.25)
     server.stop(signal.SIGKILL)
-    pytest.fail(f"nextbest serve not ready after {READY_TIMEOUT_SECONDS}s:\n{server.log_tail()}")
+    pytest.fail(f"{' '.join(cmd[2:4])} not ready after {READY_TIMEOUT_SECONDS}s:\n"
+                f"{server.log_tail()}")
 
 
 @pytest.fixture(scope="session")
@@ -217,6 +226,26 @@ def spawn(world: World) -> Iterator[Callable[..., Server]]:
     yield start
     for srv in started:
         srv.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def launch() -> Iterator[Callable[..., Server]]:
+    """Start any server command until ready (:func:`launch_server`), one port each;
+    every server started is stopped at the end of the test."""
+    started: list[Server] = []
+
+    def start(cmd: list[str], **kwargs: object) -> Server:
+        port = free_port()
+        server = launch_server([*cmd, "--host", "127.0.0.1", "--port", str(port)], port,
+                               **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture
