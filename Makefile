@@ -25,8 +25,10 @@ install: $(STAMP)
 system-deps:
 	@bash .ci/system-deps
 
+# Two workers (this machine has two cores; most integration tests wait on servers). Tests
+# sharing a session fixture (the served world, the trained models) run on one worker.
 test: install system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 test-fast: install
 	$(BIN)/pytest -q -m "not integration"
