@@ -30,6 +30,7 @@ from features.definitions import (
     EVENT_KINDS,
     GROUP_FEATURES,
     POLICY_FLAGS,
+    SELLER_COUNTS,
     feature_table,
     model_inputs,
     with_30_days,
@@ -70,7 +71,7 @@ def group_feature_columns() -> list[str]:
 def segmentation_columns() -> list[str]:
     """Columns added by segmentation after the engine computed the features."""
     return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier",
-            "lifecycle_stage", "tags", "risk_reasons"]
+            "seller_tags", "lifecycle_stage", "tags", "risk_reasons"]
 
 
 def policy_columns() -> list[str]:
@@ -317,8 +318,9 @@ def _int_columns(windows: Sequence[int]) -> list[str]:
     counts = ["frequency_total", "cart_abandonments_30d", "items_listed", "items_sold",
               "active_events", "frequency_prev_90d", "payment_fingerprints_30d",
               "fingerprint_accounts", "new_user_perks", "purchases_after_perk",
-              "returns_total", *ACTIVITY_COUNTS]
+              "returns_total", *ACTIVITY_COUNTS, *SELLER_COUNTS]
     counts += [f"frequency_{w}d" for w in windows]
+    counts += [f"{kind}_{w}d" for kind in ("listings", "sales") for w in windows]
     counts += [f"{kind}_{w}d" for kind in EVENT_KINDS for w in windows]
     return counts
 

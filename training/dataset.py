@@ -27,7 +27,7 @@ from features.build import (
 )
 from nextbest.config import Settings
 from nextbest.errors import DataError, NotFound
-from training.labels import ModelName, build_labels, horizon_days
+from training.labels import ModelName, horizon_days, labels_at
 
 Say = Callable[[str], None]
 
@@ -135,9 +135,9 @@ def with_inputs(settings: Settings, labels: pd.DataFrame, cutoff: date, raw_dir:
     rather than being dropped, so the population stays exactly as the labels define it.
     """
     if labels.empty:
-        raise DataError(f"no user was active in the {settings.training.labels.population_days} "
-                        f"days before cutoff {cutoff}; use fewer --cutoffs or a later --as-of",
-                        field="cutoffs")
+        raise DataError(f"no user of the model's population was active in the "
+                        f"{settings.training.labels.population_days} days before cutoff "
+                        f"{cutoff}; use fewer --cutoffs or a later --as-of", field="cutoffs")
     inputs = inputs_at(settings, cutoff, raw_dir, rebuild=rebuild, say=say)
     frame = labels.merge(inputs, on="user_id", how="left", validate="one_to_one")
     frame.insert(1, "cutoff", pd.Timestamp(cutoff))
@@ -147,9 +147,8 @@ def with_inputs(settings: Settings, labels: pd.DataFrame, cutoff: date, raw_dir:
 def examples_at(settings: Settings, model_name: ModelName, cutoff: date, raw_dir: Path, *,
                 rebuild: bool, say: Say) -> pd.DataFrame:
     """One row per population user at ``cutoff``: ``user_id, cutoff, label`` + model inputs."""
-    labels = build_labels(raw_dir, cutoff, settings.training.labels)
-    frame = with_inputs(settings, labels[["user_id", model_name]].rename(
-        columns={model_name: "label"}), cutoff, raw_dir, rebuild=rebuild, say=say)
+    labels = labels_at(raw_dir, cutoff, model_name, settings.training.labels)
+    frame = with_inputs(settings, labels, cutoff, raw_dir, rebuild=rebuild, say=say)
     names, _ = model_columns(settings)
     return frame[["user_id", "cutoff", "label", *names]]
 
