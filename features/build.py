@@ -33,6 +33,7 @@ from features.definitions import (
     SELLER_COUNTS,
     feature_table,
     model_inputs,
+    seller_inputs,
     with_30_days,
 )
 from features.engines import connect, execute_arrow, latest_timestamp, register_tables
@@ -60,6 +61,12 @@ def categorical_columns() -> list[str]:
 def feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
     """Model-input feature names (numeric, then categorical) in a fixed order."""
     return model_inputs(windows)
+
+
+def seller_feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
+    """Seller R, F, M and the listing pipeline: written with the others, model inputs of the
+    seller churn model (the buyer models keep to :func:`feature_columns`)."""
+    return seller_inputs(windows)
 
 
 def group_feature_columns() -> list[str]:
@@ -193,7 +200,7 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
         frame[["best_hour", "best_hour_source"]] = best_hours(
             frame, as_of, settings.features.best_hour_min_events)
         frame = _as_written(frame[["user_id", "as_of"] + feature_columns(windows)
-                                  + group_feature_columns() + segmentation_columns()
+                                  + seller_feature_columns(windows) + group_feature_columns() + segmentation_columns()
                                   + delivery_columns() + policy_columns()])
         stages.done()
         _write(frame, report, partition_dir(root, as_of))

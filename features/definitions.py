@@ -58,7 +58,8 @@ SELLER_COUNTS = ("stale_listings", "listings_started_365d", "unfinished_listings
 
 
 def seller_inputs(windows: Sequence[int]) -> list[str]:
-    """The seller-side model inputs: seller R (days since the last listing or sale, days
+    """The seller-side columns, which the seller churn model adds to :func:`model_inputs`
+    (the buyer models keep to those): seller R (days since the last listing or sale, days
     since the last listing), F (listings and sales per window) and M (sold value and
     commission), and the listing pipeline (stale, started, unfinished, resellable)."""
     ws = with_30_days(windows)
@@ -74,7 +75,8 @@ def with_30_days(windows: Sequence[int]) -> list[int]:
 
 def model_inputs(windows: Sequence[int]) -> list[str]:
     """The model-input columns of :func:`feature_table` (numeric, then categorical) in a
-    fixed order; the other columns it returns are :data:`GROUP_FEATURES` (no model input)."""
+    fixed order; the other columns it returns are :func:`seller_inputs` (model inputs of
+    the seller churn model only) and :data:`GROUP_FEATURES` (no model input)."""
     ws = with_30_days(windows)
     cols = ["tenure_days", "recency_days", "frequency_total", "monetary_total"]
     cols += [f"frequency_{w}d" for w in ws] + [f"monetary_{w}d" for w in ws]
@@ -84,7 +86,7 @@ def model_inputs(windows: Sequence[int]) -> list[str]:
     cols += ["browse_to_buy_30d", "cart_abandonments_30d", "category_entropy", "return_rate",
              "coupon_share", "items_listed", "items_sold", "sell_through_rate", "days_to_sell",
              "commission_paid", "is_seller", "first_purchase_days", "frequency_prev_90d"]
-    return cols + seller_inputs(windows) + list(CATEGORICAL)
+    return cols + list(CATEGORICAL)
 
 
 def _ts(moment: datetime) -> ir.TimestampScalar:

@@ -19,7 +19,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from features.definitions import GROUP_FEATURES, model_inputs
+from features.definitions import GROUP_FEATURES, model_inputs, seller_inputs
 from features.expressions import compile_expression
 from nextbest.config import (
     ClusterConfig,
@@ -179,7 +179,8 @@ def _known(frame: pd.DataFrame) -> set[str]:
     """The names a rule may read: the frame's columns and every feature the definition
     produces, which a frame not made by ``features build`` (the simulator's population) may
     lack (a rule is then false there). A name outside both is a misspelling."""
-    return {*frame.columns, *model_inputs(FeaturesConfig().windows_days), *GROUP_FEATURES}
+    windows = FeaturesConfig().windows_days
+    return {*frame.columns, *model_inputs(windows), *seller_inputs(windows), *GROUP_FEATURES}
 
 
 def _tag_mask(frame: pd.DataFrame, rule: TagRule | RiskRule,

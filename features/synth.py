@@ -600,16 +600,18 @@ def _listings_table(rng: np.random.Generator, draw: OrderDraw, sold_items: pa.Ar
     unsold_h = pop.signup_h[owner] + rng.random(owner.size) * (end_h - pop.signup_h[owner])
     unsold_cat = _categories(rng, pop, owner)
     unsold_price = _prices(rng, pop, owner, unsold_cat)
-    if traits is not None and srng is not None:
+    seller = np.concatenate([draw.seller, owner])
+    stock = np.where(rng.random(seller.size) < 0.05, rng.integers(2, 6, seller.size), 1)
+    if traits is not None and srng is not None:  # after the last draw of ``rng``
         first = np.r_[True, owner[1:] != owner[:-1]] if owner.size else np.zeros(0, bool)
         keep = first | (srng.random(owner.size) < traits.unsold_keep(owner))
         owner, unsold_h = owner[keep], unsold_h[keep]
         unsold_cat, unsold_price = unsold_cat[keep], unsold_price[keep]
+        seller, stock = seller[np.r_[np.ones(draw.seller.size, bool), keep]], \
+            stock[np.r_[np.ones(draw.seller.size, bool), keep]]
     unsold_ids = _ids("i", np.arange(counters.items, counters.items + owner.size), 9)
     counters.items += owner.size
-    seller = np.concatenate([draw.seller, owner])
     sold_ts = np.concatenate([sold_us, np.zeros(owner.size, np.int64)])
-    stock = np.where(rng.random(seller.size) < 0.05, rng.integers(2, 6, seller.size), 1)
     return pa.table({
         "item_id": pa.concat_arrays([sold_items, unsold_ids]),
         "seller_id": pop.user_id.take(pa.array(seller)),

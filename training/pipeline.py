@@ -305,7 +305,7 @@ def train(settings: Settings, model_name: ModelName, as_of: date | None = None,
           rebuild_features: bool = False, say: Say = print) -> TrainResult:
     """Train, evaluate, log, register and gate one model; see the module docstring."""
     cfg = settings.training
-    model_columns(settings)  # refuses a forbidden feature before any work is done
+    model_columns(settings, model_name)  # refuses a forbidden feature before any work
     raw_dir = Path(settings.paths.raw_dir)
     orders_path(raw_dir)
     seconds: dict[str, float] = {}
