@@ -19,7 +19,7 @@ from campaigns.store import CampaignStore
 from decisions.policy import RequestContext
 
 EventType = Literal["view", "favorite", "add_to_cart", "search", "follow", "login", "share",
-                    "review", "purchase"]
+                    "review", "purchase", "listing_started"]
 
 
 class BehaviourEvent(BaseModel):

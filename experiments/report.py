@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MODELS = ("churn", "propensity")
+SELLER_CHURN = "seller_churn"
 LOG_KEY = "log"  # where evaluate-policy and abtest record the log they analysed
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;
 line-height:1.4}table{border-collapse:collapse;margin:0.6em 0}td,th{border:1px solid #ccc;
@@ -247,7 +248,7 @@ def _champions(settings: Settings, scratch: Path) -> dict[str, Champion]:
         return {}  # no registry yet; opening it would create one (seconds of migrations)
     client = configure(settings)
     found = {}
-    for name in MODELS:
+    for name in (*MODELS, SELLER_CHURN):
         try:
             version = client.get_model_version_by_alias(name, CHAMPION)
         except MlflowException:
@@ -383,6 +384,10 @@ ACTIONS = {
         "Before changing any campaign, check whether a data import, a change of the tier "
         "thresholds or a real change in buying explains the move. If it is real, adjust "
         "the campaigns aimed at this tier."),
+    "vip_sellers_sleeping": (
+        "Call these sellers through their dedicated support contact: ask what stopped them "
+        "(commission, slow sales, a bad experience) and send the recall message with the "
+        "VIP commission rebate. Check at the next features build whether they listed again."),
 }
 SHOWN_USERS = 20
 
@@ -398,6 +403,10 @@ def _alert_text(alert: Alert, segments: SegmentsReport, inputs: Inputs) -> str:
                 "model could score them")
         return (f"{fmt(alert.value, 'count')} Platinum customer(s) at high risk of "
                 f"churning ({rule}).")
+    if alert.kind == "vip_sellers_sleeping":
+        return (f"{fmt(alert.value, 'count')} VIP seller(s) at {fmt(segments.compare_to)} "
+                f"are sleeping at {fmt(segments.as_of)}: no listing or sale for "
+                "longer than the seller active window.")
     if alert.kind == "dormant_share":
         return (f"Dormant users are {fmt(alert.value, 'share')} of all users, above the "
                 f"limit of {fmt(alert.threshold, 'share')}.")
@@ -527,6 +536,55 @@ def segments_section(inputs: Inputs, settings: Settings, scratch: Path) -> str:
                f"{compared}. ARPU is revenue per user.")
             + _table(header, rows) + _figure(chart, caption) + "<h3>RFM segments</h3>"
             + segments)
+
+
+def sellers_section(inputs: Inputs, settings: Settings) -> str:
+    """Seller tiers (users, GMV and commission), their migration, and the seller churn
+    champion against its recency baseline."""
+    report = inputs.segments
+    if report is None:
+        return _missing("No features yet: run `nextbest features build`.")
+    if not report.sellers:
+        return _missing("The features hold no seller tiers: rebuild them with `nextbest "
+                        "features build`.")
+    t = settings.features.tiers
+    parts = [_p(f"Consignors by seller RFM at as_of {fmt(report.as_of)}: VIP are the top "
+                f"{fmt(t.seller_vip_share, 'share')} of active sellers by "
+                f"{t.seller_value_column} who listed or sold in the last "
+                f"{t.seller_vip_recency_days} days with at least {t.seller_vip_min_sales} sales "
+                f"in a year; potential the other sellers active in "
+                f"{t.seller_active_days} days; sleeping the others; prospective users never "
+                f"consigned ({t.seller_prospect_when}). GMV is the value sold."),
+             _table(["seller tier", "users", "share of users", "GMV (365 days)",
+                     "commission (365 days)", "GMV per user", "commission per user"],
+                    [[r.seller_tier, fmt(r.users, "count"), fmt(r.share, "share"),
+                      fmt(r.gmv_365d, "money"), fmt(r.commission_365d, "money"),
+                      fmt(r.gmv_per_user, "money"), fmt(r.commission_per_user, "money")]
+                     for r in report.sellers])]
+    m = report.seller_migration
+    if m is not None:
+        parts.append(f"<h3>Seller tier migration, {fmt(m.from_as_of)} (rows) to "
+                     f"{fmt(m.to_as_of)} (columns)</h3>"
+                     + _table(["from \\ to", *m.tiers_to],
+                              [[name, *(fmt(n, "count") for n in counts)]
+                               for name, counts in zip(m.tiers_from, m.counts, strict=True)]))
+    champ = inputs.champions.get(SELLER_CHURN)
+    if champ is None:
+        parts.append(_missing("No seller churn champion yet: run `nextbest train "
+                              "seller_churn`."))
+    else:
+        parts.append(
+            f'<h3 id="model-{SELLER_CHURN}">Seller churn model v{champ.version}</h3>'
+            + _p(f"Predicts the probability that a seller lists nothing in the next "
+                 f"{settings.training.labels.seller_churn_horizon_days} days.")
+            + f'<p class="source">Source: MLflow run {html.escape(champ.run_id)}; validation '
+              f"cutoff {html.escape(champ.params.get('as_of', '?'))}.</p>"
+            + _table(["scorer", *(h for _, h in MODEL_METRICS)],
+                     [[scorer, *(fmt(champ.metrics.get(prefix + m)) for m, _ in MODEL_METRICS)]
+                      for scorer, prefix in (("LightGBM (champion)", ""),
+                                             ("recency of the last listing",
+                                              "baseline_recency_"))]))
+    return "".join(parts)
 
 
 def _tier_rank(tier: str) -> tuple[int, str]:
@@ -832,6 +890,7 @@ def write_report(settings: Settings, out_dir: Path | None = None, *,
         sections = (
             ("summary", "Summary", lambda: summary_section(inputs)),
             ("segments", "Segments and tiers", lambda: segments_section(inputs, settings, scratch)),
+            ("sellers", "Sellers", lambda: sellers_section(inputs, settings)),
             ("models", "Models: churn and propensity",
              lambda: models_section(inputs, settings)),
             ("simulation", "Policy comparison (simulation)",

@@ -30,8 +30,10 @@ from features.definitions import (
     EVENT_KINDS,
     GROUP_FEATURES,
     POLICY_FLAGS,
+    SELLER_COUNTS,
     feature_table,
     model_inputs,
+    seller_inputs,
     with_30_days,
 )
 from features.engines import connect, execute_arrow, latest_timestamp, register_tables
@@ -61,6 +63,12 @@ def feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
     return model_inputs(windows)
 
 
+def seller_feature_columns(windows: Sequence[int] = _DEFAULT_WINDOWS) -> list[str]:
+    """Seller R, F, M and the listing pipeline: written with the others, model inputs of the
+    seller churn model (the buyer models keep to :func:`feature_columns`)."""
+    return seller_inputs(windows)
+
+
 def group_feature_columns() -> list[str]:
     """Risk, behaviour-path and sentiment features: written with the others and read by tag
     and risk rules, never model inputs (a risk signal must not lower anyone's score)."""
@@ -70,7 +78,7 @@ def group_feature_columns() -> list[str]:
 def segmentation_columns() -> list[str]:
     """Columns added by segmentation after the engine computed the features."""
     return ["tier", "segment", "r_score", "f_score", "m_score", "cluster", "seller_tier",
-            "lifecycle_stage", "tags", "risk_reasons"]
+            "seller_tags", "lifecycle_stage", "tags", "risk_reasons"]
 
 
 def policy_columns() -> list[str]:
@@ -190,7 +198,7 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
         frame[["best_hour", "best_hour_source"]] = best_hours(
             frame, as_of, settings.features.best_hour_min_events)
         frame = _as_written(frame[["user_id", "as_of"] + feature_columns(windows)
-                                  + group_feature_columns() + segmentation_columns()
+                                  + seller_feature_columns(windows) + group_feature_columns() + segmentation_columns()
                                   + delivery_columns() + policy_columns()])
         stages.done()
         _write(frame, report, partition_dir(root, as_of))
@@ -321,8 +329,9 @@ def _int_columns(windows: Sequence[int]) -> list[str]:
     counts = ["frequency_total", "cart_abandonments_30d", "items_listed", "items_sold",
               "active_events", "frequency_prev_90d", "payment_fingerprints_30d",
               "fingerprint_accounts", "new_user_perks", "purchases_after_perk",
-              "returns_total", *ACTIVITY_COUNTS]
+              "returns_total", *ACTIVITY_COUNTS, *SELLER_COUNTS]
     counts += [f"frequency_{w}d" for w in windows]
+    counts += [f"{kind}_{w}d" for kind in ("listings", "sales") for w in windows]
     counts += [f"{kind}_{w}d" for kind in EVENT_KINDS for w in windows]
     return counts
 

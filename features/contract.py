@@ -44,9 +44,10 @@ LUXURY_CATEGORIES = frozenset({"bags", "jewelry", "watches", "art"})
 # ``review`` carries ``rating`` (1-5) and optionally ``text``; ``purchase`` marks the moment of
 # buying (sent in real time it cancels cart recovery; the orders table stays the record of
 # purchases for features); ``order_history`` is a look at one's own orders; ``follow`` names
-# the seller followed (``seller_id``).
+# the seller followed (``seller_id``); ``listing_started`` is a user opening the listing form
+# (the listing itself is a row of ``listings``): one never finished makes a prospective seller.
 EVENT_TYPES = ("view", "favorite", "add_to_cart", "search", "follow", "login", "share", "review",
-               "purchase", "complaint", "order_history")
+               "purchase", "complaint", "order_history", "listing_started")
 RATINGS = (1, 5)
 # IP addresses are kept only as these prefixes: a full address is truncated on import.
 IPV4_PREFIX, IPV6_PREFIX = 24, 48

@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 import ibis
 import ibis.expr.types as ir
 
+from features.contract import LUXURY_CATEGORIES
 from features.engines import RawTables
 
 EPOCH = datetime(1970, 1, 1)
@@ -44,6 +45,28 @@ POLICY_FLAGS = ("is_student", "self_excluded_from_credit")
 
 CATEGORICAL = ("region", "channel", "top_category")
 
+# Seller side (consignment). A listing unsold this many days after it was listed is stale.
+STALE_LISTING_DAYS = 60
+# A completed purchase in a category that holds its value (features.contract
+# LUXURY_CATEGORIES), kept at least this many days, is an item its buyer could consign.
+RESELLABLE_AFTER_DAYS = 90
+LISTING_STARTED = "listing_started"
+# Seller counts (0 without listings or sales) besides the per-window ``listings_{w}d`` and
+# ``sales_{w}d``.
+SELLER_COUNTS = ("stale_listings", "listings_started_365d", "unfinished_listings",
+                 "resellable_items")
+
+
+def seller_inputs(windows: Sequence[int]) -> list[str]:
+    """The seller-side columns, which the seller churn model adds to :func:`model_inputs`
+    (the buyer models keep to those): seller R (days since the last listing or sale, days
+    since the last listing), F (listings and sales per window) and M (sold value and
+    commission), and the listing pipeline (stale, started, unfinished, resellable)."""
+    ws = with_30_days(windows)
+    cols = ["seller_recency_days", "days_since_listing"]
+    cols += [f"listings_{w}d" for w in ws] + [f"sales_{w}d" for w in ws]
+    return cols + ["sold_value_total", "sold_value_365d", "commission_365d", *SELLER_COUNTS]
+
 
 def with_30_days(windows: Sequence[int]) -> list[int]:
     """The windows to compute: the configured ones plus 30 days, which the contract needs."""
@@ -52,8 +75,8 @@ def with_30_days(windows: Sequence[int]) -> list[int]:
 
 def model_inputs(windows: Sequence[int]) -> list[str]:
     """The model-input columns of :func:`feature_table` (numeric, then categorical) in a
-    fixed order; the other columns it returns are :data:`GROUP_FEATURES` (no model input)
-    and ``seller_idle_days``."""
+    fixed order; the other columns it returns are :func:`seller_inputs` (model inputs of
+    the seller churn model only) and :data:`GROUP_FEATURES` (no model input)."""
     ws = with_30_days(windows)
     cols = ["tenure_days", "recency_days", "frequency_total", "monetary_total"]
     cols += [f"frequency_{w}d" for w in ws] + [f"monetary_{w}d" for w in ws]
@@ -104,6 +127,9 @@ def _order_aggregates(orders: ir.Table, as_of: datetime, windows: Sequence[int])
             where=done & (orders.ts >= _ts(as_of - timedelta(days=180)))
             & (orders.ts < _ts(as_of - timedelta(days=90)))),
         "first_order_epoch": _epoch_us(orders.ts).min(where=done),
+        "resellable_items": orders.count(
+            where=done & orders.category.isin(sorted(LUXURY_CATEGORIES))
+            & (orders.ts < _ts(as_of - timedelta(days=RESELLABLE_AFTER_DAYS)))),
     }
     for w in windows:
         recent = done & (orders.ts >= _ts(as_of - timedelta(days=w)))
@@ -280,23 +306,59 @@ def _viewed_categories(events: ir.Table) -> ir.Table:
     return counts.group_by("user_id").aggregate(top_viewed=counts.category.argmax(counts.key))
 
 
-def _listing_aggregates(listings: ir.Table, as_of: datetime) -> ir.Table:
-    """Per seller: items listed and sold before ``as_of``, mean days to sell, last activity."""
+def _listing_aggregates(listings: ir.Table, as_of: datetime, windows: Sequence[int]
+                        ) -> ir.Table:
+    """Per seller: items listed and sold before ``as_of``, mean days to sell, last activity,
+    listings per window and stale listings (unsold :data:`STALE_LISTING_DAYS` after listing)."""
     sold = listings.sold_ts.notnull() & (listings.sold_ts < _ts(as_of))
     sell_days = (_epoch_us(listings.sold_ts) - _epoch_us(listings.listed_ts)) / DAY_US
-    return listings.group_by(user_id=listings.seller_id).aggregate(
-        items_listed=listings.count(), items_sold=listings.count(where=sold),
-        days_to_sell=sell_days.mean(where=sold),
-        last_listed_epoch=_epoch_us(listings.listed_ts).max(),
-        last_sold_epoch=_epoch_us(listings.sold_ts).max(where=sold))
+    aggs: dict[str, ir.Value] = {
+        "items_listed": listings.count(), "items_sold": listings.count(where=sold),
+        "days_to_sell": sell_days.mean(where=sold),
+        "last_listed_epoch": _epoch_us(listings.listed_ts).max(),
+        "last_sold_epoch": _epoch_us(listings.sold_ts).max(where=sold),
+        "stale_listings": listings.count(
+            where=~sold & (listings.listed_ts < _ts(as_of - timedelta(days=STALE_LISTING_DAYS)))),
+    }
+    for w in windows:
+        aggs[f"listings_{w}d"] = listings.count(
+            where=listings.listed_ts >= _ts(as_of - timedelta(days=w)))
+    return listings.group_by(user_id=listings.seller_id).aggregate(**aggs)
 
 
-def _commission_aggregates(orders: ir.Table) -> ir.Table:
-    """Per seller (consignor): commission of completed orders and the last sale."""
+def _commission_aggregates(orders: ir.Table, as_of: datetime, windows: Sequence[int]
+                           ) -> ir.Table:
+    """Per seller (consignor), over completed orders: commission and sold value (all time
+    and 365 days), sales per window and the last sale."""
     sales = orders.filter((orders.status == COMPLETED) & orders.seller_id.notnull())
-    return sales.group_by(user_id=sales.seller_id).aggregate(
-        commission_paid=sales.commission.sum(), sales=sales.count(),
-        last_sale_epoch=_epoch_us(sales.ts).max())
+    year = sales.ts >= _ts(as_of - timedelta(days=365))
+    aggs: dict[str, ir.Value] = {
+        "commission_paid": sales.commission.sum(), "sales": sales.count(),
+        "last_sale_epoch": _epoch_us(sales.ts).max(),
+        "sold_value_total": sales.amount.sum(), "sold_value_365d": sales.amount.sum(where=year),
+        "commission_365d": sales.commission.sum(where=year),
+    }
+    for w in windows:
+        aggs[f"sales_{w}d"] = sales.count(where=sales.ts >= _ts(as_of - timedelta(days=w)))
+    return sales.group_by(user_id=sales.seller_id).aggregate(**aggs)
+
+
+def _listing_starts(events: ir.Table, listings: ir.Table | None, as_of: datetime) -> ir.Table:
+    """Per user: ``listing_started`` events of the last 365 days, and those never finished
+    (no listing of the user's after the start, over all time before ``as_of``)."""
+    started = events.filter(events.type == LISTING_STARTED)
+    started = started.select("user_id", start_us=_epoch_us(started.ts))
+    if listings is not None:
+        last = listings.group_by(l_user=listings.seller_id).aggregate(
+            l_last=_epoch_us(listings.listed_ts).max())
+        started = started.left_join(last, started.user_id == last.l_user)
+        unfinished = started.l_last.isnull() | (started.start_us > started.l_last)
+    else:
+        unfinished = ibis.literal(True)
+    year = started.start_us >= ibis.literal(_as_of_us(as_of - timedelta(days=365)))
+    return started.group_by("user_id").aggregate(
+        listings_started_365d=started.count(where=year),
+        unfinished_listings=started.count(where=unfinished))
 
 
 def _population(raw: RawTables, orders: ir.Table, as_of: datetime) -> ir.Table:
@@ -362,12 +424,12 @@ def feature_table(raw: RawTables, as_of: date, windows: Sequence[int]) -> ir.Tab
     joined = _population(raw, orders, moment)
     joined = _left_join(joined, _order_aggregates(orders, moment, windows))
     joined = _left_join(joined, _purchase_categories(orders))
-    joined = _left_join(joined, _commission_aggregates(orders))
+    joined = _left_join(joined, _commission_aggregates(orders, moment, windows))
     joined = _left_join(joined, _event_aggregates(events, moment, windows) if events is not None
                         else None)
     joined = _left_join(joined, _viewed_categories(events) if events is not None else None)
-    joined = _left_join(joined, _listing_aggregates(listings, moment) if listings is not None
-                        else None)
+    joined = _left_join(joined, _listing_aggregates(listings, moment, windows)
+                        if listings is not None else None)
     joined = _left_join(joined, _active_hours(orders, events, moment))
     joined = _left_join(joined, _payment_aggregates(orders, moment))
     joined = _left_join(joined, _perk_aggregates(orders))
@@ -376,10 +438,13 @@ def feature_table(raw: RawTables, as_of: date, windows: Sequence[int]) -> ir.Tab
         joined = _left_join(joined, _ratings(events, raw.review_scores, moment))
         joined = _left_join(joined, _purchase_paths(events, moment))
         joined = _left_join(joined, _carts_not_bought(events, orders, moment))
+        joined = _left_join(joined, _listing_starts(events, listings, moment))
     t = _null_columns(joined, {"last_event_epoch": "int64", "top_viewed": "string",
                                "items_listed": "int64", "items_sold": "int64",
                                "days_to_sell": "float64", "last_listed_epoch": "int64",
-                               "last_sold_epoch": "int64",
+                               "last_sold_epoch": "int64", "stale_listings": "int64",
+                               "listings_started_365d": "int64", "unfinished_listings": "int64",
+                               **{f"listings_{w}d": "int64" for w in windows},
                                **{f"{k}_{w}d": "int64" for k in EVENT_KINDS for w in windows},
                                **{name: "int64" for name in ACTIVITY_COUNTS},
                                "rating_mean_365d": "float64", "minutes_to_buy_median": "float64",
@@ -390,8 +455,6 @@ def feature_table(raw: RawTables, as_of: date, windows: Sequence[int]) -> ir.Tab
 def _select_features(t: ir.Table, as_of: datetime, windows: Sequence[int]) -> ir.Table:
     """Derive the contract columns from the joined aggregates, in the contract's order.
 
-    Plus ``seller_idle_days`` (days since the user last listed or sold an item), which the
-    seller tiers need; the build drops it before writing, as the contract does not list it.
     A user who sold items through orders counts as a seller even without a listings table.
     """
     freq = _zero(t.frequency_total)
@@ -433,8 +496,13 @@ def _select_features(t: ir.Table, as_of: datetime, windows: Sequence[int]) -> ir
     cols["is_seller"] = (listed > 0) | (_zero(t.sales) > 0)
     cols["first_purchase_days"] = _days_since(as_of, t.first_order_epoch)
     cols["frequency_prev_90d"] = _zero(t.frequency_prev_90d)
+    cols["seller_recency_days"] = _days_since(as_of, seller_last)
+    cols["days_since_listing"] = _days_since(as_of, t.last_listed_epoch)
+    cols.update({f"listings_{w}d": _zero(t[f"listings_{w}d"]) for w in windows})
+    cols.update({f"sales_{w}d": _zero(t[f"sales_{w}d"]) for w in windows})
+    cols.update({name: _zero(t[name]) for name in ("sold_value_total", "sold_value_365d",
+                                                    "commission_365d", *SELLER_COUNTS)})
     cols.update(_group_features(t, as_of))
-    cols["seller_idle_days"] = _days_since(as_of, seller_last)
     return t.select(**cols)
 
 

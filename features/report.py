@@ -9,6 +9,9 @@ Platinum churn risk comes from the champion churn model when the caller passes i
 (:func:`training.loader.load_churn_scorer`), else from recency: a Platinum user who has not bought for more
 than ``alerts.platinum_recency_risk_days``.
 
+The seller side: users, GMV and commission (365 days) per seller tier, the seller tier
+migration between the two dates, and an alert naming VIP sellers who turned sleeping.
+
 The report also counts users per lifecycle stage (with the churn model's probability when
 there is one, as the ``churn_probability`` lifecycle rules read it) and per tag, and, when
 the platform supplies ``users.acquisition_cost`` and the caller passes the LTV champion
@@ -30,7 +33,13 @@ from pydantic import BaseModel
 
 from features.build import available_as_of, load_features
 from features.engines import raw_path
-from features.segmentation import LIFECYCLE_STAGES, TIERS, assign_lifecycle, assign_tiers
+from features.segmentation import (
+    LIFECYCLE_STAGES,
+    SELLER_TIERS,
+    TIERS,
+    assign_lifecycle,
+    assign_tiers,
+)
 from nextbest.config import AlertConfig, Settings
 from nextbest.errors import DataError, NextbestError, NotFound
 
@@ -67,6 +76,19 @@ class TierSummary(BaseModel):
     share: float
     arpu_365d: float
     arpu_30d: float
+
+
+class SellerTierSummary(BaseModel):
+    """One seller tier: its users, their share of all users, and the gross merchandise value
+    they sold and the commission they paid over the last 365 days (total and per user)."""
+
+    seller_tier: str
+    users: int
+    share: float
+    gmv_365d: float
+    commission_365d: float
+    gmv_per_user: float
+    commission_per_user: float
 
 
 class SegmentSummary(BaseModel):
@@ -119,7 +141,8 @@ class Migration(BaseModel):
 
 
 class Alert(BaseModel):
-    kind: Literal["platinum_churn_risk", "dormant_share", "tier_share_shift"]
+    kind: Literal["platinum_churn_risk", "dormant_share", "tier_share_shift",
+                  "vip_sellers_sleeping"]
     message: str
     value: float
     threshold: float
@@ -147,6 +170,8 @@ class SegmentsReport(BaseModel):
     channels: list[ChannelValue] = []
     # What ranks buyers into Platinum and Gold: the tiers' value column, or the LTV forecast.
     tier_by: Literal["value", "ltv"] = "value"
+    sellers: list[SellerTierSummary] = []
+    seller_migration: Migration | None = None
 
 
 def resolve_as_of(settings: Settings, as_of: date | None,
@@ -201,6 +226,29 @@ def tier_summary(frame: pd.DataFrame) -> list[TierSummary]:
             tier=tier, users=users, share=users / total if total else 0.0,
             arpu_365d=float(grouped["m365"].get(tier, 0.0)) / users if users else 0.0,
             arpu_30d=float(grouped["m30"].get(tier, 0.0)) / users if users else 0.0))
+    return rows
+
+
+def seller_tier_summary(frame: pd.DataFrame) -> list[SellerTierSummary]:
+    """Users, share of all users, GMV and commission (365 days) of every seller tier, in
+    tier order (every tier listed); empty for features without seller tiers."""
+    if "seller_tier" not in frame.columns:
+        return []
+    value = frame.get("sold_value_365d", pd.Series(0.0, index=frame.index))
+    commission = frame.get("commission_365d", pd.Series(0.0, index=frame.index))
+    grouped = pd.DataFrame({"tier": frame["seller_tier"], "gmv": value,
+                            "commission": commission}).dropna(subset=["tier"]).groupby(
+        "tier").agg(users=("gmv", "size"), gmv=("gmv", "sum"), commission=("commission", "sum"))
+    total = len(frame)
+    rows = []
+    for tier in _ordered(grouped.index, SELLER_TIERS):
+        users = int(grouped["users"].get(tier, 0))
+        gmv = float(grouped["gmv"].get(tier, 0.0))
+        paid = float(grouped["commission"].get(tier, 0.0))
+        rows.append(SellerTierSummary(
+            seller_tier=tier, users=users, share=users / total if total else 0.0,
+            gmv_365d=gmv, commission_365d=paid, gmv_per_user=gmv / users if users else 0.0,
+            commission_per_user=paid / users if users else 0.0))
     return rows
 
 
@@ -268,14 +316,19 @@ def channel_value(settings: Settings, frame: pd.DataFrame, ltv: LtvScorer) -> li
 
 
 def tier_migration(earlier: pd.DataFrame, later: pd.DataFrame, from_as_of: date,
-                   to_as_of: date) -> Migration:
-    """The tier migration matrix; every user of either date is counted exactly once."""
-    joined = pd.merge(earlier[["user_id", "tier"]], later[["user_id", "tier"]], on="user_id",
+                   to_as_of: date, column: str = "tier",
+                   order: tuple[str, ...] = TIERS) -> Migration:
+    """The migration matrix of ``column`` (tiers, or seller tiers with ``order``
+    :data:`SELLER_TIERS`); every user of either date is counted exactly once (a user
+    without a value at a date, or absent from it, under ``(not present)``)."""
+    joined = pd.merge(earlier[["user_id", column]], later[["user_id", column]], on="user_id",
                       how="outer", suffixes=("_from", "_to"))
-    before = joined["tier_from"].astype(object).where(joined["tier_from"].notna(), NOT_PRESENT)
-    after = joined["tier_to"].astype(object).where(joined["tier_to"].notna(), NOT_PRESENT)
+    before = joined[f"{column}_from"].astype(object)
+    after = joined[f"{column}_to"].astype(object)
+    before = before.where(before.notna(), NOT_PRESENT)
+    after = after.where(after.notna(), NOT_PRESENT)
     table = pd.crosstab(before.astype(str), after.astype(str))
-    labels = (*TIERS, NOT_PRESENT)
+    labels = (*order, NOT_PRESENT)
     rows = _ordered(table.index, labels)
     cols = _ordered(table.columns, labels)
     # Keep NOT_PRESENT last, after any unexpected tier names.
@@ -286,6 +339,23 @@ def tier_migration(earlier: pd.DataFrame, later: pd.DataFrame, from_as_of: date,
     shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     return Migration(from_as_of=from_as_of, to_as_of=to_as_of, tiers_from=rows,
                      tiers_to=cols, counts=counts.tolist(), row_shares=shares.tolist())
+
+
+def vip_sellers_sleeping(earlier: pd.DataFrame, later: pd.DataFrame,
+                         from_as_of: date, to_as_of: date) -> Alert | None:
+    """An alert naming the sellers who were VIP at ``from_as_of`` and are sleeping at
+    ``to_as_of`` (None when there are none, or without seller tiers)."""
+    if "seller_tier" not in earlier.columns or "seller_tier" not in later.columns:
+        return None
+    joined = earlier[["user_id", "seller_tier"]].merge(
+        later[["user_id", "seller_tier"]], on="user_id", suffixes=("_from", "_to"))
+    gone = joined[(joined["seller_tier_from"] == "vip") & (joined["seller_tier_to"] == "sleeping")]
+    if gone.empty:
+        return None
+    return Alert(kind="vip_sellers_sleeping", tier="vip", value=len(gone), threshold=0,
+                 user_ids=sorted(gone["user_id"].astype(str)),
+                 message=f"{len(gone)} VIP seller(s) of {from_as_of} are sleeping at "
+                         f"{to_as_of}: no listing or sale for the seller active window")
 
 
 def platinum_at_risk(frame: pd.DataFrame, cfg: AlertConfig, scorer: ChurnScorer | None,
@@ -357,7 +427,7 @@ def build_report(settings: Settings, as_of: date | None = None, compare_to: date
         frame = ltv_tiers(frame, settings, ltv)
     cfg = settings.features.alerts
     tiers = tier_summary(frame)
-    compare_tiers = migration = None
+    compare_tiers = migration = seller_migration = sellers_gone = None
     if compare_to is not None:
         compare_to = resolve_as_of(settings, compare_to, features_dir)
         other = read_features(settings, compare_to, features_dir)
@@ -366,6 +436,10 @@ def build_report(settings: Settings, as_of: date | None = None, compare_to: date
         compare_tiers = tier_summary(other)
         earlier, later = sorted([(compare_to, other), (as_of, frame)], key=lambda p: p[0])
         migration = tier_migration(earlier[1], later[1], earlier[0], later[0])
+        if "seller_tier" in frame.columns and "seller_tier" in other.columns:
+            seller_migration = tier_migration(earlier[1], later[1], earlier[0], later[0],
+                                              column="seller_tier", order=SELLER_TIERS)
+            sellers_gone = vip_sellers_sleeping(earlier[1], later[1], earlier[0], later[0])
     at_risk, source = platinum_at_risk(frame, cfg, scorer)
     alerts = []
     if len(at_risk):
@@ -378,6 +452,7 @@ def build_report(settings: Settings, as_of: date | None = None, compare_to: date
                             message=f"{len(at_risk)} platinum user(s) at high churn risk "
                                     f"({rule})"))
     alerts += tier_alerts(tiers, compare_tiers, cfg, compare_to)
+    alerts += [sellers_gone] if sellers_gone is not None else []
     stages, stage_source = lifecycle_summary(frame, settings, scorer)
     return SegmentsReport(as_of=as_of, users=len(frame), tiers=tiers,
                           segments=segment_summary(frame), compare_to=compare_to,
@@ -387,7 +462,8 @@ def build_report(settings: Settings, as_of: date | None = None, compare_to: date
                           ltv_horizon_days=ltv.horizon_days if ltv else None,
                           ltv_version=ltv.version if ltv else None,
                           channels=channel_value(settings, frame, ltv) if ltv else [],
-                          tier_by=tier_by)
+                          tier_by=tier_by, sellers=seller_tier_summary(frame),
+                          seller_migration=seller_migration)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -424,6 +500,20 @@ def render_text(report: SegmentsReport) -> str:
     if report.migration:
         m = report.migration
         parts += ["", f"Tier migration {m.from_as_of} (rows) -> {m.to_as_of} (columns), users",
+                  _table(["from \\ to", *m.tiers_to],
+                         [[name, *(f"{n:,}" for n in counts)]
+                          for name, counts in zip(m.tiers_from, m.counts, strict=True)])]
+    if report.sellers:
+        parts += ["", _table(["seller tier", "users", "share", "GMV 365d", "commission 365d",
+                              "GMV / user", "commission / user"],
+                             [[t.seller_tier, f"{t.users:,}", f"{t.share:.1%}",
+                               f"{t.gmv_365d:,.2f}", f"{t.commission_365d:,.2f}",
+                               f"{t.gmv_per_user:,.2f}", f"{t.commission_per_user:,.2f}"]
+                              for t in report.sellers])]
+    if report.seller_migration:
+        m = report.seller_migration
+        parts += ["", f"Seller tier migration {m.from_as_of} (rows) -> {m.to_as_of} "
+                      "(columns), users",
                   _table(["from \\ to", *m.tiers_to],
                          [[name, *(f"{n:,}" for n in counts)]
                           for name, counts in zip(m.tiers_from, m.counts, strict=True)])]

@@ -19,7 +19,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from features.definitions import GROUP_FEATURES, model_inputs
+from features.definitions import GROUP_FEATURES, model_inputs, seller_inputs
 from features.expressions import compile_expression
 from nextbest.config import (
     ClusterConfig,
@@ -35,7 +35,7 @@ from nextbest.errors import ConfigError
 # Tiers in their natural order, best first; ``new`` is also every unknown user's tier.
 TIERS = ("platinum", "gold", "silver", "dormant", "churned", "new")
 NEW_TIER = TIERS[-1]
-SELLER_TIERS = ("vip", "potential", "sleeping")
+SELLER_TIERS = ("vip", "potential", "sleeping", "prospective")
 # Lifecycle stages in their natural order; ``mature`` is the stage when no rule holds.
 LIFECYCLE_STAGES = ("new", "growth", "mature", "decline", "churned")
 DEFAULT_STAGE = "mature"
@@ -145,18 +145,32 @@ def rfm_segments(scores: pd.DataFrame) -> pd.Series:
 
 
 # ---------------------------------------------------------------- seller tiers
-def assign_seller_tiers(frame: pd.DataFrame, config: TierConfig) -> pd.Series:
-    """vip / potential / sleeping for sellers, null for everyone else.
+def assign_seller_tiers(frame: pd.DataFrame, config: TierConfig,
+                        policy: PolicyConfig | None = None) -> pd.Series:
+    """vip / potential / sleeping for sellers by seller RFM, prospective for users who never
+    consigned but for whom ``seller_prospect_when`` holds, null for everyone else.
 
-    Active sellers listed or sold within ``seller_active_days``; vip is the top
-    ``seller_vip_share`` of active sellers by commission paid, potential the other active
-    ones, sleeping the inactive ones.
+    Active sellers listed or sold within ``seller_active_days`` (R). VIP: the top
+    ``seller_vip_share`` of active sellers by ``seller_value_column`` (M) among those with
+    R <= ``seller_vip_recency_days`` and ``sales_365d`` >= ``seller_vip_min_sales`` (F);
+    potential: the other active sellers; sleeping: the inactive ones.
     """
+    if config.seller_value_column not in frame.columns:
+        raise ConfigError(f"tiers.seller_value_column {config.seller_value_column!r} is not a "
+                          "feature column", field="features.tiers.seller_value_column")
     seller = frame["is_seller"].fillna(False).astype(bool)
-    active = seller & (frame["seller_idle_days"] <= config.seller_active_days)
-    vip = _top_share(frame.loc[active, "commission_paid"], config.seller_vip_share).reindex(
-        frame.index, fill_value=False) & active
-    tiers = np.select([vip, active, seller], ["vip", "potential", "sleeping"], None)
+    recency = frame["seller_recency_days"]
+    active = seller & (recency <= config.seller_active_days)
+    candidate = active & (recency <= config.seller_vip_recency_days) & (
+        frame["sales_365d"].fillna(0) >= config.seller_vip_min_sales)
+    value = frame[config.seller_value_column]
+    vip = _top_n(value[candidate], int(np.ceil(config.seller_vip_share * int(active.sum()))))
+    vip = vip.reindex(frame.index, fill_value=False) & candidate
+    prospect = compile_expression(config.seller_prospect_when,
+                                  rule="tiers.seller_prospect_when", known=_known(frame),
+                                  forbidden=policy or PolicyConfig()).mask(frame)
+    tiers = np.select([vip, active, seller, prospect & ~seller],
+                      ["vip", "potential", "sleeping", "prospective"], None)
     return pd.Series(tiers, index=frame.index, name="seller_tier", dtype=object)
 
 
@@ -165,7 +179,8 @@ def _known(frame: pd.DataFrame) -> set[str]:
     """The names a rule may read: the frame's columns and every feature the definition
     produces, which a frame not made by ``features build`` (the simulator's population) may
     lack (a rule is then false there). A name outside both is a misspelling."""
-    return {*frame.columns, *model_inputs(FeaturesConfig().windows_days), *GROUP_FEATURES}
+    windows = FeaturesConfig().windows_days
+    return {*frame.columns, *model_inputs(windows), *seller_inputs(windows), *GROUP_FEATURES}
 
 
 def _tag_mask(frame: pd.DataFrame, rule: TagRule | RiskRule,
@@ -397,7 +412,7 @@ def _profiles(frame: pd.DataFrame, labels: pd.Series, scaled: np.ndarray) -> lis
 # ---------------------------------------------------------------- all together
 def segment(frame: pd.DataFrame, config: FeaturesConfig,
             policy: PolicyConfig | None = None) -> tuple[pd.DataFrame, ClusterReport]:
-    """Add tier, segment, r/f/m scores, cluster, seller tier, lifecycle stage, tags (risk
+    """Add tier, segment, r/f/m scores, cluster, seller tier and tags, lifecycle stage, tags (risk
     tags last) and risk reasons to a feature frame (no tag or risk rule may read
     ``policy.forbidden_features``)."""
     out = frame.copy(deep=False)  # copy-on-write: the input frame is never changed
@@ -406,7 +421,8 @@ def segment(frame: pd.DataFrame, config: FeaturesConfig,
     out[["r_score", "f_score", "m_score"]] = scores
     out["segment"] = rfm_segments(scores)
     out["cluster"], report = assign_clusters(frame, config.clusters)
-    out["seller_tier"] = assign_seller_tiers(frame, config.tiers)
+    out["seller_tier"] = assign_seller_tiers(frame, config.tiers, policy)
+    out["seller_tags"] = assign_tags(frame, config.seller_tags, policy).rename("seller_tags")
     out["lifecycle_stage"] = assign_lifecycle(frame, config.lifecycle)
     tags = assign_tags(frame, config.tags, policy)
     risk_tags, out["risk_reasons"] = assign_risk(frame, config.risk_rules, policy)

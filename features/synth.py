@@ -21,6 +21,13 @@ How it behaves:
 - Sellers' sales follow Pareto weights, so about 20% of sellers bring about 80% of value.
   Every sold item is a listing of its seller, listed before the sale; sellers also hold
   unsold listings.
+- Sellers have latent traits of their own (``seller_traits.parquet``, drawn from their own
+  seed stream so every other draw stays what it was): commission sensitivity, responsiveness
+  to guidance and a churn hazard. A seller stops consigning at their seller churn time (no
+  listing and no sale after it); the hazard falls with the seller's volume (Pareto weight)
+  and rises with commission sensitivity and slow sales; sellers who respond to guidance
+  price right and sell faster; commission-sensitive sellers list fewer unsold items. A few
+  users who never consign start a listing and abandon it (``listing_started`` events).
 - Groups with a known truth (latent flags in ``user_traits.parquet``, see
   :data:`GROUP_TRAITS`): card switchers pay with a new payment fingerprint on most of their
   frequent orders; IP jumpers come from ever new IP prefixes and countries; perk abusers
@@ -56,6 +63,7 @@ from features.contract import LUXURY_CATEGORIES
 from nextbest.errors import ValidationFailed
 
 TABLES = ("users", "orders", "listings", "events", "preferences")
+SELLER_TRAITS_FILE = "seller_traits.parquet"
 CHUNK_USERS = 100_000
 US_PER_HOUR = 3_600_000_000
 
@@ -97,6 +105,12 @@ SELLER_PARETO_ALPHA = 1.16  # the Pareto index that gives the 80/20 rule
 QUIET_DAYS = 60
 QUIET_KEEP = 0.35
 UNSOLD_PER_SOLD = 0.5
+# Seller traits (_draw_seller_traits): yearly seller churn hazard of a weight-1 seller with
+# median traits; redraws of a sale whose seller had stopped; users who never consign but
+# start a listing once and leave it.
+SELLER_HAZARD_PER_YEAR = 0.9
+SELLER_REDRAWS = 8
+PROSPECT_SHARE = 0.04
 BROWSE_ITEMS_PER_USER = 20  # distinct items a browsing user may come across, per user
 
 # Latent group flags (user_traits.parquet) and the share of users drawn into each.
@@ -175,6 +189,7 @@ class Population:
     # What the platform knows of the user's vulnerability to credit (_draw_credit_flags).
     is_student: np.ndarray | None = None
     self_excluded_from_credit: np.ndarray | None = None
+    seller_traits: SellerTraits | None = None
 
 
 @dataclass
@@ -184,6 +199,33 @@ class Sellers:
     user_index: np.ndarray
     signup_h: np.ndarray
     cum_weight: np.ndarray
+
+
+@dataclass
+class SellerTraits:
+    """Latent seller traits of every user (meaningful for consignors; ``volume`` 0 and no
+    churn time for the others), from the seller stream ``SeedSequence([seed, 5])``.
+
+    ``stop_h``: the hour the seller stops consigning (inf: never in the data). ``prospect``:
+    users who never consign but start a listing once, at ``prospect_h``.
+    """
+
+    commission_sensitivity: np.ndarray
+    guidance_response: np.ndarray
+    churn_hazard: np.ndarray
+    volume: np.ndarray
+    stop_h: np.ndarray
+    prospect: np.ndarray
+    prospect_h: np.ndarray
+
+    def sell_speed(self, seller: np.ndarray) -> np.ndarray:
+        """Scale of the days-to-sell of each seller's items: guided sellers price right."""
+        return 1.4 - 0.8 * self.guidance_response[seller]
+
+    def unsold_keep(self, seller: np.ndarray) -> np.ndarray:
+        """Share of their unsold listings a seller makes: commission-sensitive sellers list
+        only what they expect to sell."""
+        return 1.0 - 0.6 * self.commission_sensitivity[seller]
 
 
 @dataclass
@@ -327,6 +369,33 @@ def _draw_sellers(pop: Population, rng: np.random.Generator) -> Sellers:
     return Sellers(user_index=index, signup_h=pop.signup_h[index], cum_weight=np.cumsum(weight))
 
 
+def _draw_seller_traits(pop: Population, sellers: Sellers, seed: int) -> SellerTraits:
+    """Every user's seller traits, from their own stream (every other draw stays as it was).
+
+    Seller churn hazard per year: ``SELLER_HAZARD_PER_YEAR`` x a lognormal factor x (0.5 +
+    commission sensitivity) x the seller's sell speed / sqrt(volume): big, well-guided,
+    commission-indifferent sellers stay longest.
+    """
+    n = pop.signup_h.size
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
+    sensitivity = rng.beta(2.0, 3.0, n)
+    guidance = rng.beta(2.0, 2.0, n)
+    factor = rng.lognormal(0.0, 0.5, n)
+    life = rng.exponential(1.0, n)
+    prospect = ~pop.is_seller & (rng.random(n) < PROSPECT_SHARE)
+    prospect_at = rng.random(n)
+    volume = np.zeros(n)
+    volume[sellers.user_index] = np.diff(sellers.cum_weight, prepend=0.0)
+    hazard = (SELLER_HAZARD_PER_YEAR * factor * (0.5 + sensitivity) * (1.4 - 0.8 * guidance)
+              / np.sqrt(np.maximum(volume, 1.0)))
+    stop_h = np.where(pop.is_seller, pop.signup_h + life / hazard * 365.0 * 24.0, np.inf)
+    end_h = np.minimum(pop.churn_h, pop.signup_h + 400.0 * 24.0)
+    prospect_h = pop.signup_h + prospect_at * np.maximum(end_h - pop.signup_h, 1.0)
+    return SellerTraits(commission_sensitivity=sensitivity, guidance_response=guidance,
+                        churn_hazard=hazard, volume=volume, stop_h=stop_h, prospect=prospect,
+                        prospect_h=prospect_h)
+
+
 def _poisson_times(rng: np.random.Generator, clock: Clock, begin_h: np.ndarray,
                    churn_h: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Arrival times of one Poisson process per row, with the clock's seasonality.
@@ -413,8 +482,8 @@ def _payment(grng: np.random.Generator, pop: Population, buyer: np.ndarray, firs
 
 
 def _draw_orders(rng: np.random.Generator, grng: np.random.Generator, clock: Clock,
-                 pop: Population, sellers: Sellers, counters: Counters, lo: int, hi: int
-                 ) -> OrderDraw:
+                 pop: Population, sellers: Sellers, counters: Counters, lo: int, hi: int,
+                 srng: np.random.Generator | None = None) -> OrderDraw:
     """Orders of users ``lo:hi``: times, categories, prices, coupons, status, seller, card
     and new-user perk."""
     row, t = _poisson_times(rng, clock, pop.signup_h[lo:hi], pop.churn_h[lo:hi],
@@ -434,22 +503,40 @@ def _draw_orders(rng: np.random.Generator, grng: np.random.Generator, clock: Clo
     status = np.where(u < pop.return_propensity[buyer], 1,
                       np.where(u > 0.98, 2, 0))
     status = np.where(pop.groups["perk_abuser"][buyer], 0, status)
-    seller = _draw_seller(rng, sellers, t, buyer)
+    seller = _draw_seller(rng, sellers, t, buyer, pop.seller_traits, srng)
     card, perk = _payment(grng, pop, buyer, first, counters)
     return OrderDraw(buyer=buyer, t=t, category=category, price=price, amount=amount,
                      seller=seller, status=status, coupon=coupon, card=card, perk=perk)
 
 
 def _draw_seller(rng: np.random.Generator, sellers: Sellers, t: np.ndarray,
-                 buyer: np.ndarray) -> np.ndarray:
-    """A seller for each order, by Pareto weight among sellers signed up before it."""
+                 buyer: np.ndarray, traits: SellerTraits | None = None,
+                 srng: np.random.Generator | None = None) -> np.ndarray:
+    """A seller for each order, by Pareto weight among sellers signed up before it.
+
+    A seller who had stopped consigning by then (``traits.stop_h``) is drawn again from the
+    seller stream ``srng``, up to ``SELLER_REDRAWS`` times (so ``rng`` draws the same
+    numbers whatever the seller traits are).
+    """
     eligible = np.maximum(np.searchsorted(sellers.signup_h, t, side="right"), 1)
     total = sellers.cum_weight[eligible - 1]
-    pos = np.searchsorted(sellers.cum_weight, rng.random(t.size) * total, side="right")
-    pos = np.minimum(pos, eligible - 1)
+    pos = _seller_position(sellers, rng.random(t.size) * total, eligible)
+    if traits is not None and srng is not None:
+        for _ in range(SELLER_REDRAWS):
+            stopped = np.flatnonzero(traits.stop_h[sellers.user_index[pos]] <= t)
+            if not stopped.size:
+                break
+            pos[stopped] = _seller_position(
+                sellers, srng.random(stopped.size) * total[stopped], eligible[stopped])
     own = sellers.user_index[pos] == buyer
     pos = np.where(own & (eligible > 1), (pos + 1) % eligible, pos)
     return sellers.user_index[pos]
+
+
+def _seller_position(sellers: Sellers, draw: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """The position (in signup order) of the seller whose cumulative weight covers ``draw``."""
+    pos = np.searchsorted(sellers.cum_weight, draw, side="right")
+    return np.minimum(pos, eligible - 1)
 
 
 @dataclass
@@ -488,29 +575,43 @@ def _orders_table(draw: OrderDraw, pop: Population, clock: Clock, counters: Coun
 
 
 def _listings_table(rng: np.random.Generator, draw: OrderDraw, sold_items: pa.Array,
-                    pop: Population, clock: Clock, counters: Counters, lo: int, hi: int
-                    ) -> pa.Table:
+                    pop: Population, clock: Clock, counters: Counters, lo: int, hi: int,
+                    srng: np.random.Generator | None = None) -> pa.Table:
     """Listings of a chunk: the items its orders bought, plus unsold items of its sellers.
 
     A sold item was listed by its seller after their signup and some days before the sale; a
     cancelled sale leaves the item unsold. Each seller of the chunk lists at least one item,
-    and sellers list about ``UNSOLD_PER_SOLD`` unsold items per sale.
+    and sellers list about ``UNSOLD_PER_SOLD`` unsold items per sale. With seller traits,
+    days to sell scale with the seller's sell speed, unsold items are listed before the
+    seller stops, and a commission-sensitive seller keeps fewer of them (thinned with the
+    seller stream ``srng``; ``rng`` draws the same numbers either way).
     """
-    days_to_sell = rng.gamma(1.2, 18.0, draw.t.size)
+    traits = pop.seller_traits
+    scale = 18.0 * traits.sell_speed(draw.seller) if traits is not None else 18.0
+    days_to_sell = rng.gamma(1.2, scale, draw.t.size)
     listed_h = np.maximum(draw.t - days_to_sell * 24, pop.signup_h[draw.seller])
     sold_us = np.where(draw.status == 2, 0, clock.to_us(draw.t))
     own = np.flatnonzero(pop.is_seller[lo:hi]) + lo
     owner = np.concatenate([np.repeat(own, 1 + rng.poisson(pop.engagement[own])),
                             draw.seller[rng.random(draw.seller.size) < UNSOLD_PER_SOLD]])
     end_h = np.minimum(pop.churn_h[owner], clock.hours)
+    if traits is not None:
+        end_h = np.maximum(np.minimum(end_h, traits.stop_h[owner]), pop.signup_h[owner])
     unsold_h = pop.signup_h[owner] + rng.random(owner.size) * (end_h - pop.signup_h[owner])
     unsold_cat = _categories(rng, pop, owner)
     unsold_price = _prices(rng, pop, owner, unsold_cat)
+    seller = np.concatenate([draw.seller, owner])
+    stock = np.where(rng.random(seller.size) < 0.05, rng.integers(2, 6, seller.size), 1)
+    if traits is not None and srng is not None:  # after the last draw of ``rng``
+        first = np.r_[True, owner[1:] != owner[:-1]] if owner.size else np.zeros(0, bool)
+        keep = first | (srng.random(owner.size) < traits.unsold_keep(owner))
+        owner, unsold_h = owner[keep], unsold_h[keep]
+        unsold_cat, unsold_price = unsold_cat[keep], unsold_price[keep]
+        seller, stock = seller[np.r_[np.ones(draw.seller.size, bool), keep]], \
+            stock[np.r_[np.ones(draw.seller.size, bool), keep]]
     unsold_ids = _ids("i", np.arange(counters.items, counters.items + owner.size), 9)
     counters.items += owner.size
-    seller = np.concatenate([draw.seller, owner])
     sold_ts = np.concatenate([sold_us, np.zeros(owner.size, np.int64)])
-    stock = np.where(rng.random(seller.size) < 0.05, rng.integers(2, 6, seller.size), 1)
     return pa.table({
         "item_id": pa.concat_arrays([sold_items, unsold_ids]),
         "seller_id": pop.user_id.take(pa.array(seller)),
@@ -770,6 +871,48 @@ def _events_table(grng: np.random.Generator, parts: list[Part], pop: Population,
     })
 
 
+def _listing_starts_table(pop: Population, clock: Clock, counters: Counters, lo: int, hi: int
+                          ) -> pa.Table:
+    """The ``listing_started`` events of the chunk's prospects (one each, never finished),
+    in the events table's schema, from home (no draw of any stream)."""
+    traits = pop.seller_traits
+    user = np.flatnonzero(traits.prospect[lo:hi]) + lo
+    user = user[traits.prospect_h[user] < clock.hours]
+    n = user.size
+    return pa.table({
+        "user_id": pop.user_id.take(pa.array(user)),
+        "ts": pa.array(clock.to_us(traits.prospect_h[user]), pa.timestamp("us")),
+        "type": pa.array(["listing_started"] * n, pa.string()),
+        "item_id": pa.nulls(n, pa.string()),
+        "category": pa.nulls(n, pa.string()),
+        "price": pa.nulls(n, pa.float64()),
+        "session_id": _ids("s", _sessions(counters, n), 10),
+        "ip_prefix": _prefix_text(0x0A0000 + user),
+        "country": _labels(COUNTRIES, np.zeros(n, np.int64)),
+        "rating": pa.nulls(n, pa.float64()),
+        "text": pa.nulls(n, pa.string()),
+    })
+
+
+def _seller_traits_table(pop: Population, clock: Clock) -> pa.Table:
+    """Latent seller traits of the consignors and the prospects (never a model input)."""
+    traits = pop.seller_traits
+    rows = np.flatnonzero(pop.is_seller | traits.prospect)
+    stop = traits.stop_h[rows]
+    return pa.table({
+        "user_id": pop.user_id.take(pa.array(rows)),
+        "is_seller": pa.array(pop.is_seller[rows]),
+        "prospect": pa.array(traits.prospect[rows]),
+        "commission_sensitivity": pa.array(traits.commission_sensitivity[rows]),
+        "guidance_response": pa.array(traits.guidance_response[rows]),
+        "churn_hazard": pa.array(np.where(pop.is_seller[rows], traits.churn_hazard[rows],
+                                          np.nan)),
+        "volume": pa.array(traits.volume[rows]),
+        "seller_churn_ts": pa.array(clock.to_us(np.where(stop < clock.hours, stop, 0.0)),
+                                    pa.timestamp("us"), mask=stop >= clock.hours),
+    })
+
+
 def _users_table(pop: Population, clock: Clock) -> pa.Table:
     return pa.table({
         "user_id": pop.user_id,
@@ -859,6 +1002,7 @@ def synthesize(n_users: int, days: int, seed: int, raw_dir: Path, latent_dir: Pa
                            np.random.default_rng(np.random.SeedSequence([seed, 2])))
     _draw_credit_flags(pop, seed)
     sellers = _draw_sellers(pop, rng)
+    pop.seller_traits = _draw_seller_traits(pop, sellers, seed)
     writers = _Writers(raw_dir)
     counters = Counters()
     try:
@@ -868,19 +1012,22 @@ def synthesize(n_users: int, days: int, seed: int, raw_dir: Path, latent_dir: Pa
             hi = min(lo + CHUNK_USERS, n_users)
             crng = np.random.default_rng(np.random.SeedSequence([seed, 1, chunk]))
             grng = np.random.default_rng(np.random.SeedSequence([seed, 3, chunk]))
-            draw = _draw_orders(crng, grng, clock, pop, sellers, counters, lo, hi)
+            srng = np.random.default_rng(np.random.SeedSequence([seed, 5, chunk]))
+            draw = _draw_orders(crng, grng, clock, pop, sellers, counters, lo, hi, srng)
             orders, items = _orders_table(draw, pop, clock, counters)
             writers.write("orders", orders)
-            writers.write("listings",
-                          _listings_table(crng, draw, items, pop, clock, counters, lo, hi))
+            writers.write("listings", _listings_table(crng, draw, items, pop, clock, counters,
+                                                      lo, hi, srng))
             parts = [*_purchase_events(crng, grng, draw, items, pop, counters),
                      *_browse_events(crng, grng, clock, pop, lo, hi, counters),
                      *_after_order_events(grng, draw, pop, clock.hours, counters),
                      *_habit_events(grng, clock, pop, lo, hi, counters)]
             writers.write("events", _events_table(grng, parts, pop, clock))
+            writers.write("events", _listing_starts_table(pop, clock, counters, lo, hi))
     finally:
         writers.close()
     pq.write_table(_traits_table(pop, clock), latent_dir / "user_traits.parquet")
+    pq.write_table(_seller_traits_table(pop, clock), latent_dir / SELLER_TRAITS_FILE)
     return SynthSummary(n_users=n_users, days=days, seed=seed, start=start, raw_dir=raw_dir,
                         latent_dir=latent_dir, rows={t: writers.rows[t] for t in TABLES},
                         seconds=round(time.perf_counter() - began, 3))

@@ -100,9 +100,19 @@ class TierConfig(_Section):
     gold_recency_days: int = Field(60, gt=0)
     silver_recency_days: int = Field(90, gt=0)
     dormant_days: int = Field(180, gt=0)
-    # Seller tiers for consignors.
+    # Seller tiers for consignors, by seller RFM. R: seller_recency_days (days since the
+    # last listing or sale); F: sales_365d; M: seller_value_column. VIP: the top
+    # ``seller_vip_share`` of active sellers by M, with R <= seller_vip_recency_days and
+    # F >= seller_vip_min_sales. Potential: other sellers with R <= seller_active_days.
+    # Sleeping: sellers idle longer. Prospective: users who never consigned for whom
+    # ``seller_prospect_when`` holds (a listing started and not finished, or items bought
+    # that they could consign).
+    seller_value_column: str = "commission_365d"
     seller_vip_share: float = Field(0.2, gt=0, lt=1)
+    seller_vip_recency_days: int = Field(30, gt=0)
+    seller_vip_min_sales: int = Field(3, ge=0)
     seller_active_days: int = Field(90, gt=0)
+    seller_prospect_when: str = "unfinished_listings >= 1 or resellable_items >= 3"
 
     @model_validator(mode="after")
     def _ordered(self) -> TierConfig:
@@ -112,6 +122,8 @@ class TierConfig(_Section):
             raise ValueError("tier recency days must not decrease from platinum to dormant")
         if self.platinum_share + self.gold_share >= 1:
             raise ValueError("platinum_share + gold_share must be below 1")
+        if self.seller_vip_recency_days > self.seller_active_days:
+            raise ValueError("seller_vip_recency_days must not exceed seller_active_days")
         return self
 
 
@@ -187,6 +199,24 @@ def _default_tags() -> list[TagRule]:
     ]
 
 
+def _default_seller_tags() -> list[TagRule]:
+    return [
+        TagRule(name="stale_lister", when="stale_listings >= 3",
+                description="three or more listings unsold 60 days after listing: a price "
+                            "suggestion"),
+        TagRule(name="slow_seller", when="days_to_sell >= 45 and items_sold >= 2",
+                description="items take 45 days or more to sell (mean)"),
+        TagRule(name="fast_seller", when="sell_through_rate >= 0.6 and items_listed >= 5",
+                description="sells most of what they list"),
+        TagRule(name="sales_dropping", when="sales_30d == 0 and sales_365d >= 6",
+                description="sold six or more items in a year, none in the last 30 days"),
+        TagRule(name="unfinished_listing", when="unfinished_listings >= 1",
+                description="started a listing and did not finish it"),
+        TagRule(name="holds_resellable_items", when="resellable_items >= 3",
+                description="bought three or more items that keep their value, 90+ days ago"),
+    ]
+
+
 def _default_risk_rules() -> list[RiskRule]:
     return [
         RiskRule(name="card_switching", when="payment_fingerprints_30d >= 3",
@@ -253,6 +283,8 @@ class FeaturesConfig(_Section):
     tiers: TierConfig = Field(default_factory=TierConfig)
     tags: list[TagRule] = Field(default_factory=_default_tags)
     risk_rules: list[RiskRule] = Field(default_factory=_default_risk_rules)
+    # Tags of the seller side (``seller_tags``, what /score answers for subject seller).
+    seller_tags: list[TagRule] = Field(default_factory=_default_seller_tags)
     # In order; the first rule that holds names the stage, ``mature`` when none does. A rule
     # reading churn_probability applies where a churn model scored the user.
     lifecycle: list[StageRule] = Field(default_factory=_default_lifecycle)
@@ -306,6 +338,9 @@ class LabelConfig(_Section):
     population_days: int = Field(365, gt=0)
     churn_horizon_days: int = Field(90, gt=0)
     propensity_horizon_days: int = Field(30, gt=0)
+    # Seller churn: no new listing in this many days after the cutoff; population: sellers
+    # who listed or sold in the population_days before it.
+    seller_churn_horizon_days: int = Field(90, gt=0)
     ltv_horizon_days: int = Field(365, gt=0)
 
 

@@ -46,10 +46,14 @@ class ScoreRequest(RequestBody):
     """``{user_id}`` for one user or ``{user_ids: [...]}`` for a batch, never both."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"user_id": "u000042"}, {"user_ids": ["u000042", "u000043"]}]})
+        {"user_id": "u000042"}, {"user_ids": ["u000042", "u000043"]},
+        {"user_id": "u000042", "subject": "seller"}]})
 
     user_id: str | None = Field(None, min_length=1, max_length=200)
     user_ids: list[UserId] | None = None
+    subject: Literal["buyer", "seller"] = Field(
+        "buyer", description="buyer (tier, segment, churn and propensity) or seller (seller "
+                             "tier, seller tags, seller churn)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ScoreRequest:
@@ -89,6 +93,23 @@ class ScoreResponse(BaseModel):
     lifecycle_stage: str | None = None
     # Forecast spend over the LTV champion's horizon (365 days by default); None without one.
     ltv_12m: float | None = None
+
+
+class SellerScoreResponse(BaseModel):
+    """What the service knows and predicts about one user as a seller (consignor)."""
+
+    user_id: str
+    subject: Literal["seller"] = "seller"
+    known: bool
+    is_seller: bool
+    # vip, potential, sleeping (sellers) or prospective (never consigned); None otherwise.
+    seller_tier: str | None
+    seller_tags: list[str]
+    # Probability of no new listing in the label horizon; None without a seller_churn
+    # champion, and for users who never consigned.
+    seller_churn_probability: float | None
+    model_versions: dict[str, str | None]
+    features_as_of: str | None
 
 
 class NextBestActionRequest(RequestBody):

@@ -18,9 +18,22 @@ import pandas as pd
 from decisions.policy import finite_or_none
 from decisions.users import UserDirectory, record_as_of
 from features.segmentation import NEW_TIER, NO_PURCHASE
+from features.store import OnlineStore
 from nextbest.config import Settings
-from serving.schemas import ExplanationResponse, ScoreResponse, TagExplanation
-from training.loader import LtvChampion, load_ltv_champion
+from serving.schemas import (
+    ExplanationResponse,
+    ScoreResponse,
+    SellerScoreResponse,
+    TagExplanation,
+)
+from training.loader import (
+    SELLER_CHURN,
+    ChampionModels,
+    LtvChampion,
+    SellerChurnChampion,
+    load_ltv_champion,
+    load_seller_churn_champion,
+)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The columns of a scored table (Scorer.score_table), in order: /score's per-user fields.
@@ -40,10 +53,26 @@ def missing_for_serving(no_model: str | None, store_users: int) -> list[str]:
 
 
 class Scorer(UserDirectory):
-    """Builds score answers and explanations over the :class:`UserDirectory`; with an LTV
-    champion (optional: ``nextbest train ltv``) answers carry ``ltv_12m`` too."""
+    """Builds score answers and explanations over the :class:`UserDirectory`; for sellers
+    (``/score`` with ``subject: seller``) with the seller churn champion when there is one,
+    and with an LTV champion (optional: ``nextbest train ltv``) answers carry ``ltv_12m``.
+    ``registry`` False (a bento) never asks the MLflow registry for those optional models."""
 
     ltv: LtvChampion | None = None
+
+    def __init__(self, settings: Settings, store: OnlineStore,
+                 champions: ChampionModels | None, warning: str | None = None, *,
+                 registry: bool = True):
+        super().__init__(settings, store, champions, warning)
+        self.registry = registry
+        self.seller_churn: SellerChurnChampion | None = (
+            load_seller_churn_champion(settings) if registry else None)
+
+    def use(self, champions: ChampionModels) -> dict[str, str | None]:
+        """Serve ``champions`` and the registry's seller churn champion from now on."""
+        if self.registry:
+            self.seller_churn = load_seller_churn_champion(self.settings)
+        return super().use(champions)
 
     def use_ltv(self, champion: LtvChampion | None) -> None:
         """Serve ``champion`` as ``ltv_12m`` from now on (None: ``ltv_12m`` is null)."""
@@ -52,6 +81,8 @@ class Scorer(UserDirectory):
     def load_ltv(self) -> LtvChampion | None:
         """The registry's LTV champion when it differs from the one served, else None (safe
         off the event loop)."""
+        if not self.registry:
+            return None
         return load_ltv_champion(self.settings,
                                  unless=None if self.ltv is None else self.ltv.version)
 
@@ -64,6 +95,44 @@ class Scorer(UserDirectory):
     def ltv_of(self, record: Mapping[str, Any]) -> float | None:
         """The LTV champion's forecast spend for one record (None without one)."""
         return None if self.ltv is None else finite_or_none(self.ltv.score(dict(record)))
+
+    def seller_versions(self) -> dict[str, str | None]:
+        """``{"seller_churn": version}``, or None and a warning without a champion."""
+        if self.seller_churn is None:
+            return {SELLER_CHURN: None, "warning": "no seller_churn champion, seller churn "
+                    "probabilities are null: run `nextbest train seller_churn`, then POST "
+                    "/models/reload"}
+        return {SELLER_CHURN: self.seller_churn.version}
+
+    def seller_answers(self, user_ids: list[str]) -> list[SellerScoreResponse]:
+        """The /score answers (subject seller) of ``user_ids``, in the order asked, scored
+        together; an unknown user is not known and has no seller tier."""
+        records = self.store.get_frame(user_ids)
+        known = {str(u): i for i, u in enumerate(records["user_id"])} if len(records) else {}
+        sellers = (records["is_seller"].fillna(False).astype(bool).to_numpy()
+                   if "is_seller" in records.columns else np.zeros(len(records), bool))
+        churn = (self.seller_churn.score_frame(records) if self.seller_churn is not None
+                 and len(records) else np.full(len(records), np.nan))
+        versions = self.seller_versions()
+        answers = []
+        for user_id in user_ids:
+            row = known.get(user_id)
+            if row is None:
+                answers.append(SellerScoreResponse(
+                    user_id=user_id, known=False, is_seller=False, seller_tier=None,
+                    seller_tags=[], seller_churn_probability=None, model_versions=versions,
+                    features_as_of=None))
+                continue
+            record = records.iloc[row]
+            tier = record.get("seller_tier")
+            tags = record.get("seller_tags")
+            answers.append(SellerScoreResponse(
+                user_id=user_id, known=True, is_seller=bool(sellers[row]),
+                seller_tier=None if tier is None or _is_missing(tier) else str(tier),
+                seller_tags=[] if tags is None or _is_missing(tags) else [str(t) for t in tags],
+                seller_churn_probability=finite_or_none(churn[row]) if sellers[row] else None,
+                model_versions=versions, features_as_of=record_as_of(record)))
+        return answers
 
     def answer(self, user_id: str, record: Mapping[str, Any] | None) -> ScoreResponse:
         """The /score answer for one user from their store record (None: cold start)."""

@@ -85,6 +85,7 @@ from serving.schemas import (
     ReviewListResponse,
     RunReport,
     ScoreResponse,
+    SellerScoreResponse,
     TagRemovedResponse,
     WorkerModels,
     events_request,
@@ -239,7 +240,8 @@ class NextBest:
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.store = open_store(self.settings)
-        self.scorer = Scorer(self.settings, self.store, *self._champions())
+        self.scorer = Scorer(self.settings, self.store, *self._champions(),
+                             registry=BUNDLE is None)
         if BUNDLE is None:  # a bento carries no LTV model (yet): it serves ltv_12m null
             self.scorer.use_ltv(self.scorer.load_ltv())
         else:
@@ -384,10 +386,18 @@ class NextBest:
 
     # --- scoring -------------------------------------------------------------------------
 
-    @app.post("/score", response_model=ScoreResponse | list[ScoreResponse], responses=ERRORS)
-    async def score(self, body: ScoreRequest) -> ScoreResponse | list[ScoreResponse]:
+    @app.post("/score", response_model=ScoreResponse | list[ScoreResponse] | SellerScoreResponse
+              | list[SellerScoreResponse], responses=ERRORS)
+    async def score(self, body: ScoreRequest) -> (ScoreResponse | list[ScoreResponse]
+                                                  | SellerScoreResponse
+                                                  | list[SellerScoreResponse]):
         """Tier, segment, tags and model scores of one user or a batch (cold start if unknown);
-        a batch holds at most ``serving.max_batch`` ids."""
+        a batch holds at most ``serving.max_batch`` ids. With ``subject: seller``: seller
+        tier, seller tags and seller churn probability instead."""
+        if body.subject == "seller":
+            answers = self.scorer.seller_answers(
+                [body.user_id or ""] if body.user_ids is None else body.user_ids)
+            return answers[0] if body.user_ids is None else answers
         if body.user_ids is None:
             return self.scorer.score(body.user_id or "")
         return self.scorer.score_many(body.user_ids)

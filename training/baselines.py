@@ -2,6 +2,9 @@
 
 - RFM-recency heuristic: the training cutoffs' event rate in each (recency, frequency) cell,
   looked up for the validation rows. No learning beyond a table a marketer could draw.
+- Seller recency (seller churn): the training cutoffs' event rate in each bucket of days
+  since the seller's last listing (:func:`seller_recency_scores`): "a seller who has not
+  listed for a while has gone", as a table.
 - BG/NBD (Fader, Hardie and Lee 2005, via ``lifetimes``): fit on completed orders before the
   validation cutoff. The expected number of purchases ``E`` in the horizon gives, with a
   Poisson approximation, P(no purchase) = exp(-E) (churn) and P(a purchase) = 1 - exp(-E)
@@ -43,11 +46,31 @@ def rfm_scores(train: pd.DataFrame, valid: pd.DataFrame) -> np.ndarray:
     Needs ``recency_days``, ``frequency_total`` and ``label`` (train). A cell seen rarely in
     training is pulled towards the overall rate with a pseudo-count of 10.
     """
-    prior = float(train["label"].mean())
-    table = (pd.DataFrame({"cell": _cells(train), "label": train["label"].to_numpy()})
+    return _bucket_rates(_cells(train), train["label"].to_numpy(), _cells(valid))
+
+
+def _listing_buckets(frame: pd.DataFrame) -> np.ndarray:
+    """Bucket of days since the last listing of each row (never listed is its own bucket)."""
+    days = frame["days_since_listing"].to_numpy(dtype=float)
+    return np.where(np.isnan(days), len(RECENCY_EDGES) + 1, np.digitize(days, RECENCY_EDGES))
+
+
+def seller_recency_scores(train: pd.DataFrame, valid: pd.DataFrame) -> np.ndarray:
+    """Smoothed training event rate of each validation row's listing-recency bucket, shape
+    ``(len(valid),)``; needs ``days_since_listing`` and ``label`` (train)."""
+    return _bucket_rates(_listing_buckets(train), train["label"].to_numpy(),
+                         _listing_buckets(valid))
+
+
+def _bucket_rates(train_cells: np.ndarray, labels: np.ndarray, valid_cells: np.ndarray
+                  ) -> np.ndarray:
+    """Each validation cell's training event rate, pulled towards the overall rate with a
+    pseudo-count of 10."""
+    prior = float(labels.mean())
+    table = (pd.DataFrame({"cell": train_cells, "label": labels})
              .groupby("cell")["label"].agg(["sum", "count"]))
     rates = (table["sum"] + _SMOOTHING * prior) / (table["count"] + _SMOOTHING)
-    return pd.Series(_cells(valid)).map(rates).fillna(prior).to_numpy(dtype=float)
+    return pd.Series(valid_cells).map(rates).fillna(prior).to_numpy(dtype=float)
 
 
 def purchase_summary(raw_dir: Path, cutoff: date) -> pd.DataFrame:

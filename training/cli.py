@@ -43,10 +43,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     result = train(with_data_dir(settings, args.data), args.model, as_of=args.as_of,
                    cutoffs=args.cutoffs, tune=args.tune, force=args.force,
                    rebuild_features=args.rebuild_features)
+    baselines = ", ".join(f"{name} {m.roc_auc:.4f}" for name, m in result.baselines.items())
     print(f"{result.model_name} v{result.version}: ROC AUC {result.metrics.roc_auc:.4f} "
-          f"(rfm {result.baselines['rfm'].roc_auc:.4f}, bgnbd "
-          f"{result.baselines['bgnbd'].roc_auc:.4f}); "
-          f"{'champion' if result.decision.promoted else 'challenger'}")
+          f"({baselines}); {'champion' if result.decision.promoted else 'challenger'}")
     if result.decision.warning():
         print(f"warning: {result.model_name} {result.decision.warning()}", file=sys.stderr)
     return 0
@@ -95,15 +94,16 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print("no registered models yet: run `nextbest train churn`")
         return 0
-    print(f"{'model':<11} {'version':>7}  {'aliases':<20} {'created (UTC)':<16}  {'run_id':<32}  "
-          f"{'tuning':<10} {'roc_auc':>7} {'pr_auc':>7} {'rfm_auc':>7} {'bgnbd_auc':>9}")
+    print(f"{'model':<12} {'version':>7}  {'aliases':<20} {'created (UTC)':<16}  {'run_id':<32}  "
+          f"{'tuning':<10} {'roc_auc':>7} {'pr_auc':>7} {'rfm_auc':>7} {'bgnbd_auc':>9} "
+          f"{'recency_auc':>11}")
     for row in rows:
         m, base = row.metrics, row.baseline_roc_auc()
-        print(f"{row.name:<11} {row.version:>7}  {','.join(row.aliases) or '-':<20} "
+        print(f"{row.name:<12} {row.version:>7}  {','.join(row.aliases) or '-':<20} "
               f"{row.created:%Y-%m-%d %H:%M}  {row.run_id or '-':<32}  "
               f"{_tuning(row.tune_trials):<10} {_cell(m.get('roc_auc')):>7} "
               f"{_cell(m.get('pr_auc')):>7} {_cell(base.get('rfm')):>7} "
-              f"{_cell(base.get('bgnbd')):>9}")
+              f"{_cell(base.get('bgnbd')):>9} {_cell(base.get('recency')):>11}")
     return 0
 
 

@@ -24,10 +24,11 @@ from features.build import (
     default_as_of,
     feature_columns,
     load_features,
+    seller_feature_columns,
 )
 from nextbest.config import Settings
 from nextbest.errors import DataError, NotFound
-from training.labels import ModelName, build_labels, horizon_days
+from training.labels import SELLER_CHURN, ModelName, horizon_days, labels_at
 
 Say = Callable[[str], None]
 
@@ -83,13 +84,19 @@ def latest_cutoff(settings: Settings, horizon: int, raw_dir: Path, as_of: date |
     return as_of
 
 
-def model_columns(settings: Settings) -> tuple[list[str], list[str]]:
-    """Model inputs in their fixed order, and which of them are categorical.
+def model_columns(settings: Settings, model_name: str | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """Model inputs of ``model_name`` in their fixed order, and which are categorical: the
+    buyer features, plus the seller features for seller churn.
 
     Refuses (ConfigError) a list holding one of ``policy.forbidden_features``: no model may
     learn from the user's device, operating system or network address.
     """
-    names = feature_columns(settings.features.windows_days)
+    windows = settings.features.windows_days
+    names = feature_columns(windows)
+    if model_name == SELLER_CHURN:
+        names = names[:-len(categorical_columns())] + seller_feature_columns(windows) \
+            + categorical_columns()
     settings.policy.refuse_forbidden(names, "training: the model's feature list")
     return names, categorical_columns()
 
@@ -114,9 +121,10 @@ def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def inputs_at(settings: Settings, cutoff: date, raw_dir: Path, *, rebuild: bool,
-              say: Say) -> pd.DataFrame:
-    """``user_id`` and the model inputs of every user with features at ``cutoff``."""
-    names, categorical = model_columns(settings)
+              say: Say, model_name: str | None = None) -> pd.DataFrame:
+    """``user_id`` and the model inputs (of ``model_name``) of every user with features at
+    ``cutoff``."""
+    names, categorical = model_columns(settings, model_name)
     feats = features_at(settings, cutoff, raw_dir, rebuild=rebuild, say=say)
     missing = [c for c in [*names, "user_id"] if c not in feats.columns]
     if missing:
@@ -128,17 +136,18 @@ def inputs_at(settings: Settings, cutoff: date, raw_dir: Path, *, rebuild: bool,
 
 
 def with_inputs(settings: Settings, labels: pd.DataFrame, cutoff: date, raw_dir: Path, *,
-                rebuild: bool, say: Say) -> pd.DataFrame:
+                rebuild: bool, say: Say, model_name: str | None = None) -> pd.DataFrame:
     """``labels`` (one row per population user) with ``cutoff`` and the model inputs added.
 
     Users in the population with no feature row (none expected) get all-missing inputs
     rather than being dropped, so the population stays exactly as the labels define it.
     """
     if labels.empty:
-        raise DataError(f"no user was active in the {settings.training.labels.population_days} "
-                        f"days before cutoff {cutoff}; use fewer --cutoffs or a later --as-of",
-                        field="cutoffs")
-    inputs = inputs_at(settings, cutoff, raw_dir, rebuild=rebuild, say=say)
+        raise DataError(f"no user of the model's population was active in the "
+                        f"{settings.training.labels.population_days} days before cutoff "
+                        f"{cutoff}; use fewer --cutoffs or a later --as-of", field="cutoffs")
+    inputs = inputs_at(settings, cutoff, raw_dir, rebuild=rebuild, say=say,
+                       model_name=model_name)
     frame = labels.merge(inputs, on="user_id", how="left", validate="one_to_one")
     frame.insert(1, "cutoff", pd.Timestamp(cutoff))
     return frame
@@ -147,10 +156,10 @@ def with_inputs(settings: Settings, labels: pd.DataFrame, cutoff: date, raw_dir:
 def examples_at(settings: Settings, model_name: ModelName, cutoff: date, raw_dir: Path, *,
                 rebuild: bool, say: Say) -> pd.DataFrame:
     """One row per population user at ``cutoff``: ``user_id, cutoff, label`` + model inputs."""
-    labels = build_labels(raw_dir, cutoff, settings.training.labels)
-    frame = with_inputs(settings, labels[["user_id", model_name]].rename(
-        columns={model_name: "label"}), cutoff, raw_dir, rebuild=rebuild, say=say)
-    names, _ = model_columns(settings)
+    labels = labels_at(raw_dir, cutoff, model_name, settings.training.labels)
+    frame = with_inputs(settings, labels, cutoff, raw_dir, rebuild=rebuild, say=say,
+                        model_name=model_name)
+    names, _ = model_columns(settings, model_name)
     return frame[["user_id", "cutoff", "label", *names]]
 
 
@@ -172,6 +181,6 @@ def assemble(settings: Settings, model_name: ModelName, plan: CutoffPlan, raw_di
     for cutoff in plan.training:
         parts.append(examples_at(settings, model_name, cutoff, raw_dir, rebuild=rebuild, say=say))
     valid = examples_at(settings, model_name, plan.validation, raw_dir, rebuild=rebuild, say=say)
-    names, categorical = model_columns(settings)
+    names, categorical = model_columns(settings, model_name)
     return TrainingData(train=pd.concat(parts, ignore_index=True), valid=valid, plan=plan,
                         feature_names=names, categorical=categorical)

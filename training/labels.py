@@ -6,6 +6,10 @@ in ``[T - population_days, T)``. Labels look only at completed orders in ``[T, T
 - churn = 1 when the user has no completed order in ``[T, T + churn_horizon_days)``;
 - propensity = 1 when the user has a completed order in ``[T, T + propensity_horizon_days)``.
 
+Seller churn (:func:`build_seller_labels`) has its own population, the sellers who listed an
+item or sold one (a completed order as seller) in ``[T - population_days, T)``, and is 1 when
+the seller lists nothing in ``[T, T + seller_churn_horizon_days)``.
+
 Features are computed as of T from rows with ``ts < T``; labels from rows with ``ts >= T``.
 The two never share a row, which is what makes the out-of-time set honest.
 """
@@ -22,8 +26,10 @@ import pandas as pd
 from nextbest.config import LabelConfig
 from nextbest.errors import DataError
 
-ModelName = Literal["churn", "propensity"]
-MODEL_NAMES: tuple[ModelName, ...] = ("churn", "propensity")
+ModelName = Literal["churn", "propensity", "seller_churn"]
+SELLER_CHURN = "seller_churn"
+BUYER_MODELS: tuple[ModelName, ...] = ("churn", "propensity")
+MODEL_NAMES: tuple[ModelName, ...] = (*BUYER_MODELS, SELLER_CHURN)
 LTV_MODEL = "ltv"  # the lifetime-value model (training/ltv.py), a regression
 SENTIMENT_MODEL = "sentiment"  # ratings of review texts (training/sentiment.py)
 
@@ -34,6 +40,8 @@ def horizon_days(model_name: ModelName, config: LabelConfig) -> int:
         return config.churn_horizon_days
     if model_name == "propensity":
         return config.propensity_horizon_days
+    if model_name == SELLER_CHURN:
+        return config.seller_churn_horizon_days
     raise DataError(f"unknown model {model_name!r}; expected one of {list(MODEL_NAMES)}",
                     field="model_name")
 
@@ -100,6 +108,65 @@ def build_labels(raw_dir: Path, cutoff: date, config: LabelConfig) -> pd.DataFra
     frame["user_id"] = frame["user_id"].astype(str)
     return frame.astype({"churn": "int8", "propensity": "int8"})
 
+
+
+def build_seller_labels(raw_dir: Path, cutoff: date, config: LabelConfig) -> pd.DataFrame:
+    """Seller population and label at ``cutoff``: columns ``user_id, seller_churn`` (int8).
+
+    The population are the sellers with a listing or a completed sale (as seller) in the
+    ``population_days`` before the cutoff; ``seller_churn`` is 1 when they list nothing in
+    the ``seller_churn_horizon_days`` after it. Sorted by ``user_id``.
+    """
+    listings = raw_table(raw_dir, "listings")
+    if listings is None:
+        raise DataError(f"{Path(raw_dir) / 'listings.parquet'} is missing: seller churn is "
+                        "learned from listings (`nextbest data import listings`)",
+                        field="raw_dir")
+    orders = orders_path(raw_dir)
+    sold = ("SELECT seller_id, ts FROM read_parquet('" + str(orders) + "') WHERE status = "
+            "'completed' AND seller_id IS NOT NULL" if _has_column(orders, "seller_id")
+            and _has_column(orders, "status") else "SELECT NULL AS seller_id, NULL AS ts "
+            "WHERE false")
+    sql = f"""
+        WITH activity AS (
+            SELECT seller_id, listed_ts AS ts FROM read_parquet('{listings}')
+            UNION ALL {sold}
+        ), population AS (
+            SELECT DISTINCT seller_id AS user_id FROM activity
+            WHERE ts >= $start AND ts < $end AND seller_id IS NOT NULL
+        ), future AS (
+            SELECT DISTINCT seller_id AS user_id FROM read_parquet('{listings}')
+            WHERE listed_ts >= $end AND listed_ts < $horizon_end
+        )
+        SELECT p.user_id, CAST(f.user_id IS NULL AS TINYINT) AS seller_churn
+        FROM population p LEFT JOIN future f USING (user_id)
+        ORDER BY p.user_id
+    """
+    params = {"start": midnight(cutoff - timedelta(days=config.population_days)),
+              "end": midnight(cutoff),
+              "horizon_end": midnight(cutoff + timedelta(days=config.seller_churn_horizon_days))}
+    with duckdb.connect() as con:
+        frame = con.execute(sql, params).df()
+    frame["user_id"] = frame["user_id"].astype(str)
+    return frame.astype({SELLER_CHURN: "int8"})
+
+
+def _has_column(path: Path, name: str) -> bool:
+    """Whether the Parquet file at ``path`` has a column ``name``."""
+    import pyarrow.parquet as pq
+
+    return name in pq.read_schema(path).names
+
+
+def labels_at(raw_dir: Path, cutoff: date, model_name: ModelName, config: LabelConfig
+              ) -> pd.DataFrame:
+    """``user_id, label`` of ``model_name``'s population at ``cutoff``."""
+    if model_name == SELLER_CHURN:
+        frame = build_seller_labels(raw_dir, cutoff, config)
+    else:
+        horizon_days(model_name, config)  # refuses an unknown model
+        frame = build_labels(raw_dir, cutoff, config)
+    return frame[["user_id", model_name]].rename(columns={model_name: "label"})
 
 
 def build_ltv_labels(raw_dir: Path, cutoff: date, horizon: int, config: LabelConfig

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CHURN = "churn"
 PROPENSITY = "propensity"
+SELLER_CHURN = "seller_churn"
 
 
 def _number(value: object) -> float:
@@ -149,6 +150,40 @@ def champion_versions(settings: Settings) -> dict[str, str]:
     cheap check for a newer champion); :class:`~nextbest.errors.NotFound` if one is missing."""
     client = configure(settings)
     return {name: resolve_version(client, name, CHAMPION) for name in (CHURN, PROPENSITY)}
+
+
+@dataclass
+class SellerChurnChampion:
+    """The seller churn champion, ready to score sellers' records (numpy only, as the buyer
+    champions): the probability that the seller lists nothing in the label horizon."""
+
+    model: LoadedModel
+    _scorer: _Scorer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._scorer = _Scorer(self.model)
+
+    @property
+    def version(self) -> str:
+        return str(self.model.version)
+
+    def score(self, record: dict) -> float:
+        """Seller churn probability of one online-store record."""
+        return self._scorer.score_row(self._scorer.encoder.encode(record))
+
+    def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """Seller churn probability of every row of ``frame``, shape ``(len(frame),)``."""
+        return self._scorer.score_matrix(frame)
+
+
+def load_seller_churn_champion(settings: Settings) -> SellerChurnChampion | None:
+    """The ``seller_churn`` champion, or None when none is registered (it is optional:
+    seller answers then carry a null probability)."""
+    try:
+        return SellerChurnChampion(load_version(configure(settings), SELLER_CHURN, CHAMPION))
+    except NotFound as exc:
+        log.info("no seller_churn model (%s)", exc.message)
+        return None
 
 
 @dataclass

@@ -36,7 +36,7 @@ from training.dataset import (
     plan_cutoffs,
     resolve_validation_cutoff,
 )
-from training.labels import ModelName, horizon_days, orders_path
+from training.labels import SELLER_CHURN, ModelName, horizon_days, orders_path
 from training.metrics import Metrics, evaluate
 from training.model import (
     ModelSpec,
@@ -60,7 +60,43 @@ from training.registry import (
 )
 
 Say = Callable[[str], None]
-BASELINES = ("rfm", "bgnbd")
+
+
+@dataclass(frozen=True)
+class BaselineContext:
+    """What a baseline may read: the training rows, the evaluation rows, the raw data."""
+
+    data: TrainingData
+    evaluation: pd.DataFrame
+    raw_dir: Path
+    model_name: ModelName
+    settings: Settings
+
+
+Baseline = Callable[[BaselineContext], np.ndarray]
+
+
+def _rfm(ctx: BaselineContext) -> np.ndarray:
+    return baselines.rfm_scores(ctx.data.train, ctx.evaluation)
+
+
+def _bgnbd(ctx: BaselineContext) -> np.ndarray:
+    return baselines.bgnbd_scores(ctx.raw_dir, ctx.data.plan.validation,
+                                  ctx.evaluation["user_id"], ctx.data.plan.horizon_days,
+                                  ctx.model_name, ctx.settings.training)
+
+
+def _seller_recency(ctx: BaselineContext) -> np.ndarray:
+    return baselines.seller_recency_scores(ctx.data.train, ctx.evaluation)
+
+
+# The baselines each model is scored against (and must beat to become champion): the buyer
+# models against RFM recency and BG/NBD, seller churn against the recency of the last listing.
+BUYER_BASELINES: dict[str, Baseline] = {"rfm": _rfm, "bgnbd": _bgnbd}
+MODEL_BASELINES: dict[str, dict[str, Baseline]] = {
+    "churn": BUYER_BASELINES, "propensity": BUYER_BASELINES,
+    SELLER_CHURN: {"recency": _seller_recency},
+}
 
 
 class TrainResult(BaseModel):
@@ -132,12 +168,10 @@ def _tune(spec: ModelSpec, data: TrainingData, stop: pd.DataFrame, params: dict[
 
 def _baseline_scores(data: TrainingData, evaluation: pd.DataFrame, raw_dir: Path,
                      model_name: ModelName, settings: Settings) -> dict[str, np.ndarray]:
-    """Each baseline's probability of the event on the evaluation rows."""
-    return {
-        "rfm": baselines.rfm_scores(data.train, evaluation),
-        "bgnbd": baselines.bgnbd_scores(raw_dir, data.plan.validation, evaluation["user_id"],
-                                        data.plan.horizon_days, model_name, settings.training),
-    }
+    """Each of ``model_name``'s baselines' probability of the event on the evaluation rows."""
+    ctx = BaselineContext(data=data, evaluation=evaluation, raw_dir=raw_dir,
+                          model_name=model_name, settings=settings)
+    return {name: baseline(ctx) for name, baseline in MODEL_BASELINES[model_name].items()}
 
 
 def _log_artifacts(out: Path, y: np.ndarray, scores: dict[str, np.ndarray], booster: lgb.Booster,
@@ -271,7 +305,7 @@ def train(settings: Settings, model_name: ModelName, as_of: date | None = None,
           rebuild_features: bool = False, say: Say = print) -> TrainResult:
     """Train, evaluate, log, register and gate one model; see the module docstring."""
     cfg = settings.training
-    model_columns(settings)  # refuses a forbidden feature before any work is done
+    model_columns(settings, model_name)  # refuses a forbidden feature before any work
     raw_dir = Path(settings.paths.raw_dir)
     orders_path(raw_dir)
     seconds: dict[str, float] = {}
@@ -303,7 +337,7 @@ def train(settings: Settings, model_name: ModelName, as_of: date | None = None,
         scores = {"lightgbm": predict(fitted.booster, fitted.spec, evaluation),
                   **_baseline_scores(data, evaluation, raw_dir, model_name, settings)}
         metrics = evaluate(y, scores["lightgbm"])
-        base_metrics = {name: evaluate(y, scores[name]) for name in BASELINES}
+        base_metrics = {name: evaluate(y, scores[name]) for name in MODEL_BASELINES[model_name]}
         t = _stage(seconds, "evaluate", t)
         say(f"[5/6] ROC AUC on evaluation half: LightGBM {metrics.roc_auc:.4f}, "
             + ", ".join(f"{n} {m.roc_auc:.4f}" for n, m in base_metrics.items()))

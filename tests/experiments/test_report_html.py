@@ -25,7 +25,7 @@ import pytest
 import test_evaluate_and_report as shared
 
 from experiments.report import fmt
-from features.segmentation import TIERS
+from features.segmentation import SELLER_TIERS, TIERS
 from nextbest.cli import main
 
 pytestmark = pytest.mark.integration
@@ -54,8 +54,8 @@ SCIENTIFIC = re.compile(r"\d(?:\.\d+)?[eE][+-]\d")
 LONG_DECIMALS = re.compile(r"\d\.\d{5,}")
 BLOCKS = {"p", "div", "section", "table", "tr", "td", "th", "h1", "h2", "h3", "figure",
           "figcaption", "li", "title"}
-SECTIONS = ["summary", "segments", "models", "simulation", "ope", "abtest", "fairness",
-            "campaigns"]
+SECTIONS = ["summary", "segments", "sellers", "models", "simulation", "ope", "abtest",
+            "fairness", "campaigns"]
 
 
 def _chromium() -> str:
@@ -252,6 +252,11 @@ def test_report_renders_in_chromium_with_every_section(world: Path, capsys):
     assert [row.find("td").text() for row in tier_rows] == list(TIERS)
     shares = [row.find_all("td")[2].text() for row in tier_rows]
     assert all(re.fullmatch(r"\d{1,3}\.\d%", s) for s in shares), shares
+
+    sellers = _section(dom, "sellers")
+    seller_rows = sellers.find("table").find_all("tr")[1:]
+    assert [row.find("td").text() for row in seller_rows] == list(SELLER_TIERS)
+    assert "GMV (365 days)" in sellers.find("table").text()
 
     models = _section(dom, "models")
     captions = _captions(models)

@@ -266,3 +266,40 @@ def test_lifecycle_stages_tags_and_ltv_against_acquisition_cost(settings: Settin
     text = render_text(report)
     assert "LTV (365-day forecast spend, ltv v2) against acquisition cost" in text
     assert "6.25" in text and "Lifecycle stages (rules and churn model)" in text
+
+
+def _with_sellers(settings: Settings, as_of: date,
+                  sellers: dict[str, tuple[str | None, float, float]]) -> None:
+    """Add seller_tier, sold_value_365d and commission_365d to the features of ``as_of``."""
+    path = Path(settings.paths.features_dir) / f"as_of={as_of.isoformat()}" / "features.parquet"
+    frame = pd.read_parquet(path)
+    rows = [sellers.get(u, (None, 0.0, 0.0)) for u in frame["user_id"]]
+    frame["seller_tier"] = pd.Series([r[0] for r in rows], dtype=object)
+    frame["sold_value_365d"] = [r[1] for r in rows]
+    frame["commission_365d"] = [r[2] for r in rows]
+    frame.to_parquet(path)
+
+
+def test_seller_tiers_gmv_migration_and_vip_sleeping_alert(two_dates: Settings) -> None:
+    _with_sellers(two_dates, JAN, {"a": ("vip", 5000.0, 1000.0), "b": ("vip", 3000.0, 600.0),
+                                   "c": ("potential", 500.0, 100.0),
+                                   "f": ("prospective", 0.0, 0.0)})
+    _with_sellers(two_dates, FEB, {"a": ("vip", 5500.0, 1100.0), "b": ("sleeping", 0.0, 0.0),
+                                   "c": ("vip", 900.0, 180.0), "f": ("potential", 200.0, 40.0)})
+    report = build_report(two_dates, FEB, JAN)
+    by_tier = {t.seller_tier: t for t in report.sellers}
+    assert list(by_tier) == ["vip", "potential", "sleeping", "prospective"]
+    assert (by_tier["vip"].users, by_tier["vip"].gmv_365d) == (2, 6400.0)
+    assert by_tier["vip"].commission_per_user == pytest.approx(640.0)
+    assert by_tier["prospective"].users == 0 and by_tier["prospective"].share == 0.0
+    m = report.seller_migration
+    assert m is not None and m.tiers_from[:4] == ["vip", "potential", "sleeping", "prospective"]
+    counts = {(a, b): n for a, row in zip(m.tiers_from, m.counts, strict=True)
+              for b, n in zip(m.tiers_to, row, strict=True)}
+    assert counts[("vip", "vip")] == 1 and counts[("vip", "sleeping")] == 1
+    assert counts[("potential", "vip")] == 1 and counts[("prospective", "potential")] == 1
+    assert sum(map(sum, m.counts)) == 7  # every user once; non-sellers as not present
+    alert = next(a for a in report.alerts if a.kind == "vip_sellers_sleeping")
+    assert alert.user_ids == ["b"] and alert.value == 1
+    text = render_text(report)
+    assert "seller tier" in text and "Seller tier migration" in text and "VIP seller" in text

@@ -122,15 +122,33 @@ def test_tiers_follow_config_thresholds() -> None:
         assign_tiers(frame, TierConfig(value_column="no_such_column"))
 
 
-def test_seller_tiers_only_for_sellers_and_vip_only_if_active(built: pd.DataFrame) -> None:
+def test_seller_tiers_only_for_sellers_and_prospects(built: pd.DataFrame) -> None:
     sellers = built["is_seller"]
-    assert built.loc[~sellers, "seller_tier"].isna().all()
-    assert set(built.loc[sellers, "seller_tier"]) == set(SELLER_TIERS)
-    frame = pd.DataFrame({"is_seller": [True, True, True, False],
-                          "seller_idle_days": [5.0, 10.0, 200.0, np.nan],
-                          "commission_paid": [10.0, 500.0, 900.0, 0.0]})
+    assert set(built.loc[~sellers, "seller_tier"].dropna()) == {"prospective"}
+    assert set(built.loc[sellers, "seller_tier"]) == {"vip", "potential", "sleeping"}
+    prospects = built["seller_tier"] == "prospective"
+    assert ((built.loc[prospects, "unfinished_listings"] >= 1)
+            | (built.loc[prospects, "resellable_items"] >= 3)).all()
+
+
+def test_seller_tiers_follow_seller_rfm() -> None:
+    """VIP needs recency, frequency and value; the other active sellers are potential."""
+    frame = pd.DataFrame({
+        "is_seller": [True, True, True, True, True, False, False],
+        "seller_recency_days": [5.0, 10.0, 200.0, 50.0, 3.0, np.nan, np.nan],
+        "sales_365d": [4, 9, 9, 9, 1, 0, 0],
+        "commission_365d": [10.0, 500.0, 900.0, 800.0, 990.0, 0.0, 0.0],
+        "unfinished_listings": [0, 0, 0, 0, 0, 1, 0],
+        "resellable_items": [0, 0, 0, 0, 0, 0, 1]})
     tiers = assign_seller_tiers(frame, TierConfig(seller_vip_share=0.5))
-    assert list(tiers[:3]) == ["potential", "vip", "sleeping"] and tiers[3] is None
+    # 4 active sellers (<= 90 days), so 2 VIP places: rows 0 and 1 are recent (<= 30 days)
+    # and frequent (>= 3 sales); row 3 is active but not recent, row 4 sold only once, so
+    # both stay potential despite more commission; row 2 is idle: sleeping.
+    assert list(tiers) == ["vip", "vip", "sleeping", "potential", "potential", "prospective",
+                           None]
+    assert SELLER_TIERS == ("vip", "potential", "sleeping", "prospective")
+    with pytest.raises(ConfigError, match="seller_value_column"):
+        assign_seller_tiers(frame, TierConfig(seller_value_column="nope"))
 
 
 def test_tags_match_their_rules_and_nan_is_false(built: pd.DataFrame) -> None:

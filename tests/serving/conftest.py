@@ -85,7 +85,8 @@ class World:
 
 
 def build_world(root: Path) -> World:
-    """Synthesise users, build their features into the online store, train both champions."""
+    """Synthesise users, build their features into the online store, train the churn,
+    propensity and seller churn champions."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "nextbest.yaml").write_text(yaml.safe_dump(test_config()))
     env = {key: value for key, value in os.environ.items() if not key.startswith("NEXTBEST")}
@@ -100,6 +101,9 @@ def build_world(root: Path) -> World:
     build_features(settings, progress=False)  # also refreshes the online store
     for model in ("churn", "propensity"):
         run_cli(["train", model, "--cutoffs", "2"], env, root)
+    # Forced: on a world this small the gate against the recency baseline may go either
+    # way, and the seller answers need a champion to score with.
+    run_cli(["train", "seller_churn", "--cutoffs", "2", "--force"], env, root)
     return World(root=root, env=env, settings=settings)
 
 
