@@ -16,8 +16,13 @@ loop already wakes ~4 ms late at p99: see ``--capacity``); ``send_lag`` adds the
 free connection when all ``--max-connections`` are busy (an overloaded server).
 
 Request bodies (``--kind``): ``noop`` and ``score`` (``{"user_id"}``), ``decide`` (user and
-context; the event ids answered are written to ``--event-ids-out``) and ``feedback`` (one
-per event id of ``--event-ids``, in order; converted on every fourth).
+context; the event ids answered are written to ``--event-ids-out``), ``feedback`` (one
+per event id of ``--event-ids``, in order; converted on every fourth) and ``events`` (one
+``view`` behaviour event each, for ``POST /events``: a user of the pool of ``--users`` and
+one of a few categories, at a distinct moment one second apart from ``--events-start``, so
+each is a new event and users who view one category five times fire ``browse_no_buy``;
+the events accepted and the outbox messages answered are counted from the replies).
+``--header "Name: value"`` adds a header to every request (an API key).
 
     python benchmarks/openloop.py --url http://127.0.0.1:3000 --path /score --kind score \\
         --rate 300 --seconds 5 [--arrivals poisson] [--users 2000] [--out result.json]
@@ -37,6 +42,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,7 +50,11 @@ import numpy as np
 
 CONTEXT = {"channel": "web", "page": "item", "item_id": "i1", "item_price": 120.0,
            "category": "bags", "hour": 14}
+EVENT_CATEGORIES = ("bags", "shoes", "watches")
+EVENTS_START = "2026-01-05T08:00:00+00:00"
 _EVENT_ID = re.compile(rb'"event_id":"([^"]+)"')
+_ACCEPTED = re.compile(rb'"accepted":(\d+)')
+_MESSAGE = re.compile(rb'"message_id":')
 
 
 def schedule(rate: float, seconds: float, arrivals: str, seed: int) -> np.ndarray:
@@ -58,9 +68,21 @@ def schedule(rate: float, seconds: float, arrivals: str, seed: int) -> np.ndarra
 
 
 def bodies(kind: str, count: int, users: int, seed: int,
-           event_ids: list[str] | None = None) -> list[bytes]:
+           event_ids: list[str] | None = None, events_start: str = EVENTS_START) -> list[bytes]:
     """The JSON body of each request, in send order."""
     rng = random.Random(seed)
+    if kind == "events":
+        start = datetime.fromisoformat(events_start)
+        out = []
+        for i in range(count):
+            user = rng.randrange(users)
+            category = EVENT_CATEGORIES[rng.randrange(len(EVENT_CATEGORIES))]
+            out.append(json.dumps({
+                "user_id": f"u{user:06d}", "type": "view",
+                "ts": (start + timedelta(seconds=i)).isoformat(),
+                "item_id": f"i{rng.randrange(5000)}", "category": category,
+                "price": round(rng.uniform(20, 900), 2)}).encode())
+        return out
     if kind == "feedback":
         if not event_ids:
             raise SystemExit("--kind feedback needs --event-ids with at least one id")
@@ -87,6 +109,8 @@ class Outcome:
     done: np.ndarray = field(init=False)
     status: np.ndarray = field(init=False)
     event_ids: list[bytes] = field(default_factory=list)
+    accepted: int = 0  # events kind: events the replies say were kept
+    messages: int = 0  # events kind: outbox messages (or suppressions) in the replies
 
     def __post_init__(self) -> None:
         n = len(self.scheduled)
@@ -124,12 +148,15 @@ class Connection:
 
 
 async def run(url: str, path: str, payloads: list[bytes], when: np.ndarray,
-              max_connections: int, timeout: float, keep_event_ids: bool) -> Outcome:
+              max_connections: int, timeout: float, keep_event_ids: bool,
+              headers: list[str] | None = None, count_events: bool = False) -> Outcome:
     """Send ``payloads[i]`` at ``when[i]`` seconds after the start; wait for the answers
-    (at most ``timeout`` seconds after the last send)."""
+    (at most ``timeout`` seconds after the last send). ``headers`` (``"Name: value"``) go
+    with every request; ``count_events`` counts the events and messages of the replies."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    extra = "".join(f"{h}\r\n" for h in headers or [])
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
             "Content-Type: application/json\r\nContent-Length: ").encode()
     outcome = Outcome(when)
     idle: list[Connection] = []
@@ -173,6 +200,10 @@ async def run(url: str, path: str, payloads: list[bytes], when: np.ndarray,
                 found = _EVENT_ID.search(body)
                 if found:
                     outcome.event_ids.append(found.group(1))
+            if count_events and status == 200:
+                accepted = _ACCEPTED.search(body)
+                outcome.accepted += int(accepted.group(1)) if accepted else 0
+                outcome.messages += len(_MESSAGE.findall(body))
             idle.append(conn)
 
     # Open a few connections before the clock starts, as a client pool would have.
@@ -215,7 +246,8 @@ def summarise(outcome: Outcome, rate: float, seconds: float, warmup: float) -> d
         "status_counts": {str(s): int(c) for s, c in zip(
             *np.unique(outcome.status[answered], return_counts=True), strict=True)},
         "achieved_rps": round(float(ok.sum() / max(last, seconds)), 1),
-        "p50_ms": pct(latency, 50), "p90_ms": pct(latency, 90), "p99_ms": pct(latency, 99),
+        "p50_ms": pct(latency, 50), "p90_ms": pct(latency, 90), "p95_ms": pct(latency, 95),
+        "p99_ms": pct(latency, 99),
         "p999_ms": pct(latency, 99.9), "max_ms": pct(latency, 100),
         "dispatch_lag_p99_ms": pct(dispatch, 99), "send_lag_p99_ms": pct(lag, 99),
         "send_lag_max_ms": pct(lag, 100),
@@ -305,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser.add_argument("--url", required=True)
     parser.add_argument("--path", required=True)
-    parser.add_argument("--kind", choices=["noop", "score", "decide", "feedback"], required=True)
+    parser.add_argument("--kind", choices=["noop", "score", "decide", "feedback", "events"],
+                        required=True)
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.5,
@@ -318,17 +351,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait for answers after the last send")
     parser.add_argument("--event-ids", type=Path, help="feedback: the event ids to reward")
     parser.add_argument("--event-ids-out", type=Path, help="decide: where to write event ids")
+    parser.add_argument("--events-start", default=EVENTS_START,
+                        help="events: the moment of the first event (one second apart)")
+    parser.add_argument("--header", action="append", default=[],
+                        help="'Name: value' sent with every request (repeatable)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     when = schedule(args.rate, args.seconds, args.arrivals, args.seed)
     ids = args.event_ids.read_text().split() if args.event_ids else None
-    payloads = bodies(args.kind, len(when), args.users, args.seed, ids)
+    payloads = bodies(args.kind, len(when), args.users, args.seed, ids, args.events_start)
     outcome = asyncio.run(run(args.url, args.path, payloads, when, args.max_connections,
-                              args.timeout, keep_event_ids=args.event_ids_out is not None))
+                              args.timeout, keep_event_ids=args.event_ids_out is not None,
+                              headers=args.header, count_events=args.kind == "events"))
     if args.event_ids_out is not None:
         args.event_ids_out.write_bytes(b"".join(e + b"\n" for e in outcome.event_ids))
     result = {"path": args.path, "arrivals": args.arrivals, "seconds": args.seconds,
               **summarise(outcome, args.rate, args.seconds, args.warmup)}
+    if args.kind == "events":
+        result |= {"events_accepted": outcome.accepted, "messages_answered": outcome.messages}
     text = json.dumps(result, indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")

@@ -52,6 +52,9 @@ from nextbest.storage import location
 
 log = logging.getLogger(__name__)
 AUDIENCE_CHUNK = 20_000
+# Firings of a scheduled run per write transaction of the campaign store: large enough to
+# spare a commit per user, small enough not to hold other writers (the service) for long.
+RUN_BATCH = 200
 
 
 class EventsResult(BaseModel):
@@ -402,39 +405,47 @@ class CampaignLayer:
                     held = holdout_hash(name, state.view.user_id) < \
                         campaign.config.holdout_share
                     report.holdout += int(held and not campaign.config.transactional)
-                    if dry_run:
-                        continue
-                    message = self.fire(campaign, state, key=f"schedule:{slot}",
-                                        trigger=f"schedule:{slot}", context=context, now=ts)
-                    if message is None:
-                        report.already += 1
-                    elif message.status == "pending":
-                        report.messages += 1
-                    else:
-                        reasons[str(message.reason).split(":")[0]] += 1
+                if dry_run:
+                    continue
+                # RUN_BATCH firings per commit of the campaign store (not one each): each
+                # batch is one write transaction, so its checks and rows are atomic.
+                for start in range(0, len(states), RUN_BATCH):
+                    with self.store.transaction():
+                        for state in states[start:start + RUN_BATCH]:
+                            message = self.fire(campaign, state, key=f"schedule:{slot}",
+                                                trigger=f"schedule:{slot}", context=context,
+                                                now=ts)
+                            if message is None:
+                                report.already += 1
+                            elif message.status == "pending":
+                                report.messages += 1
+                            else:
+                                reasons[str(message.reason).split(":")[0]] += 1
         report.suppressed = dict(reasons)
         report.seconds = (datetime.now(UTC) - started).total_seconds()
         return report
 
     def _audience(self, campaign: Campaign) -> Iterator[list[UserState]]:
-        """The users whose condition holds, a chunk of the store at a time."""
+        """The users whose condition holds, a chunk of the store at a time.
+
+        Each chunk's records are parsed together (:meth:`OnlineStore.iter_frames`, as
+        ``score --all`` reads them), scored and masked as one frame; only the users in the
+        audience have their preferences read (one read per chunk) and a state built."""
         assert campaign.condition is not None
         previous = self._previous_build(campaign)
-        for entries in self.users.store.scan(AUDIENCE_CHUNK):
-            if not entries:
-                continue
-            frame = pd.DataFrame([e.record for e in entries])
-            frame["user_id"] = [e.user_id for e in entries]
-            frame["known"] = True
-            frame = self._with_scores(frame)
+        store = self.users.store
+        for records in store.iter_frames(AUDIENCE_CHUNK):
+            frame = self._with_scores(records.assign(known=True))
             if previous is not None:
                 frame = frame.merge(previous, on="user_id", how="left")
                 frame["tier_drop"] = _tier_rank(frame["tier"]) - _tier_rank(frame["previous_tier"])
-            mask = campaign.condition.mask(frame)
-            preferences = {e.user_id: e.preferences for e in entries}
+            chosen = frame[campaign.condition.mask(frame)]
+            if chosen.empty:
+                continue
+            preferences = store.get_preferences_many(chosen["user_id"].tolist())
             yield [user_state(row["user_id"], row, preferences[row["user_id"]],
                               row["churn_probability"], row["purchase_propensity"])
-                   for row in frame[mask].to_dict("records")]
+                   for row in map(_plain, chosen.to_dict("records"))]
 
     def _with_scores(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with the champions' churn and propensity (NaN without models)."""
@@ -532,3 +543,10 @@ def _tier_rank(tiers: pd.Series) -> pd.Series:
     """Platinum 0 to churned 4; ``new`` and unknown tiers are missing."""
     ranks = {tier: i for i, tier in enumerate(TIERS) if tier != "new"}
     return tiers.map(ranks).astype(float)
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of a records frame with the values a record read one at a time has: arrays
+    (tags, review reasons) as lists, missing text as None."""
+    return {k: (list(v) if isinstance(v, np.ndarray) else None if v is pd.NA else v)
+            for k, v in row.items()}

@@ -457,6 +457,13 @@ class OnlineStore(ABC):
         """The user's preferences; all flags True for a user who never set any."""
         return _preferences_of(self._fetch([user_id]).get(user_id))
 
+    def get_preferences_many(self, user_ids: Sequence[str]) -> dict[str, Preferences]:
+        """The preferences of every user of ``user_ids`` in one read (as
+        :meth:`get_preferences` gives them: all flags True for a user who set none)."""
+        ids = list(dict.fromkeys(user_ids))
+        stored = self._fetch(ids)
+        return {user_id: _preferences_of(stored.get(user_id)) for user_id in ids}
+
     def get_with_preferences(self, user_id: str) -> tuple[dict[str, Any] | None, Preferences]:
         """:meth:`get` and :meth:`get_preferences` from one read (every decision needs both)."""
         stored = self._fetch([user_id]).get(user_id)

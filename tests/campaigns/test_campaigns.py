@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from nextbest.errors import ConfigError
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 AS_OF = date(2026, 3, 1)
 USERS = 400
+USER_COLUMNS = ("known", "churn_probability", "purchase_propensity")
 
 
 def with_changes(settings: Settings, **sections: dict[str, Any]) -> Settings:
@@ -250,6 +252,52 @@ def test_the_lifecycle_campaign_fires_on_tier_drops_and_stage_transitions(
         engine.close()
         store.close()
     assert report.audience == 3 and fired == {"u0", "u2", "u4"}
+
+
+def test_a_scheduled_audience_sees_each_user_as_a_one_user_lookup_does(
+        settings: Settings) -> None:
+    """The audience reads the store in chunks (records parsed together, preferences of the
+    audience only); each user comes out as :meth:`UserDirectory.lookup` sees them alone."""
+    campaign = {"name": "dormant_nudge", "kind": "scheduled", "schedule": "0 10 * * 1",
+                "condition": "tier == 'dormant' and 'at_risk' not in tags"}
+    tuned = with_changes(settings, campaigns={"campaigns": [campaign]})
+    frame = population(120).assign(
+        tags=[["at_risk"] if i % 8 == 0 else ["high_value"] if i % 3 else []
+              for i in range(120)],
+        recency_days=[np.nan if i % 5 == 0 else 120.0 for i in range(120)])
+    store = open_store(tuned)
+    store.write(frame, AS_OF)
+    store.remove_tag("u0004", "high_value")
+    store.set_preferences("u0012", Preferences(personalization=False, marketing_email=False))
+    engine = DecisionEngine(tuned, durable=False)
+    users = UserDirectory(tuned, store, None)
+    layer = CampaignLayer(tuned, engine, users)
+    try:
+        with patch("campaigns.layer.AUDIENCE_CHUNK", 7):
+            states = [s for chunk in layer._audience(layer.get("dormant_nudge")) for s in chunk]
+        alone = {s.view.user_id: users.lookup(s.view.user_id) for s in states}
+    finally:
+        layer.close()
+        engine.close()
+        store.close()
+    expected = {u for i, u in enumerate(frame["user_id"]) if i % 4 == 0 and i % 8 != 0}
+    assert {s.view.user_id for s in states} == expected and "u0012" in expected
+    for state in states:
+        one = alone[state.view.user_id]
+        # The audience's features also carry the columns it scored and masked with, and
+        # missing values as None where a lookup leaves them out: the same to the engine.
+        seen, alone_view = state.view.model_dump(), one.view.model_dump()
+        for view_dump in (seen, alone_view):
+            view_dump["features"] = {k: v for k, v in view_dump["features"].items()
+                                     if v is not None and k not in USER_COLUMNS}
+        assert seen == alone_view
+        assert state.preferences == one.preferences
+        missing = {k for k, v in one.names.items() if v is None}
+        assert {k: v for k, v in state.names.items() if k not in missing} == \
+            {k: v for k, v in one.names.items() if k not in missing}
+        assert all(pd.isna(state.names[k]) for k in missing)
+    assert alone["u0012"].preferences.personalization is False
+    assert alone["u0004"].names["tags"] == []
 
 
 def test_a_campaign_never_lends_to_a_student(settings: Settings) -> None:
