@@ -12,6 +12,8 @@ Tables:
   one writer at a time commit, so ``seq`` grows in commit order and a reader tailing
   ``seq > n`` never skips a row.
 - ``late_feedback``: feedback that arrived after the window: recorded, never learned.
+- ``shadow_decisions``: what a shadow policy would have chosen on a decision, with its
+  probability and pmf (decisions/lifecycle.py); never shown to anyone.
 
 Several processes (BentoML workers, the learner) may open the same file: WAL lets readers
 run beside the one writer, and ``busy_timeout`` makes writers wait instead of failing.
@@ -63,6 +65,17 @@ CREATE TABLE IF NOT EXISTS rewards (
     ts REAL NOT NULL,
     learnable INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shadow_decisions (
+    event_id TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    action TEXT,
+    probability REAL NOT NULL,
+    pmf TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    reward_model TEXT,
+    ts REAL NOT NULL,
+    PRIMARY KEY (event_id, policy)
+);
 CREATE TABLE IF NOT EXISTS late_feedback (
     event_id TEXT PRIMARY KEY,
     converted INTEGER NOT NULL,
@@ -73,7 +86,9 @@ CREATE TABLE IF NOT EXISTS late_feedback (
 """
 _DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, probability, "
                      "pmf, policy_version, personalized, control, learnable, campaign, "
-                     "item_price, reason")
+                     "item_price, reason, reward_model")
+# Columns added after the first release: (table, column, type), added to older logs on open.
+_MIGRATIONS = (("decisions", "reward_model", "TEXT"),)
 
 
 class Offer(BaseModel):
@@ -145,6 +160,9 @@ class LoggedDecision(BaseModel):
     tier: str
     features: dict[str, Any] = Field(default_factory=dict)  # BanditExample.model_dump()
     item_price: float | None = None
+    # The version of the reward model that informed the choice (decisions/reward_model.py;
+    # None: VW alone), so replays and offline evaluation use the model that decided.
+    reward_model: str | None = None
 
 
 class LoggedReward(BaseModel):
@@ -201,8 +219,23 @@ class DecisionLog:
         self.conn.execute(f"PRAGMA synchronous={synchronous if durable else 'OFF'}")
         for statement in filter(str.strip, _SCHEMA.split(";")):
             self.conn.execute(statement)
+        self._migrate()
         if not durable:
             self.conn.execute("BEGIN")
+
+    def _migrate(self) -> None:
+        """Add the columns a log written by an older version lacks (their rows get NULL).
+
+        Two processes opening one old log at once may both try: the loser's "duplicate
+        column" error means the column is there."""
+        for table, column, kind in _MIGRATIONS:
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                try:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def _wrote(self) -> None:
         """Commit now (durable) or every ``BATCH_COMMIT`` writes (scratch logs)."""
@@ -225,11 +258,12 @@ class DecisionLog:
         d = logged.decision
         self.conn.execute(
             f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (d.event_id, d.user_id, to_epoch(d.ts), logged.tier,
              json.dumps(logged.features, separators=(",", ":")), json.dumps(d.eligible),
              d.action, d.probability, json.dumps(d.pmf), d.policy_version, int(d.personalized),
-             int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason))
+             int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason,
+             logged.reward_model))
         self._wrote()
 
     def get_decision(self, event_id: str) -> LoggedDecision | None:
@@ -349,7 +383,7 @@ class DecisionLog:
         subquery = "SELECT event_id FROM decisions WHERE user_id = ?"
         if self.durable:  # one transaction: no reader sees rewards without their decision
             self.conn.execute("BEGIN IMMEDIATE")
-        for table in ("rewards", "late_feedback"):
+        for table in ("rewards", "late_feedback", "shadow_decisions"):
             self.conn.execute(f"DELETE FROM {table} WHERE event_id IN ({subquery})", (user_id,))
         count = self.conn.execute("DELETE FROM decisions WHERE user_id = ?", (user_id,)).rowcount
         if self.durable:
@@ -369,11 +403,11 @@ class DecisionLog:
 def _logged_decision(row: tuple[Any, ...]) -> LoggedDecision:
     """Rebuild a LoggedDecision from a ``SELECT {_DECISION_COLUMNS}`` row."""
     (event_id, user_id, ts, tier, features, eligible, action, probability, pmf, version,
-     personalized, control, learnable, campaign, item_price, reason) = row
+     personalized, control, learnable, campaign, item_price, reason, reward_model) = row
     decision = Decision(event_id=event_id, user_id=user_id, action=action,
                         probability=probability, pmf=json.loads(pmf),
                         personalized=bool(personalized), control=bool(control), reason=reason,
                         policy_version=version, eligible=json.loads(eligible),
                         ts=from_epoch(ts), campaign=campaign, learnable=bool(learnable))
     return LoggedDecision(decision=decision, tier=tier, features=json.loads(features),
-                          item_price=item_price)
+                          item_price=item_price, reward_model=reward_model)
