@@ -329,10 +329,13 @@ class Learner:
         return model
 
     def stop_refits(self) -> None:
-        """Wait for a running refit to finish and stop the refit worker."""
+        """Wait for a running refit to finish, install it, and stop the refit worker."""
         if self._refitter is not None:
             self._refitter.shutdown(wait=True)
             self._refitter = None
+        if self._refit is not None and self._refit.exception() is None:
+            self.chooser.install(self._refit.result())  # type: ignore[attr-defined]
+        self._refit = None
 
     def checkpoint_if_due(self) -> None:
         """Checkpoint when there is unsaved learning older than ``checkpoint_seconds``."""
@@ -361,10 +364,10 @@ class Learner:
 
     def close(self) -> None:
         """Checkpoint what is unsaved, wait until it is published, free the model."""
+        self.stop_refits()
         self.checkpoint(wait=True)
         if self._publisher is not None:
             self._publisher.shutdown(wait=True)
-        self.stop_refits()
         self.chooser.close()
 
     def sweep(self, now: datetime) -> int:
@@ -435,6 +438,7 @@ class LearnerThread:
                     LOG.exception("bandit learner step failed; retrying")
                 self.stop_event.wait(self.poll_seconds)
             learner.catch_up()
+            learner.stop_refits()
             learner.checkpoint()
         finally:
             learner.stop_refits()

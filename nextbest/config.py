@@ -383,7 +383,8 @@ class RewardModelConfig(_Section):
     kind: Literal["none", "lightgbm"] = "none"
     # "residual": VW learns the residual logit on top of LightGBM's (reset at each refit);
     # "blend": P(convert) = blend_weight x LightGBM's + (1 - blend_weight) x VW's.
-    combine: Literal["residual", "blend"] = "residual"
+    # "blend" earned more on the simulator (residual: VW restarts at each refit, noisily).
+    combine: Literal["residual", "blend"] = "blend"
     blend_weight: float = Field(0.7, ge=0, le=1)
     refit_every: int = Field(2500, gt=0)
     window: int = Field(40_000, gt=0)       # newest rewards a refit trains on
