@@ -116,9 +116,11 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     config = _config(args, 50_000)
     policies = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
-    print(f"simulating {config.decisions} decisions (seed {config.seed}"
-          f"{', drift' if config.drift else ''}): {', '.join(policies)}", file=sys.stderr)
-    result = _run_simulation(args, settings, config, policies,
+    population = _population(args, settings, config)
+    print(f"simulating {config.decisions} decisions over {len(population)} users "
+          f"(seed {config.seed}{', drift' if config.drift else ''}): {', '.join(policies)}",
+          file=sys.stderr)
+    result = _run_simulation(args, settings, population, config, policies,
                              Path(args.keep_logs) if args.keep_logs else None)
     out = Path(args.out or Path(settings.paths.reports_dir) / "simulation")
     payload = result.to_json()
@@ -152,9 +154,10 @@ def _simulate_seeds(args: argparse.Namespace, settings: Settings) -> int:
     for seed in args.seeds:
         args.seed = seed
         config = _config(args, 50_000)
-        print(f"seed {seed}: simulating {config.decisions} decisions: {', '.join(policies)}",
-              file=sys.stderr)
-        result = _run_simulation(args, settings, config, policies,
+        population = _population(args, settings, config)
+        print(f"seed {seed}: simulating {config.decisions} decisions over {len(population)} "
+              f"users: {', '.join(policies)}", file=sys.stderr)
+        result = _run_simulation(args, settings, population, config, policies,
                                  keep=Path(args.keep_logs) / f"seed{seed}" if args.keep_logs
                                  else None)
         per_seed[seed] = result.to_json()
@@ -173,12 +176,11 @@ def _simulate_seeds(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _run_simulation(args: argparse.Namespace, settings: Settings, config: SimulationConfig,
-                    policies: list[str], keep: Path | None):
-    """One seeded run of ``policies`` on the population of ``args`` (see ``simulate``)."""
+def _run_simulation(args: argparse.Namespace, settings: Settings, population: pd.DataFrame,
+                    config: SimulationConfig, policies: list[str], keep: Path | None):
+    """One seeded run of ``policies`` on ``population`` (see ``simulate``)."""
     from experiments.runner import simulate
 
-    population = _population(args, settings, config)
     return simulate(settings, population, config, policies, log_dir=keep,
                     progress=None if args.quiet else _progress)
 
