@@ -379,7 +379,8 @@ class RewardModelConfig(_Section):
     # A non-linear reward model inside the bandit (decisions/reward_model.py), for model
     # "conversion": LightGBM refit on the decision log every refit_every learned rewards
     # (in the learner, never on a request thread), combined with VW's online model and
-    # explored by the same explorer. "none": VW alone (the linear learner).
+    # explored by the same explorer. "none": VW alone (the linear learner), the default:
+    # on the simulator (seeds 1, 7) "lightgbm" matched it (0.92-0.93 of the oracle), no more.
     kind: Literal["none", "lightgbm"] = "none"
     # "residual": VW learns the residual logit on top of LightGBM's (reset at each refit);
     # "blend": P(convert) = blend_weight x LightGBM's + (1 - blend_weight) x VW's.
