@@ -12,6 +12,8 @@ The bandit implements :class:`decisions.choosers.Chooser` over the examples of
   (SquareCB's inverse-gap weighting, epsilon-greedy or softmax) turns the expected rewards
   into the pmf. It learns the chosen arm's outcome without importance weights: SquareCB's
   online regression oracle.
+  With ``reward_model.kind`` set, a LightGBM reward model joins it
+  (:class:`decisions.reward_model.RewardModelBandit`).
 - ``profit`` (:class:`VWBandit`): VW ``--cb_explore_adf`` with VW's own explorer,
   regressing ``cost = -reward / reward.scale``; ``P`` crossed with the arm and the user
   (``PUA``) lets it learn lifts that scale with the price.
@@ -86,6 +88,10 @@ def make_bandit(config: BanditConfig, *, model_file: Path | None = None,
     SquareCB's exploration schedule resumes.
     """
     if config.exploration.model == "conversion":
+        if config.reward_model.kind != "none":
+            from decisions.reward_model import RewardModelBandit  # it builds on this module
+
+            return RewardModelBandit(config, model_file=model_file, learned=learned)
         return ConversionBandit(config, model_file=model_file, learned=learned)
     return VWBandit(config, model_file=model_file)
 

@@ -209,6 +209,8 @@ class ChooserSpec:
         if self.kind == "bandit":
             body |= {"args": vw_arguments(config),
                      "exploration": config.exploration.model_dump()}
+            if config.reward_model.kind != "none" and config.exploration.model == "conversion":
+                body["reward_model"] = config.reward_model.model_dump(exclude={"log_mlflow"})
         else:
             body["chooser"] = self.kind if self.arm is None else f"{self.kind}:{self.arm}"
         text = json.dumps(body, sort_keys=True, default=str)

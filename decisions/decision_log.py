@@ -14,6 +14,8 @@ Tables:
   one advisory lock from taking its ``seq`` to its commit, so a rolled-back writer leaves a
   hole (skipped harmlessly) and never a late row below a committed one.
 - ``late_feedback``: feedback that arrived after the window: recorded, never learned.
+- ``shadow_decisions``: what a shadow policy would have chosen on a decision, with its
+  probability and pmf (decisions/lifecycle.py); never shown to anyone.
 
 The rows live in a SQLite file (default) or a PostgreSQL database (``storage.url``), through
 :mod:`nextbest.storage`. Several processes (BentoML workers, replicas, the learner) may open
@@ -77,12 +79,28 @@ CREATE TABLE IF NOT EXISTS late_feedback (
     ts REAL NOT NULL
 );
 """
+# Step 2: the reward model's version on each decision (decisions/reward_model.py) and what
+# shadow policies would have chosen (decisions/lifecycle.py).
+_SCHEMA_2 = """
+ALTER TABLE decisions ADD COLUMN reward_model TEXT;
+CREATE TABLE IF NOT EXISTS shadow_decisions (
+    event_id TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    action TEXT,
+    probability REAL NOT NULL,
+    pmf TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    reward_model TEXT,
+    ts REAL NOT NULL,
+    PRIMARY KEY (event_id, policy)
+);
+"""
 # Migration steps (nextbest.storage): append a step for a change, never edit a released one.
-SCHEMA_STEPS = (_SCHEMA,)
+SCHEMA_STEPS = (_SCHEMA, _SCHEMA_2)
 REWARD_LOCK = "decision_log:rewards"  # serialises reward writers on PostgreSQL
 _DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, probability, "
                      "pmf, policy_version, personalized, control, learnable, campaign, "
-                     "item_price, reason")
+                     "item_price, reason, reward_model")
 
 
 class Offer(BaseModel):
@@ -154,6 +172,9 @@ class LoggedDecision(BaseModel):
     tier: str
     features: dict[str, Any] = Field(default_factory=dict)  # BanditExample.model_dump()
     item_price: float | None = None
+    # The version of the reward model that informed the choice (decisions/reward_model.py;
+    # None: VW alone), so replays and offline evaluation use the model that decided.
+    reward_model: str | None = None
 
 
 class LoggedReward(BaseModel):
@@ -240,11 +261,12 @@ class DecisionLog:
         d = logged.decision
         self.conn.execute(
             f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (d.event_id, d.user_id, to_epoch(d.ts), logged.tier,
              json.dumps(logged.features, separators=(",", ":")), json.dumps(d.eligible),
              d.action, d.probability, json.dumps(d.pmf), d.policy_version, int(d.personalized),
-             int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason))
+             int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason,
+             logged.reward_model))
         self._wrote()
 
     def get_decision(self, event_id: str) -> LoggedDecision | None:
@@ -362,7 +384,8 @@ class DecisionLog:
         return item
 
     def erase_user(self, user_id: str) -> int:
-        """Delete every decision, reward and late feedback of ``user_id``; decisions deleted.
+        """Delete every decision, reward, late feedback and shadow decision of ``user_id``;
+        decisions deleted.
 
         Durable log: one transaction (no reader sees rewards without their decision), rolled
         back on any failure so the log stays writable; the deleted bytes are overwritten
@@ -371,7 +394,7 @@ class DecisionLog:
         if self.durable:
             self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("rewards", "late_feedback"):
+            for table in ("rewards", "late_feedback", "shadow_decisions"):
                 self.conn.execute(f"DELETE FROM {table} WHERE event_id IN ({subquery})",
                                   (user_id,))
             count = self.conn.execute("DELETE FROM decisions WHERE user_id = ?",
@@ -399,11 +422,11 @@ class DecisionLog:
 def _logged_decision(row: tuple[Any, ...]) -> LoggedDecision:
     """Rebuild a LoggedDecision from a ``SELECT {_DECISION_COLUMNS}`` row."""
     (event_id, user_id, ts, tier, features, eligible, action, probability, pmf, version,
-     personalized, control, learnable, campaign, item_price, reason) = row
+     personalized, control, learnable, campaign, item_price, reason, reward_model) = row
     decision = Decision(event_id=event_id, user_id=user_id, action=action,
                         probability=probability, pmf=json.loads(pmf),
                         personalized=bool(personalized), control=bool(control), reason=reason,
                         policy_version=version, eligible=json.loads(eligible),
                         ts=from_epoch(ts), campaign=campaign, learnable=bool(learnable))
     return LoggedDecision(decision=decision, tier=tier, features=json.loads(features),
-                          item_price=item_price)
+                          item_price=item_price, reward_model=reward_model)

@@ -31,6 +31,7 @@ import os
 import random
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -61,6 +62,7 @@ from decisions.learner import (
     ModelWatcher,
     open_checkpoints,
 )
+from decisions.lifecycle import ShadowPolicy, live_choice
 from decisions.policy import (
     ContactCounts,
     ContextValues,
@@ -108,6 +110,8 @@ class DecisionEngine:
         if not durable and role != "inline":
             raise ValidationFailed("durable=False is only for role='inline' (a scratch log)",
                                    field="durable")
+        if durable and chooser == BANDIT:  # a promoted candidate (nextbest policies)
+            settings, chooser = live_choice(settings, chooser)
         self.settings = settings
         self.config = settings.bandit
         self.spec = chooser
@@ -132,6 +136,10 @@ class DecisionEngine:
         store = open_checkpoints(settings, bandit_dir) if durable else None
         self._store = store
         self.role = self._start(role, store)
+        # A shadow policy (policies.shadow) decides beside this one, logged, never acting.
+        self.shadow = (ShadowPolicy(settings, settings.policies.shadow, self.log)
+                       if settings.policies.shadow else None)
+        self._shadow_caught_up = 0.0
         if self.role != "inline":
             # Several scorer processes must not draw the same numbers in lockstep.
             self.rng = random.Random(f"{self.config.seed}:{os.getpid()}")
@@ -223,10 +231,26 @@ class DecisionEngine:
             logged = LoggedDecision(
                 decision=decision, tier=user.tier,
                 features=example.model_dump(),
-                item_price=context.item_price)
+                item_price=context.item_price,
+                reward_model=getattr(chooser, "reward_model_version", None)
+                if plan.kind is PlanKind.BANDIT else None)
             self.log.record_decision(logged)
             self._remember(logged)
+            if self.shadow is not None and plan.kind is PlanKind.BANDIT:
+                self._observe_shadow(decision.event_id,
+                                     DecisionInput(user, context, example), ts)
             return decision
+
+    def _observe_shadow(self, event_id: str, decision: DecisionInput, ts: datetime) -> None:
+        """Let the shadow choose on this decision and log it (it never acts). Outside the
+        inline role it learns the log's new rewards at most every ``reload_seconds``."""
+        assert self.shadow is not None
+        if self.role != "inline":
+            now = time.monotonic()
+            if now - self._shadow_caught_up >= self.config.reload_seconds:
+                self.shadow.catch_up()
+                self._shadow_caught_up = now
+        self.shadow.observe(event_id, decision, ts)
 
     def _remember(self, logged: LoggedDecision) -> None:
         """Keep the decision for its feedback, dropping the oldest past the cache size."""
@@ -297,6 +321,8 @@ class DecisionEngine:
             self._recent.pop(event_id, None)  # rewarded: later feedback is a duplicate
             if self._learner is not None:
                 self._learner.learn_next(seq, logged, reward, converted)
+                if self.shadow is not None:
+                    self.shadow.catch_up()
             detail = ("reward accepted and learned" if decision.learnable else
                       f"reward accepted, not learned: {decision.reason}")
             if decision.learnable and self._learner is None:
@@ -345,7 +371,10 @@ class DecisionEngine:
         with self._lock:
             self._last_sweep = ts
             if self._learner is not None:
-                return self._learner.sweep(ts)
+                added = self._learner.sweep(ts)
+                if added and self.shadow is not None:
+                    self.shadow.catch_up()
+                return added
             reward = self.config.reward
             return self.log.sweep(ts, timedelta(days=reward.window_days), reward.default)
 
@@ -422,6 +451,9 @@ class DecisionEngine:
     def close(self) -> None:
         """Checkpoint (inline), stop the learner thread, close the log, release the lock."""
         with self._lock:
+            if self.shadow is not None:
+                self.shadow.close()
+                self.shadow = None
             if self._learner is not None:
                 self._learner.close()  # checkpoints and waits until it is published
                 self._learner = None

@@ -389,6 +389,12 @@ class Learner:
         self._publisher = (ThreadPoolExecutor(1, thread_name_prefix="checkpoint-publisher")
                            if publish_in_background and store is not None else None)
         self._published: Future[CheckpointMeta] | None = None
+        # Reward-model refits (decisions/reward_model.py): in a worker thread when the
+        # learner serves (a store), synchronously in a simulation (deterministic).
+        self._refit: Future[Any] | None = None
+        self._refitter = (ThreadPoolExecutor(1, thread_name_prefix="reward-model-refit")
+                          if store is not None and hasattr(self.chooser, "refit_due")
+                          else None)
 
     @property
     def policy_version(self) -> str:
@@ -433,8 +439,72 @@ class Learner:
         self.meta.rewards_seen += 1
         self.meta.rewards_learned += int(learned)
         self._unsaved += 1
+        if learned:
+            self._maybe_refit()
         if self._unsaved >= self.settings.bandit.checkpoint_every:
             self.checkpoint()
+
+    def _maybe_refit(self) -> None:
+        """Install a finished refit; start one when the chooser's reward model is due.
+
+        The training window is the newest ``reward_model.window`` rewards of the log up to
+        the covered ``seq``: read here (the log connection is this thread's), fitted here
+        (a simulation) or in the refit worker (a store: the service)."""
+        from decisions import reward_model
+
+        if self._refit is not None:
+            if not self._refit.done():
+                return
+            finished, self._refit = self._refit, None
+            if finished.exception() is None:
+                self.chooser.install(finished.result())  # type: ignore[attr-defined]
+            else:
+                LOG.error("reward model refit failed: %s", finished.exception())
+        due = getattr(self.chooser, "refit_due", None)
+        if due is None or not due():
+            return
+        config = self.settings.bandit.reward_model
+        rows = [reward_model.TrainingRow(seq=r.seq, features=r.features, arm=r.action,
+                                         converted=r.converted)
+                for r in self.log.rewards_after(max(self.meta.seq - config.window, 0),
+                                                config.window)
+                if r.learnable and r.action is not None]
+        if not rows:
+            return
+        if self._refitter is None:
+            self.chooser.install(  # type: ignore[attr-defined]
+                reward_model.fit_reward_model(config, rows, seed=self.settings.bandit.seed))
+            return
+        # Counted from now, so a slow fit is not asked for again meanwhile.
+        self.chooser.learned_at_fit = self.chooser.learned  # type: ignore[attr-defined]
+        self._refit = self._refitter.submit(self._fit_and_record, rows)
+
+    def _fit_and_record(self, rows: list[Any]) -> Any:
+        """The refit worker's job: fit, keep the model file beside the checkpoints (so a
+        replay can load the version that decided), log the refit to MLflow."""
+        from decisions import reward_model
+
+        model = reward_model.fit_reward_model(self.settings.bandit.reward_model, rows,
+                                              seed=self.settings.bandit.seed)
+        assert self.store is not None  # the worker exists only with a store
+        folder = self.store.dir / "reward_models"
+        folder.mkdir(exist_ok=True)
+        _atomic_write(folder / f"{model.version}.json", model.to_json())
+        if self.settings.bandit.reward_model.log_mlflow:
+            try:
+                reward_model.log_refit(self.settings, model)
+            except Exception:  # the model is good without its run: keep deciding with it
+                LOG.exception("logging reward model refit %s to MLflow failed", model.version)
+        return model
+
+    def stop_refits(self) -> None:
+        """Wait for a running refit to finish, install it, and stop the refit worker."""
+        if self._refitter is not None:
+            self._refitter.shutdown(wait=True)
+            self._refitter = None
+        if self._refit is not None and self._refit.exception() is None:
+            self.chooser.install(self._refit.result())  # type: ignore[attr-defined]
+        self._refit = None
 
     def checkpoint_if_due(self) -> None:
         """Checkpoint when there is unsaved learning older than ``checkpoint_seconds``."""
@@ -463,6 +533,7 @@ class Learner:
 
     def close(self) -> None:
         """Checkpoint what is unsaved, wait until it is published, free the model."""
+        self.stop_refits()
         self.checkpoint(wait=True)
         if self._publisher is not None:
             self._publisher.shutdown(wait=True)
@@ -547,8 +618,10 @@ class LearnerThread:
                     LOG.exception("bandit learner step failed; retrying")
                 self.stop_event.wait(self.poll_seconds)
             learner.catch_up()
+            learner.stop_refits()
             learner.checkpoint()
         finally:
+            learner.stop_refits()
             learner.chooser.close()
             log.close()
 

@@ -60,7 +60,7 @@ def _write_json(path: Path, payload: dict) -> Path:
     return path
 
 
-DEFAULT_POLICIES = "random,static,epsilon,squarecb,oracle"
+DEFAULT_POLICIES = "random,static,epsilon,squarecb,service,oracle"
 
 
 def _or(value: int | None, default: int) -> int:
@@ -91,11 +91,28 @@ def _population(args: argparse.Namespace, settings: Settings,
             else synthetic_population(settings, config.users, config.seed))
 
 
+def _seeds(text: str) -> list[int]:
+    """``--seeds 1,2,3`` (or ``1-10``) as a list of distinct seeds, in order."""
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            low, _, high = part.partition("-")
+            seeds += range(int(low), int(high or low) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 1,2,3 or 1-10, got {text!r}"
+                                         ) from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected seeds >= 0 like 1,2,3 or 1-10, got "
+                                         f"{text!r}")
+    return list(dict.fromkeys(seeds))
+
+
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.via_http:
         return _simulate_via_http(args, settings)
+    if args.seeds:
+        return _simulate_seeds(args, settings)
     from experiments.plots import simulation_plots
-    from experiments.runner import simulate
 
     config = _config(args, 50_000)
     policies = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
@@ -103,9 +120,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"simulating {config.decisions} decisions over {len(population)} users "
           f"(seed {config.seed}{', drift' if config.drift else ''}): {', '.join(policies)}",
           file=sys.stderr)
-    result = simulate(settings, population, config, policies,
-                      log_dir=Path(args.keep_logs) if args.keep_logs else None,
-                      progress=None if args.quiet else _progress)
+    result = _run_simulation(args, settings, population, config, policies,
+                             Path(args.keep_logs) if args.keep_logs else None)
     out = Path(args.out or Path(settings.paths.reports_dir) / "simulation")
     payload = result.to_json()
     plots = [] if args.no_plots else simulation_plots(result, out)
@@ -124,6 +140,67 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         print(format_simulation(payload))
         print(f"\nwrote {json_path} and {len(plots)} plots to {out}")
     return 0
+
+
+def _simulate_seeds(args: argparse.Namespace, settings: Settings) -> int:
+    """``simulate --seeds 1,2,...``: one run per seed (its own population and stream), each
+    seed's results and the spread (median, min, max) of every policy's share of the oracle
+    and of the static rules. No plots; one MLflow run per seed unless ``--no-mlflow``."""
+    from experiments.runner import spread
+
+    policies = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
+    out = Path(args.out or Path(settings.paths.reports_dir) / "simulation")
+    per_seed: dict[int, dict] = {}
+    for seed in args.seeds:
+        args.seed = seed
+        config = _config(args, 50_000)
+        population = _population(args, settings, config)
+        print(f"seed {seed}: simulating {config.decisions} decisions over {len(population)} "
+              f"users: {', '.join(policies)}", file=sys.stderr)
+        result = _run_simulation(args, settings, population, config, policies,
+                                 keep=Path(args.keep_logs) / f"seed{seed}" if args.keep_logs
+                                 else None)
+        per_seed[seed] = result.to_json()
+        if not args.no_mlflow:
+            from experiments.tracking import log_simulation
+
+            per_seed[seed]["mlflow_run_id"] = log_simulation(settings, result, [])
+    first = next(iter(per_seed.values()))
+    payload = {"seeds": list(per_seed), "decisions": first["decisions"],
+               "users": first["users"], "drift": first["drift"],
+               "reward_kind": first["reward_kind"], "spread": spread(per_seed),
+               "per_seed": {str(seed): p for seed, p in per_seed.items()}}
+    json_path = _write_json(out / "simulation_seeds.json", payload)
+    print(json.dumps(payload, indent=2, default=str) if args.json
+          else format_spread(payload) + f"\n\nwrote {json_path}")
+    return 0
+
+
+def _run_simulation(args: argparse.Namespace, settings: Settings, population: pd.DataFrame,
+                    config: SimulationConfig, policies: list[str], keep: Path | None):
+    """One seeded run of ``policies`` on ``population`` (see ``simulate``)."""
+    from experiments.runner import simulate
+
+    return simulate(settings, population, config, policies, log_dir=keep,
+                    progress=None if args.quiet else _progress)
+
+
+def format_spread(payload: dict) -> str:
+    """The ``--seeds`` table: per policy, the last-20% expected reward as a share of the
+    oracle's and of the static rules', per seed, then median, min and max over seeds."""
+    seeds = payload["seeds"]
+    lines = [f"{payload['decisions']} decisions per seed, seeds {', '.join(map(str, seeds))}; "
+             "last 20% of decisions, true expected reward as a share of the oracle's "
+             "(of oracle) and of the static rules' (vs static)", "",
+             f"{'policy':<12}{'measure':<11}" + "".join(f"{s:>7}" for s in seeds)
+             + f"{'median':>8}{'min':>7}{'max':>7}"]
+    for policy, measures in payload["spread"].items():
+        for key, stats in measures.items():
+            by_seed = stats["by_seed"]
+            lines.append(f"{policy:<12}{key.replace('_', ' '):<11}"
+                         + "".join(f"{by_seed.get(str(s), float('nan')):>7.3f}" for s in seeds)
+                         + f"{stats['median']:>8.3f}{stats['min']:>7.3f}{stats['max']:>7.3f}")
+    return "\n".join(lines)
 
 
 def _simulate_via_http(args: argparse.Namespace, settings: Settings) -> int:
@@ -156,6 +233,12 @@ def _simulate_via_http(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ratio(payload: dict, policy: str, key: str) -> str:
+    """``payload["ratios"][policy][key]`` as ``1.10x``, or ``-`` when there is none."""
+    value = payload.get("ratios", {}).get(policy, {}).get(key)
+    return "-" if value is None else f"{value:.3f}x"
+
+
 def format_simulation(payload: dict) -> str:
     """The comparison table of ``simulate``, with a legend of what its columns mean."""
     oracle = payload["oracle_expected_reward_last"]
@@ -172,7 +255,8 @@ def format_simulation(payload: dict) -> str:
         f"{'':<{76 if conversion else 65}}{'last 20%':^23}".rstrip(),
         f"{'policy':<12}{'profit':>12}{'revenue':>12}{'arm cost':>11}"
         + (f"{'reward':>11}" if conversion else "")
-        + f"{'conv':>7}{'regret':>11}{'reward/dec':>12}{'of oracle':>11}{'dec/s':>8}"]
+        + f"{'conv':>7}{'regret':>11}{'reward/dec':>12}{'of oracle':>11}{'vs static':>11}"
+        f"{'dec/s':>8}"]
     for name, m in payload["policies"].items():
         ratio = m["expected_reward_last"] / oracle if oracle else float("nan")
         lines.append(f"{name:<12}{m['profit']:>12,.0f}{m['revenue']:>12,.0f}"
@@ -180,6 +264,7 @@ def format_simulation(payload: dict) -> str:
                      + (f"{m['cumulative_reward']:>11,.0f}" if conversion else "")
                      + f"{m['conversion_rate']:>7.1%}{m['regret']:>11,.0f}"
                      f"{m['mean_reward_last']:>12.2f}{ratio:>11.1%}"
+                     f"{_ratio(payload, name, 'vs_static'):>11}"
                      f"{m['decisions_per_second']:>8,.0f}")
     lines.append("\narm share by tier:")
     for name, m in payload["policies"].items():
@@ -241,6 +326,75 @@ def _fairness(args: argparse.Namespace, settings: Settings) -> int:
         format_report)
 
 
+def _policies_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.lifecycle import evaluate_candidates, format_evaluation
+
+    names = [n.strip() for n in (args.candidates or "").split(",") if n.strip()]
+    return _analyse_log(args, settings, "policies",
+                        lambda log: evaluate_candidates(log, settings, names, seed=args.seed),
+                        format_evaluation)
+
+
+def _policies_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.lifecycle import format_evaluation, promote
+    from experiments.logs import read_log
+
+    log = read_log(Path(args.logs or settings.paths.decision_log), settings)
+    report, run_id, path = promote(log, settings, args.name, seed=args.seed)
+    print(format_evaluation(report))
+    print(f"promoted {args.name!r}: {report.candidates[args.name].reason}; recorded in {path} "
+          f"and MLflow run {run_id}; the service runs it from its next start")
+    return 0
+
+
+def _policies_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from experiments.lifecycle import compare_shadow, format_comparison
+    from experiments.logs import read_log
+
+    path = Path(args.logs or settings.paths.decision_log)
+    report = compare_shadow(path, read_log(path, settings), settings, shadow=args.shadow,
+                            seed=args.seed)
+    print(report.model_dump_json(indent=2) if args.json else format_comparison(report))
+    return 0
+
+
+def _register_policies(sub: argparse._SubParsersAction) -> None:
+    """``nextbest policies evaluate | promote | compare``."""
+    group = command_group(sub, "policies", help="champion and challengers: evaluate, "
+                          "promote, compare a shadow")
+    p = group.add_parser(
+        "evaluate", help="doubly robust estimate of candidates vs the current policy",
+        description="Estimate each candidate of policies.candidates (or --candidates) on the "
+        "newest policies.window logged decisions with DR, against the policy that logged "
+        "them, with a bootstrap interval of the paired gain. Learning configurations are "
+        "replayed in log order.")
+    p.add_argument("--candidates", help="comma list of candidate names (default: all)")
+    for q in (p,):
+        q.add_argument("--json", action="store_true", help="print JSON")
+        q.add_argument("--out", type=output_dir,
+                       help="directory for policies.json (default: reports_dir/policies)")
+    p = group.add_parser(
+        "promote", help="make a candidate the live policy if the log shows it wins",
+        description="Evaluate NAME as `policies evaluate` does; promote it only when the "
+        "interval of its gain over the current policy excludes a loss, else refuse and say "
+        "why. Either way the estimates and the decision are logged to MLflow.")
+    p.add_argument("name", help="a candidate of policies.candidates")
+    promote_parser = p
+    p = group.add_parser(
+        "compare", help="the shadow policy's agreement and off-policy value",
+        description="Agreement of the shadow policy (policies.shadow) with the live policy "
+        "and the DR estimate of the shadow's value from the live log.")
+    p.add_argument("--shadow", help="shadow policy name (default: policies.shadow)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    for q in (group.choices["evaluate"], promote_parser, p):
+        q.add_argument("--logs", help="decision log (default: settings.paths.decision_log)")
+        q.add_argument("--seed", type=non_negative_int, default=0,
+                       help="seed of folds and bootstrap")
+    group.choices["evaluate"].set_defaults(handler=_policies_evaluate)
+    promote_parser.set_defaults(handler=_policies_promote)
+    p.set_defaults(handler=_policies_compare)
+
+
 def _report(args: argparse.Namespace, settings: Settings) -> int:
     from experiments.report import write_report
 
@@ -258,11 +412,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decisions", type=positive_int, default=None,
                    help="requests (default 50000; 3000 with --via-http, at most 20000 there)")
     p.add_argument("--seed", type=non_negative_int, default=7, help="seed of users and requests")
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="1,2,...",
+                   help="run once per seed (1,2,3 or 1-10) and report each seed and the "
+                   "spread (median, min, max); no plots")
     p.add_argument("--users", type=positive_int, default=None,
                    help=f"users of the generated population (default {DEFAULT_USERS}; not "
                    "with --data, which brings its own users)")
     p.add_argument("--policies", default=None,
-                   help="comma list of random, static, epsilon, squarecb, oracle, always_ARM "
+                   help="comma list of random, static, epsilon, squarecb, softmax, service (the "
+                   "configured chooser as the service builds it), oracle, always_ARM "
                    f"(default {DEFAULT_POLICIES}; with --via-http: the service's algorithm)")
     p.add_argument("--via-http", metavar="URL",
                    help="run the service's bandit through the live service at URL (POST "
@@ -339,6 +497,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=output_dir,
                    help="directory for fairness.json (default: reports_dir/fairness)")
     p.set_defaults(handler=_fairness)
+
+    _register_policies(sub)
 
     p = sub.add_parser("report", help="one self-contained HTML report for marketing",
                        description="Write report.html with the segment report, model "

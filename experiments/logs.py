@@ -48,7 +48,7 @@ CONTEXT = ("page", "item_price", "category", "hour", "channel", "tier", "segment
 METADATA = ("event_id", "user_id", "action", "probability", "pmf", "eligible", "reward",
             "converted", "revenue", "cost", "control", "policy", "policy_version",
             "campaign", "personalized", "learnable", "learned", "reason", "features",
-            "context", "status", "seq", "source", "ts", "decided_at", "rewarded_at")
+            "reward_model", "context", "status", "seq", "source", "ts", "decided_at", "rewarded_at")
 
 
 def read_log(path: Path | str, settings: Settings) -> pd.DataFrame:

@@ -8,7 +8,10 @@ picks among the eligible arms. Policy names:
 
 * ``random``, ``static`` (the rule book), ``oracle`` (the true best arm);
 * ``always_ARM``: one arm whenever eligible (a baseline);
-* ``epsilon``, ``squarecb``, ``softmax``, ``bag``: the VW bandit with that explorer.
+* ``epsilon``, ``squarecb``, ``softmax``, ``bag``: the linear VW bandit with that explorer
+  (no reward model, whatever ``bandit.reward_model`` says);
+* ``service``: the service's configured chooser exactly as the engine builds it from
+  ``settings`` (explorer, model and reward model as configured; only the seed is the run's).
 
 For offline evaluation, :func:`candidate_action_dist` asks a chooser (``random``,
 ``static``, a saved VW model) or a Python policy (``path.py:function``) for the pmf it gives
@@ -39,11 +42,13 @@ from decisions.policy import (
     UserView,
     record_features,
 )
+from decisions.reward_model import linear_bandit
 from nextbest.config import Settings
 from nextbest.errors import DataError, ValidationFailed
 
 BANDIT_POLICIES = ("epsilon", "squarecb", "softmax", "bag")
-POLICY_NAMES = ("random", "static", *BANDIT_POLICIES, "oracle")
+SERVICE = "service"
+POLICY_NAMES = ("random", "static", *BANDIT_POLICIES, SERVICE, "oracle")
 ALWAYS = "always_"
 
 
@@ -72,11 +77,12 @@ class SimPolicy(Protocol):
 
 
 def engine_settings(settings: Settings, algorithm: str | None, seed: int) -> Settings:
-    """``settings`` with the bandit's seed (and, when given, its explorer) replaced."""
-    exploration = settings.bandit.exploration
+    """``settings`` with the bandit's seed replaced; when ``algorithm`` is given (a named
+    learner), also its explorer, and the learner is the linear one (no reward model)."""
+    bandit = settings.bandit.model_copy(update={"seed": seed})
     if algorithm is not None:
-        exploration = exploration.model_copy(update={"algorithm": algorithm})
-    bandit = settings.bandit.model_copy(update={"exploration": exploration, "seed": seed})
+        bandit = linear_bandit(bandit.model_copy(update={
+            "exploration": bandit.exploration.model_copy(update={"algorithm": algorithm})}))
     return settings.model_copy(update={"bandit": bandit})
 
 
@@ -86,6 +92,8 @@ def policy_chooser(name: str, settings: Settings, truth: Truth | None = None
     arms = [arm.name for arm in settings.bandit.arms]
     if name in BANDIT_POLICIES:
         return ChooserSpec("bandit"), name
+    if name == SERVICE:
+        return ChooserSpec("bandit"), None
     if name.startswith(ALWAYS) and name[len(ALWAYS):] in arms:
         return ChooserSpec("always", arm=name[len(ALWAYS):]), None
     if name in ("random", "static", "oracle"):

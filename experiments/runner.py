@@ -198,6 +198,19 @@ class SimulationResult:
     metrics: dict[str, PolicyMetrics]
     reward_kind: str  # settings.bandit.reward.kind: what "reward" means in the metrics
 
+    def ratios(self) -> dict[str, dict[str, float | None]]:
+        """Per policy, the true expected reward of its last 20% of decisions as a share of
+        the oracle's (``of_oracle``) and of the static rules' (``vs_static``, None when
+        static was not played)."""
+        n = len(self.stream)
+        last = slice(n - max(n // 5, 1), n)
+        oracle = float(self.traces["oracle"].expected[last].mean())
+        static = (float(self.traces["static"].expected[last].mean())
+                  if "static" in self.traces else None)
+        return {name: {"of_oracle": m.expected_reward_last / oracle if oracle else None,
+                       "vs_static": m.expected_reward_last / static if static else None}
+                for name, m in self.metrics.items()}
+
     def to_json(self) -> dict:
         """The ``--json`` document of ``nextbest simulate``."""
         oracle = self.traces["oracle"].expected  # always played: regret is measured on it
@@ -209,7 +222,27 @@ class SimulationResult:
             "reward_kind": self.reward_kind,
             "policies": {name: m.model_dump() for name, m in self.metrics.items()},
             "oracle_expected_reward_last": oracle_last,
+            "ratios": self.ratios(),
         }
+
+
+def spread(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Median, min and max over seeds of each policy's ``of_oracle`` and ``vs_static``
+    (from each seed's :meth:`SimulationResult.to_json`), with the per-seed values."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    policies = dict.fromkeys(p for payload in per_seed.values() for p in payload["ratios"])
+    for policy in policies:
+        for key in ("of_oracle", "vs_static"):
+            values = {seed: payload["ratios"][policy][key] for seed, payload in per_seed.items()
+                      if payload["ratios"].get(policy, {}).get(key) is not None}
+            if values:
+                numbers = np.array(list(values.values()))
+                out.setdefault(policy, {})[key] = {
+                    "median": float(np.median(numbers)), "min": float(numbers.min()),
+                    "max": float(numbers.max()),
+                    "worst_seed": int(min(values, key=values.__getitem__)),
+                    "by_seed": {str(seed): float(v) for seed, v in values.items()}}
+    return out
 
 
 USERS_FILE = "users.parquet"  # beside kept logs: who the simulated users were

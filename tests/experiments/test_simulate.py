@@ -86,7 +86,11 @@ def test_simulate_json_shape(settings, tmp_path, capsys, monkeypatch):
                  "--no-mlflow", "--out", str(out), "--keep-logs", str(tmp_path / "logs")])
     assert code == 0
     payload = json.loads(capsys.readouterr().out)
-    assert set(payload["policies"]) == {"random", "static", "epsilon", "squarecb", "oracle"}
+    assert set(payload["policies"]) == {"random", "static", "epsilon", "squarecb", "service",
+                                        "oracle"}
+    # the service's configured chooser, measured against the oracle and the static rules
+    assert payload["ratios"]["service"]["of_oracle"] > 0
+    assert payload["ratios"]["static"]["vs_static"] == pytest.approx(1.0)
     for metrics in payload["policies"].values():
         for key in ("mean_reward_last", "cumulative_reward", "profit", "regret",
                     "conversion_rate", "arm_share", "arm_share_by_tier"):
@@ -214,3 +218,20 @@ def test_without_the_rule_the_oracle_lends_to_students(settings):
     student = students(population)[result.stream.user_index].astype(bool)
     chosen = result.traces["oracle"].arm[student & ~result.traces["oracle"].control]
     assert (chosen == result.arms.index("installment")).mean() > 0.9
+
+
+def test_seeds_report_each_seed_and_the_spread_deterministically(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["simulate", "--decisions", "300", "--users", "100", "--seeds", "1,2", "--json",
+            "--quiet", "--no-mlflow", "--policies", "static,service", "--out", str(tmp_path)]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert first["seeds"] == [1, 2] and set(first["per_seed"]) == {"1", "2"}
+    service = first["spread"]["service"]["of_oracle"]
+    values = [first["per_seed"][s]["ratios"]["service"]["of_oracle"] for s in ("1", "2")]
+    assert service["min"] == min(values) and service["max"] == max(values)
+    assert values[0] != values[1]  # each seed its own population and stream
+    assert first["spread"] == again["spread"]  # the same seeds, the same numbers
