@@ -12,6 +12,16 @@ Tables:
   one writer at a time commit, so ``seq`` grows in commit order and a reader tailing
   ``seq > n`` never skips a row.
 - ``late_feedback``: feedback that arrived after the window: recorded, never learned.
+  Feedback rows (in both tables) carry ``key_id``, the API key that sent them (None: the
+  sweeper, or a caller without keys).
+- ``arm_stats``: decisions, learnable decisions, rewards and their sum per (tier, action),
+  kept current by triggers on the two tables above in the writing transaction (whatever
+  process writes), so ``/bandit/stats`` reads a few rows instead of the whole log.
+  Deleting a decision also takes its reward's share out, so erasure keeps it exact in
+  either order.
+
+Older logs are brought up to this schema when opened (:func:`_migrate`: missing columns
+added, ``arm_stats`` filled once from the log).
 
 Several processes (BentoML workers, the learner) may open the same file: WAL lets readers
 run beside the one writer, and ``busy_timeout`` makes writers wait instead of failing.
@@ -61,15 +71,58 @@ CREATE TABLE IF NOT EXISTS rewards (
     reward REAL NOT NULL,
     source TEXT NOT NULL CHECK (source IN ('feedback', 'timeout')),
     ts REAL NOT NULL,
-    learnable INTEGER NOT NULL
+    learnable INTEGER NOT NULL,
+    key_id TEXT
 );
 CREATE TABLE IF NOT EXISTS late_feedback (
     event_id TEXT PRIMARY KEY,
     converted INTEGER NOT NULL,
     revenue REAL NOT NULL,
     reward REAL NOT NULL,
-    ts REAL NOT NULL
+    ts REAL NOT NULL,
+    key_id TEXT
 );
+"""
+# Columns added after logs were first written: (table, column, declaration).
+_ADDED_COLUMNS = (("rewards", "key_id", "TEXT"), ("late_feedback", "key_id", "TEXT"))
+# Running totals per (tier, action); action '' is "no action" (NULL is never equal in a key).
+_ARM_STATS = """
+CREATE TABLE arm_stats (
+    tier TEXT NOT NULL,
+    action TEXT NOT NULL,
+    decisions INTEGER NOT NULL DEFAULT 0,
+    learnable INTEGER NOT NULL DEFAULT 0,
+    rewards INTEGER NOT NULL DEFAULT 0,
+    reward_sum REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (tier, action)
+) WITHOUT ROWID;
+INSERT INTO arm_stats (tier, action, decisions, learnable, rewards, reward_sum)
+    SELECT d.tier, coalesce(d.action, ''), count(*), sum(d.learnable), count(r.reward),
+           coalesce(sum(r.reward), 0)
+    FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id
+    GROUP BY d.tier, coalesce(d.action, '');
+CREATE TRIGGER IF NOT EXISTS arm_stats_decision_in AFTER INSERT ON decisions BEGIN
+    INSERT OR IGNORE INTO arm_stats (tier, action) VALUES (NEW.tier, coalesce(NEW.action, ''));
+    UPDATE arm_stats SET decisions = decisions + 1, learnable = learnable + NEW.learnable
+    WHERE tier = NEW.tier AND action = coalesce(NEW.action, '');
+END;
+CREATE TRIGGER IF NOT EXISTS arm_stats_decision_out AFTER DELETE ON decisions BEGIN
+    UPDATE arm_stats SET decisions = decisions - 1, learnable = learnable - OLD.learnable,
+        rewards = rewards - (SELECT count(*) FROM rewards WHERE event_id = OLD.event_id),
+        reward_sum = reward_sum - coalesce(
+            (SELECT reward FROM rewards WHERE event_id = OLD.event_id), 0)
+    WHERE tier = OLD.tier AND action = coalesce(OLD.action, '');
+END;
+CREATE TRIGGER IF NOT EXISTS arm_stats_reward_in AFTER INSERT ON rewards BEGIN
+    UPDATE arm_stats SET rewards = rewards + 1, reward_sum = reward_sum + NEW.reward
+    WHERE (tier, action) =
+        (SELECT tier, coalesce(action, '') FROM decisions WHERE event_id = NEW.event_id);
+END;
+CREATE TRIGGER IF NOT EXISTS arm_stats_reward_out AFTER DELETE ON rewards BEGIN
+    UPDATE arm_stats SET rewards = rewards - 1, reward_sum = reward_sum - OLD.reward
+    WHERE (tier, action) =
+        (SELECT tier, coalesce(action, '') FROM decisions WHERE event_id = OLD.event_id);
+END;
 """
 _DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, probability, "
                      "pmf, policy_version, personalized, control, learnable, campaign, "
@@ -170,6 +223,7 @@ class RewardRow(BaseModel):
     source: Literal["feedback", "timeout"]
     ts: datetime
     learnable: bool
+    key_id: str | None = None  # the API key that sent the feedback
 
 
 def to_epoch(ts: datetime) -> float:
@@ -199,8 +253,7 @@ class DecisionLog:
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous if durable else 'OFF'}")
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            self.conn.execute(statement)
+        _migrate(self.conn)
         if not durable:
             self.conn.execute("BEGIN")
 
@@ -247,9 +300,9 @@ class DecisionLog:
         """Insert a reward; its ``seq``, or None when the decision already has one."""
         cursor = self.conn.execute(
             "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, ts, "
-            "learnable) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "learnable, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (row.event_id, int(row.converted), row.revenue, row.reward, row.source,
-             to_epoch(row.ts), int(row.learnable)))
+             to_epoch(row.ts), int(row.learnable), row.key_id))
         self._wrote()
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
@@ -263,11 +316,13 @@ class DecisionLog:
             revenue=row[4])
 
     def record_late(self, event_id: str, converted: bool, revenue: float, reward: float,
-                    ts: datetime) -> bool:
-        """Record feedback that missed the window; False when it was already recorded."""
+                    ts: datetime, key_id: str | None = None) -> bool:
+        """Record feedback that missed the window (sent with the API key ``key_id``);
+        False when it was already recorded."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO late_feedback (event_id, converted, revenue, reward, ts) "
-            "VALUES (?, ?, ?, ?, ?)", (event_id, int(converted), revenue, reward, to_epoch(ts)))
+            "INSERT OR IGNORE INTO late_feedback (event_id, converted, revenue, reward, ts, "
+            "key_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (event_id, int(converted), revenue, reward, to_epoch(ts), key_id))
         self._wrote()
         return cursor.rowcount == 1
 
@@ -306,12 +361,12 @@ class DecisionLog:
 
     # -- reporting and privacy -------------------------------------------------------------
     def arm_summary(self) -> list[dict[str, Any]]:
-        """Per (tier, action): decisions, rewards received and their sum."""
+        """Per (tier, action): decisions, rewards received and their sum (from the running
+        totals of ``arm_stats``: as many rows as tiers x arms, whatever the log's size)."""
         rows = self.conn.execute(
-            "SELECT d.tier, d.action, count(*), count(r.reward), coalesce(sum(r.reward), 0), "
-            "sum(d.learnable) FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id "
-            "GROUP BY d.tier, d.action").fetchall()
-        return [{"tier": r[0], "action": r[1], "decisions": r[2], "rewards": r[3],
+            "SELECT tier, action, decisions, rewards, reward_sum, learnable FROM arm_stats "
+            "WHERE decisions > 0 ORDER BY tier, action").fetchall()
+        return [{"tier": r[0], "action": r[1] or None, "decisions": r[2], "rewards": r[3],
                  "reward_sum": r[4], "learnable": r[5]} for r in rows]
 
     def count_rewards(self, *, learnable_only: bool = False) -> int:
@@ -364,6 +419,40 @@ class DecisionLog:
         if self.conn.in_transaction:
             self.conn.execute("COMMIT")
         self.conn.close()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the tables, add the columns older logs lack, and create and fill
+    ``arm_stats`` with its triggers, in one transaction that waits for other writers (so
+    two processes opening an old log at once migrate it once)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            conn.execute(statement)
+        for table, column, declaration in _ADDED_COLUMNS:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                              "name = 'arm_stats'").fetchone()
+        if not exists:
+            for statement in _statements(_ARM_STATS):
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """The complete SQL statements of ``script`` (a trigger body's ``;`` does not end one)."""
+    out, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    return out
 
 
 def _logged_decision(row: tuple[Any, ...]) -> LoggedDecision:

@@ -299,6 +299,7 @@ class NextBest:
                 log.exception("housekeeping failed")
 
     async def _housekeep(self) -> None:
+        """One round of :meth:`_housekeep_forever`."""
         now = time.monotonic()
         generation = self.board.generation()
         due = now - self._checked_registry >= self.settings.serving.model_refresh_seconds
@@ -313,6 +314,7 @@ class NextBest:
                 now - self._last_sweep >= self.settings.bandit.sweep_seconds:
             self._last_sweep = now
             self.engine.sweep()
+        self.engine.checkpoint_if_due()  # inline role: the time schedule, not only the count
 
     async def __is_ready__(self) -> bool:
         """Ready when models and features are loaded (or serving empty was allowed)."""
@@ -352,11 +354,15 @@ class NextBest:
         return decision
 
     @app.post("/feedback", response_model=FeedbackResult, responses=ERRORS)
-    async def feedback(self, body: FeedbackRequest) -> FeedbackResult:
+    async def feedback(self, body: FeedbackRequest, request: Request) -> FeedbackResult:
         """Join a reward to its decision: accepted, duplicate or late (recorded, not learned).
-        Revenue without a conversion is refused; feedback contradicting the one already
-        accepted is a 409 saying how it differs (the first answer counts)."""
-        result = self.engine.feedback(body.event_id, body.converted, body.revenue)
+        Revenue without a conversion, or above ``bandit.reward.max_revenue_multiple`` x the
+        decision's item price (``max_revenue`` without one), is a 422; feedback
+        contradicting the one already accepted is a 409 saying how it differs (the first
+        answer counts). The learned reward is clipped to the configured range; the API key
+        that sent the feedback is kept with it in the decision log."""
+        result = self.engine.feedback(body.event_id, body.converted, body.revenue,
+                                      key_id=actor(request))
         self.metrics.rewarded(result.action, result.tier, result.status, body.converted)
         return result
 
