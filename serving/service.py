@@ -51,6 +51,7 @@ from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
 from serving import middleware
 from serving.auth import KeyRing, Scope
 from serving.guard import Guard, GuardConfig, configure, flat_routes
+from serving.lifecycle import watch_parent
 from serving.loopwatch import LoopWatchdog, quiet_collector
 from serving.metrics import DomainMetrics, metrics_text
 from serving.schemas import (
@@ -218,6 +219,8 @@ class NextBest:
     """Scores users and chooses their next best action; learns from the feedback."""
 
     def __init__(self) -> None:
+        # First: a worker whose `nextbest serve` is killed must not outlive it.
+        self.parent_watch = watch_parent()
         self.settings = SETTINGS
         self.store = open_store(self.settings)
         self.scorer = Scorer(self.settings, self.store, *try_load_champions(self.settings))
@@ -326,6 +329,7 @@ class NextBest:
         for task in (self._housekeeping, self._watchdog):
             if task is not None:
                 task.cancel()
+        self.parent_watch.stop()
         self.board.withdraw(os.getpid())
         self.campaigns.close()
         self.audit.close()

@@ -156,11 +156,12 @@ def own_bandit_env(world: World, name: str) -> dict[str, str]:
 
 
 def start_server(world: World, *, workers: int = 1, name: str = "server",
-                 env: dict[str, str] | None = None) -> Server:
-    """Start ``nextbest serve`` on a free port and wait until ``/readyz`` is 200.
+                 env: dict[str, str] | None = None, port: int | None = None) -> Server:
+    """Start ``nextbest serve`` on ``port`` (default: a free one) and wait until ``/readyz``
+    is 200.
 
     ``env`` adds or overrides variables of the world's environment for this server only."""
-    port = free_port()
+    port = port or free_port()
     log_path = world.root / f"{name}-{port}.log"
     cmd = [sys.executable, "-m", "nextbest.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers)]
