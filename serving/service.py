@@ -94,8 +94,9 @@ from training.loader import load_champions
 log = logging.getLogger(__name__)
 
 SETTINGS: Settings = load_settings()
+# Every route may answer these (401/403: the API key, 413: the body size, serving/guard.py).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (404, 409, 422)}
+    status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422)}
 USER_ID = Path(min_length=1, max_length=200)
 # Which API key scope each route needs (serving/auth.py); probes and /docs.json are open.
 ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
@@ -168,7 +169,11 @@ async def _user_error(_: Request, exc: NextbestError) -> JSONResponse:
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """Unknown routes and methods, in the same body shape as every other error."""
+    """Unknown routes and methods, in the same body shape as every other error. A body
+    FastAPI cannot even decode (not UTF-8) is a 422 on ``body``, as malformed JSON is."""
+    if exc.status_code == 400:
+        detail = f"body: the body could not be read as JSON ({exc.detail})"
+        return JSONResponse(ValidationFailed(detail, field="body").to_dict(), status_code=422)
     kind = "not_found" if exc.status_code == 404 else "bad_request"
     return JSONResponse({"error": kind, "detail": str(exc.detail)}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
@@ -567,7 +572,7 @@ class NextBest:
                                                     for w in listed))
 
     @app.get("/audit", response_model=list[AuditEntry], responses=ERRORS)
-    async def audit_entries(self, after: int = Query(0, ge=0),
+    async def audit_entries(self, after: int = Query(0, ge=0, le=2**63 - 1),
                             limit: int = Query(100, ge=1, le=1000)) -> list[AuditEntry]:
         """The audit log, oldest first, ``limit`` entries after the seq ``after``."""
         return self.audit.entries(after=after, limit=limit)
