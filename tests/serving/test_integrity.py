@@ -74,3 +74,38 @@ def test_the_decision_log_keeps_the_key_that_sent_the_feedback(client: httpx.Cli
     d = decide(client, pool.take())
     assert feedback(client, d["event_id"], 90.0).status_code == 200
     assert stored(world, d["event_id"])[2] == "tests"  # the id of tests/api_key.py's key
+
+
+# --- what the fuzzing found -----------------------------------------------------------------
+
+def test_a_path_with_a_control_character_is_a_json_404(client: httpx.Client) -> None:
+    response = client.get("/users/a%0Ab/preferences")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert "control character" in response.json()["detail"]
+
+
+def test_a_body_that_is_not_utf8_is_a_422_on_the_body(client: httpx.Client) -> None:
+    response = client.post("/feedback", content=b"\x96\x9e",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["field"] == "body"
+
+
+def test_an_audit_offset_beyond_64_bits_is_a_422(client: httpx.Client) -> None:
+    response = client.get("/audit", params={"after": 2**70})
+    assert response.status_code == 422
+    assert response.json()["field"] == "after"
+
+
+def test_an_event_in_year_one_is_a_422_naming_ts(client: httpx.Client) -> None:
+    response = client.post("/events", json={"user_id": "u1", "type": "view",
+                                            "ts": "0001-01-10T01:14:10+00:01"})
+    assert response.status_code == 422
+    assert response.json()["field"] == "ts" and "1970 to 2999" in response.json()["detail"]
+
+
+def test_review_times_carry_their_utc_offset(client: httpx.Client) -> None:
+    reviews = client.get("/review", params={"status": "all"}).json()["reviews"]
+    assert reviews, "the world has no user under review"
+    assert all(r["opened_ts"].endswith("+00:00") for r in reviews)
