@@ -13,7 +13,8 @@ each builds its engine with role ``auto``: the engine takes the learner file loc
 one of them (which learns in a background thread), and the others become scorers that log
 decisions and feedback and reload the learner's published checkpoints (see
 :func:`open_engine`). Each worker loads the champion models itself and keeps them current
-through its housekeeping loop (:mod:`serving.status`).
+through its housekeeping loop (:mod:`serving.status`). Each worker stops when its parent or
+``nextbest serve`` dies, even by ``kill -9`` (:mod:`serving.lifecycle`).
 
 Errors: request bodies are pydantic models that forbid unknown fields and NaN/Infinity;
 FastAPI's validation errors (all of them at once) and
@@ -298,7 +299,8 @@ class NextBest:
         """Every half second: follow a reload asked of any worker; every
         ``model_refresh_seconds``: ask the registry for new champions; inline role, every
         ``sweep_seconds``: give the default reward to decisions whose window closed (the
-        learner role's thread sweeps itself; scorers leave it to it)."""
+        learner role's thread sweeps itself; scorers leave it to it), and checkpoint when
+        learning has been unsaved for ``bandit.checkpoint_seconds``."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
