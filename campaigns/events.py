@@ -10,13 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from campaigns.definitions import REALTIME_NAMES, WINDOWS
 from campaigns.store import CampaignStore
 from decisions.policy import RequestContext
+
+FIRST_YEAR, LAST_YEAR = 1970, 2999
+
+
+def _plausible(ts: datetime) -> datetime:
+    """Refuse a time outside the years FIRST_YEAR..LAST_YEAR (in UTC): the windows counted
+    back from an event, and its epoch seconds, must exist."""
+    try:
+        year = (ts.astimezone(UTC) if ts.tzinfo else ts).year
+    except OverflowError:  # the offset takes it past year 1 or 9999
+        year = ts.year
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise ValueError(f"a time in the years {FIRST_YEAR} to {LAST_YEAR} is expected, "
+                         f"got {ts.isoformat()}")
+    return ts
+
+
+# The time of something that happened (an event, a receipt): naive means UTC.
+EventTime = Annotated[datetime, AfterValidator(_plausible)]
 
 EventType = Literal["view", "favorite", "add_to_cart", "search", "follow", "login", "share",
                     "review", "purchase", "listing_started"]
@@ -33,7 +52,7 @@ class BehaviourEvent(BaseModel):
 
     user_id: str = Field(min_length=1, max_length=200)
     type: EventType
-    ts: datetime
+    ts: EventTime
     item_id: str | None = Field(None, max_length=200)
     category: str | None = Field(None, max_length=100)
     price: float | None = Field(None, ge=0)

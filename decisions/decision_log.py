@@ -16,6 +16,16 @@ Tables:
 - ``late_feedback``: feedback that arrived after the window: recorded, never learned.
 - ``shadow_decisions``: what a shadow policy would have chosen on a decision, with its
   probability and pmf (decisions/lifecycle.py); never shown to anyone.
+  Feedback rows (in both tables) carry ``key_id``, the API key that sent them (None: the
+  sweeper, or a caller without keys).
+- ``arm_stats``: decisions, learnable decisions, rewards and their sum per (tier, action),
+  kept current by triggers on the two tables above in the writing transaction (whatever
+  process writes), so ``/bandit/stats`` reads a few rows instead of the whole log.
+  Deleting a decision also takes its reward's share out, so erasure keeps it exact in
+  either order.
+
+Older logs are brought up to this schema when opened (``SCHEMA_STEPS``, nextbest/storage.py).
+On PostgreSQL ``arm_stats`` is a view over the log (no triggers there yet).
 
 The rows live in a SQLite file (default) or a PostgreSQL database (``storage.url``), through
 :mod:`nextbest.storage`. Several processes (BentoML workers, replicas, the learner) may open
@@ -95,8 +105,61 @@ CREATE TABLE IF NOT EXISTS shadow_decisions (
     PRIMARY KEY (event_id, policy)
 );
 """
+# Step 3: who sent each feedback (``key_id``) and the running totals of /bandit/stats.
+_KEY_IDS = """
+ALTER TABLE rewards ADD COLUMN key_id TEXT;
+ALTER TABLE late_feedback ADD COLUMN key_id TEXT;
+"""
+# Running totals per (tier, action); action '' is "no action" (NULL is never equal in a key).
+_ARM_STATS = """
+CREATE TABLE arm_stats (
+    tier TEXT NOT NULL,
+    action TEXT NOT NULL,
+    decisions INTEGER NOT NULL DEFAULT 0,
+    learnable INTEGER NOT NULL DEFAULT 0,
+    rewards INTEGER NOT NULL DEFAULT 0,
+    reward_sum REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (tier, action)
+) WITHOUT ROWID;
+INSERT INTO arm_stats (tier, action, decisions, learnable, rewards, reward_sum)
+    SELECT d.tier, coalesce(d.action, ''), count(*), sum(d.learnable), count(r.reward),
+           coalesce(sum(r.reward), 0)
+    FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id
+    GROUP BY d.tier, coalesce(d.action, '');
+CREATE TRIGGER IF NOT EXISTS arm_stats_decision_in AFTER INSERT ON decisions BEGIN
+    INSERT OR IGNORE INTO arm_stats (tier, action) VALUES (NEW.tier, coalesce(NEW.action, ''));
+    UPDATE arm_stats SET decisions = decisions + 1, learnable = learnable + NEW.learnable
+    WHERE tier = NEW.tier AND action = coalesce(NEW.action, '');
+END;
+CREATE TRIGGER IF NOT EXISTS arm_stats_decision_out AFTER DELETE ON decisions BEGIN
+    UPDATE arm_stats SET decisions = decisions - 1, learnable = learnable - OLD.learnable,
+        rewards = rewards - (SELECT count(*) FROM rewards WHERE event_id = OLD.event_id),
+        reward_sum = reward_sum - coalesce(
+            (SELECT reward FROM rewards WHERE event_id = OLD.event_id), 0)
+    WHERE tier = OLD.tier AND action = coalesce(OLD.action, '');
+END;
+CREATE TRIGGER IF NOT EXISTS arm_stats_reward_in AFTER INSERT ON rewards BEGIN
+    UPDATE arm_stats SET rewards = rewards + 1, reward_sum = reward_sum + NEW.reward
+    WHERE (tier, action) =
+        (SELECT tier, coalesce(action, '') FROM decisions WHERE event_id = NEW.event_id);
+END;
+CREATE TRIGGER IF NOT EXISTS arm_stats_reward_out AFTER DELETE ON rewards BEGIN
+    UPDATE arm_stats SET rewards = rewards - 1, reward_sum = reward_sum - OLD.reward
+    WHERE (tier, action) =
+        (SELECT tier, coalesce(action, '') FROM decisions WHERE event_id = OLD.event_id);
+END;
+"""
+_ARM_STATS_VIEW = """
+CREATE VIEW arm_stats AS
+    SELECT d.tier AS tier, coalesce(d.action, '') AS action, count(*) AS decisions,
+           sum(d.learnable) AS learnable, count(r.reward) AS rewards,
+           coalesce(sum(r.reward), 0) AS reward_sum
+    FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id
+    GROUP BY d.tier, coalesce(d.action, '');
+"""
 # Migration steps (nextbest.storage): append a step for a change, never edit a released one.
-SCHEMA_STEPS = (_SCHEMA, _SCHEMA_2)
+SCHEMA_STEPS = (_SCHEMA, _SCHEMA_2, {"sqlite": _KEY_IDS + _ARM_STATS,
+                                     "postgresql": _KEY_IDS + _ARM_STATS_VIEW})
 REWARD_LOCK = "decision_log:rewards"  # serialises reward writers on PostgreSQL
 _DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, probability, "
                      "pmf, policy_version, personalized, control, learnable, campaign, "
@@ -200,6 +263,7 @@ class RewardRow(BaseModel):
     source: Literal["feedback", "timeout"]
     ts: datetime
     learnable: bool
+    key_id: str | None = None  # the API key that sent the feedback
 
 
 def to_epoch(ts: datetime) -> float:
@@ -285,9 +349,9 @@ class DecisionLog:
         with self._reward_writer():
             seq = self.conn.insert(
                 "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, "
-                "ts, learnable) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "ts, learnable, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.event_id, int(row.converted), row.revenue, row.reward, row.source,
-                 to_epoch(row.ts), int(row.learnable)), key="seq")
+                 to_epoch(row.ts), int(row.learnable), row.key_id), key="seq")
         self._wrote()
         return seq
 
@@ -301,11 +365,13 @@ class DecisionLog:
             revenue=row[4])
 
     def record_late(self, event_id: str, converted: bool, revenue: float, reward: float,
-                    ts: datetime) -> bool:
-        """Record feedback that missed the window; False when it was already recorded."""
+                    ts: datetime, key_id: str | None = None) -> bool:
+        """Record feedback that missed the window (sent with the API key ``key_id``);
+        False when it was already recorded."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO late_feedback (event_id, converted, revenue, reward, ts) "
-            "VALUES (?, ?, ?, ?, ?)", (event_id, int(converted), revenue, reward, to_epoch(ts)))
+            "INSERT OR IGNORE INTO late_feedback (event_id, converted, revenue, reward, ts, "
+            "key_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (event_id, int(converted), revenue, reward, to_epoch(ts), key_id))
         self._wrote()
         return cursor.rowcount == 1
 
@@ -345,12 +411,12 @@ class DecisionLog:
 
     # -- reporting and privacy -------------------------------------------------------------
     def arm_summary(self) -> list[dict[str, Any]]:
-        """Per (tier, action): decisions, rewards received and their sum."""
+        """Per (tier, action): decisions, rewards received and their sum (from the running
+        totals of ``arm_stats``: as many rows as tiers x arms, whatever the log's size)."""
         rows = self.conn.execute(
-            "SELECT d.tier, d.action, count(*), count(r.reward), coalesce(sum(r.reward), 0), "
-            "sum(d.learnable) FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id "
-            "GROUP BY d.tier, d.action").fetchall()
-        return [{"tier": r[0], "action": r[1], "decisions": r[2], "rewards": r[3],
+            "SELECT tier, action, decisions, rewards, reward_sum, learnable FROM arm_stats "
+            "WHERE decisions > 0 ORDER BY tier, action").fetchall()
+        return [{"tier": r[0], "action": r[1] or None, "decisions": r[2], "rewards": r[3],
                  "reward_sum": r[4], "learnable": r[5]} for r in rows]
 
     def count_rewards(self, *, learnable_only: bool = False) -> int:

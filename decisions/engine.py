@@ -76,7 +76,7 @@ from decisions.policy import (
     reason_for,
     sample_arm,
 )
-from decisions.reward import reward_of
+from decisions.reward import clip_reward, reward_of
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
 from nextbest.storage import Target, location
@@ -284,13 +284,17 @@ class DecisionEngine:
 
     # -- feedback --------------------------------------------------------------------------
     def feedback(self, event_id: str, converted: bool, revenue: float = 0.0, *,
-                 now: datetime | None = None) -> FeedbackResult:
+                 now: datetime | None = None, key_id: str | None = None) -> FeedbackResult:
         """Join a reward to its decision: accepted once, duplicates and late ones said so.
 
-        Raises NotFound for an unknown ``event_id``, ValidationFailed for a negative or
-        non-finite ``revenue`` or a revenue without a conversion, and Conflict for feedback
-        that contradicts the one already accepted (the first answer counts). In the inline
-        role an accepted reward is learned at once.
+        Raises NotFound for an unknown ``event_id``; ValidationFailed for a negative or
+        non-finite ``revenue``, a revenue without a conversion, or a revenue above the
+        decision's limit (``bandit.reward.max_revenue_multiple`` x its item price, or
+        ``max_revenue`` without one); and Conflict for feedback that contradicts the one
+        already accepted (the first answer counts). The reward stored and learned is
+        clipped to ``[reward.clip_min, reward.clip_max]``. ``key_id`` (the API key that
+        sent it) is stored with the feedback. In the inline role an accepted reward is
+        learned at once.
         """
         if not math.isfinite(revenue) or revenue < 0:
             raise ValidationFailed(f"revenue must be a finite number >= 0, got {revenue}",
@@ -305,19 +309,25 @@ class DecisionEngine:
             if logged is None:
                 raise NotFound(f"no decision with event_id {event_id!r}", field="event_id")
             decision = logged.decision
-            reward = reward_of(self.config, decision.action, converted, revenue,
-                               logged.item_price)
+            limit, why = self.config.reward.revenue_limit(logged.item_price)
+            if revenue > limit:
+                raise ValidationFailed(
+                    f"revenue {revenue:g} is above the limit {limit:g} for this decision "
+                    f"({why})", field="revenue")
+            raw = reward_of(self.config, decision.action, converted, revenue,
+                            logged.item_price)
+            reward = clip_reward(self.config.reward, raw)
             result = FeedbackResult(event_id=event_id, status="accepted", reward=reward,
                                     learnable=decision.learnable, detail="",
                                     action=decision.action, tier=logged.tier)
             window = timedelta(days=self.config.reward.window_days)
             if ts - decision.ts > window:
-                return self._late(result, converted, revenue, ts, window)
+                return self._late(result, converted, revenue, ts, window, key_id)
             seq = self.log.insert_reward(RewardRow(
                 event_id=event_id, converted=converted, revenue=revenue, reward=reward,
-                source="feedback", ts=ts, learnable=decision.learnable))
+                source="feedback", ts=ts, learnable=decision.learnable, key_id=key_id))
             if seq is None:
-                return self._already(result, converted, revenue, ts, window)
+                return self._already(result, converted, revenue, ts, window, key_id)
             self._recent.pop(event_id, None)  # rewarded: later feedback is a duplicate
             if self._learner is not None:
                 self._learner.learn_next(seq, logged, reward, converted)
@@ -327,13 +337,16 @@ class DecisionEngine:
                       f"reward accepted, not learned: {decision.reason}")
             if decision.learnable and self._learner is None:
                 detail = "reward accepted; the learner will learn it"
+            if reward != raw:
+                detail += (f" (reward {raw:g} clipped to {reward:g}: bandit.reward.clip_min "
+                           "and clip_max)")
             return result.model_copy(update={"detail": detail})
 
     def _late(self, result: FeedbackResult, converted: bool, revenue: float, ts: datetime,
-              window: timedelta) -> FeedbackResult:
+              window: timedelta, key_id: str | None) -> FeedbackResult:
         """Record feedback that missed the reward window; never learned."""
         new = self.log.record_late(result.event_id, converted, revenue, result.reward or 0.0,
-                                   ts)
+                                   ts, key_id)
         again = "" if new else " (already recorded once)"
         return result.model_copy(update={
             "status": "late", "learnable": False,
@@ -341,14 +354,14 @@ class DecisionEngine:
                       f"recorded, not learned{again}"})
 
     def _already(self, result: FeedbackResult, converted: bool, revenue: float, ts: datetime,
-                 window: timedelta) -> FeedbackResult:
+                 window: timedelta, key_id: str | None) -> FeedbackResult:
         """The decision already has a reward: a duplicate (refused when it contradicts the
         first), or late if the sweeper gave the default reward already."""
         existing = self.log.get_reward(result.event_id)
         if existing is None:  # erased between the insert and now
             raise NotFound(f"no decision with event_id {result.event_id!r}", field="event_id")
         if existing.source == "timeout":
-            return self._late(result, converted, revenue, ts, window)
+            return self._late(result, converted, revenue, ts, window, key_id)
         if (existing.converted, existing.revenue) != (converted, revenue):
             raise Conflict(
                 f"feedback for {result.event_id} was already accepted with converted="
@@ -378,6 +391,14 @@ class DecisionEngine:
             reward = self.config.reward
             return self.log.sweep(ts, timedelta(days=reward.window_days), reward.default)
 
+    def checkpoint_if_due(self) -> None:
+        """Inline role: checkpoint when there is unsaved learning older than
+        ``checkpoint_seconds`` (the service's housekeeping calls this, so a quiet service
+        still saves what it learned; the learner role's thread does it itself)."""
+        with self._lock:
+            if self._learner is not None:
+                self._learner.checkpoint_if_due()
+
     def _maybe_sweep(self, ts: datetime) -> None:
         """Inline role: sweep when ``sweep_seconds`` of (possibly simulated) time passed."""
         if self.role != "inline":
@@ -396,7 +417,7 @@ class DecisionEngine:
             version = self._model()[1]
             learned = self._learned_count()
             return {"decisions": sum(r["decisions"] for r in rows),
-                    "rewards": self.log.count_rewards(),
+                    "rewards": sum(r["rewards"] for r in rows),
                     "rewards_learned": learned,
                     "arms": _arm_table(rows),
                     "tiers": {tier: _arm_table([r for r in rows if r["tier"] == tier])

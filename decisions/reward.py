@@ -7,12 +7,15 @@ evaluation and the A/B analysis all use, so a reward means the same number every
   for the price when the decision had no item);
 - ``reward.kind: profit``: converted x (revenue - arm cost); ``conversion``: 1 or 0;
 - a decision without an arm (the control group) has no arm cost, so its profit is the
-  plain revenue: that is what lift is measured against.
+  plain revenue: that is what lift is measured against;
+- what is learned from one feedback is that reward clipped to
+  ``[reward.clip_min, reward.clip_max]`` (:func:`clip_reward`), so one answer, honest or
+  not, moves the model a bounded amount.
 """
 
 from __future__ import annotations
 
-from nextbest.config import ArmConfig, BanditConfig
+from nextbest.config import ArmConfig, BanditConfig, RewardConfig
 
 
 def arm_cost(arm: ArmConfig, item_price: float | None, revenue: float) -> float:
@@ -46,3 +49,8 @@ def margin(config: BanditConfig, arm: ArmConfig, value: float | None) -> float:
         return 1.0
     value = config.reward.scale if value is None else value
     return value - arm_cost(arm, value, value)
+
+
+def clip_reward(config: RewardConfig, reward: float) -> float:
+    """``reward`` clipped to ``[clip_min, clip_max]``: the reward a feedback is learned with."""
+    return min(max(reward, config.clip_min), config.clip_max)

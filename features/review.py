@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, WithJsonSchema
 
 from nextbest.errors import ValidationFailed
 
@@ -34,12 +34,31 @@ DECISIONS: tuple[Decision, ...] = ("cleared", "confirmed")
 MAX_NOTE = 2000
 
 
+def utc_now(now: datetime | None = None) -> datetime:
+    """``now`` (default: the current time) as naive UTC, as every stored time is."""
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+
+
+def _iso_utc(ts: datetime) -> str:
+    """ISO 8601 with its UTC offset (stored times are naive UTC; RFC 3339, which the API
+    declares for ``date-time``, needs the offset)."""
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).isoformat()
+
+
+# A time kept as naive UTC (whatever offset it was read with), written out in JSON with its
+# offset.
+UtcTime = Annotated[datetime, AfterValidator(utc_now),
+                    PlainSerializer(_iso_utc, return_type=str, when_used="json"),
+                    WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
 class ReviewDecision(BaseModel):
     """One operator decision on a review."""
 
     status: Decision
     by: str
-    ts: datetime
+    ts: UtcTime
     note: str
 
 
@@ -51,10 +70,10 @@ class ReviewItem(BaseModel):
     status: ReviewStatus
     reasons: list[str]
     tags: list[str]
-    opened_ts: datetime
+    opened_ts: UtcTime
     as_of: str | None = None
     decided_by: str | None = None
-    decided_ts: datetime | None = None
+    decided_ts: UtcTime | None = None
     note: str | None = None
     history: list[ReviewDecision] = Field(default_factory=list)
 
@@ -62,12 +81,6 @@ class ReviewItem(BaseModel):
     def under_review(self) -> bool:
         """Whether automated incentives are off for the user: until an operator clears them."""
         return self.status != "cleared"
-
-
-def utc_now(now: datetime | None = None) -> datetime:
-    """``now`` (default: the current time) as naive UTC, as every stored time is."""
-    now = now or datetime.now(UTC)
-    return now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
 
 
 def risk_tags(reasons: Sequence[str]) -> list[str]:

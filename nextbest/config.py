@@ -466,6 +466,31 @@ class RewardConfig(_Section):
     scale: float = Field(100.0, gt=0)
     window_days: float = Field(7.0, gt=0)
     default: float = 0.0
+    # Feedback integrity: a revenue above max_revenue_multiple x the decision's item price
+    # (or above max_revenue when the decision had no item price) is refused with 422.
+    max_revenue_multiple: float = Field(10.0, gt=0)
+    max_revenue: float = Field(20_000.0, gt=0)
+    # The reward learned from one feedback is clipped to [clip_min, clip_max], so that no
+    # single answer can swing the model however large its revenue.
+    clip_min: float = -1_000.0
+    clip_max: float = 20_000.0
+
+    @model_validator(mode="after")
+    def _clip_range(self) -> RewardConfig:
+        if not self.clip_min <= self.default <= self.clip_max:
+            raise ValueError(f"the reward range [clip_min, clip_max] = [{self.clip_min:g}, "
+                             f"{self.clip_max:g}] must hold the default reward "
+                             f"{self.default:g}")
+        return self
+
+    def revenue_limit(self, item_price: float | None) -> tuple[float, str]:
+        """The largest revenue accepted for a decision with ``item_price``, and the setting
+        it comes from (``max_revenue_multiple`` x a positive price, else ``max_revenue``)."""
+        if item_price is not None and item_price > 0:
+            return (self.max_revenue_multiple * item_price,
+                    f"{self.max_revenue_multiple:g} x the item price {item_price:g} "
+                    "(bandit.reward.max_revenue_multiple)")
+        return self.max_revenue, "bandit.reward.max_revenue, the decision had no item price"
 
 
 class BanditConfig(_Section):

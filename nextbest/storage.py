@@ -32,7 +32,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -67,9 +67,18 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def split_statements(script: str) -> list[str]:
-    """The statements of a ``;``-separated script (no ``;`` inside literals, as here)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
+def split_statements(script: str, dialect: Dialect = "postgresql") -> list[str]:
+    """The statements of a ``;``-separated script (no ``;`` inside literals, as here); on
+    SQLite a trigger body's ``;`` does not end its statement."""
+    if dialect != "sqlite":
+        return [s.strip() for s in script.split(";") if s.strip()]
+    out, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    return out
 
 
 class Database:
@@ -126,7 +135,7 @@ class Database:
             raise
         self.commit()
 
-    def migrate(self, store: str, steps: Sequence[str]) -> int:
+    def migrate(self, store: str, steps: Sequence[str | Mapping[str, str]]) -> int:
         """Bring ``store``'s tables to ``len(steps)``: apply each step not yet recorded in
         ``schema_versions``, in order, in one transaction; the version now."""
         with self.transaction(lock="nextbest:schema"):
@@ -138,7 +147,9 @@ class Database:
                 raise ConfigError(f"the {store} schema is at version {current}, newer than "
                                   f"this nextbest knows ({len(steps)}): upgrade nextbest")
             for step in steps[current:]:
-                for statement in split_statements(step):
+                if isinstance(step, Mapping):  # a step written per dialect
+                    step = step[self.dialect]
+                for statement in split_statements(step, self.dialect):
                     self.execute(self.ddl(statement))
             if current < len(steps):
                 self.execute("INSERT INTO schema_versions (store, version, applied) VALUES "

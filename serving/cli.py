@@ -8,7 +8,8 @@ learner runs finds the learner lock taken and serves as a scorer).
 child reads the same configuration: the config file travels in ``NEXTBEST_CONFIG`` and the
 command-line choices (host, port, workers) in ``NEXTBEST__SERVING__*`` variables, so the
 service and the CLI cannot disagree about them. SIGINT and SIGTERM are forwarded to the
-child, and the command exits with the child's exit code.
+child, and the command exits with the child's exit code. The child gets SIGTERM if this
+process dies (even by ``kill -9``), and its workers watch both (:mod:`serving.lifecycle`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from nextbest.cli import command_group, port_number, positive_int
 from nextbest.config import Settings
 from nextbest.errors import Conflict, MissingComponent, NotFound, ValidationFailed
+from serving.lifecycle import SERVE_PID_ENV, parent_death_preexec
 
 SERVICE_TARGET = "serving.service:NextBest"
 
@@ -53,12 +55,14 @@ def serve_env(*, host: str, port: int, workers: int, config: str | None, data_di
     repo_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    env[SERVE_PID_ENV] = str(os.getpid())  # the workers stop when this process is gone
     return env
 
 
 def run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
-    """Run ``cmd`` and pass SIGINT/SIGTERM on to it until it exits; return its exit code."""
-    child = subprocess.Popen(cmd, env=env)
+    """Run ``cmd`` and pass SIGINT/SIGTERM on to it until it exits; return its exit code.
+    The child gets SIGTERM when this process dies, however it dies (Linux)."""
+    child = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_preexec())  # noqa: PLW1509
 
     def forward(signum: int, _frame: object) -> None:
         if child.poll() is None:

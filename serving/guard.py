@@ -10,7 +10,9 @@ request metrics and access log that name routes by their template, never by a us
   3. ``nextbest_http_requests_total{route, method, status}`` and
      ``nextbest_http_request_seconds{route, method}`` are recorded under the route's
      template (``/users/{user_id}``), and the access log line names the template too, so
-     3,000 user ids make no new series and no user id reaches a log.
+     3,000 user ids make no new series and no user id reaches a log;
+  4. a path with a control character (a newline in a user id) gets nextbest's JSON 404:
+     BentoML's mount of the app does not match such paths and would answer in plain text.
 
 BentoML's own request metrics and access log label raw paths; the service switches them
 off and this middleware stands in for them. ``/metrics`` is a route of nextbest's app
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from serving.middleware import ASGIApp, Message, Receive, Send
 from serving.middleware import Scope as AsgiScope
 
 log = logging.getLogger("nextbest.access")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/docs.json"})
 UNMATCHED = "unmatched"
 
@@ -145,6 +149,10 @@ class Guard:
 
     async def _handle(self, config: GuardConfig, scope: AsgiScope, receive: Receive,
                       send: Send, route: str, method: str) -> None:
+        if _CONTROL.search(scope.get("path", "")):
+            await _answer(send, 404, "not_found", "no route matches this path: it contains "
+                          "a control character")
+            return
         limit = config.max_body_bytes
         length = _content_length(scope)
         if length is not None and length > limit:

@@ -10,7 +10,6 @@ HTTP API and the engine cannot drift apart.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from campaigns.events import BehaviourEvent
+from campaigns.events import BehaviourEvent, EventTime
 from campaigns.layer import EventsResult, ItemResult, RunReport
 from campaigns.store import Item, OutboxMessage
 from decisions.decision_log import Decision, FeedbackResult
@@ -167,7 +166,7 @@ class ReceiptRequest(RequestBody):
         {"status": "delivered", "ts": "2026-01-05T20:00:03Z"}]})
 
     status: Literal["delivered", "opened", "clicked", "bounced", "unsubscribed"]
-    ts: datetime
+    ts: EventTime
 
 
 class OutboxPage(BaseModel):

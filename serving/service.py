@@ -13,7 +13,8 @@ each builds its engine with role ``auto``: the engine takes the learner file loc
 one of them (which learns in a background thread), and the others become scorers that log
 decisions and feedback and reload the learner's published checkpoints (see
 :func:`open_engine`). Each worker loads the champion models itself and keeps them current
-through its housekeeping loop (:mod:`serving.status`).
+through its housekeeping loop (:mod:`serving.status`). Each worker stops when its parent or
+``nextbest serve`` dies, even by ``kill -9`` (:mod:`serving.lifecycle`).
 
 Errors: request bodies are pydantic models that forbid unknown fields and NaN/Infinity;
 FastAPI's validation errors (all of them at once) and
@@ -55,6 +56,7 @@ from serving.auth import KeyRing, Scope
 from serving.bento import BANDIT, bundle_from_arguments, load_bundled_champions, seed_bandit
 from serving.erasure import Eraser
 from serving.guard import Guard, GuardConfig, configure, flat_routes
+from serving.lifecycle import watch_parent
 from serving.loopwatch import LoopWatchdog, quiet_collector
 from serving.metrics import DomainMetrics, metrics_text
 from serving.schemas import (
@@ -102,12 +104,13 @@ log = logging.getLogger(__name__)
 # the models, the bandit's checkpoint and the configuration it carries.
 BUNDLE = bundle_from_arguments()
 SETTINGS: Settings = load_settings() if BUNDLE is None else BUNDLE.settings()
+# Every route may answer these (401/403: the API key, 413: the body size, serving/guard.py).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (404, 409, 422)}
+    status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422)}
 USER_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (404, 409, 410, 422)}
+    status: {"model": ErrorBody} for status in (401, 403, 404, 409, 410, 413, 422)}
 ERASURE_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (404, 409, 422, 503)}
+    status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 503)}
 USER_ID = Path(min_length=1, max_length=200)
 # Which API key scope each route needs (serving/auth.py); probes and /docs.json are open.
 ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
@@ -180,7 +183,11 @@ async def _user_error(_: Request, exc: NextbestError) -> JSONResponse:
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """Unknown routes and methods, in the same body shape as every other error."""
+    """Unknown routes and methods, in the same body shape as every other error. A body
+    FastAPI cannot even decode (not UTF-8) is a 422 on ``body``, as malformed JSON is."""
+    if exc.status_code == 400:
+        detail = f"body: the body could not be read as JSON ({exc.detail})"
+        return JSONResponse(ValidationFailed(detail, field="body").to_dict(), status_code=422)
     kind = "not_found" if exc.status_code == 404 else "bad_request"
     return JSONResponse({"error": kind, "detail": str(exc.detail)}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
@@ -238,6 +245,8 @@ class NextBest:
     bandit_model = BUNDLE.reference(BANDIT) if BUNDLE else None
 
     def __init__(self) -> None:
+        # First: a worker whose `nextbest serve` is killed must not outlive it.
+        self.parent_watch = watch_parent()
         self.settings = SETTINGS
         self.store = open_store(self.settings)
         self.scorer = Scorer(self.settings, self.store, *self._champions(),
@@ -334,7 +343,8 @@ class NextBest:
         """Every half second: follow a reload asked of any worker; every
         ``model_refresh_seconds``: ask the registry for new champions; inline role, every
         ``sweep_seconds``: give the default reward to decisions whose window closed (the
-        learner role's thread sweeps itself; scorers leave it to it)."""
+        learner role's thread sweeps itself; scorers leave it to it), and checkpoint when
+        learning has been unsaved for ``bandit.checkpoint_seconds``."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
@@ -343,6 +353,7 @@ class NextBest:
                 log.exception("housekeeping failed")
 
     async def _housekeep(self) -> None:
+        """One round of :meth:`_housekeep_forever`."""
         now = time.monotonic()
         generation = self.board.generation()
         due = now - self._checked_registry >= self.settings.serving.model_refresh_seconds
@@ -366,6 +377,7 @@ class NextBest:
                 now - self._last_sweep >= self.settings.bandit.sweep_seconds:
             self._last_sweep = now
             self.engine.sweep()
+        self.engine.checkpoint_if_due()  # inline role: the time schedule, not only the count
 
     async def __is_ready__(self) -> bool:
         """Ready when models and features are loaded (or serving empty was allowed)."""
@@ -377,6 +389,7 @@ class NextBest:
         for task in (self._housekeeping, self._watchdog):
             if task is not None:
                 task.cancel()
+        self.parent_watch.stop()
         self.board.withdraw(os.getpid())
         self.campaigns.close()
         self.audit.close()
@@ -424,11 +437,15 @@ class NextBest:
                       "is stored"})
 
     @app.post("/feedback", response_model=FeedbackResult, responses=ERRORS)
-    async def feedback(self, body: FeedbackRequest) -> FeedbackResult:
+    async def feedback(self, body: FeedbackRequest, request: Request) -> FeedbackResult:
         """Join a reward to its decision: accepted, duplicate or late (recorded, not learned).
-        Revenue without a conversion is refused; feedback contradicting the one already
-        accepted is a 409 saying how it differs (the first answer counts)."""
-        result = self.engine.feedback(body.event_id, body.converted, body.revenue)
+        Revenue without a conversion, or above ``bandit.reward.max_revenue_multiple`` x the
+        decision's item price (``max_revenue`` without one), is a 422; feedback
+        contradicting the one already accepted is a 409 saying how it differs (the first
+        answer counts). The learned reward is clipped to the configured range; the API key
+        that sent the feedback is kept with it in the decision log."""
+        result = self.engine.feedback(body.event_id, body.converted, body.revenue,
+                                      key_id=actor(request))
         self.metrics.rewarded(result.action, result.tier, result.status, body.converted)
         return result
 
@@ -654,7 +671,7 @@ class NextBest:
                                                     for w in listed))
 
     @app.get("/audit", response_model=list[AuditEntry], responses=ERRORS)
-    async def audit_entries(self, after: int = Query(0, ge=0),
+    async def audit_entries(self, after: int = Query(0, ge=0, le=2**63 - 1),
                             limit: int = Query(100, ge=1, le=1000)) -> list[AuditEntry]:
         """The audit log, oldest first, ``limit`` entries after the seq ``after``."""
         return self.audit.entries(after=after, limit=limit)

@@ -112,3 +112,125 @@ def test_scratch_log_commits_in_batches_and_on_close(tmp_path: Path):
     scratch.close()
     assert other.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
     other.close()
+
+
+# -- running totals, feedback senders, migration -------------------------------------------
+
+def full_scan_summary(log: DecisionLog) -> list[dict]:
+    """The per (tier, action) totals recomputed from every row (what arm_stats must equal)."""
+    rows = log.conn.execute(
+        "SELECT d.tier, d.action, count(*), count(r.reward), coalesce(sum(r.reward), 0), "
+        "sum(d.learnable) FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id "
+        "GROUP BY d.tier, d.action ORDER BY d.tier, coalesce(d.action, '')").fetchall()
+    return [{"tier": r[0], "action": r[1], "decisions": r[2], "rewards": r[3],
+             "reward_sum": r[4], "learnable": r[5]} for r in rows]
+
+
+def fill(log: DecisionLog, n: int, prefix: str = "e") -> None:
+    """``n`` decisions over two users and three actions, every other one rewarded."""
+    for i in range(n):
+        log.record_decision(logged(f"{prefix}{i}", user_id=f"u{i % 2}",
+                                   action=("coupon", "installment", None)[i % 3],
+                                   learnable=i % 3 != 2))
+        if i % 2 == 0:
+            log.insert_reward(reward(f"{prefix}{i}", float(i)))
+
+
+def test_arm_summary_equals_a_full_scan_through_rewards_and_erasure(tmp_path: Path):
+    log = DecisionLog(tmp_path / "log.sqlite")
+    other = DecisionLog(tmp_path / "log.sqlite")  # another process writing the same file
+    fill(log, 30)
+    fill(other, 7, prefix="x")
+    log.sweep(T0 + timedelta(days=30), timedelta(days=7), -1.0)  # timeouts count as rewards
+    assert log.arm_summary() == full_scan_summary(log)
+    assert sum(r["rewards"] for r in log.arm_summary()) == log.count_rewards() == 37
+    assert log.erase_user("u0") > 0
+    assert log.arm_summary() == full_scan_summary(log)
+    # A decision deleted before its reward takes the reward's share out with it.
+    log.conn.execute("DELETE FROM decisions WHERE event_id = 'e1'")
+    log.conn.execute("DELETE FROM rewards WHERE event_id = 'e1'")
+    assert log.arm_summary() == full_scan_summary(log)
+    other.close()
+    log.close()
+
+
+def vm_steps(conn: sqlite3.Connection, call) -> int:
+    """SQLite virtual machine instructions executed by ``call()`` (rows read show up as
+    steps: a query that scans the log costs steps in proportion to its rows)."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    conn.set_progress_handler(count, 1)
+    try:
+        call()
+    finally:
+        conn.set_progress_handler(None, 1)
+    return steps[0]
+
+
+def test_arm_summary_does_not_read_the_log(tmp_path: Path):
+    small, big = DecisionLog(tmp_path / "small.sqlite"), DecisionLog(tmp_path / "big.sqlite")
+    fill(small, 30)
+    fill(big, 3000)
+    assert len(small.arm_summary()) == len(big.arm_summary()) == 3
+    assert vm_steps(big.conn, big.arm_summary) == vm_steps(small.conn, small.arm_summary)
+    plan = " ".join(str(row) for row in big.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT tier, action, decisions, rewards, reward_sum, learnable "
+        "FROM arm_stats WHERE decisions > 0 ORDER BY tier, action"))
+    assert "decisions" not in plan.replace("decisions >", "") and "rewards" not in plan
+    small.close()
+    big.close()
+
+
+def test_feedback_keeps_the_key_that_sent_it(log: DecisionLog):
+    log.record_decision(logged("e1"))
+    log.record_decision(logged("e2"))
+    log.insert_reward(reward("e1").model_copy(update={"key_id": "shop-frontend"}))
+    log.record_late("e2", True, 5.0, 5.0, T0, key_id="batch-import")
+    assert log.export_user("u1")[0]["reward"]["key_id"] == "shop-frontend"
+    assert log.export_user("u1")[1]["late_feedback"]["key_id"] == "batch-import"
+
+
+OLD_SCHEMA = """
+CREATE TABLE decisions (event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, ts REAL NOT NULL,
+    tier TEXT NOT NULL, features TEXT NOT NULL, eligible TEXT NOT NULL, action TEXT,
+    probability REAL NOT NULL, pmf TEXT NOT NULL, policy_version TEXT NOT NULL,
+    personalized INTEGER NOT NULL, control INTEGER NOT NULL, learnable INTEGER NOT NULL,
+    campaign TEXT, item_price REAL, reason TEXT NOT NULL);
+CREATE TABLE rewards (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    converted INTEGER NOT NULL, revenue REAL NOT NULL, reward REAL NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('feedback', 'timeout')), ts REAL NOT NULL,
+    learnable INTEGER NOT NULL);
+CREATE TABLE late_feedback (event_id TEXT PRIMARY KEY, converted INTEGER NOT NULL,
+    revenue REAL NOT NULL, reward REAL NOT NULL, ts REAL NOT NULL);
+INSERT INTO decisions VALUES ('old1', 'u9', 1.0, 'gold', '{}', '["coupon"]', 'coupon', 1.0,
+    '{"coupon": 1.0}', 'abc.0', 1, 0, 1, NULL, NULL, 'test');
+INSERT INTO decisions VALUES ('old2', 'u9', 2.0, 'gold', '{}', '[]', NULL, 1.0, '{}', 'abc.0',
+    0, 1, 0, NULL, NULL, 'control');
+INSERT INTO rewards (event_id, converted, revenue, reward, source, ts, learnable)
+    VALUES ('old1', 1, 30.0, 25.0, 'feedback', 3.0, 1);
+"""
+
+
+def test_a_log_of_the_old_schema_is_migrated_when_opened(tmp_path: Path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+    log = DecisionLog(path)
+    assert log.arm_summary() == full_scan_summary(log) == [
+        {"tier": "gold", "action": None, "decisions": 1, "rewards": 0, "reward_sum": 0,
+         "learnable": 0},
+        {"tier": "gold", "action": "coupon", "decisions": 1, "rewards": 1, "reward_sum": 25.0,
+         "learnable": 1}]
+    log.record_decision(logged("new1", user_id="u9"))
+    log.insert_reward(reward("new1").model_copy(update={"key_id": "k1"}))
+    assert log.get_reward("old1") is not None
+    keys = [(d["reward"] or {}).get("key_id", "no reward") for d in log.export_user("u9")]
+    assert keys == [None, "no reward", "k1"]
+    log.close()
+    again = DecisionLog(path)  # opening a migrated log changes nothing
+    assert again.arm_summary() == full_scan_summary(again)
+    again.close()

@@ -116,8 +116,8 @@ def test_feedback_unknown_duplicate_late_and_invalid(engine: DecisionEngine):
     assert (first.action, first.tier) == (d.action, user(0).tier)
     assert again.status == "duplicate" and again.reward == first.reward
     with pytest.raises(Conflict, match="already accepted with converted=true, revenue 200; "
-                                       "this one says converted=true, revenue 999"):
-        engine.feedback(d.event_id, True, 999.0, now=T0 + timedelta(hours=2))
+                                       "this one says converted=true, revenue 700"):
+        engine.feedback(d.event_id, True, 700.0, now=T0 + timedelta(hours=2))
     assert engine.stats()["rewards_learned"] == 1
     late_d = engine.decide(user(1000), CONTEXT, now=T0)
     late = engine.feedback(late_d.event_id, True, 50.0, now=T0 + timedelta(days=8))
@@ -312,3 +312,40 @@ def test_one_price_for_everyone_every_tier_gets_the_same_terms_per_arm(settings:
     assert {key.split("@")[1] for key in terms if "@" in key} == set(tiers)
     assert all(len(offers) == 1 for offers in terms.values())  # one offer per arm
     assert len(tokens) == 3 and all(len(t) == 1 for t in tokens.values())
+
+
+def test_revenue_above_the_limit_is_refused_and_the_reward_is_clipped(settings: Settings):
+    tuned = with_bandit(settings, control_share=0.0, reward={
+        "max_revenue_multiple": 5.0, "max_revenue": 300.0, "clip_min": -10.0,
+        "clip_max": 250.0}, **NO_CAPS)
+    with DecisionEngine(tuned, durable=False) as eng:
+        priced = eng.decide(user(1), CONTEXT, now=T0)  # item price 80: limit 400
+        with pytest.raises(ValidationFailed, match=r"revenue 400\.5 is above the limit 400 .*"
+                                                   "max_revenue_multiple") as refused:
+            eng.feedback(priced.event_id, True, 400.5, now=T0, key_id="k")
+        assert refused.value.field == "revenue"
+        assert eng.stats()["rewards"] == 0  # nothing recorded
+        result = eng.feedback(priced.event_id, True, 400.0, now=T0, key_id="k")
+        assert result.reward == 250.0 and "clipped to 250" in result.detail
+        assert eng.log.get_reward(priced.event_id).reward == 250.0  # what is learned
+        unpriced = eng.decide(user(2), CONTEXT.model_copy(update={"item_price": None}), now=T0)
+        with pytest.raises(ValidationFailed, match=r"above the limit 300 .*max_revenue"):
+            eng.feedback(unpriced.event_id, True, 301.0, now=T0)
+        assert eng.feedback(unpriced.event_id, True, 300.0, now=T0).status == "accepted"
+
+
+def test_the_inline_learner_checkpoints_on_its_time_schedule(settings: Settings):
+    tuned = with_bandit(settings, checkpoint_every=10_000, checkpoint_seconds=0.2, **NO_CAPS)
+    eng = DecisionEngine(tuned)
+    try:
+        published = eng._learner.store.latest
+        d = next(d for d in (eng.decide(user(i), CONTEXT, now=T0) for i in range(50))
+                 if d.learnable)
+        eng.feedback(d.event_id, True, 30.0, now=T0)
+        eng.checkpoint_if_due()  # too early: nothing saved yet
+        assert published() is None
+        time.sleep(0.25)
+        eng.checkpoint_if_due()
+        wait_for(lambda: published() is not None and published().rewards_learned == 1)
+    finally:
+        eng.close()

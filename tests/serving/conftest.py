@@ -39,6 +39,10 @@ WORLD_SEED = 11
 # Feedback later than this is "late"; short so that a test can wait it out.
 REWARD_WINDOW_SECONDS = 4.0
 READY_TIMEOUT_SECONDS = 120.0
+# Feedback integrity: the revenue limit of a decision without an item price, and the
+# largest reward learned from one feedback.
+MAX_REVENUE = 5000.0
+CLIP_MAX = 1000.0
 
 
 def free_port() -> int:
@@ -55,12 +59,13 @@ def world_env(root: Path) -> dict[str, str]:
 
 def test_config() -> dict:
     """The service config of the tests: a reward window of a few seconds (so late feedback
-    can be provoked) and a fast sweeper."""
+    can be provoked), a fast sweeper, and low revenue and reward limits."""
     return {
         "auth": {"keys": [key_config()]},
         "training": {"num_boost_round": 50, "early_stopping_rounds": 10},
         "bandit": {
-            "reward": {"window_days": REWARD_WINDOW_SECONDS / 86400},
+            "reward": {"window_days": REWARD_WINDOW_SECONDS / 86400,
+                       "max_revenue": MAX_REVENUE, "clip_max": CLIP_MAX},
             "sweep_seconds": 1.0,
             "checkpoint_every": 200,
         },
@@ -155,17 +160,19 @@ def own_bandit_env(world: World, name: str) -> dict[str, str]:
 
 
 def start_server(world: World, *, workers: int = 1, name: str = "server",
-                 env: dict[str, str] | None = None) -> Server:
-    """Start ``nextbest serve`` on a free port and wait until ``/readyz`` is 200.
+                 env: dict[str, str] | None = None, port: int | None = None) -> Server:
+    """Start ``nextbest serve`` on ``port`` (default: a free one) and wait until ``/readyz``
+    is 200.
 
     ``env`` adds or overrides variables of the world's environment for this server only."""
-    port = free_port()
+    port = port or free_port()
+    log_path = world.root / f"{name}-{port}.log"
     cmd = [sys.executable, "-m", "nextbest.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers)]
     # Each server its own BENTOML_HOME: `bentoml serve` empties its metrics directory.
     home = {"BENTOML_HOME": str(world.root / f"bentoml-{name}-{port}")}
     return launch_server(cmd, port, env=world.env | home | (env or {}), cwd=world.root,
-                         log_path=world.root / f"{name}-{port}.log")
+                         log_path=log_path)
 
 
 def launch_server(cmd: list[str], port: int, *, env: dict[str, str], cwd: Path,
