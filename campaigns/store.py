@@ -162,7 +162,7 @@ class Item(BaseModel):
     seller_id: str = Field(min_length=1, max_length=200)
     category: str | None = Field(None, max_length=100)
     price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    stock: int | None = Field(None, ge=0)
+    stock: int | None = Field(None, ge=0, le=1_000_000_000)
     ts: datetime
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -207,16 +207,85 @@ def stage_csv(path: Path, user_ids: Sequence[str]) -> StagedFile | None:
     return StagedFile(path, FileErasure(rows_removed=int(hit.sum())), tmp)
 
 
+def _texts(value: Any) -> Iterator[str]:
+    """Every string of a parsed JSON value: object keys and string values, at any depth."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _texts(item)
+
+
+def names_user(line: bytes, pattern: re.Pattern[bytes]) -> bool:
+    """Whether one JSON text names a user: one of its strings holds the id as a token (a
+    number that looks like an id is not the id). A line that is not JSON is read as text."""
+    if not pattern.search(line):
+        return False
+    try:
+        parsed = json.loads(line)
+    except ValueError:
+        return True
+    return any(pattern.search(text.encode()) for text in _texts(parsed))
+
+
 def stage_json_lines(path: Path, user_ids: Sequence[str]) -> StagedFile | None:
     """A JSON-lines file (a channel's deliveries) without the lines naming a user, staged."""
     pattern = token_pattern(user_ids)
     lines = path.read_bytes().splitlines(keepends=True)
-    kept = [line for line in lines if not pattern.search(line)]
+    kept = [line for line in lines if not names_user(line, pattern)]
     if len(kept) == len(lines):
         return None
     tmp = _tmp(path)
     tmp.write_bytes(b"".join(kept))
     return StagedFile(path, FileErasure(rows_removed=len(lines) - len(kept)), tmp)
+
+
+def _scrub_json(value: Any, ids: set[str]) -> tuple[Any, int]:
+    """``value`` without the users: list items that are an id, or objects with an id among
+    their own values, are dropped; object keys that are an id too; returns the count."""
+    if isinstance(value, list):
+        kept, removed = [], 0
+        for item in value:
+            named = item in ids if isinstance(item, str) else isinstance(item, dict) and any(
+                isinstance(v, str) and v in ids for v in item.values())
+            if named:
+                removed += 1
+                continue
+            item, n = _scrub_json(item, ids)
+            kept.append(item)
+            removed += n
+        return kept, removed
+    if isinstance(value, dict):
+        out, removed = {}, 0
+        for key, item in value.items():
+            if key in ids:
+                removed += 1
+                continue
+            out[key], n = _scrub_json(item, ids)
+            removed += n
+        return out, removed
+    return value, 0
+
+
+def stage_json(path: Path, user_ids: Sequence[str]) -> StagedFile | None:
+    """A JSON file (a report's ``report.json`` listing users in an alert) without the users
+    (:func:`_scrub_json`), staged; None when it does not name them. A ValueError when an
+    id is still there afterwards (inside free text): such a file must be regenerated."""
+    pattern = token_pattern(user_ids)
+    raw = path.read_bytes()
+    if not names_user(raw, pattern):
+        return None
+    scrubbed, removed = _scrub_json(json.loads(raw), set(map(str, user_ids)))
+    if any(pattern.search(text.encode()) for text in _texts(scrubbed)):
+        raise ValueError("a user's id is inside a text value")
+    text = json.dumps(scrubbed, indent=2, default=str).encode()
+    tmp = _tmp(path)
+    tmp.write_bytes(text)
+    return StagedFile(path, FileErasure(rows_removed=removed), tmp)
 
 
 def token_pattern(user_ids: Sequence[str]) -> re.Pattern[bytes]:

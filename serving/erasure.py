@@ -8,9 +8,10 @@ places, in the order they are erased:
    import rejects, feature partitions and latent traits (by their rules), then every other
    file under ``paths.data_dir``, ``paths.reports_dir`` and ``paths.mlruns_dir``: Parquet
    tables (``score --all`` output, reports' tables), CSV files (the MLflow runs'
-   ``validation_predictions.csv``, reports' tables), JSON lines (a channel's deliveries).
-   A text file that names the user in a form erasure cannot rewrite (a JSON or HTML
-   report) fails the erasure before anything changed: regenerate or delete it.
+   ``validation_predictions.csv``, reports' tables), JSON lines (a channel's deliveries),
+   JSON (a report's ``report.json``: the list items and objects naming the user go). A text
+   file that names the user in a form erasure cannot rewrite (an HTML page, an id inside
+   free text) fails the erasure before anything changed: regenerate or delete it.
 2. *Stores*, each in one transaction with ``secure_delete``, then a WAL checkpoint that
    empties the ``-wal`` file: the online store (which lists the user's salted hash as
    erased), the decision log, the campaign store. A store that fails rolls its own
@@ -40,8 +41,10 @@ from features.erasure import (
     ErasureReport,
     StagedFile,
     UserEraser,
+    names_user,
     stage_csv,
     stage_files,
+    stage_json,
     stage_json_lines,
     stage_parquet,
     token_pattern,
@@ -119,7 +122,9 @@ class Eraser:
         try:
             staged += stage_files(ids, raw_dir=paths.raw_dir, features_dir=paths.features_dir,
                                   latent_dir=paths.latent_dir)
-            known = {paths.raw_dir, paths.features_dir, paths.latent_dir}
+            # Known trees have their own rules; the worker board (data/serving/) holds no user.
+            known = {paths.raw_dir, paths.features_dir, paths.latent_dir,
+                     Path(paths.data_dir) / "serving"}
             pattern = token_pattern(ids)
             for path in self._other_files(known):
                 one = _stage_other(path, ids, pattern)
@@ -152,9 +157,18 @@ class Eraser:
                     yield path
 
 
+# Names of SQLite databases and their companion files, recognised without opening them.
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db", "-wal", "-shm", "-journal")
+
+
 def _is_sqlite(path: Path) -> bool:
-    """A SQLite database or one of its ``-wal`` / ``-shm`` / ``-journal`` files."""
-    if path.name.endswith(("-wal", "-shm", "-journal")):
+    """A SQLite database or one of its ``-wal`` / ``-shm`` / ``-journal`` files.
+
+    Known names are never opened: closing any descriptor of a database file drops every
+    POSIX lock this process holds on it, so the service's own connections would lose
+    theirs, and another process closing its last connection would then delete the WAL
+    under them (their later writes vanish, or fail with "disk I/O error")."""
+    if path.name.endswith(SQLITE_SUFFIXES):
         return True
     try:
         with path.open("rb") as f:
@@ -171,6 +185,8 @@ def _stage_other(path: Path, ids: Sequence[str], pattern: Any) -> StagedFile | N
             return stage_parquet(path, None, ids)
         if suffix == ".csv":
             return stage_csv(path, ids)
+        if suffix == ".json":
+            return stage_json(path, ids)
         if suffix == ".jsonl":
             one = stage_json_lines(path, ids)
             return None if one is None else LockedLines(one, ids)
@@ -201,7 +217,7 @@ class LockedLines(StagedFile):
         with self.path.open("r+b") as f, locked(f):
             lines = f.read().splitlines(keepends=True)
             f.seek(0)
-            f.write(b"".join(line for line in lines if not pattern.search(line)))
+            f.write(b"".join(line for line in lines if not names_user(line, pattern)))
             f.truncate()
             f.flush()
             os.fsync(f.fileno())

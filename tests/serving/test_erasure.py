@@ -3,6 +3,7 @@ and rebuilds that do not bring the user back."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from datetime import date, datetime
@@ -248,3 +249,23 @@ def test_training_reads_no_erased_user_from_partitions_built_before(
         store.erase("gone_2")  # the store only: the partition built before still holds them
     assert "gone_2" in set(pd.read_parquet(partition)["user_id"])
     assert list(load_features(settings, as_of)["user_id"]) == ["keep_1", "keep_3"]
+
+
+def test_a_json_report_is_rewritten_without_the_user(tmp_path: Path) -> None:
+    from features.erasure import stage_json
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({
+        "alerts": [{"kind": "platinum_churn_risk", "user_ids": ["u000007", "u000008"]}],
+        "by_user": {"u000007": 0.9, "u000070": 0.1},
+        "rows": [{"user_id": "u000007", "tier": "gold"}, {"user_id": "u000009"}]}))
+    staged = stage_json(report, ["u000007"])
+    assert staged is not None and staged.counts.rows_removed == 3
+    staged.commit()
+    assert json.loads(report.read_text()) == {
+        "alerts": [{"kind": "platinum_churn_risk", "user_ids": ["u000008"]}],
+        "by_user": {"u000070": 0.1}, "rows": [{"user_id": "u000009"}]}
+    assert stage_json(report, ["u000007"]) is None  # nothing left to erase
+    report.write_text(json.dumps({"message": "u000008 churned"}))  # inside free text
+    with pytest.raises(ValueError, match="inside a text value"):
+        stage_json(report, ["u000008"])
