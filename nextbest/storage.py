@@ -78,7 +78,7 @@ def split_statements(script: str, dialect: Dialect = "postgresql") -> list[str]:
         if sqlite3.complete_statement(pending):
             out.append(pending.strip())
             pending = ""
-    return out
+    return [*out, pending.strip()] if pending.strip() else out
 
 
 class Database:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from decisions.decision_log import Decision, DecisionLog, LoggedDecision, RewardRow
+from decisions.decision_log import (
+    SCHEMA_STEPS,
+    Decision,
+    DecisionLog,
+    LoggedDecision,
+    RewardRow,
+)
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -45,7 +51,7 @@ def test_decision_round_trip_and_wal(log: DecisionLog):
     if log.conn.dialect == "sqlite":
         mode = log.conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
-    assert log.conn.schema_version("decision_log") == 1
+    assert log.conn.schema_version("decision_log") == len(SCHEMA_STEPS)
 
 
 def test_rewards_are_counted_once_in_log_order(log: DecisionLog):
@@ -176,7 +182,8 @@ def test_arm_summary_does_not_read_the_log(tmp_path: Path):
     fill(small, 30)
     fill(big, 3000)
     assert len(small.arm_summary()) == len(big.arm_summary()) == 3
-    assert vm_steps(big.conn, big.arm_summary) == vm_steps(small.conn, small.arm_summary)
+    assert vm_steps(big.conn.conn, big.arm_summary) == \
+        vm_steps(small.conn.conn, small.arm_summary)
     plan = " ".join(str(row) for row in big.conn.execute(
         "EXPLAIN QUERY PLAN SELECT tier, action, decisions, rewards, reward_sum, learnable "
         "FROM arm_stats WHERE decisions > 0 ORDER BY tier, action"))
