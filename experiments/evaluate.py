@@ -89,18 +89,25 @@ def evaluable(log: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def evaluate(log: pd.DataFrame, settings: Settings, policy: str, *, alpha: float = 0.05,
-             n_bootstrap: int = 200, seed: int = 0) -> OpeReport:
-    """Estimate ``policy``'s value on a normalised log (:func:`experiments.logs.read_log`)."""
-    shown = evaluable(log)
+def logged_arms(shown: pd.DataFrame, settings: Settings
+                ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The configured arms and, per logged decision that showed one, its arm's index, its
+    reward and its logged probability; DataError naming a logged arm no longer configured."""
     arms = [arm.name for arm in settings.bandit.arms]
     unknown = sorted(set(shown["action"]) - set(arms))
     if unknown:
         raise DataError(f"logged actions {unknown} are not arms of the config {arms}",
                         field="action")
     action = shown["action"].map({a: i for i, a in enumerate(arms)}).to_numpy(int)
-    reward = shown["reward"].to_numpy(float)
-    pscore = shown["probability"].to_numpy(float)
+    return (arms, action, shown["reward"].to_numpy(float),
+            shown["probability"].to_numpy(float))
+
+
+def evaluate(log: pd.DataFrame, settings: Settings, policy: str, *, alpha: float = 0.05,
+             n_bootstrap: int = 200, seed: int = 0) -> OpeReport:
+    """Estimate ``policy``'s value on a normalised log (:func:`experiments.logs.read_log`)."""
+    shown = evaluable(log)
+    arms, action, reward, pscore = logged_arms(shown, settings)
     dist = candidate_action_dist(policy, shown, settings)
     columns = context_columns(shown)
     q = fit_reward_model(shown[columns], action, reward, len(arms), seed=seed)

@@ -46,7 +46,7 @@ from decisions.lifecycle import (
 )
 from decisions.policy import CreditRule, PolicyLayer
 from decisions.reward_model import TrainingRow, fit_reward_model
-from experiments.evaluate import Estimate, evaluable
+from experiments.evaluate import Estimate, evaluable, logged_arms
 from experiments.logs import context_columns
 from experiments.ope import DoublyRobust, importance_weights
 from experiments.ope import fit_reward_model as fit_q
@@ -173,14 +173,7 @@ def evaluate_candidates(log: pd.DataFrame, settings: Settings, names: list[str],
     for name in names:
         candidate(settings, name)  # NotFound before any work
     shown = recent(log, cfg.window)
-    arms = [arm.name for arm in settings.bandit.arms]
-    unknown = sorted(set(shown["action"]) - set(arms))
-    if unknown:
-        raise DataError(f"logged actions {unknown} are not arms of the config {arms}",
-                        field="action")
-    action = shown["action"].map({a: i for i, a in enumerate(arms)}).to_numpy(int)
-    reward = shown["reward"].to_numpy(float)
-    pscore = shown["probability"].to_numpy(float)
+    arms, action, reward, pscore = logged_arms(shown, settings)
     q = fit_q(shown[context_columns(shown)], action, reward, len(arms), seed=seed)
     pct = int(round((1 - cfg.alpha) * 100))
     out: dict[str, CandidateEstimate] = {}

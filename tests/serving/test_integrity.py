@@ -8,18 +8,10 @@ import sqlite3
 import httpx
 import pytest
 from conftest import CLIP_MAX, MAX_REVENUE
+from test_service import decide
 
 pytestmark = pytest.mark.integration
 
-CONTEXT = {"channel": "web", "page": "item", "item_id": "i1", "item_price": 120.0,
-           "category": "bags", "hour": 14}
-
-
-def decide(client: httpx.Client, user_id: str, **context: object) -> dict:
-    response = client.post("/next_best_action", json={"user_id": user_id,
-                                                      "context": CONTEXT | context})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def feedback(client: httpx.Client, event_id: str, revenue: float) -> httpx.Response:
