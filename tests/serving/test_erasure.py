@@ -269,3 +269,30 @@ def test_a_json_report_is_rewritten_without_the_user(tmp_path: Path) -> None:
     report.write_text(json.dumps({"message": "u000008 churned"}))  # inside free text
     with pytest.raises(ValueError, match="inside a text value"):
         stage_json(report, ["u000008"])
+
+
+def test_erasure_never_opens_a_database_file_it_recognises_by_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing any descriptor of a SQLite file drops the process's POSIX locks on it, so the
+    service's own connections would lose theirs (and another process could delete the WAL
+    under them): known names are judged without opening them."""
+    from serving import erasure
+
+    opened: list[str] = []
+    real_open = Path.open
+
+    def spying_open(self: Path, *args, **kwargs):
+        opened.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    names = ["online_store.sqlite", "decisions.sqlite-wal", "audit.sqlite-shm", "mlflow.db"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"SQLite format 3\x00")
+    (tmp_path / "renamed").write_bytes(b"SQLite format 3\x00")
+    (tmp_path / "notes.bin").write_bytes(b"not a database")
+    monkeypatch.setattr(Path, "open", spying_open)
+    assert all(erasure._is_sqlite(tmp_path / name) for name in names)
+    assert opened == []
+    assert erasure._is_sqlite(tmp_path / "renamed")  # an unknown name: by its first bytes
+    assert not erasure._is_sqlite(tmp_path / "notes.bin")
+    assert opened == ["renamed", "notes.bin"]

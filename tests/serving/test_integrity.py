@@ -101,3 +101,11 @@ def test_review_times_carry_their_utc_offset(client: httpx.Client) -> None:
     reviews = client.get("/review", params={"status": "all"}).json()["reviews"]
     assert reviews, "the world has no user under review"
     assert all(r["opened_ts"].endswith("+00:00") for r in reviews)
+
+
+def test_a_stock_beyond_any_real_count_is_a_422_on_the_stock(client: httpx.Client) -> None:
+    item = {"item_id": "huge", "seller_id": "s1", "stock": 91_241_214_000_000_000_000,
+            "ts": "2026-01-05T10:00:00Z"}
+    response = client.post("/items", json=item)
+    assert response.status_code == 422, response.text
+    assert "stock" in response.text
