@@ -39,9 +39,11 @@ and without the loop thread's own waits for a CPU (``own``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -73,11 +75,16 @@ P99_GOAL_MS, STALL_GOAL_MS = 25.0, 20.0
 CONTEXT = ('"context":{"channel":"web","page":"item","item_id":"i1","item_price":120.0,'
            '"category":"bags","hour":14}')
 
+# The run's API key (platform and operator scopes): every request carries it, as a
+# platform's would; only its hash is configured (world_env).
+KEY = "nb_" + secrets.token_urlsafe(24)
+AUTH = {"Authorization": f"Bearer {KEY}"}
 # wrk scripts. ``%USERS%`` is replaced by the number of users; args[1] is a file path.
 LUA_COMMON = """
 local n = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %KEY%"
 """
 LUA_NOOP = LUA_COMMON + """
 request = function()
@@ -156,7 +163,8 @@ def run_wrk(url: str, endpoint: str, script: str, args: argparse.Namespace,
     """Drive ``endpoint`` with the wrk ``script`` for ``args.seconds`` at
     ``args.connections`` clients; ``script_arg`` is handed to the script's ``init``."""
     path = work / f"{endpoint.strip('/').replace('/', '_')}.lua"
-    path.write_text(script.replace("%USERS%", str(args.users)).replace("%CONTEXT%", CONTEXT))
+    path.write_text(script.replace("%USERS%", str(args.users)).replace("%CONTEXT%", CONTEXT)
+                    .replace("%KEY%", KEY))
     cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
            "--timeout", "10s", "-s", str(path), url]
     if script_arg is not None:
@@ -164,7 +172,10 @@ def run_wrk(url: str, endpoint: str, script: str, args: argparse.Namespace,
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed: {proc.stderr or proc.stdout}")
-    return parse_wrk(endpoint, proc.stdout)
+    result = parse_wrk(endpoint, proc.stdout)
+    if result.errors > result.requests // 2:  # e.g. 401s: a benchmark of refusals is no benchmark
+        raise RuntimeError(f"{endpoint}: {result.errors} of {result.requests} requests failed")
+    return result
 
 
 def world_env(root: Path) -> dict[str, str]:
@@ -174,6 +185,9 @@ def world_env(root: Path) -> dict[str, str]:
         "NEXTBEST_CONFIG": str(root / "nextbest.yaml"),
         "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
         "NEXTBEST__SERVING__BENCHMARK_NOOP": "true",  # the reference endpoint /noop
+        "NEXTBEST__AUTH__KEYS": json.dumps([{
+            "id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest(),
+            "scopes": ["platform", "operator"]}]),
     }
 
 
@@ -251,7 +265,8 @@ def stop_service(proc: subprocess.Popen) -> None:
 
 def learned(url: str) -> int:
     """Rewards the service's model has learned so far."""
-    return int(httpx.get(f"{url}/bandit/stats", timeout=30).json()["rewards_learned"])
+    return int(httpx.get(f"{url}/bandit/stats", timeout=30, headers=AUTH)
+               .json()["rewards_learned"])
 
 
 def combine(endpoint: str, runs: list[WrkResult]) -> WrkResult:
@@ -311,7 +326,8 @@ def run_open_loop(url: str, path: str, kind: str, rate: float, seconds: float,
     out = work / f"open_{kind}_{seed}_{rate:.0f}.json"
     cmd = [sys.executable, str(OPENLOOP), "--url", url, "--path", path, "--kind", kind,
            "--rate", f"{rate:.3f}", "--seconds", str(seconds), "--users", str(args.users),
-           "--seed", str(seed), "--arrivals", args.arrivals, "--out", str(out)]
+           "--seed", str(seed), "--arrivals", args.arrivals, "--out", str(out),
+           "--header", f"Authorization: Bearer {KEY}"]
     if ids_in is not None:
         cmd += ["--event-ids", str(ids_in)]
     if ids_out is not None:
@@ -344,7 +360,7 @@ def loop_stall_ms(url: str) -> dict[str, float]:
     """The service's longest event-loop stall so far, in ms (its Prometheus gauge): ``all``,
     ``own`` (less the time its thread waited for a CPU other processes held) and ``gc`` (the
     garbage collector's longest pause)."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+    text = httpx.get(f"{url}/metrics", timeout=30, headers=AUTH).text
     found = dict(re.findall(r'^nextbest_event_loop_max_stall_seconds\{cause="(\w+)"\} (\S+)$',
                             text, re.M))
     if set(found) != {"all", "own", "gc"}:
