@@ -187,3 +187,23 @@ def test_metrics_count_decisions_and_rewards_by_arm_and_tier(client: httpx.Clien
     assert any('outcome="converted"' in key for key in rewards)
     assert _series(text, "nextbest_model_info")
     assert "nextbest_features_age_days " in text and "nextbest_learner_lag_rewards " in text
+
+
+def test_a_thousand_user_ids_add_no_metric_series_and_no_log_line_names_them(
+        client: httpx.Client, server) -> None:
+    def series(text: str) -> set[str]:
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    client.get("/users/warm-up/explanation")  # the routes' own series exist from here on
+    client.get("/metrics")
+    before = series(client.get("/metrics").text)
+    for i in range(1000):
+        assert client.get(f"/users/probe-{i:04d}/explanation").status_code == 200
+    text = client.get("/metrics").text
+    assert "probe-" not in text
+    # The counters' values moved, not the set of series: labels are route templates (a raw
+    # path label would have added a series or more per id).
+    new = series(text) - before
+    assert len(new) <= 5, sorted(new)
+    assert "probe-" not in server.log_path.read_text(errors="replace")
