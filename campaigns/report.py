@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from campaigns.store import CampaignStore
-from features.segmentation import TIERS
+from features.segmentation import tier_order
 from nextbest.config import Settings
 from nextbest.stats import Interval, two_proportion, welch
 
@@ -56,11 +56,6 @@ class CampaignReport(BaseModel):
     overall: Lift
     per_arm: list[Lift]
     per_tier: list[Lift]
-
-
-def _tier_rank(tier: str) -> tuple[int, str]:
-    """Natural tier order (Platinum to Churned, then new), unknown tiers after them."""
-    return (TIERS.index(tier), "") if tier in TIERS else (len(TIERS), tier)
 
 
 def _outcomes(rows: list[dict], purchases: dict[str, list[tuple[float, float]]],
@@ -119,7 +114,7 @@ def campaign_report(settings: Settings, store: CampaignStore, name: str, *,
         arm_cost = float(sum(r["revenue"] - r["reward"] for r in attributed if r["arm"] == arm))
         per_arm.append(_lift(arm, mask & treated, held, converted, revenue, arm_cost, alpha))
     per_tier = []
-    for tier in sorted({r["tier"] for r in rows if r["tier"]}, key=_tier_rank):
+    for tier in sorted({r["tier"] for r in rows if r["tier"]}, key=tier_order):
         mask = np.array([r["tier"] == tier for r in rows], dtype=bool)
         tier_cost = float(sum(r["revenue"] - r["reward"] for r in attributed
                               if r["tier"] == tier))

@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from features.segmentation import TIERS
+from features.segmentation import tier_order
 from nextbest.config import Settings
 
 if TYPE_CHECKING:
@@ -515,7 +515,7 @@ def segments_section(inputs: Inputs, settings: Settings, scratch: Path) -> str:
     if report.compare_to:
         header += [f"share at {fmt(report.compare_to)}", "change"]
     rows = []
-    for t in sorted(report.tiers, key=lambda t: _tier_rank(t.tier)):
+    for t in sorted(report.tiers, key=lambda t: tier_order(t.tier)):
         row = [t.tier, fmt(t.users, "count"), fmt(t.share, "share"),
                fmt(t.arpu_365d, "money"), fmt(t.arpu_30d, "money")]
         if report.compare_to:
@@ -585,11 +585,6 @@ def sellers_section(inputs: Inputs, settings: Settings) -> str:
                                              ("recency of the last listing",
                                               "baseline_recency_"))]))
     return "".join(parts)
-
-
-def _tier_rank(tier: str) -> tuple[int, str]:
-    """Natural tier order (:data:`TIERS`), unknown tiers after them alphabetically."""
-    return (TIERS.index(tier), "") if tier in TIERS else (len(TIERS), tier)
 
 
 MODEL_METRICS = (("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC"), ("log_loss", "log loss"),
@@ -751,7 +746,7 @@ def abtest_section(inputs: Inputs, scratch: Path) -> str:
         return _unrecorded("abtest")
     payload = ab.file.payload
     groups = payload["overall"] + sorted(payload["per_tier"],
-                                         key=lambda g: (g["group"], _tier_rank(g["tier"])))
+                                         key=lambda g: (g["group"], tier_order(g["tier"])))
     rows = [[g["group"], g["tier"], fmt(g["n"], "count"),
              fmt(g["conversion"]["treatment"], "share"),
              fmt(g["conversion"]["control"], "share"),

@@ -277,9 +277,12 @@ def stage_json(path: Path, user_ids: Sequence[str]) -> StagedFile | None:
     id is still there afterwards (inside free text): such a file must be regenerated."""
     pattern = token_pattern(user_ids)
     raw = path.read_bytes()
-    if not names_user(raw, pattern):
+    if not pattern.search(raw):
         return None
-    scrubbed, removed = _scrub_json(json.loads(raw), set(map(str, user_ids)))
+    parsed = json.loads(raw)
+    if not any(pattern.search(text.encode()) for text in _texts(parsed)):
+        return None  # only a number that looks like an id
+    scrubbed, removed = _scrub_json(parsed, set(map(str, user_ids)))
     if any(pattern.search(text.encode()) for text in _texts(scrubbed)):
         raise ValueError("a user's id is inside a text value")
     text = json.dumps(scrubbed, indent=2, default=str).encode()

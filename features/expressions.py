@@ -32,6 +32,7 @@ import math
 import operator
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ class Expression:
     def holds(self, row: Mapping[str, Any]) -> bool:
         """Whether the condition is true on ``row`` (false when a name it reads is missing
         or a value cannot be compared; of a top-level ``or``, each part on its own)."""
-        parts = self.parts()
+        parts = self._parts
         if len(parts) > 1:
             return any(part.holds(row) for part in parts)
         try:
@@ -88,7 +89,7 @@ class Expression:
         condition reads is false, except that each part of a top-level ``or`` is judged on
         its own: ``tier_drop >= 2 or churn_probability >= 0.6`` holds for a tier drop even
         where no churn model has scored the user."""
-        parts = self.parts()
+        parts = self._parts
         if len(parts) > 1:
             return np.logical_or.reduce([part.mask(frame, extra) for part in parts])
         n = len(frame)
@@ -113,13 +114,18 @@ class Expression:
         """The top-level ``or`` parts, each its own expression (the whole one when it is not
         an ``or``), so a rule can say which part held and a value missing in one part does
         not hide another that holds."""
+        return list(self._parts)
+
+    @cached_property
+    def _parts(self) -> tuple[Expression, ...]:
+        """:meth:`parts`, built once: :meth:`holds` runs per event on the trigger path."""
         body = self.tree.body
         if not (isinstance(body, ast.BoolOp) and isinstance(body.op, ast.Or)):
-            return [self]
-        return [Expression(text=ast.unparse(part), tree=ast.Expression(body=part),
-                           names=frozenset(n.id for n in ast.walk(part)
-                                           if isinstance(n, ast.Name)))
-                for part in body.values]
+            return (self,)
+        return tuple(Expression(text=ast.unparse(part), tree=ast.Expression(body=part),
+                                names=frozenset(n.id for n in ast.walk(part)
+                                                if isinstance(n, ast.Name)))
+                     for part in body.values)
 
 
 def _row(node: ast.AST, row: Mapping[str, Any]) -> Any:

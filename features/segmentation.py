@@ -35,6 +35,12 @@ from nextbest.errors import ConfigError
 # Tiers in their natural order, best first; ``new`` is also every unknown user's tier.
 TIERS = ("platinum", "gold", "silver", "dormant", "churned", "new")
 NEW_TIER = TIERS[-1]
+
+
+def tier_order(tier: str) -> tuple[int, str]:
+    """A sort key for tiers in their natural order (:data:`TIERS`), unknown tiers after
+    them alphabetically."""
+    return (TIERS.index(tier), "") if tier in TIERS else (len(TIERS), tier)
 SELLER_TIERS = ("vip", "potential", "sleeping", "prospective")
 # Lifecycle stages in their natural order; ``mature`` is the stage when no rule holds.
 LIFECYCLE_STAGES = ("new", "growth", "mature", "decline", "churned")

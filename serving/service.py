@@ -251,9 +251,10 @@ class NextBest:
         self.store = open_store(self.settings)
         self.scorer = Scorer(self.settings, self.store, *self._champions(),
                              registry=BUNDLE is None)
-        if BUNDLE is None:  # a bento carries no LTV model (yet): it serves ltv_12m null
-            self.scorer.use_ltv(self.scorer.load_ltv())
-        else:
+        # A bento's scorer never asks the registry: it carries no LTV model (yet), so its
+        # ltv_12m is null.
+        self.scorer.use_ltv(self.scorer.load_ltv())
+        if BUNDLE is not None:
             seed_bandit(self.settings, BUNDLE)
         self.engine = open_engine(self.settings)
         self.campaigns = CampaignLayer(self.settings, self.engine, self.scorer)
@@ -367,7 +368,7 @@ class NextBest:
             newer = None if BUNDLE else await asyncio.to_thread(self.scorer.newer_champions)
             if newer is not None:
                 log.info("now serving models %s", self.scorer.use(newer))
-            ltv = None if BUNDLE else await asyncio.to_thread(self.scorer.load_ltv)
+            ltv = await asyncio.to_thread(self.scorer.load_ltv)
             if ltv is not None:
                 self.scorer.use_ltv(ltv)
                 log.info("now serving ltv v%s", ltv.version)
@@ -654,8 +655,8 @@ class NextBest:
             raise Conflict(f"this service serves the models its bento carries "
                            f"({BUNDLE.versions()}); build and deploy a new bento "
                            "(`nextbest bento build`) to change them", field="models")
-        versions = self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
-        ltv = await asyncio.to_thread(self.scorer.load_ltv)  # not in a bento (409 above)
+        self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
+        ltv = await asyncio.to_thread(self.scorer.load_ltv)
         if ltv is not None:
             self.scorer.use_ltv(ltv)
         versions = self.scorer.model_versions()
