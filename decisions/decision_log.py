@@ -18,14 +18,18 @@ Tables:
   probability and pmf (decisions/lifecycle.py); never shown to anyone.
   Feedback rows (in both tables) carry ``key_id``, the API key that sent them (None: the
   sweeper, or a caller without keys).
-- ``arm_stats``: decisions, learnable decisions, rewards and their sum per (tier, action),
+- ``arm_stats``: decisions, learnable decisions, rewards and their sum per (decision point,
+  tier, action),
   kept current by triggers on the two tables above in the writing transaction (whatever
   process writes), so ``/bandit/stats`` reads a few rows instead of the whole log.
   Deleting a decision also takes its reward's share out, so erasure keeps it exact in
   either order.
 
 Older logs are brought up to this schema when opened (``SCHEMA_STEPS``, nextbest/storage.py).
-On PostgreSQL ``arm_stats`` is a view over the log (no triggers there yet).
+On PostgreSQL trigger functions keep ``arm_stats`` (since step 4).
+- ``decision_point`` on decisions and rewards: which decision point made the decision
+  (``buyer_offer``, ``seller_offer``, ...). A :class:`DecisionLog` opened for one point
+  (``point=``) learns, sweeps and counts that point's rows only.
 
 The rows live in a SQLite file (default) or a PostgreSQL database (``storage.url``), through
 :mod:`nextbest.storage`. Several processes (BentoML workers, replicas, the learner) may open
@@ -45,7 +49,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nextbest.config import ArmConfig
+from nextbest.config import DEFAULT_POINT, ArmConfig
 from nextbest.sqlite_wipe import truncate_wal
 from nextbest.storage import Target, open_database
 
@@ -157,13 +161,111 @@ CREATE VIEW arm_stats AS
     FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id
     GROUP BY d.tier, coalesce(d.action, '');
 """
+# Step 4: decision points. Every decision and reward names its decision point (older rows
+# were buyer offers); rewards carry it too, so a point's learner tails its own rewards by
+# (decision_point, seq) on an index. The running totals are kept per point, on PostgreSQL
+# too (a table kept by a trigger function, replacing step 3's view, a scan of the log).
+_POINTS = """
+ALTER TABLE decisions ADD COLUMN decision_point TEXT NOT NULL DEFAULT 'buyer_offer';
+ALTER TABLE rewards ADD COLUMN decision_point TEXT NOT NULL DEFAULT 'buyer_offer';
+CREATE INDEX rewards_point_seq ON rewards (decision_point, seq);
+"""
+_POINT_STATS_TABLE = """
+CREATE TABLE arm_stats (
+    decision_point TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    action TEXT NOT NULL,
+    decisions INTEGER NOT NULL DEFAULT 0,
+    learnable INTEGER NOT NULL DEFAULT 0,
+    rewards INTEGER NOT NULL DEFAULT 0,
+    reward_sum REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (decision_point, tier, action)
+){suffix};
+INSERT INTO arm_stats (decision_point, tier, action, decisions, learnable, rewards, reward_sum)
+    SELECT d.decision_point, d.tier, coalesce(d.action, ''), count(*), sum(d.learnable),
+           count(r.reward), coalesce(sum(r.reward), 0)
+    FROM decisions d LEFT JOIN rewards r ON r.event_id = d.event_id
+    GROUP BY d.decision_point, d.tier, coalesce(d.action, '');
+"""
+_KEY_OF = "(SELECT decision_point, tier, coalesce(action, '') FROM decisions " \
+    "WHERE event_id = {row}.event_id)"
+_POINT_STATS_SQLITE = """
+DROP TRIGGER arm_stats_decision_in;
+DROP TRIGGER arm_stats_decision_out;
+DROP TRIGGER arm_stats_reward_in;
+DROP TRIGGER arm_stats_reward_out;
+DROP TABLE arm_stats;
+""" + _POINT_STATS_TABLE.format(suffix=" WITHOUT ROWID") + """
+CREATE TRIGGER arm_stats_decision_in AFTER INSERT ON decisions BEGIN
+    INSERT OR IGNORE INTO arm_stats (decision_point, tier, action)
+        VALUES (NEW.decision_point, NEW.tier, coalesce(NEW.action, ''));
+    UPDATE arm_stats SET decisions = decisions + 1, learnable = learnable + NEW.learnable
+    WHERE decision_point = NEW.decision_point AND tier = NEW.tier
+        AND action = coalesce(NEW.action, '');
+END;
+CREATE TRIGGER arm_stats_decision_out AFTER DELETE ON decisions BEGIN
+    UPDATE arm_stats SET decisions = decisions - 1, learnable = learnable - OLD.learnable,
+        rewards = rewards - (SELECT count(*) FROM rewards WHERE event_id = OLD.event_id),
+        reward_sum = reward_sum - coalesce(
+            (SELECT reward FROM rewards WHERE event_id = OLD.event_id), 0)
+    WHERE decision_point = OLD.decision_point AND tier = OLD.tier
+        AND action = coalesce(OLD.action, '');
+END;
+CREATE TRIGGER arm_stats_reward_in AFTER INSERT ON rewards BEGIN
+    UPDATE arm_stats SET rewards = rewards + 1, reward_sum = reward_sum + NEW.reward
+    WHERE (decision_point, tier, action) = """ + _KEY_OF.format(row="NEW") + """;
+END;
+CREATE TRIGGER arm_stats_reward_out AFTER DELETE ON rewards BEGIN
+    UPDATE arm_stats SET rewards = rewards - 1, reward_sum = reward_sum - OLD.reward
+    WHERE (decision_point, tier, action) = """ + _KEY_OF.format(row="OLD") + """;
+END;
+"""
+# PostgreSQL: one trigger function per table; row locks on arm_stats serialise replicas.
+_POINT_STATS_POSTGRES = "DROP VIEW arm_stats;" + _POINT_STATS_TABLE.format(suffix="") + """
+CREATE FUNCTION nextbest_arm_stats_decision() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO arm_stats (decision_point, tier, action)
+            VALUES (NEW.decision_point, NEW.tier, coalesce(NEW.action, ''))
+            ON CONFLICT DO NOTHING;
+        UPDATE arm_stats SET decisions = decisions + 1, learnable = learnable + NEW.learnable
+        WHERE decision_point = NEW.decision_point AND tier = NEW.tier
+            AND action = coalesce(NEW.action, '');
+    ELSE
+        UPDATE arm_stats SET decisions = decisions - 1, learnable = learnable - OLD.learnable,
+            rewards = rewards - (SELECT count(*) FROM rewards WHERE event_id = OLD.event_id),
+            reward_sum = reward_sum - coalesce(
+                (SELECT reward FROM rewards WHERE event_id = OLD.event_id), 0)
+        WHERE decision_point = OLD.decision_point AND tier = OLD.tier
+            AND action = coalesce(OLD.action, '');
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER arm_stats_decision AFTER INSERT OR DELETE ON decisions
+    FOR EACH ROW EXECUTE FUNCTION nextbest_arm_stats_decision();
+CREATE FUNCTION nextbest_arm_stats_reward() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE arm_stats SET rewards = rewards + 1, reward_sum = reward_sum + NEW.reward
+        WHERE (decision_point, tier, action) = """ + _KEY_OF.format(row="NEW") + """;
+    ELSE
+        UPDATE arm_stats SET rewards = rewards - 1, reward_sum = reward_sum - OLD.reward
+        WHERE (decision_point, tier, action) = """ + _KEY_OF.format(row="OLD") + """;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER arm_stats_reward AFTER INSERT OR DELETE ON rewards
+    FOR EACH ROW EXECUTE FUNCTION nextbest_arm_stats_reward();
+"""
 # Migration steps (nextbest.storage): append a step for a change, never edit a released one.
 SCHEMA_STEPS = (_SCHEMA, _SCHEMA_2, {"sqlite": _KEY_IDS + _ARM_STATS,
-                                     "postgresql": _KEY_IDS + _ARM_STATS_VIEW})
+                                     "postgresql": _KEY_IDS + _ARM_STATS_VIEW},
+                {"sqlite": _POINTS + _POINT_STATS_SQLITE,
+                 "postgresql": _POINTS + _POINT_STATS_POSTGRES})
 REWARD_LOCK = "decision_log:rewards"  # serialises reward writers on PostgreSQL
 _DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, probability, "
                      "pmf, policy_version, personalized, control, learnable, campaign, "
-                     "item_price, reason, reward_model")
+                     "item_price, reason, reward_model, decision_point")
 
 
 class Offer(BaseModel):
@@ -201,6 +303,7 @@ class Decision(BaseModel):
     ts: datetime
     campaign: str | None = None
     learnable: bool = False
+    decision_point: str = DEFAULT_POINT
     # The chosen arm's public terms (None: no action); not kept in the log, where the
     # action names the arm.
     offer: Offer | None = None
@@ -216,6 +319,7 @@ class FeedbackResult(BaseModel):
     detail: str
     action: str | None = None  # the decision's arm (None: no action)
     tier: str | None = None    # the user's tier when the decision was made
+    decision_point: str = DEFAULT_POINT
 
 
 class StoredReward(BaseModel):
@@ -264,6 +368,7 @@ class RewardRow(BaseModel):
     ts: datetime
     learnable: bool
     key_id: str | None = None  # the API key that sent the feedback
+    decision_point: str = DEFAULT_POINT
 
 
 def to_epoch(ts: datetime) -> float:
@@ -280,11 +385,16 @@ def from_epoch(seconds: float) -> datetime:
 
 class DecisionLog:
     """The decision log of one process (one connection or pool user; callers serialise
-    access). ``path`` is a SQLite file or a ``postgresql://`` URL (:mod:`nextbest.storage`)."""
+    access). ``path`` is a SQLite file or a ``postgresql://`` URL (:mod:`nextbest.storage`).
+
+    ``point``: the decision point whose rewards this log tails, sweeps and counts (every
+    point's decisions share the file; reading, export and erasure see them all)."""
 
     def __init__(self, path: Target, *, durable: bool = True,
-                 synchronous: Literal["NORMAL", "FULL"] = "NORMAL", pool_size: int = 4):
+                 synchronous: Literal["NORMAL", "FULL"] = "NORMAL", pool_size: int = 4,
+                 point: str = DEFAULT_POINT):
         self.path = path
+        self.point = point
         self._pending = 0
         self._swept_to: float | None = None
         self.conn = open_database(path, synchronous=synchronous if durable else "OFF",
@@ -325,12 +435,12 @@ class DecisionLog:
         d = logged.decision
         self.conn.execute(
             f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (d.event_id, d.user_id, to_epoch(d.ts), logged.tier,
              json.dumps(logged.features, separators=(",", ":")), json.dumps(d.eligible),
              d.action, d.probability, json.dumps(d.pmf), d.policy_version, int(d.personalized),
              int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason,
-             logged.reward_model))
+             logged.reward_model, d.decision_point))
         self._wrote()
 
     def get_decision(self, event_id: str) -> LoggedDecision | None:
@@ -340,8 +450,10 @@ class DecisionLog:
         return None if row is None else _logged_decision(row)
 
     def count_decisions(self) -> int:
-        """How many decisions the log holds."""
-        return int(self.conn.execute("SELECT count(*) FROM decisions").fetchone()[0])
+        """How many decisions of this log's decision point the log holds (running totals)."""
+        return int(self.conn.execute(
+            "SELECT coalesce(sum(decisions), 0) FROM arm_stats WHERE decision_point = ?",
+            (self.point,)).fetchone()[0])
 
     # -- rewards ---------------------------------------------------------------------------
     def insert_reward(self, row: RewardRow) -> int | None:
@@ -349,9 +461,10 @@ class DecisionLog:
         with self._reward_writer():
             seq = self.conn.insert(
                 "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, "
-                "ts, learnable, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "ts, learnable, key_id, decision_point) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.event_id, int(row.converted), row.revenue, row.reward, row.source,
-                 to_epoch(row.ts), int(row.learnable), row.key_id), key="seq")
+                 to_epoch(row.ts), int(row.learnable), row.key_id, row.decision_point),
+                key="seq")
         self._wrote()
         return seq
 
@@ -376,7 +489,8 @@ class DecisionLog:
         return cursor.rowcount == 1
 
     def sweep(self, now: datetime, window: timedelta, default_reward: float) -> int:
-        """Give the default reward to every decision whose window closed without feedback.
+        """Give the default reward to every decision of this log's point whose window closed
+        without feedback.
 
         Only decisions newer than the previous sweep's cut-off minus one window are looked
         at again, so a sweep costs what arrived since the last one (the first scans all).
@@ -386,28 +500,33 @@ class DecisionLog:
         with self._reward_writer():
             cursor = self.conn.execute(
                 "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, "
-                "ts, learnable) SELECT d.event_id, 0, 0.0, ?, 'timeout', ?, d.learnable "
-                "FROM decisions d WHERE d.ts >= ? AND d.ts < ? AND NOT EXISTS "
+                "ts, learnable, decision_point) SELECT d.event_id, 0, 0.0, ?, 'timeout', ?, "
+                "d.learnable, d.decision_point FROM decisions d WHERE d.ts >= ? AND d.ts < ? "
+                "AND d.decision_point = ? AND NOT EXISTS "
                 "(SELECT 1 FROM rewards r WHERE r.event_id = d.event_id) ORDER BY d.ts",
-                (default_reward, to_epoch(now), lower, cutoff))
+                (default_reward, to_epoch(now), lower, cutoff, self.point))
         self._swept_to = cutoff
         self._wrote()
         return max(cursor.rowcount, 0)
 
     def rewards_after(self, seq: int, limit: int = 1000) -> list[LoggedReward]:
-        """Rewards with a log position above ``seq``, in order, joined with their decisions."""
+        """This point's rewards with a log position above ``seq``, in order, joined with their
+        decisions."""
         rows = self.conn.execute(
             "SELECT r.seq, r.event_id, r.reward, r.learnable, d.action, d.probability, "
             "d.features, r.converted FROM rewards r JOIN decisions d ON d.event_id = r.event_id "
-            "WHERE r.seq > ? ORDER BY r.seq LIMIT ?", (seq, limit)).fetchall()
+            "WHERE r.decision_point = ? AND r.seq > ? ORDER BY r.seq LIMIT ?",
+            (self.point, seq, limit)).fetchall()
         return [LoggedReward(seq=r[0], event_id=r[1], reward=r[2], learnable=bool(r[3]),
                              action=r[4], probability=r[5], features=json.loads(r[6]),
                              converted=bool(r[7]))
                 for r in rows]
 
     def last_seq(self) -> int:
-        """The highest reward log position (0 when there is none)."""
-        return int(self.conn.execute("SELECT coalesce(max(seq), 0) FROM rewards").fetchone()[0])
+        """The highest reward log position of this point (0 when there is none)."""
+        return int(self.conn.execute(
+            "SELECT coalesce(max(seq), 0) FROM rewards WHERE decision_point = ?",
+            (self.point,)).fetchone()[0])
 
     # -- reporting and privacy -------------------------------------------------------------
     def arm_summary(self) -> list[dict[str, Any]]:
@@ -415,14 +534,17 @@ class DecisionLog:
         totals of ``arm_stats``: as many rows as tiers x arms, whatever the log's size)."""
         rows = self.conn.execute(
             "SELECT tier, action, decisions, rewards, reward_sum, learnable FROM arm_stats "
-            "WHERE decisions > 0 ORDER BY tier, action").fetchall()
+            "WHERE decision_point = ? AND decisions > 0 ORDER BY tier, action",
+            (self.point,)).fetchall()
         return [{"tier": r[0], "action": r[1] or None, "decisions": r[2], "rewards": r[3],
                  "reward_sum": r[4], "learnable": r[5]} for r in rows]
 
     def count_rewards(self, *, learnable_only: bool = False) -> int:
-        """Rewards in the log (optionally only learnable ones)."""
-        where = " WHERE learnable = 1" if learnable_only else ""
-        return int(self.conn.execute(f"SELECT count(*) FROM rewards{where}").fetchone()[0])
+        """This point's rewards in the log (optionally only learnable ones)."""
+        where = " AND learnable = 1" if learnable_only else ""
+        return int(self.conn.execute(
+            f"SELECT count(*) FROM rewards WHERE decision_point = ?{where}",
+            (self.point,)).fetchone()[0])
 
     def export_user(self, user_id: str) -> list[dict[str, Any]]:
         """Every decision about ``user_id`` with its reward and late feedback, oldest first."""
@@ -488,11 +610,13 @@ class DecisionLog:
 def _logged_decision(row: tuple[Any, ...]) -> LoggedDecision:
     """Rebuild a LoggedDecision from a ``SELECT {_DECISION_COLUMNS}`` row."""
     (event_id, user_id, ts, tier, features, eligible, action, probability, pmf, version,
-     personalized, control, learnable, campaign, item_price, reason, reward_model) = row
+     personalized, control, learnable, campaign, item_price, reason, reward_model,
+     decision_point) = row
     decision = Decision(event_id=event_id, user_id=user_id, action=action,
                         probability=probability, pmf=json.loads(pmf),
                         personalized=bool(personalized), control=bool(control), reason=reason,
                         policy_version=version, eligible=json.loads(eligible),
-                        ts=from_epoch(ts), campaign=campaign, learnable=bool(learnable))
+                        ts=from_epoch(ts), campaign=campaign, learnable=bool(learnable),
+                        decision_point=decision_point)
     return LoggedDecision(decision=decision, tier=tier, features=json.loads(features),
                           item_price=item_price, reward_model=reward_model)

@@ -8,7 +8,8 @@ to):
 - ``U`` user scores: churn and propensity bins, and bins of the store record's behaviour
   columns (``FEATURE_BINS``: RFM, aov, coupon share, category entropy, cart abandonments,
   return rate, spend trend): what a platform knows about price sensitivity, brand focus
-  and appetite for financing;
+  and appetite for financing; for a seller (``UserView.subject``) the seller churn bin and
+  the seller columns (``SELLER_FEATURE_BINS``) instead;
 - ``C`` context: channel, page, category (only the configured values, else ``other``: free
   text never reaches the bandit), luxury or not, item price bin, the item price relative to
   the user's aov, hour bin;
@@ -52,6 +53,19 @@ FEATURE_BINS: dict[str, tuple[float, ...]] = {
     "return_rate": (0.05, 0.1, 0.2, 0.35),
     "spend_trend": (-100, -1, 1, 100),
 }
+# The seller-side columns a seller decision point reads (``UserView.subject == "seller"``):
+# seller R, F and M, sell-through, days to sell and the listing pipeline.
+SELLER_FEATURE_BINS: dict[str, tuple[float, ...]] = {
+    "seller_recency_days": (7, 30, 90, 180, 365),
+    "listings_90d": (1, 2, 5, 10),
+    "sales_365d": (1, 3, 10, 30),
+    "sold_value_365d": (1, 100, 500, 2000, 10000),
+    "sell_through_rate": (0.2, 0.4, 0.6, 0.8),
+    "days_to_sell": (7, 14, 30, 60),
+    "stale_listings": (1, 2, 5),
+    "unfinished_listings": (1, 2),
+    "resellable_items": (1, 3, 6),
+}
 PRICE_EDGES = (25, 50, 100, 250, 500, 1000)
 RELATIVE_PRICE_EDGES = (0.5, 0.8, 1.25, 2.0, 4.0)  # item price / the user's aov
 PRICE_UNIT = 100.0  # namespace P carries the price in hundreds
@@ -93,7 +107,8 @@ def _bin(name: str, value: float | None, edges: tuple[float, ...]) -> str:
 def check_encoder(config: BanditConfig, policy: PolicyConfig) -> None:
     """Refuse (ConfigError) an encoder that would read one of ``policy.forbidden_features``:
     a store column in ``FEATURE_BINS``, a context field, or an arm feature in config."""
-    policy.refuse_forbidden([*FEATURE_BINS, *ENCODED_NAMES], "the bandit's encoder")
+    policy.refuse_forbidden([*FEATURE_BINS, *SELLER_FEATURE_BINS, *ENCODED_NAMES],
+                            "the bandit's encoder")
     for arm in config.arms:
         policy.refuse_forbidden(arm.features, f"bandit.arms {arm.name!r} features")
 
@@ -105,9 +120,13 @@ def encode_shared(user: UserView, context: RequestContext,
     segmentation = [f"tier={_token(user.tier)}", f"segment={_token(user.segment)}",
                     f"known={int(user.known)}"]
     segmentation += [f"tag={_token(tag)}" for tag in sorted(user.tags)]
-    scores = [_bin("churn", user.churn_probability, SCORE_EDGES),
-              _bin("propensity", user.purchase_propensity, SCORE_EDGES)]
-    scores += [_bin(name, user.features.get(name), edges) for name, edges in FEATURE_BINS.items()]
+    scores = [_bin("churn", user.churn_probability, SCORE_EDGES)]
+    if user.subject == "seller":
+        bins = SELLER_FEATURE_BINS
+    else:
+        bins = FEATURE_BINS
+        scores.append(_bin("propensity", user.purchase_propensity, SCORE_EDGES))
+    scores += [_bin(name, user.features.get(name), edges) for name, edges in bins.items()]
     shared = {"S": segmentation, "U": scores, "C": encode_context(user, context, values)}
     value = context.item_price if context.item_price is not None else user.features.get("aov")
     if value is not None:

@@ -72,6 +72,7 @@ from decisions.policy import (
     PolicyPlan,
     RequestContext,
     UserView,
+    eligibility_rules,
     normalise_pmf,
     reason_for,
     sample_arm,
@@ -116,14 +117,16 @@ class DecisionEngine:
         self.config = settings.bandit
         self.spec = chooser
         check_encoder(self.config, settings.policy)
-        self.policy = PolicyLayer(self.config, CreditRule.from_settings(settings))
+        self.point = settings.decision_point
+        self.policy = PolicyLayer(self.config, CreditRule.from_settings(settings),
+                                  eligibility_rules(self.config, settings))
         self.context_values = ContextValues.from_settings(settings)
         self.arm_tokens = encode_arms(self.config)
         # One public offer per arm, built once from config: never personalised.
         self.offers = {arm.name: Offer.of(arm) for arm in self.config.arms}
         self.log_path = log_path or location(settings, "decision_log")
         self.log = DecisionLog(self.log_path, durable=durable,
-                               synchronous=self.config.log_synchronous)
+                               synchronous=self.config.log_synchronous, point=self.point)
         self.rng = random.Random(self.config.seed)  # re-seeded per process for shared roles
         self._lock = threading.RLock()
         self._lock_file: Lease | None = None
@@ -224,7 +227,7 @@ class DecisionEngine:
                 reason=reason_for(plan, user, algorithm=self._algorithm, action=arm,
                                   probability=probability),
                 policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
-                learnable=plan.learnable and record,
+                learnable=plan.learnable and record, decision_point=self.point,
                 offer=self.offers.get(arm) if arm else None)
             if not record:
                 return decision
@@ -309,6 +312,10 @@ class DecisionEngine:
             if logged is None:
                 raise NotFound(f"no decision with event_id {event_id!r}", field="event_id")
             decision = logged.decision
+            if decision.decision_point != self.point:
+                raise Conflict(f"event {event_id!r} is a decision of decision point "
+                               f"{decision.decision_point!r}, not {self.point!r}",
+                               field="decision_point")
             limit, why = self.config.reward.revenue_limit(logged.item_price)
             if revenue > limit:
                 raise ValidationFailed(
@@ -319,13 +326,15 @@ class DecisionEngine:
             reward = clip_reward(self.config.reward, raw)
             result = FeedbackResult(event_id=event_id, status="accepted", reward=reward,
                                     learnable=decision.learnable, detail="",
-                                    action=decision.action, tier=logged.tier)
+                                    action=decision.action, tier=logged.tier,
+                                    decision_point=self.point)
             window = timedelta(days=self.config.reward.window_days)
             if ts - decision.ts > window:
                 return self._late(result, converted, revenue, ts, window, key_id)
             seq = self.log.insert_reward(RewardRow(
                 event_id=event_id, converted=converted, revenue=revenue, reward=reward,
-                source="feedback", ts=ts, learnable=decision.learnable, key_id=key_id))
+                source="feedback", ts=ts, learnable=decision.learnable, key_id=key_id,
+                decision_point=self.point))
             if seq is None:
                 return self._already(result, converted, revenue, ts, window, key_id)
             self._recent.pop(event_id, None)  # rewarded: later feedback is a duplicate
@@ -422,7 +431,8 @@ class DecisionEngine:
                     "arms": _arm_table(rows),
                     "tiers": {tier: _arm_table([r for r in rows if r["tier"] == tier])
                               for tier in sorted({r["tier"] for r in rows})},
-                    "policy_version": version, "role": self.role}
+                    "policy_version": version, "role": self.role,
+                    "decision_point": self.point, "subject": self.config.subject}
 
     def learner_lag(self) -> int:
         """Rewards in the log that the deciding model does not cover yet."""

@@ -49,7 +49,7 @@ from pydantic import BaseModel, Field
 from decisions.choosers import BANDIT, Chooser, ChooserSpec
 from decisions.decision_log import DecisionLog, LoggedDecision
 from decisions.encoding import BanditExample
-from nextbest.config import Settings
+from nextbest.config import DEFAULT_POINT, Settings
 from nextbest.errors import Conflict
 from nextbest.storage import Target, is_postgres, lock_key, open_database, redact
 
@@ -326,10 +326,15 @@ class DatabaseCheckpointStore(CheckpointStore):
 
 
 def open_checkpoints(settings: Settings, bandit_dir: Path | None = None,
-                     point: str = "bandit") -> CheckpointStore:
-    """Where the learner publishes and scorers load: files under ``bandit_dir`` (one host),
-    or, with ``storage.url``, rows of that database (many hosts)."""
+                     point: str | None = None) -> CheckpointStore:
+    """Where the learner of the settings' decision point publishes and scorers load: files
+    under ``bandit_dir`` (one host), or, with ``storage.url``, rows of that database (many
+    hosts) under ``point`` (default: the decision point's name; ``bandit`` for the default
+    point, as before decision points)."""
     if settings.storage.url:
+        if point is None:
+            point = "bandit" if settings.decision_point == DEFAULT_POINT \
+                else settings.decision_point
         return DatabaseCheckpointStore(settings.storage.url, point)
     return CheckpointStore(Path(bandit_dir or settings.paths.bandit_dir))
 
@@ -588,7 +593,8 @@ class LearnerThread:
     def _run(self) -> None:
         """Replay, publish, then poll the log until asked to stop; checkpoint on the way out."""
         try:
-            log = DecisionLog(self.log_path, synchronous=self.settings.bandit.log_synchronous)
+            log = DecisionLog(self.log_path, synchronous=self.settings.bandit.log_synchronous,
+                              point=self.settings.decision_point)
             learner = Learner(self.settings, log, store=self.store, spec=self.spec)
             learner.catch_up()
             learner.checkpoint()  # publish at once, so scorers have a model to load

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from features.build import feature_columns, policy_columns, segmentation_columns
 from features.expressions import Expression, compile_expression
 from features.segmentation import NEW_TIER, NO_PURCHASE
-from nextbest.config import CAMPAIGN_CHANNEL, BanditConfig, Settings
+from nextbest.config import CAMPAIGN_CHANNEL, BanditConfig, Settings, Subject
 from nextbest.errors import ValidationFailed
 
 # ArmConfig.features["kind"] of an arm that lends the user money (installments).
@@ -51,6 +51,9 @@ class UserView(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: str = Field(min_length=1, max_length=200)
+    # "seller": tier, tags and churn_probability are the seller tier, seller tags and
+    # seller churn probability (a seller decision point decides on these).
+    subject: Subject = "buyer"
     known: bool = True
     tier: str = NEW_TIER
     segment: str = NO_PURCHASE
@@ -115,6 +118,45 @@ def user_view(user_id: str, record: Mapping[str, Any] | None, *,
         features=record_features(record),
         personalization=personalization, under_review=bool(record.get("under_review")),
         review_reasons=[str(r) for r in (record.get("review_reasons") or [])])
+
+
+NOT_A_SELLER = "none"  # the seller tier of a user who neither consigns nor is a prospect
+
+
+def seller_view(user_id: str, record: Mapping[str, Any] | None, *,
+                churn_probability: float | None = None,
+                personalization: bool = True) -> UserView:
+    """The view of a user as a seller (``subject: seller``): their seller tier (``none``
+    when they neither consign nor are a prospect), seller tags and seller churn."""
+    if record is None:
+        return UserView(user_id=user_id, subject="seller", known=False, tier=NOT_A_SELLER,
+                        personalization=personalization)
+    tier = record.get("seller_tier")
+    tier = NOT_A_SELLER if tier is None or (isinstance(tier, float) and math.isnan(tier)) \
+        else str(tier)
+    tags = record.get("seller_tags")
+    return UserView(
+        user_id=user_id, subject="seller", known=True, tier=tier, segment=tier,
+        tags=[] if tags is None or isinstance(tags, float) else [str(t) for t in tags],
+        churn_probability=finite_or_none(churn_probability),
+        features=record_features(record), personalization=personalization,
+        under_review=bool(record.get("under_review")),
+        review_reasons=[str(r) for r in (record.get("review_reasons") or [])])
+
+
+def rule_row(user: UserView, context: RequestContext | None) -> dict[str, Any]:
+    """The names a policy rule reads about ``user`` in ``context``: the store record's
+    numbers, tier, segment, tags, scores and the request's fields (at a seller decision
+    point ``seller_tier`` and ``seller_tags`` name the same values as tier and tags)."""
+    row: dict[str, Any] = {
+        **user.features, "tier": user.tier, "segment": user.segment, "tags": user.tags,
+        "known": user.known, "under_review": user.under_review,
+        "churn_probability": user.churn_probability,
+        "purchase_propensity": user.purchase_propensity,
+        **(context.model_dump() if context is not None else {})}
+    if user.subject == "seller":
+        row.update(seller_tier=user.tier, seller_tags=user.tags)
+    return row
 
 
 class RequestContext(BaseModel):
@@ -218,22 +260,16 @@ class CreditRule:
         text = settings.policy.no_credit_when.strip()
         if not text:
             return cls(None)
-        known = {*feature_columns(settings.features.windows_days), *segmentation_columns(),
-                 *policy_columns(), *USER_SCORES, *RequestContext.model_fields, "under_review"}
         tags = {rule.name for rule in [*settings.features.tags, *settings.features.risk_rules]}
-        return cls(compile_expression(text, rule="policy.no_credit_when", known=known,
+        return cls(compile_expression(text, rule="policy.no_credit_when",
+                                      known=rule_names(settings),
                                       values={"tags": tags}, forbidden=settings.policy))
 
     def why(self, user: UserView, context: RequestContext | None) -> str | None:
         """The part of the rule that holds for ``user`` in ``context`` (None: none holds)."""
         if not self.parts:
             return None
-        row: dict[str, Any] = {
-            **user.features, "tier": user.tier, "segment": user.segment, "tags": user.tags,
-            "known": user.known, "under_review": user.under_review,
-            "churn_probability": user.churn_probability,
-            "purchase_propensity": user.purchase_propensity,
-            **(context.model_dump() if context is not None else {})}
+        row = rule_row(user, context)
         return next((part.text for part in self.parts if part.holds(row)), None)
 
 
@@ -242,16 +278,42 @@ def credit_arms(config: BanditConfig) -> set[str]:
     return {arm.name for arm in config.arms if arm.features.get("kind") == CREDIT_KIND}
 
 
+def rule_names(settings: Settings) -> set[str]:
+    """Every name a policy rule (``no_credit_when``, an arm's ``eligible_when``) may read."""
+    return {*feature_columns(settings.features.windows_days), *segmentation_columns(),
+            *policy_columns(), *USER_SCORES, *RequestContext.model_fields, "under_review",
+            "seller_tags"}
+
+
+def eligibility_rules(config: BanditConfig,
+                      settings: Settings | None = None) -> dict[str, Expression]:
+    """Each arm's ``eligible_when`` compiled (arms without one are left out); ConfigError
+    naming the arm for an unknown or forbidden name or an unknown tag."""
+    settings = settings or Settings()
+    tags = {rule.name for rule in [*settings.features.tags, *settings.features.risk_rules,
+                                    *settings.features.seller_tags]}
+    return {arm.name: compile_expression(arm.eligible_when,
+                                         rule=f"arm {arm.name!r} eligible_when",
+                                         known=rule_names(settings),
+                                         values={"tags": tags, "seller_tags": tags},
+                                         forbidden=settings.policy)
+            for arm in config.arms if arm.eligible_when.strip()}
+
+
 class PolicyLayer:
     """Decides control group, opt-out and arm eligibility from config; no state of its own."""
 
-    def __init__(self, config: BanditConfig, credit: CreditRule | None = None):
-        """``credit``: the compiled ``policy.no_credit_when`` (default: the built-in rule)."""
+    def __init__(self, config: BanditConfig, credit: CreditRule | None = None,
+                 eligibility: dict[str, Expression] | None = None):
+        """``credit``: the compiled ``policy.no_credit_when`` (default: the built-in rule);
+        ``eligibility``: the arms' compiled ``eligible_when`` (default: compiled here)."""
         self.config = config
         self.arm_names = [arm.name for arm in config.arms]
         self.credit = credit if credit is not None else \
             CreditRule.from_settings(Settings(bandit=config))
         self.credit_arms = credit_arms(config)
+        self.eligibility = eligibility if eligibility is not None else \
+            eligibility_rules(config)
 
     def in_control(self, user_id: str) -> bool:
         """Stable assignment: sha256(control_salt + user_id) as a number in [0, 1) < share.
@@ -275,10 +337,14 @@ class PolicyLayer:
         tags = set(user.tags)
         review = "under review: " + ("; ".join(user.review_reasons) or "a risk tag")
         no_credit = self.credit.why(user, context) if self.credit_arms else None
+        row = rule_row(user, context) if self.eligibility else {}
         for arm in self.config.arms:
             hit = sorted(tags.intersection(arm.exclude_tags))
             weekly = counts.per_arm_week.get(arm.name, 0) if counts else 0
-            if user.under_review and arm.features.get("kind") in INCENTIVE_KINDS:
+            rule = self.eligibility.get(arm.name)
+            if rule is not None and not rule.holds(row):
+                removed[arm.name] = f"not eligible: {arm.eligible_when}"
+            elif user.under_review and arm.features.get("kind") in INCENTIVE_KINDS:
                 removed[arm.name] = review
             elif no_credit is not None and arm.name in self.credit_arms:
                 removed[arm.name] = f"no credit: {no_credit}"

@@ -6,6 +6,8 @@ evaluation and the A/B analysis all use, so a reward means the same number every
 - an arm's cost on a conversion is ``cost + cost_rate x item price`` (the revenue stands in
   for the price when the decision had no item);
 - ``reward.kind: profit``: converted x (revenue - arm cost); ``conversion``: 1 or 0;
+  ``commission`` (seller decision points): converted x (commission_rate x revenue - arm
+  cost), the revenue being the sold value of the seller's listings within the window;
 - a decision without an arm (the control group) has no arm cost, so its profit is the
   plain revenue: that is what lift is measured against;
 - what is learned from one feedback is that reward clipped to
@@ -39,7 +41,14 @@ def reward_of(config: BanditConfig, arm: str | None, converted: bool, revenue: f
     if not converted:
         return 0.0
     cost = 0.0 if arm is None else arm_cost(config.arm(arm), item_price, revenue)
-    return revenue - cost
+    return earned(config.reward, revenue) - cost
+
+
+def earned(config: RewardConfig, revenue: float) -> float:
+    """What a conversion's ``revenue`` earns the platform before arm costs: all of it
+    (``profit``), or ``commission_rate`` of it (``commission``: the revenue a seller decision
+    reports is the sold value of the seller's listings, the platform keeps its commission)."""
+    return config.commission_rate * revenue if config.kind == "commission" else revenue
 
 
 def margin(config: BanditConfig, arm: ArmConfig, value: float | None) -> float:
@@ -48,7 +57,7 @@ def margin(config: BanditConfig, arm: ArmConfig, value: float | None) -> float:
     if config.reward.kind == "conversion":
         return 1.0
     value = config.reward.scale if value is None else value
-    return value - arm_cost(arm, value, value)
+    return earned(config.reward, value) - arm_cost(arm, value, value)
 
 
 def clip_reward(config: RewardConfig, reward: float) -> float:

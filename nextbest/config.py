@@ -373,6 +373,11 @@ class ArmConfig(_Section):
     exclude_tags: list[str] = Field(default_factory=list)
     # Campaign messages with this arm to one user in 7 days (in-page answers never count).
     max_per_user_per_week: int | None = Field(None, ge=0)
+    # Who may get the arm: an expression (features/expressions.py) over the user's store
+    # record, scores, ``tier`` and ``tags`` (at a seller decision point: the seller tier and
+    # seller tags) and the request (``item_price``, ...). Empty: everyone. The arm is removed
+    # where it does not hold, or reads a value the user lacks.
+    eligible_when: str = ""
     description: str = ""
 
 
@@ -461,7 +466,12 @@ class RewardModelConfig(_Section):
 
 
 class RewardConfig(_Section):
-    kind: Literal["profit", "conversion"] = "profit"
+    # "profit": revenue minus the arm's cost on conversion; "conversion": 1 or 0;
+    # "commission" (seller decision points): commission_rate x the revenue reported (the
+    # sold value of the seller's listings within the window) minus the arm's cost (the
+    # commission it waives or reduces).
+    kind: Literal["profit", "conversion", "commission"] = "profit"
+    commission_rate: float = Field(0.2, ge=0, le=1)
     # Rewards are divided by this before VW sees them so that costs stay in a small range.
     scale: float = Field(100.0, gt=0)
     window_days: float = Field(7.0, gt=0)
@@ -493,7 +503,20 @@ class RewardConfig(_Section):
         return self.max_revenue, "bandit.reward.max_revenue, the decision had no item price"
 
 
+Subject = Literal["buyer", "seller"]
+
+
 class BanditConfig(_Section):
+    """One decision point (``decision_points.<name>``): whom it decides for, its arms, policy
+    rules, reward and learner. Each has its own VW model, checkpoint, learner lease and
+    statistics; its decisions share the one decision log, marked with its name."""
+
+    # "buyer": the user's tier, tags and buyer scores describe them; "seller": their seller
+    # tier, seller tags and seller churn probability (features/ seller columns).
+    subject: Subject = "buyer"
+    # A platform without consignment switches seller_offer off (no engine, no learner).
+    enabled: bool = True
+    description: str = ""
     arms: list[ArmConfig] = Field(default_factory=_default_arms)
     default_arm: str = "certification"
     control_share: float = Field(0.05, ge=0, lt=1)
@@ -541,6 +564,57 @@ class BanditConfig(_Section):
         raise Conflict(f"arm {name!r} is not configured (bandit.arms: "
                        f"{', '.join(a.name for a in self.arms)}); was it removed after the "
                        "decision was logged?", field="arm")
+
+
+DEFAULT_POINT = "buyer_offer"  # what a request names no decision point decides
+SELLER_POINT = "seller_offer"
+
+
+def _default_seller_arms() -> list[ArmConfig]:
+    """The documents' seller tactics. Costs are paid only on conversion (a sale within the
+    window): the waived or reduced commission as a share of the item price, or the cost of
+    the service. Every value is public and the same for every seller it is shown to."""
+    return [
+        ArmConfig(name="first_order_free_commission", cost_rate=0.20,
+                  features={"kind": "commission", "value": 0.20},
+                  eligible_when="tier == 'prospective' or items_sold == 0",
+                  description="no commission on your first sale"),
+        ArmConfig(name="commission_tier_upgrade", cost_rate=0.05,
+                  features={"kind": "commission", "value": 0.05},
+                  eligible_when="tier in ('vip', 'potential') and sales_365d >= 3",
+                  description="the next commission tier (5 points lower) for high-volume "
+                              "sellers"),
+        ArmConfig(name="price_suggestion", cost=0.2,
+                  features={"kind": "pricing", "value": 0.0},
+                  eligible_when="stale_listings >= 1",
+                  description="a suggested price for a stale listing from sold comparables"),
+        ArmConfig(name="consignment_guide", cost=0.1,
+                  features={"kind": "guidance", "value": 0.0},
+                  eligible_when="tier in ('potential', 'prospective')",
+                  description="turn your idle items into cash: the consignment guide"),
+        ArmConfig(name="recall_message", cost=0.1,
+                  features={"kind": "recall", "value": 0.0},
+                  eligible_when="tier == 'sleeping'",
+                  max_per_user_per_week=1,
+                  description="we miss your listings: what sells now in your categories"),
+        ArmConfig(name="vip_support", cost=3.0,
+                  features={"kind": "service", "value": 0.0},
+                  eligible_when="tier == 'vip'",
+                  description="a dedicated consignment manager"),
+    ]
+
+
+def _default_seller_point() -> dict[str, Any]:
+    return {"subject": "seller", "default_arm": "consignment_guide",
+            "description": "offers to consignors (sellers)",
+            "arms": [arm.model_dump(exclude_defaults=True) for arm in _default_seller_arms()],
+            "reward": {"kind": "commission"}, "control_salt": "nextbest-seller-control"}
+
+
+def _default_points() -> dict[str, dict[str, Any]]:
+    return {DEFAULT_POINT: {"description": "offers to buyers: coupon, installment, "
+                                           "certification"},
+            SELLER_POINT: _default_seller_point()}
 
 
 CampaignKind = Literal["trigger", "delayed", "scheduled"]
@@ -865,7 +939,16 @@ class Settings(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    bandit: BanditConfig = Field(default_factory=BanditConfig)
+    # The decision points by name (``buyer_offer`` and ``seller_offer`` built in; a name of
+    # your own starts from nothing but BanditConfig's defaults). A point given here is
+    # merged over the built-in one of its name.
+    decision_points: dict[str, BanditConfig] = Field(default_factory=lambda: {
+        name: BanditConfig.model_validate(value) for name, value in _default_points().items()})
+    # The decision point this settings object is scoped to (``for_point``) and its config;
+    # derived from ``decision_points``, never written to a config file. ``bandit:`` in a
+    # config file is the older spelling of ``decision_points.buyer_offer``.
+    decision_point: str = Field(DEFAULT_POINT, exclude=True)
+    bandit: BanditConfig = Field(default_factory=BanditConfig, exclude=True)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig)
     channels: dict[str, ChannelConfig] = Field(default_factory=_default_channels)
@@ -877,6 +960,76 @@ class Settings(_Section):
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     seed: int = 7
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_points(cls, data: Any) -> Any:
+        """Merge the configured decision points over the built-in ones, ``bandit:`` into
+        ``buyer_offer``, and scope the settings to ``decision_point``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        given = data.get("decision_points") or {}
+        if not isinstance(given, dict):
+            return data  # pydantic names the type error
+        points: dict[str, Any] = {}
+        for name, value in {**_default_points(), **given}.items():
+            if isinstance(value, BanditConfig):
+                value = value.model_dump(exclude_unset=True)
+            base = _default_points().get(name, {})
+            if name == DEFAULT_POINT and isinstance(data.get("bandit"), BanditConfig):
+                base = data["bandit"].model_dump(exclude_unset=True)
+            elif name == DEFAULT_POINT and isinstance(data.get("bandit"), dict):
+                base = _deep_merge(base, data["bandit"])
+            points[name] = _deep_merge(base, value) if isinstance(value, dict) else value
+        data["decision_points"] = points
+        data.pop("bandit", None)
+        point = data.get("decision_point", DEFAULT_POINT)
+        if isinstance(point, str) and point in points:
+            data["bandit"] = points[point]
+        return data
+
+    @model_validator(mode="after")
+    def _known_point(self) -> Settings:
+        if self.decision_point not in self.decision_points:
+            raise ValueError(f"decision point {self.decision_point!r} is not configured "
+                             f"(decision_points: {', '.join(self.decision_points)})")
+        if DEFAULT_POINT not in self.decision_points:
+            raise ValueError(f"decision_points must keep {DEFAULT_POINT!r} (what a request "
+                             "without a decision point is decided by)")
+        return self
+
+    @property
+    def point_names(self) -> list[str]:
+        """The enabled decision points, the default first."""
+        return [name for name, point in self.decision_points.items() if point.enabled]
+
+    def point(self, name: str | None) -> BanditConfig:
+        """The config of decision point ``name`` (None: the default); NotFound naming the
+        configured ones otherwise, or when it is switched off."""
+        name = name or DEFAULT_POINT
+        config = self.decision_points.get(name)
+        if config is None or not config.enabled:
+            state = "switched off (enabled: false)" if config is not None else "not configured"
+            raise NotFound(f"decision point {name!r} is {state}; the decision points are "
+                           f"{', '.join(self.point_names)}", field="decision_point")
+        return config
+
+    def for_point(self, name: str | None) -> Settings:
+        """These settings scoped to decision point ``name``: ``bandit`` is its config and
+        ``paths.bandit_dir`` its own directory (``<bandit_dir>/<name>``; the default point
+        keeps ``bandit_dir`` itself, where older checkpoints are)."""
+        name = name or DEFAULT_POINT
+        config = self.point(name)
+        if name == self.decision_point:
+            return self
+        root = Path(self.paths.bandit_dir)
+        root = root if self.decision_point == DEFAULT_POINT else root.parent
+        paths = self.paths.model_copy(
+            update={"bandit_dir": root if name == DEFAULT_POINT else root / name})
+        return self.model_copy(update={"decision_point": name, "bandit": config,
+                                       "paths": paths})
 
 
 def path_overrides(root: str | Path) -> dict[str, str]:
@@ -910,13 +1063,19 @@ def _is_text(annotation: Any) -> bool:
 def _takes_text(parts: list[str]) -> bool:
     """Whether the setting at ``parts`` (``["store", "redis_prefix"]``) takes text."""
     model: type[BaseModel] = Settings
+    keyed = False  # the previous part was a dict of sections: this part is a key
     for depth, part in enumerate(parts):
+        if keyed:
+            keyed = False
+            continue
         field = model.model_fields.get(part)
         if field is None:
             return False
         annotation = field.annotation
         if depth == len(parts) - 1:
             return _is_text(annotation)
+        if get_origin(annotation) is dict:  # decision_points.<name>.<key>
+            annotation, keyed = get_args(annotation)[1], True
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return False
         model = annotation

@@ -68,10 +68,17 @@ def lock_key(name: str) -> int:
 
 
 def split_statements(script: str, dialect: Dialect = "postgresql") -> list[str]:
-    """The statements of a ``;``-separated script (no ``;`` inside literals, as here); on
-    SQLite a trigger body's ``;`` does not end its statement."""
+    """The statements of a ``;``-separated script (no ``;`` inside literals, as here); a
+    trigger body's ``;`` does not end its statement (SQLite's ``BEGIN ... END``, a
+    PostgreSQL function's ``$$ ... $$``)."""
     if dialect != "sqlite":
-        return [s.strip() for s in script.split(";") if s.strip()]
+        statements, pending = [], ""
+        for part in script.split(";"):
+            pending = f"{pending};{part}" if pending else part
+            if pending.count("$$") % 2 == 0:
+                statements.append(pending.strip())
+                pending = ""
+        return [s for s in [*statements, pending.strip()] if s]
     out, pending = [], ""
     for line in script.splitlines(keepends=True):
         pending += line

@@ -39,7 +39,7 @@ def test_config_prints_effective_values(capsys, monkeypatch):
     monkeypatch.setenv("NEXTBEST__BANDIT__CONTROL_SHARE", "0.25")
     assert main(["config"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["bandit"]["control_share"] == 0.25
+    assert shown["decision_points"]["buyer_offer"]["control_share"] == 0.25
 
 
 def test_bad_config_exits_nonzero_with_one_line(capsys, monkeypatch):

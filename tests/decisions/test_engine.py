@@ -25,7 +25,7 @@ NO_CAPS: dict[str, Any] = {"arms": [{"name": "coupon", "cost": 5.0, "cost_rate":
 def with_bandit(settings: Settings, **changes: Any) -> Settings:
     """``settings`` with some ``bandit`` fields replaced (validated again)."""
     data = settings.model_dump()
-    data["bandit"].update(changes)
+    data["decision_points"]["buyer_offer"].update(changes)
     return Settings.model_validate(data)
 
 

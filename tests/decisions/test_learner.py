@@ -40,7 +40,7 @@ engine.close()
 
 def with_bandit(settings: Settings, **changes: Any) -> Settings:
     data = settings.model_dump()
-    data["bandit"].update(changes)
+    data["decision_points"]["buyer_offer"].update(changes)
     return Settings.model_validate(data)
 
 
@@ -142,7 +142,7 @@ def test_a_checkpoint_of_another_config_is_not_reused(settings: Settings):
         learned = eng.stats()["rewards_learned"]
         version = eng.policy_version
     data = tuned.model_dump()
-    data["bandit"]["exploration"]["algorithm"] = "epsilon"
+    data["decision_points"]["buyer_offer"]["exploration"]["algorithm"] = "epsilon"
     changed = Settings.model_validate(data)
     with DecisionEngine(changed) as eng:
         stats = eng.stats()

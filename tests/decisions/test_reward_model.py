@@ -15,10 +15,10 @@ CONTEXT = RequestContext(channel="web", page="item", item_price=120.0, category=
 
 def lgbm_settings(settings: Settings, **reward_model) -> Settings:
     data = settings.model_dump()
-    data["bandit"]["reward_model"] = {"kind": "lightgbm", "min_rewards": 150,
+    data["decision_points"]["buyer_offer"]["reward_model"] = {"kind": "lightgbm", "min_rewards": 150,
                                       "refit_every": 150, "n_estimators": 20,
                                       "min_child_samples": 10, **reward_model}
-    for arm in data["bandit"]["arms"]:
+    for arm in data["decision_points"]["buyer_offer"]["arms"]:
         arm["max_per_user_per_week"] = None
     return Settings.model_validate(data)
 
