@@ -34,25 +34,30 @@ def iso_moment(text: str) -> datetime:
 
 @contextmanager
 def open_layer(settings: Settings) -> Iterator:
-    """The campaign layer over a scorer engine, the online store and the champions."""
+    """The campaign layer over scorer engines (one per decision point), the online store and
+    the champions."""
     from campaigns.layer import CampaignLayer
     from decisions.engine import DecisionEngine
+    from decisions.points import DecisionPoints
     from decisions.users import UserDirectory, try_load_champions
     from features.store import open_store
+    from training.loader import load_seller_churn_champion
 
     store = open_store(settings)
-    engine = None
+    points = None
     layer = None
     try:
         users = UserDirectory(settings, store, *try_load_champions(settings))
-        engine = DecisionEngine(settings, role="scorer")
-        layer = CampaignLayer(settings, engine, users)
+        users.seller_churn_model = load_seller_churn_champion(settings)
+        points = DecisionPoints.open(settings, lambda scoped: DecisionEngine(scoped,
+                                                                             role="scorer"))
+        layer = CampaignLayer(settings, points, users)
         yield layer
     finally:
         if layer is not None:
             layer.close()
-        if engine is not None:
-            engine.close()
+        if points is not None:
+            points.close()
         store.close()
 
 

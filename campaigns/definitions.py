@@ -8,7 +8,8 @@ the bandit does not have, a cron schedule that does not parse.
 Names a condition may read (``nextbest campaigns list`` prints them):
 
 - every campaign: the user's store record (tier, segment, tags, feature columns of
-  docs/CONTRACT.md), ``known``, ``churn_probability`` and ``purchase_propensity``;
+  docs/CONTRACT.md, the seller columns: ``seller_tier``, ``seller_tags``, seller R/F/M,
+  ``stale_listings``, ...), ``known``, ``churn_probability`` and ``purchase_propensity``;
 - behaviour triggers (``trigger`` and ``delayed`` on an event): the event (``type``,
   ``item_id``, ``category``, ``price``, ``seller_id``, ``hour``) and the real-time counters
   from the event store (``category_views_1d|7d|30d``: views of the event's category,
@@ -27,7 +28,12 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
-from features.build import feature_columns, segmentation_columns
+from features.build import (
+    feature_columns,
+    group_feature_columns,
+    segmentation_columns,
+    seller_feature_columns,
+)
 from features.contract import EVENT_TYPES
 from features.expressions import Expression, compile_expression
 from nextbest.config import CampaignConfig, Settings
@@ -74,8 +80,9 @@ class Campaign:
 
 def user_names(settings: Settings) -> set[str]:
     """The names of a user that every condition may read."""
-    return {*feature_columns(settings.features.windows_days), *segmentation_columns(),
-            *USER_NAMES}
+    windows = settings.features.windows_days
+    return {*feature_columns(windows), *seller_feature_columns(windows), *segmentation_columns(),
+            *group_feature_columns(), *USER_NAMES}
 
 
 def names_for(config: CampaignConfig, settings: Settings) -> set[str]:
@@ -95,14 +102,21 @@ def compile_campaign(config: CampaignConfig, settings: Settings) -> Campaign:
     if config.event is not None and config.event not in events:
         raise ConfigError(f"{where}: unknown event {config.event!r}; events are "
                           f"{', '.join(events)}", field=f"campaigns.{config.name}.event")
-    if config.cancel_event is not None and config.cancel_event not in EVENT_TYPES:
+    cancels = (*EVENT_TYPES, "new_listing")
+    if config.cancel_event is not None and config.cancel_event not in cancels:
         raise ConfigError(f"{where}: unknown cancel_event {config.cancel_event!r}; events are "
-                          f"{', '.join(EVENT_TYPES)}", field=f"campaigns.{config.name}")
-    arms = [arm.name for arm in settings.bandit.arms]
+                          f"{', '.join(cancels)}", field=f"campaigns.{config.name}")
+    point = settings.decision_points.get(config.decision_point)
+    if point is None or not point.enabled:
+        raise ConfigError(f"{where}: decision point {config.decision_point!r} is not an "
+                          f"enabled decision point ({', '.join(settings.point_names)})",
+                          field=f"campaigns.{config.name}.decision_point")
+    arms = [arm.name for arm in point.arms]
     unknown = [arm for arm in config.arms if arm not in arms]
     if unknown:
-        raise ConfigError(f"{where}: unknown arm(s) {', '.join(unknown)}; arms are "
-                          f"{', '.join(arms)}", field=f"campaigns.{config.name}.arms")
+        raise ConfigError(f"{where}: unknown arm(s) {', '.join(unknown)}; the arms of "
+                          f"{config.decision_point} are {', '.join(arms)}",
+                          field=f"campaigns.{config.name}.arms")
     if config.kind == "scheduled" and not (config.schedule and
                                            croniter.is_valid(config.schedule)):
         raise ConfigError(f"{where}: schedule {config.schedule!r} is not a cron expression "
@@ -110,10 +124,11 @@ def compile_campaign(config: CampaignConfig, settings: Settings) -> Campaign:
                           field=f"campaigns.{config.name}.schedule")
     condition = None
     if config.condition.strip():
-        tags = {rule.name for rule in settings.features.tags}
+        tags = {rule.name for rule in [*settings.features.tags, *settings.features.seller_tags]}
         condition = compile_expression(config.condition, rule=where,
                                        known=names_for(config, settings),
-                                       values={"tags": tags}, forbidden=settings.policy)
+                                       values={"tags": tags, "seller_tags": tags},
+                                       forbidden=settings.policy)
     return Campaign(config=config, condition=condition)
 
 

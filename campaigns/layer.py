@@ -42,10 +42,11 @@ from campaigns.delivery import WEEK, Contact, plan_delivery
 from campaigns.events import BehaviourEvent, realtime_names
 from campaigns.store import CampaignStore, Item, OutboxMessage, Timer
 from decisions.engine import DecisionEngine, utc
-from decisions.policy import ContactCounts, RequestContext, UserView
+from decisions.points import DecisionPoints
+from decisions.policy import NOT_A_SELLER, ContactCounts, RequestContext, UserView
 from decisions.users import UserDirectory, UserState, user_state
 from features.build import available_as_of, load_features
-from features.segmentation import TIERS
+from features.segmentation import SELLER_TIERS, TIERS
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
 from nextbest.storage import location
@@ -108,6 +109,13 @@ class SchedulerReport(BaseModel):
     events_exported: int
 
 
+# A user who starts a listing (and, for a delayed campaign, does not finish it in time) is a
+# prospective seller, whatever the last features build said.
+PROSPECT_EVENT = "listing_started"
+PROSPECTIVE = "prospective"
+assert PROSPECTIVE in SELLER_TIERS
+
+
 def arm_counts(contacts: list[Contact], around: datetime) -> ContactCounts:
     """Messages per arm within a week of ``around``: what the arms' weekly caps count."""
     counts = Counter(c.arm for c in contacts if c.arm and abs(c.scheduled - around) < WEEK)
@@ -129,10 +137,14 @@ class CampaignLayer:
     take it to use ``store`` directly.
     """
 
-    def __init__(self, settings: Settings, engine: DecisionEngine, users: UserDirectory,
-                 store: CampaignStore | None = None):
+    def __init__(self, settings: Settings, engine: DecisionEngine | DecisionPoints,
+                 users: UserDirectory, store: CampaignStore | None = None):
+        """``engine``: the decision points' engines (one engine: only its point's campaigns
+        can decide)."""
         self.settings = settings
-        self.engine = engine
+        self.points = engine if isinstance(engine, DecisionPoints) else \
+            DecisionPoints.single(engine)
+        self.engine = self.points.default
         self.users = users
         self.campaigns = compile_campaigns(settings)
         self.store = store or CampaignStore(location(settings, "campaign_store"))
@@ -175,9 +187,12 @@ class CampaignLayer:
             channel, scheduled, reason = plan_delivery(
                 self.settings, campaign.config, state.names, state.preferences, contacts, now)
         if reason is None:
-            decision = self.engine.decide(user, context, now=now, campaign=name,
-                                          arms=campaign.config.arms or None,
-                                          counts=arm_counts(contacts, scheduled))
+            engine = self.points.get(campaign.config.decision_point)
+            if engine.config.subject == "seller":
+                user = self._as_seller(campaign, state)
+            decision = engine.decide(user, context, now=now, campaign=name,
+                                     arms=campaign.config.arms or None,
+                                     counts=arm_counts(contacts, scheduled))
             decision_id = decision.event_id
             arm = decision.action
             if decision.control:
@@ -191,6 +206,15 @@ class CampaignLayer:
             status="suppressed" if reason else "pending", reason=reason, trigger=trigger,
             tier=user.tier)
         return message if self.store.add_message(message) else None
+
+    def _as_seller(self, campaign: Campaign, state: UserState) -> UserView:
+        """The user as the seller decision point sees them. A campaign on ``listing_started``
+        (a listing begun and, for a delayed one, not finished in time) is itself the
+        evidence that makes a user who does not consign yet a prospective seller."""
+        view = self.users.seller_view(state.view.user_id, state)
+        if campaign.config.event == PROSPECT_EVENT and view.tier == NOT_A_SELLER:
+            view = view.model_copy(update={"tier": PROSPECTIVE, "segment": PROSPECTIVE})
+        return view
 
     def _suppression(self, campaign: Campaign, user: UserView, now: datetime) -> str | None:
         """Why the campaign does not reach ``user`` now, before any decision (or None)."""
@@ -237,6 +261,8 @@ class CampaignLayer:
             return None
         if event.type == "purchase":
             self._attribute(event, seq, now)
+            if event.seller_id:
+                self._attribute(event, seq, now, seller=True)
         cancelling = [c.name for c in self._of_kind("delayed")
                       if c.config.cancel_event == event.type]
         self.store.cancel_timers(event.user_id, cancelling, event.item_id)
@@ -264,27 +290,34 @@ class CampaignLayer:
                     event_seq=seq, context=event.model_dump(mode="json")))
         return fired
 
-    def _attribute(self, purchase: BehaviourEvent, seq: int, now: datetime) -> None:
-        """A purchase converts the user's latest delivered message whose attribution window
-        it falls in: the conversion (revenue minus the arm's cost) becomes the reward of the
-        message's decision, so campaign bandits learn without ``/feedback``. Once per
-        message."""
+    def _attribute(self, purchase: BehaviourEvent, seq: int, now: datetime, *,
+                   seller: bool = False) -> None:
+        """A purchase converts the user's latest delivered message of a buyer campaign whose
+        attribution window it falls in, and (``seller``) the seller's latest delivered
+        message of a seller campaign (the sale is what a seller offer is for): the
+        conversion becomes the reward of the message's decision, so campaign bandits learn
+        without ``/feedback``. Once per message."""
         bought = utc(purchase.ts)
-        for message, delivered in self.store.delivered_to(purchase.user_id, bought):
+        user_id = purchase.seller_id if seller else purchase.user_id
+        assert user_id is not None
+        for message, delivered in self.store.delivered_to(user_id, bought):
             campaign = self.settings.campaigns.campaign(message.campaign)
             if bought - delivered > timedelta(hours=campaign.attribution_hours):
+                continue
+            subject = self.settings.decision_points[campaign.decision_point].subject
+            if (subject == "seller") != seller:
                 continue
             revenue = float(purchase.price or 0.0)
             reward = 0.0
             if message.decision_id is not None:
                 try:
-                    result = self.engine.feedback(message.decision_id, True, revenue, now=now)
+                    result = self.points.feedback(message.decision_id, True, revenue, now=now)
                     reward = float(result.reward or 0.0)
                 except Conflict as exc:  # the platform already reported another outcome
                     log.warning("conversion of %s not learned: %s", message.message_id,
                                 exc.message)
-            self.store.add_conversion(message.message_id, purchase.user_id, seq, bought,
-                                      revenue, reward)
+            self.store.add_conversion(message.message_id, user_id, seq, bought, revenue,
+                                      reward)
             return
 
     def on_receipt(self, message_id: str, status: str, ts: datetime, *,
@@ -325,6 +358,10 @@ class CampaignLayer:
             low = item.stock is not None and item.stock <= threshold and not was_low
             messages: list[OutboxMessage] = []
             if new:
+                # A listing finished: the seller's timers waiting for one stop.
+                finished = [c.name for c in self._of_kind("delayed")
+                            if c.config.cancel_event == "new_listing"]
+                self.store.cancel_timers(item.seller_id, finished, None)
                 audience = self.store.followers(item.seller_id)
                 messages += self._item_firings("new_listing", item, audience, ts)
             if low:

@@ -279,6 +279,15 @@ class CampaignStore:
             (user_id, type_, to_epoch(until))).fetchone()
         return None if row[0] is None else from_epoch(row[0])
 
+    def unfinished_listing(self, user_id: str) -> bool:
+        """Whether ``user_id`` started a listing (``listing_started``) after the last item
+        they listed here (or never listed one): a prospective seller."""
+        row = self.conn.execute(
+            "SELECT 1 FROM events WHERE user_id = ? AND type = 'listing_started' AND ts > "
+            "coalesce((SELECT max(ts) FROM items WHERE seller_id = ?), -1) LIMIT 1",
+            (user_id, user_id)).fetchone()
+        return row is not None
+
     def open_carts(self, user_id: str) -> int:
         """Items the user added to the cart and has not bought since."""
         row = self.conn.execute(

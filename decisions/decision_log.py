@@ -279,6 +279,11 @@ class Offer(BaseModel):
     kind: str | None = None
     terms: dict[str, str | float] = Field(default_factory=dict)
     description: str = ""
+    # A pricing arm (``kind: pricing``): the median price items of the request's category
+    # sold for, and the evidence (features/comparables.py); the same for every listing of
+    # that category, whoever lists it.
+    suggested_price: float | None = None
+    evidence: str | None = None
 
     @classmethod
     def of(cls, arm: ArmConfig) -> Offer:

@@ -78,6 +78,8 @@ from decisions.policy import (
     sample_arm,
 )
 from decisions.reward import clip_reward, reward_of
+from features.build import available_as_of, partition_dir
+from features.comparables import COMPARABLE_DAYS, MIN_SALES, Comparable, read_comparables
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
 from nextbest.storage import Target, location
@@ -85,6 +87,9 @@ from nextbest.storage import Target, location
 __all__ = ["Decision", "DecisionEngine", "FeedbackResult", "RequestContext", "Role", "UserView"]
 
 Role = Literal["scorer", "learner", "inline", "auto"]
+
+
+PRICING_KIND = "pricing"  # ArmConfig.features["kind"] of an arm that suggests a price
 
 
 def utc(now: datetime | None) -> datetime:
@@ -124,6 +129,11 @@ class DecisionEngine:
         self.arm_tokens = encode_arms(self.config)
         # One public offer per arm, built once from config: never personalised.
         self.offers = {arm.name: Offer.of(arm) for arm in self.config.arms}
+        self.pricing = {arm.name for arm in self.config.arms
+                        if arm.features.get("kind") == PRICING_KIND}
+        self.comparables: dict[str, Comparable] = {}
+        if self.pricing:
+            self.load_comparables()
         self.log_path = log_path or location(settings, "decision_log")
         self.log = DecisionLog(self.log_path, durable=durable,
                                synchronous=self.config.log_synchronous, point=self.point)
@@ -228,7 +238,7 @@ class DecisionEngine:
                                   probability=probability),
                 policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
                 learnable=plan.learnable and record, decision_point=self.point,
-                offer=self.offers.get(arm) if arm else None)
+                offer=self._offer(arm, context))
             if not record:
                 return decision
             logged = LoggedDecision(
@@ -262,6 +272,35 @@ class DecisionEngine:
             self._recent[logged.decision.event_id] = logged
             if len(self._recent) > size:
                 self._recent.popitem(last=False)
+
+    def load_comparables(self) -> int:
+        """Read the newest features build's sold comparables (what ``price_suggestion``
+        answers with); categories loaded. Safe off the event loop."""
+        built = available_as_of(self.settings)
+        self.comparables = read_comparables(
+            partition_dir(Path(self.settings.paths.features_dir), built[-1])) if built else {}
+        return len(self.comparables)
+
+    def _offer(self, arm: str | None, context: RequestContext) -> Offer | None:
+        """The arm's public terms; a pricing arm's with the category's sold comparables."""
+        if arm is None:
+            return None
+        offer = self.offers[arm]
+        if arm not in self.pricing:
+            return offer
+        found = self.comparables.get(context.category or "")
+        if found is None:
+            return offer.model_copy(update={"evidence": (
+                f"no sold comparables for category {context.category!r} (at least "
+                f"{MIN_SALES} sales in {COMPARABLE_DAYS} days are needed)")})
+        return offer.model_copy(update={
+            "suggested_price": found.median,
+            "evidence": f"median of {found.sales} {found.category} sales in the last "
+                        f"{found.days} days (middle half {found.p25:g} to {found.p75:g})"})
+
+    def remembers(self, event_id: str) -> bool:
+        """Whether the decision ``event_id`` was made here and awaits its feedback."""
+        return event_id in self._recent
 
     def _logged(self, event_id: str) -> LoggedDecision | None:
         """The decision of ``event_id``: from memory when it was made here, else the log."""

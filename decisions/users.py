@@ -14,11 +14,16 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from decisions.policy import UserView, finite_or_none, user_view
+from decisions.policy import UserView, finite_or_none, seller_view, user_view
 from features.store import OnlineStore, Preferences
 from nextbest.config import Settings
 from nextbest.errors import NotFound
-from training.loader import ChampionModels, champion_versions, load_champions
+from training.loader import (
+    ChampionModels,
+    SellerChurnChampion,
+    champion_versions,
+    load_champions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,9 @@ class UserDirectory:
         self.store = store
         self.champions = champions
         self.warning = warning or NO_MODELS_WARNING
+        # The seller churn champion (optional; the service's scorer and the campaign CLI load
+        # it): seller decision points read its probability.
+        self.seller_churn_model: SellerChurnChampion | None = None
         self._cache: OrderedDict[tuple[str, str | None], tuple[float | None, float | None]] = \
             OrderedDict()
 
@@ -111,6 +119,25 @@ class UserDirectory:
     def user_view(self, user_id: str) -> UserView:
         """What the engine needs about a user: score, tags, features and consent."""
         return self.lookup(user_id).view
+
+    def seller_churn(self, record: Mapping[str, Any]) -> float | None:
+        """The ``seller_churn_model``'s probability for a seller's record (None for a user
+        who does not consign, or without a model)."""
+        if self.seller_churn_model is None or not record.get("is_seller"):
+            return None
+        return finite_or_none(self.seller_churn_model.score(dict(record)))
+
+    def seller_view(self, user_id: str, state: UserState | None = None) -> UserView:
+        """The user as a seller decision point sees them (:func:`seller_view`): from
+        ``state`` when the caller looked them up already, else from the store."""
+        if state is None:
+            record, prefs = self.store.get_with_preferences(user_id)
+        else:
+            record = state.names if state.view.known else None
+            prefs = state.preferences
+        churn = self.seller_churn(record) if record else None
+        return seller_view(user_id, record, churn_probability=churn,
+                           personalization=bool(prefs.personalization))
 
     def lookup(self, user_id: str) -> UserState:
         """Everything known about ``user_id`` (a cold start for an unknown user)."""

@@ -61,8 +61,11 @@ def compare(treated: pd.DataFrame, control: pd.DataFrame, *, group: str, tier: s
                           int(control["converted"].sum()), len(control), alpha)
     revenue_t = treated["revenue"].to_numpy(float)
     revenue_c = control["revenue"].to_numpy(float)
-    profit_t = revenue_t - treated["cost"].to_numpy(float)
-    profit_c = revenue_c - control["cost"].to_numpy(float)
+    # What the platform keeps of the revenue (all of it; at a seller decision point its
+    # commission: experiments/logs.py ``earned``) minus the arms' costs.
+    kept = "earned" if "earned" in treated.columns else "revenue"
+    profit_t = treated[kept].to_numpy(float) - treated["cost"].to_numpy(float)
+    profit_c = control[kept].to_numpy(float) - control["cost"].to_numpy(float)
     return GroupComparison(group=group, tier=tier, n=len(treated), n_control=len(control),
                            conversion=conv, revenue=welch(revenue_t, revenue_c, alpha),
                            profit=welch(profit_t, profit_c, alpha))

@@ -285,6 +285,7 @@ def _analyse_log(args: argparse.Namespace, settings: Settings, name: str,
     from experiments.report import LOG_KEY, log_provenance
 
     path = Path(args.logs or settings.paths.decision_log)
+    settings = settings.for_point(getattr(args, "decision_point", None))
     source = log_provenance(path)  # before reading: a live log may grow meanwhile
     report = analyse(read_log(path, settings))
     out = Path(args.out or Path(settings.paths.reports_dir) / name)
@@ -403,6 +404,11 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _decision_point_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decision-point", default=None, metavar="NAME",
+                        help="analyse this decision point's decisions (default buyer_offer)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``simulate``, ``evaluate-policy``, ``abtest``, ``audit fairness`` and ``report``."""
     p = sub.add_parser("simulate", help="compare policies on a simulated marketplace",
@@ -452,6 +458,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "model), each with a bootstrap interval.\n\n" + LOG_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--logs", help="decision log (default: settings.paths.decision_log)")
+    _decision_point_argument(p)
     p.add_argument("--policy", default="static",
                    help="random, static, a saved VW model file, or file.py:function "
                    "(row dict -> {arm: probability}); default static")
@@ -471,6 +478,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "z-/Welch tests and ROI per arm.\n\n" + LOG_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--logs", help="decision log (default: settings.paths.decision_log)")
+    _decision_point_argument(p)
     p.add_argument("--alpha", type=share, default=0.05, help="significance level")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", type=output_dir,

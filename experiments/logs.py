@@ -17,6 +17,8 @@ reward              observed reward (or computed from converted/revenue/cost)  r
 converted           0/1 conversion                                             reward > 0
 revenue             revenue of the conversion                                  0
 cost                arm cost paid                                              from config
+earned              what the platform keeps of the revenue (written here: all  derived
+                    of it, or ``commission_rate`` of it at a seller point)
 control             decision in the control group                              action null
 policy              policy / campaign / version that decided                   "logged"
 tier                user tier                                                  "unknown"
@@ -35,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from decisions.reward import arm_cost, reward_of
-from nextbest.config import Settings
+from decisions.reward import arm_cost, earned, reward_of
+from nextbest.config import DEFAULT_POINT, Settings
 from nextbest.errors import DataError
 
 # What the request and the user looked like when the decision was made: the context a
@@ -52,7 +54,9 @@ METADATA = ("event_id", "user_id", "action", "probability", "pmf", "eligible", "
 
 
 def read_log(path: Path | str, settings: Settings) -> pd.DataFrame:
-    """Load and normalise a decision log (see the module docstring for the columns)."""
+    """Load and normalise the decisions of the settings' decision point from a decision log
+    (see the module docstring for the columns); a log without a ``decision_point`` column
+    (older, or exported by a platform) is all the default point's."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"decision log {path} does not exist", field="logs")
@@ -71,7 +75,11 @@ def read_log(path: Path | str, settings: Settings) -> pd.DataFrame:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: cannot read it as a decision log ({reason})",
                         field="logs") from exc
-    return normalise(frame, settings, source=str(path))
+    if "decision_point" in frame.columns:
+        frame = frame[frame["decision_point"].fillna(DEFAULT_POINT) == settings.decision_point]
+    elif settings.decision_point != DEFAULT_POINT:
+        frame = frame.iloc[:0]
+    return normalise(frame.reset_index(drop=True), settings, source=str(path))
 
 
 def _read_sqlite(path: Path) -> pd.DataFrame:
@@ -143,10 +151,12 @@ def normalise(frame: pd.DataFrame, settings: Settings, *, source: str = "log") -
         out["cost"] = _arm_cost(out, settings)
     out["cost"] = pd.to_numeric(out["cost"], errors="coerce").fillna(0.0)
     out.loc[~out["converted"], "cost"] = 0.0
+    out["earned"] = earned(settings.bandit.reward, out["revenue"].to_numpy(float))
     if "reward" not in out.columns or out["reward"].isna().all():
         out["reward"] = [
-            # The cost is the log's own (or _arm_cost's): passed as already deducted.
-            reward_of(settings.bandit, None, c, r - k, None)
+            # The cost is the log's own (or _arm_cost's).
+            reward_of(settings.bandit, None, c, r, None) - (
+                k if c and settings.bandit.reward.kind != "conversion" else 0.0)
             for c, r, k in zip(out["converted"], out["revenue"], out["cost"], strict=True)]
     # A decision with no reward row yet is learned with the default reward (decisions/reward.py).
     out["reward"] = pd.to_numeric(out["reward"], errors="coerce").fillna(

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from features.comparables import write_comparables
 from features.contract import raw_path
 from features.definitions import (
     ACTIVITY_COUNTS,
@@ -163,7 +164,8 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
     computes the point-in-time features with ``engine`` (``duckdb`` in-process by default,
     or ``spark``) from the one ibis definition in :mod:`features.definitions`, adds tiers,
     RFM segments, clusters, seller tiers and tags (:mod:`features.segmentation`), writes
-    ``out_dir/as_of=YYYY-MM-DD/features.parquet`` and ``clusters.json`` beside it, and
+    ``out_dir/as_of=YYYY-MM-DD/features.parquet``, ``clusters.json`` and the sold
+    comparables (``comparables.json``, :mod:`features.comparables`) beside it, and
     refreshes the online store (preferences too, :func:`refresh_online_store`) when
     ``refresh_store`` is true. ``as_of`` None means :func:`default_as_of`; a given one far
     past the data's end is refused (:func:`check_as_of`) unless ``force``. ``timings``, if
@@ -202,6 +204,7 @@ def build_features(settings: Settings, as_of: date | None = None, *, engine: str
                                   + delivery_columns() + policy_columns()])
         stages.done()
         _write(frame, report, partition_dir(root, as_of))
+        write_comparables(raw, as_of, partition_dir(root, as_of))
         stages.done()
         if refresh_store:
             refreshed = refresh_online_store(settings, frame, as_of, raw)

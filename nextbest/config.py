@@ -577,7 +577,7 @@ def _default_seller_arms() -> list[ArmConfig]:
     return [
         ArmConfig(name="first_order_free_commission", cost_rate=0.20,
                   features={"kind": "commission", "value": 0.20},
-                  eligible_when="tier == 'prospective' or items_sold == 0",
+                  eligible_when="items_sold == 0 or tier in ('prospective', 'none')",
                   description="no commission on your first sale"),
         ArmConfig(name="commission_tier_upgrade", cost_rate=0.05,
                   features={"kind": "commission", "value": 0.05},
@@ -642,7 +642,10 @@ class CampaignConfig(_Section):
     cancel_event: str | None = None
     delay_hours: float | None = Field(None, gt=0)
     schedule: str | None = None
-    arms: list[str] = Field(default_factory=list)  # empty: every arm
+    # The decision point whose engine chooses the message's arm (decision_points; a seller
+    # point decides on the user as a consignor) and the arms of it allowed (empty: all).
+    decision_point: str = DEFAULT_POINT
+    arms: list[str] = Field(default_factory=list)
     holdout_share: float = Field(0.1, ge=0, lt=1)
     cooldown_hours: float = Field(24.0, ge=0)
     priority: int = 0
@@ -702,6 +705,32 @@ def _default_campaigns() -> list[CampaignConfig]:
             name="win_back", kind="scheduled", schedule="0 10 * * 1",
             condition="tier == 'dormant' and churn_probability >= 0.5", cooldown_hours=24 * 6,
             description="dormant users likely to churn, every Monday"),
+        # Seller campaigns (decision point seller_offer): the documents' seller tactics.
+        CampaignConfig(
+            name="stale_listing", kind="scheduled", schedule="0 8 * * *",
+            decision_point=SELLER_POINT, arms=["price_suggestion"],
+            condition="stale_listings >= 1", cooldown_hours=24 * 7,
+            description="a listing unsold for 60 days or more (stale): a suggested price "
+                        "from sold comparables, at most weekly"),
+        CampaignConfig(
+            name="seller_recall", kind="scheduled", schedule="0 9 * * 2",
+            decision_point=SELLER_POINT, arms=["recall_message"],
+            condition="seller_tier == 'sleeping' and seller_recency_days >= 90",
+            cooldown_hours=24 * 6,
+            description="sellers idle for 90 days or more, every Tuesday"),
+        CampaignConfig(
+            name="unfinished_listing", kind="delayed", event="listing_started",
+            delay_hours=24, cancel_event="new_listing", decision_point=SELLER_POINT,
+            arms=["first_order_free_commission"], cooldown_hours=24 * 7,
+            description="a listing started and not finished within 24 hours: no commission "
+                        "on the first sale"),
+        CampaignConfig(
+            name="vip_sales_drop", kind="scheduled", schedule="0 9 * * 1",
+            decision_point=SELLER_POINT, arms=["vip_support"],
+            condition="seller_tier == 'vip' and sales_30d * 6 < sales_365d",
+            cooldown_hours=24 * 13,
+            description="a VIP seller whose sales of the last 30 days fell below half their "
+                        "yearly pace: dedicated support, fortnightly at most"),
     ]
 
 
@@ -978,13 +1007,13 @@ class Settings(_Section):
             if isinstance(value, BanditConfig):
                 value = value.model_dump(exclude_unset=True)
             base = _default_points().get(name, {})
-            if name == DEFAULT_POINT and isinstance(data.get("bandit"), BanditConfig):
-                base = data["bandit"].model_dump(exclude_unset=True)
-            elif name == DEFAULT_POINT and isinstance(data.get("bandit"), dict):
-                base = _deep_merge(base, data["bandit"])
             points[name] = _deep_merge(base, value) if isinstance(value, dict) else value
+        legacy = data.pop("bandit", None)  # wins over decision_points.buyer_offer
+        if isinstance(legacy, BanditConfig):
+            legacy = legacy.model_dump(exclude_unset=True)
+        if isinstance(legacy, dict) and isinstance(points[DEFAULT_POINT], dict):
+            points[DEFAULT_POINT] = _deep_merge(points[DEFAULT_POINT], legacy)
         data["decision_points"] = points
-        data.pop("bandit", None)
         point = data.get("decision_point", DEFAULT_POINT)
         if isinstance(point, str) and point in points:
             data["bandit"] = points[point]
@@ -1120,6 +1149,21 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _points_spelling(layer: dict[str, Any]) -> dict[str, Any]:
+    """One config layer with ``bandit:`` (the older spelling) moved into
+    ``decision_points.buyer_offer``, so a later layer's ``bandit`` value wins over an
+    earlier layer's ``decision_points`` one and the other way round."""
+    legacy = layer.get("bandit")
+    if not isinstance(legacy, dict):
+        return layer
+    layer = dict(layer)
+    del layer["bandit"]
+    points = dict(layer.get("decision_points") or {})
+    points[DEFAULT_POINT] = _deep_merge(points.get(DEFAULT_POINT) or {}, legacy)
+    layer["decision_points"] = points
+    return layer
+
+
 def load_settings(path: str | Path | None = None,
                   environ: dict[str, str] | None = None,
                   base: dict[str, Any] | None = None) -> Settings:
@@ -1144,7 +1188,8 @@ def load_settings(path: str | Path | None = None,
             raise ConfigError(f"{file}: the top level must be a mapping")
     elif explicit:
         raise ConfigError(f"config file {file} does not exist")
-    data = _deep_merge(_deep_merge(base or {}, data), _env_overrides(environ))
+    layers = [_points_spelling(layer) for layer in (base or {}, data, _env_overrides(environ))]
+    data = _deep_merge(_deep_merge(layers[0], layers[1]), layers[2])
     if "MLFLOW_TRACKING_URI" in environ and "mlflow_tracking_uri" not in data:
         data["mlflow_tracking_uri"] = environ["MLFLOW_TRACKING_URI"]
     try:

@@ -142,14 +142,15 @@ def _learner(args: argparse.Namespace, settings: Settings) -> int:
     from decisions.learner import open_checkpoints
     from nextbest.storage import location, redact
 
+    settings = settings.for_point(args.decision_point)
     stop = threading.Event()
     engine = _become_learner(settings, stop) if args.standby else \
         DecisionEngine(settings, role="learner")
     if engine is None:  # a standby stopped before it took over
         return 0
     where = redact(str(location(settings, "decision_log")))
-    print(f"bandit learner running (pid {os.getpid()}) on {where}; stop with SIGINT or "
-          "SIGTERM", file=sys.stderr, flush=True)
+    print(f"bandit learner of {settings.decision_point} running (pid {os.getpid()}) on "
+          f"{where}; stop with SIGINT or SIGTERM", file=sys.stderr, flush=True)
     watch = threading.Thread(target=_watch_lease, args=(engine, stop), daemon=True)
     watch.start()
     try:
@@ -259,11 +260,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_serve)
     learner = sub.add_parser(
         "learner", help="run the single bandit learner as its own process",
-        description="Learn every reward of the decision log (paths.decision_log) and publish "
-                    "checkpoints (paths.bandit_dir; with storage.url, both in PostgreSQL) "
+        description="Learn every reward of one decision point in the decision log "
+                    "(paths.decision_log) and publish checkpoints (paths.bandit_dir; with storage.url, both in PostgreSQL) "
                     "until SIGINT or SIGTERM, then checkpoint once more. Services started "
                     "meanwhile on the same log become scorers. Fails if another process is "
                     "already the learner, unless --standby.")
     learner.add_argument("--standby", action="store_true",
                          help="wait for the learner lease and take over when its holder dies")
+    learner.add_argument("--decision-point", default=None, metavar="NAME",
+                         help="the decision point to learn (one learner each; default "
+                              "buyer_offer; see `nextbest config`, decision_points)")
     learner.set_defaults(handler=_learner)

@@ -121,6 +121,9 @@ class NextBestActionRequest(RequestBody):
 
     user_id: str = Field(min_length=1, max_length=200)
     context: RequestContext = Field(default_factory=RequestContext)
+    # Which decision point decides (config decision_points; default buyer_offer).
+    decision_point: str | None = Field(None, min_length=1, max_length=100,
+                                       examples=["buyer_offer", "seller_offer"])
 
 
 class FeedbackRequest(RequestBody):
@@ -132,7 +135,11 @@ class FeedbackRequest(RequestBody):
 
     event_id: str = Field(min_length=1, max_length=100)
     converted: StrictBool
+    # At a seller decision point: the sold value of the seller's listings in the window.
     revenue: float = Field(0.0, ge=0, le=1e9)
+    # Optional: the decision's point (found from the event otherwise); a different one is
+    # a 409.
+    decision_point: str | None = Field(None, min_length=1, max_length=100)
 
 
 class EventsBatch(RequestBody):

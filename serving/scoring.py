@@ -30,7 +30,6 @@ from training.loader import (
     SELLER_CHURN,
     ChampionModels,
     LtvChampion,
-    SellerChurnChampion,
     load_ltv_champion,
     load_seller_churn_champion,
 )
@@ -65,14 +64,25 @@ class Scorer(UserDirectory):
                  registry: bool = True):
         super().__init__(settings, store, champions, warning)
         self.registry = registry
-        self.seller_churn: SellerChurnChampion | None = (
-            load_seller_churn_champion(settings) if registry else None)
+        self.seller_churn_model = load_seller_churn_champion(settings) if registry else None
 
     def use(self, champions: ChampionModels) -> dict[str, str | None]:
         """Serve ``champions`` and the registry's seller churn champion from now on."""
         if self.registry:
-            self.seller_churn = load_seller_churn_champion(self.settings)
+            self.seller_churn_model = load_seller_churn_champion(self.settings)
         return super().use(champions)
+
+    def refresh_seller_churn(self) -> str | None:
+        """Load the registry's seller churn champion when it changed; its new version, or
+        None when nothing changed (safe off the event loop: the swap is one assignment)."""
+        if not self.registry:
+            return None
+        champion = load_seller_churn_champion(self.settings)
+        served = None if self.seller_churn_model is None else self.seller_churn_model.version
+        if champion is None or champion.version == served:
+            return None
+        self.seller_churn_model = champion
+        return champion.version
 
     def use_ltv(self, champion: LtvChampion | None) -> None:
         """Serve ``champion`` as ``ltv_12m`` from now on (None: ``ltv_12m`` is null)."""
@@ -98,11 +108,11 @@ class Scorer(UserDirectory):
 
     def seller_versions(self) -> dict[str, str | None]:
         """``{"seller_churn": version}``, or None and a warning without a champion."""
-        if self.seller_churn is None:
+        if self.seller_churn_model is None:
             return {SELLER_CHURN: None, "warning": "no seller_churn champion, seller churn "
                     "probabilities are null: run `nextbest train seller_churn`, then POST "
                     "/models/reload"}
-        return {SELLER_CHURN: self.seller_churn.version}
+        return {SELLER_CHURN: self.seller_churn_model.version}
 
     def seller_answers(self, user_ids: list[str]) -> list[SellerScoreResponse]:
         """The /score answers (subject seller) of ``user_ids``, in the order asked, scored
@@ -111,7 +121,8 @@ class Scorer(UserDirectory):
         known = {str(u): i for i, u in enumerate(records["user_id"])} if len(records) else {}
         sellers = (records["is_seller"].fillna(False).astype(bool).to_numpy()
                    if "is_seller" in records.columns else np.zeros(len(records), bool))
-        churn = (self.seller_churn.score_frame(records) if self.seller_churn is not None
+        churn = (self.seller_churn_model.score_frame(records)
+                 if self.seller_churn_model is not None
                  and len(records) else np.full(len(records), np.nan))
         versions = self.seller_versions()
         answers = []

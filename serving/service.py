@@ -38,10 +38,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from campaigns.layer import CampaignLayer, Receipt
+from campaigns.layer import PROSPECTIVE, CampaignLayer, Receipt
 from campaigns.report import CampaignReport, campaign_report
 from campaigns.store import CampaignStore
 from decisions.engine import DecisionEngine
+from decisions.points import DecisionPoints
 from decisions.policy import UserView
 from decisions.users import try_load_champions
 from features.erasure import export_files
@@ -256,8 +257,11 @@ class NextBest:
         self.scorer.use_ltv(self.scorer.load_ltv())
         if BUNDLE is not None:
             seed_bandit(self.settings, BUNDLE)
-        self.engine = open_engine(self.settings)
-        self.campaigns = CampaignLayer(self.settings, self.engine, self.scorer)
+        # One engine per decision point (buyer_offer, seller_offer, ...); self.engine is the
+        # default point's.
+        self.points = DecisionPoints.open(self.settings, open_engine)
+        self.engine = self.points.default
+        self.campaigns = CampaignLayer(self.settings, self.points, self.scorer)
         self.metrics = DomainMetrics(self.settings)
         self.board = WorkerBoard(board_dir(self.settings))
         self.generation = self.board.generation()
@@ -317,17 +321,17 @@ class NextBest:
         status = self.status()
         self.board.publish(status)
         self.metrics.models(status.models)
-        self.metrics.freshness(status.features_as_of, self.engine.learner_lag())
+        self.metrics.freshness(status.features_as_of, self.points.learner_lag())
         return status
 
     def _forget_erased(self) -> int:
         """Drop what this worker keeps in memory (cached scores, decisions awaiting feedback)
         about users on the erasure list: an erasure made by another worker or replica."""
         erased = self.store.erased_among(self.scorer.cached_users()
-                                         | self.engine.remembered_users())
+                                         | self.points.remembered_users())
         for user_id in erased:
             self.scorer.forget(user_id)
-            self.engine.forget_user(user_id)
+            self.points.forget_user(user_id)
         return len(erased)
 
     @bentoml.on_startup
@@ -372,13 +376,21 @@ class NextBest:
             if ltv is not None:
                 self.scorer.use_ltv(ltv)
                 log.info("now serving ltv v%s", ltv.version)
+            seller = None if BUNDLE else await asyncio.to_thread(
+                self.scorer.refresh_seller_churn)
+            if seller is not None:
+                log.info("now serving seller_churn v%s", seller)
+            for engine in self.points:  # a new features build's sold comparables
+                if engine.pricing:
+                    await asyncio.to_thread(engine.load_comparables)
             self.generation = generation
             self.publish()
-        if self.engine.role == "inline" and \
-                now - self._last_sweep >= self.settings.bandit.sweep_seconds:
+        if now - self._last_sweep >= self.settings.bandit.sweep_seconds:
             self._last_sweep = now
-            self.engine.sweep()
-        self.engine.checkpoint_if_due()  # inline role: the time schedule, not only the count
+            for engine in self.points:
+                if engine.role == "inline":
+                    engine.sweep()
+        self.points.checkpoint_if_due()  # inline role: the time schedule, not only the count
 
     async def __is_ready__(self) -> bool:
         """Ready when models and features are loaded (or serving empty was allowed)."""
@@ -394,7 +406,7 @@ class NextBest:
         self.board.withdraw(os.getpid())
         self.campaigns.close()
         self.audit.close()
-        self.engine.close()
+        self.points.close()
         with contextlib.suppress(AttributeError):
             self.store.close()
 
@@ -409,30 +421,46 @@ class NextBest:
         a batch holds at most ``serving.max_batch`` ids. With ``subject: seller``: seller
         tier, seller tags and seller churn probability instead."""
         if body.subject == "seller":
-            answers = self.scorer.seller_answers(
-                [body.user_id or ""] if body.user_ids is None else body.user_ids)
+            answers = [self._prospect(answer) for answer in self.scorer.seller_answers(
+                [body.user_id or ""] if body.user_ids is None else body.user_ids)]
             return answers[0] if body.user_ids is None else answers
         if body.user_ids is None:
             return self.scorer.score(body.user_id or "")
         return self.scorer.score_many(body.user_ids)
 
+    def _prospect(self, answer: SellerScoreResponse) -> SellerScoreResponse:
+        """A user without a seller tier who started a listing since the last features build
+        and has not finished one (the campaign event store says so) is a prospective seller
+        now, not at the next build."""
+        if answer.seller_tier is not None:
+            return answer
+        with self.campaigns.lock:
+            started = self.campaigns.store.unfinished_listing(answer.user_id)
+        return answer.model_copy(update={"seller_tier": PROSPECTIVE}) if started else answer
+
     # --- the decision loop -----------------------------------------------------------------
 
     @app.post("/next_best_action", response_model=Decision, responses=ERRORS)
     async def next_best_action(self, body: NextBestActionRequest) -> Decision:
-        """Choose, log durably and return the next best action for a user in a context."""
-        user = self.scorer.user_view(body.user_id)
+        """Choose, log durably and return the next best action for a user in a context, at
+        the ``decision_point`` named (default ``buyer_offer``; ``seller_offer`` decides for
+        the user as a consignor, from their seller tier and seller features)."""
+        engine = self.points.get(body.decision_point)
+        user = (self.scorer.seller_view(body.user_id) if engine.config.subject == "seller"
+                else self.scorer.user_view(body.user_id))
         if not user.known and self.store.is_erased(body.user_id):
-            return self._erased_default(body)
-        decision = self.engine.decide(user, body.context)
+            return self._erased_default(body, engine)
+        decision = engine.decide(user, body.context)
         self.metrics.decided(decision.action, user.tier)
         return decision
 
-    def _erased_default(self, body: NextBestActionRequest) -> Decision:
+    def _erased_default(self, body: NextBestActionRequest,
+                        engine: DecisionEngine) -> Decision:
         """An erased user calling again: the non-personalised default, logged nowhere (no
         decision, no metric naming them), so they are not re-created."""
-        anonymous = UserView(user_id=body.user_id, personalization=False)
-        decision = self.engine.decide(anonymous, body.context, record=False)
+        anonymous = UserView(user_id=body.user_id, personalization=False,
+                             subject=engine.config.subject)
+        decision = engine.decide(anonymous, body.context, record=False)
         return decision.model_copy(update={
             "reason": "erased user: the non-personalised default; nothing about this call "
                       "is stored"})
@@ -445,8 +473,8 @@ class NextBest:
         contradicting the one already accepted is a 409 saying how it differs (the first
         answer counts). The learned reward is clipped to the configured range; the API key
         that sent the feedback is kept with it in the decision log."""
-        result = self.engine.feedback(body.event_id, body.converted, body.revenue,
-                                      key_id=actor(request))
+        result = self.points.feedback(body.event_id, body.converted, body.revenue,
+                                      point=body.decision_point, key_id=actor(request))
         self.metrics.rewarded(result.action, result.tier, result.status, body.converted)
         return result
 
@@ -485,7 +513,7 @@ class NextBest:
         self.campaigns.get(name)  # unknown or disabled: a 4xx before any work
 
         def run() -> RunReport:
-            layer = CampaignLayer(self.settings, self.engine, self.scorer,
+            layer = CampaignLayer(self.settings, self.points, self.scorer,
                                   CampaignStore(location(self.settings, "campaign_store")))
             try:
                 return layer.run(name, dry_run=dry_run)
@@ -572,7 +600,7 @@ class NextBest:
         validation predictions, reports and the channels' delivery files; SQLite with
         ``secure_delete`` and an emptied WAL. Every worker forgets the user. A failure is
         503 naming the place (``field``), with the files unchanged."""
-        eraser = Eraser(self.settings, self.store, decisions=self.engine,
+        eraser = Eraser(self.settings, self.store, decisions=self.points,
                         campaigns=self.campaigns.store, campaign_lock=self.campaigns.lock)
         try:
             report = await asyncio.to_thread(eraser.erase, [user_id])
@@ -603,7 +631,7 @@ class NextBest:
                                         features_dir=paths.features_dir,
                                         latent_dir=paths.latent_dir)
         return ExportResponse(user_id=user_id, store=self.store.export(user_id),
-                              decisions=self.engine.export_user(user_id), campaigns=campaigns,
+                              decisions=self.points.export_user(user_id), campaigns=campaigns,
                               raw=files["raw"], features=files["features"],
                               latent=files["latent"],
                               audit=self.audit.entries(user_id=user_id, limit=1_000_000))
@@ -642,9 +670,12 @@ class NextBest:
     # --- admin -------------------------------------------------------------------------------
 
     @app.get("/bandit/stats", responses=ERRORS)
-    async def bandit_stats(self) -> dict[str, Any]:
-        """Decisions logged, rewards learned, arm shares and mean reward (overall, per tier)."""
-        return self.engine.stats()
+    async def bandit_stats(self, decision_point: str | None = Query(
+            None, min_length=1, max_length=100,
+            description="the decision point (default buyer_offer)")) -> dict[str, Any]:
+        """Decisions logged, rewards learned, arm shares and mean reward (overall, per tier)
+        of one decision point, and the decision points served."""
+        return self.points.stats(decision_point)
 
     @app.post("/models/reload", response_model=ModelsResponse, responses=ERRORS)
     async def reload_models(self, request: Request) -> ModelsResponse:

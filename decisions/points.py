@@ -1,0 +1,132 @@
+"""The decision points of one process: an engine per point, and the routing between them.
+
+A decision point (``decision_points.<name>`` in config: ``buyer_offer`` by default,
+``seller_offer`` for consignors) has its own arms, policy rules, reward, VW model,
+checkpoint, learner lease and statistics, so each gets its own
+:class:`~decisions.engine.DecisionEngine`, scoped with ``settings.for_point(name)``. All of
+them write the one decision log, each row marked with its point: a request names its point
+(none: ``buyer_offer``), and feedback finds the engine of its decision by the event id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from decisions.decision_log import FeedbackResult
+from decisions.engine import DecisionEngine
+from nextbest.config import DEFAULT_POINT, Settings
+from nextbest.errors import Conflict, NotFound
+
+
+class DecisionPoints:
+    """The engines of every enabled decision point, the default point's first."""
+
+    def __init__(self, engines: Mapping[str, DecisionEngine]):
+        if DEFAULT_POINT not in engines:
+            raise ValueError(f"the engines must include the default point {DEFAULT_POINT!r}")
+        self.engines = dict(engines)
+
+    @classmethod
+    def open(cls, settings: Settings,
+             open_one: Callable[[Settings], DecisionEngine]) -> DecisionPoints:
+        """One engine per enabled point, made by ``open_one`` from the settings scoped to
+        it; the ones already open are closed when a later one fails."""
+        engines: dict[str, DecisionEngine] = {}
+        try:
+            for name in settings.point_names:
+                engines[name] = open_one(settings.for_point(name))
+        except BaseException:
+            for engine in engines.values():
+                engine.close()
+            raise
+        return cls(engines)
+
+    @classmethod
+    def single(cls, engine: DecisionEngine) -> DecisionPoints:
+        """Only ``engine`` (of any point): what a caller with one engine hands over."""
+        points = cls.__new__(cls)
+        points.engines = {engine.point: engine}
+        return points
+
+    @property
+    def default(self) -> DecisionEngine:
+        """The engine of ``buyer_offer`` (or the only one)."""
+        return self.engines.get(DEFAULT_POINT) or next(iter(self.engines.values()))
+
+    def __iter__(self) -> Iterator[DecisionEngine]:
+        return iter(self.engines.values())
+
+    def get(self, name: str | None) -> DecisionEngine:
+        """The engine of decision point ``name`` (None: the default); NotFound naming
+        ``decision_point`` and the points there are."""
+        engine = self.engines.get(name or DEFAULT_POINT)
+        if engine is None:
+            raise NotFound(f"decision point {name!r} is not served here; the decision points "
+                           f"are {', '.join(self.engines)}", field="decision_point")
+        return engine
+
+    def owner(self, event_id: str) -> DecisionEngine:
+        """The engine whose decision ``event_id`` is: the one that remembers it, else the
+        one its logged row names. NotFound for an unknown event; Conflict when its point is
+        no longer served."""
+        for engine in self.engines.values():
+            if engine.remembers(event_id):
+                return engine
+        logged = self.default.log.get_decision(event_id)
+        if logged is None:
+            raise NotFound(f"no decision with event_id {event_id!r}", field="event_id")
+        point = logged.decision.decision_point
+        if point not in self.engines:
+            raise Conflict(f"event {event_id!r} is a decision of decision point {point!r}, "
+                           "which is not served any more (enabled: false?)",
+                           field="decision_point")
+        return self.engines[point]
+
+    def feedback(self, event_id: str, converted: bool, revenue: float = 0.0, *,
+                 point: str | None = None, now: datetime | None = None,
+                 key_id: str | None = None) -> FeedbackResult:
+        """Join a reward to its decision in the engine of its point (``point``, when the
+        caller names it, must be the decision's: Conflict otherwise)."""
+        engine = self.get(point) if point is not None else self.owner(event_id)
+        return engine.feedback(event_id, converted, revenue, now=now, key_id=key_id)
+
+    # -- every point at once ----------------------------------------------------------------
+    def sweep(self, now: datetime | None = None) -> int:
+        return sum(engine.sweep(now) for engine in self.engines.values())
+
+    def checkpoint_if_due(self) -> None:
+        for engine in self.engines.values():
+            engine.checkpoint_if_due()
+
+    def learner_lag(self) -> int:
+        """Rewards in the log that the deciding models do not cover yet (all points)."""
+        return sum(engine.learner_lag() for engine in self.engines.values())
+
+    def stats(self, name: str | None = None) -> dict[str, Any]:
+        """``/bandit/stats`` of one point (default ``buyer_offer``), with the points there
+        are."""
+        return {**self.get(name).stats(), "decision_points": list(self.engines)}
+
+    def remembered_users(self) -> set[str]:
+        return set().union(*(engine.remembered_users() for engine in self.engines.values()))
+
+    def forget_user(self, user_id: str) -> int:
+        return sum(engine.forget_user(user_id) for engine in self.engines.values())
+
+    def erase_user(self, user_id: str) -> int:
+        """Delete every decision of ``user_id`` at every point (one log holds them all)."""
+        for engine in self.engines.values():
+            engine.forget_user(user_id)
+        return self.default.erase_user(user_id)
+
+    def export_user(self, user_id: str) -> list[dict[str, Any]]:
+        """Every decision of ``user_id`` at every point, with its reward."""
+        for engine in self.engines.values():
+            engine.flush()
+        return self.default.export_user(user_id)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
