@@ -41,8 +41,10 @@ def test_a_vip_seller_scores_as_vip_and_gets_a_vip_offer(client: httpx.Client, v
     assert decision.status_code == 200, decision.text
     body = decision.json()
     assert body["decision_point"] == SELLER_POINT
-    assert body["action"] in {"commission_tier_upgrade", "vip_support"}, body
-    assert set(body["pmf"]) <= {"commission_tier_upgrade", "vip_support"}
+    # A VIP's arms: support, the commission tier, and a price suggestion for a stale listing.
+    assert "vip_support" in body["pmf"], body
+    assert set(body["pmf"]) <= {"commission_tier_upgrade", "vip_support", "price_suggestion"}
+    assert body["action"] in body["pmf"]
 
 
 def test_feedback_moves_only_its_own_points_counts(client: httpx.Client, vip_sellers, pool):
