@@ -30,7 +30,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from features.build import feature_columns, policy_columns, segmentation_columns
+from features.build import (
+    feature_columns,
+    policy_columns,
+    segmentation_columns,
+    seller_feature_columns,
+)
 from features.expressions import Expression, compile_expression
 from features.segmentation import NEW_TIER, NO_PURCHASE
 from nextbest.config import CAMPAIGN_CHANNEL, BanditConfig, Settings, Subject
@@ -280,7 +285,8 @@ def credit_arms(config: BanditConfig) -> set[str]:
 
 def rule_names(settings: Settings) -> set[str]:
     """Every name a policy rule (``no_credit_when``, an arm's ``eligible_when``) may read."""
-    return {*feature_columns(settings.features.windows_days), *segmentation_columns(),
+    windows = settings.features.windows_days
+    return {*feature_columns(windows), *seller_feature_columns(windows), *segmentation_columns(),
             *policy_columns(), *USER_SCORES, *RequestContext.model_fields, "under_review",
             "seller_tags"}
 

@@ -608,7 +608,10 @@ def _default_seller_point() -> dict[str, Any]:
     return {"subject": "seller", "default_arm": "consignment_guide",
             "description": "offers to consignors (sellers)",
             "arms": [arm.model_dump(exclude_defaults=True) for arm in _default_seller_arms()],
-            "reward": {"kind": "commission"}, "control_salt": "nextbest-seller-control"}
+            # The revenue of a seller decision is the sold value of all the seller's
+            # listings within the window, many listings' worth for a top seller.
+            "reward": {"kind": "commission", "max_revenue_multiple": 20.0},
+            "control_salt": "nextbest-seller-control"}
 
 
 def _default_points() -> dict[str, dict[str, Any]]:
