@@ -96,8 +96,8 @@ class SellerResponseModel:
     base_sales: float = 0.9
     free_cs: float = 3.5
     free_offset: float = -0.5
-    upgrade_cs: float = 3.2
-    upgrade_offset: float = -1.3
+    upgrade_cs: float = 4.0
+    upgrade_offset: float = -1.6
     upgrade_volume: float = 0.15
     suggestion_g: float = 2.4
     suggestion_offset: float = -1.2
@@ -107,8 +107,8 @@ class SellerResponseModel:
     guide_resellable: float = 0.4
     recall_h: float = 3.0
     recall_offset: float = -1.0
-    support_cs: float = 2.6
-    support_offset: float = -0.8
+    support_cs: float = 3.0
+    support_offset: float = -1.2
 
     def drifted(self) -> SellerResponseModel:
         """After a competitor cuts its commission: commission offers pull harder, the
@@ -222,12 +222,12 @@ def synthetic_seller_population(settings: Settings, users: int, seed: int) -> pd
     sales_30 = np.where(active & (recency <= 30), rng.poisson(yearly / 12.0), 0).astype(float)
     sales_90 = np.maximum(sales_30, np.where(active, rng.poisson(yearly / 4.0), 0))
     sold_total = sales_365 + np.where(prospect | new, 0, rng.poisson(yearly * 0.8))
-    sell_through = np.clip(0.3 + 0.5 * cs + rng.normal(0.0, 0.08, users), 0.05, 1.0)
+    sell_through = np.clip(0.2 + 0.7 * cs + rng.normal(0.0, 0.06, users), 0.05, 1.0)
     listed = np.where(prospect, 0.0, np.ceil(sold_total / sell_through) + new)
     price = np.round(MEDIAN_LISTING_PRICE * rng.lognormal(0.0, 0.6, users)
                      * volume ** 0.1, 2)
-    days_to_sell = np.where(sold_total > 0, 18.0 * (1.4 - 0.8 * g)
-                            * rng.lognormal(0.0, 0.25, users), np.nan)
+    days_to_sell = np.where(sold_total > 0, 40.0 * (1.5 - 1.2 * g)
+                            * rng.lognormal(0.0, 0.2, users), np.nan)
     stale = np.where(prospect, 0, rng.poisson((1.4 - 0.8 * g) * (1.0 - 0.6 * cs)
                                                * np.sqrt(volume) * 1.5)).astype(float)
     unfinished = np.where(prospect, rng.random(users) < 0.15 + 0.7 * cs, 0).astype(float)
