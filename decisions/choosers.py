@@ -12,7 +12,8 @@ Choosers (``ChooserSpec.kind``):
 - ``bandit`` (default): the Vowpal Wabbit bandit of ``bandit.exploration``
   (:mod:`decisions.bandit`); learns;
 - ``random``: uniform over the eligible arms;
-- ``static``: the tier rule book of the spec documents (:func:`static_arm`);
+- ``static``: the tier rule book of the spec documents (:func:`static_arm`; at a seller
+  decision point the seller rule book, :func:`static_seller_arm`);
 - ``always``: one fixed arm whenever it is eligible (a baseline), else the first eligible;
 - ``oracle``: the arm with the highest true expected reward, from a ``truth`` function only
   a simulator has.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +38,7 @@ from nextbest.errors import ValidationFailed
 CHOOSERS = ("bandit", "random", "static", "always", "oracle")
 HIGH_PRICE = 500.0  # the rule book's "high-priced item"
 PREMIUM_TIERS = frozenset({"platinum", "gold"})
+HIGH_VOLUME_SALES = 10  # the seller rule book's "high-volume seller": sales in 365 days
 
 
 # The true expected reward of each of ``decision.arms``, in order (simulators only).
@@ -77,6 +79,45 @@ def static_arm(config: BanditConfig, tier: str, tags: Sequence[str], item_price:
         wanted.insert(0, "coupon")
     if tier in PREMIUM_TIERS:
         wanted.insert(0, "certification")
+    for arm in wanted:
+        if arm in eligible:
+            return arm
+    return eligible[0] if eligible else None
+
+
+def static_seller_arm(config: BanditConfig, tier: str, tags: Sequence[str],
+                      features: Mapping[str, float | None], eligible: Sequence[str]
+                      ) -> str | None:
+    """The documents' seller rule book, first rule that holds and is eligible:
+
+    1. VIP seller -> ``vip_support``;
+    2. sleeping seller -> ``recall_message``;
+    3. prospective seller, or a seller without a sale yet -> ``first_order_free_commission``;
+    4. a stale lister (seller tag ``stale_lister``, whose rule says: a price suggestion) ->
+       ``price_suggestion``;
+    5. high-volume seller (``sales_365d`` >= :data:`HIGH_VOLUME_SALES`) ->
+       ``commission_tier_upgrade``;
+    6. potential seller -> ``consignment_guide``;
+
+    else the default arm (the first eligible arm when it is not eligible). Tier rules come
+    first because the documents define the seller tiers by what each gets; the listing
+    and volume rules then split the potential sellers the tier rule would send to the guide.
+    """
+    sold = features.get("items_sold")
+    wanted = []
+    if tier == "vip":
+        wanted.append("vip_support")
+    if tier == "sleeping":
+        wanted.append("recall_message")
+    if tier == "prospective" or sold == 0:
+        wanted.append("first_order_free_commission")
+    if "stale_lister" in tags:
+        wanted.append("price_suggestion")
+    if (features.get("sales_365d") or 0.0) >= HIGH_VOLUME_SALES:
+        wanted.append("commission_tier_upgrade")
+    if tier == "potential":
+        wanted.append("consignment_guide")
+    wanted.append(config.default_arm)
     for arm in wanted:
         if arm in eligible:
             return arm
@@ -124,9 +165,12 @@ class StaticChooser(_FixedChooser):
         self.config = config
 
     def pmf(self, decision: DecisionInput) -> list[float]:
-        arms = decision.arms
-        chosen = static_arm(self.config, decision.user.tier, decision.user.tags,
-                            decision.context.item_price, arms)
+        arms, user = decision.arms, decision.user
+        if self.config.subject == "seller":
+            chosen = static_seller_arm(self.config, user.tier, user.tags, user.features, arms)
+        else:
+            chosen = static_arm(self.config, user.tier, user.tags,
+                                decision.context.item_price, arms)
         return one_hot(arms, chosen)
 
 

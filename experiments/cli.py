@@ -18,7 +18,7 @@ from nextbest.cli import (
     positive_int,
     share,
 )
-from nextbest.config import Settings
+from nextbest.config import DEFAULT_POINT, SELLER_POINT, Settings
 from nextbest.errors import ValidationFailed
 
 if TYPE_CHECKING:
@@ -84,11 +84,29 @@ def _config(args: argparse.Namespace, default_decisions: int) -> SimulationConfi
 
 def _population(args: argparse.Namespace, settings: Settings,
                 config: SimulationConfig) -> pd.DataFrame:
-    """The simulated users: the marketplace in ``--data``, else a generated population."""
+    """The simulated users: the marketplace in ``--data``, else a generated population (of
+    sellers and prospective sellers at a seller decision point)."""
     from experiments.simulator import marketplace_population, synthetic_population
 
+    if settings.bandit.subject == "seller":
+        from experiments.seller_simulator import synthetic_seller_population
+
+        if args.data:
+            raise ValidationFailed("--data: a seller decision point is simulated on a "
+                                   "generated population of sellers (--users sizes it)",
+                                   field="data")
+        return synthetic_seller_population(settings, config.users, config.seed)
     return (marketplace_population(settings, Path(args.data)) if args.data
             else synthetic_population(settings, config.users, config.seed))
+
+
+def _point_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``settings`` scoped to ``--decision-point`` (NotFound naming the configured ones)."""
+    scoped = settings.for_point(args.decision_point)
+    if scoped.bandit.subject == "seller" and args.via_http:
+        raise ValidationFailed("--via-http drives the buyer decision point; simulate a seller "
+                               "decision point in-process", field="via_http")
+    return scoped
 
 
 def _seeds(text: str) -> list[int]:
@@ -108,6 +126,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    settings = _point_settings(args, settings)
     if args.via_http:
         return _simulate_via_http(args, settings)
     if args.seeds:
@@ -117,9 +136,9 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     config = _config(args, 50_000)
     policies = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
     population = _population(args, settings, config)
-    print(f"simulating {config.decisions} decisions over {len(population)} users "
-          f"(seed {config.seed}{', drift' if config.drift else ''}): {', '.join(policies)}",
-          file=sys.stderr)
+    print(f"simulating {config.decisions} {settings.decision_point} decisions over "
+          f"{len(population)} users (seed {config.seed}{', drift' if config.drift else ''}): "
+          f"{', '.join(policies)}", file=sys.stderr)
     result = _run_simulation(args, settings, population, config, policies,
                              Path(args.keep_logs) if args.keep_logs else None)
     out = Path(args.out or Path(settings.paths.reports_dir) / "simulation")
@@ -166,7 +185,8 @@ def _simulate_seeds(args: argparse.Namespace, settings: Settings) -> int:
 
             per_seed[seed]["mlflow_run_id"] = log_simulation(settings, result, [])
     first = next(iter(per_seed.values()))
-    payload = {"seeds": list(per_seed), "decisions": first["decisions"],
+    payload = {"decision_point": settings.decision_point,
+               "seeds": list(per_seed), "decisions": first["decisions"],
                "users": first["users"], "drift": first["drift"],
                "reward_kind": first["reward_kind"], "spread": spread(per_seed),
                "per_seed": {str(seed): p for seed, p in per_seed.items()}}
@@ -178,11 +198,17 @@ def _simulate_seeds(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_simulation(args: argparse.Namespace, settings: Settings, population: pd.DataFrame,
                     config: SimulationConfig, policies: list[str], keep: Path | None):
-    """One seeded run of ``policies`` on ``population`` (see ``simulate``)."""
-    from experiments.runner import simulate
+    """One seeded run of ``policies`` on ``population`` (see ``simulate``), for the subject
+    of the decision point ``settings`` is scoped to."""
+    from experiments.runner import BUYERS, simulate
 
+    side = BUYERS
+    if settings.bandit.subject == "seller":
+        from experiments.seller_simulator import SELLERS
+
+        side = SELLERS
     return simulate(settings, population, config, policies, log_dir=keep,
-                    progress=None if args.quiet else _progress)
+                    progress=None if args.quiet else _progress, side=side)
 
 
 def format_spread(payload: dict) -> str:
@@ -248,6 +274,8 @@ def format_simulation(payload: dict) -> str:
         f"{payload['decisions']} decisions over {payload['users']} users (seed "
         f"{payload['seed']}); profit, revenue, arm cost and regret are totals.",
         "reward: " + ("1 per conversion." if conversion
+                      else "the commission on the seller's sold value minus the arm's cost."
+                      if payload["reward_kind"] == "commission"
                       else "the profit, revenue minus the arm's cost on each conversion."),
         "regret: the oracle's expected reward minus the policy's, summed.",
         f"last 20%: the last {last} decisions, after learning: the reward per decision, and",
@@ -415,6 +443,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run random, static, VW epsilon-greedy, VW squarecb and "
                        "oracle policies on one seeded simulated stream; report reward, "
                        "profit, regret, conversion and arm share by tier; plots and MLflow.")
+    p.add_argument("--decision-point", default=DEFAULT_POINT,
+                   help=f"the decision point to simulate (default {DEFAULT_POINT}; "
+                   f"{SELLER_POINT}: sellers and prospective sellers with latent seller "
+                   "traits, the seller arms and the seller rule book as static)")
     p.add_argument("--decisions", type=positive_int, default=None,
                    help="requests (default 50000; 3000 with --via-http, at most 20000 there)")
     p.add_argument("--seed", type=non_negative_int, default=7, help="seed of users and requests")

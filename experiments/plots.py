@@ -12,7 +12,6 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 from experiments.runner import SimulationResult  # noqa: E402
-from features.segmentation import TIERS  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -68,7 +67,7 @@ def arm_share_by_tier(result: SimulationResult, policy: str, path: Path,
     trace = result.traces[policy]
     names = np.array([*result.arms, "none"])
     chosen = names[trace.arm]
-    tiers = [t for t in TIERS if t in set(result.tiers)]
+    tiers = [t for t in result.tier_order if t in set(result.tiers)]
     fig, axes = plt.subplots(1, len(tiers), figsize=(3 * len(tiers), 3.2), sharey=True,
                              squeeze=False)
     edges = np.linspace(0, len(chosen), windows + 1).astype(int)

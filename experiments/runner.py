@@ -29,10 +29,11 @@ from pydantic import BaseModel
 from decisions.choosers import Truth
 from decisions.encoding import DecisionInput
 from decisions.policy import RequestContext, UserView, user_view
-from decisions.reward import reward_of
+from decisions.reward import earned, reward_of
 from experiments.policies import EnginePolicy, SimPolicy
 from experiments.simulator import TRAIT_COLUMNS, SimulationConfig, Stream, make_stream
-from nextbest.config import Settings
+from features.segmentation import TIERS
+from nextbest.config import RewardConfig, Settings
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 ProgressFn = Callable[[str, int, int], None]
@@ -46,7 +47,7 @@ class PolicyMetrics(BaseModel):
     mean_reward: float
     mean_reward_last: float          # realised, last 20% of the run
     expected_reward_last: float      # true expected reward of the choices, last 20%
-    profit: float                    # revenue - arm cost
+    profit: float                    # revenue (its commission for sellers) - arm cost
     revenue: float
     arm_cost: float
     regret: float                    # sum of (oracle's expected reward - own), all steps
@@ -140,15 +141,15 @@ def play(policy: SimPolicy, stream: Stream, views: list[UserView],
         p = stream.base_probability[t] if a < 0 else stream.probability[t, a]
         converted = bool(stream.uniform[t] < p)
         price = float(stream.item_price[t])
+        revenue = stream.revenue(t, a) if converted else 0.0
         trace.arm[t], trace.converted[t], trace.control[t] = a, converted, choice.control
-        trace.reward[t] = reward_of(settings.bandit, choice.action, converted,
-                                    price * converted, price)
-        trace.revenue[t] = price if converted else 0.0
+        trace.reward[t] = reward_of(settings.bandit, choice.action, converted, revenue, price)
+        trace.revenue[t] = revenue
         trace.cost[t] = stream.cost[t, a] if (converted and a >= 0) else 0.0
         trace.expected[t] = (stream.base_expected_reward[t] if a < 0
                              else stream.expected_reward[t, a])
         delay = stream.delay[t] if converted else config.no_conversion_after_minutes
-        heapq.heappush(queue, (minute + float(delay), t, choice, converted, price * converted))
+        heapq.heappush(queue, (minute + float(delay), t, choice, converted, revenue))
         if progress and (t + 1) % every == 0:
             progress(policy.name, t + 1, n)
     while queue:  # report the outcomes still pending so a kept log is complete
@@ -158,9 +159,12 @@ def play(policy: SimPolicy, stream: Stream, views: list[UserView],
     return trace
 
 
-def summarise(trace: Trace, oracle: Trace, tiers: np.ndarray,
-              arms: list[str]) -> PolicyMetrics:
-    """The metrics of one trace, regret against the oracle's trace."""
+def summarise(trace: Trace, oracle: Trace, tiers: np.ndarray, arms: list[str],
+              reward: RewardConfig | None = None) -> PolicyMetrics:
+    """The metrics of one trace, regret against the oracle's trace. ``profit`` is what the
+    platform earns of the revenue (:func:`decisions.reward.earned` under ``reward``: all of
+    it, or its commission at a seller decision point) minus the arm costs."""
+    kept = trace.revenue if reward is None else earned(reward, trace.revenue)
     n = trace.arm.shape[0]
     last = slice(n - max(n // 5, 1), n)
     names = np.array(arms + ["none"])
@@ -173,7 +177,7 @@ def summarise(trace: Trace, oracle: Trace, tiers: np.ndarray,
         mean_reward=float(trace.reward.mean()),
         mean_reward_last=float(trace.reward[last].mean()),
         expected_reward_last=float(trace.expected[last].mean()),
-        profit=float((trace.revenue - trace.cost).sum()),
+        profit=float((kept - trace.cost).sum()),
         revenue=float(trace.revenue.sum()),
         arm_cost=float(trace.cost.sum()),
         regret=float((oracle.expected - trace.expected).sum()),
@@ -197,6 +201,8 @@ class SimulationResult:
     traces: dict[str, Trace]
     metrics: dict[str, PolicyMetrics]
     reward_kind: str  # settings.bandit.reward.kind: what "reward" means in the metrics
+    decision_point: str = "buyer_offer"
+    tier_order: tuple[str, ...] = TIERS  # the tiers of ``tiers``, in report order
 
     def ratios(self) -> dict[str, dict[str, float | None]]:
         """Per policy, the true expected reward of its last 20% of decisions as a share of
@@ -216,6 +222,7 @@ class SimulationResult:
         oracle = self.traces["oracle"].expected  # always played: regret is measured on it
         oracle_last = float(oracle[len(oracle) - max(len(oracle) // 5, 1):].mean())
         return {
+            "decision_point": self.decision_point,
             "decisions": self.config.decisions, "seed": self.config.seed,
             "users": self.config.users, "drift": self.config.drift,
             "drift_index": self.stream.drift_index, "arms": self.arms,
@@ -256,10 +263,30 @@ def write_users(population: pd.DataFrame, path: Path) -> None:
     population[columns].to_parquet(path, index=False)
 
 
+@dataclass(frozen=True)
+class Side:
+    """Who a simulation decides for: how its stream is drawn from a population, how a
+    population row becomes the :class:`UserView` the engine sees, and the column holding
+    the tier arm shares are broken down by (with its tiers in report order)."""
+
+    subject: str
+    make_stream: Callable[[Settings, pd.DataFrame, SimulationConfig], Stream]
+    views: Callable[[pd.DataFrame], list[UserView]]
+    tier_column: str
+    tiers: tuple[str, ...]
+
+
+BUYERS = Side("buyer", make_stream, user_views, "tier", TIERS)
+
+
 def simulate(settings: Settings, population: pd.DataFrame, config: SimulationConfig,
              policies: list[str], *, log_dir: Path | None = None,
-             progress: ProgressFn | None = None) -> SimulationResult:
+             progress: ProgressFn | None = None, side: Side = BUYERS) -> SimulationResult:
     """Run each named policy (plus the oracle) on one seeded stream over ``population``.
+
+    ``settings`` is scoped to the decision point played (``settings.for_point``) and
+    ``side`` says whom it decides for (:data:`BUYERS`, or
+    :data:`experiments.seller_simulator.SELLERS` at a seller decision point).
 
     Every policy's decision log (the service's SQLite format, ``NAME.sqlite``) is kept in
     ``log_dir`` when given, for ``evaluate-policy``, ``abtest`` and ``audit fairness``, with
@@ -268,11 +295,11 @@ def simulate(settings: Settings, population: pd.DataFrame, config: SimulationCon
     """
     config = config.model_copy(update={"users": len(population)})
     sim_settings = simulation_settings(settings)
-    stream = make_stream(sim_settings, population, config)
-    views = user_views(population)
+    stream = side.make_stream(sim_settings, population, config)
+    views = side.views(population)
     requests = contexts(stream)
     arms = [arm.name for arm in sim_settings.bandit.arms]
-    tiers = population["tier"].to_numpy()[stream.user_index].astype(str)
+    tiers = population[side.tier_column].to_numpy()[stream.user_index].astype(str)
     names = list(dict.fromkeys(["oracle", *policies]))
     traces: dict[str, Trace] = {}
     if log_dir is not None:
@@ -289,8 +316,10 @@ def simulate(settings: Settings, population: pd.DataFrame, config: SimulationCon
                                     progress)
             finally:
                 policy.close()
-    metrics = {name: summarise(traces[name], traces["oracle"], tiers, arms)
+    metrics = {name: summarise(traces[name], traces["oracle"], tiers, arms,
+                               sim_settings.bandit.reward)
                for name in names if name in policies}
     return SimulationResult(config=config, stream=stream, tiers=tiers, arms=arms,
                             traces=traces, metrics=metrics,
-                            reward_kind=sim_settings.bandit.reward.kind)
+                            reward_kind=sim_settings.bandit.reward.kind,
+                            decision_point=sim_settings.decision_point, tier_order=side.tiers)

@@ -125,7 +125,10 @@ class Stream:
     p``), shared by every policy so comparisons are paired; ``delay (n,)`` minutes until a
     conversion is reported; ``probability (n, k)`` true conversion probability;
     ``expected_reward (n, k)`` true expected reward; ``cost (n, k)``;
-    ``base_probability (n,)`` / ``base_expected_reward (n,)`` with no action (control).
+    ``base_probability (n,)`` / ``base_expected_reward (n,)`` with no action (control);
+    ``sold_value (n, k)`` / ``base_sold_value (n,)`` the revenue a conversion reports under
+    each arm / with none, when it is not the item price (the seller side: the sold value
+    of a seller's listings; None on the buyer side, where a conversion brings the price).
     """
 
     user_index: np.ndarray
@@ -142,9 +145,17 @@ class Stream:
     base_probability: np.ndarray
     base_expected_reward: np.ndarray
     drift_index: int | None
+    sold_value: np.ndarray | None = None
+    base_sold_value: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.user_index.shape[0])
+
+    def revenue(self, step: int, arm: int) -> float:
+        """What a conversion at ``step`` under arm index ``arm`` (-1: no action) reports."""
+        if self.sold_value is None or self.base_sold_value is None:
+            return float(self.item_price[step])
+        return float(self.base_sold_value[step] if arm < 0 else self.sold_value[step, arm])
 
 
 def expected_reward(settings: Settings, probability: np.ndarray, price: np.ndarray,
