@@ -857,6 +857,14 @@ class ServingConfig(_Section):
     benchmark_noop: bool = False
     # Request bodies larger than this get 413 before they are read.
     max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # The garbage collector's thresholds in a worker once start-up is frozen out of
+    # collections (serving/loopwatch.py): a young collection frees the cyclic garbage of
+    # the requests since the last one, so its pause grows with the first threshold.
+    gc_thresholds: tuple[int, int, int] = (2_000, 10, 100)
+    # BentoML's OpenTelemetry spans for every request (always recorded, even unsampled:
+    # several spans, locks and lists per request, kept alive for seconds, which lengthen
+    # the collector's pauses). On only with a tracing exporter configured for BentoML.
+    tracing: bool = False
 
 
 class Settings(_Section):

@@ -13,7 +13,9 @@ to run but waited for a CPU (Linux ``/proc/self/task/<tid>/schedstat``): that is
 load, not this process's doing. The stall without it, the ``own`` stall (work or blocking
 calls of this process), is tracked beside it (``on_own_stall``); where schedstat is not
 available the two are the same. The longest pause of Python's garbage collector, which
-stops every thread, is tracked too (``on_gc_pause``): the usual cause of an own stall.
+stops every thread, is tracked too (``on_gc_pause``): the usual cause of an own stall; and
+per generation, how many collections ran and the longest of each (``on_collections``), so
+a long pause can be told from many short ones.
 """
 
 from __future__ import annotations
@@ -27,24 +29,26 @@ from collections.abc import Callable
 from typing import Any
 
 INTERVAL_SECONDS = 0.005
-# Collector thresholds for a serving worker (CPython's default: 700, 10, 10). Measured with
-# benchmarks/serve.py's open loop at ~190 requests/s: each request leaves objects alive for
-# seconds (asyncio timer handles keep the request's context), so the default thresholds
-# promote them to the older generations and scan them again and again: the longest pause was
-# 200-270 ms; with these, 50-80 ms and p99 latencies 1.5-3x lower.
-GC_THRESHOLDS = (10_000, 10, 1_000)
+# Collector thresholds for a serving worker (CPython's default: 700, 10, 10), the default of
+# ``serving.gc_thresholds``. Once nothing a request makes outlives it by long (the decision
+# cache holds plain rows; serving/traffic.py cancels the request timeout's timer; no
+# OpenTelemetry spans), a young collection only frees the cyclic garbage of the requests
+# since the last one: its pause grows with the first threshold (10,000: ~20 ms on this
+# host, 2,000: a few ms), and the older generations stay nearly empty, so full collections
+# are both rare and short.
+GC_THRESHOLDS = (2_000, 10, 100)
 
 
-def quiet_collector() -> None:
+def quiet_collector(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
     """Keep the garbage collector's pauses short in a worker that has finished starting.
 
     ``gc.freeze()`` moves everything start-up loaded (~450k objects: BentoML, MLflow,
     LightGBM, VW) out of every later collection: full collections over them stalled the loop
-    0.4-0.7 s. Then :data:`GC_THRESHOLDS` make collections of the older generations rarer
-    (a full one only after 1,000 collections of the middle one). Call it once, from the
-    worker's start-up hook."""
+    0.4-0.7 s. Then ``thresholds`` (:data:`GC_THRESHOLDS` by default) keep the young
+    collections short. Call it from the worker's start-up hook, and again after loading
+    new models (what they loaded is long-lived too)."""
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*thresholds)
 
 
 class RunqueueClock:
@@ -77,11 +81,17 @@ class LoopWatchdog:
     def __init__(self, on_stall: Callable[[float], None] | None = None,
                  on_own_stall: Callable[[float], None] | None = None,
                  on_gc_pause: Callable[[float], None] | None = None,
+                 on_collections: Callable[[int, int, float], None] | None = None,
                  interval: float = INTERVAL_SECONDS):
         self.interval = interval
         self.on_stall = on_stall
         self.on_own_stall = on_own_stall
         self.on_gc_pause = on_gc_pause
+        self.on_collections = on_collections
+        # Per generation (0, 1, 2): collections since start, and the longest one.
+        self.collections = [0, 0, 0]
+        self.longest_collection = [0.0, 0.0, 0.0]
+        self._collections_reported = [0, 0, 0]
         self.max_stall = 0.0
         self.max_own_stall = 0.0
         self.max_gc_pause = 0.0
@@ -105,7 +115,7 @@ class LoopWatchdog:
             gc.callbacks.remove(self._on_gc)
             waited.close()
 
-    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """``gc.callbacks`` hook: time each collection, keep the longest.
 
         It only records: a collection can start inside any code holding any lock (a
@@ -114,15 +124,26 @@ class LoopWatchdog:
         if phase == "start":
             self._gc_began = time.perf_counter()
             return
-        self.max_gc_pause = max(self.max_gc_pause, time.perf_counter() - self._gc_began)
+        pause = time.perf_counter() - self._gc_began
+        self.max_gc_pause = max(self.max_gc_pause, pause)
+        generation = info.get("generation", 2)
+        self.collections[generation] += 1
+        self.longest_collection[generation] = max(self.longest_collection[generation], pause)
 
     def _report_gc_pause(self) -> None:
-        """Hand a longest GC pause not reported yet to ``on_gc_pause``."""
+        """Hand a longest GC pause not reported yet to ``on_gc_pause``, and each generation's
+        new collections to ``on_collections``."""
         pause = self.max_gc_pause
         if pause > self._gc_reported:
             self._gc_reported = pause
             if self.on_gc_pause is not None:
                 self.on_gc_pause(pause)
+        for generation, count in enumerate(self.collections):
+            if count != self._collections_reported[generation]:
+                self._collections_reported[generation] = count
+                if self.on_collections is not None:
+                    self.on_collections(generation, count,
+                                        self.longest_collection[generation])
 
     def observe(self, stall: float, own: float | None = None) -> None:
         """Record one oversleep of ``stall`` seconds, ``own`` of them not spent waiting

@@ -18,6 +18,8 @@ decision point, never a user id or a free-text value.
   kept from running other requests since it started; ``cause="all"``, ``cause="own"``
   without the time its thread waited for a CPU taken by other processes, and ``cause="gc"``
   the longest garbage-collector pause (:mod:`serving.loopwatch`)
+- ``nextbest_gc_collections{generation}`` and ``nextbest_gc_longest_pause_seconds{generation}``:
+  the collector's runs per generation since the worker started, and the longest of each
 
 :func:`metrics_text` renders every worker's series for ``/metrics``.
 """
@@ -70,7 +72,18 @@ class DomainMetrics:
             "since it started (own: less waits for a CPU; gc: the collector's longest pause)",
             ["cause"],
             multiprocess_mode="livemax")
+        self.gc_collections = prom.Gauge(
+            "nextbest_gc_collections", "Garbage collections of each generation since the "
+            "worker started", ["generation"], multiprocess_mode="livesum")
+        self.gc_longest = prom.Gauge(
+            "nextbest_gc_longest_pause_seconds", "The longest garbage collection of each "
+            "generation since the worker started", ["generation"], multiprocess_mode="livemax")
         self._versions: dict[str, str] = {}
+
+    def collections(self, generation: int, count: int, longest: float) -> None:
+        """The garbage collector's work in one generation so far (serving/loopwatch.py)."""
+        self.gc_collections.labels(str(generation)).set(count)
+        self.gc_longest.labels(str(generation)).set(longest)
 
     def _arm(self, arm: str | None) -> str:
         return NO_ARM if arm is None else arm if arm in self.arms else OTHER

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -95,10 +96,14 @@ from serving.schemas import (
 )
 from serving.scoring import Scorer, missing_for_serving
 from serving.status import WorkerBoard, WorkerStatus
+from serving.traffic import install as install_request_timeout
 from training.labels import LTV_MODEL, SENTIMENT_MODEL
 from training.loader import CHURN, PROPENSITY, ChampionModels, load_champions
 
 log = logging.getLogger(__name__)
+# BentoML's request timeout leaves a live timer per request for the whole timeout; this one
+# cancels it (serving/traffic.py).
+install_request_timeout()
 
 # Set when the service runs from a bento built by `nextbest bento build` (serving/bento.py):
 # the models, the bandit's checkpoint and the configuration it carries.
@@ -232,6 +237,8 @@ def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
     # user id); serving/guard.py records both under route templates instead.
     metrics={"enabled": False},
     logging={"access": {"enabled": False}},
+    # Tracing off: every URL excluded from BentoML's OpenTelemetry middleware.
+    **({} if SETTINGS.serving.tracing else {"tracing": {"excluded_urls": ["."]}}),
 )
 @bentoml.asgi_app(app, path="/")
 class NextBest:
@@ -335,10 +342,12 @@ class NextBest:
         """Start the loop that sweeps, follows model reloads and publishes the status, and
         the watchdog of event-loop stalls."""
         self._housekeeping = asyncio.create_task(self._housekeep_forever())
-        quiet_collector()  # start-up objects out of collections; rarer full collections
+        # Start-up objects out of collections; the configured thresholds.
+        quiet_collector(self.settings.serving.gc_thresholds)
         stall = self.metrics.loop_stall
         self._watchdog = asyncio.create_task(LoopWatchdog(
-            stall.labels("all").set, stall.labels("own").set, stall.labels("gc").set).run())
+            stall.labels("all").set, stall.labels("own").set, stall.labels("gc").set,
+            self.metrics.collections).run())
 
     async def _housekeep_forever(self) -> None:
         """Every half second: follow a reload asked of any worker; every
@@ -368,6 +377,7 @@ class NextBest:
             newer = None if BUNDLE else await asyncio.to_thread(self.scorer.newer_champions)
             if newer is not None:
                 log.info("now serving models %s", self.scorer.use(newer))
+                gc.freeze()  # the new models are long-lived: out of collections too
             ltv = await asyncio.to_thread(self.scorer.load_ltv)
             if ltv is not None:
                 self.scorer.use_ltv(ltv)
@@ -656,6 +666,7 @@ class NextBest:
                            f"({BUNDLE.versions()}); build and deploy a new bento "
                            "(`nextbest bento build`) to change them", field="models")
         self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
+        gc.freeze()  # the new models are long-lived: out of collections too
         ltv = await asyncio.to_thread(self.scorer.load_ltv)
         if ltv is not None:
             self.scorer.use_ltv(ltv)
