@@ -128,3 +128,23 @@ def test_quiet_collector_freezes_start_up_and_sets_the_thresholds() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_collections_are_counted_per_generation_with_the_longest() -> None:
+    seen: list[tuple[int, int, float]] = []
+    watchdog = LoopWatchdog(on_collections=lambda g, n, longest: seen.append((g, n, longest)))
+    gc.callbacks.append(watchdog._on_gc)
+    try:
+        gc.collect(0)
+        gc.collect(2)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(watchdog._on_gc)
+    assert watchdog.collections[0] >= 1 and watchdog.collections[2] >= 2
+    assert watchdog.longest_collection[2] > 0.0
+    watchdog._report_gc_pause()
+    reported = {g: (n, longest) for g, n, longest in seen}
+    assert reported[2] == (watchdog.collections[2], watchdog.longest_collection[2])
+    seen.clear()
+    watchdog._report_gc_pause()  # nothing new: nothing reported again
+    assert seen == []
