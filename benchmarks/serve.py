@@ -34,6 +34,14 @@ share of the run the service's threads spent ready to run but waiting for a CPU
 and without the loop thread's own waits for a CPU (``own``).
 
     .venv/bin/python benchmarks/serve.py --open-loop [--open-seconds 5] [--repeats 3]
+
+The stall phase prints and records the longest stall during checkpoints
+(``longest_stall_ms_during_checkpoints``: exact when the feedback phase raised the maximum,
+else an upper bound) and the collector's work per generation. ``--fixed-rate R --label
+NAME``: only the no-op, /next_best_action, /feedback, /score and the no-op again at R
+requests/s on a fresh service, with the service's CPU time per request; each run is appended
+to benchmarks/results/serve_fixed_rate.json, to compare code versions back to back on a
+host too busy for absolute numbers (run the old version with ``PYTHONPATH`` at its checkout).
 """
 
 from __future__ import annotations

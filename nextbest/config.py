@@ -865,6 +865,9 @@ class ServingConfig(_Section):
     # several spans, locks and lists per request, kept alive for seconds, which lengthen
     # the collector's pauses). On only with a tracing exporter configured for BentoML.
     tracing: bool = False
+    # Log the event-loop thread's stack whenever the loop has not turned for this many ms
+    # (serving/loopwatch.py, a loop-stall trace: where a stall comes from); 0: off.
+    stall_trace_ms: float = Field(0.0, ge=0)
 
 
 class Settings(_Section):

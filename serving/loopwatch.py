@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 0.005
 # Collector thresholds for a serving worker (CPython's default: 700, 10, 10), the default of
@@ -75,6 +80,52 @@ class RunqueueClock:
             self._fd = None
 
 
+class StallTracer:
+    """Logs where the event loop's thread is while the loop is stalled (a loop-stall trace).
+
+    A daemon thread looks every ``threshold / 4`` seconds at the time of the loop's last
+    turn (:meth:`beat`, called by the watchdog each time it wakes); once the loop has not
+    turned for ``threshold`` seconds, it logs the loop thread's stack at that moment, once
+    per stall, with ``WARNING``. Opt in with ``serving.stall_trace_ms`` (the thread costs a
+    wake-up every few ms)."""
+
+    def __init__(self, threshold: float, thread_id: int | None = None):
+        self.threshold = threshold
+        self.thread_id = thread_id or threading.get_ident()
+        self.last_beat = time.monotonic()
+        self.traces: list[str] = []  # the stacks logged, newest last (at most 100)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="loop-stall-tracer",
+                                        daemon=True)
+
+    def start(self) -> StallTracer:
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        """The loop turned: a stall, if any, is over."""
+        self.last_beat = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        traced = None
+        while not self._stop.wait(self.threshold / 4):
+            beat = self.last_beat
+            if time.monotonic() - beat < self.threshold or traced == beat:
+                continue
+            traced = beat
+            frame = sys._current_frames().get(self.thread_id)
+            if frame is None:
+                continue
+            stack = "".join(traceback.format_stack(frame))
+            self.traces = [*self.traces[-99:], stack]
+            log.warning("event loop stalled for over %.0f ms; its thread is at:\n%s",
+                        self.threshold * 1e3, stack)
+
+
 class LoopWatchdog:
     """Measures event-loop stalls from inside the loop (start it with :meth:`run`)."""
 
@@ -82,12 +133,13 @@ class LoopWatchdog:
                  on_own_stall: Callable[[float], None] | None = None,
                  on_gc_pause: Callable[[float], None] | None = None,
                  on_collections: Callable[[int, int, float], None] | None = None,
-                 interval: float = INTERVAL_SECONDS):
+                 interval: float = INTERVAL_SECONDS, tracer: StallTracer | None = None):
         self.interval = interval
         self.on_stall = on_stall
         self.on_own_stall = on_own_stall
         self.on_gc_pause = on_gc_pause
         self.on_collections = on_collections
+        self.tracer = tracer
         # Per generation (0, 1, 2): collections since start, and the longest one.
         self.collections = [0, 0, 0]
         self.longest_collection = [0.0, 0.0, 0.0]
@@ -108,12 +160,16 @@ class LoopWatchdog:
             while True:
                 began, began_waiting = loop.time(), waited()
                 await asyncio.sleep(self.interval)
+                if self.tracer is not None:
+                    self.tracer.beat()
                 stall = loop.time() - began - self.interval
                 self.observe(stall, stall - (waited() - began_waiting))
                 self._report_gc_pause()
         finally:
             gc.callbacks.remove(self._on_gc)
             waited.close()
+            if self.tracer is not None:
+                self.tracer.stop()
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """``gc.callbacks`` hook: time each collection, keep the longest.

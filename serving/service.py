@@ -58,7 +58,7 @@ from serving.bento import BANDIT, bundle_from_arguments, load_bundled_champions,
 from serving.erasure import Eraser
 from serving.guard import Guard, GuardConfig, configure, flat_routes
 from serving.lifecycle import watch_parent
-from serving.loopwatch import LoopWatchdog, quiet_collector
+from serving.loopwatch import LoopWatchdog, StallTracer, quiet_collector
 from serving.metrics import DomainMetrics, metrics_text
 from serving.schemas import (
     BATCH,
@@ -345,9 +345,11 @@ class NextBest:
         # Start-up objects out of collections; the configured thresholds.
         quiet_collector(self.settings.serving.gc_thresholds)
         stall = self.metrics.loop_stall
+        trace_ms = self.settings.serving.stall_trace_ms
         self._watchdog = asyncio.create_task(LoopWatchdog(
             stall.labels("all").set, stall.labels("own").set, stall.labels("gc").set,
-            self.metrics.collections).run())
+            self.metrics.collections,
+            tracer=StallTracer(trace_ms / 1e3).start() if trace_ms else None).run())
 
     async def _housekeep_forever(self) -> None:
         """Every half second: follow a reload asked of any worker; every

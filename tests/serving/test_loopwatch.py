@@ -12,7 +12,13 @@ import time
 import httpx
 import pytest
 
-from serving.loopwatch import GC_THRESHOLDS, LoopWatchdog, RunqueueClock, quiet_collector
+from serving.loopwatch import (
+    GC_THRESHOLDS,
+    LoopWatchdog,
+    RunqueueClock,
+    StallTracer,
+    quiet_collector,
+)
 
 
 def test_a_blocking_callback_is_measured_as_a_stall() -> None:
@@ -148,3 +154,24 @@ def test_collections_are_counted_per_generation_with_the_longest() -> None:
     seen.clear()
     watchdog._report_gc_pause()  # nothing new: nothing reported again
     assert seen == []
+
+
+def test_a_stall_is_traced_to_the_code_that_blocked_the_loop() -> None:
+    tracer = StallTracer(0.02)
+    watchdog = LoopWatchdog(tracer=tracer.start())
+
+    def save_checkpoint_inline() -> None:
+        time.sleep(0.1)  # what a checkpoint written on the loop would do
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watchdog.run())
+        await asyncio.sleep(0.03)
+        save_checkpoint_inline()
+        await asyncio.sleep(0.03)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert len(tracer.traces) == 1  # one stall, one trace
+    assert "save_checkpoint_inline" in tracer.traces[0]
