@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import time
@@ -146,6 +147,19 @@ with a 4xx status naming every invalid field."""
 
 app = FastAPI(title="nextbest", version=__version__, description=API_DESCRIPTION,
               openapi_url=None, docs_url=None, redoc_url=None)
+# BentoML hands each route its service instance through a plain (sync) dependency, which
+# FastAPI runs in a worker thread for every request: a thread hop per request (and a wait
+# for a thread to start whenever the pool grows). The same lookup as a coroutine runs on
+# the loop.
+_current_service = importlib.import_module("_bentoml_sdk.service").get_current_service
+
+
+async def _current_service_on_the_loop() -> Any:
+    """The running service instance (BentoML's ``get_current_service``, without a thread)."""
+    return _current_service()
+
+
+app.dependency_overrides[_current_service] = _current_service_on_the_loop
 
 
 def error_field(loc: tuple[Any, ...]) -> str:
