@@ -34,6 +34,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 0.005
+# The window of the recent longest stall (``on_recent``): a reader polling every second sees
+# every stall.
+RECENT_SECONDS = 2.0
 # Collector thresholds for a serving worker (CPython's default: 700, 10, 10), the default of
 # ``serving.gc_thresholds``. Once nothing a request makes outlives it by long (the decision
 # cache holds plain rows; serving/traffic.py cancels the request timeout's timer; no
@@ -133,13 +136,18 @@ class LoopWatchdog:
                  on_own_stall: Callable[[float], None] | None = None,
                  on_gc_pause: Callable[[float], None] | None = None,
                  on_collections: Callable[[int, int, float], None] | None = None,
-                 interval: float = INTERVAL_SECONDS, tracer: StallTracer | None = None):
+                 interval: float = INTERVAL_SECONDS, tracer: StallTracer | None = None,
+                 on_recent: Callable[[float, float], None] | None = None):
         self.interval = interval
         self.on_stall = on_stall
         self.on_own_stall = on_own_stall
         self.on_gc_pause = on_gc_pause
         self.on_collections = on_collections
         self.tracer = tracer
+        # The longest stall (all, own) of the current and the previous RECENT_SECONDS.
+        self.on_recent = on_recent
+        self._window_began = time.monotonic()
+        self._current = self._previous = self._recent_reported = (0.0, 0.0)
         # Per generation (0, 1, 2): collections since start, and the longest one.
         self.collections = [0, 0, 0]
         self.longest_collection = [0.0, 0.0, 0.0]
@@ -201,10 +209,12 @@ class LoopWatchdog:
                     self.on_collections(generation, count,
                                         self.longest_collection[generation])
 
-    def observe(self, stall: float, own: float | None = None) -> None:
+    def observe(self, stall: float, own: float | None = None,
+                now: float | None = None) -> None:
         """Record one oversleep of ``stall`` seconds, ``own`` of them not spent waiting
-        for a CPU (default: all of them)."""
+        for a CPU (default: all of them), at ``now`` (monotonic seconds)."""
         own = stall if own is None else min(own, stall)
+        self._observe_recent(stall, own, time.monotonic() if now is None else now)
         if stall > self.max_stall:
             self.max_stall = stall
             if self.on_stall is not None:
@@ -213,3 +223,21 @@ class LoopWatchdog:
             self.max_own_stall = own
             if self.on_own_stall is not None:
                 self.on_own_stall(own)
+
+    def _observe_recent(self, stall: float, own: float, now: float) -> None:
+        """Keep the longest stall of the current and the previous ``RECENT_SECONDS``
+        window; hand their maximum (it covers at least the last window) to ``on_recent``
+        whenever it changes, so a reader polling more often than that sees every stall of
+        a stretch of time (the benchmark's checkpoint phase)."""
+        if now - self._window_began >= RECENT_SECONDS:
+            elapsed_windows = (now - self._window_began) // RECENT_SECONDS
+            self._previous = self._current if elapsed_windows == 1 else (0.0, 0.0)
+            self._current = (0.0, 0.0)
+            self._window_began += elapsed_windows * RECENT_SECONDS
+        self._current = (max(self._current[0], stall), max(self._current[1], own))
+        recent = (max(self._current[0], self._previous[0]),
+                  max(self._current[1], self._previous[1]))
+        if recent != self._recent_reported:
+            self._recent_reported = recent
+            if self.on_recent is not None:
+                self.on_recent(*recent)

@@ -363,7 +363,8 @@ class NextBest:
         self._watchdog = asyncio.create_task(LoopWatchdog(
             stall.labels("all").set, stall.labels("own").set, stall.labels("gc").set,
             self.metrics.collections,
-            tracer=StallTracer(trace_ms / 1e3).start() if trace_ms else None).run())
+            tracer=StallTracer(trace_ms / 1e3).start() if trace_ms else None,
+            on_recent=self.metrics.recent_stall_seconds).run())
 
     async def _housekeep_forever(self) -> None:
         """Every half second: follow a reload asked of any worker; every

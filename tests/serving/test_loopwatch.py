@@ -175,3 +175,17 @@ def test_a_stall_is_traced_to_the_code_that_blocked_the_loop() -> None:
     asyncio.run(scenario())
     assert len(tracer.traces) == 1  # one stall, one trace
     assert "save_checkpoint_inline" in tracer.traces[0]
+
+
+def test_the_recent_longest_stall_covers_the_last_window_then_forgets() -> None:
+    seen: list[tuple[float, float]] = []
+    watchdog = LoopWatchdog(on_recent=lambda stall, own: seen.append((stall, own)))
+    start = watchdog._window_began
+    watchdog.observe(0.030, 0.010, now=start + 0.1)
+    watchdog.observe(0.005, 0.005, now=start + 2.5)  # next window: the 30 ms still counts
+    assert seen[-1] == (0.030, 0.010)
+    watchdog.observe(0.004, 0.004, now=start + 4.5)  # two windows on: forgotten
+    assert seen[-1] == (0.005, 0.005)
+    watchdog.observe(0.002, 0.002, now=start + 9.0)  # after a quiet gap: nothing older
+    assert seen[-1] == (0.002, 0.002)
+    assert watchdog.max_stall == 0.030  # the since-start maximum is unaffected
