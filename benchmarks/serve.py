@@ -34,6 +34,14 @@ share of the run the service's threads spent ready to run but waiting for a CPU
 and without the loop thread's own waits for a CPU (``own``).
 
     .venv/bin/python benchmarks/serve.py --open-loop [--open-seconds 5] [--repeats 3]
+
+The stall phase prints and records the longest stall during checkpoints
+(``longest_stall_ms_during_checkpoints``: the service's recent-stall gauge polled every
+0.5 s through the feedback phase) and the collector's work per generation. ``--fixed-rate R --label
+NAME``: only the no-op, /next_best_action, /feedback, /score and the no-op again at R
+requests/s on a fresh service, with the service's CPU time per request; each run is appended
+to benchmarks/results/serve_fixed_rate.json, to compare code versions back to back on a
+host too busy for absolute numbers (run the old version with ``PYTHONPATH`` at its checkout).
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ RESULTS = REPO / "benchmarks" / "results" / "serve.json"
 LATENCY_RESULTS = REPO / "benchmarks" / "results" / "serve_latency.json"
 LATENCY_PLOT = REPO / "benchmarks" / "results" / "serve_latency.png"
 OPENLOOP = REPO / "benchmarks" / "openloop.py"
+FIXED_RATE_RESULTS = REPO / "benchmarks" / "results" / "serve_fixed_rate.json"
 # (name, path, generator body kind) of the open-loop runs, in the order of each step.
 OPEN_LOOP_ENDPOINTS = (("noop", "/noop", "noop"), ("score", "/score", "score"),
                        ("next_best_action", "/next_best_action", "decide"),
@@ -368,6 +377,61 @@ def loop_stall_ms(url: str) -> dict[str, float]:
     return {cause: round(float(value) * 1e3, 3) for cause, value in found.items()}
 
 
+def recent_stall_ms(url: str) -> dict[str, float]:
+    """The service's longest event-loop stall of the last 2-4 s, in ms (``all``, ``own``)."""
+    text = httpx.get(f"{url}/metrics", timeout=30, headers=AUTH).text
+    found = dict(re.findall(
+        r'^nextbest_event_loop_recent_max_stall_seconds\{cause="(\w+)"\} (\S+)$', text, re.M))
+    return {cause: round(float(value) * 1e3, 3) for cause, value in found.items()}
+
+
+class StallPoller:
+    """Polls the recent longest stall every ``every`` seconds while a phase runs (a thread),
+    keeping the longest seen: the longest stall of exactly that phase."""
+
+    def __init__(self, url: str, every: float = 0.5):
+        import threading
+
+        self.url, self.every = url, every
+        self.longest = {"all": 0.0, "own": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> StallPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(self.every)  # the last stretch, too
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every):
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            recent = recent_stall_ms(self.url)
+        except httpx.HTTPError:
+            return
+        for cause in self.longest:
+            self.longest[cause] = max(self.longest[cause], recent.get(cause, 0.0))
+
+
+def gc_stats(url: str) -> dict[str, dict[str, float]]:
+    """The service's garbage collections per generation so far and the longest of each
+    (ms), from its ``nextbest_gc_*`` gauges."""
+    text = httpx.get(f"{url}/metrics", timeout=30, headers=AUTH).text
+    counts = dict(re.findall(r'^nextbest_gc_collections\{generation="(\d)"\} (\S+)$', text, re.M))
+    longest = dict(re.findall(r'^nextbest_gc_longest_pause_seconds\{generation="(\d)"\} (\S+)$',
+                              text, re.M))
+    return {g: {"collections": int(float(counts[g])),
+                "longest_ms": round(float(longest.get(g, 0.0)) * 1e3, 3)}
+            for g in sorted(counts)}
+
+
 def noop_maximum(url: str, args: argparse.Namespace, work: Path) -> tuple[float, list[WrkResult]]:
     """The no-op's throughput at saturation: the median of ``args.rounds`` wrk runs."""
     runs = [run_wrk(url, "/noop", LUA_NOOP, args, work) for _ in range(args.rounds)]
@@ -415,12 +479,21 @@ def stall_phase(url: str, proc: subprocess.Popen, args: argparse.Namespace, work
                            work, seed=101, ids_out=ids)
     after_decisions = loop_stall_ms(url)
     before = learned(url)
-    feedback = run_open_loop(url, "/feedback", "feedback", rate, args.stall_seconds, args,
-                             work, seed=102, ids_in=ids)
+    # The feedback phase is where the checkpoints are: its longest stall, polled from the
+    # service's recent-stall gauge while it runs.
+    with StallPoller(url) as poller:
+        feedback = run_open_loop(url, "/feedback", "feedback", rate, args.stall_seconds,
+                                 args, work, seed=102, ids_in=ids)
     time.sleep(1.0)
     gained = learned(url) - before
     after_feedback = loop_stall_ms(url)
+    during = poller.longest
+    print(f"longest event-loop stall during checkpoints (the feedback phase): "
+          f"{during['own']:.1f} ms own, {during['all']:.1f} ms with waits for a CPU; "
+          f"{gained // every} checkpoints", file=sys.stderr)
     return {
+        "longest_stall_ms_during_checkpoints": during,
+        "gc_after_feedback": gc_stats(url),
         "rate_rps": round(rate, 1), "seconds_per_phase": args.stall_seconds,
         "max_stall_ms_after_start": idle, "max_stall_ms_after_decisions": after_decisions,
         "max_stall_ms_after_feedback": after_feedback,
@@ -520,9 +593,55 @@ def open_loop_report(env: dict[str, str], root: Path, args: argparse.Namespace,
             # "own": less the time the loop's thread waited for a CPU held by other
             # processes (this machine is shared); "all" is reported beside it.
             "max_own_stall_during_checkpoints_lt_20ms":
-                stall["max_stall_ms_after_feedback"]["own"] < STALL_GOAL_MS,
+                stall["longest_stall_ms_during_checkpoints"]["own"] < STALL_GOAL_MS,
         },
     }
+
+
+def fixed_rate_report(env: dict[str, str], root: Path, args: argparse.Namespace
+                      ) -> dict[str, Any]:
+    """One fresh service; the no-op, /next_best_action, /feedback (rewarding those
+    decisions, checkpointing every ``checkpoint_every``), /score and the no-op again, each
+    at ``--fixed-rate`` for ``--open-seconds``: latency, the service's CPU time per request,
+    the longest loop stall and the collector's work after each. Compares code versions
+    (run it once per version, same host, back to back) where the host is too busy for the
+    absolute numbers to mean much."""
+    fresh_bandit(root)
+    proc, url = start_service(env, root, args.workers)
+    phases = [("noop", "/noop", "noop"), ("next_best_action", "/next_best_action", "decide"),
+              ("feedback", "/feedback", "feedback"), ("score", "/score", "score"),
+              ("noop_after", "/noop", "noop")]
+    ids = root / "fixed_event_ids.txt"
+    out: dict[str, Any] = {}
+    try:
+        for name, path, kind in phases:
+            load, cpu = os.getloadavg()[0], tree_cpu_seconds(proc)
+            run = run_open_loop(url, path, kind, args.fixed_rate, args.open_seconds, args, root,
+                                seed=201, ids_in=ids if kind == "feedback" else None,
+                                ids_out=ids if kind == "decide" else None)
+            out[name] = {
+                "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"], "max_ms": run["max_ms"],
+                "errors": run["errors"],
+                "cpu_ms_per_request": round((tree_cpu_seconds(proc) - cpu)
+                                            / max(run["ok"], 1) * 1e3, 3),
+                "max_stall_ms_so_far": loop_stall_ms(url), "gc_so_far": gc_stats(url),
+                "host_load_1m_before": round(load, 2)}
+            print(f"{name:>17} at {args.fixed_rate:.0f}/s: p50 {run['p50_ms']} ms p99 "
+                  f"{run['p99_ms']} ms, {out[name]['cpu_ms_per_request']} ms CPU/request, "
+                  f"stall {out[name]['max_stall_ms_so_far']}", file=sys.stderr)
+    finally:
+        stop_service(proc)
+    return {"label": args.label, "rate_rps": args.fixed_rate, "seconds": args.open_seconds,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "phases": out}
+
+
+def tree_cpu_seconds(proc: subprocess.Popen) -> float:
+    """CPU seconds (user + system) the service's process tree has used so far."""
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        return sum(p.cpu_times().user + p.cpu_times().system for p in tree)
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 def fresh_bandit(root: Path) -> None:
@@ -554,8 +673,13 @@ def main() -> int:
     parser.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson")
     parser.add_argument("--repeats", type=int, default=1,
                         help="open-loop sweeps (interleaved); each point is their median")
+    parser.add_argument("--fixed-rate", type=float, default=None,
+                        help="only the phases at this rate on a fresh service, compared by "
+                             "--label in serve_fixed_rate.json (see fixed_rate_report)")
+    parser.add_argument("--label", default="current",
+                        help="--fixed-rate: the name of this code version in the results")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if args.fixed_rate is None and shutil.which("wrk") is None:
         print("error: wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 4
     started = time.perf_counter()
@@ -567,6 +691,14 @@ def main() -> int:
         else:
             env = build_world(root, args.users, args.seed)
         world_seconds = time.perf_counter() - started
+        if args.fixed_rate is not None:
+            report = fixed_rate_report(env, root, args)
+            known = json.loads(FIXED_RATE_RESULTS.read_text()) \
+                if FIXED_RATE_RESULTS.exists() else {"benchmark": "serve_fixed_rate", "runs": []}
+            known["runs"].append(report)
+            FIXED_RATE_RESULTS.write_text(json.dumps(known, indent=2) + "\n")
+            print(json.dumps(report, indent=2))
+            return 0
         if args.open_loop:
             report = open_loop_report(env, root, args, started)
             report["world_build_s"] = round(world_seconds, 1)

@@ -266,6 +266,9 @@ REWARD_LOCK = "decision_log:rewards"  # serialises reward writers on PostgreSQL
 _DECISION_COLUMNS = ("event_id, user_id, ts, tier, features, eligible, action, probability, "
                      "pmf, policy_version, personalized, control, learnable, campaign, "
                      "item_price, reason, reward_model, decision_point")
+# One decision as stored, in the order of _DECISION_COLUMNS (user_id at ROW_USER_ID).
+DecisionRow = tuple[Any, ...]
+ROW_USER_ID = 1
 
 
 class Offer(BaseModel):
@@ -435,24 +438,29 @@ class DecisionLog:
         self._pending = 0
 
     # -- decisions -------------------------------------------------------------------------
-    def record_decision(self, logged: LoggedDecision) -> None:
-        """Write one decision; committed before this returns when the log is durable."""
+    def record_decision(self, logged: LoggedDecision) -> DecisionRow:
+        """Write one decision; committed before this returns when the log is durable.
+
+        Returns the row as written: plain values only, which the garbage collector stops
+        tracking, so a caller that keeps thousands of them for their feedback (the engine)
+        adds nothing to a collection's pause; :func:`logged_from_row` turns it back."""
         d = logged.decision
+        row = (d.event_id, d.user_id, to_epoch(d.ts), logged.tier,
+               json.dumps(logged.features, separators=(",", ":")), json.dumps(d.eligible),
+               d.action, d.probability, json.dumps(d.pmf), d.policy_version, int(d.personalized),
+               int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason,
+               logged.reward_model, d.decision_point)
         self.conn.execute(
             f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (d.event_id, d.user_id, to_epoch(d.ts), logged.tier,
-             json.dumps(logged.features, separators=(",", ":")), json.dumps(d.eligible),
-             d.action, d.probability, json.dumps(d.pmf), d.policy_version, int(d.personalized),
-             int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason,
-             logged.reward_model, d.decision_point))
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         self._wrote()
+        return row
 
     def get_decision(self, event_id: str) -> LoggedDecision | None:
         """The logged decision of ``event_id``, or None."""
         row = self.conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?",
                                 (event_id,)).fetchone()
-        return None if row is None else _logged_decision(row)
+        return None if row is None else logged_from_row(row)
 
     def count_decisions(self) -> int:
         """How many decisions of this log's decision point the log holds (running totals)."""
@@ -558,7 +566,7 @@ class DecisionLog:
             (user_id,)).fetchall()
         out = []
         for row in rows:
-            logged = _logged_decision(row)
+            logged = logged_from_row(row)
             item = logged.decision.model_dump(mode="json")
             item.update(tier=logged.tier, features=logged.features, item_price=logged.item_price)
             item["reward"] = self._reward_dict("rewards", logged.decision.event_id)
@@ -612,8 +620,9 @@ class DecisionLog:
         self.conn.close()
 
 
-def _logged_decision(row: tuple[Any, ...]) -> LoggedDecision:
-    """Rebuild a LoggedDecision from a ``SELECT {_DECISION_COLUMNS}`` row."""
+def logged_from_row(row: DecisionRow) -> LoggedDecision:
+    """Rebuild a LoggedDecision from a ``SELECT {_DECISION_COLUMNS}`` row (or the row
+    :meth:`DecisionLog.record_decision` wrote)."""
     (event_id, user_id, ts, tier, features, eligible, action, probability, pmf, version,
      personalized, control, learnable, campaign, item_price, reason, reward_model,
      decision_point) = row

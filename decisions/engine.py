@@ -40,12 +40,15 @@ from typing import Any, Literal
 
 from decisions.choosers import BANDIT, Chooser, ChooserSpec
 from decisions.decision_log import (
+    ROW_USER_ID,
     Decision,
     DecisionLog,
+    DecisionRow,
     FeedbackResult,
     LoggedDecision,
     Offer,
     RewardRow,
+    logged_from_row,
 )
 from decisions.encoding import (
     BanditExample,
@@ -145,7 +148,9 @@ class DecisionEngine:
         self._thread: LearnerThread | None = None
         self._last_sweep: datetime | None = None
         # event_id -> decision made here, newest last: feedback joins without a log read.
-        self._recent: OrderedDict[str, LoggedDecision] = OrderedDict()
+        # Kept as the log rows written (plain values: untracked by the garbage collector,
+        # whose pauses 20,000 decisions as objects lengthened to 100-300 ms).
+        self._recent: OrderedDict[str, DecisionRow] = OrderedDict()
         store = open_checkpoints(settings, bandit_dir) if durable else None
         self._store = store
         self.role = self._start(role, store)
@@ -247,8 +252,7 @@ class DecisionEngine:
                 item_price=context.item_price,
                 reward_model=getattr(chooser, "reward_model_version", None)
                 if plan.kind is PlanKind.BANDIT else None)
-            self.log.record_decision(logged)
-            self._remember(logged)
+            self._remember(decision.event_id, self.log.record_decision(logged))
             if self.shadow is not None and plan.kind is PlanKind.BANDIT:
                 self._observe_shadow(decision.event_id,
                                      DecisionInput(user, context, example), ts)
@@ -265,11 +269,12 @@ class DecisionEngine:
                 self._shadow_caught_up = now
         self.shadow.observe(event_id, decision, ts)
 
-    def _remember(self, logged: LoggedDecision) -> None:
-        """Keep the decision for its feedback, dropping the oldest past the cache size."""
+    def _remember(self, event_id: str, row: DecisionRow) -> None:
+        """Keep the decision's log row for its feedback, dropping the oldest past the cache
+        size."""
         size = self.config.decision_cache_size
         if size:
-            self._recent[logged.decision.event_id] = logged
+            self._recent[event_id] = row
             if len(self._recent) > size:
                 self._recent.popitem(last=False)
 
@@ -304,8 +309,8 @@ class DecisionEngine:
 
     def _logged(self, event_id: str) -> LoggedDecision | None:
         """The decision of ``event_id``: from memory when it was made here, else the log."""
-        logged = self._recent.get(event_id)
-        return logged if logged is not None else self.log.get_decision(event_id)
+        row = self._recent.get(event_id)
+        return logged_from_row(row) if row is not None else self.log.get_decision(event_id)
 
     @property
     def _algorithm(self) -> str:
@@ -497,7 +502,7 @@ class DecisionEngine:
         """Drop the user's decisions kept in memory for their feedback (an erasure made by
         another worker); returns how many were dropped."""
         with self._lock:
-            gone = [e for e, d in self._recent.items() if d.decision.user_id == user_id]
+            gone = [e for e, row in self._recent.items() if row[ROW_USER_ID] == user_id]
             for event_id in gone:
                 del self._recent[event_id]
             return len(gone)
@@ -505,7 +510,7 @@ class DecisionEngine:
     def remembered_users(self) -> set[str]:
         """Users with decisions kept in memory (what :meth:`forget_user` may drop)."""
         with self._lock:
-            return {d.decision.user_id for d in self._recent.values()}
+            return {row[ROW_USER_ID] for row in self._recent.values()}
 
     def export_user(self, user_id: str) -> list[dict[str, Any]]:
         """Every logged decision about ``user_id`` with its reward (privacy export)."""

@@ -969,6 +969,17 @@ class ServingConfig(_Section):
     benchmark_noop: bool = False
     # Request bodies larger than this get 413 before they are read.
     max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # The garbage collector's thresholds in a worker once start-up is frozen out of
+    # collections (serving/loopwatch.py): a young collection frees the cyclic garbage of
+    # the requests since the last one, so its pause grows with the first threshold.
+    gc_thresholds: tuple[int, int, int] = (2_000, 10, 100)
+    # BentoML's OpenTelemetry spans for every request (always recorded, even unsampled:
+    # several spans, locks and lists per request, kept alive for seconds, which lengthen
+    # the collector's pauses). On only with a tracing exporter configured for BentoML.
+    tracing: bool = False
+    # Log the event-loop thread's stack whenever the loop has not turned for this many ms
+    # (serving/loopwatch.py, a loop-stall trace: where a stall comes from); 0: off.
+    stall_trace_ms: float = Field(0.0, ge=0)
 
 
 class Settings(_Section):

@@ -13,38 +13,50 @@ to run but waited for a CPU (Linux ``/proc/self/task/<tid>/schedstat``): that is
 load, not this process's doing. The stall without it, the ``own`` stall (work or blocking
 calls of this process), is tracked beside it (``on_own_stall``); where schedstat is not
 available the two are the same. The longest pause of Python's garbage collector, which
-stops every thread, is tracked too (``on_gc_pause``): the usual cause of an own stall.
+stops every thread, is tracked too (``on_gc_pause``): the usual cause of an own stall; and
+per generation, how many collections ran and the longest of each (``on_collections``), so
+a long pause can be told from many short ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 INTERVAL_SECONDS = 0.005
-# Collector thresholds for a serving worker (CPython's default: 700, 10, 10). Measured with
-# benchmarks/serve.py's open loop at ~190 requests/s: each request leaves objects alive for
-# seconds (asyncio timer handles keep the request's context), so the default thresholds
-# promote them to the older generations and scan them again and again: the longest pause was
-# 200-270 ms; with these, 50-80 ms and p99 latencies 1.5-3x lower.
-GC_THRESHOLDS = (10_000, 10, 1_000)
+# The window of the recent longest stall (``on_recent``): a reader polling every second sees
+# every stall.
+RECENT_SECONDS = 2.0
+# Collector thresholds for a serving worker (CPython's default: 700, 10, 10), the default of
+# ``serving.gc_thresholds``. Once nothing a request makes outlives it by long (the decision
+# cache holds plain rows; serving/traffic.py cancels the request timeout's timer; no
+# OpenTelemetry spans), a young collection only frees the cyclic garbage of the requests
+# since the last one: its pause grows with the first threshold (10,000: ~20 ms on this
+# host, 2,000: a few ms), and the older generations stay nearly empty, so full collections
+# are both rare and short.
+GC_THRESHOLDS = (2_000, 10, 100)
 
 
-def quiet_collector() -> None:
+def quiet_collector(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
     """Keep the garbage collector's pauses short in a worker that has finished starting.
 
     ``gc.freeze()`` moves everything start-up loaded (~450k objects: BentoML, MLflow,
     LightGBM, VW) out of every later collection: full collections over them stalled the loop
-    0.4-0.7 s. Then :data:`GC_THRESHOLDS` make collections of the older generations rarer
-    (a full one only after 1,000 collections of the middle one). Call it once, from the
-    worker's start-up hook."""
+    0.4-0.7 s. Then ``thresholds`` (:data:`GC_THRESHOLDS` by default) keep the young
+    collections short. Call it from the worker's start-up hook, and again after loading
+    new models (what they loaded is long-lived too)."""
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*thresholds)
 
 
 class RunqueueClock:
@@ -71,17 +83,75 @@ class RunqueueClock:
             self._fd = None
 
 
+class StallTracer:
+    """Logs where the event loop's thread is while the loop is stalled (a loop-stall trace).
+
+    A daemon thread looks every ``threshold / 4`` seconds at the time of the loop's last
+    turn (:meth:`beat`, called by the watchdog each time it wakes); once the loop has not
+    turned for ``threshold`` seconds, it logs the loop thread's stack at that moment, once
+    per stall, with ``WARNING``. Opt in with ``serving.stall_trace_ms`` (the thread costs a
+    wake-up every few ms)."""
+
+    def __init__(self, threshold: float, thread_id: int | None = None):
+        self.threshold = threshold
+        self.thread_id = thread_id or threading.get_ident()
+        self.last_beat = time.monotonic()
+        self.traces: list[str] = []  # the stacks logged, newest last (at most 100)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="loop-stall-tracer",
+                                        daemon=True)
+
+    def start(self) -> StallTracer:
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        """The loop turned: a stall, if any, is over."""
+        self.last_beat = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        traced = None
+        while not self._stop.wait(self.threshold / 4):
+            beat = self.last_beat
+            if time.monotonic() - beat < self.threshold or traced == beat:
+                continue
+            traced = beat
+            frame = sys._current_frames().get(self.thread_id)
+            if frame is None:
+                continue
+            stack = "".join(traceback.format_stack(frame))
+            self.traces = [*self.traces[-99:], stack]
+            log.warning("event loop stalled for over %.0f ms; its thread is at:\n%s",
+                        self.threshold * 1e3, stack)
+
+
 class LoopWatchdog:
     """Measures event-loop stalls from inside the loop (start it with :meth:`run`)."""
 
     def __init__(self, on_stall: Callable[[float], None] | None = None,
                  on_own_stall: Callable[[float], None] | None = None,
                  on_gc_pause: Callable[[float], None] | None = None,
-                 interval: float = INTERVAL_SECONDS):
+                 on_collections: Callable[[int, int, float], None] | None = None,
+                 interval: float = INTERVAL_SECONDS, tracer: StallTracer | None = None,
+                 on_recent: Callable[[float, float], None] | None = None):
         self.interval = interval
         self.on_stall = on_stall
         self.on_own_stall = on_own_stall
         self.on_gc_pause = on_gc_pause
+        self.on_collections = on_collections
+        self.tracer = tracer
+        # The longest stall (all, own) of the current and the previous RECENT_SECONDS.
+        self.on_recent = on_recent
+        self._window_began = time.monotonic()
+        self._current = self._previous = self._recent_reported = (0.0, 0.0)
+        # Per generation (0, 1, 2): collections since start, and the longest one.
+        self.collections = [0, 0, 0]
+        self.longest_collection = [0.0, 0.0, 0.0]
+        self._collections_reported = [0, 0, 0]
         self.max_stall = 0.0
         self.max_own_stall = 0.0
         self.max_gc_pause = 0.0
@@ -98,14 +168,18 @@ class LoopWatchdog:
             while True:
                 began, began_waiting = loop.time(), waited()
                 await asyncio.sleep(self.interval)
+                if self.tracer is not None:
+                    self.tracer.beat()
                 stall = loop.time() - began - self.interval
                 self.observe(stall, stall - (waited() - began_waiting))
                 self._report_gc_pause()
         finally:
             gc.callbacks.remove(self._on_gc)
             waited.close()
+            if self.tracer is not None:
+                self.tracer.stop()
 
-    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """``gc.callbacks`` hook: time each collection, keep the longest.
 
         It only records: a collection can start inside any code holding any lock (a
@@ -114,20 +188,33 @@ class LoopWatchdog:
         if phase == "start":
             self._gc_began = time.perf_counter()
             return
-        self.max_gc_pause = max(self.max_gc_pause, time.perf_counter() - self._gc_began)
+        pause = time.perf_counter() - self._gc_began
+        self.max_gc_pause = max(self.max_gc_pause, pause)
+        generation = info.get("generation", 2)
+        self.collections[generation] += 1
+        self.longest_collection[generation] = max(self.longest_collection[generation], pause)
 
     def _report_gc_pause(self) -> None:
-        """Hand a longest GC pause not reported yet to ``on_gc_pause``."""
+        """Hand a longest GC pause not reported yet to ``on_gc_pause``, and each generation's
+        new collections to ``on_collections``."""
         pause = self.max_gc_pause
         if pause > self._gc_reported:
             self._gc_reported = pause
             if self.on_gc_pause is not None:
                 self.on_gc_pause(pause)
+        for generation, count in enumerate(self.collections):
+            if count != self._collections_reported[generation]:
+                self._collections_reported[generation] = count
+                if self.on_collections is not None:
+                    self.on_collections(generation, count,
+                                        self.longest_collection[generation])
 
-    def observe(self, stall: float, own: float | None = None) -> None:
+    def observe(self, stall: float, own: float | None = None,
+                now: float | None = None) -> None:
         """Record one oversleep of ``stall`` seconds, ``own`` of them not spent waiting
-        for a CPU (default: all of them)."""
+        for a CPU (default: all of them), at ``now`` (monotonic seconds)."""
         own = stall if own is None else min(own, stall)
+        self._observe_recent(stall, own, time.monotonic() if now is None else now)
         if stall > self.max_stall:
             self.max_stall = stall
             if self.on_stall is not None:
@@ -136,3 +223,21 @@ class LoopWatchdog:
             self.max_own_stall = own
             if self.on_own_stall is not None:
                 self.on_own_stall(own)
+
+    def _observe_recent(self, stall: float, own: float, now: float) -> None:
+        """Keep the longest stall of the current and the previous ``RECENT_SECONDS``
+        window; hand their maximum (it covers at least the last window) to ``on_recent``
+        whenever it changes, so a reader polling more often than that sees every stall of
+        a stretch of time (the benchmark's checkpoint phase)."""
+        if now - self._window_began >= RECENT_SECONDS:
+            elapsed_windows = (now - self._window_began) // RECENT_SECONDS
+            self._previous = self._current if elapsed_windows == 1 else (0.0, 0.0)
+            self._current = (0.0, 0.0)
+            self._window_began += elapsed_windows * RECENT_SECONDS
+        self._current = (max(self._current[0], stall), max(self._current[1], own))
+        recent = (max(self._current[0], self._previous[0]),
+                  max(self._current[1], self._previous[1]))
+        if recent != self._recent_reported:
+            self._recent_reported = recent
+            if self.on_recent is not None:
+                self.on_recent(*recent)

@@ -18,6 +18,10 @@ decision point, never a user id or a free-text value.
   kept from running other requests since it started; ``cause="all"``, ``cause="own"``
   without the time its thread waited for a CPU taken by other processes, and ``cause="gc"``
   the longest garbage-collector pause (:mod:`serving.loopwatch`)
+- ``nextbest_event_loop_recent_max_stall_seconds{cause}``: the same over the last 2-4 s
+  (``all``, ``own``), for a reader polling it (benchmarks/serve.py's checkpoint phase)
+- ``nextbest_gc_collections{generation}`` and ``nextbest_gc_longest_pause_seconds{generation}``:
+  the collector's runs per generation since the worker started, and the longest of each
 
 :func:`metrics_text` renders every worker's series for ``/metrics``.
 """
@@ -70,7 +74,27 @@ class DomainMetrics:
             "since it started (own: less waits for a CPU; gc: the collector's longest pause)",
             ["cause"],
             multiprocess_mode="livemax")
+        self.recent_stall = prom.Gauge(
+            "nextbest_event_loop_recent_max_stall_seconds", "Longest event-loop stall of a "
+            "worker in the last 2-4 seconds (own: less waits for a CPU)", ["cause"],
+            multiprocess_mode="livemax")
+        self.gc_collections = prom.Gauge(
+            "nextbest_gc_collections", "Garbage collections of each generation since the "
+            "worker started", ["generation"], multiprocess_mode="livesum")
+        self.gc_longest = prom.Gauge(
+            "nextbest_gc_longest_pause_seconds", "The longest garbage collection of each "
+            "generation since the worker started", ["generation"], multiprocess_mode="livemax")
         self._versions: dict[str, str] = {}
+
+    def recent_stall_seconds(self, stall: float, own: float) -> None:
+        """The longest stall of the last few seconds (serving/loopwatch.py)."""
+        self.recent_stall.labels("all").set(stall)
+        self.recent_stall.labels("own").set(own)
+
+    def collections(self, generation: int, count: int, longest: float) -> None:
+        """The garbage collector's work in one generation so far (serving/loopwatch.py)."""
+        self.gc_collections.labels(str(generation)).set(count)
+        self.gc_longest.labels(str(generation)).set(longest)
 
     def _arm(self, arm: str | None) -> str:
         return NO_ARM if arm is None else arm if arm in self.arms else OTHER

@@ -78,6 +78,19 @@ def postgres_server():
         pytest.fail(str(exc))
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """One redis-server for the whole session (started on first use; tests use their own
+    key prefixes): the Redis online store's tests and the fault test."""
+    from redis_server import RedisServerError, running_redis
+
+    try:
+        with running_redis(tmp_path_factory.mktemp("redis")) as url:
+            yield url
+    except RedisServerError as exc:
+        pytest.fail(str(exc))
+
+
 _DATABASES = iter(range(1, 1_000_000))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -232,6 +233,22 @@ def test_feedback_joins_the_same_with_and_without_the_decision_cache(settings: S
                              again.status, eng.stats()["rewards_learned"]))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][2] == "duplicate"
+
+
+def test_decisions_kept_for_feedback_add_nothing_for_the_garbage_collector(
+        engine: DecisionEngine):
+    """The cache holds plain rows: thousands of them as objects made every collection of
+    the serving worker scan them (pauses of 100-300 ms, benchmarks/serve.py)."""
+    for i in range(50):  # what the first decisions set up once
+        engine.decide(user(i), CONTEXT, now=T0)
+    gc.collect()
+    before = len(gc.get_objects())
+    last = [engine.decide(user(i), CONTEXT, now=T0) for i in range(50, 550)][-1].event_id
+    gc.collect()
+    assert len(engine.remembered_users()) == 550
+    assert len(gc.get_objects()) - before < 100  # 500 decisions as objects: ~8,000
+    # ... and feedback still joins them from memory.
+    assert engine.feedback(last, True, 20.0, now=T0).status == "accepted"
 
 
 def test_erased_user_is_forgotten_by_the_decision_cache(engine: DecisionEngine):

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,23 @@ def test_inline_checkpoints_published_in_the_background_cover_every_reward(setti
     reloaded.close()
     reference.chooser.close()
     log.close()
+
+
+def test_an_inline_checkpoint_is_published_off_the_deciding_thread(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """The service's event loop decides and learns inline: only staging (VW's save, a few
+    ms) happens there; the fsync, renames and pruning run on the publisher thread."""
+    publishers: list[int] = []
+    publish = CheckpointStore.publish
+
+    def recording(self: CheckpointStore, staged: Any) -> Any:
+        publishers.append(threading.get_ident())
+        return publish(self, staged)
+
+    monkeypatch.setattr(CheckpointStore, "publish", recording)
+    tuned = with_bandit(settings, checkpoint_every=5, **NO_CAPS)
+    with DecisionEngine(tuned) as eng:
+        for i in range(10):
+            d = eng.decide(kind(i), CONTEXT)
+            eng.feedback(d.event_id, converts(i, d.action), 0.0)
+    assert len(publishers) >= 2 and threading.get_ident() not in publishers

@@ -12,7 +12,13 @@ import time
 import httpx
 import pytest
 
-from serving.loopwatch import GC_THRESHOLDS, LoopWatchdog, RunqueueClock, quiet_collector
+from serving.loopwatch import (
+    GC_THRESHOLDS,
+    LoopWatchdog,
+    RunqueueClock,
+    StallTracer,
+    quiet_collector,
+)
 
 
 def test_a_blocking_callback_is_measured_as_a_stall() -> None:
@@ -128,3 +134,58 @@ def test_quiet_collector_freezes_start_up_and_sets_the_thresholds() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_collections_are_counted_per_generation_with_the_longest() -> None:
+    seen: list[tuple[int, int, float]] = []
+    watchdog = LoopWatchdog(on_collections=lambda g, n, longest: seen.append((g, n, longest)))
+    gc.callbacks.append(watchdog._on_gc)
+    try:
+        gc.collect(0)
+        gc.collect(2)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(watchdog._on_gc)
+    assert watchdog.collections[0] >= 1 and watchdog.collections[2] >= 2
+    assert watchdog.longest_collection[2] > 0.0
+    watchdog._report_gc_pause()
+    reported = {g: (n, longest) for g, n, longest in seen}
+    assert reported[2] == (watchdog.collections[2], watchdog.longest_collection[2])
+    seen.clear()
+    watchdog._report_gc_pause()  # nothing new: nothing reported again
+    assert seen == []
+
+
+def test_a_stall_is_traced_to_the_code_that_blocked_the_loop() -> None:
+    tracer = StallTracer(0.02)
+    watchdog = LoopWatchdog(tracer=tracer.start())
+
+    def save_checkpoint_inline() -> None:
+        time.sleep(0.1)  # what a checkpoint written on the loop would do
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watchdog.run())
+        await asyncio.sleep(0.03)
+        save_checkpoint_inline()
+        await asyncio.sleep(0.03)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert len(tracer.traces) == 1  # one stall, one trace
+    assert "save_checkpoint_inline" in tracer.traces[0]
+
+
+def test_the_recent_longest_stall_covers_the_last_window_then_forgets() -> None:
+    seen: list[tuple[float, float]] = []
+    watchdog = LoopWatchdog(on_recent=lambda stall, own: seen.append((stall, own)))
+    start = watchdog._window_began
+    watchdog.observe(0.030, 0.010, now=start + 0.1)
+    watchdog.observe(0.005, 0.005, now=start + 2.5)  # next window: the 30 ms still counts
+    assert seen[-1] == (0.030, 0.010)
+    watchdog.observe(0.004, 0.004, now=start + 4.5)  # two windows on: forgotten
+    assert seen[-1] == (0.005, 0.005)
+    watchdog.observe(0.002, 0.002, now=start + 9.0)  # after a quiet gap: nothing older
+    assert seen[-1] == (0.002, 0.002)
+    assert watchdog.max_stall == 0.030  # the since-start maximum is unaffected
