@@ -9,8 +9,8 @@ the last 20%'s shortfall against the oracle into
 
 both as shares of the oracle's expected reward, with the confusion of oracle arm against
 greedy arm (share of decisions and share of the loss). Measured (seed 1, 50,000 decisions,
-the linear default): model loss 0.067, exploration loss 0.002; most of the model loss is
-coupon against certification (0.054), the rest installment never picked where it pays.
+the linear default): model loss 0.066, exploration loss 0.002; most of the model loss is
+coupon against certification (0.053), the rest installment never picked where it pays.
 
 Usage: python benchmarks/policy_diagnosis.py [--seed 1] [--decisions 50000]; writes
 benchmarks/results/policy_diagnosis.json.

@@ -401,7 +401,7 @@ class ExplorationConfig(_Section):
     #   oracle and 1.077x-1.110x the static rules where "profit" earns about 1.085x
     #   (benchmarks/simulate.py), because the margin is known, not learned from noisy profit.
     #   Its shortfall is the model, not exploration (benchmarks/policy_diagnosis.py, seed 1:
-    #   0.067 of the oracle lost to a wrong greedy arm, 0.002 to exploring), and the model
+    #   0.066 of the oracle lost to a wrong greedy arm, 0.002 to exploring), and the model
     #   class: fitted to the TRUE probabilities, this logistic form reaches about 0.943.
     # - "profit": VW --cb_explore_adf with VW's own explorer, regressing the profit itself.
     model: Literal["conversion", "profit"] = "conversion"

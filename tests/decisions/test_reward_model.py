@@ -119,8 +119,7 @@ def test_an_old_log_gains_the_reward_model_column(tmp_path):
     assert logged is not None and logged.reward_model is None
 
 
-def test_a_refit_window_reads_its_positions_only_and_fits_in_another_process(settings,
-                                                                             tmp_path):
+def test_a_refit_window_reads_its_positions_only(settings, tmp_path):
     """What the fitting process is given is fixed when the refit is due: rewards written to
     the log later are not read, so the model and its version do not depend on timing."""
     from decisions.learner import RefitWindow, fit_window
