@@ -34,12 +34,14 @@ from __future__ import annotations
 import fcntl
 import itertools
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -356,6 +358,45 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class NoRewards(Exception):
+    """A refit window without a learnable reward: nothing to fit (not an error)."""
+
+
+class RefitWindow(NamedTuple):
+    """The rewards a reward-model refit trains on: log positions ``first < seq <= last``.
+
+    Fixed by the learner when the refit is due, so the model fitted (and its version,
+    ``lgbm.<last>``) does not depend on when the fitting process gets to read the log.
+    """
+
+    first: int
+    last: int
+
+    def rows(self, log: DecisionLog, limit: int) -> list[Any]:
+        """The window's learnable rewards as :class:`decisions.reward_model.TrainingRow`."""
+        from decisions.reward_model import TrainingRow
+
+        return [TrainingRow(seq=r.seq, features=r.features, arm=r.action,
+                            converted=r.converted)
+                for r in log.rewards_after(self.first, limit)
+                if r.seq <= self.last and r.learnable and r.action is not None]
+
+
+def fit_window(log_path: Target, window: RefitWindow, config: Any, seed: int,
+               point: str = DEFAULT_POINT) -> str | None:
+    """The fitting process's job: read ``window`` of decision point ``point`` on a
+    connection of its own, fit the reward model, return it as JSON (None when the window has
+    no learnable reward)."""
+    from decisions.reward_model import fit_reward_model
+
+    log = DecisionLog(log_path, point=point)
+    try:
+        rows = window.rows(log, config.window)
+    finally:
+        log.close()
+    return fit_reward_model(config, rows, seed=seed).to_json() if rows else None
+
+
 def load_chooser(settings: Settings, store: CheckpointStore | None,
                 spec: ChooserSpec = BANDIT) -> tuple[Chooser, CheckpointMeta]:
     """The latest checkpoint's model if it was trained under this config, else a fresh one."""
@@ -394,12 +435,16 @@ class Learner:
         self._publisher = (ThreadPoolExecutor(1, thread_name_prefix="checkpoint-publisher")
                            if publish_in_background and store is not None else None)
         self._published: Future[CheckpointMeta] | None = None
-        # Reward-model refits (decisions/reward_model.py): in a worker thread when the
-        # learner serves (a store), synchronously in a simulation (deterministic).
+        # Reward-model refits (decisions/reward_model.py): beside the learning loop when the
+        # learner serves (a store): a worker thread records each refit, and the fit itself
+        # (reading its window of the log, LightGBM) runs in a process of its own, so it
+        # neither blocks this loop nor competes with it for the GIL. Synchronously in a
+        # simulation (deterministic).
         self._refit: Future[Any] | None = None
+        background = store is not None and hasattr(self.chooser, "refit_due")
         self._refitter = (ThreadPoolExecutor(1, thread_name_prefix="reward-model-refit")
-                          if store is not None and hasattr(self.chooser, "refit_due")
-                          else None)
+                          if background else None)
+        self._fitter: ProcessPoolExecutor | None = None
 
     @property
     def policy_version(self) -> str:
@@ -461,36 +506,49 @@ class Learner:
             if not self._refit.done():
                 return
             finished, self._refit = self._refit, None
-            if finished.exception() is None:
+            error = finished.exception()
+            if error is None:
                 self.chooser.install(finished.result())  # type: ignore[attr-defined]
-            else:
-                LOG.error("reward model refit failed: %s", finished.exception())
+            elif not isinstance(error, NoRewards):
+                LOG.error("reward model refit failed: %s", error)
         due = getattr(self.chooser, "refit_due", None)
         if due is None or not due():
             return
         config = self.settings.bandit.reward_model
-        rows = [reward_model.TrainingRow(seq=r.seq, features=r.features, arm=r.action,
-                                         converted=r.converted)
-                for r in self.log.rewards_after(max(self.meta.seq - config.window, 0),
-                                                config.window)
-                if r.learnable and r.action is not None]
-        if not rows:
-            return
+        window = RefitWindow(first=max(self.meta.seq - config.window, 0), last=self.meta.seq)
         if self._refitter is None:
-            self.chooser.install(  # type: ignore[attr-defined]
-                reward_model.fit_reward_model(config, rows, seed=self.settings.bandit.seed))
+            rows = window.rows(self.log, config.window)
+            if rows:
+                self.chooser.install(  # type: ignore[attr-defined]
+                    reward_model.fit_reward_model(config, rows, seed=self.settings.bandit.seed))
             return
         # Counted from now, so a slow fit is not asked for again meanwhile.
         self.chooser.learned_at_fit = self.chooser.learned  # type: ignore[attr-defined]
-        self._refit = self._refitter.submit(self._fit_and_record, rows)
+        self._refit = self._refitter.submit(self._fit_and_record, window)
 
-    def _fit_and_record(self, rows: list[Any]) -> Any:
-        """The refit worker's job: fit, keep the model file beside the checkpoints (so a
-        replay can load the version that decided), log the refit to MLflow."""
+    def _fit_and_record(self, window: RefitWindow) -> Any:
+        """The refit worker's job: have the fitting process read the window and fit, keep
+        the model file beside the checkpoints (so a replay can load the version that
+        decided), log the refit to MLflow. Raises NoRewards when the window has none."""
         from decisions import reward_model
 
-        model = reward_model.fit_reward_model(self.settings.bandit.reward_model, rows,
-                                              seed=self.settings.bandit.seed)
+        args = (self.log.path, window, self.settings.bandit.reward_model,
+                self.settings.bandit.seed, self.log.point)
+        if self._fitter is None:  # started on first use: a learner without refits spawns none
+            self._fitter = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            text = self._fitter.submit(fit_window, *args).result()
+        except BrokenProcessPool:
+            # No process could start (a script run without an ``if __name__ ==
+            # "__main__"`` guard cannot spawn): fit in this thread, beside the loop still.
+            LOG.warning("the reward model fitting process could not run; fitting in the "
+                        "refit thread instead")
+            text = fit_window(*args)
+        if text is None:
+            raise NoRewards(f"no learnable reward in log positions {window.first + 1}-"
+                            f"{window.last}")
+        model = reward_model.FittedRewardModel.from_json(text)
         assert self.store is not None  # the worker exists only with a store
         folder = self.store.dir / "reward_models"
         folder.mkdir(exist_ok=True)
@@ -507,6 +565,9 @@ class Learner:
         if self._refitter is not None:
             self._refitter.shutdown(wait=True)
             self._refitter = None
+        if self._fitter is not None:
+            self._fitter.shutdown(wait=True)
+            self._fitter = None
         if self._refit is not None and self._refit.exception() is None:
             self.chooser.install(self._refit.result())  # type: ignore[attr-defined]
         self._refit = None

@@ -117,3 +117,29 @@ def test_an_old_log_gains_the_reward_model_column(tmp_path):
     logged = log.get_decision("e1")
     log.close()
     assert logged is not None and logged.reward_model is None
+
+
+def test_a_refit_window_reads_its_positions_only(settings, tmp_path):
+    """What the fitting process is given is fixed when the refit is due: rewards written to
+    the log later are not read, so the model and its version do not depend on timing."""
+    from decisions.learner import RefitWindow, fit_window
+    from decisions.reward_model import FittedRewardModel
+
+    settings = lgbm_settings(settings, min_rewards=10_000)  # no refit while the log fills
+    path = tmp_path / "log.sqlite"
+    with DecisionEngine(settings, log_path=path, durable=False) as engine:
+        run(engine, 200)
+    log = DecisionLog(path)
+    try:
+        last = log.last_seq()
+        rows = RefitWindow(first=20, last=last - 30).rows(log, 1000)
+    finally:
+        log.close()
+    assert rows and rows[0].seq > 20 and rows[-1].seq <= last - 30
+    text = fit_window(path, RefitWindow(first=20, last=last - 30),
+                      settings.bandit.reward_model, settings.bandit.seed)
+    assert text is not None
+    model = FittedRewardModel.from_json(text)
+    assert model.version == f"lgbm.{rows[-1].seq}"
+    assert fit_window(path, RefitWindow(first=last, last=last),
+                      settings.bandit.reward_model, 0) is None  # nothing to fit
