@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from decisions.engine import DecisionEngine
+from experiments.cli import parse_seeds
 from experiments.runner import contexts, simulate, spread, user_views
 from experiments.simulator import SimulationConfig, make_stream, synthetic_population
 from nextbest.config import Settings
@@ -40,13 +41,6 @@ GOALS = {"median_of_oracle": 0.95, "median_vs_static": 1.12, "worst_vs_static": 
          "drift_recovery_decisions": 10_000, "decision_p50_ms": 2.0,
          "learner_rewards_per_second": 5_000}
 
-
-def parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        seeds += range(int(low), int(high or low) + 1)
-    return seeds
 
 
 def with_reward_model(settings: Settings, kind: str) -> Settings:

@@ -20,6 +20,7 @@ import json
 import time
 from pathlib import Path
 
+from experiments.cli import parse_seeds
 from experiments.runner import simulate, spread
 from experiments.seller_simulator import SELLERS, synthetic_seller_population
 from experiments.simulator import SimulationConfig
@@ -29,13 +30,6 @@ RESULTS = Path(__file__).parent / "results" / "seller_policy.json"
 POLICIES = ["random", "static", "squarecb", "service"]
 GOALS = {"median_of_oracle": 0.90, "median_vs_static": 1.10}
 
-
-def parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        seeds += range(int(low), int(high or low) + 1)
-    return seeds
 
 
 def main() -> None:

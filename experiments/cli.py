@@ -109,8 +109,9 @@ def _point_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     return scoped
 
 
-def _seeds(text: str) -> list[int]:
-    """``--seeds 1,2,3`` (or ``1-10``) as a list of distinct seeds, in order."""
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 1,2,3`` (or ``1-10``) as a list of distinct seeds, in order (the CLI's and
+    the benchmarks' parser)."""
     seeds: list[int] = []
     try:
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -450,7 +451,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decisions", type=positive_int, default=None,
                    help="requests (default 50000; 3000 with --via-http, at most 20000 there)")
     p.add_argument("--seed", type=non_negative_int, default=7, help="seed of users and requests")
-    p.add_argument("--seeds", type=_seeds, default=None, metavar="1,2,...",
+    p.add_argument("--seeds", type=parse_seeds, default=None, metavar="1,2,...",
                    help="run once per seed (1,2,3 or 1-10) and report each seed and the "
                    "spread (median, min, max); no plots")
     p.add_argument("--users", type=positive_int, default=None,
