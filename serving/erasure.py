@@ -137,7 +137,9 @@ class Eraser:
 
     def _other_files(self, known: set[Path]) -> Iterator[Path]:
         """Files under data_dir, reports_dir and mlruns_dir outside the ``known`` trees
-        (those have their own rules), skipping SQLite databases (their stores erase them)."""
+        (those have their own rules), skipping SQLite databases (their stores erase them)
+        and logged models (directories with an ``MLmodel`` file: no user data, and a rewrite
+        would break them)."""
         paths = self.settings.paths
         resolved = {Path(p).resolve() for p in known}
         seen: set[Path] = set()
@@ -147,6 +149,12 @@ class Eraser:
                 continue
             for directory, dirs, files in os.walk(root):
                 here = Path(directory).resolve()
+                if MODEL_MARKER in files:
+                    # A logged model (MLflow's MLmodel beside its artifacts): booster, spec,
+                    # input example hold no user by construction, and rewriting one would
+                    # corrupt the model (a spec key or category equal to an erased id).
+                    dirs[:] = []
+                    continue
                 dirs[:] = [d for d in dirs if (here / d) not in resolved]
                 for name in files:
                     path = here / name
@@ -156,6 +164,8 @@ class Eraser:
                     seen.add(path)
                     yield path
 
+
+MODEL_MARKER = "MLmodel"  # the file that makes a directory an MLflow logged model
 
 # Names of SQLite databases and their companion files, recognised without opening them.
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db", "-wal", "-shm", "-journal")

@@ -271,6 +271,24 @@ def test_a_json_report_is_rewritten_without_the_user(tmp_path: Path) -> None:
         stage_json(report, ["u000008"])
 
 
+def test_erasing_an_id_spelled_like_a_model_key_leaves_logged_models_whole(
+        tmp_path: Path, settings: Settings) -> None:
+    """An id equal to a spec key or a category (the fuzz test erased one) must not rewrite a
+    logged model: its MLflow directory holds no user, and a rewrite broke every reload."""
+    model = Path(settings.paths.mlruns_dir) / "artifacts" / "churn" / "models" / "m-1"
+    (model / "artifacts").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}\n")
+    spec = {"calibrator": {"kind": "isotonic"}, "categories": {"top_category": ["art"]}}
+    (model / "artifacts" / "model_spec.json").write_text(json.dumps(spec))
+    run = Path(settings.paths.mlruns_dir) / "1" / "run" / "artifacts"
+    run.mkdir(parents=True)
+    (run / "scores.json").write_text(json.dumps({"by_user": {"art": 0.3, "u2": 0.1}}))
+    report = erase_everywhere(settings, ["calibrator", "art"])
+    assert json.loads((model / "artifacts" / "model_spec.json").read_text()) == spec
+    assert json.loads((run / "scores.json").read_text()) == {"by_user": {"u2": 0.1}}
+    assert report.rows_removed == 1
+
+
 def test_erasure_never_opens_a_database_file_it_recognises_by_name(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Closing any descriptor of a SQLite file drops the process's POSIX locks on it, so the
