@@ -14,6 +14,11 @@ The bandit implements :class:`decisions.choosers.Chooser` over the examples of
   online regression oracle.
   With ``reward_model.kind`` set, a LightGBM reward model joins it
   (:class:`decisions.reward_model.RewardModelBandit`).
+- ``regression`` (:class:`RegressionBandit`): a VW squared-loss regression of the reward
+  itself (``reward / reward.scale``) per (S, U, C, P, A), explored by the same explorer as
+  ``conversion``: for a decision whose value is not known before the outcome (a seller's
+  sold value in the window is many listings' worth for a top seller), learned from the
+  chosen arm's reward without importance weights.
 - ``profit`` (:class:`VWBandit`): VW ``--cb_explore_adf`` with VW's own explorer,
   regressing ``cost = -reward / reward.scale``; ``P`` crossed with the arm and the user
   (``PUA``) lets it learn lifts that scale with the price.
@@ -65,6 +70,8 @@ def vw_arguments(config: BanditConfig) -> list[str]:
     tail = _interaction_args(exploration.interactions) + exploration.extra_args.split()
     if exploration.model == "conversion":
         return [*LOGISTIC_LOSS, *common, "-l", str(exploration.learning_rate), *tail]
+    if exploration.model == "regression":
+        return [*common, "-l", str(exploration.learning_rate), *tail]
     args = ["--cb_explore_adf", *common]
     if exploration.algorithm == "squarecb":
         args += ["--squarecb", "--gamma_scale", str(exploration.gamma_scale),
@@ -81,7 +88,7 @@ def vw_arguments(config: BanditConfig) -> list[str]:
 
 
 def make_bandit(config: BanditConfig, *, model_file: Path | None = None,
-                learned: int = 0) -> ConversionBandit | VWBandit:
+                learned: int = 0) -> ConversionBandit | RegressionBandit | VWBandit:
     """A fresh bandit of ``config.exploration.model``, or one loaded from ``model_file``.
 
     ``learned``: rewards the loaded model has learned (checkpoint meta), which sets where
@@ -93,6 +100,8 @@ def make_bandit(config: BanditConfig, *, model_file: Path | None = None,
 
             return RewardModelBandit(config, model_file=model_file, learned=learned)
         return ConversionBandit(config, model_file=model_file, learned=learned)
+    if config.exploration.model == "regression":
+        return RegressionBandit(config, model_file=model_file, learned=learned)
     return VWBandit(config, model_file=model_file)
 
 
@@ -193,6 +202,38 @@ class ConversionBandit:
     def close(self) -> None:
         """Free the native workspace."""
         self.workspace.finish()
+
+
+class RegressionBandit(ConversionBandit):
+    """A VW squared-loss regression of each arm's reward (in units of ``reward.scale``),
+    explored in Python like :class:`ConversionBandit`; it reads namespace P, the value."""
+
+    def __init__(self, config: BanditConfig, *, model_file: Path | None = None,
+                 learned: int = 0):
+        self.config = config
+        self.learned = learned
+        arguments = (vw_arguments(config) if model_file is None
+                     else ["-i", str(model_file), "--quiet"])
+        self.workspace = vowpalwabbit.Workspace(arg_list=arguments)
+
+    @staticmethod
+    def shared_text(example: BanditExample) -> str:
+        """Every shared namespace as VW text, P included."""
+        return " ".join(f"|{ns} {' '.join(tokens)}" for ns, tokens in example.shared.items())
+
+    def expected_rewards(self, example: BanditExample) -> list[float]:
+        """Each arm's predicted reward, in units of ``reward.scale``."""
+        shared = self.shared_text(example)
+        return [self.workspace.predict(self.vw_line(example, arm, shared=shared))
+                for arm in example.arms]
+
+    def learn(self, example: BanditExample, arm: str, reward: float, probability: float,
+              converted: bool) -> None:
+        """Learn that ``arm`` earned ``reward`` (``probability`` is not used: SquareCB's
+        regression oracle is not importance-weighted)."""
+        label = vw_number(reward / self.config.reward.scale)
+        self.workspace.learn(f"{label} {self.vw_line(example, arm, shared=self.shared_text(example))}")
+        self.learned += 1
 
 
 class VWBandit:

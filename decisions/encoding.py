@@ -54,12 +54,14 @@ FEATURE_BINS: dict[str, tuple[float, ...]] = {
     "spend_trend": (-100, -1, 1, 100),
 }
 # The seller-side columns a seller decision point reads (``UserView.subject == "seller"``):
-# seller R, F and M, sell-through, days to sell and the listing pipeline.
+# seller R, F and M, sell-through, days to sell and the listing pipeline. Sales and sold
+# value are binned up to a top seller's hundreds of sales a year: a seller decision's reward
+# grows with the seller's volume, so a learner must tell a 30-sale seller from a 300-sale one.
 SELLER_FEATURE_BINS: dict[str, tuple[float, ...]] = {
     "seller_recency_days": (7, 30, 90, 180, 365),
     "listings_90d": (1, 2, 5, 10),
-    "sales_365d": (1, 3, 10, 30),
-    "sold_value_365d": (1, 100, 500, 2000, 10000),
+    "sales_365d": (1, 3, 10, 30, 60, 100, 150, 200, 300),
+    "sold_value_365d": (1, 100, 500, 2000, 10000, 20000, 40000, 80000),
     "sell_through_rate": (0.2, 0.4, 0.6, 0.8),
     "days_to_sell": (7, 14, 30, 60),
     "stale_listings": (1, 2, 5),

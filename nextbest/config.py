@@ -404,8 +404,11 @@ class ExplorationConfig(_Section):
     #   the arm's cost), and the explorer below turns those into the pmf. Default: on the
     #   simulator it earns 1.10x the static rules where "profit" earns 1.085x
     #   (benchmarks/simulate.py), because the margin is known, not learned from noisy profit.
+    # - "regression": a VW squared-loss regression of the reward itself per (user, context,
+    #   value, arm), explored by the explorer below (the seller point's: a seller's sold
+    #   value in the window is not known from the listing's price).
     # - "profit": VW --cb_explore_adf with VW's own explorer, regressing the profit itself.
-    model: Literal["conversion", "profit"] = "conversion"
+    model: Literal["conversion", "regression", "profit"] = "conversion"
     algorithm: Literal["squarecb", "epsilon", "softmax", "bag"] = "squarecb"
     epsilon: float = Field(0.05, ge=0, le=1)
     # squarecb's greediness grows as gamma_scale * t ** gamma_exponent (t: rewards learned),
@@ -431,9 +434,9 @@ class ExplorationConfig(_Section):
 
     @model_validator(mode="after")
     def _model_supports_algorithm(self) -> ExplorationConfig:
-        if self.model == "conversion" and self.algorithm == "bag":
-            raise ValueError("algorithm 'bag' needs model 'profit' (VW --bag); model "
-                             "'conversion' explores with squarecb, epsilon or softmax")
+        if self.model != "profit" and self.algorithm == "bag":
+            raise ValueError(f"algorithm 'bag' needs model 'profit' (VW --bag); model "
+                             f"{self.model!r} explores with squarecb, epsilon or softmax")
         if self.model == "conversion" and any("P" in term for term in self.interactions):
             raise ValueError("model 'conversion' does not read namespace P (the value enters "
                              "through the margin); drop it from interactions or use model "
@@ -616,7 +619,8 @@ def _default_seller_point() -> dict[str, Any]:
             # is not the listing's price (and first_order_free_commission's margin on it is
             # zero). On the seller simulator "profit" earned 0.85 of the oracle where
             # "conversion" earned 0.81 (seed 1, 20,000 decisions).
-            "exploration": {"model": "profit", "gamma_scale": 2.0},
+            "exploration": {"model": "regression", "gamma_scale": 10.0,
+                            "interactions": ["SA", "CA", "UA", "PA"]},
             "control_salt": "nextbest-seller-control"}
 
 
