@@ -14,11 +14,10 @@ The bandit implements :class:`decisions.choosers.Chooser` over the examples of
   online regression oracle.
   With ``reward_model.kind`` set, a LightGBM reward model joins it
   (:class:`decisions.reward_model.RewardModelBandit`).
-- ``regression`` (:class:`RegressionBandit`): a VW squared-loss regression of the reward
-  itself (``reward / reward.scale``) per (S, U, C, P, A), explored by the same explorer as
-  ``conversion``: for a decision whose value is not known before the outcome (a seller's
-  sold value in the window is many listings' worth for a top seller), learned from the
-  chosen arm's reward without importance weights.
+- ``conversion_revenue`` (:class:`RevenueBandit`): ``conversion`` whose margin comes from a
+  learned revenue instead of the decision's value: a second VW regression learns the
+  revenue of a conversion as a multiple of the value (a seller's sold value in the window
+  is many listings' worth for a top seller); same explorer.
 - ``profit`` (:class:`VWBandit`): VW ``--cb_explore_adf`` with VW's own explorer,
   regressing ``cost = -reward / reward.scale``; ``P`` crossed with the arm and the user
   (``PUA``) lets it learn lifts that scale with the price.
@@ -30,16 +29,20 @@ belongs to one thread. The string APIs used here parse and finish every example 
 from __future__ import annotations
 
 import math
+import tempfile
+import zipfile
 from pathlib import Path
 
 import vowpalwabbit
 
 from decisions.encoding import BanditExample, DecisionInput, example_value, vw_number
-from decisions.reward import margin
+from decisions.reward import arm_cost, earned, margin, revenue_of
 from nextbest.config import BanditConfig
 
 # The conversion model's loss; a saved VW model does not keep it, so loading passes it again.
 LOGISTIC_LOSS = ("--loss_function", "logistic")
+# The models that learn P(convert) with VW and explore in Python.
+CONVERSION_MODELS = ("conversion", "conversion_revenue")
 
 
 def to_vw_lines(example: BanditExample,
@@ -68,10 +71,8 @@ def vw_arguments(config: BanditConfig) -> list[str]:
     exploration = config.exploration
     common = ["--quiet", "--random_seed", str(config.seed), "-b", str(config.bits)]
     tail = _interaction_args(exploration.interactions) + exploration.extra_args.split()
-    if exploration.model == "conversion":
+    if exploration.model in CONVERSION_MODELS:
         return [*LOGISTIC_LOSS, *common, "-l", str(exploration.learning_rate), *tail]
-    if exploration.model == "regression":
-        return [*common, "-l", str(exploration.learning_rate), *tail]
     args = ["--cb_explore_adf", *common]
     if exploration.algorithm == "squarecb":
         args += ["--squarecb", "--gamma_scale", str(exploration.gamma_scale),
@@ -87,8 +88,17 @@ def vw_arguments(config: BanditConfig) -> list[str]:
     return args + tail
 
 
+def revenue_arguments(config: BanditConfig) -> list[str]:
+    """The VW command line of model ``conversion_revenue``'s revenue regression (squared
+    loss, the conversion model's interactions and learning rate)."""
+    exploration = config.exploration
+    return ["--quiet", "--random_seed", str(config.seed), "-b", str(config.bits),
+            "-l", str(exploration.learning_rate),
+            *_interaction_args(exploration.interactions), *exploration.extra_args.split()]
+
+
 def make_bandit(config: BanditConfig, *, model_file: Path | None = None,
-                learned: int = 0) -> ConversionBandit | RegressionBandit | VWBandit:
+                learned: int = 0) -> ConversionBandit | VWBandit:
     """A fresh bandit of ``config.exploration.model``, or one loaded from ``model_file``.
 
     ``learned``: rewards the loaded model has learned (checkpoint meta), which sets where
@@ -100,8 +110,8 @@ def make_bandit(config: BanditConfig, *, model_file: Path | None = None,
 
             return RewardModelBandit(config, model_file=model_file, learned=learned)
         return ConversionBandit(config, model_file=model_file, learned=learned)
-    if config.exploration.model == "regression":
-        return RegressionBandit(config, model_file=model_file, learned=learned)
+    if config.exploration.model == "conversion_revenue":
+        return RevenueBandit(config, model_file=model_file, learned=learned)
     return VWBandit(config, model_file=model_file)
 
 
@@ -204,36 +214,77 @@ class ConversionBandit:
         self.workspace.finish()
 
 
-class RegressionBandit(ConversionBandit):
-    """A VW squared-loss regression of each arm's reward (in units of ``reward.scale``),
-    explored in Python like :class:`ConversionBandit`; it reads namespace P, the value."""
+class RevenueBandit(ConversionBandit):
+    """The conversion model with a learned revenue: P(convert) as :class:`ConversionBandit`
+    learns it, and a second VW workspace, a squared-loss regression of ``log(revenue /
+    value)`` per (S, U, C, A) learned from the converted decisions. An arm's expected reward
+    is ``p_hat x (earned(m_hat x value) - arm cost)``: the margin of a decision whose
+    revenue is not its value (a seller's sold value in the window, many listings' worth for
+    a top seller). The revenue of a conversion is read back from its reward
+    (:func:`decisions.reward.revenue_of`); a decision without a value teaches it nothing.
+
+    A checkpoint is one zip holding both VW models.
+    """
 
     def __init__(self, config: BanditConfig, *, model_file: Path | None = None,
                  learned: int = 0):
-        self.config = config
-        self.learned = learned
-        arguments = (vw_arguments(config) if model_file is None
-                     else ["-i", str(model_file), "--quiet"])
-        self.workspace = vowpalwabbit.Workspace(arg_list=arguments)
+        if model_file is None:
+            super().__init__(config, learned=learned)
+            self.revenue = vowpalwabbit.Workspace(arg_list=revenue_arguments(config))
+            return
+        with zipfile.ZipFile(model_file) as bundle, tempfile.TemporaryDirectory() as tmp:
+            bundle.extractall(tmp)
+            super().__init__(config, model_file=Path(tmp) / "conversion.vw", learned=learned)
+            self.revenue = vowpalwabbit.Workspace(
+                arg_list=["-i", str(Path(tmp) / "revenue.vw"), "--quiet"])
 
-    @staticmethod
-    def shared_text(example: BanditExample) -> str:
-        """Every shared namespace as VW text, P included."""
-        return " ".join(f"|{ns} {' '.join(tokens)}" for ns, tokens in example.shared.items())
+    def revenue_multiples(self, example: BanditExample) -> list[float]:
+        """Each arm's predicted revenue of a conversion as a multiple of the value."""
+        shared = self.shared_text(example)
+        return [math.exp(max(min(self.revenue.predict(self.vw_line(example, arm,
+                                                                   shared=shared)), 10.0),
+                             -10.0))
+                for arm in example.arms]
 
     def expected_rewards(self, example: BanditExample) -> list[float]:
-        """Each arm's predicted reward, in units of ``reward.scale``."""
-        shared = self.shared_text(example)
-        return [self.workspace.predict(self.vw_line(example, arm, shared=shared))
-                for arm in example.arms]
+        """Each arm's P(convert) x (what its predicted revenue earns - the arm's cost), in
+        units of ``reward.scale``."""
+        reward = self.config.reward
+        if reward.kind == "conversion":
+            return super().expected_rewards(example)
+        price = example_value(example)
+        value = reward.scale if price is None else price
+        return [p * (earned(reward, m * value) - arm_cost(self.config.arm(arm), price,
+                                                          m * value)) / reward.scale
+                for arm, p, m in zip(example.arms, self.conversion_probabilities(example),
+                                     self.revenue_multiples(example), strict=True)]
 
     def learn(self, example: BanditExample, arm: str, reward: float, probability: float,
               converted: bool) -> None:
-        """Learn that ``arm`` earned ``reward`` (``probability`` is not used: SquareCB's
-        regression oracle is not importance-weighted)."""
-        label = vw_number(reward / self.config.reward.scale)
-        self.workspace.learn(f"{label} {self.vw_line(example, arm, shared=self.shared_text(example))}")
-        self.learned += 1
+        """Learn whether ``arm`` converted and, when it did, the revenue it brought."""
+        super().learn(example, arm, reward, probability, converted)
+        value = example_value(example)
+        if not converted or value is None or value <= 0:
+            return
+        revenue = revenue_of(self.config, self.config.arm(arm), reward, value)
+        if revenue is not None and revenue > 0:
+            label = vw_number(math.log(revenue / value))
+            self.revenue.learn(f"{label} {self.vw_line(example, arm)}")
+
+    def save(self, path: Path) -> None:
+        """One zip: both VW models, with their learning state."""
+        with tempfile.TemporaryDirectory() as tmp:
+            conversion, revenue = Path(tmp) / "conversion.vw", Path(tmp) / "revenue.vw"
+            self.workspace.save(str(conversion))
+            self.revenue.save(str(revenue))
+            with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as bundle:
+                bundle.write(conversion, "conversion.vw")
+                bundle.write(revenue, "revenue.vw")
+
+    def close(self) -> None:
+        """Free both native workspaces."""
+        super().close()
+        self.revenue.finish()
 
 
 class VWBandit:

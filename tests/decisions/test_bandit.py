@@ -9,6 +9,7 @@ import pytest
 
 from decisions.bandit import (
     ConversionBandit,
+    RegressionBandit,
     VWBandit,
     explore,
     make_bandit,
@@ -36,6 +37,8 @@ CONTEXT = RequestContext(channel="app", page="item", category="bags|shoes", item
 # VW --cb_explore_adf regressing profit, as tuned on the simulator.
 PROFIT = ExplorationConfig(model="profit", gamma_scale=2.0,
                            interactions=["SA", "CA", "UA", "PA", "PUA", "PCA", "PSA"])
+# VW squared-loss regression of the reward, explored by SquareCB (the seller point's).
+REGRESSION = ExplorationConfig(model="regression", interactions=["SA", "CA", "UA", "PA"])
 
 
 def pmf_of(bandit, example: BanditExample) -> list[float]:
@@ -133,11 +136,11 @@ def test_profit_reward_subtracts_the_arm_cost_on_conversion():
 
 EXPLORERS = [("profit", "squarecb"), ("profit", "epsilon"), ("profit", "softmax"),
              ("profit", "bag"), ("conversion", "squarecb"), ("conversion", "epsilon"),
-             ("conversion", "softmax")]
+             ("conversion", "softmax"), ("regression", "squarecb")]
 
 
 def _config(model: str, algorithm: str = "squarecb") -> BanditConfig:
-    base = PROFIT if model == "profit" else ExplorationConfig()
+    base = {"profit": PROFIT, "regression": REGRESSION}.get(model, ExplorationConfig())
     return BanditConfig(exploration=base.model_copy(update={"algorithm": algorithm}))
 
 
@@ -155,7 +158,7 @@ def test_every_exploration_algorithm_gives_a_pmf(model: str, algorithm: str):
     assert pmf[0] > pmf[1]  # the rewarded arm is the more likely
 
 
-@pytest.mark.parametrize("model", ["profit", "conversion"])
+@pytest.mark.parametrize("model", ["profit", "conversion", "regression"])
 def test_saved_model_continues_exactly_like_the_original(tmp_path: Path, model: str):
     config = _config(model)
     arms = encode_arms(config)
@@ -205,6 +208,24 @@ def test_conversion_model_learns_which_arm_converts():
     assert pmf[0] > 0.9
 
 
+def test_regression_model_learns_the_reward_not_the_conversion():
+    """The arm that converts less often but earns more per sale wins: the regression sees
+    the reward (in units of reward.scale), which the conversion model replaces by a margin."""
+    config = BanditConfig(exploration=REGRESSION)
+    bandit = make_bandit(config)
+    assert isinstance(bandit, RegressionBandit)
+    assert "--loss_function" not in vw_arguments(config) and "PA" in vw_arguments(config)
+    example = build_example(encode_arms(config), USER, CONTEXT, ["coupon", "certification"])
+    for i in range(400):
+        bandit.learn(example, "coupon", 300.0 if i % 2 else 0.0, 0.5, i % 2 == 1)
+        bandit.learn(example, "certification", 100.0, 0.5, True)
+    expected = bandit.expected_rewards(example)
+    pmf = pmf_of(bandit, example)
+    bandit.close()
+    assert expected == pytest.approx([1.5, 1.0], abs=0.3)
+    assert pmf[0] > pmf[1]
+
+
 def test_margin_without_a_value_uses_the_reward_scale():
     config = BanditConfig()
     coupon = config.arm("coupon")
@@ -245,6 +266,8 @@ def test_conversion_model_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="namespace P"):
         ExplorationConfig(interactions=["UA", "PUA"])
     assert ExplorationConfig(model="profit", algorithm="bag").algorithm == "bag"
+    with pytest.raises(ValueError, match="bag"):
+        ExplorationConfig(model="regression", algorithm="bag")
 
 
 def test_fingerprint_changes_with_arms_and_exploration():
