@@ -9,7 +9,7 @@ import pytest
 
 from decisions.bandit import (
     ConversionBandit,
-    RegressionBandit,
+    RevenueBandit,
     VWBandit,
     explore,
     make_bandit,
@@ -26,8 +26,8 @@ from decisions.encoding import (
     example_value,
 )
 from decisions.policy import RequestContext, UserView
-from decisions.reward import margin, reward_of
-from nextbest.config import BanditConfig, ExplorationConfig, RewardConfig
+from decisions.reward import margin, revenue_of, reward_of
+from nextbest.config import SELLER_POINT, BanditConfig, ExplorationConfig, RewardConfig, Settings
 
 USER = UserView(user_id="u1", tier="gold", segment="loyal", tags=["price_sensitive", "a b"],
                 churn_probability=0.3, purchase_propensity=None,
@@ -37,10 +37,6 @@ CONTEXT = RequestContext(channel="app", page="item", category="bags|shoes", item
 # VW --cb_explore_adf regressing profit, as tuned on the simulator.
 PROFIT = ExplorationConfig(model="profit", gamma_scale=2.0,
                            interactions=["SA", "CA", "UA", "PA", "PUA", "PCA", "PSA"])
-# VW squared-loss regression of the reward, explored by SquareCB (the seller point's).
-REGRESSION = ExplorationConfig(model="regression", interactions=["SA", "CA", "UA", "PA"])
-
-
 def pmf_of(bandit, example: BanditExample) -> list[float]:
     """The bandit's pmf on ``example`` (the user and context are in its tokens)."""
     return bandit.pmf(DecisionInput(USER, CONTEXT, example))
@@ -136,11 +132,12 @@ def test_profit_reward_subtracts_the_arm_cost_on_conversion():
 
 EXPLORERS = [("profit", "squarecb"), ("profit", "epsilon"), ("profit", "softmax"),
              ("profit", "bag"), ("conversion", "squarecb"), ("conversion", "epsilon"),
-             ("conversion", "softmax"), ("regression", "squarecb")]
+             ("conversion", "softmax"), ("conversion_revenue", "squarecb")]
 
 
 def _config(model: str, algorithm: str = "squarecb") -> BanditConfig:
-    base = {"profit": PROFIT, "regression": REGRESSION}.get(model, ExplorationConfig())
+    base = ExplorationConfig(model=model) if model == "conversion_revenue" else (
+        PROFIT if model == "profit" else ExplorationConfig())
     return BanditConfig(exploration=base.model_copy(update={"algorithm": algorithm}))
 
 
@@ -158,7 +155,7 @@ def test_every_exploration_algorithm_gives_a_pmf(model: str, algorithm: str):
     assert pmf[0] > pmf[1]  # the rewarded arm is the more likely
 
 
-@pytest.mark.parametrize("model", ["profit", "conversion", "regression"])
+@pytest.mark.parametrize("model", ["profit", "conversion", "conversion_revenue"])
 def test_saved_model_continues_exactly_like_the_original(tmp_path: Path, model: str):
     config = _config(model)
     arms = encode_arms(config)
@@ -208,22 +205,44 @@ def test_conversion_model_learns_which_arm_converts():
     assert pmf[0] > 0.9
 
 
-def test_regression_model_learns_the_reward_not_the_conversion():
-    """The arm that converts less often but earns more per sale wins: the regression sees
-    the reward (in units of reward.scale), which the conversion model replaces by a margin."""
-    config = BanditConfig(exploration=REGRESSION)
+def test_revenue_model_learns_what_a_sale_brings_beyond_the_value():
+    """Equal conversion, but a coupon sale brings three times the item price: the learned
+    revenue, not the known value, makes coupon the better arm (the conversion model would
+    pick certification, the cheapest on the item's price)."""
+    config = BanditConfig(exploration=ExplorationConfig(model="conversion_revenue"))
     bandit = make_bandit(config)
-    assert isinstance(bandit, RegressionBandit)
-    assert "--loss_function" not in vw_arguments(config) and "PA" in vw_arguments(config)
+    assert isinstance(bandit, RevenueBandit)
     example = build_example(encode_arms(config), USER, CONTEXT, ["coupon", "certification"])
-    for i in range(400):
-        bandit.learn(example, "coupon", 300.0 if i % 2 else 0.0, 0.5, i % 2 == 1)
-        bandit.learn(example, "certification", 100.0, 0.5, True)
+    coupon, certification = config.arm("coupon"), config.arm("certification")
+    for i in range(300):
+        converted = i % 2 == 0
+        for arm, revenue in ((coupon, 360.0), (certification, 120.0)):
+            reward = reward_of(config, arm.name, converted, revenue, 120.0)
+            bandit.learn(example, arm.name, reward, 0.5, converted)
+    assert bandit.revenue_multiples(example) == pytest.approx([3.0, 1.0], rel=0.05)
     expected = bandit.expected_rewards(example)
+    p = bandit.conversion_probabilities(example)
+    # per 100: coupon keeps 360 - 5 - 12, certification 120 - 0.5
+    assert expected == pytest.approx([p[0] * 3.43, p[1] * 1.195], rel=0.06)
     pmf = pmf_of(bandit, example)
     bandit.close()
-    assert expected == pytest.approx([1.5, 1.0], abs=0.3)
     assert pmf[0] > pmf[1]
+
+
+def test_revenue_is_read_back_from_the_reward():
+    config = BanditConfig()
+    coupon = config.arm("coupon")  # cost 5 + 10% of the item price
+    reward = reward_of(config, "coupon", True, 300.0, 120.0)
+    assert revenue_of(config, coupon, reward, 120.0) == pytest.approx(300.0)
+    assert revenue_of(config, coupon, reward_of(config, "coupon", True, 300.0, None),
+                      None) == pytest.approx(300.0)
+    seller = Settings().for_point(SELLER_POINT).bandit
+    free = seller.arm("first_order_free_commission")
+    reward = reward_of(seller, free.name, True, 900.0, 150.0)  # 20% of 900 - 20% of 150
+    assert reward == pytest.approx(150.0)
+    assert revenue_of(seller, free, reward, 150.0) == pytest.approx(900.0)
+    assert revenue_of(BanditConfig(reward=RewardConfig(kind="conversion")), coupon, 1.0,
+                      120.0) is None
 
 
 def test_margin_without_a_value_uses_the_reward_scale():
@@ -267,7 +286,9 @@ def test_conversion_model_refuses_what_it_cannot_do():
         ExplorationConfig(interactions=["UA", "PUA"])
     assert ExplorationConfig(model="profit", algorithm="bag").algorithm == "bag"
     with pytest.raises(ValueError, match="bag"):
-        ExplorationConfig(model="regression", algorithm="bag")
+        ExplorationConfig(model="conversion_revenue", algorithm="bag")
+    with pytest.raises(ValueError, match="namespace P"):
+        ExplorationConfig(model="conversion_revenue", interactions=["PA"])
 
 
 def test_fingerprint_changes_with_arms_and_exploration():
