@@ -413,7 +413,8 @@ class ExplorationConfig(_Section):
     epsilon: float = Field(0.05, ge=0, le=1)
     # squarecb's greediness grows as gamma_scale * t ** gamma_exponent (t: rewards learned),
     # gaps in reward / reward.scale. On the simulator 10 explored best for model
-    # "conversion" (2: too exploratory; 10-100 within 0.3%) and 2.0 for model "profit".
+    # "conversion" (2: too exploratory; 10-100 within 0.3%) and 2.0 for model "profit"; 10
+    # for "conversion_revenue" on the seller simulator (5 and 30 earned less).
     gamma_scale: float = Field(10.0, gt=0)
     gamma_exponent: float = Field(0.5, ge=0)
     # Model "profit" only (VW --clip_p): a logged probability below this counts as this in
