@@ -9,7 +9,8 @@ to):
   columns (``FEATURE_BINS``: RFM, aov, coupon share, category entropy, cart abandonments,
   return rate, spend trend): what a platform knows about price sensitivity, brand focus
   and appetite for financing; for a seller (``UserView.subject``) the seller churn bin and
-  the seller columns (``SELLER_FEATURE_BINS``) instead;
+  the seller columns (``SELLER_FEATURE_BINS``, and ``SELLER_LOG_FEATURES`` as
+  numbers) instead;
 - ``C`` context: channel, page, category (only the configured values, else ``other``: free
   text never reaches the bandit), luxury or not, item price bin, the item price relative to
   the user's aov, hour bin;
@@ -54,20 +55,24 @@ FEATURE_BINS: dict[str, tuple[float, ...]] = {
     "spend_trend": (-100, -1, 1, 100),
 }
 # The seller-side columns a seller decision point reads (``UserView.subject == "seller"``):
-# seller R, F and M, sell-through, days to sell and the listing pipeline. Sales and sold
-# value are binned up to a top seller's hundreds of sales a year: a seller decision's reward
-# grows with the seller's volume, so a learner must tell a 30-sale seller from a 300-sale one.
+# seller R, F and M, sell-through, days to sell and the listing pipeline.
 SELLER_FEATURE_BINS: dict[str, tuple[float, ...]] = {
     "seller_recency_days": (7, 30, 90, 180, 365),
     "listings_90d": (1, 2, 5, 10),
-    "sales_365d": (1, 3, 10, 30, 60, 100, 150, 200, 300),
-    "sold_value_365d": (1, 100, 500, 2000, 10000, 20000, 40000, 80000),
+    "sales_365d": (1, 3, 10, 30),
+    "sold_value_365d": (1, 100, 500, 2000, 10000),
     "sell_through_rate": (0.2, 0.4, 0.6, 0.8),
     "days_to_sell": (7, 14, 30, 60),
     "stale_listings": (1, 2, 5),
     "unfinished_listings": (1, 2),
     "resellable_items": (1, 3, 6),
 }
+# Seller columns also written as a number, ``log_<name>:log(1 + x)``, beside their bins: a
+# seller decision's reward grows with the seller's volume, and one slope per arm (with
+# ``UA``) carries what is learned about volume to the largest sellers (hundreds of sales a
+# year, all in the top bin). Finer bins did worse on the seller simulator: a top seller's
+# own bin x arm weight is never learned for the arms the learner stopped trying there.
+SELLER_LOG_FEATURES: tuple[str, ...] = ("sales_365d",)
 PRICE_EDGES = (25, 50, 100, 250, 500, 1000)
 RELATIVE_PRICE_EDGES = (0.5, 0.8, 1.25, 2.0, 4.0)  # item price / the user's aov
 PRICE_UNIT = 100.0  # namespace P carries the price in hundreds
@@ -129,6 +134,10 @@ def encode_shared(user: UserView, context: RequestContext,
         bins = FEATURE_BINS
         scores.append(_bin("propensity", user.purchase_propensity, SCORE_EDGES))
     scores += [_bin(name, user.features.get(name), edges) for name, edges in bins.items()]
+    if user.subject == "seller":
+        scores += [f"log_{name}:{vw_number(math.log1p(max(value, 0.0)))}"
+                   for name in SELLER_LOG_FEATURES
+                   if (value := user.features.get(name)) is not None and math.isfinite(value)]
     shared = {"S": segmentation, "U": scores, "C": encode_context(user, context, values)}
     value = context.item_price if context.item_price is not None else user.features.get("aov")
     if value is not None:
