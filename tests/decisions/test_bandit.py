@@ -25,7 +25,7 @@ from decisions.encoding import (
     encode_shared,
     example_value,
 )
-from decisions.policy import RequestContext, UserView
+from decisions.policy import RequestContext, UserView, seller_view
 from decisions.reward import margin, revenue_of, reward_of
 from nextbest.config import SELLER_POINT, BanditConfig, ExplorationConfig, RewardConfig, Settings
 
@@ -65,6 +65,18 @@ def test_behaviour_columns_and_price_relative_to_aov_are_features():
     home = encode_shared(view, RequestContext(page="home"))
     assert home["P"] == ["value:0.6"]  # no item: the user's aov stands in for the price
     assert "P" not in encode_shared(USER, RequestContext(page="home"))
+
+
+def test_a_seller_reads_the_seller_columns_and_their_sales_as_a_number():
+    seller = seller_view("s1", {"seller_tier": "vip", "is_seller": True, "sales_365d": 399.0,
+                                "sell_through_rate": 0.7})
+    tokens = encode_shared(seller, RequestContext(page="account", item_price=150.0))["U"]
+    assert {"sales_365d=4", "sell_through_rate=3"} <= set(tokens)  # 399 is in the top bin
+    assert "log_sales_365d:5.99146455" in tokens                   # log(1 + 399)
+    assert not any(t.startswith(("propensity", "aov")) for t in tokens)  # buyer columns
+    unknown = seller_view("s2", {"seller_tier": "prospective", "is_seller": False})
+    assert not any(t.startswith("log_") for t in encode_shared(unknown, CONTEXT)["U"])
+    assert not any(t.startswith("log_") for t in encode_shared(USER, CONTEXT)["U"])
 
 
 def test_numpy_numbers_are_written_as_plain_vw_numbers():
