@@ -14,6 +14,10 @@ The bandit implements :class:`decisions.choosers.Chooser` over the examples of
   online regression oracle.
   With ``reward_model.kind`` set, a LightGBM reward model joins it
   (:class:`decisions.reward_model.RewardModelBandit`).
+- ``conversion_revenue`` (:class:`RevenueBandit`): ``conversion`` whose margin comes from a
+  learned revenue instead of the decision's value: a second VW regression learns the
+  revenue of a conversion as a multiple of the value (a seller's sold value in the window
+  is many listings' worth for a top seller); same explorer.
 - ``profit`` (:class:`VWBandit`): VW ``--cb_explore_adf`` with VW's own explorer,
   regressing ``cost = -reward / reward.scale``; ``P`` crossed with the arm and the user
   (``PUA``) lets it learn lifts that scale with the price.
@@ -25,16 +29,20 @@ belongs to one thread. The string APIs used here parse and finish every example 
 from __future__ import annotations
 
 import math
+import tempfile
+import zipfile
 from pathlib import Path
 
 import vowpalwabbit
 
 from decisions.encoding import BanditExample, DecisionInput, example_value, vw_number
-from decisions.reward import margin
+from decisions.reward import arm_cost, earned, margin, revenue_of
 from nextbest.config import BanditConfig
 
 # The conversion model's loss; a saved VW model does not keep it, so loading passes it again.
 LOGISTIC_LOSS = ("--loss_function", "logistic")
+# The models that learn P(convert) with VW and explore in Python.
+CONVERSION_MODELS = ("conversion", "conversion_revenue")
 
 
 def to_vw_lines(example: BanditExample,
@@ -63,7 +71,7 @@ def vw_arguments(config: BanditConfig) -> list[str]:
     exploration = config.exploration
     common = ["--quiet", "--random_seed", str(config.seed), "-b", str(config.bits)]
     tail = _interaction_args(exploration.interactions) + exploration.extra_args.split()
-    if exploration.model == "conversion":
+    if exploration.model in CONVERSION_MODELS:
         return [*LOGISTIC_LOSS, *common, "-l", str(exploration.learning_rate), *tail]
     args = ["--cb_explore_adf", *common]
     if exploration.algorithm == "squarecb":
@@ -80,6 +88,15 @@ def vw_arguments(config: BanditConfig) -> list[str]:
     return args + tail
 
 
+def revenue_arguments(config: BanditConfig) -> list[str]:
+    """The VW command line of model ``conversion_revenue``'s revenue regression (squared
+    loss, the conversion model's interactions and learning rate)."""
+    exploration = config.exploration
+    return ["--quiet", "--random_seed", str(config.seed), "-b", str(config.bits),
+            "-l", str(exploration.learning_rate),
+            *_interaction_args(exploration.interactions), *exploration.extra_args.split()]
+
+
 def make_bandit(config: BanditConfig, *, model_file: Path | None = None,
                 learned: int = 0) -> ConversionBandit | VWBandit:
     """A fresh bandit of ``config.exploration.model``, or one loaded from ``model_file``.
@@ -93,6 +110,8 @@ def make_bandit(config: BanditConfig, *, model_file: Path | None = None,
 
             return RewardModelBandit(config, model_file=model_file, learned=learned)
         return ConversionBandit(config, model_file=model_file, learned=learned)
+    if config.exploration.model == "conversion_revenue":
+        return RevenueBandit(config, model_file=model_file, learned=learned)
     return VWBandit(config, model_file=model_file)
 
 
@@ -193,6 +212,79 @@ class ConversionBandit:
     def close(self) -> None:
         """Free the native workspace."""
         self.workspace.finish()
+
+
+class RevenueBandit(ConversionBandit):
+    """The conversion model with a learned revenue: P(convert) as :class:`ConversionBandit`
+    learns it, and a second VW workspace, a squared-loss regression of ``log(revenue /
+    value)`` per (S, U, C, A) learned from the converted decisions. An arm's expected reward
+    is ``p_hat x (earned(m_hat x value) - arm cost)``: the margin of a decision whose
+    revenue is not its value (a seller's sold value in the window, many listings' worth for
+    a top seller). The revenue of a conversion is read back from its reward
+    (:func:`decisions.reward.revenue_of`); a decision without a value teaches it nothing.
+
+    A checkpoint is one zip holding both VW models.
+    """
+
+    def __init__(self, config: BanditConfig, *, model_file: Path | None = None,
+                 learned: int = 0):
+        if model_file is None:
+            super().__init__(config, learned=learned)
+            self.revenue = vowpalwabbit.Workspace(arg_list=revenue_arguments(config))
+            return
+        with zipfile.ZipFile(model_file) as bundle, tempfile.TemporaryDirectory() as tmp:
+            bundle.extractall(tmp)
+            super().__init__(config, model_file=Path(tmp) / "conversion.vw", learned=learned)
+            self.revenue = vowpalwabbit.Workspace(
+                arg_list=["-i", str(Path(tmp) / "revenue.vw"), "--quiet"])
+
+    def revenue_multiples(self, example: BanditExample) -> list[float]:
+        """Each arm's predicted revenue of a conversion as a multiple of the value."""
+        shared = self.shared_text(example)
+        return [math.exp(max(min(self.revenue.predict(self.vw_line(example, arm,
+                                                                   shared=shared)), 10.0),
+                             -10.0))
+                for arm in example.arms]
+
+    def expected_rewards(self, example: BanditExample) -> list[float]:
+        """Each arm's P(convert) x (what its predicted revenue earns - the arm's cost), in
+        units of ``reward.scale``."""
+        reward = self.config.reward
+        if reward.kind == "conversion":
+            return super().expected_rewards(example)
+        price = example_value(example)
+        value = reward.scale if price is None else price
+        return [p * (earned(reward, m * value) - arm_cost(self.config.arm(arm), price,
+                                                          m * value)) / reward.scale
+                for arm, p, m in zip(example.arms, self.conversion_probabilities(example),
+                                     self.revenue_multiples(example), strict=True)]
+
+    def learn(self, example: BanditExample, arm: str, reward: float, probability: float,
+              converted: bool) -> None:
+        """Learn whether ``arm`` converted and, when it did, the revenue it brought."""
+        super().learn(example, arm, reward, probability, converted)
+        value = example_value(example)
+        if not converted or value is None or value <= 0:
+            return
+        revenue = revenue_of(self.config, self.config.arm(arm), reward, value)
+        if revenue is not None and revenue > 0:
+            label = vw_number(math.log(revenue / value))
+            self.revenue.learn(f"{label} {self.vw_line(example, arm)}")
+
+    def save(self, path: Path) -> None:
+        """One zip: both VW models, with their learning state."""
+        with tempfile.TemporaryDirectory() as tmp:
+            conversion, revenue = Path(tmp) / "conversion.vw", Path(tmp) / "revenue.vw"
+            self.workspace.save(str(conversion))
+            self.revenue.save(str(revenue))
+            with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as bundle:
+                bundle.write(conversion, "conversion.vw")
+                bundle.write(revenue, "revenue.vw")
+
+    def close(self) -> None:
+        """Free both native workspaces."""
+        super().close()
+        self.revenue.finish()
 
 
 class VWBandit:

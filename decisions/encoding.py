@@ -9,7 +9,8 @@ to):
   columns (``FEATURE_BINS``: RFM, aov, coupon share, category entropy, cart abandonments,
   return rate, spend trend): what a platform knows about price sensitivity, brand focus
   and appetite for financing; for a seller (``UserView.subject``) the seller churn bin and
-  the seller columns (``SELLER_FEATURE_BINS``) instead;
+  the seller columns (``SELLER_FEATURE_BINS``, and ``SELLER_LOG_FEATURES`` as
+  numbers) instead;
 - ``C`` context: channel, page, category (only the configured values, else ``other``: free
   text never reaches the bandit), luxury or not, item price bin, the item price relative to
   the user's aov, hour bin;
@@ -66,6 +67,12 @@ SELLER_FEATURE_BINS: dict[str, tuple[float, ...]] = {
     "unfinished_listings": (1, 2),
     "resellable_items": (1, 3, 6),
 }
+# Seller columns also written as a number, ``log_<name>:log(1 + x)``, beside their bins: a
+# seller decision's reward grows with the seller's volume, and one slope per arm (with
+# ``UA``) carries what is learned about volume to the largest sellers (hundreds of sales a
+# year, all in the top bin). Finer bins did worse on the seller simulator: a top seller's
+# own bin x arm weight is never learned for the arms the learner stopped trying there.
+SELLER_LOG_FEATURES: tuple[str, ...] = ("sales_365d",)
 PRICE_EDGES = (25, 50, 100, 250, 500, 1000)
 RELATIVE_PRICE_EDGES = (0.5, 0.8, 1.25, 2.0, 4.0)  # item price / the user's aov
 PRICE_UNIT = 100.0  # namespace P carries the price in hundreds
@@ -127,6 +134,10 @@ def encode_shared(user: UserView, context: RequestContext,
         bins = FEATURE_BINS
         scores.append(_bin("propensity", user.purchase_propensity, SCORE_EDGES))
     scores += [_bin(name, user.features.get(name), edges) for name, edges in bins.items()]
+    if user.subject == "seller":
+        scores += [f"log_{name}:{vw_number(math.log1p(max(value, 0.0)))}"
+                   for name in SELLER_LOG_FEATURES
+                   if (value := user.features.get(name)) is not None and math.isfinite(value)]
     shared = {"S": segmentation, "U": scores, "C": encode_context(user, context, values)}
     value = context.item_price if context.item_price is not None else user.features.get("aov")
     if value is not None:

@@ -51,6 +51,21 @@ def earned(config: RewardConfig, revenue: float) -> float:
     return config.commission_rate * revenue if config.kind == "commission" else revenue
 
 
+def revenue_of(config: BanditConfig, arm: ArmConfig, reward: float,
+               item_price: float | None) -> float | None:
+    """The revenue a converted decision under ``arm`` reported, read back from its
+    ``reward`` (:func:`reward_of` inverted); None when the reward does not tell
+    (``reward.kind: conversion``)."""
+    if config.reward.kind == "conversion":
+        return None
+    rate = config.reward.commission_rate if config.reward.kind == "commission" else 1.0
+    if item_price is not None:
+        return (reward + arm_cost(arm, item_price, 0.0)) / rate
+    # without an item price the cost is a share of the revenue itself
+    kept = rate - arm.cost_rate
+    return (reward + arm.cost) / kept if kept > 0 else None
+
+
 def margin(config: BanditConfig, arm: ArmConfig, value: float | None) -> float:
     """The reward of a conversion under ``arm`` on a decision worth ``value``
     (:func:`reward_of` with the revenue equal to the value; ``reward.scale`` when unknown)."""

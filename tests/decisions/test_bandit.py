@@ -9,6 +9,7 @@ import pytest
 
 from decisions.bandit import (
     ConversionBandit,
+    RevenueBandit,
     VWBandit,
     explore,
     make_bandit,
@@ -24,9 +25,9 @@ from decisions.encoding import (
     encode_shared,
     example_value,
 )
-from decisions.policy import RequestContext, UserView
-from decisions.reward import margin, reward_of
-from nextbest.config import BanditConfig, ExplorationConfig, RewardConfig
+from decisions.policy import RequestContext, UserView, seller_view
+from decisions.reward import margin, revenue_of, reward_of
+from nextbest.config import SELLER_POINT, BanditConfig, ExplorationConfig, RewardConfig, Settings
 
 USER = UserView(user_id="u1", tier="gold", segment="loyal", tags=["price_sensitive", "a b"],
                 churn_probability=0.3, purchase_propensity=None,
@@ -36,8 +37,6 @@ CONTEXT = RequestContext(channel="app", page="item", category="bags|shoes", item
 # VW --cb_explore_adf regressing profit, as tuned on the simulator.
 PROFIT = ExplorationConfig(model="profit", gamma_scale=2.0,
                            interactions=["SA", "CA", "UA", "PA", "PUA", "PCA", "PSA"])
-
-
 def pmf_of(bandit, example: BanditExample) -> list[float]:
     """The bandit's pmf on ``example`` (the user and context are in its tokens)."""
     return bandit.pmf(DecisionInput(USER, CONTEXT, example))
@@ -66,6 +65,18 @@ def test_behaviour_columns_and_price_relative_to_aov_are_features():
     home = encode_shared(view, RequestContext(page="home"))
     assert home["P"] == ["value:0.6"]  # no item: the user's aov stands in for the price
     assert "P" not in encode_shared(USER, RequestContext(page="home"))
+
+
+def test_a_seller_reads_the_seller_columns_and_their_sales_as_a_number():
+    seller = seller_view("s1", {"seller_tier": "vip", "is_seller": True, "sales_365d": 399.0,
+                                "sell_through_rate": 0.7})
+    tokens = encode_shared(seller, RequestContext(page="account", item_price=150.0))["U"]
+    assert {"sales_365d=4", "sell_through_rate=3"} <= set(tokens)  # 399 is in the top bin
+    assert "log_sales_365d:5.99146455" in tokens                   # log(1 + 399)
+    assert not any(t.startswith(("propensity", "aov")) for t in tokens)  # buyer columns
+    unknown = seller_view("s2", {"seller_tier": "prospective", "is_seller": False})
+    assert not any(t.startswith("log_") for t in encode_shared(unknown, CONTEXT)["U"])
+    assert not any(t.startswith("log_") for t in encode_shared(USER, CONTEXT)["U"])
 
 
 def test_numpy_numbers_are_written_as_plain_vw_numbers():
@@ -133,11 +144,12 @@ def test_profit_reward_subtracts_the_arm_cost_on_conversion():
 
 EXPLORERS = [("profit", "squarecb"), ("profit", "epsilon"), ("profit", "softmax"),
              ("profit", "bag"), ("conversion", "squarecb"), ("conversion", "epsilon"),
-             ("conversion", "softmax")]
+             ("conversion", "softmax"), ("conversion_revenue", "squarecb")]
 
 
 def _config(model: str, algorithm: str = "squarecb") -> BanditConfig:
-    base = PROFIT if model == "profit" else ExplorationConfig()
+    base = ExplorationConfig(model=model) if model == "conversion_revenue" else (
+        PROFIT if model == "profit" else ExplorationConfig())
     return BanditConfig(exploration=base.model_copy(update={"algorithm": algorithm}))
 
 
@@ -155,7 +167,7 @@ def test_every_exploration_algorithm_gives_a_pmf(model: str, algorithm: str):
     assert pmf[0] > pmf[1]  # the rewarded arm is the more likely
 
 
-@pytest.mark.parametrize("model", ["profit", "conversion"])
+@pytest.mark.parametrize("model", ["profit", "conversion", "conversion_revenue"])
 def test_saved_model_continues_exactly_like_the_original(tmp_path: Path, model: str):
     config = _config(model)
     arms = encode_arms(config)
@@ -205,6 +217,46 @@ def test_conversion_model_learns_which_arm_converts():
     assert pmf[0] > 0.9
 
 
+def test_revenue_model_learns_what_a_sale_brings_beyond_the_value():
+    """Equal conversion, but a coupon sale brings three times the item price: the learned
+    revenue, not the known value, makes coupon the better arm (the conversion model would
+    pick certification, the cheapest on the item's price)."""
+    config = BanditConfig(exploration=ExplorationConfig(model="conversion_revenue"))
+    bandit = make_bandit(config)
+    assert isinstance(bandit, RevenueBandit)
+    example = build_example(encode_arms(config), USER, CONTEXT, ["coupon", "certification"])
+    coupon, certification = config.arm("coupon"), config.arm("certification")
+    for i in range(300):
+        converted = i % 2 == 0
+        for arm, revenue in ((coupon, 360.0), (certification, 120.0)):
+            reward = reward_of(config, arm.name, converted, revenue, 120.0)
+            bandit.learn(example, arm.name, reward, 0.5, converted)
+    assert bandit.revenue_multiples(example) == pytest.approx([3.0, 1.0], rel=0.05)
+    expected = bandit.expected_rewards(example)
+    p = bandit.conversion_probabilities(example)
+    # per 100: coupon keeps 360 - 5 - 12, certification 120 - 0.5
+    assert expected == pytest.approx([p[0] * 3.43, p[1] * 1.195], rel=0.06)
+    pmf = pmf_of(bandit, example)
+    bandit.close()
+    assert pmf[0] > pmf[1]
+
+
+def test_revenue_is_read_back_from_the_reward():
+    config = BanditConfig()
+    coupon = config.arm("coupon")  # cost 5 + 10% of the item price
+    reward = reward_of(config, "coupon", True, 300.0, 120.0)
+    assert revenue_of(config, coupon, reward, 120.0) == pytest.approx(300.0)
+    assert revenue_of(config, coupon, reward_of(config, "coupon", True, 300.0, None),
+                      None) == pytest.approx(300.0)
+    seller = Settings().for_point(SELLER_POINT).bandit
+    free = seller.arm("first_order_free_commission")
+    reward = reward_of(seller, free.name, True, 900.0, 150.0)  # 20% of 900 - 20% of 150
+    assert reward == pytest.approx(150.0)
+    assert revenue_of(seller, free, reward, 150.0) == pytest.approx(900.0)
+    assert revenue_of(BanditConfig(reward=RewardConfig(kind="conversion")), coupon, 1.0,
+                      120.0) is None
+
+
 def test_margin_without_a_value_uses_the_reward_scale():
     config = BanditConfig()
     coupon = config.arm("coupon")
@@ -245,6 +297,10 @@ def test_conversion_model_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="namespace P"):
         ExplorationConfig(interactions=["UA", "PUA"])
     assert ExplorationConfig(model="profit", algorithm="bag").algorithm == "bag"
+    with pytest.raises(ValueError, match="bag"):
+        ExplorationConfig(model="conversion_revenue", algorithm="bag")
+    with pytest.raises(ValueError, match="namespace P"):
+        ExplorationConfig(model="conversion_revenue", interactions=["PA"])
 
 
 def test_fingerprint_changes_with_arms_and_exploration():
