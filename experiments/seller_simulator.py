@@ -84,7 +84,8 @@ PROSPECT_SHARE = 0.2  # of the population: users who never consigned but might
 NEW_SELLER_SHARE = 0.08  # of the sellers: listed, no sale yet
 MEDIAN_LISTING_PRICE = 160.0
 # The largest volume drawn: a top seller sells about 7 items a week, so a week's sold
-# value stays within seller_offer's reward.max_revenue_multiple (20) x the listing price.
+# value stays well within seller_offer's reward.max_revenue_multiple (50) x the listing
+# price (seeds 1-20 of 50,000 decisions: at most 25x, with the listing's price noise).
 MAX_VOLUME = 60.0
 
 

@@ -621,7 +621,8 @@ def _default_seller_point() -> dict[str, Any]:
             "arms": [arm.model_dump(exclude_defaults=True) for arm in _default_seller_arms()],
             # The revenue of a seller decision is the sold value of all the seller's
             # listings within the window, many listings' worth for a top seller.
-            "reward": {"kind": "commission", "max_revenue_multiple": 20.0},
+            # (up to 50 listings' worth: a feedback above it is refused as implausible).
+            "reward": {"kind": "commission", "max_revenue_multiple": 50.0},
             # The "conversion" model's known margin assumes a sale brings the item price, but
             # a seller's sold value in the window is many listings' worth for a top seller
             # (and first_order_free_commission's margin on one listing is zero), so
