@@ -1034,20 +1034,19 @@ class Settings(_Section):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if "bandit" in data:
+            data["bandit"] = _as_dict(data["bandit"])
+        if isinstance(data.get("decision_points"), dict):
+            data["decision_points"] = {name: _as_dict(value)
+                                       for name, value in data["decision_points"].items()}
+        data = _points_spelling(data)  # bandit: wins over decision_points.buyer_offer
         given = data.get("decision_points") or {}
         if not isinstance(given, dict):
             return data  # pydantic names the type error
         points: dict[str, Any] = {}
         for name, value in {**_default_points(), **given}.items():
-            if isinstance(value, BanditConfig):
-                value = value.model_dump(exclude_unset=True)
             base = _default_points().get(name, {})
             points[name] = _deep_merge(base, value) if isinstance(value, dict) else value
-        legacy = data.pop("bandit", None)  # wins over decision_points.buyer_offer
-        if isinstance(legacy, BanditConfig):
-            legacy = legacy.model_dump(exclude_unset=True)
-        if isinstance(legacy, dict) and isinstance(points[DEFAULT_POINT], dict):
-            points[DEFAULT_POINT] = _deep_merge(points[DEFAULT_POINT], legacy)
         data["decision_points"] = points
         point = data.get("decision_point", DEFAULT_POINT)
         if isinstance(point, str) and point in points:
@@ -1059,9 +1058,6 @@ class Settings(_Section):
         if self.decision_point not in self.decision_points:
             raise ValueError(f"decision point {self.decision_point!r} is not configured "
                              f"(decision_points: {', '.join(self.decision_points)})")
-        if DEFAULT_POINT not in self.decision_points:
-            raise ValueError(f"decision_points must keep {DEFAULT_POINT!r} (what a request "
-                             "without a decision point is decided by)")
         return self
 
     @property
@@ -1184,16 +1180,23 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _as_dict(value: Any) -> Any:
+    """A decision point given as a :class:`BanditConfig` as the mapping of what was set."""
+    return value.model_dump(exclude_unset=True) if isinstance(value, BanditConfig) else value
+
+
 def _points_spelling(layer: dict[str, Any]) -> dict[str, Any]:
     """One config layer with ``bandit:`` (the older spelling) moved into
     ``decision_points.buyer_offer``, so a later layer's ``bandit`` value wins over an
     earlier layer's ``decision_points`` one and the other way round."""
     legacy = layer.get("bandit")
-    if not isinstance(legacy, dict):
-        return layer
+    points = layer.get("decision_points") or {}
+    if not isinstance(legacy, dict) or not isinstance(points, dict) or \
+            not isinstance(points.get(DEFAULT_POINT) or {}, dict):
+        return layer  # nothing to move, or a shape pydantic will name
     layer = dict(layer)
     del layer["bandit"]
-    points = dict(layer.get("decision_points") or {})
+    points = dict(points)
     points[DEFAULT_POINT] = _deep_merge(points.get(DEFAULT_POINT) or {}, legacy)
     layer["decision_points"] = points
     return layer
