@@ -112,7 +112,8 @@ class DecisionEngine:
 
         ``log_path`` defaults to the decision log of the settings (``storage.url`` or
         ``paths.decision_log``) and ``bandit_dir`` to ``settings.paths.bandit_dir`` (with
-        ``storage.url``, checkpoints and the learner lease live in that database). ``durable=False`` only goes with ``role="inline"``.
+        ``storage.url``, checkpoints and the learner lease live in that database).
+        ``durable=False`` only goes with ``role="inline"``.
         ``chooser`` picks the policy (default: the configured VW bandit).
         Raises Conflict when ``role="learner"`` (or durable inline) finds another learner.
         """
@@ -331,7 +332,8 @@ class DecisionEngine:
 
     # -- feedback --------------------------------------------------------------------------
     def feedback(self, event_id: str, converted: bool, revenue: float = 0.0, *,
-                 now: datetime | None = None, key_id: str | None = None) -> FeedbackResult:
+                 now: datetime | None = None, key_id: str | None = None,
+                 logged: LoggedDecision | None = None) -> FeedbackResult:
         """Join a reward to its decision: accepted once, duplicates and late ones said so.
 
         Raises NotFound for an unknown ``event_id``; ValidationFailed for a negative or
@@ -341,7 +343,8 @@ class DecisionEngine:
         already accepted (the first answer counts). The reward stored and learned is
         clipped to ``[reward.clip_min, reward.clip_max]``. ``key_id`` (the API key that
         sent it) is stored with the feedback. In the inline role an accepted reward is
-        learned at once.
+        learned at once. ``logged``: the decision, when the caller read it from the log
+        already (else it is looked up here).
         """
         if not math.isfinite(revenue) or revenue < 0:
             raise ValidationFailed(f"revenue must be a finite number >= 0, got {revenue}",
@@ -352,7 +355,7 @@ class DecisionEngine:
                                    "or revenue 0", field="revenue")
         ts = utc(now)
         with self._lock:
-            logged = self._logged(event_id)
+            logged = logged or self._logged(event_id)
             if logged is None:
                 raise NotFound(f"no decision with event_id {event_id!r}", field="event_id")
             decision = logged.decision

@@ -17,22 +17,25 @@ from typing import Any
 from decisions.decision_log import FeedbackResult
 from decisions.engine import DecisionEngine
 from nextbest.config import DEFAULT_POINT, Settings
-from nextbest.errors import Conflict, NotFound
+from nextbest.errors import ConfigError, Conflict, NotFound
 
 
 class DecisionPoints:
     """The engines of every enabled decision point, the default point's first."""
 
     def __init__(self, engines: Mapping[str, DecisionEngine]):
-        if DEFAULT_POINT not in engines:
-            raise ValueError(f"the engines must include the default point {DEFAULT_POINT!r}")
         self.engines = dict(engines)
 
     @classmethod
     def open(cls, settings: Settings,
              open_one: Callable[[Settings], DecisionEngine]) -> DecisionPoints:
         """One engine per enabled point, made by ``open_one`` from the settings scoped to
-        it; the ones already open are closed when a later one fails."""
+        it; the ones already open are closed when a later one fails. ConfigError when the
+        default point is switched off (requests that name no point need it)."""
+        if DEFAULT_POINT not in settings.point_names:
+            raise ConfigError(f"decision point {DEFAULT_POINT!r} is switched off; it decides "
+                              "every request that names no decision point",
+                              field=f"decision_points.{DEFAULT_POINT}.enabled")
         engines: dict[str, DecisionEngine] = {}
         try:
             for name in settings.point_names:
@@ -46,9 +49,7 @@ class DecisionPoints:
     @classmethod
     def single(cls, engine: DecisionEngine) -> DecisionPoints:
         """Only ``engine`` (of any point): what a caller with one engine hands over."""
-        points = cls.__new__(cls)
-        points.engines = {engine.point: engine}
-        return points
+        return cls({engine.point: engine})
 
     @property
     def default(self) -> DecisionEngine:
@@ -67,35 +68,31 @@ class DecisionPoints:
                            f"are {', '.join(self.engines)}", field="decision_point")
         return engine
 
-    def owner(self, event_id: str) -> DecisionEngine:
-        """The engine whose decision ``event_id`` is: the one that remembers it, else the
-        one its logged row names. NotFound for an unknown event; Conflict when its point is
-        no longer served."""
-        for engine in self.engines.values():
-            if engine.remembers(event_id):
-                return engine
-        logged = self.default.log.get_decision(event_id)
-        if logged is None:
-            raise NotFound(f"no decision with event_id {event_id!r}", field="event_id")
-        point = logged.decision.decision_point
-        if point not in self.engines:
-            raise Conflict(f"event {event_id!r} is a decision of decision point {point!r}, "
-                           "which is not served any more (enabled: false?)",
-                           field="decision_point")
-        return self.engines[point]
-
     def feedback(self, event_id: str, converted: bool, revenue: float = 0.0, *,
                  point: str | None = None, now: datetime | None = None,
                  key_id: str | None = None) -> FeedbackResult:
-        """Join a reward to its decision in the engine of its point (``point``, when the
-        caller names it, must be the decision's: Conflict otherwise)."""
-        engine = self.get(point) if point is not None else self.owner(event_id)
-        return engine.feedback(event_id, converted, revenue, now=now, key_id=key_id)
+        """Join a reward to its decision in the engine of its point: ``point`` when the
+        caller names it (it must be the decision's: Conflict otherwise), else the engine that
+        remembers the decision, else the one its logged row names (read once, handed on).
+        NotFound for an unknown event; Conflict when its point is no longer served."""
+        if point is not None:
+            return self.get(point).feedback(event_id, converted, revenue, now=now,
+                                            key_id=key_id)
+        for engine in self.engines.values():
+            if engine.remembers(event_id):
+                return engine.feedback(event_id, converted, revenue, now=now, key_id=key_id)
+        logged = self.default.log.get_decision(event_id)
+        if logged is None:
+            raise NotFound(f"no decision with event_id {event_id!r}", field="event_id")
+        named = logged.decision.decision_point
+        if named not in self.engines:
+            raise Conflict(f"event {event_id!r} is a decision of decision point {named!r}, "
+                           "which is not served any more (enabled: false?)",
+                           field="decision_point")
+        return self.engines[named].feedback(event_id, converted, revenue, now=now,
+                                            key_id=key_id, logged=logged)
 
     # -- every point at once ----------------------------------------------------------------
-    def sweep(self, now: datetime | None = None) -> int:
-        return sum(engine.sweep(now) for engine in self.engines.values())
-
     def checkpoint_if_due(self) -> None:
         for engine in self.engines.values():
             engine.checkpoint_if_due()
