@@ -46,7 +46,7 @@ from decisions.points import DecisionPoints
 from decisions.policy import NOT_A_SELLER, ContactCounts, RequestContext, UserView
 from decisions.users import UserDirectory, UserState, user_state
 from features.build import available_as_of, load_features
-from features.segmentation import SELLER_TIERS, TIERS
+from features.segmentation import PROSPECTIVE, TIERS
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
 from nextbest.storage import location
@@ -112,8 +112,6 @@ class SchedulerReport(BaseModel):
 # A user who starts a listing (and, for a delayed campaign, does not finish it in time) is a
 # prospective seller, whatever the last features build said.
 PROSPECT_EVENT = "listing_started"
-PROSPECTIVE = "prospective"
-assert PROSPECTIVE in SELLER_TIERS
 
 
 def arm_counts(contacts: list[Contact], around: datetime) -> ContactCounts:

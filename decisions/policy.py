@@ -132,22 +132,20 @@ NOT_A_SELLER = "none"  # the seller tier of a user who neither consigns nor is a
 def seller_view(user_id: str, record: Mapping[str, Any] | None, *,
                 churn_probability: float | None = None,
                 personalization: bool = True) -> UserView:
-    """The view of a user as a seller (``subject: seller``): their seller tier (``none``
-    when they neither consign nor are a prospect), seller tags and seller churn."""
+    """The view of a user as a seller (``subject: seller``): :func:`user_view` with their
+    seller tier (``none`` when they neither consign nor are a prospect) as tier and segment,
+    their seller tags, and the seller churn probability (no purchase propensity)."""
+    view = user_view(user_id, record, churn_probability=churn_probability,
+                     personalization=personalization)
     if record is None:
-        return UserView(user_id=user_id, subject="seller", known=False, tier=NOT_A_SELLER,
-                        personalization=personalization)
+        return view.model_copy(update={"subject": "seller", "tier": NOT_A_SELLER})
     tier = record.get("seller_tier")
     tier = NOT_A_SELLER if tier is None or (isinstance(tier, float) and math.isnan(tier)) \
         else str(tier)
     tags = record.get("seller_tags")
-    return UserView(
-        user_id=user_id, subject="seller", known=True, tier=tier, segment=tier,
-        tags=[] if tags is None or isinstance(tags, float) else [str(t) for t in tags],
-        churn_probability=finite_or_none(churn_probability),
-        features=record_features(record), personalization=personalization,
-        under_review=bool(record.get("under_review")),
-        review_reasons=[str(r) for r in (record.get("review_reasons") or [])])
+    return view.model_copy(update={
+        "subject": "seller", "tier": tier, "segment": tier,
+        "tags": [] if tags is None or isinstance(tags, float) else [str(t) for t in tags]})
 
 
 def rule_row(user: UserView, context: RequestContext | None) -> dict[str, Any]:

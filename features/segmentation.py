@@ -42,6 +42,7 @@ def tier_order(tier: str) -> tuple[int, str]:
     them alphabetically."""
     return (TIERS.index(tier), "") if tier in TIERS else (len(TIERS), tier)
 SELLER_TIERS = ("vip", "potential", "sleeping", "prospective")
+PROSPECTIVE = SELLER_TIERS[-1]  # never consigned, but started a listing or holds resellables
 # Lifecycle stages in their natural order; ``mature`` is the stage when no rule holds.
 LIFECYCLE_STAGES = ("new", "growth", "mature", "decline", "churned")
 DEFAULT_STAGE = "mature"
@@ -176,7 +177,7 @@ def assign_seller_tiers(frame: pd.DataFrame, config: TierConfig,
                                   rule="tiers.seller_prospect_when", known=_known(frame),
                                   forbidden=policy or PolicyConfig()).mask(frame)
     tiers = np.select([vip, active, seller, prospect & ~seller],
-                      ["vip", "potential", "sleeping", "prospective"], None)
+                      list(SELLER_TIERS), None)
     return pd.Series(tiers, index=frame.index, name="seller_tier", dtype=object)
 
 

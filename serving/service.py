@@ -40,7 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from campaigns.layer import PROSPECTIVE, CampaignLayer, Receipt
+from campaigns.layer import CampaignLayer, Receipt
 from campaigns.report import CampaignReport, campaign_report
 from campaigns.store import CampaignStore
 from decisions.engine import DecisionEngine
@@ -48,6 +48,7 @@ from decisions.points import DecisionPoints
 from decisions.policy import UserView
 from decisions.users import try_load_champions
 from features.erasure import export_files
+from features.segmentation import PROSPECTIVE
 from features.store import Preferences, open_store
 from nextbest import __version__
 from nextbest.audit import AuditEntry, open_audit
