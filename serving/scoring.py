@@ -77,9 +77,9 @@ class Scorer(UserDirectory):
         None when nothing changed (safe off the event loop: the swap is one assignment)."""
         if not self.registry:
             return None
-        champion = load_seller_churn_champion(self.settings)
         served = None if self.seller_churn_model is None else self.seller_churn_model.version
-        if champion is None or champion.version == served:
+        champion = load_seller_churn_champion(self.settings, unless=served)
+        if champion is None:
             return None
         self.seller_churn_model = champion
         return champion.version

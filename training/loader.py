@@ -176,11 +176,17 @@ class SellerChurnChampion:
         return self._scorer.score_matrix(frame)
 
 
-def load_seller_churn_champion(settings: Settings) -> SellerChurnChampion | None:
+def load_seller_churn_champion(settings: Settings,
+                               unless: str | None = None) -> SellerChurnChampion | None:
     """The ``seller_churn`` champion, or None when none is registered (it is optional:
-    seller answers then carry a null probability)."""
+    seller answers then carry a null probability) or when its version is ``unless`` (the
+    one already served: nothing is loaded)."""
     try:
-        return SellerChurnChampion(load_version(configure(settings), SELLER_CHURN, CHAMPION))
+        client = configure(settings)
+        version = resolve_version(client, SELLER_CHURN, CHAMPION)
+        if unless is not None and str(version) == str(unless):
+            return None
+        return SellerChurnChampion(load_version(client, SELLER_CHURN, version))
     except NotFound as exc:
         log.info("no seller_churn model (%s)", exc.message)
         return None
