@@ -142,7 +142,6 @@ class CampaignLayer:
         self.settings = settings
         self.points = engine if isinstance(engine, DecisionPoints) else \
             DecisionPoints.single(engine)
-        self.engine = self.points.default
         self.users = users
         self.campaigns = compile_campaigns(settings)
         self.store = store or CampaignStore(location(settings, "campaign_store"))

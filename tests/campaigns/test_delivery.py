@@ -157,12 +157,12 @@ def test_a_purchase_after_a_delivered_message_converts_it_once(layer: CampaignLa
     receipt = layer.on_receipt(message.message_id, "delivered", message.scheduled)
     assert receipt.counted and not layer.on_receipt(message.message_id, "delivered",
                                                     message.scheduled).counted
-    before = layer.engine.stats()["rewards"]
+    before = layer.points.default.stats()["rewards"]
     buy = BehaviourEvent(user_id=message.user_id, type="purchase", item_id="i1", price=150.0,
                          ts=message.scheduled + timedelta(hours=3))
     layer.on_events([buy], now=buy.ts)
     layer.on_events([buy.model_copy(update={"ts": buy.ts + timedelta(hours=1)})], now=buy.ts)
-    assert layer.engine.stats()["rewards"] == before + 1
+    assert layer.points.default.stats()["rewards"] == before + 1
     report = campaign_report(layer.settings, layer.store, "nudge", now=buy.ts)
     assert report.funnel["converted"] == 1 and report.funnel["delivered"] == 1
     assert report.revenue == 150.0 and report.arm_cost >= 0
