@@ -98,10 +98,33 @@ def finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_NOT_NUMBERS = frozenset({str, type(None), list, dict})
+
+
 def record_features(record: Mapping[str, Any]) -> dict[str, float | None]:
-    """The numeric columns of an online-store record (or any feature row), NaN as None."""
-    return {key: finite_or_none(value) for key, value in record.items()
-            if isinstance(value, numbers.Number)}
+    """The numeric columns of an online-store record (or any feature row), NaN as None.
+
+    On every decision's path: a record's plain floats, ints and texts are told apart by
+    their exact type first (an ``isinstance`` against ``numbers.Number`` is an ABC check,
+    a tenth of a decision's CPU over a record's ~90 columns)."""
+    out: dict[str, float | None] = {}
+    for key, value in record.items():
+        kind = type(value)
+        if kind is float:
+            out[key] = value if math.isfinite(value) else None
+        elif kind is int or kind is bool:
+            out[key] = float(value)
+        elif kind not in _NOT_NUMBERS and isinstance(value, numbers.Number):
+            out[key] = finite_or_none(value)
+    return out
+
+
+def _probability(name: str, value: Any) -> float | None:
+    """A model's probability as a finite float in [0, 1], or None; ValueError otherwise."""
+    number = finite_or_none(value)
+    if number is not None and not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be within [0, 1], got {number}")
+    return number
 
 
 def user_view(user_id: str, record: Mapping[str, Any] | None, *,
@@ -115,14 +138,18 @@ def user_view(user_id: str, record: Mapping[str, Any] | None, *,
     """
     if record is None:
         return UserView(user_id=user_id, known=False, personalization=personalization)
-    return UserView(
-        user_id=user_id, known=True, tier=str(record.get("tier") or NEW_TIER),
+    # Every field is built to its type here (features by record_features: finite or
+    # None), so the view is constructed without validating it again: validation of the
+    # ~90 features was a sixth of a decision's CPU.
+    return UserView.model_construct(
+        user_id=str(user_id), subject="buyer", known=True,
+        tier=str(record.get("tier") or NEW_TIER),
         segment=str(record.get("segment") or NO_PURCHASE),
         tags=[str(tag) for tag in (record.get("tags") or [])],
-        churn_probability=finite_or_none(churn_probability),
-        purchase_propensity=finite_or_none(purchase_propensity),
+        churn_probability=_probability("churn_probability", churn_probability),
+        purchase_propensity=_probability("purchase_propensity", purchase_propensity),
         features=record_features(record),
-        personalization=personalization, under_review=bool(record.get("under_review")),
+        personalization=bool(personalization), under_review=bool(record.get("under_review")),
         review_reasons=[str(r) for r in (record.get("review_reasons") or [])])
 
 

@@ -130,6 +130,25 @@ def test_user_view_reads_nan_features_as_missing_and_refuses_infinity():
         UserView(user_id="u", features={"aov": float("inf")})
 
 
+def test_user_view_from_a_record_is_what_validation_would_give():
+    """user_view builds the view without validating it again: the same view as the
+    validated model, numbers only (ints and bools as floats, NaN and infinity as missing),
+    and a probability outside [0, 1] still refused."""
+    record = {"tier": "gold", "segment": "champions", "tags": ["high_value"], "aov": 120,
+              "recency_days": float("nan"), "spend_trend": float("inf"), "is_student": True,
+              "city": "Lyon", "favourite": None, "history": [1, 2], "frequency_total": 3.0,
+              "under_review": False, "review_reasons": []}
+    view = user_view("u1", record, churn_probability=0.25, purchase_propensity=None)
+    assert view.features == {"aov": 120.0, "recency_days": None, "spend_trend": None,
+                             "is_student": 1.0, "frequency_total": 3.0, "under_review": 0.0}
+    assert all(type(v) is float for v in view.features.values() if v is not None)
+    assert view == UserView.model_validate(view.model_dump())
+    assert (view.tier, view.tags, view.churn_probability) == ("gold", ["high_value"], 0.25)
+    with pytest.raises(ValueError, match="churn_probability must be within"):
+        user_view("u1", record, churn_probability=1.5)
+    assert user_view("u1", record, churn_probability=float("nan")).churn_probability is None
+
+
 # --- the no-credit red line (policy.no_credit_when) -------------------------------------------
 
 @pytest.mark.parametrize("fields, context, part", [
