@@ -9,16 +9,22 @@ import inspect
 
 def test_routes_get_the_service_instance_on_the_loop_not_in_a_thread() -> None:
     """BentoML's dependency handing each route its service instance is a plain function,
-    which FastAPI would run in a worker thread per request; the service overrides it with
-    a coroutine (FastAPI awaits those on the loop)."""
+    which FastAPI would run in a worker thread per request; every route's ``self`` depends
+    on a coroutine instead (FastAPI awaits those on the loop), written into the route
+    itself, not as an override FastAPI resolves again per request."""
     service = importlib.import_module("serving.service")
-    bentoml_lookup = importlib.import_module("_bentoml_sdk.service").get_current_service
-    override = service.app.dependency_overrides[bentoml_lookup]
-    assert inspect.iscoroutinefunction(override)
-    sentinel = object()
     module = importlib.import_module("_bentoml_sdk.service")
+    assert service.app.dependency_overrides == {}
+    routes = {name: fn.__signature__.parameters["self"].default.dependency
+              for name, fn in vars(service.NextBest.inner).items()
+              if "self" in getattr(getattr(fn, "__signature__", None), "parameters", {})}
+    assert {"score", "next_best_action", "feedback"} <= set(routes)
+    assert set(routes.values()) == {service._current_service_on_the_loop}
+    assert inspect.iscoroutinefunction(service._current_service_on_the_loop)
+    assert module.get_current_service is service._current_service  # BentoML's, restored
+    sentinel = object()
     previous, module._current_service = module._current_service, sentinel
     try:
-        assert asyncio.run(override()) is sentinel
+        assert asyncio.run(service._current_service_on_the_loop()) is sentinel
     finally:
         module._current_service = previous
