@@ -385,6 +385,19 @@ def recent_stall_ms(url: str) -> dict[str, float]:
     return {cause: round(float(value) * 1e3, 3) for cause, value in found.items()}
 
 
+def settle_recent_stall(url: str, limit_ms: float = 20.0, seconds: float = 15.0
+                        ) -> dict[str, float]:
+    """Wait (at most ``seconds``) until the recent longest stall is below ``limit_ms``, and
+    at least one whole recent window (4 s): what it reads then."""
+    time.sleep(4.5)
+    deadline = time.monotonic() + seconds
+    recent = recent_stall_ms(url)
+    while recent.get("own", 0.0) >= limit_ms and time.monotonic() < deadline:
+        time.sleep(0.5)
+        recent = recent_stall_ms(url)
+    return recent
+
+
 class StallPoller:
     """Polls the recent longest stall every ``every`` seconds while a phase runs (a thread),
     keeping the longest seen: the longest stall of exactly that phase."""
@@ -478,6 +491,9 @@ def stall_phase(url: str, proc: subprocess.Popen, args: argparse.Namespace, work
     decide = run_open_loop(url, "/next_best_action", "decide", rate, args.stall_seconds, args,
                            work, seed=101, ids_out=ids)
     after_decisions = loop_stall_ms(url)
+    # The recent-stall gauge covers the last 2-4 s: let the decisions phase's stalls (and
+    # any backlog it left) age out of it, or the feedback phase would be charged with them.
+    settled = settle_recent_stall(url)
     before = learned(url)
     # The feedback phase is where the checkpoints are: its longest stall, polled from the
     # service's recent-stall gauge while it runs.
@@ -497,6 +513,7 @@ def stall_phase(url: str, proc: subprocess.Popen, args: argparse.Namespace, work
         "rate_rps": round(rate, 1), "seconds_per_phase": args.stall_seconds,
         "max_stall_ms_after_start": idle, "max_stall_ms_after_decisions": after_decisions,
         "max_stall_ms_after_feedback": after_feedback,
+        "recent_stall_ms_before_feedback": settled,
         "feedback_raised_the_own_max": after_feedback["own"] > after_decisions["own"],
         "rewards_learned": gained, "checkpoint_every": every,
         "checkpoints_written": gained // every,
