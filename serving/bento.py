@@ -8,7 +8,8 @@ Building (:func:`build_bento`):
    ``nextbest-<name>``, labelled with its registered name, version and run; the bandit's
    latest checkpoint (``paths.bandit_dir``) becomes ``nextbest-bandit``, labelled with the
    log position and config fingerprint it covers. A model already imported from the same
-   registry version (or the same checkpoint) is reused, not copied again.
+   registry version (or the same checkpoint) is reused, not copied again. Every other
+   enabled decision point's latest checkpoint becomes ``nextbest-bandit-<point>``.
 2. ``bentoml build`` runs on ``bentofile.yaml`` with one bento argument, ``nextbest``: a
    :class:`Bundle` naming those model tags and the build's configuration (without its paths
    and secrets). The service declares each named model as a ``BentoModel``, so the bento
@@ -17,9 +18,9 @@ Building (:func:`build_bento`):
 Serving: BentoML hands the argument back to the service when it runs from the bento
 (:func:`bundle_from_arguments`). The service then loads its champions from the bento's model
 store instead of the registry (and never polls the registry: the bento's versions are
-fixed), seeds ``paths.bandit_dir`` with the bundled checkpoint when it holds none, and reads
-its settings from the bundled configuration, the config file named by ``NEXTBEST_CONFIG``
-and ``NEXTBEST__*`` variables. ``paths.data_dir`` defaults to :data:`BENTO_DATA_DIR` there
+fixed), seeds each decision point's bandit directory with its bundled checkpoint when it
+holds none, and reads its settings from the bundled configuration, the config file named
+by ``NEXTBEST_CONFIG`` and ``NEXTBEST__*`` variables. ``paths.data_dir`` defaults to :data:`BENTO_DATA_DIR` there
 (the bento's own directory is no place for a decision log).
 """
 
@@ -41,7 +42,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from decisions.learner import CheckpointMeta, CheckpointStore, StagedCheckpoint
-from nextbest.config import Settings, load_settings
+from nextbest.config import DEFAULT_POINT, Settings, load_settings
 from nextbest.errors import ConfigError, MissingComponent, NotFound
 from training.labels import LTV_MODEL, SENTIMENT_MODEL
 from training.loader import CHURN, PROPENSITY, ChampionModels
@@ -164,20 +165,34 @@ def import_registry_model(settings: Settings, client: MlflowClient, name: str,
     return BundledModel(tag=str(model.tag), registry_name=name, registry_version=str(version))
 
 
-def import_bandit(settings: Settings) -> BundledModel | None:
-    """The latest bandit checkpoint as ``nextbest-bandit`` (None when there is none)."""
-    store = CheckpointStore(Path(settings.paths.bandit_dir))
+def bandit_key(point: str) -> str:
+    """The bundle key (and BentoML model name after ``nextbest-``) of a decision point's
+    checkpoint: ``bandit`` for the default point (as bentos built before decision points
+    have it), ``bandit-<point>`` for the others."""
+    return BANDIT if point == DEFAULT_POINT else f"{BANDIT}-{point}"
+
+
+def import_bandit(settings: Settings, point: str = DEFAULT_POINT) -> BundledModel | None:
+    """The latest checkpoint of decision point ``point`` as ``nextbest-bandit`` (the
+    default point) or ``nextbest-bandit-<point>``; None when it has none."""
+    name = MODEL_PREFIX + bandit_key(point)
+    try:
+        bentoml.models.BentoModel(name)
+    except (BentoMLException, ValueError) as exc:
+        raise ConfigError(f"decision point {point!r} cannot name a bento model ({exc}): use "
+                          "lowercase letters, digits and '_'") from exc
+    store = CheckpointStore(Path(settings.for_point(point).paths.bandit_dir))
     for _ in range(3):  # a checkpoint pruned between reading latest.json and copying it
         meta = store.latest()
         if meta is None:
             return None
         labels = {"fingerprint": meta.fingerprint, "seq": str(meta.seq),
-                  "created": meta.created.isoformat()}
-        model = _stored(MODEL_PREFIX + BANDIT, labels)
+                  "created": meta.created.isoformat(), "decision_point": point}
+        model = _stored(name, labels)
         if model is not None:
             return BundledModel(tag=str(model.tag), checkpoint_seq=meta.seq)
         try:
-            with bentoml.models.create(MODEL_PREFIX + BANDIT, labels=labels,
+            with bentoml.models.create(name, labels=labels,
                                        metadata={"rewards_learned": meta.rewards_learned}) as model:
                 shutil.copyfile(store.model_path(meta), model.path_of(BANDIT_MODEL_FILE))
                 Path(model.path_of(BANDIT_META_FILE)).write_text(meta.model_dump_json())
@@ -205,13 +220,15 @@ def import_models(settings: Settings, *, say: Say = print) -> Bundle:
             continue
         models[name] = import_registry_model(settings, client, name, version)
         say(f"{name} version {version} -> {models[name].tag}")
-    bandit = import_bandit(settings)
-    if bandit is None:
-        say(f"no bandit checkpoint in {settings.paths.bandit_dir}: the bento's service starts "
-            "a fresh bandit")
-    else:
-        models[BANDIT] = bandit
-        say(f"bandit checkpoint at log position {bandit.checkpoint_seq} -> {bandit.tag}")
+    for point in settings.point_names:
+        bandit = import_bandit(settings, point)
+        where = settings.for_point(point).paths.bandit_dir
+        if bandit is None:
+            say(f"no {point} checkpoint in {where}: the bento's service starts that decision "
+                "point's bandit fresh")
+        else:
+            models[bandit_key(point)] = bandit
+            say(f"{point} checkpoint at log position {bandit.checkpoint_seq} -> {bandit.tag}")
     return Bundle(models=models, config=carried_config(settings))
 
 
@@ -244,26 +261,35 @@ def load_bundled_champions(bundle: Bundle) -> ChampionModels:
     return ChampionModels(churn=loaded[CHURN], propensity=loaded[PROPENSITY])
 
 
-def seed_bandit(settings: Settings, bundle: Bundle) -> CheckpointMeta | None:
-    """Publish the bundled bandit checkpoint into ``paths.bandit_dir`` when it holds none
-    yet (a first start); returns what was published, or None.
+def seed_bandit(settings: Settings, bundle: Bundle) -> dict[str, CheckpointMeta]:
+    """Publish each bundled decision point's checkpoint into its bandit directory when that
+    holds none yet (a first start); returns what was published, by decision point.
 
-    The seed covers log position 0: the decision log of the new deployment is not the one
+    A seed covers log position 0: the decision log of the new deployment is not the one
     the checkpoint was trained from, so every reward in it is still to be learned.
     """
-    if BANDIT not in bundle.models:
-        return None
+    seeded = {}
+    for point in settings.point_names:
+        key = bandit_key(point)
+        if key in bundle.models:
+            meta = _seed_point(settings.for_point(point), bundle, key)
+            if meta is not None:
+                seeded[point] = meta
+    return seeded
+
+
+def _seed_point(settings: Settings, bundle: Bundle, key: str) -> CheckpointMeta | None:
     store = CheckpointStore(Path(settings.paths.bandit_dir))
     with (store.dir / SEED_LOCK).open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the workers of one service start together
         if store.latest() is not None:
             return None
-        source = bundle.path(BANDIT)
+        source = bundle.path(key)
         meta = CheckpointMeta.model_validate_json((source / BANDIT_META_FILE).read_text())
         meta = meta.model_copy(update={"seq": 0, "model_file": f"model-{0:012d}.vw"})
         staged = store.dir / f".seed-{os.getpid()}.tmp"
         shutil.copyfile(source / BANDIT_MODEL_FILE, staged)
         published = store.publish(StagedCheckpoint(meta, staged))
-    log.info("bandit seeded from %s (%d rewards learned) in %s", bundle.models[BANDIT].tag,
-             meta.rewards_learned, store.dir)
+    log.info("%s seeded from %s (%d rewards learned) in %s", settings.decision_point,
+             bundle.models[key].tag, meta.rewards_learned, store.dir)
     return published

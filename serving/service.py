@@ -258,6 +258,16 @@ def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def carry_bundled_bandits(cls: type) -> type:
+    """Declare each bundled checkpoint of a decision point other than the default one as a
+    model of the service (``bandit_<point>_model``, as ``bandit_model`` is the default
+    point's), so the bento references it and ``bentoml containerize`` copies it along."""
+    for key in BUNDLE.models if BUNDLE else {}:
+        if key.startswith(f"{BANDIT}-"):
+            setattr(cls, f"{key.replace('-', '_')}_model", BUNDLE.reference(key))
+    return cls
+
+
 @bentoml.service(
     name="NextBest",
     workers=SETTINGS.serving.workers,
@@ -271,6 +281,7 @@ def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
     **({} if SETTINGS.serving.tracing else {"tracing": {"excluded_urls": ["."]}}),
 )
 @service_on_the_loop(bentoml.asgi_app(app, path="/"))
+@carry_bundled_bandits
 class NextBest:
     """Scores users and chooses their next best action; learns from the feedback."""
 

@@ -23,7 +23,7 @@ from redis_server import RedisServerError, running_redis
 
 from decisions.engine import DecisionEngine
 from decisions.learner import CheckpointStore
-from decisions.policy import RequestContext, user_view
+from decisions.policy import RequestContext, seller_view, user_view
 from features.build import load_features
 from features.store import open_store
 from nextbest.config import Settings, load_settings
@@ -72,15 +72,17 @@ def test_carried_config_keeps_no_paths_or_secrets() -> None:
     assert served.store.backend == "redis"  # a bento's online store is shared
 
 
-def _train_bandit(world: Any, users: list[str], env: dict[str, str]) -> int:
-    """Decide for ``users`` and reward half of them; returns the rewards learned by the
-    checkpoint the engine leaves in its bandit directory."""
-    settings = load_settings(None, environ=world.env | env)
+def _train_bandit(world: Any, users: list[str], env: dict[str, str],
+                  point: str = "buyer_offer") -> int:
+    """Decide for ``users`` at decision ``point`` and reward half of them; returns the
+    rewards learned by the checkpoint the engine leaves in that point's bandit directory."""
+    settings = load_settings(None, environ=world.env | env).for_point(point)
+    view = seller_view if settings.bandit.subject == "seller" else user_view
     store = open_store(settings)
     engine = DecisionEngine(settings, role="inline")
     try:
         for i, user_id in enumerate(users):
-            decision = engine.decide(user_view(user_id, store.get(user_id)), RequestContext())
+            decision = engine.decide(view(user_id, store.get(user_id)), RequestContext())
             engine.feedback(decision.event_id, converted=i % 2 == 0,
                             revenue=10.0 if i % 2 == 0 else 0.0)
     finally:
@@ -124,6 +126,8 @@ def test_bento_serves_its_models_in_an_empty_directory(
                   "NEXTBEST__PATHS__BANDIT_DIR": str(tmp_path / "build" / "bandit")}
     user_id = pool.take()
     learned = _train_bandit(world, [pool.take() for _ in range(BANDIT_DECISIONS)], bandit_env)
+    sellers = _train_bandit(world, [pool.take() for _ in range(BANDIT_DECISIONS)], bandit_env,
+                            point="seller_offer")
     home = tmp_path / "bentoml"
     build_env = world.env | bandit_env | {"BENTOML_HOME": str(home)}
     built = subprocess.run([sys.executable, "-m", "nextbest.cli", "bento", "build"],
@@ -138,7 +142,8 @@ def test_bento_serves_its_models_in_an_empty_directory(
     info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     carried = {model["tag"].split(":")[0] for service in info["services"]
                for model in service["models"]}
-    assert {"nextbest-churn", "nextbest-propensity", "nextbest-bandit"} <= carried
+    assert {"nextbest-churn", "nextbest-propensity", "nextbest-bandit",
+            "nextbest-bandit-seller_offer"} <= carried  # every decision point's checkpoint
     assert info["labels"]["churn_version"] == versions["churn"]
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().lower()
     assert "pyspark" not in requirements and "lightgbm==" in requirements
@@ -175,5 +180,8 @@ def test_bento_serves_its_models_in_an_empty_directory(
     data_dir = user_home / BENTO_DATA_DIR.removeprefix("~/")
     seeded = CheckpointStore(data_dir / "bandit").latest()
     assert seeded is not None and seeded.rewards_learned >= learned
+    seeded_sellers = CheckpointStore(data_dir / "bandit" / "seller_offer").latest()
+    assert seeded_sellers is not None and seeded_sellers.rewards_learned == sellers
+    assert seeded_sellers.fingerprint != seeded.fingerprint  # each point's own model
     assert (data_dir / "decisions.sqlite").exists()
     assert list(empty.iterdir()) == []  # nothing written where it was started
