@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from decisions.bandit import ConversionBandit, vw_arguments
+from decisions.bandit import ConversionBandit, vw_arguments, vw_learn, vw_predictions
 from decisions.encoding import BanditExample
 from nextbest.config import BanditConfig, RewardModelConfig
 
@@ -306,8 +306,8 @@ class RewardModelBandit(ConversionBandit):
             return super().conversion_probabilities(example)
         arms = list(example.arms)
         shared = self.shared_text(example)
-        vw = np.array([self.workspace.predict(self.vw_line(example, arm, shared=shared))
-                       for arm in arms])
+        vw = np.array(vw_predictions(self.workspace, [self.vw_line(example, arm, shared=shared)
+                                                      for arm in arms]))
         tree = self.model.logits(example, arms)
         if self.config.reward_model.combine == "residual":
             return _sigmoid(tree + vw).tolist()
@@ -324,9 +324,9 @@ class RewardModelBandit(ConversionBandit):
             base = float(self.model.logits(example, [arm])[0])
             line = self.vw_line(example, arm)
             # VW's label is "label importance base": the reward model's logit as base.
-            self.workspace.learn(f"{label} 1 {base:.9g} {line}")
+            vw_learn(self.workspace, f"{label} 1 {base:.9g} {line}")
         else:
-            self.workspace.learn(self.vw_line(example, arm, label))
+            vw_learn(self.workspace, self.vw_line(example, arm, label))
         self.learned += 1
 
     def refit_due(self) -> bool:

@@ -15,6 +15,8 @@ from decisions.bandit import (
     make_bandit,
     to_vw_lines,
     vw_arguments,
+    vw_learn,
+    vw_predictions,
 )
 from decisions.choosers import ChooserSpec
 from decisions.encoding import (
@@ -310,3 +312,28 @@ def test_fingerprint_changes_with_arms_and_exploration():
         algorithm="epsilon")))
     arms = BanditConfig().arms[:2]
     assert base != ChooserSpec().fingerprint(BanditConfig(arms=arms, default_arm="coupon"))
+
+
+def test_native_vw_calls_learn_and_predict_as_the_workspace_does():
+    """vw_learn / vw_predictions (the decision path's native calls) give exactly the
+    predictions of Workspace.learn / Workspace.predict on the same examples, and finish
+    every example (thousands of calls leave the workspace working)."""
+    import vowpalwabbit
+
+    args = ["--quiet", "--loss_function", "logistic", "-q", "UA", "-b", "16"]
+    ours, theirs = vowpalwabbit.Workspace(arg_list=args), vowpalwabbit.Workspace(arg_list=args)
+    rng = np.random.default_rng(3)
+    arms = ["arm=coupon kind=discount", "arm=installment kind=financing", "arm=certification"]
+    lines = []
+    for i in range(3000):
+        shared = f"|U coupon={rng.integers(5)} carts={rng.integers(4)} |C page=p{i % 3}"
+        lines.append([f"{shared} |A {arm}" for arm in arms])
+        label = 1 if rng.random() < 0.3 else -1
+        arm = int(rng.integers(3))
+        vw_learn(ours, f"{label} {lines[-1][arm]}")
+        theirs.learn(f"{label} {lines[-1][arm]}")
+    for batch in lines[-50:]:
+        assert vw_predictions(ours, batch) == [theirs.predict(line) for line in batch]
+    assert len(set(vw_predictions(ours, lines[-1]))) == 3  # it learned the arms apart
+    ours.finish()
+    theirs.finish()
