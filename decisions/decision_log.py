@@ -48,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import from_json, to_json
 
 from nextbest.config import DEFAULT_POINT, ArmConfig
 from nextbest.sqlite_wipe import truncate_wal
@@ -379,6 +380,12 @@ class RewardRow(BaseModel):
     decision_point: str = DEFAULT_POINT
 
 
+def _json(value: Any) -> str:
+    """Compact JSON text of a decision's column (pydantic's serializer: a third of
+    ``json.dumps``' time, on every decision)."""
+    return to_json(value).decode()
+
+
 def to_epoch(ts: datetime) -> float:
     """UTC seconds; a naive datetime is taken to be UTC (the data contract)."""
     if ts.tzinfo is None:
@@ -450,8 +457,8 @@ class DecisionLog:
         adds nothing to a collection's pause; :func:`logged_from_row` turns it back."""
         d = logged.decision
         row = (d.event_id, d.user_id, to_epoch(d.ts), logged.tier,
-               json.dumps(logged.features, separators=(",", ":")), json.dumps(d.eligible),
-               d.action, d.probability, json.dumps(d.pmf), d.policy_version, int(d.personalized),
+               _json(logged.features), _json(d.eligible),
+               d.action, d.probability, _json(d.pmf), d.policy_version, int(d.personalized),
                int(d.control), int(d.learnable), d.campaign, logged.item_price, d.reason,
                logged.reward_model, d.decision_point)
         self.conn.execute(
@@ -631,10 +638,10 @@ def logged_from_row(row: DecisionRow) -> LoggedDecision:
      personalized, control, learnable, campaign, item_price, reason, reward_model,
      decision_point) = row
     decision = Decision(event_id=event_id, user_id=user_id, action=action,
-                        probability=probability, pmf=json.loads(pmf),
+                        probability=probability, pmf=from_json(pmf),
                         personalized=bool(personalized), control=bool(control), reason=reason,
-                        policy_version=version, eligible=json.loads(eligible),
+                        policy_version=version, eligible=from_json(eligible),
                         ts=from_epoch(ts), campaign=campaign, learnable=bool(learnable),
                         decision_point=decision_point)
-    return LoggedDecision(decision=decision, tier=tier, features=json.loads(features),
+    return LoggedDecision(decision=decision, tier=tier, features=from_json(features),
                           item_price=item_price, reward_model=reward_model)

@@ -55,6 +55,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pa_json
 from pydantic import BaseModel
+from pydantic_core import from_json
 
 from features import review
 from features.review import REVIEW_STATUSES, ReviewItem
@@ -190,7 +191,7 @@ def decode_record(stored: StoredUser) -> dict[str, Any] | None:
     clears the user), ``review_status`` (None outside the queue) and ``review_reasons``."""
     if stored.record is None:
         return None
-    record = json.loads(stored.record)
+    record = from_json(stored.record)  # pydantic's parser: ~2.5x json.loads, per decision
     if stored.removed and record.get("tags"):
         record["tags"] = _without(record["tags"], stored.removed)
     record.update(_review_fields(stored))
