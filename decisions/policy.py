@@ -175,18 +175,35 @@ def seller_view(user_id: str, record: Mapping[str, Any] | None, *,
         "tags": [] if tags is None or isinstance(tags, float) else [str(t) for t in tags]})
 
 
-def rule_row(user: UserView, context: RequestContext | None) -> dict[str, Any]:
+def rule_row(user: UserView, context: RequestContext | None,
+             names: Collection[str] | None = None) -> dict[str, Any]:
     """The names a policy rule reads about ``user`` in ``context``: the store record's
     numbers, tier, segment, tags, scores and the request's fields (at a seller decision
-    point ``seller_tier`` and ``seller_tags`` name the same values as tier and tags)."""
-    row: dict[str, Any] = {
-        **user.features, "tier": user.tier, "segment": user.segment, "tags": user.tags,
-        "known": user.known, "under_review": user.under_review,
-        "churn_probability": user.churn_probability,
-        "purchase_propensity": user.purchase_propensity,
-        **(context.model_dump() if context is not None else {})}
+    point ``seller_tier`` and ``seller_tags`` name the same values as tier and tags). With
+    ``names`` (what a rule reads), only those: the same values, without copying the whole
+    record on every decision."""
+    own: dict[str, Any] = {
+        "tier": user.tier, "segment": user.segment, "tags": user.tags, "known": user.known,
+        "under_review": user.under_review, "churn_probability": user.churn_probability,
+        "purchase_propensity": user.purchase_propensity}
     if user.subject == "seller":
-        row.update(seller_tier=user.tier, seller_tags=user.tags)
+        own.update(seller_tier=user.tier, seller_tags=user.tags)
+    request = context.model_dump() if context is not None else {}
+    if names is None:
+        row = {**user.features, **own, **request}
+        if user.subject == "seller":  # the seller aliases win over a request field too
+            row.update(seller_tier=user.tier, seller_tags=user.tags)
+        return row
+    row = {}
+    for name in names:
+        if user.subject == "seller" and name in ("seller_tier", "seller_tags"):
+            row[name] = own[name]
+        elif name in request:
+            row[name] = request[name]
+        elif name in own:
+            row[name] = own[name]
+        elif name in user.features:
+            row[name] = user.features[name]
     return row
 
 
@@ -283,6 +300,7 @@ class CreditRule:
 
     def __init__(self, expression: Expression | None):
         self.parts = expression.parts() if expression is not None else []
+        self.names = expression.names if expression is not None else frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CreditRule:
@@ -300,7 +318,7 @@ class CreditRule:
         """The part of the rule that holds for ``user`` in ``context`` (None: none holds)."""
         if not self.parts:
             return None
-        row = rule_row(user, context)
+        row = rule_row(user, context, self.names)
         return next((part.text for part in self.parts if part.holds(row)), None)
 
 

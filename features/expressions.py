@@ -78,9 +78,14 @@ class Expression:
         if len(parts) > 1:
             return any(part.holds(row) for part in parts)
         try:
-            return bool(_row(self.tree.body, row))
+            return bool(self._on_row(row))
         except (_Missing, TypeError, ZeroDivisionError):
             return False
+
+    @cached_property
+    def _on_row(self) -> RowFunction:
+        """The condition compiled to a function of one row (:func:`_compile_row`)."""
+        return _compile_row(self.tree.body)
 
     # -- a frame ------------------------------------------------------------------------------
     def mask(self, frame: pd.DataFrame, extra: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -128,39 +133,67 @@ class Expression:
                      for part in body.values)
 
 
-def _row(node: ast.AST, row: Mapping[str, Any]) -> Any:
-    """Evaluate ``node`` on one row."""
+RowFunction = Callable[[Mapping[str, Any]], Any]
+
+
+def _compile_row(node: ast.AST) -> RowFunction:
+    """``node`` as a function of one row, built once per expression: the tree is walked
+    here, not on every evaluation (a rule runs on every decision). A name whose value is
+    missing raises ``_Missing``; ``and``/``or`` stop at the first part that decides and
+    give a bool; a chained comparison stops at the first that fails."""
     if isinstance(node, ast.Constant):
-        return node.value
+        constant = node.value
+        return lambda row: constant
     if isinstance(node, ast.Name):
-        value = row.get(node.id)
-        if _is_missing(value):
-            raise _Missing(node.id)
-        return value
+        name = node.id
+
+        def value_of(row: Mapping[str, Any]) -> Any:
+            value = row.get(name)
+            if _is_missing(value):
+                raise _Missing(name)
+            return value
+        return value_of
     if isinstance(node, ast.List | ast.Tuple):
-        return [_row(element, row) for element in node.elts]
+        elements = [_compile_row(element) for element in node.elts]
+        return lambda row: [element(row) for element in elements]
     if isinstance(node, ast.BoolOp):
-        results = (bool(_row(v, row)) for v in node.values)
-        return all(results) if isinstance(node.op, ast.And) else any(results)
+        parts = [_compile_row(v) for v in node.values]
+        if isinstance(node.op, ast.And):
+            return lambda row: all(bool(part(row)) for part in parts)
+        return lambda row: any(bool(part(row)) for part in parts)
     if isinstance(node, ast.UnaryOp):
-        value = _row(node.operand, row)
-        return (not value) if isinstance(node.op, ast.Not) else -value
+        operand = _compile_row(node.operand)
+        if isinstance(node.op, ast.Not):
+            return lambda row: not operand(row)
+        return lambda row: -operand(row)
     if isinstance(node, ast.BinOp):
-        return _BINARY[type(node.op)](_row(node.left, row), _row(node.right, row))
+        combine = _BINARY[type(node.op)]
+        left_of, right_of = _compile_row(node.left), _compile_row(node.right)
+        return lambda row: combine(left_of(row), right_of(row))
     if isinstance(node, ast.Compare):
-        left = _row(node.left, row)
-        for op, comparator in zip(node.ops, node.comparators, strict=True):
-            right = _row(comparator, row)
-            if isinstance(op, ast.In | ast.NotIn):
-                hit = left in right
-                ok = hit if isinstance(op, ast.In) else not hit
-            else:
-                ok = _COMPARE[type(op)](left, right)
-            if not ok:
-                return False
-            left = right
-        return True
+        first = _compile_row(node.left)
+        steps = [(_compare(op), _compile_row(comparator))
+                 for op, comparator in zip(node.ops, node.comparators, strict=True)]
+
+        def compared(row: Mapping[str, Any]) -> bool:
+            left = first(row)
+            for test, right_of in steps:
+                right = right_of(row)
+                if not test(left, right):
+                    return False
+                left = right
+            return True
+        return compared
     raise TypeError(type(node).__name__)  # unreachable: compile_expression refused it
+
+
+def _compare(op: ast.cmpop) -> Callable[[Any, Any], Any]:
+    """The test of one comparison operator on two values (``in``: membership)."""
+    if isinstance(op, ast.In):
+        return lambda left, right: left in right
+    if isinstance(op, ast.NotIn):
+        return lambda left, right: left not in right
+    return _COMPARE[type(op)]
 
 
 def _contains(container: Any, item: Any, n: int) -> Any:

@@ -17,7 +17,9 @@ from decisions.policy import (
     UserView,
     normalise_pmf,
     reason_for,
+    rule_row,
     sample_arm,
+    seller_view,
     user_view,
 )
 from nextbest.config import BanditConfig, Settings
@@ -147,6 +149,19 @@ def test_user_view_from_a_record_is_what_validation_would_give():
     with pytest.raises(ValueError, match="churn_probability must be within"):
         user_view("u1", record, churn_probability=1.5)
     assert user_view("u1", record, churn_probability=float("nan")).churn_probability is None
+
+
+@pytest.mark.parametrize("seller", [False, True])
+def test_a_rule_row_of_some_names_is_the_whole_row_cut_to_them(seller: bool):
+    record = {"tier": "vip", "seller_tier": "vip", "seller_tags": ["top"], "aov": 80.0,
+              "is_student": True, "page": 3.0, "tags": ["high_value"], "sales_365d": 12}
+    view = (seller_view if seller else user_view)("u1", record, churn_probability=0.3)
+    context = RequestContext(page="item", item_price=200.0)
+    whole = rule_row(view, context)
+    names = ["aov", "is_student", "page", "item_price", "tier", "tags", "seller_tier",
+             "churn_probability", "hour", "no_such_column"]
+    assert rule_row(view, context, names) == {n: whole[n] for n in names if n in whole}
+    assert whole["page"] == "item"  # the request's field wins over a same-named column
 
 
 # --- the no-credit red line (policy.no_credit_when) -------------------------------------------
