@@ -41,7 +41,6 @@ PostgreSQL log is always durable).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -542,7 +541,7 @@ class DecisionLog:
             "WHERE r.decision_point = ? AND r.seq > ? ORDER BY r.seq LIMIT ?",
             (self.point, seq, limit)).fetchall()
         return [LoggedReward(seq=r[0], event_id=r[1], reward=r[2], learnable=bool(r[3]),
-                             action=r[4], probability=r[5], features=json.loads(r[6]),
+                             action=r[4], probability=r[5], features=from_json(r[6]),
                              converted=bool(r[7]))
                 for r in rows]
 

@@ -151,6 +151,8 @@ class DecisionEngine:
         self._learner: Learner | None = None
         self._watcher: ModelWatcher | None = None
         self._thread: LearnerThread | None = None
+        self.lazy_sweeps = True  # inline role: decide() sweeps when sweep_seconds passed
+        self._sweeper: DecisionLog | None = None  # sweep_rows' own connection
         self._last_sweep: datetime | None = None
         # event_id -> decision made here, newest last: feedback joins without a log read.
         # Kept as the log rows written (plain values: untracked by the garbage collector,
@@ -451,6 +453,41 @@ class DecisionEngine:
             reward = self.config.reward
             return self.log.sweep(ts, timedelta(days=reward.window_days), reward.default)
 
+    def learn_in_steps(self, step: int) -> None:
+        """Serve with bounded work per call (the service): no sweep inside ``decide``, and
+        a reward that finds a backlog learns at most ``step`` of it; the owner sweeps with
+        :meth:`sweep_rows` off the event loop and learns the backlog with
+        :meth:`learn_pending`, ``step`` rewards at a time."""
+        self.lazy_sweeps = False
+        if self._learner is not None:
+            self._learner.step_limit = step
+
+    def sweep_rows(self, now: datetime | None = None) -> int:
+        """Inline role: write the default rewards of decisions whose window closed, on a
+        connection of its own and without the engine's lock (safe in a worker thread; a
+        feedback racing it is kept by the log's unique event id, as against the learner
+        role's thread). Learning them is :meth:`learn_pending`'s. Returns the rows added."""
+        if self.role != "inline":
+            return 0
+        ts = utc(now)
+        self._last_sweep = ts
+        if self._sweeper is None:
+            self._sweeper = DecisionLog(self.log_path, synchronous=self.config.log_synchronous,
+                                        point=self.point)
+        reward = self.config.reward
+        return self._sweeper.sweep(ts, timedelta(days=reward.window_days), reward.default)
+
+    def learn_pending(self, limit: int) -> int:
+        """Inline role: learn at most ``limit`` rewards of the log not learned yet, in order;
+        how many were learned (fewer than ``limit``: none is left)."""
+        with self._lock:
+            if self._learner is None:
+                return 0
+            learned = self._learner.catch_up(limit=limit)
+            if learned and self.shadow is not None:
+                self.shadow.catch_up()
+            return learned
+
     def checkpoint_if_due(self) -> None:
         """Inline role: checkpoint when there is unsaved learning older than
         ``checkpoint_seconds`` (the service's housekeeping calls this, so a quiet service
@@ -460,8 +497,9 @@ class DecisionEngine:
                 self._learner.checkpoint_if_due()
 
     def _maybe_sweep(self, ts: datetime) -> None:
-        """Inline role: sweep when ``sweep_seconds`` of (possibly simulated) time passed."""
-        if self.role != "inline":
+        """Inline role: sweep when ``sweep_seconds`` of (possibly simulated) time passed
+        (unless its owner sweeps: :meth:`learn_in_steps`)."""
+        if self.role != "inline" or not self.lazy_sweeps:
             return
         if self._last_sweep is None:
             self._last_sweep = ts
@@ -545,6 +583,9 @@ class DecisionEngine:
             if self._watcher is not None:
                 self._watcher.chooser.close()
                 self._watcher = None
+            if self._sweeper is not None:
+                self._sweeper.close()
+                self._sweeper = None
             self.log.close()
             if self._lock_file is not None:
                 self._lock_file.release()

@@ -431,6 +431,10 @@ class Learner:
             store.discard_staged()
         self._unsaved = 0
         self._last_save = time.monotonic()
+        # None: a reward that finds others before it unlearned learns them all first. A
+        # number: at most that many of them (the service: the rest is learned in steps by
+        # its housekeeping, so no request waits for a whole sweep's backlog).
+        self.step_limit: int | None = None
         # One publisher thread: checkpoints are published in the order they were staged.
         self._publisher = (ThreadPoolExecutor(1, thread_name_prefix="checkpoint-publisher")
                            if publish_in_background and store is not None else None)
@@ -451,16 +455,18 @@ class Learner:
         """The version of the model as it stands now."""
         return policy_version(self.meta.fingerprint, self.meta.seq)
 
-    def catch_up(self, batch: int = 1000) -> int:
-        """Learn every reward after the covered ``seq``; how many rows were consumed."""
+    def catch_up(self, batch: int = 1000, limit: int | None = None) -> int:
+        """Learn every reward after the covered ``seq`` (at most ``limit``, in order); how
+        many rows were consumed."""
         consumed = 0
         while True:
-            rows = self.log.rewards_after(self.meta.seq, batch)
+            size = batch if limit is None else min(batch, limit - consumed)
+            rows = self.log.rewards_after(self.meta.seq, size) if size > 0 else []
             for row in rows:
                 self._learn(row.seq, row.learnable, row.action, row.features, row.reward,
                             row.probability, row.converted)
             consumed += len(rows)
-            if len(rows) < batch:
+            if len(rows) < size or size <= 0:
                 return consumed
 
     def learn_next(self, seq: int, logged: LoggedDecision, reward: float,
@@ -472,7 +478,7 @@ class Learner:
         read in order.
         """
         if seq != self.meta.seq + 1:
-            self.catch_up()
+            self.catch_up(limit=self.step_limit)
             return
         d = logged.decision
         self._learn(seq, d.learnable, d.action, logged.features, reward, d.probability,

@@ -137,6 +137,30 @@ def test_closed_windows_are_swept_and_learned(engine: DecisionEngine):
     assert late.status == "late"
 
 
+def test_served_in_steps_a_sweep_backlog_is_learned_a_step_at_a_time(settings: Settings):
+    """The service's way (learn_in_steps): decide() no longer sweeps; sweep_rows writes the
+    timeouts without learning them; a feedback behind that backlog learns one step of it,
+    not all; learn_pending drains the rest in steps, in order, exactly once."""
+    engine = DecisionEngine(with_bandit(settings, **NO_CAPS), role="inline")
+    try:
+        engine.learn_in_steps(50)
+        old = [engine.decide(user(i), CONTEXT, now=T0) for i in range(120)]
+        later = T0 + timedelta(days=8)
+        fresh = engine.decide(user(999), CONTEXT, now=later)  # no lazy sweep any more
+        assert engine.stats()["rewards"] == 0
+        assert engine.sweep_rows(now=later) == 120 and engine.learner_lag() == 120
+        assert engine.feedback(fresh.event_id, True, 10.0, now=later).status == "accepted"
+        assert engine.learner_lag() == 121 - 50  # one step of the backlog, not all of it
+        steps = [engine.learn_pending(50), engine.learn_pending(50)]
+        assert steps == [50, 21] and engine.learner_lag() == 0
+        assert engine.learn_pending(50) == 0
+        stats = engine.stats()
+        assert stats["rewards"] == 121
+        assert stats["rewards_learned"] == sum(d.learnable for d in [*old, fresh])
+    finally:
+        engine.close()
+
+
 def test_the_rewarded_arm_gains_share_for_its_kind_of_user(engine: DecisionEngine):
     """Price-sensitive gold users always convert on a coupon, platinum high-value users on a
     certification; nothing else ever converts. Each kind's arm must come to dominate."""
