@@ -581,7 +581,7 @@ class DecisionEngine:
                 self._thread.stop()
                 self._thread = None
             if self._watcher is not None:
-                self._watcher.chooser.close()
+                self._watcher.close()
                 self._watcher = None
             if self._sweeper is not None:
                 self._sweeper.close()

@@ -706,7 +706,12 @@ class LearnerThread:
 
 class ModelWatcher:
     """A scorer's view of the published model: reloads it when ``latest.json`` changes,
-    looking at most every ``reload_seconds``."""
+    looking at most every ``reload_seconds``.
+
+    The look and the load run in a thread of their own (the checkpoint store may be a
+    database; a VW model takes milliseconds to read): :meth:`refresh`, on the request
+    path, only starts a look when one is due and swaps in a model loaded since. The new
+    workspace is handed over whole, never used by two threads at once."""
 
     def __init__(self, settings: Settings, store: CheckpointStore, spec: ChooserSpec = BANDIT):
         self.settings = settings
@@ -715,21 +720,58 @@ class ModelWatcher:
         self.chooser, self.meta = load_chooser(settings, store, spec)
         self._stamp = store.latest_stamp()
         self._checked = time.monotonic()
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-loader")
+        self._loading: Future[tuple[Chooser, CheckpointMeta, Any] | None] | None = None
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Reload if a new checkpoint was published; True when the model changed."""
+        """Swap in a model loaded since the last call, and start a look for a newer one when
+        ``reload_seconds`` passed; ``force``: look and load now, in this thread. True when
+        the model changed."""
+        if force:
+            if self._loading is not None:
+                self._loading.result()  # an older look: superseded by this one
+                self._loading = None
+            self._checked = time.monotonic()
+            return self._install(self._load_if_newer(self._stamp))
+        swapped = False
+        if self._loading is not None and self._loading.done():
+            loading, self._loading = self._loading, None
+            try:
+                swapped = self._install(loading.result())
+            except Exception:  # keep serving the model in hand; the next look retries
+                LOG.exception("loading the newest bandit checkpoint failed")
         now = time.monotonic()
-        if not force and now - self._checked < self.settings.bandit.reload_seconds:
-            return False
-        self._checked = now
-        stamp = self.store.latest_stamp()
-        if stamp == self._stamp:
+        if self._loading is None and now - self._checked >= self.settings.bandit.reload_seconds:
+            self._checked = now
+            self._loading = self._loader.submit(self._load_if_newer, self._stamp)
+        return swapped
+
+    def _load_if_newer(self, stamp: Any) -> tuple[Chooser, CheckpointMeta, Any] | None:
+        """The published model when its stamp is not ``stamp`` (None when it is)."""
+        newer = self.store.latest_stamp()
+        if newer == stamp:
+            return None
+        chooser, meta = load_chooser(self.settings, self.store, self.spec)
+        return chooser, meta, newer
+
+    def _install(self, loaded: tuple[Chooser, CheckpointMeta, Any] | None) -> bool:
+        if loaded is None:
             return False
         old = self.chooser
-        self.chooser, self.meta = load_chooser(self.settings, self.store, self.spec)
-        self._stamp = stamp
+        self.chooser, self.meta, self._stamp = loaded
         old.close()
         return True
+
+    def close(self) -> None:
+        """Stop looking and free the model (and one loaded but not swapped in)."""
+        self._loader.shutdown(wait=True)
+        if self._loading is not None and self._loading.done() \
+                and self._loading.exception() is None:
+            loaded = self._loading.result()
+            if loaded is not None:
+                loaded[0].close()
+        self._loading = None
+        self.chooser.close()
 
     @property
     def policy_version(self) -> str:

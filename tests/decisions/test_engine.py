@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -236,6 +237,36 @@ def test_scorer_learns_through_the_learner_checkpoints(settings: Settings):
         assert result.detail == "reward accepted; the learner will learn it"
         wait_for(lambda: scorer.stats()["rewards_learned"] == accepted)
         assert scorer.policy_version.endswith(f".{scorer.log.last_seq()}")
+    finally:
+        scorer.close()
+        learner.close()
+
+
+def test_a_scorer_looks_for_and_loads_new_checkpoints_off_the_request_thread(
+        settings: Settings):
+    """The scorer's model watcher asks the checkpoint store and loads a new model in a
+    thread of its own; the deciding thread only swaps it in, and keeps deciding."""
+    tuned = with_bandit(settings, checkpoint_every=5, reload_seconds=0.01, **NO_CAPS)
+    learner = DecisionEngine(tuned, role="inline")
+    scorer = DecisionEngine(tuned, role="scorer")
+    try:
+        watcher = scorer._watcher
+        looked_from: set[str] = set()
+        latest_stamp = watcher.store.latest_stamp
+
+        def recorded() -> Any:
+            looked_from.add(threading.current_thread().name)
+            return latest_stamp()
+        watcher.store.latest_stamp = recorded
+        before = scorer.policy_version
+        for i in range(10):
+            d = learner.decide(user(i), CONTEXT)
+            learner.feedback(d.event_id, True, 40.0)
+        # Checkpoints at 5 and 10 rewards: the scorer may see the first, then the second.
+        wait_for(lambda: scorer.decide(user(1), CONTEXT) is not None
+                 and scorer.policy_version.endswith(".10"))
+        assert scorer.policy_version != before
+        assert looked_from and all(name.startswith("checkpoint-loader") for name in looked_from)
     finally:
         scorer.close()
         learner.close()
