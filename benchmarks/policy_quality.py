@@ -1,8 +1,8 @@
 """Benchmark: the service's policy against the oracle and the static rules, over seeds.
 
 For each seed (default 1-10): a 50,000-decision simulation with ``static``, ``squarecb``
-(the linear learner), ``service`` (the configured chooser, by default with the LightGBM
-reward model: ``--reward-model none`` measures the linear default) and the oracle; the
+(the linear learner), ``service`` (the configured chooser as the default config sets it;
+``--reward-model lightgbm`` or ``none`` overrides its reward model) and the oracle; the
 true expected reward of the last 10,000 decisions as a share of the oracle's and of the
 static rules'. Goals (issue 15): median over seeds >= 0.95 of the oracle and >= 1.12x
 static; the worst seed >= 1.08x.
@@ -14,7 +14,8 @@ throughput replaying a log with refits running in its worker (goal >= 5,000 rewa
 
 Long-running (about a minute per seed per policy); not part of the test suite. Writes
 benchmarks/results/policy_quality.json. Usage: python benchmarks/policy_quality.py
-[--seeds 1-10] [--decisions 50000] [--reward-model lightgbm|none] [--no-extras]
+[--seeds 1-10] [--decisions 50000] [--reward-model config|lightgbm|none]
+[--no-extras]
 """
 
 from __future__ import annotations
@@ -111,11 +112,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="1-10")
     parser.add_argument("--decisions", type=int, default=50_000)
-    parser.add_argument("--reward-model", default="lightgbm", choices=["lightgbm", "none"])
+    parser.add_argument("--reward-model", default="config",
+                        choices=["config", "lightgbm", "none"])
     parser.add_argument("--no-extras", action="store_true",
                         help="skip drift, latency and learner throughput")
     args = parser.parse_args()
-    settings = with_reward_model(Settings(), args.reward_model)
+    settings = Settings()
+    if args.reward_model != "config":
+        settings = with_reward_model(settings, args.reward_model)
     started = time.perf_counter()
     per_seed: dict[int, dict] = {}
     keep = Path(tempfile.mkdtemp(prefix="policy_quality_"))

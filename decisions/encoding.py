@@ -14,6 +14,13 @@ to):
 - ``C`` context: channel, page, category (only the configured values, else ``other``: free
   text never reaches the bandit), luxury or not, item price bin, the item price relative to
   the user's aov, hour bin;
+- ``N`` (buyers) numbers read from the store record beside U's bins (:func:`encode_numbers`):
+  the coupon share smoothed by the number of orders, category entropy (and crossed with the
+  log of the order count), log carts, log views, log aov (and its square), log orders: one
+  slope per arm (``NA``) where U's bins need a weight per bin, so fewer weights to learn;
+- ``I`` (buyers) the item as numbers: ``luxury``, ``log_price`` and ``log_relative_price``
+  (against the user's aov); ``NIA`` crosses them with N and the arm (brand focus matters
+  on luxury items, financing on expensive ones);
 - ``P`` price: ``value:<item price / 100>`` (the user's aov when the request has no item);
 - ``A`` arm: ``arm=<name>`` plus the arm's own features from ``ArmConfig.features``.
 
@@ -83,6 +90,12 @@ OTHER = "other"  # a context value outside the configured ones
 ENCODED_NAMES = ("tier", "segment", "known", "tags", "churn_probability",
                  "purchase_propensity", "channel", "page", "category", "item_price", "hour",
                  "aov")
+# The store columns namespace N reads as numbers (buyers; besides FEATURE_BINS').
+NUMBER_COLUMNS = ("frequency_total", "coupon_share", "category_entropy", "carts_30d",
+                  "views_30d", "aov")
+# A typical item price: log prices and log aov are taken relative to it, so their slopes
+# and the squared log aov are centred near zero.
+TYPICAL_PRICE = 180.0
 
 
 class BanditExample(BaseModel):
@@ -114,7 +127,8 @@ def _bin(name: str, value: float | None, edges: tuple[float, ...]) -> str:
 def check_encoder(config: BanditConfig, policy: PolicyConfig) -> None:
     """Refuse (ConfigError) an encoder that would read one of ``policy.forbidden_features``:
     a store column in ``FEATURE_BINS``, a context field, or an arm feature in config."""
-    policy.refuse_forbidden([*FEATURE_BINS, *SELLER_FEATURE_BINS, *ENCODED_NAMES],
+    policy.refuse_forbidden([*FEATURE_BINS, *SELLER_FEATURE_BINS, *ENCODED_NAMES,
+                             *NUMBER_COLUMNS],
                             "the bandit's encoder")
     for arm in config.arms:
         policy.refuse_forbidden(arm.features, f"bandit.arms {arm.name!r} features")
@@ -139,10 +153,64 @@ def encode_shared(user: UserView, context: RequestContext,
                    for name in SELLER_LOG_FEATURES
                    if (value := user.features.get(name)) is not None and math.isfinite(value)]
     shared = {"S": segmentation, "U": scores, "C": encode_context(user, context, values)}
+    if user.subject != "seller":
+        shared["N"] = encode_numbers(user)
+        item = encode_item(user, context)
+        if item:
+            shared["I"] = item
     value = context.item_price if context.item_price is not None else user.features.get("aov")
     if value is not None:
         shared["P"] = [f"value:{vw_number(value / PRICE_UNIT)}"]
     return shared
+
+
+def _number(user: UserView, name: str) -> float:
+    """A store column as a number: missing (or not finite) reads as 0."""
+    value = user.features.get(name)
+    return value if value is not None and math.isfinite(value) else 0.0
+
+
+def encode_numbers(user: UserView) -> list[str]:
+    """Namespace N of a buyer: store columns as numbers (missing reads as 0).
+
+    ``coupon_smooth`` is the share of orders with a coupon smoothed towards 1/2 by the
+    number of orders, ``(coupons + 1) / (orders + 2)``: one order with a coupon says less
+    than ten; ``entropy_x_orders`` and ``few_orders`` tell a focused buyer from one with
+    too few orders to spread over categories; ``has_aov`` marks a known aov.
+    """
+    orders = max(_number(user, "frequency_total"), 0.0)
+    share = min(max(_number(user, "coupon_share"), 0.0), 1.0)
+    entropy = max(_number(user, "category_entropy"), 0.0)
+    aov = _number(user, "aov")
+    log_orders = math.log1p(orders)
+    log_aov = math.log(aov / TYPICAL_PRICE) if aov > 0 else 0.0
+    numbers = {
+        "coupon_smooth": (share * orders + 1) / (orders + 2),
+        "entropy": entropy,
+        "log_carts": math.log1p(max(_number(user, "carts_30d"), 0.0)),
+        "log_aov": log_aov,
+        "has_aov": float(aov > 0),
+        "log_orders": log_orders,
+        "entropy_x_orders": entropy * log_orders,
+        "few_orders": float(orders < 2),
+        "log_aov_sq": min(max(log_aov, -1.0), 1.0) ** 2,
+        "log_views": math.log1p(max(_number(user, "views_30d"), 0.0)),
+    }
+    return [f"{name}:{vw_number(value)}" for name, value in numbers.items()]
+
+
+def encode_item(user: UserView, context: RequestContext) -> list[str]:
+    """Namespace I of a buyer: the item as numbers, ``luxury`` (a luxury category),
+    ``log_price`` (against a typical price) and ``log_relative_price`` (against the user's
+    aov); each left out when unknown (no item, no aov)."""
+    tokens = ["luxury"] if context.category in LUXURY_CATEGORIES else []
+    price = context.item_price
+    if price is not None and price > 0 and math.isfinite(price):
+        tokens.append(f"log_price:{vw_number(math.log(price / TYPICAL_PRICE))}")
+        aov = _number(user, "aov")
+        if aov > 0:
+            tokens.append(f"log_relative_price:{vw_number(math.log(price / aov))}")
+    return tokens
 
 
 def _known(value: str | None, allowed: frozenset[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from decisions.encoding import (
     encode_arms,
     encode_shared,
     example_value,
+    vw_number,
 )
 from decisions.policy import RequestContext, UserView, seller_view
 from decisions.reward import margin, revenue_of, reward_of
@@ -56,6 +58,31 @@ def test_shared_features_bin_numbers_and_sanitise_tokens():
     assert shared["C"] == ["channel=app", "page=item", "category=other", "luxury=0",
                            "price=3", "relative_price=na", "hour=evening"]
     assert shared["P"] == ["value:1.2"]  # item price in hundreds
+    # Missing columns read as 0: no orders, so the smoothed coupon share is 1/2.
+    assert shared["N"] == ["coupon_smooth:0.5", "entropy:0", "log_carts:0", "log_aov:0",
+                           "has_aov:0", "log_orders:0", "entropy_x_orders:0", "few_orders:1",
+                           "log_aov_sq:0", "log_views:0"]
+    assert shared["I"] == ["log_price:-0.405465108"]  # log(120 / 180); no aov, no relative
+
+
+def test_buyer_numbers_smooth_the_coupon_share_and_read_the_item_against_the_aov():
+    view = USER.model_copy(update={"features": {
+        "frequency_total": 8.0, "coupon_share": 0.75, "category_entropy": 0.5,
+        "carts_30d": 3.0, "views_30d": float("nan"), "aov": 180.0}})
+    numbers = dict(t.split(":") for t in encode_shared(view, CONTEXT)["N"])
+    assert float(numbers["coupon_smooth"]) == pytest.approx(0.7)  # (6 + 1) / (8 + 2)
+    assert float(numbers["log_carts"]) == pytest.approx(math.log(4))
+    assert float(numbers["entropy_x_orders"]) == pytest.approx(0.5 * math.log(9))
+    assert (numbers["few_orders"], numbers["has_aov"], numbers["log_views"]) == ("0", "1", "0")
+    one_order = view.model_copy(update={"features": {"frequency_total": 1.0,
+                                                     "coupon_share": 1.0}})
+    numbers = dict(t.split(":") for t in encode_shared(one_order, CONTEXT)["N"])
+    assert float(numbers["coupon_smooth"]) == pytest.approx(2 / 3)  # one coupon says little
+    watches = CONTEXT.model_copy(update={"category": "watches", "item_price": 360.0})
+    item = encode_shared(view, watches)["I"]
+    assert item[0] == "luxury" and item[1] == f"log_price:{vw_number(math.log(2))}"
+    assert item[2] == f"log_relative_price:{vw_number(math.log(2))}"  # 360 / aov 180
+    assert "I" not in encode_shared(USER, RequestContext(page="home"))  # no item, no aov
 
 
 def test_behaviour_columns_and_price_relative_to_aov_are_features():
@@ -79,6 +106,7 @@ def test_a_seller_reads_the_seller_columns_and_their_sales_as_a_number():
     unknown = seller_view("s2", {"seller_tier": "prospective", "is_seller": False})
     assert not any(t.startswith("log_") for t in encode_shared(unknown, CONTEXT)["U"])
     assert not any(t.startswith("log_") for t in encode_shared(USER, CONTEXT)["U"])
+    assert "N" not in encode_shared(seller, CONTEXT) and "I" not in encode_shared(seller, CONTEXT)
 
 
 def test_numpy_numbers_are_written_as_plain_vw_numbers():

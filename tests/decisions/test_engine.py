@@ -356,6 +356,9 @@ def test_the_encoder_refuses_a_forbidden_feature(settings: Settings):
     with pytest.raises(ConfigError, match="bandit's encoder reads coupon_share.*policy."
                                           "forbidden_features"):
         DecisionEngine(Settings.model_validate(data), durable=False)
+    data["policy"]["forbidden_features"] = ["carts_30d"]  # read as a number (namespace N)
+    with pytest.raises(ConfigError, match="bandit's encoder reads carts_30d"):
+        DecisionEngine(Settings.model_validate(data), durable=False)
     arms = [*NO_CAPS["arms"], {"name": "device_deal", "features": {"device_model": "iphone"}}]
     with pytest.raises(ConfigError, match="'device_deal' features reads device_model"):
         DecisionEngine(with_bandit(settings, arms=arms), durable=False)
