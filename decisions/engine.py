@@ -93,9 +93,6 @@ Role = Literal["scorer", "learner", "inline", "auto"]
 
 
 PRICING_KIND = "pricing"  # ArmConfig.features["kind"] of an arm that suggests a price
-# How often a durable SQLite decision log's WAL is checkpointed, from a thread of its own
-# (never inside a decision's commit on the event loop).
-WAL_CHECKPOINT_SECONDS = 1.0
 
 
 def utc(now: datetime | None) -> datetime:
@@ -143,8 +140,7 @@ class DecisionEngine:
             self.load_comparables()
         self.log_path = log_path or location(settings, "decision_log")
         self.log = DecisionLog(self.log_path, durable=durable,
-                               synchronous=self.config.log_synchronous, point=self.point,
-                               checkpoint_seconds=WAL_CHECKPOINT_SECONDS)
+                               synchronous=self.config.log_synchronous, point=self.point)
         self.rng = random.Random(self.config.seed)  # re-seeded per process for shared roles
         self._lock = threading.RLock()
         self._lock_file: Lease | None = None

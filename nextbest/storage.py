@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import logging
 import os
 import re
 import sqlite3
@@ -40,8 +39,6 @@ from typing import Any, Literal
 
 from nextbest.config import Settings
 from nextbest.errors import ConfigError, MissingComponent
-
-log = logging.getLogger(__name__)
 
 Target = Path | str  # a SQLite file, or a postgresql:// URL
 Place = Literal["decision_log", "campaign_store", "audit_log"]
@@ -181,9 +178,7 @@ class SqliteDatabase(Database):
     dialect: Dialect = "sqlite"
 
     def __init__(self, path: Path, *, timeout_seconds: float = 30.0,
-                 synchronous: str = "NORMAL", checkpoint_seconds: float | None = None):
-        """``checkpoint_seconds``: checkpoint the WAL from a thread of its own that often
-        (:class:`WalCheckpointer`) instead of inside this connection's commits."""
+                 synchronous: str = "NORMAL"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=timeout_seconds, isolation_level=None,
@@ -193,11 +188,6 @@ class SqliteDatabase(Database):
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         # Erasure leaves no byte behind: freed content is overwritten (nextbest/sqlite_wipe.py).
         self.conn.execute("PRAGMA secure_delete=ON")
-        self.checkpointer: WalCheckpointer | None = None
-        if checkpoint_seconds is not None:
-            self.conn.execute("PRAGMA wal_autocheckpoint=0")
-            self.checkpointer = WalCheckpointer(self.path, checkpoint_seconds,
-                                                timeout_seconds=timeout_seconds)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, args)
@@ -220,48 +210,7 @@ class SqliteDatabase(Database):
         return self.conn.in_transaction
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
         self.conn.close()
-
-
-class WalCheckpointer:
-    """Checkpoints a SQLite file's WAL every ``every_seconds`` from a thread of its own.
-
-    SQLite's automatic checkpoint runs inside whichever commit takes the WAL past
-    ``wal_autocheckpoint`` pages: for the decision log, written on the service's event
-    loop, that was a 3-7 ms pause every ~200 decisions (a commit writes five pages: the
-    table, three indexes, ``arm_stats``). Here it runs on a connection of its own in a
-    daemon thread (SQLite releases the GIL while it copies pages and syncs), ``PASSIVE``:
-    it never blocks a writer or a reader, and what it cannot copy now it copies next time.
-    """
-
-    def __init__(self, path: Path, every_seconds: float, *, timeout_seconds: float = 30.0):
-        self.checkpoints = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(path, every_seconds, timeout_seconds),
-            name=f"wal-checkpoint:{path.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self, path: Path, every_seconds: float, timeout_seconds: float) -> None:
-        conn = sqlite3.connect(path, timeout=timeout_seconds, isolation_level=None,
-                               check_same_thread=False)
-        try:
-            while not self._stop.wait(every_seconds):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
-                except sqlite3.Error as exc:  # busy or locked: the next round copies it
-                    log.warning("checkpoint of %s failed (%s); trying again in %.1f s",
-                                path, exc, every_seconds)
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        """Stop the thread (the file's last writer's close checkpoints what is left)."""
-        self._stop.set()
-        self._thread.join()
 
 
 class _Rows:
@@ -443,13 +392,11 @@ def _fetch(cursor: Any) -> _Rows:
 
 
 def open_database(target: Target, *, timeout_seconds: float = 30.0,
-                  synchronous: str = "NORMAL", pool_size: int = 4,
-                  checkpoint_seconds: float | None = None) -> Database:
-    """The database of ``target``: a PostgreSQL URL, or a SQLite file path
-    (``checkpoint_seconds``: WAL checkpoints from a thread, :class:`WalCheckpointer`)."""
+                  synchronous: str = "NORMAL", pool_size: int = 4) -> Database:
+    """The database of ``target``: a PostgreSQL URL, or a SQLite file path."""
     if is_postgres(target):
         return PostgresDatabase(str(target), pool_size=pool_size)
     if isinstance(target, str) and "://" in target:
         raise ConfigError(f"storage.url: {redact(target)} is not a postgresql:// URL")
     return SqliteDatabase(Path(target), timeout_seconds=timeout_seconds,
-                          synchronous=synchronous, checkpoint_seconds=checkpoint_seconds)
+                          synchronous=synchronous)

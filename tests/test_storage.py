@@ -130,39 +130,3 @@ def test_concurrent_reward_writers_reach_a_tailing_reader_in_order_without_gaps(
     if storage.name == "postgresql":
         assert committed[-1] > len(committed)  # the rolled-back seqs are holes
     reader.close()
-
-
-def _fill(db, rows: int) -> None:
-    """One commit of ~6 MB: past the automatic checkpoint's 1,000 pages."""
-    db.migrate("w", ["CREATE TABLE w (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"])
-    with db.transaction():
-        for k in range(rows):
-            db.execute("INSERT INTO w (k, v) VALUES (?, ?)", (k, "x" * 2000))
-
-
-def test_background_checkpoints_keep_commits_from_checkpointing(tmp_path: Path):
-    """With ``checkpoint_seconds`` no commit of the writing connection checkpoints the WAL
-    (the main file stays at its first pages however much is written) until the thread
-    does: then the rows are in the main file."""
-    idle = open_database(tmp_path / "idle.sqlite", checkpoint_seconds=3600)
-    _fill(idle, 3000)
-    assert (tmp_path / "idle.sqlite").stat().st_size < 64 * 1024
-    assert idle.checkpointer is not None and idle.checkpointer.checkpoints == 0
-    idle.close()
-
-    every = open_database(tmp_path / "every.sqlite", checkpoint_seconds=0.02)
-    _fill(every, 3000)
-    assert every.checkpointer is not None
-    after_writes = every.checkpointer.checkpoints
-    pause = threading.Event()
-    for _ in range(500):  # until a whole round of the thread follows the writes (bounded)
-        if every.checkpointer.checkpoints > after_writes + 1:
-            break
-        pause.wait(0.02)
-    assert (tmp_path / "every.sqlite").stat().st_size > 5_000_000
-    every.close()
-    plain = open_database(tmp_path / "plain.sqlite")  # SQLite's own checkpoints
-    _fill(plain, 3000)
-    assert plain.checkpointer is None
-    assert (tmp_path / "plain.sqlite").stat().st_size > 5_000_000
-    plain.close()
