@@ -42,6 +42,10 @@ NAME``: only the no-op, /next_best_action, /feedback, /score and the no-op again
 requests/s on a fresh service, with the service's CPU time per request; each run is appended
 to benchmarks/results/serve_fixed_rate.json, to compare code versions back to back on a
 host too busy for absolute numbers (run the old version with ``PYTHONPATH`` at its checkout).
+``--stall-rate R``: only the stall phase at R requests/s on a fresh service, written to
+benchmarks/results/serve_stall.json: the checkpoint stall at a rate the endpoints carry.
+(In either run the feedback phase starts once the decisions phase's stalls have aged out
+of the recent-stall gauge.)
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ LATENCY_RESULTS = REPO / "benchmarks" / "results" / "serve_latency.json"
 LATENCY_PLOT = REPO / "benchmarks" / "results" / "serve_latency.png"
 OPENLOOP = REPO / "benchmarks" / "openloop.py"
 FIXED_RATE_RESULTS = REPO / "benchmarks" / "results" / "serve_fixed_rate.json"
+STALL_RESULTS = REPO / "benchmarks" / "results" / "serve_stall.json"
 # (name, path, generator body kind) of the open-loop runs, in the order of each step.
 OPEN_LOOP_ENDPOINTS = (("noop", "/noop", "noop"), ("score", "/score", "score"),
                        ("next_best_action", "/next_best_action", "decide"),
@@ -652,6 +657,24 @@ def fixed_rate_report(env: dict[str, str], root: Path, args: argparse.Namespace
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "phases": out}
 
 
+def stall_report(env: dict[str, str], root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The stall phase alone on a fresh service at ``--stall-rate`` requests/s: the longest
+    loop stall during checkpoints at a rate the endpoints can carry (the open-loop run
+    measures it at half the no-op's maximum, beyond /next_best_action's capacity)."""
+    fresh_bandit(root)
+    proc, url = start_service(env, root, args.workers)
+    try:
+        every = load_settings(None, environ=env).bandit.checkpoint_every
+        stall = stall_phase(url, proc, args, root, args.stall_rate, every)
+    finally:
+        stop_service(proc)
+    return {"benchmark": "serve_stall", "workers": args.workers,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "event_loop_stall": stall,
+            "goal_own_stall_during_checkpoints_lt_20ms":
+                stall["longest_stall_ms_during_checkpoints"]["own"] < 20.0}
+
+
 def tree_cpu_seconds(proc: subprocess.Popen) -> float:
     """CPU seconds (user + system) the service's process tree has used so far."""
     try:
@@ -693,10 +716,13 @@ def main() -> int:
     parser.add_argument("--fixed-rate", type=float, default=None,
                         help="only the phases at this rate on a fresh service, compared by "
                              "--label in serve_fixed_rate.json (see fixed_rate_report)")
+    parser.add_argument("--stall-rate", type=float, default=None,
+                        help="only the stall phase, at this rate, on a fresh service "
+                             "(serve_stall.json)")
     parser.add_argument("--label", default="current",
                         help="--fixed-rate: the name of this code version in the results")
     args = parser.parse_args()
-    if args.fixed_rate is None and shutil.which("wrk") is None:
+    if args.fixed_rate is None and args.stall_rate is None and shutil.which("wrk") is None:
         print("error: wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 4
     started = time.perf_counter()
@@ -708,6 +734,11 @@ def main() -> int:
         else:
             env = build_world(root, args.users, args.seed)
         world_seconds = time.perf_counter() - started
+        if args.stall_rate is not None:
+            report = stall_report(env, root, args)
+            STALL_RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+            print(json.dumps(report, indent=2))
+            return 0
         if args.fixed_rate is not None:
             report = fixed_rate_report(env, root, args)
             known = json.loads(FIXED_RATE_RESULTS.read_text()) \
