@@ -66,12 +66,6 @@ class Scorer(UserDirectory):
         self.registry = registry
         self.seller_churn_model = load_seller_churn_champion(settings) if registry else None
 
-    def use(self, champions: ChampionModels) -> dict[str, str | None]:
-        """Serve ``champions`` and the registry's seller churn champion from now on."""
-        if self.registry:
-            self.seller_churn_model = load_seller_churn_champion(self.settings)
-        return super().use(champions)
-
     def refresh_seller_churn(self) -> str | None:
         """Load the registry's seller churn champion when it changed; its new version, or
         None when nothing changed (safe off the event loop: the swap is one assignment)."""

@@ -763,6 +763,7 @@ class NextBest:
         ltv = await asyncio.to_thread(self.scorer.load_ltv)
         if ltv is not None:
             self.scorer.use_ltv(ltv)
+        await asyncio.to_thread(self.scorer.refresh_seller_churn)
         versions = self.scorer.model_versions()
         self.audit.append("models_reloaded", actor=actor(request), details=versions)
         self.generation = await asyncio.to_thread(self.board.bump)
