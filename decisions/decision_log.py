@@ -49,7 +49,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import from_json, to_json
 
-from nextbest.config import DEFAULT_POINT, ArmConfig
+from nextbest.config import DEFAULT_POINT, ArmConfig, RewardConfig
 from nextbest.sqlite_wipe import truncate_wal
 from nextbest.storage import Target, open_database
 
@@ -527,6 +527,10 @@ class DecisionLog:
         self._swept_to = cutoff
         self._wrote()
         return max(cursor.rowcount, 0)
+
+    def sweep_closed(self, now: datetime, reward: RewardConfig) -> int:
+        """:meth:`sweep` with the reward settings' window and default reward."""
+        return self.sweep(now, timedelta(days=reward.window_days), reward.default)
 
     def rewards_after(self, seq: int, limit: int = 1000) -> list[LoggedReward]:
         """This point's rewards with a log position above ``seq``, in order, joined with their

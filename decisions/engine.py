@@ -446,8 +446,7 @@ class DecisionEngine:
                 if added and self.shadow is not None:
                     self.shadow.catch_up()
                 return added
-            reward = self.config.reward
-            return self.log.sweep(ts, timedelta(days=reward.window_days), reward.default)
+            return self.log.sweep_closed(ts, self.config.reward)
 
     def learn_in_steps(self, step: int) -> None:
         """Serve with bounded work per call (the service): no sweep inside ``decide``, and
@@ -470,8 +469,7 @@ class DecisionEngine:
         if self._sweeper is None:
             self._sweeper = DecisionLog(self.log_path, synchronous=self.config.log_synchronous,
                                         point=self.point)
-        reward = self.config.reward
-        return self._sweeper.sweep(ts, timedelta(days=reward.window_days), reward.default)
+        return self._sweeper.sweep_closed(ts, self.config.reward)
 
     def learn_pending(self, limit: int) -> int:
         """Inline role: learn at most ``limit`` rewards of the log not learned yet, in order;

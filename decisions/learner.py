@@ -42,7 +42,7 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -459,15 +459,16 @@ class Learner:
         """Learn every reward after the covered ``seq`` (at most ``limit``, in order); how
         many rows were consumed."""
         consumed = 0
-        while True:
+        while limit is None or consumed < limit:
             size = batch if limit is None else min(batch, limit - consumed)
-            rows = self.log.rewards_after(self.meta.seq, size) if size > 0 else []
+            rows = self.log.rewards_after(self.meta.seq, size)
             for row in rows:
                 self._learn(row.seq, row.learnable, row.action, row.features, row.reward,
                             row.probability, row.converted)
             consumed += len(rows)
-            if len(rows) < size or size <= 0:
-                return consumed
+            if len(rows) < size:
+                break
+        return consumed
 
     def learn_next(self, seq: int, logged: LoggedDecision, reward: float,
                    converted: bool) -> None:
@@ -613,8 +614,7 @@ class Learner:
 
     def sweep(self, now: datetime) -> int:
         """Default rewards for decisions whose window closed; then learn them."""
-        reward = self.settings.bandit.reward
-        added = self.log.sweep(now, timedelta(days=reward.window_days), reward.default)
+        added = self.log.sweep_closed(now, self.settings.bandit.reward)
         if added:
             self.catch_up()
         return added
@@ -727,24 +727,27 @@ class ModelWatcher:
         """Swap in a model loaded since the last call, and start a look for a newer one when
         ``reload_seconds`` passed; ``force``: look and load now, in this thread. True when
         the model changed."""
-        if force:
-            if self._loading is not None:
-                self._loading.result()  # an older look: superseded by this one
-                self._loading = None
-            self._checked = time.monotonic()
-            return self._install(self._load_if_newer(self._stamp))
-        swapped = False
-        if self._loading is not None and self._loading.done():
-            loading, self._loading = self._loading, None
-            try:
-                swapped = self._install(loading.result())
-            except Exception:  # keep serving the model in hand; the next look retries
-                LOG.exception("loading the newest bandit checkpoint failed")
+        swapped = self._collect(wait=force)
         now = time.monotonic()
+        if force:
+            self._checked = now
+            return self._install(self._load_if_newer(self._stamp)) or swapped
         if self._loading is None and now - self._checked >= self.settings.bandit.reload_seconds:
             self._checked = now
             self._loading = self._loader.submit(self._load_if_newer, self._stamp)
         return swapped
+
+    def _collect(self, *, wait: bool) -> bool:
+        """Swap in what the look in flight loaded, once it is done (``wait``: wait for it);
+        True when the model changed."""
+        if self._loading is None or not (wait or self._loading.done()):
+            return False
+        loading, self._loading = self._loading, None
+        try:
+            return self._install(loading.result())
+        except Exception:  # keep serving the model in hand; the next look retries
+            LOG.exception("loading the newest bandit checkpoint failed")
+            return False
 
     def _load_if_newer(self, stamp: Any) -> tuple[Chooser, CheckpointMeta, Any] | None:
         """The published model when its stamp is not ``stamp`` (None when it is)."""
@@ -763,14 +766,9 @@ class ModelWatcher:
         return True
 
     def close(self) -> None:
-        """Stop looking and free the model (and one loaded but not swapped in)."""
+        """Stop looking and free the model (a model loaded but not swapped in yet too)."""
         self._loader.shutdown(wait=True)
-        if self._loading is not None and self._loading.done() \
-                and self._loading.exception() is None:
-            loaded = self._loading.result()
-            if loaded is not None:
-                loaded[0].close()
-        self._loading = None
+        self._collect(wait=True)
         self.chooser.close()
 
     @property
