@@ -186,24 +186,17 @@ def rule_row(user: UserView, context: RequestContext | None,
         "tier": user.tier, "segment": user.segment, "tags": user.tags, "known": user.known,
         "under_review": user.under_review, "churn_probability": user.churn_probability,
         "purchase_propensity": user.purchase_propensity}
-    if user.subject == "seller":
-        own.update(seller_tier=user.tier, seller_tags=user.tags)
+    aliases = ({"seller_tier": user.tier, "seller_tags": user.tags}
+               if user.subject == "seller" else {})
     request = context.model_dump() if context is not None else {}
     if names is None:
-        row = {**user.features, **own, **request}
-        if user.subject == "seller":  # the seller aliases win over a request field too
-            row.update(seller_tier=user.tier, seller_tags=user.tags)
-        return row
-    row = {}
-    for name in names:
-        if user.subject == "seller" and name in ("seller_tier", "seller_tags"):
-            row[name] = own[name]
-        elif name in request:
-            row[name] = request[name]
-        elif name in own:
-            row[name] = own[name]
-        elif name in user.features:
-            row[name] = user.features[name]
+        return {**user.features, **own, **request, **aliases}
+    row: dict[str, Any] = {}
+    for name in names:  # the same precedence: aliases, then the request, own, the record
+        for layer in (aliases, request, own, user.features):
+            if name in layer:
+                row[name] = layer[name]
+                break
     return row
 
 

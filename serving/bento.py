@@ -20,8 +20,8 @@ Serving: BentoML hands the argument back to the service when it runs from the be
 store instead of the registry (and never polls the registry: the bento's versions are
 fixed), seeds each decision point's bandit directory with its bundled checkpoint when it
 holds none, and reads its settings from the bundled configuration, the config file named
-by ``NEXTBEST_CONFIG`` and ``NEXTBEST__*`` variables. ``paths.data_dir`` defaults to :data:`BENTO_DATA_DIR` there
-(the bento's own directory is no place for a decision log).
+by ``NEXTBEST_CONFIG`` and ``NEXTBEST__*`` variables. ``paths.data_dir`` defaults to
+:data:`BENTO_DATA_DIR` there (the bento's own directory is no place for a decision log).
 """
 
 from __future__ import annotations
