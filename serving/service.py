@@ -434,17 +434,7 @@ class NextBest:
             self._checked_registry = now
             # A bento's models are fixed: it never asks the registry.
             newer = None if BUNDLE else await asyncio.to_thread(self.scorer.newer_champions)
-            if newer is not None:
-                log.info("now serving models %s", self.scorer.use(newer))
-                gc.freeze()  # the new models are long-lived: out of collections too
-            ltv = await asyncio.to_thread(self.scorer.load_ltv)
-            if ltv is not None:
-                self.scorer.use_ltv(ltv)
-                log.info("now serving ltv v%s", ltv.version)
-            seller = None if BUNDLE else await asyncio.to_thread(
-                self.scorer.refresh_seller_churn)
-            if seller is not None:
-                log.info("now serving seller_churn v%s", seller)
+            await self._serve_models(newer)
             for engine in self.points:  # a new features build's sold comparables
                 if engine.pricing:
                     await asyncio.to_thread(engine.load_comparables)
@@ -463,6 +453,20 @@ class NextBest:
             while engine.learn_pending(LEARN_STEP) == LEARN_STEP:
                 await asyncio.sleep(0)
         self.points.checkpoint_if_due()  # inline role: the time schedule, not only the count
+
+    async def _serve_models(self, champions: ChampionModels | None) -> None:
+        """Serve ``champions`` (None: keep those in hand) and the registry's LTV and seller
+        churn champions when they changed; every load off the event loop."""
+        if champions is not None:
+            log.info("now serving models %s", self.scorer.use(champions))
+            gc.freeze()  # the new models are long-lived: out of collections too
+        ltv = await asyncio.to_thread(self.scorer.load_ltv)
+        if ltv is not None:
+            self.scorer.use_ltv(ltv)
+            log.info("now serving ltv v%s", ltv.version)
+        seller = await asyncio.to_thread(self.scorer.refresh_seller_churn)
+        if seller is not None:
+            log.info("now serving seller_churn v%s", seller)
 
     async def __is_ready__(self) -> bool:
         """Ready when models and features are loaded (or serving empty was allowed)."""
@@ -758,12 +762,7 @@ class NextBest:
             raise Conflict(f"this service serves the models its bento carries "
                            f"({BUNDLE.versions()}); build and deploy a new bento "
                            "(`nextbest bento build`) to change them", field="models")
-        self.scorer.use(await asyncio.to_thread(load_champions, self.settings))
-        gc.freeze()  # the new models are long-lived: out of collections too
-        ltv = await asyncio.to_thread(self.scorer.load_ltv)
-        if ltv is not None:
-            self.scorer.use_ltv(ltv)
-        await asyncio.to_thread(self.scorer.refresh_seller_churn)
+        await self._serve_models(await asyncio.to_thread(load_champions, self.settings))
         versions = self.scorer.model_versions()
         self.audit.append("models_reloaded", actor=actor(request), details=versions)
         self.generation = await asyncio.to_thread(self.board.bump)
