@@ -131,8 +131,24 @@ def written(world: Any, server: Any, client: httpx.Client, pool) -> Written:
     return Written(user, export.json(), message["message_id"], decision["event_id"], prior)
 
 
+@pytest.fixture(scope="module")
+def held_in_files(written: Written, world: Any) -> dict[str, Any]:
+    """What the world's files held about the user before the erasure (the export's
+    reference): orders bought and sold, raw events, and the feature partitions."""
+    user = written.user
+    raw_orders = pd.read_parquet(world.settings.paths.raw_dir / "orders.parquet")
+    raw_events = pd.read_parquet(world.settings.paths.raw_dir / "events.parquet")
+    partitions = sorted(world.settings.paths.features_dir.glob("as_of=*/features.parquet"))
+    held = [p for p in partitions
+            if (pd.read_parquet(p, columns=["user_id"])["user_id"] == user).any()]
+    return {"orders": int((raw_orders["buyer_id"] == user).sum()
+                          + (raw_orders["seller_id"] == user).sum()),
+            "events": int((raw_events["user_id"] == user).sum()),
+            "as_of": sorted(p.parent.name.removeprefix("as_of=") for p in held)}
+
+
 def test_export_returns_everything_held_about_the_user(written: Written,
-                                                       world: Any) -> None:
+                                                       held_in_files: dict[str, Any]) -> None:
     export, user = written.export, written.user
     assert export["store"]["record"]["user_id"] == user
     assert export["store"]["preferences"]["marketing_sms"] is True
@@ -147,33 +163,15 @@ def test_export_returns_everything_held_about_the_user(written: Written,
     assert [r["status"] for r in message["receipts"]] == ["delivered"]
     assert message["attempts"] and message["attempts"][0]["ok"] == 1
     assert written.new("events") == 5
-    raw_orders = pd.read_parquet(world.settings.paths.raw_dir / "orders.parquet")
-    bought = int((raw_orders["buyer_id"] == user).sum())
-    sold = int((raw_orders["seller_id"] == user).sum())
-    assert len(export["raw"].get("orders", [])) == bought + sold
+    assert len(export["raw"].get("orders", [])) == held_in_files["orders"]
     assert all(user in (o["buyer_id"], o["seller_id"]) for o in export["raw"].get("orders", []))
-    raw_events = pd.read_parquet(world.settings.paths.raw_dir / "events.parquet")
-    assert len(export["raw"].get("events", [])) >= int((raw_events["user_id"] == user).sum())
+    assert len(export["raw"].get("events", [])) >= held_in_files["events"]
     assert export["raw"]["users"][0]["user_id"] == user
-    partitions = sorted(world.settings.paths.features_dir.glob("as_of=*/features.parquet"))
-    held = [p for p in partitions
-            if (pd.read_parquet(p, columns=["user_id"])["user_id"] == user).any()]
-    assert len(held) >= 2, "the world should hold the user in several feature partitions"
-    assert sorted(f["as_of"][:10] for f in export["features"]) == sorted(
-        p.parent.name.removeprefix("as_of=") for p in held)
+    assert len(held_in_files["as_of"]) >= 2, \
+        "the world should hold the user in several feature partitions"
+    assert sorted(f["as_of"][:10] for f in export["features"]) == held_in_files["as_of"]
     actions = [a["action"] for a in export["audit"]]
     assert "preferences_changed" in actions and actions[-1] == "user_exported"
-
-
-@pytest.fixture(scope="module")
-def erased(written: Written, client: httpx.Client) -> Iterator[Written]:
-    response = client.delete(f"/users/{written.user}")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["store_records"] == 1
-    assert body["decisions"] == 3 + len(written.prior["decisions"])
-    assert body["campaign_rows"] >= 6 and body["file_rows"] > 0
-    yield written
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +179,19 @@ def mentioned_before(written: Written, world: Any, server: Any) -> list[str]:
     """Where the scan finds the user before the erasure (it must find them to mean
     anything afterwards)."""
     return mentions(world, server, written.user)
+
+
+@pytest.fixture(scope="module")
+def erased(written: Written, mentioned_before: list[str], held_in_files: dict[str, Any],
+           client: httpx.Client) -> Iterator[Written]:
+    # After what the other tests compare with was read, whichever test asks for it first.
+    response = client.delete(f"/users/{written.user}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["store_records"] == 1
+    assert body["decisions"] == 3 + len(written.prior["decisions"])
+    assert body["campaign_rows"] >= 6 and body["file_rows"] > 0
+    yield written
 
 
 def test_no_byte_of_the_erased_user_remains(mentioned_before: list[str], erased: Written,
