@@ -9,7 +9,8 @@ The places, and what erasing a user means in each:
   (they are the buyer's history) with ``seller_id`` blanked; import rejects
   (``rejects/*.csv``) lines naming the user;
 - the feature partitions ``paths.features_dir/as_of=*/features.parquet`` and the latent
-  traits ``paths.latent_dir/user_traits.parquet``: the user's rows;
+  traits ``paths.latent_dir/user_traits.parquet`` and ``seller_traits.parquet``: the
+  user's rows;
 - the decision log: decisions, rewards and late feedback (any :class:`UserEraser` the
   caller passes; this package knows nothing of decisions).
 
@@ -39,10 +40,12 @@ from pydantic import BaseModel, Field
 
 from features.contract import raw_files
 from features.store import OnlineStore, unique_user_ids
+from features.synth import SELLER_TRAITS_FILE, USER_TRAITS_FILE
 from nextbest.errors import ErasureFailed
 
 FEATURES_GLOB = "as_of=*/features.parquet"
-LATENT_FILE = "user_traits.parquet"
+# The synthetic marketplace's latent traits: of every user, and of sellers and prospects.
+LATENT_FILES = (USER_TRAITS_FILE, SELLER_TRAITS_FILE)
 
 
 class TableRule(BaseModel):
@@ -314,7 +317,7 @@ def stage_files(user_ids: Sequence[str], *, raw_dir: Path | None = None,
     if features_dir is not None:
         jobs += [(path, BY_USER_ID) for path in sorted(Path(features_dir).glob(FEATURES_GLOB))]
     if latent_dir is not None:
-        jobs.append((Path(latent_dir) / LATENT_FILE, BY_USER_ID))
+        jobs += [(Path(latent_dir) / name, BY_USER_ID) for name in LATENT_FILES]
     staged: list[StagedFile] = []
     for path, rule in jobs:
         if not path.is_file():
@@ -400,7 +403,9 @@ def export_files(user_id: str, *, raw_dir: Path | None = None,
     if features_dir is not None:
         for path in sorted(Path(features_dir).glob(FEATURES_GLOB)):
             history += _rows_naming(path, ("user_id",), user_id)
-    latent: list[dict[str, Any]] = []
-    if latent_dir is not None and (Path(latent_dir) / LATENT_FILE).is_file():
-        latent = _rows_naming(Path(latent_dir) / LATENT_FILE, ("user_id",), user_id)
+    latent: list[dict[str, Any]] = []  # the user's row of each latent traits file
+    if latent_dir is not None:
+        for path in (Path(latent_dir) / name for name in LATENT_FILES):
+            if path.is_file():
+                latent += _rows_naming(path, ("user_id",), user_id)
     return {"raw": raw, "features": history, "latent": latent}

@@ -63,6 +63,7 @@ from features.contract import LUXURY_CATEGORIES
 from nextbest.errors import ValidationFailed
 
 TABLES = ("users", "orders", "listings", "events", "preferences")
+USER_TRAITS_FILE = "user_traits.parquet"
 SELLER_TRAITS_FILE = "seller_traits.parquet"
 CHUNK_USERS = 100_000
 US_PER_HOUR = 3_600_000_000
@@ -1026,7 +1027,7 @@ def synthesize(n_users: int, days: int, seed: int, raw_dir: Path, latent_dir: Pa
             writers.write("events", _listing_starts_table(pop, clock, counters, lo, hi))
     finally:
         writers.close()
-    pq.write_table(_traits_table(pop, clock), latent_dir / "user_traits.parquet")
+    pq.write_table(_traits_table(pop, clock), latent_dir / USER_TRAITS_FILE)
     pq.write_table(_seller_traits_table(pop, clock), latent_dir / SELLER_TRAITS_FILE)
     return SynthSummary(n_users=n_users, days=days, seed=seed, start=start, raw_dir=raw_dir,
                         latent_dir=latent_dir, rows={t: writers.rows[t] for t in TABLES},
@@ -1074,7 +1075,7 @@ def group_truth(raw_dir: Path, latent_dir: Path, as_of: date) -> tuple[pd.DataFr
     """
     end = pd.Timestamp(as_of)
     users = pd.read_parquet(Path(raw_dir) / "users.parquet", columns=["user_id", "signup_ts"])
-    traits = pd.read_parquet(Path(latent_dir) / "user_traits.parquet").set_index("user_id")
+    traits = pd.read_parquet(Path(latent_dir) / USER_TRAITS_FILE).set_index("user_id")
     users = users[users["signup_ts"] < end].set_index("user_id")
     orders = pd.read_parquet(Path(raw_dir) / "orders.parquet",
                              columns=["buyer_id", "ts", "amount", "status", "new_user_perk"])

@@ -267,7 +267,7 @@ def listed_in_files(settings: Settings, store: OnlineStore) -> list[str]:
     import pyarrow.parquet as pq
 
     from features.contract import raw_files
-    from features.erasure import FEATURES_GLOB, LATENT_FILE, RAW_RULES
+    from features.erasure import FEATURES_GLOB, LATENT_FILES, RAW_RULES
 
     paths = settings.paths
     columns: list[tuple[Path, tuple[str, ...]]] = [
@@ -275,7 +275,7 @@ def listed_in_files(settings: Settings, store: OnlineStore) -> list[str]:
         for path in raw_files(Path(paths.raw_dir), name)]
     columns += [(path, ("user_id",))
                 for path in sorted(Path(paths.features_dir).glob(FEATURES_GLOB))]
-    columns.append((Path(paths.latent_dir) / LATENT_FILE, ("user_id",)))
+    columns += [(Path(paths.latent_dir) / name, ("user_id",)) for name in LATENT_FILES]
     found: set[str] = set()
     for path, names in columns:
         if not path.is_file():

@@ -19,7 +19,7 @@ from decisions.policy import RequestContext, UserView
 from features.build import build_features, load_features
 from features.erasure import RAW_RULES, TableRule, erase_from_table, erase_users
 from features.store import open_store
-from features.synth import synthesize
+from features.synth import SELLER_TRAITS_FILE, synthesize
 from nextbest.cli import main as cli_main
 from nextbest.config import Settings
 from nextbest.errors import ErasureFailed
@@ -83,6 +83,8 @@ def test_erase_everywhere_purges_files_and_rebuilds_skip_the_user(world: Setting
     orders_before = raw(world, "orders")
     sold = orders_before["seller_id"].eq(user) & orders_before["buyer_id"].ne(user)
     others_before = {t: raw(world, t) for t in ("users", "events", "listings")}
+    sellers_before = pd.read_parquet(world.paths.latent_dir / SELLER_TRAITS_FILE)
+    assert user in set(sellers_before["user_id"])  # a seller has latent seller traits
 
     report = erase_everywhere(world, [user], now=datetime(2024, 6, 1))
 
@@ -101,6 +103,8 @@ def test_erase_everywhere_purges_files_and_rebuilds_skip_the_user(world: Setting
     assert user not in features_ids(world)
     traits = pd.read_parquet(world.paths.latent_dir / "user_traits.parquet")
     assert user not in set(traits["user_id"]) and len(traits) == 119
+    sellers = pd.read_parquet(world.paths.latent_dir / SELLER_TRAITS_FILE)
+    assert user not in set(sellers["user_id"]) and len(sellers) == len(sellers_before) - 1
     assert any(path.endswith("orders.parquet") for path in report.files)
 
     # A rebuild (from the purged tables) keeps the user out of features and store.
