@@ -33,9 +33,17 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from decisions.policy import UserView
 from experiments.cli import parse_seeds
 from experiments.policies import EnginePolicy
-from experiments.runner import ITEM_PREFIX, contexts, play, simulation_settings, user_views
+from experiments.runner import (
+    contexts,
+    play,
+    simulation_settings,
+    stream_truth,
+    user_views,
+    values_truth,
+)
 from experiments.simulator import (
     CATEGORIES,
     PAGES,
@@ -56,10 +64,9 @@ LGB_PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 63
               "verbose": -1}
 
 
-def user_frame(population: pd.DataFrame) -> pd.DataFrame:
+def user_frame(views: list[UserView]) -> pd.DataFrame:
     """Per user, what the service sees: the numeric features of the store record, tier and
     segment (codes) and the model scores; never a latent trait."""
-    views = user_views(population)
     frame = pd.DataFrame([view.features for view in views]).astype(float)
     frame["tier_code"] = pd.Categorical([v.tier for v in views]).codes
     frame["segment_code"] = pd.Categorical([v.segment for v in views]).codes
@@ -69,9 +76,9 @@ def user_frame(population: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def observables(population: pd.DataFrame, stream: Stream) -> pd.DataFrame:
+def observables(views: list[UserView], stream: Stream) -> pd.DataFrame:
     """One row per request: the user's observables and the request's context."""
-    users = user_frame(population)
+    users = user_frame(views)
     rows = users.iloc[stream.user_index].reset_index(drop=True)
     rows["page"] = pd.Categorical(stream.page, categories=PAGES).codes
     rows["category"] = pd.Categorical(stream.category, categories=CATEGORIES).codes
@@ -88,7 +95,7 @@ def fit(settings: Settings, populations: list[pd.DataFrame], decisions: int,
         stream = make_stream(settings, population, SimulationConfig(decisions=decisions,
                                                                     seed=seed,
                                                                     users=len(population)))
-        frames.append(observables(population, stream))
+        frames.append(observables(user_views(population), stream))
         targets.append(stream.expected_reward)
     x = pd.concat(frames, ignore_index=True)
     y = np.vstack(targets)
@@ -96,17 +103,6 @@ def fit(settings: Settings, populations: list[pd.DataFrame], decisions: int,
     boosters = [lgb.train(LGB_PARAMS, lgb.Dataset(x, y[:, k]), num_boost_round=400)
                 for k in range(y.shape[1])]
     return boosters, columns
-
-
-def greedy_truth(predicted: np.ndarray, settings: Settings):
-    """The oracle's chooser's view, with predicted instead of true expected rewards."""
-    arm_index = {arm.name: i for i, arm in enumerate(settings.bandit.arms)}
-
-    def truth(decision) -> list[float]:
-        step = int(str(decision.context.item_id).removeprefix(ITEM_PREFIX))
-        return [float(predicted[step, arm_index[arm]]) for arm in decision.arms]
-
-    return truth
 
 
 def evaluate(settings: Settings, seed: int, decisions: int,
@@ -117,17 +113,17 @@ def evaluate(settings: Settings, seed: int, decisions: int,
     config = SimulationConfig(decisions=decisions, seed=seed, users=len(population))
     stream = make_stream(settings, population, config)
     views, requests = user_views(population), contexts(stream)
-    x = observables(population, stream)
-    truths = {"oracle": None, "static": None}
+    x = observables(views, stream)
+    truths = {"oracle": stream_truth(stream, settings), "static": None}
     for name, (boosters, columns) in models.items():
         predicted = np.column_stack([b.predict(x[columns]) for b in boosters])
-        truths[name] = greedy_truth(predicted, settings)
+        truths[name] = values_truth(predicted, settings)  # the oracle's chooser, predicted
     last = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, truth in truths.items():
-            chooser = "static" if name == "static" else "oracle"
+            chooser = "static" if truth is None else "oracle"
             policy = EnginePolicy(settings, chooser, seed, Path(tmp) / f"{name}.sqlite",
-                                  truth=truth if truth is not None else _true(stream, settings))
+                                  truth=truth)
             try:
                 trace = play(policy, stream, views, requests, settings, config)
             finally:
@@ -136,11 +132,6 @@ def evaluate(settings: Settings, seed: int, decisions: int,
     out = {f"{name}_of_oracle": last[name] / last["oracle"] for name in truths}
     out |= {f"{name}_vs_static": last[name] / last["static"] for name in truths}
     return out
-
-
-def _true(stream: Stream, settings: Settings):
-    """The true expected rewards (the oracle's own view)."""
-    return greedy_truth(stream.expected_reward, settings)
 
 
 def main() -> None:

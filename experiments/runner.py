@@ -105,15 +105,20 @@ def contexts(stream: Stream) -> list[RequestContext]:
 
 
 def stream_truth(stream: Stream, settings: Settings) -> Truth:
-    """The oracle's view of the stream: the true expected reward of each eligible arm.
+    """The oracle's view of the stream: the true expected reward of each eligible arm."""
+    return values_truth(stream.expected_reward, settings)
 
-    A request is found by its ``item_id`` (:func:`contexts` names item ``t`` of step ``t``).
-    """
+
+def values_truth(values: np.ndarray, settings: Settings) -> Truth:
+    """A :data:`Truth` reading each eligible arm's value of a request from ``values``
+    (shape ``(n, k)``, arms in ``settings.bandit.arms`` order): the oracle's chooser then
+    plays them greedily. A request is found by its ``item_id`` (:func:`contexts` names item
+    ``t`` of step ``t``)."""
     arm_index = {arm.name: i for i, arm in enumerate(settings.bandit.arms)}
 
     def truth(decision: DecisionInput) -> list[float]:
         step = int(str(decision.context.item_id).removeprefix(ITEM_PREFIX))
-        return [float(stream.expected_reward[step, arm_index[arm]]) for arm in decision.arms]
+        return [float(values[step, arm_index[arm]]) for arm in decision.arms]
 
     return truth
 
