@@ -142,6 +142,13 @@ def _replaying_learn(self: ConversionBandit, example, arm, reward, probability, 
 bandit_module.ConversionBandit.learn = _replaying_learn
 
 
+def use_replay(overrides: dict, seed: int) -> None:
+    """Replay as a variant's ``overrides`` say (none by default), seeded by ``seed``."""
+    _REPLAY.update(per_reward=overrides.get("replay", 0), buffer=overrides.get("buffer", 0),
+                   seed=seed, weight=overrides.get("weight", 1.0),
+                   ipw_cap=overrides.get("ipw_cap", 0.0))
+
+
 def variant_settings(overrides: dict) -> Settings:
     settings = Settings()
     exploration = settings.bandit.exploration
@@ -177,9 +184,7 @@ def baseline(seed: int, decisions: int, cache: dict) -> dict:
 
 def run_service(overrides: dict, seed: int, decisions: int) -> tuple[float, float]:
     """The service policy's expected reward over the last 20%, and its decisions/s."""
-    _REPLAY.update(per_reward=overrides.get("replay", 0), buffer=overrides.get("buffer", 0),
-                   seed=seed, weight=overrides.get("weight", 1.0),
-                   ipw_cap=overrides.get("ipw_cap", 0.0))
+    use_replay(overrides, seed)
     settings = simulation_settings(variant_settings(overrides))
     population = synthetic_population(settings, 5_000, seed)
     config = SimulationConfig(decisions=decisions, seed=seed, users=len(population))
@@ -208,7 +213,7 @@ def throughput(replays: list[int], seed: int, decisions: int) -> dict[str, dict]
         simulate(settings, population, SimulationConfig(decisions=decisions, seed=seed),
                  ["service"], log_dir=Path(tmp))
         for k in replays:
-            _REPLAY.update(per_reward=k, buffer=5000, seed=seed, weight=1.0, ipw_cap=0.0)
+            use_replay({"replay": k, "buffer": 5000}, seed)
             out[str(k)] = learner_throughput(settings, Path(tmp) / "service.sqlite")
             print(k, out[str(k)], flush=True)
     return out
@@ -222,10 +227,7 @@ def drift_recovery(names: list[str], seed: int, decisions: int) -> dict[str, int
     out = {}
     for name in names:
         overrides = VARIANTS[name]
-        _REPLAY.update(per_reward=overrides.get("replay", 0),
-                       buffer=overrides.get("buffer", 0), seed=seed,
-                       weight=overrides.get("weight", 1.0),
-                       ipw_cap=overrides.get("ipw_cap", 0.0))
+        use_replay(overrides, seed)
         settings = variant_settings(overrides)
         population = synthetic_population(settings, 5_000, seed)
         result = simulate(settings, population, SimulationConfig(
