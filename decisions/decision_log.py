@@ -406,13 +406,17 @@ class DecisionLog:
 
     def __init__(self, path: Target, *, durable: bool = True,
                  synchronous: Literal["NORMAL", "FULL"] = "NORMAL", pool_size: int = 4,
-                 point: str = DEFAULT_POINT):
+                 point: str = DEFAULT_POINT, checkpoint_seconds: float | None = None):
+        """``checkpoint_seconds`` (a durable SQLite log): copy the WAL into the file that
+        often from a thread (:class:`nextbest.storage.WalCheckpointer`), so the commits of
+        this connection (the service's, on its event loop) rarely checkpoint themselves."""
         self.path = path
         self.point = point
         self._pending = 0
         self._swept_to: float | None = None
         self.conn = open_database(path, synchronous=synchronous if durable else "OFF",
-                                  pool_size=pool_size)
+                                  pool_size=pool_size,
+                                  checkpoint_seconds=checkpoint_seconds if durable else None)
         self.durable = durable or self.conn.dialect != "sqlite"
         self.conn.migrate("decision_log", SCHEMA_STEPS)
         if not self.durable:

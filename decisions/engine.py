@@ -93,6 +93,9 @@ Role = Literal["scorer", "learner", "inline", "auto"]
 
 
 PRICING_KIND = "pricing"  # ArmConfig.features["kind"] of an arm that suggests a price
+# How often a durable SQLite decision log's WAL is copied into the file from a thread of its
+# own, so that decisions' commits on the event loop rarely checkpoint themselves.
+WAL_CHECKPOINT_SECONDS = 0.5
 
 
 def utc(now: datetime | None) -> datetime:
@@ -140,7 +143,8 @@ class DecisionEngine:
             self.load_comparables()
         self.log_path = log_path or location(settings, "decision_log")
         self.log = DecisionLog(self.log_path, durable=durable,
-                               synchronous=self.config.log_synchronous, point=self.point)
+                               synchronous=self.config.log_synchronous, point=self.point,
+                               checkpoint_seconds=WAL_CHECKPOINT_SECONDS)
         self.rng = random.Random(self.config.seed)  # re-seeded per process for shared roles
         self._lock = threading.RLock()
         self._lock_file: Lease | None = None

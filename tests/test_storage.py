@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from decisions.decision_log import REWARD_LOCK, DecisionLog, RewardRow
+from nextbest import storage as storage_module
 from nextbest.audit import AuditLog
 from nextbest.config import load_settings
 from nextbest.errors import ConfigError
@@ -130,3 +131,67 @@ def test_concurrent_reward_writers_reach_a_tailing_reader_in_order_without_gaps(
     if storage.name == "postgresql":
         assert committed[-1] > len(committed)  # the rolled-back seqs are holes
     reader.close()
+
+
+def _fill(db, rows: int, start: int = 0) -> None:
+    """One commit of ``rows`` rows of ~2 kB (two rows a 4 kB page)."""
+    db.migrate("w", ["CREATE TABLE w (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"])
+    with db.transaction():
+        for k in range(start, start + rows):
+            db.execute("INSERT INTO w (k, v) VALUES (?, ?)", (k, "x" * 2000))
+
+
+def _wait_for_rounds(checkpointer, rounds: int) -> None:
+    """Until the checkpointer thread has run ``rounds`` more times (bounded)."""
+    target = checkpointer.checkpoints + rounds
+    pause = threading.Event()
+    for _ in range(500):
+        if checkpointer.checkpoints >= target:
+            return
+        pause.wait(0.02)
+    raise AssertionError("the checkpointer thread did not run")
+
+
+def test_a_checkpointer_thread_copies_the_wal_and_the_writer_still_bounds_it(
+        tmp_path: Path, monkeypatch):
+    """With ``checkpoint_seconds`` the writing connection's commits do not checkpoint below
+    BOUNDED_WAL_PAGES (the main file stays at its first pages) until the thread does; past
+    it the connection checkpoints itself, so the WAL cannot grow without bound. Without a
+    checkpointer SQLite checkpoints every 1,000 pages."""
+    monkeypatch.setattr(storage_module, "BOUNDED_WAL_PAGES", 2_000)
+    idle = open_database(tmp_path / "idle.sqlite", checkpoint_seconds=3600)
+    _fill(idle, 3000)  # ~1,500 pages: past SQLite's 1,000, below the bound
+    assert (tmp_path / "idle.sqlite").stat().st_size < 64 * 1024
+    assert idle.checkpointer is not None and idle.checkpointer.checkpoints == 0
+    _fill(idle, 3000, start=3000)  # past the bound: the writer's own checkpoint
+    assert (tmp_path / "idle.sqlite").stat().st_size > 10_000_000
+    assert idle.checkpointer.checkpoints == 0
+    idle.close()
+
+    every = open_database(tmp_path / "every.sqlite", checkpoint_seconds=0.02)
+    _fill(every, 3000)
+    assert every.checkpointer is not None
+    _wait_for_rounds(every.checkpointer, 2)  # a whole round after the writes
+    assert (tmp_path / "every.sqlite").stat().st_size > 5_000_000
+    every.close()
+
+    plain = open_database(tmp_path / "plain.sqlite")  # SQLite's own checkpoints
+    _fill(plain, 3000)
+    assert plain.checkpointer is None
+    assert (tmp_path / "plain.sqlite").stat().st_size > 5_000_000
+    plain.close()
+
+
+def test_the_decision_log_of_an_engine_is_checkpointed_by_a_thread(tmp_path: Path):
+    """A durable SQLite decision log copies its WAL from a thread (the service's decisions
+    commit on its event loop); a scratch log (``durable=False``) does not start one."""
+    durable = DecisionLog(tmp_path / "d.sqlite", checkpoint_seconds=0.5)
+    assert durable.conn.checkpointer is not None
+    assert durable.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
+        storage_module.BOUNDED_WAL_PAGES
+    durable.close()
+    assert not any(t.name == "wal-checkpoint:d.sqlite" and t.is_alive()
+                   for t in threading.enumerate())
+    scratch = DecisionLog(tmp_path / "s.sqlite", durable=False, checkpoint_seconds=0.5)
+    assert scratch.conn.checkpointer is None
+    scratch.close()

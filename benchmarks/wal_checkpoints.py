@@ -1,0 +1,151 @@
+"""Benchmark: the decision log's commits with SQLite's own WAL checkpoints and with the
+checkpointer thread (nextbest/storage.py ``WalCheckpointer``).
+
+The service commits every decision on its event loop, and SQLite checkpoints the WAL
+inside whichever commit takes it past ``wal_autocheckpoint`` pages: two syncs and a copy of
+the pages changed since the last checkpoint, during which the loop serves nothing. This
+fills a decision log in a temporary directory with ``--prefill`` decisions (random event
+ids and users, as the service writes them, built by the learner benchmark's generator),
+then commits ``--decisions`` more at ``--rate`` a second, one at a time as the service
+does, timing each commit: first with SQLite's own checkpoints (every 1,000 pages), then
+with the checkpointer thread (``checkpoint_seconds`` as the engine sets it), the two
+alternating for ``--rounds`` rounds on the same file. Reported per mode: the mean commit,
+its p99 and maximum, the commits over 3 ms (the checkpoints) and their total, the writing
+thread's CPU a decision, and the ratio of the total pause to SQLite's own in the same run.
+
+    .venv/bin/python benchmarks/wal_checkpoints.py [--prefill 200000] [--decisions 20000]
+        [--rate 1000] [--rounds 2] [--seed 1]
+
+Prints and writes benchmarks/results/wal_checkpoints.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learner import random_decision  # noqa: E402  (benchmarks/ is on sys.path)
+
+from decisions.decision_log import DecisionLog, LoggedDecision  # noqa: E402
+from decisions.encoding import encode_arms  # noqa: E402
+from decisions.engine import WAL_CHECKPOINT_SECONDS  # noqa: E402
+from nextbest.config import load_settings  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "wal_checkpoints.json"
+SLOW_S = 0.003  # a commit this long checkpointed (a plain one takes ~0.1 ms)
+USERS = 2000
+
+
+def decisions(count: int, rng: random.Random, first: int) -> list[LoggedDecision]:
+    """``count`` logged decisions with random event ids and users of a pool of USERS."""
+    settings = load_settings(None, environ={})
+    arms = encode_arms(settings.bandit)
+    made = []
+    for i in range(first, first + count):
+        logged, _ = random_decision(settings, arms, rng, i)
+        update = {"event_id": f"{rng.getrandbits(96):024x}",
+                  "user_id": f"u{rng.randrange(USERS):06d}"}
+        made.append(logged.model_copy(update={"decision": logged.decision.model_copy(
+            update=update)}))
+    return made
+
+
+def prefill(path: Path, count: int, rng: random.Random) -> None:
+    """``count`` decisions in batched commits (a scratch connection: fast)."""
+    log = DecisionLog(path, durable=False)
+    for start in range(0, count, 10_000):
+        for logged in decisions(min(10_000, count - start), rng, start):
+            log.record_decision(logged)
+        log.flush()
+    log.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # each run's WAL from empty
+    log.close()
+
+
+def commit_paced(path: Path, batch: list[LoggedDecision], rate: float,
+                 checkpoint_seconds: float | None) -> dict[str, Any]:
+    """Commit ``batch`` one decision at a time at ``rate`` a second; the numbers."""
+    log = DecisionLog(path, checkpoint_seconds=checkpoint_seconds)
+    times = []
+    cpu = time.thread_time()
+    start = time.perf_counter()
+    for i, logged in enumerate(batch):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        began = time.perf_counter()
+        log.record_decision(logged)
+        times.append(time.perf_counter() - began)
+    cpu = time.thread_time() - cpu
+    wal = os.path.getsize(f"{path}-wal")
+    checkpointer = log.conn.checkpointer  # type: ignore[attr-defined]
+    rounds = checkpointer.checkpoints if checkpointer is not None else 0
+    log.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next run's WAL from empty
+    log.close()
+    ordered = sorted(times)
+    slow = [t for t in times if t > SLOW_S]
+    return {
+        "mode": "sqlite" if checkpoint_seconds is None else "thread",
+        "decisions": len(batch), "mean_us": round(statistics.fmean(times) * 1e6, 1),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1e3, 3),
+        "max_ms": round(ordered[-1] * 1e3, 1),
+        "pauses_over_3ms": len(slow), "pause_total_ms": round(sum(slow) * 1e3, 1),
+        "pause_us_per_decision": round(sum(slow) / len(batch) * 1e6, 1),
+        "cpu_us_per_decision": round(cpu / len(batch) * 1e6, 1),
+        "wal_file_mib": round(wal / 2**20, 1), "thread_checkpoints": rounds,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prefill", type=int, default=200_000)
+    parser.add_argument("--decisions", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=1000.0, help="decisions a second")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    rng = random.Random(args.seed)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="nextbest-wal-") as tmp:
+        path = Path(tmp) / "decisions.sqlite"
+        prefill(path, args.prefill, rng)
+        first = args.prefill
+        for round_ in range(args.rounds):
+            for seconds in (None, WAL_CHECKPOINT_SECONDS):
+                batch = decisions(args.decisions, rng, first)
+                first += args.decisions
+                run = commit_paced(path, batch, args.rate, seconds)
+                run["round"] = round_ + 1
+                print(json.dumps(run))
+                runs.append(run)
+    def total(mode: str) -> float:
+        return sum(r["pause_total_ms"] for r in runs if r["mode"] == mode)
+
+    report = {
+        "benchmark": "wal_checkpoints", "time_s": round(time.perf_counter() - started, 1),
+        "prefill": args.prefill, "decisions_per_run": args.decisions, "rate": args.rate,
+        "seed": args.seed, "checkpoint_seconds": WAL_CHECKPOINT_SECONDS,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "runs": runs,
+        "pause_ratio_thread_to_sqlite": round(total("thread") / total("sqlite"), 3)
+        if total("sqlite") else None,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
