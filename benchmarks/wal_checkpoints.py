@@ -46,13 +46,15 @@ SLOW_S = 0.003  # a commit this long checkpointed (a plain one takes ~0.1 ms)
 USERS = 2000
 
 
+SETTINGS = load_settings(None, environ={})  # the default configuration's arms and encoder
+ARMS = encode_arms(SETTINGS.bandit)
+
+
 def decisions(count: int, rng: random.Random, first: int) -> list[LoggedDecision]:
     """``count`` logged decisions with random event ids and users of a pool of USERS."""
-    settings = load_settings(None, environ={})
-    arms = encode_arms(settings.bandit)
     made = []
     for i in range(first, first + count):
-        logged, _ = random_decision(settings, arms, rng, i)
+        logged, _ = random_decision(SETTINGS, ARMS, rng, i)
         update = {"event_id": f"{rng.getrandbits(96):024x}",
                   "user_id": f"u{rng.randrange(USERS):06d}"}
         made.append(logged.model_copy(update={"decision": logged.decision.model_copy(

@@ -181,17 +181,3 @@ def test_a_checkpointer_thread_copies_the_wal_and_the_writer_still_bounds_it(
     assert (tmp_path / "plain.sqlite").stat().st_size > 5_000_000
     plain.close()
 
-
-def test_the_decision_log_of_an_engine_is_checkpointed_by_a_thread(tmp_path: Path):
-    """A durable SQLite decision log copies its WAL from a thread (the service's decisions
-    commit on its event loop); a scratch log (``durable=False``) does not start one."""
-    durable = DecisionLog(tmp_path / "d.sqlite", checkpoint_seconds=0.5)
-    assert durable.conn.checkpointer is not None
-    assert durable.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
-        storage_module.BOUNDED_WAL_PAGES
-    durable.close()
-    assert not any(t.name == "wal-checkpoint:d.sqlite" and t.is_alive()
-                   for t in threading.enumerate())
-    scratch = DecisionLog(tmp_path / "s.sqlite", durable=False, checkpoint_seconds=0.5)
-    assert scratch.conn.checkpointer is None
-    scratch.close()

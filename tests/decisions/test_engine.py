@@ -15,6 +15,7 @@ from decisions.engine import DecisionEngine, RequestContext, UserView
 from decisions.policy import ContactCounts
 from nextbest.config import Settings
 from nextbest.errors import ConfigError, Conflict, NotFound, ValidationFailed
+from nextbest.storage import BOUNDED_WAL_PAGES
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONTEXT = RequestContext(channel="web", page="item", item_price=80.0, category="bags", hour=14)
@@ -424,3 +425,22 @@ def test_the_inline_learner_checkpoints_on_its_time_schedule(settings: Settings)
         wait_for(lambda: published() is not None and published().rewards_learned == 1)
     finally:
         eng.close()
+
+
+def test_a_durable_engine_checkpoints_its_log_from_a_thread(settings: Settings):
+    """A durable engine's decision log copies its WAL from a thread (the service's decisions
+    commit on its event loop) and its own commits checkpoint only past BOUNDED_WAL_PAGES;
+    closing the engine stops the thread. A scratch engine (``durable=False``) starts none."""
+    engine = DecisionEngine(with_bandit(settings, **NO_CAPS), role="inline")
+    try:
+        conn = engine.log.conn
+        name = f"wal-checkpoint:{conn.path.name}"
+        assert conn.checkpointer is not None
+        assert any(t.name == name and t.is_alive() for t in threading.enumerate())
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BOUNDED_WAL_PAGES
+        engine.decide(user(1), CONTEXT, now=T0)
+    finally:
+        engine.close()
+    assert not any(t.name == name and t.is_alive() for t in threading.enumerate())
+    with DecisionEngine(with_bandit(settings, **NO_CAPS), durable=False) as scratch:
+        assert scratch.log.conn.checkpointer is None
