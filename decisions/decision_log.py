@@ -51,7 +51,7 @@ from pydantic_core import from_json, to_json
 
 from nextbest.config import DEFAULT_POINT, ArmConfig, RewardConfig
 from nextbest.sqlite_wipe import truncate_wal
-from nextbest.storage import Target, open_database
+from nextbest.storage import Target, WriteGate, open_database
 
 BATCH_COMMIT = 1000  # operations per commit when durable=False
 _SCHEMA = """
@@ -421,6 +421,12 @@ class DecisionLog:
         self.conn.migrate("decision_log", SCHEMA_STEPS)
         if not self.durable:
             self.conn.execute("BEGIN")
+
+    @property
+    def gate(self) -> WriteGate:
+        """What the event loop's writes to this log pass (:class:`nextbest.storage.WriteGate`):
+        the WAL checkpointer closes it for a moment to restart the WAL."""
+        return self.conn.gate
 
     @contextmanager
     def _reward_writer(self) -> Iterator[None]:

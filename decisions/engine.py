@@ -34,6 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -85,7 +86,7 @@ from features.build import available_as_of, partition_dir
 from features.comparables import COMPARABLE_DAYS, MIN_SALES, Comparable, read_comparables
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
-from nextbest.storage import Target, location
+from nextbest.storage import Target, WriteGate, location
 
 __all__ = ["Decision", "DecisionEngine", "FeedbackResult", "RequestContext", "Role", "UserView"]
 
@@ -103,6 +104,17 @@ def utc(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(UTC)
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A decision chosen and not logged yet (:meth:`DecisionEngine.choose`): ``logged`` is
+    its log row to be (None: an answer that is never logged), ``shadowed`` what the shadow
+    policy sees of it (None: no shadow, or not a bandit decision)."""
+
+    decision: Decision
+    logged: LoggedDecision | None = None
+    shadowed: DecisionInput | None = None
 
 
 class DecisionEngine:
@@ -231,6 +243,16 @@ class DecisionEngine:
         log (committed, when durable) before this returns. Raises ValidationFailed naming
         ``context.channel`` or ``context.page`` when it is not a configured value.
         """
+        choice = self.choose(user, context, now=now, campaign=campaign, arms=arms,
+                             counts=counts, record=record)
+        return self.record(choice)
+
+    def choose(self, user: UserView, context: RequestContext, *, now: datetime | None = None,
+               campaign: str | None = None, arms: Sequence[str] | None = None,
+               counts: ContactCounts | None = None, record: bool = True) -> Choice:
+        """The first half of :meth:`decide`: the decision, not logged yet. The service
+        chooses, then awaits the log's gate (:attr:`gate`) for :meth:`record` only, so a
+        decision asked for while the WAL restarts is computed meanwhile."""
         self.context_values.check(context)
         ts = utc(now)
         with self._lock:
@@ -241,29 +263,44 @@ class DecisionEngine:
                                      self.context_values)
                        if user.personalization else BanditExample())
             arm, pmf = self._choose(plan, chooser, DecisionInput(user, context, example))
-            probability = pmf.get(arm, 1.0) if arm is not None else 1.0
-            decision = Decision(
-                event_id=secrets.token_urlsafe(16), user_id=user.user_id, action=arm,
-                probability=probability, pmf=pmf,
-                personalized=plan.kind is PlanKind.BANDIT, control=plan.kind is PlanKind.CONTROL,
-                reason=reason_for(plan, user, algorithm=self._algorithm, action=arm,
-                                  probability=probability),
-                policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
-                learnable=plan.learnable and record, decision_point=self.point,
-                offer=self._offer(arm, context))
-            if not record:
-                return decision
-            logged = LoggedDecision(
-                decision=decision, tier=user.tier,
-                features=example.model_dump(),
-                item_price=context.item_price,
-                reward_model=getattr(chooser, "reward_model_version", None)
-                if plan.kind is PlanKind.BANDIT else None)
-            self._remember(decision.event_id, self.log.record_decision(logged))
-            if self.shadow is not None and plan.kind is PlanKind.BANDIT:
-                self._observe_shadow(decision.event_id,
-                                     DecisionInput(user, context, example), ts)
-            return decision
+        probability = pmf.get(arm, 1.0) if arm is not None else 1.0
+        decision = Decision(
+            event_id=secrets.token_urlsafe(16), user_id=user.user_id, action=arm,
+            probability=probability, pmf=pmf,
+            personalized=plan.kind is PlanKind.BANDIT, control=plan.kind is PlanKind.CONTROL,
+            reason=reason_for(plan, user, algorithm=self._algorithm, action=arm,
+                              probability=probability),
+            policy_version=version, eligible=plan.eligible, ts=ts, campaign=campaign,
+            learnable=plan.learnable and record, decision_point=self.point,
+            offer=self._offer(arm, context))
+        if not record:
+            return Choice(decision)
+        logged = LoggedDecision(
+            decision=decision, tier=user.tier, features=example.model_dump(),
+            item_price=context.item_price,
+            reward_model=getattr(chooser, "reward_model_version", None)
+            if plan.kind is PlanKind.BANDIT else None)
+        shadowed = (DecisionInput(user, context, example)
+                    if self.shadow is not None and plan.kind is PlanKind.BANDIT else None)
+        return Choice(decision, logged, shadowed)
+
+    def record(self, choice: Choice) -> Decision:
+        """The second half of :meth:`decide`: log the chosen decision (committed, when
+        durable), remember it for its feedback, and let the shadow see it."""
+        if choice.logged is None:
+            return choice.decision
+        with self._lock:
+            self._remember(choice.decision.event_id, self.log.record_decision(choice.logged))
+            if choice.shadowed is not None:
+                self._observe_shadow(choice.decision.event_id, choice.shadowed,
+                                     choice.decision.ts)
+        return choice.decision
+
+    @property
+    def gate(self) -> WriteGate:
+        """The gate of this engine's log: the service enters ``gate.writing()`` around the
+        synchronous calls that write it (:meth:`record`, :meth:`feedback`)."""
+        return self.log.gate
 
     def _observe_shadow(self, event_id: str, decision: DecisionInput, ts: datetime) -> None:
         """Let the shadow choose on this decision and log it (it never acts). Outside the

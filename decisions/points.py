@@ -10,7 +10,8 @@ them write the one decision log, each row marked with its point: a request names
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -91,6 +92,17 @@ class DecisionPoints:
                            field="decision_point")
         return self.engines[named].feedback(event_id, converted, revenue, now=now,
                                             key_id=key_id, logged=logged)
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """On the event loop, around synchronous calls that may write any point's log
+        (feedback, campaign firings): every log's gate, entered without blocking the loop
+        (one gate when the points share a file, as they do by default)."""
+        gates = list({id(engine.gate): engine.gate for engine in self}.values())
+        async with AsyncExitStack() as stack:
+            for gate in gates:
+                await stack.enter_async_context(gate.writing())
+            yield
 
     # -- every point at once ----------------------------------------------------------------
     def checkpoint_if_due(self) -> None:

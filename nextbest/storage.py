@@ -25,6 +25,7 @@ unset, each store is its SQLite file under ``paths`` (:func:`location`).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import hashlib
 import logging
@@ -33,8 +34,9 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +97,12 @@ class Database:
     """What every store sees: ``execute``, ``insert``, transactions and migrations."""
 
     dialect: Dialect
+
+    @property
+    def gate(self) -> WriteGate:
+        """The gate an event loop's writes to this database pass (:class:`WriteGate`): the
+        file's when a thread may need it to itself, else one no thread ever holds."""
+        return OPEN_GATE
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         """Run one statement; a cursor-like result (``fetchone``, ``fetchall``, iteration,
@@ -179,7 +187,9 @@ class SqliteDatabase(Database):
     """One SQLite connection to a WAL file (callers serialise access to it).
 
     ``checkpoint_seconds``: copy the WAL into the main file that often from a thread of its
-    own (:class:`WalCheckpointer`), so this connection's commits rarely do it themselves."""
+    own (:class:`WalCheckpointer`), which also restarts the WAL while the file's
+    :attr:`gate` is closed, so this connection's commits never checkpoint unless that
+    thread falls behind."""
 
     dialect: Dialect = "sqlite"
 
@@ -194,11 +204,16 @@ class SqliteDatabase(Database):
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         # Erasure leaves no byte behind: freed content is overwritten (nextbest/sqlite_wipe.py).
         self.conn.execute("PRAGMA secure_delete=ON")
+        self._gate = write_gate(self.path)
         self.checkpointer: WalCheckpointer | None = None
         if checkpoint_seconds is not None:
             self.conn.execute(f"PRAGMA wal_autocheckpoint={BOUNDED_WAL_PAGES}")
             self.checkpointer = WalCheckpointer(self.path, checkpoint_seconds,
                                                 timeout_seconds=timeout_seconds)
+
+    @property
+    def gate(self) -> WriteGate:
+        return self._gate
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, args)
@@ -226,31 +241,113 @@ class SqliteDatabase(Database):
         self.conn.close()
 
 
-# The WAL of a database with a WalCheckpointer: its writing connection checkpoints once
-# the WAL passes this many pages (SQLite's default: 1,000).
-BOUNDED_WAL_PAGES = 10_000
+class WriteGate:
+    """Who may write one SQLite file of this process now: the event loop, or a thread that
+    needs a moment with no writer (:class:`WalCheckpointer` restarting the WAL).
+
+    The loop never blocks on it: :meth:`writing` takes the gate when it is free and awaits
+    its reopening when a thread holds it, so requests that do not write (``/score``) go on
+    being answered meanwhile. A thread :meth:`held` waits at most for the one synchronous
+    write in progress. Code that writes without the gate (a worker thread, a CLI) is still
+    correct: SQLite's own lock makes it wait, only it waits by sleeping.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting = threading.Lock()  # guards _waiters against the releasing thread
+        self._waiters: list[asyncio.Future[None]] = []
+        self.waits = 0  # writes on the loop that found the gate held and awaited it
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """On the event loop, around synchronous writes (nothing awaited inside): enter once
+        no thread holds the gate."""
+        while not self._lock.acquire(blocking=False):
+            reopened = asyncio.get_running_loop().create_future()
+            with self._waiting:
+                if not self._lock.locked():  # released since the try: try again
+                    continue
+                self._waiters.append(reopened)
+            self.waits += 1
+            await reopened
+        try:
+            yield
+        finally:
+            self._release()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """From a thread: no write through :meth:`writing` runs until this ends."""
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Open the gate and wake whoever awaits it (on any loop, from any thread)."""
+        self._lock.release()
+        with self._waiting:
+            waiters, self._waiters = self._waiters, []
+        for reopened in waiters:
+            with suppress(RuntimeError):  # its loop has closed: nobody waits any more
+                reopened.get_loop().call_soon_threadsafe(_wake, reopened)
+
+
+def _wake(reopened: asyncio.Future[None]) -> None:
+    if not reopened.done():
+        reopened.set_result(None)
+
+
+OPEN_GATE = WriteGate()  # PostgreSQL's: no thread here ever holds it
+_GATES: weakref.WeakValueDictionary[Path, WriteGate] = weakref.WeakValueDictionary()
+_GATES_LOCK = threading.Lock()
+
+
+def write_gate(path: Path) -> WriteGate:
+    """The one gate of the SQLite file ``path`` in this process (every connection to it
+    shares it, while any is open)."""
+    key = Path(os.path.abspath(path))
+    with _GATES_LOCK:
+        gate = _GATES.get(key)
+        if gate is None:
+            gate = _GATES[key] = WriteGate()
+        return gate
+
+
+# A database with a WalCheckpointer: its thread restarts the WAL past RESTART_WAL_PAGES;
+# its writing connection checkpoints by itself past BOUNDED_WAL_PAGES, which it reaches
+# only if the thread cannot restart the WAL (a reader holding an old snapshot for long).
+RESTART_WAL_PAGES = 16_000
+BOUNDED_WAL_PAGES = 4 * RESTART_WAL_PAGES
 
 
 class WalCheckpointer:
-    """Copies a SQLite file's WAL into the main file every ``every_seconds`` from a thread.
+    """Copies a SQLite file's WAL into the main file from a thread, and restarts the WAL
+    there, so the event loop's writes never checkpoint.
 
     SQLite checkpoints inside whichever commit takes the WAL past ``wal_autocheckpoint``
     pages. For the decision log, written on the service's event loop at five pages a
     decision (the table, three indexes, ``arm_stats``), that was a pause every ~200
     decisions: two syncs and the copy of every page changed since the last one, ~12 ms on
-    this machine's disk (over 100 when it is busy), 80-100 us a decision in all. With a
-    checkpointer the connection's own checkpoint comes every :data:`BOUNDED_WAL_PAGES`
-    pages instead, and finds most pages already copied by this thread (``PASSIVE``: it
-    never blocks a writer or a reader, and SQLite lets go of the GIL while it copies and
-    syncs): a tenth as many pauses, of ~30 ms, 20-25 us a decision in all, and a commit
-    70-85 us shorter on average (benchmarks/wal_checkpoints.py). The connection's own checkpoint
-    stays because it is the one that can finish: a checkpoint from another thread never
-    catches up with a writer that does not pause, so without it the WAL would grow without
-    bound (the first version of this, reverted, set ``wal_autocheckpoint=0``).
+    this machine's disk (over 100 when it is busy). This thread copies the WAL every
+    ``every_seconds`` (``PASSIVE``: it never blocks a writer or a reader, and SQLite lets go
+    of the GIL while it copies and syncs). A copy from another thread never finishes while
+    a writer keeps appending, though, and SQLite reuses the WAL from its start only after a
+    checkpoint that finished, so once the WAL passes :data:`RESTART_WAL_PAGES` the thread
+    closes the file's :class:`WriteGate` for a moment: it copies the last pages and makes
+    the write that restarts the WAL (and syncs its header) itself. Writes on the event loop
+    await the gate meanwhile without blocking it (benchmarks/wal_checkpoints.py). A round
+    that finds another writer (a worker thread's sweep) or a reader on an old snapshot
+    leaves the WAL as it is and tries again at the next.
     """
 
-    def __init__(self, path: Path, every_seconds: float, *, timeout_seconds: float = 30.0):
+    def __init__(self, path: Path, every_seconds: float, *, timeout_seconds: float = 30.0,
+                 restart_pages: int | None = None):
         self.checkpoints = 0
+        self.restarts = 0
+        self.restart_pages = restart_pages or RESTART_WAL_PAGES
+        self.gate = write_gate(path)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(path, every_seconds, timeout_seconds),
@@ -261,15 +358,39 @@ class WalCheckpointer:
         conn = sqlite3.connect(path, timeout=timeout_seconds, isolation_level=None,
                                check_same_thread=False)
         try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # Never wait on another writer's lock while holding the gate: skip the round.
+            conn.execute("PRAGMA busy_timeout=0")
             while not self._stop.wait(every_seconds):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
+                    if self._checkpoint(conn) >= self.restart_pages:
+                        self._restart(conn)
                 except sqlite3.Error as exc:  # busy or locked: the next round copies it
                     log.warning("checkpoint of %s failed (%s); trying again in %.1f s",
                                 path, exc, every_seconds)
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> int:
+        """Copy what the WAL holds into the file; the WAL's length in pages."""
+        _busy, pages, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.checkpoints += 1
+        return int(pages)
+
+    def _restart(self, conn: sqlite3.Connection) -> None:
+        """With the gate closed: copy the pages written since the last copy and, when that
+        leaves nothing uncopied, write once so the WAL starts again from its beginning."""
+        with self.gate.held():
+            _busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if pages != copied:
+                return  # another connection wrote meanwhile: the next round
+            try:
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                conn.execute(f"PRAGMA user_version={int(version)}")
+            except sqlite3.OperationalError:  # another connection writes: the next round
+                return
+        if self._checkpoint(conn) < pages:
+            self.restarts += 1
 
     def close(self) -> None:
         """Stop the thread (the file's last connection to close checkpoints what is left)."""

@@ -538,7 +538,9 @@ class NextBest:
                 else self.scorer.user_view(body.user_id))
         if not user.known and self.store.is_erased(body.user_id):
             return self._erased_default(body, engine)
-        decision = engine.decide(user, body.context)
+        choice = engine.choose(user, body.context)
+        async with engine.gate.writing():  # awaited, never blocking, while the WAL restarts
+            decision = engine.record(choice)
         self.metrics.decided(decision.action, user.tier)
         return decision
 
@@ -561,8 +563,9 @@ class NextBest:
         contradicting the one already accepted is a 409 saying how it differs (the first
         answer counts). The learned reward is clipped to the configured range; the API key
         that sent the feedback is kept with it in the decision log."""
-        result = self.points.feedback(body.event_id, body.converted, body.revenue,
-                                      point=body.decision_point, key_id=actor(request))
+        async with self.points.writing():
+            result = self.points.feedback(body.event_id, body.converted, body.revenue,
+                                          point=body.decision_point, key_id=actor(request))
         self.metrics.rewarded(result.action, result.tier, result.status, body.converted)
         return result
 
@@ -573,7 +576,8 @@ class NextBest:
         nothing; every firing is in the outbox (a message, or why none) before this
         answers."""
         events = [body] if isinstance(body, BehaviourEvent) else body.events
-        result = self.campaigns.on_events(events)
+        async with self.points.writing():  # a firing decides; a purchase is a reward
+            result = self.campaigns.on_events(events)
         for message in result.messages:
             if message.decision_id is not None:
                 self.metrics.decided(message.arm, None)
@@ -583,7 +587,8 @@ class NextBest:
     async def items(self, body: Item) -> ItemResult:
         """Upsert a listing: a new item notifies its seller's followers; stock falling to
         ``campaigns.low_stock_threshold`` notifies its recent viewers, once per user."""
-        return self.campaigns.on_item(body)
+        async with self.points.writing():  # a firing decides
+            return self.campaigns.on_item(body)
 
     # --- campaigns and the outbox -----------------------------------------------------------
 

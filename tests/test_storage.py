@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,3 +182,77 @@ def test_a_checkpointer_thread_copies_the_wal_and_the_writer_still_bounds_it(
     assert (tmp_path / "plain.sqlite").stat().st_size > 5_000_000
     plain.close()
 
+
+
+def test_a_write_on_the_loop_awaits_a_thread_holding_the_gate_and_the_loop_runs_meanwhile(
+        tmp_path: Path):
+    """While a thread holds a file's gate, a write through ``gate.writing()`` awaits it: other
+    tasks on the loop keep running, and the write runs once the thread lets go."""
+    db = open_database(tmp_path / "g.sqlite")
+    db.migrate("g", ["CREATE TABLE g (k INTEGER PRIMARY KEY)"])
+    gate = db.gate
+    assert gate is open_database(tmp_path / "g.sqlite").gate  # one gate per file
+    held, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def thread() -> None:
+        with gate.held():
+            held.set()
+            assert release.wait(10), "the event loop did not run while the gate was held"
+            order.append("thread done")
+
+    async def write() -> None:
+        async with gate.writing():
+            db.execute("INSERT INTO g (k) VALUES (1)")
+            order.append("written")
+
+    async def main() -> None:
+        holder = threading.Thread(target=thread)
+        holder.start()
+        await asyncio.to_thread(held.wait, 10)
+        writer = asyncio.create_task(write())
+        for _ in range(3):  # the loop turns while the writer awaits the gate
+            await asyncio.sleep(0)
+        assert gate.waits == 1 and not writer.done()
+        order.append("loop ran")
+        release.set()
+        await asyncio.wait_for(writer, 10)
+        holder.join()
+
+    asyncio.run(main())
+    assert order == ["loop ran", "thread done", "written"]
+    assert db.execute("SELECT count(*) FROM g").fetchone()[0] == 1
+    db.close()
+
+
+def test_the_checkpointer_restarts_the_wal_so_the_loops_writes_never_checkpoint(
+        tmp_path: Path, monkeypatch):
+    """Past RESTART_WAL_PAGES the thread closes the gate, copies the rest and restarts the
+    WAL: with the writer's own checkpoint out of reach the WAL stays near that length while
+    thousands of commits go on, and no row is lost."""
+    monkeypatch.setattr(storage_module, "RESTART_WAL_PAGES", 400)
+    monkeypatch.setattr(storage_module, "BOUNDED_WAL_PAGES", 1_000_000)
+    path = tmp_path / "r.sqlite"
+    db = open_database(path, checkpoint_seconds=0.01)
+    db.migrate("w", ["CREATE TABLE w (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"])
+    assert db.checkpointer is not None and db.checkpointer.restart_pages == 400
+    wal = Path(f"{path}-wal")
+    longest = written = 0
+
+    async def main() -> None:
+        nonlocal longest, written
+        # ~1 page a commit: at least 10 times the restart length, and (on a busy machine
+        # whose thread runs late) on until the thread has restarted the WAL three times
+        while written < 4000 or (db.checkpointer.restarts < 3 and written < 40_000):
+            async with db.gate.writing():
+                db.execute("INSERT INTO w (k, v) VALUES (?, ?)", (written, "x" * 2000))
+            written += 1
+            longest = max(longest, wal.stat().st_size)
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert db.checkpointer.restarts >= 3
+    assert longest < written * 4096 / 2  # without restarts the WAL would hold every commit
+    assert db.execute("SELECT count(*), sum(k) FROM w").fetchone() == (
+        written, (written - 1) * written // 2)
+    db.close()

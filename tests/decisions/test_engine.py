@@ -444,3 +444,23 @@ def test_a_durable_engine_checkpoints_its_log_from_a_thread(settings: Settings):
     assert not any(t.name == name and t.is_alive() for t in threading.enumerate())
     with DecisionEngine(with_bandit(settings, **NO_CAPS), durable=False) as scratch:
         assert scratch.log.conn.checkpointer is None
+
+
+def test_choose_logs_nothing_and_record_logs_and_remembers_the_choice(engine: DecisionEngine):
+    """The service's two halves of ``decide``: ``choose`` (computed while the log's gate may
+    be held) writes nothing; ``record`` writes the row ``decide`` would and remembers it
+    for its feedback."""
+    before = engine.log.count_decisions()
+    choice = engine.choose(user(1), CONTEXT, now=T0)
+    assert choice.logged is not None and choice.logged.decision is choice.decision
+    assert engine.log.count_decisions() == before
+    assert not engine.remembers(choice.decision.event_id)
+    assert engine.record(choice) is choice.decision
+    assert engine.log.count_decisions() == before + 1
+    assert engine.remembers(choice.decision.event_id)
+    logged = engine.log.get_decision(choice.decision.event_id)
+    assert logged is not None and logged.decision.action == choice.decision.action
+    assert engine.feedback(choice.decision.event_id, True, 10.0, now=T0).status == "accepted"
+    erased = engine.choose(user(2), CONTEXT, now=T0, record=False)
+    assert erased.logged is None and engine.record(erased) is erased.decision
+    assert engine.log.count_decisions() == before + 1
