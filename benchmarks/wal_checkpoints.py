@@ -1,17 +1,27 @@
-"""Benchmark: the decision log's commits with SQLite's own WAL checkpoints and with the
-checkpointer thread (nextbest/storage.py ``WalCheckpointer``).
+"""Benchmark: the decision log's commits with SQLite's own WAL checkpoints, with a
+checkpointer thread that only copies, and with the thread that also restarts the WAL behind
+the file's write gate (nextbest/storage.py ``WalCheckpointer``, ``WriteGate``).
 
 The service commits every decision on its event loop, and SQLite checkpoints the WAL
 inside whichever commit takes it past ``wal_autocheckpoint`` pages: two syncs and a copy of
 the pages changed since the last checkpoint, during which the loop serves nothing. This
 fills a decision log in a temporary directory with ``--prefill`` decisions (random event
 ids and users, as the service writes them, built by the learner benchmark's generator),
-then commits ``--decisions`` more at ``--rate`` a second, one at a time as the service
-does, timing each commit: first with SQLite's own checkpoints (every 1,000 pages), then
-with the checkpointer thread (``checkpoint_seconds`` as the engine sets it), the two
-alternating for ``--rounds`` rounds on the same file. Reported per mode: the mean commit,
-its p99 and maximum, the commits over 3 ms (the checkpoints) and their total, the writing
-thread's CPU a decision, and the ratio of the total pause to SQLite's own in the same run.
+then commits ``--decisions`` more at ``--rate`` a second on an asyncio loop, one at a time
+through the log's gate as the service does, in three modes alternating for ``--rounds``
+rounds on the same file:
+
+- ``sqlite``: SQLite's own checkpoints (every 1,000 pages), no thread;
+- ``copy``: the thread copies the WAL every ``checkpoint_seconds`` and the writer
+  checkpoints itself every 10,000 pages (the previous stop's design);
+- ``restart``: the thread also restarts the WAL, with the gate closed, past
+  ``RESTART_WAL_PAGES`` (the engine's design now); the writer never checkpoints.
+
+Reported per mode: the loop's pauses (a commit's synchronous time over 3 ms: what every
+request on the loop waits through) and their total, the decisions delayed over 3 ms (the
+await of the gate plus the commit: what only the decision waits through), the mean commit,
+the writing thread's CPU a decision, the WAL file's size at the end, and the ratio of the
+loop's total pause to SQLite's own in the same run.
 
     .venv/bin/python benchmarks/wal_checkpoints.py [--prefill 200000] [--decisions 20000]
         [--rate 1000] [--rounds 2] [--seed 1]
@@ -22,6 +32,7 @@ Prints and writes benchmarks/results/wal_checkpoints.json.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -39,6 +50,7 @@ from learner import random_decision  # noqa: E402  (benchmarks/ is on sys.path)
 from decisions.decision_log import DecisionLog, LoggedDecision  # noqa: E402
 from decisions.encoding import encode_arms  # noqa: E402
 from decisions.engine import WAL_CHECKPOINT_SECONDS  # noqa: E402
+from nextbest import storage  # noqa: E402
 from nextbest.config import load_settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wal_checkpoints.json"
@@ -73,38 +85,58 @@ def prefill(path: Path, count: int, rng: random.Random) -> None:
     log.close()
 
 
+MODES = {  # mode: (checkpoint_seconds, RESTART_WAL_PAGES, BOUNDED_WAL_PAGES)
+    "sqlite": (None, storage.RESTART_WAL_PAGES, storage.BOUNDED_WAL_PAGES),
+    "copy": (WAL_CHECKPOINT_SECONDS, 10**12, 10_000),
+    "restart": (WAL_CHECKPOINT_SECONDS, storage.RESTART_WAL_PAGES, storage.BOUNDED_WAL_PAGES),
+}
+
+
 def commit_paced(path: Path, batch: list[LoggedDecision], rate: float,
-                 checkpoint_seconds: float | None) -> dict[str, Any]:
-    """Commit ``batch`` one decision at a time at ``rate`` a second; the numbers."""
-    log = DecisionLog(path, checkpoint_seconds=checkpoint_seconds)
-    times = []
+                 mode: str) -> dict[str, Any]:
+    """Commit ``batch`` one decision at a time at ``rate`` a second, on an event loop
+    through the log's gate; the numbers."""
+    seconds, storage.RESTART_WAL_PAGES, storage.BOUNDED_WAL_PAGES = MODES[mode]
+    log = DecisionLog(path, checkpoint_seconds=seconds)
+    commits, delays = [], []
+
+    async def run() -> None:
+        start = time.perf_counter()
+        for i, logged in enumerate(batch):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            asked = time.perf_counter()
+            async with log.gate.writing():
+                began = time.perf_counter()
+                log.record_decision(logged)
+                done = time.perf_counter()
+            commits.append(done - began)
+            delays.append(done - asked)
+
     cpu = time.thread_time()
-    start = time.perf_counter()
-    for i, logged in enumerate(batch):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        began = time.perf_counter()
-        log.record_decision(logged)
-        times.append(time.perf_counter() - began)
+    asyncio.run(run())
     cpu = time.thread_time() - cpu
     wal = os.path.getsize(f"{path}-wal")
     checkpointer = log.conn.checkpointer  # type: ignore[attr-defined]
     rounds = checkpointer.checkpoints if checkpointer is not None else 0
+    restarts = checkpointer.restarts if checkpointer is not None else 0
     log.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next run's WAL from empty
     log.close()
-    ordered = sorted(times)
-    slow = [t for t in times if t > SLOW_S]
+    slow = [t for t in commits if t > SLOW_S]
+    delayed = sorted(delays)
     return {
-        "mode": "sqlite" if checkpoint_seconds is None else "thread",
-        "decisions": len(batch), "mean_us": round(statistics.fmean(times) * 1e6, 1),
-        "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1e3, 3),
-        "max_ms": round(ordered[-1] * 1e3, 1),
-        "pauses_over_3ms": len(slow), "pause_total_ms": round(sum(slow) * 1e3, 1),
-        "pause_us_per_decision": round(sum(slow) / len(batch) * 1e6, 1),
+        "mode": mode, "decisions": len(batch),
+        "loop_pauses_over_3ms": len(slow), "loop_pause_total_ms": round(sum(slow) * 1e3, 1),
+        "loop_pause_max_ms": round(max(commits) * 1e3, 1),
+        "loop_pause_us_per_decision": round(sum(slow) / len(batch) * 1e6, 1),
+        "decisions_delayed_over_3ms": sum(d > SLOW_S for d in delays),
+        "decision_p99_ms": round(delayed[int(len(delayed) * 0.99)] * 1e3, 3),
+        "decision_max_ms": round(delayed[-1] * 1e3, 1),
+        "mean_commit_us": round(statistics.fmean(commits) * 1e6, 1),
         "cpu_us_per_decision": round(cpu / len(batch) * 1e6, 1),
         "wal_file_mib": round(wal / 2**20, 1), "thread_checkpoints": rounds,
+        "wal_restarts": restarts, "gate_waits": log.gate.waits,
     }
 
 
@@ -124,15 +156,15 @@ def main() -> int:
         prefill(path, args.prefill, rng)
         first = args.prefill
         for round_ in range(args.rounds):
-            for seconds in (None, WAL_CHECKPOINT_SECONDS):
+            for mode in MODES:
                 batch = decisions(args.decisions, rng, first)
                 first += args.decisions
-                run = commit_paced(path, batch, args.rate, seconds)
+                run = commit_paced(path, batch, args.rate, mode)
                 run["round"] = round_ + 1
                 print(json.dumps(run))
                 runs.append(run)
     def total(mode: str) -> float:
-        return sum(r["pause_total_ms"] for r in runs if r["mode"] == mode)
+        return sum(r["loop_pause_total_ms"] for r in runs if r["mode"] == mode)
 
     report = {
         "benchmark": "wal_checkpoints", "time_s": round(time.perf_counter() - started, 1),
@@ -140,8 +172,10 @@ def main() -> int:
         "seed": args.seed, "checkpoint_seconds": WAL_CHECKPOINT_SECONDS,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "runs": runs,
-        "pause_ratio_thread_to_sqlite": round(total("thread") / total("sqlite"), 3)
-        if total("sqlite") else None,
+        "restart_wal_pages": MODES["restart"][1],
+        "loop_pause_ratio_to_sqlite": {
+            mode: round(total(mode) / total("sqlite"), 3) if total("sqlite") else None
+            for mode in ("copy", "restart")},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
