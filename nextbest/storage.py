@@ -208,8 +208,8 @@ class SqliteDatabase(Database):
         self.checkpointer: WalCheckpointer | None = None
         if checkpoint_seconds is not None:
             self.conn.execute(f"PRAGMA wal_autocheckpoint={BOUNDED_WAL_PAGES}")
-            self.checkpointer = WalCheckpointer(self.path, checkpoint_seconds,
-                                                timeout_seconds=timeout_seconds)
+            self.checkpointer = WalCheckpointer.shared(self.path, checkpoint_seconds,
+                                                       timeout_seconds=timeout_seconds)
 
     @property
     def gate(self) -> WriteGate:
@@ -302,6 +302,8 @@ def _wake(reopened: asyncio.Future[None]) -> None:
 OPEN_GATE = WriteGate()  # PostgreSQL's: no thread here ever holds it
 _GATES: weakref.WeakValueDictionary[Path, WriteGate] = weakref.WeakValueDictionary()
 _GATES_LOCK = threading.Lock()
+_CHECKPOINTERS: dict[Path, WalCheckpointer] = {}
+_CHECKPOINTERS_LOCK = threading.Lock()
 
 
 def write_gate(path: Path) -> WriteGate:
@@ -344,9 +346,12 @@ class WalCheckpointer:
 
     def __init__(self, path: Path, every_seconds: float, *, timeout_seconds: float = 30.0,
                  restart_pages: int | None = None):
+        self.path = path
         self.checkpoints = 0
         self.restarts = 0
+        self.longest_hold_ms = 0.0  # the longest the gate was closed for a restart
         self.restart_pages = restart_pages or RESTART_WAL_PAGES
+        self._users = 1  # the connections sharing this thread (:meth:`shared`)
         self.gate = write_gate(path)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -380,20 +385,48 @@ class WalCheckpointer:
     def _restart(self, conn: sqlite3.Connection) -> None:
         """With the gate closed: copy the pages written since the last copy and, when that
         leaves nothing uncopied, write once so the WAL starts again from its beginning."""
+        began = time.perf_counter()
         with self.gate.held():
-            _busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if pages != copied:
-                return  # another connection wrote meanwhile: the next round
+            busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or pages != copied:
+                return  # another connection wrote or checkpoints meanwhile: the next round
             try:
                 (version,) = conn.execute("PRAGMA user_version").fetchone()
                 conn.execute(f"PRAGMA user_version={int(version)}")
             except sqlite3.OperationalError:  # another connection writes: the next round
                 return
+        held_ms = (time.perf_counter() - began) * 1e3
+        self.longest_hold_ms = max(self.longest_hold_ms, held_ms)
         if self._checkpoint(conn) < pages:
             self.restarts += 1
+            log.debug("WAL of %s restarted at %d pages; gate held %.1f ms",
+                      self.path, pages, held_ms)
+
+    @classmethod
+    def shared(cls, path: Path, every_seconds: float, *,
+               timeout_seconds: float = 30.0) -> WalCheckpointer:
+        """The file's one checkpointer in this process, started by its first connection
+        (the service's decision points each open the log: one thread for all)."""
+        key = Path(os.path.abspath(path))
+        with _CHECKPOINTERS_LOCK:
+            running = _CHECKPOINTERS.get(key)
+            if running is not None:
+                running._users += 1
+                return running
+            started = _CHECKPOINTERS[key] = cls(path, every_seconds,
+                                                timeout_seconds=timeout_seconds)
+            return started
 
     def close(self) -> None:
-        """Stop the thread (the file's last connection to close checkpoints what is left)."""
+        """Let go of the thread; the last connection sharing it stops it (the file's last
+        connection to close checkpoints what is left)."""
+        with _CHECKPOINTERS_LOCK:
+            self._users -= 1
+            if self._users > 0:
+                return
+            for key, running in list(_CHECKPOINTERS.items()):
+                if running is self:
+                    del _CHECKPOINTERS[key]
         self._stop.set()
         self._thread.join()
 

@@ -256,3 +256,25 @@ def test_the_checkpointer_restarts_the_wal_so_the_loops_writes_never_checkpoint(
     assert db.execute("SELECT count(*), sum(k) FROM w").fetchone() == (
         written, (written - 1) * written // 2)
     db.close()
+
+
+def test_connections_to_one_file_share_one_checkpointer_thread(tmp_path: Path):
+    """The service's decision points each open the decision log: one thread copies and
+    restarts its WAL for all of them, and stops when the last of them closes."""
+    path = tmp_path / "s.sqlite"
+    first = open_database(path, checkpoint_seconds=3600)
+    second = open_database(path, checkpoint_seconds=3600)
+    other = open_database(tmp_path / "o.sqlite", checkpoint_seconds=3600)
+    assert first.checkpointer is not None and first.checkpointer is second.checkpointer
+    assert other.checkpointer is not None and other.checkpointer is not first.checkpointer
+    threads = [t for t in threading.enumerate() if t.name == "wal-checkpoint:s.sqlite"]
+    assert len(threads) == 1
+    first.close()
+    assert threads[0].is_alive()  # the second connection still writes
+    second.close()
+    threads[0].join(5)
+    assert not threads[0].is_alive()
+    third = open_database(path, checkpoint_seconds=3600)  # a new thread for a new user
+    assert third.checkpointer is not None and third.checkpointer is not first.checkpointer
+    third.close()
+    other.close()
