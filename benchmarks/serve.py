@@ -20,7 +20,9 @@ schedule computed in advance, latency from the scheduled send time) drives the n
 /score, /next_best_action and /feedback at each ``--fractions`` of that maximum for
 ``--open-seconds`` each (the fractions interleaved, so a change in machine load does not
 bias one end of the curve; /feedback rewards the decisions of the /next_best_action run at
-the same rate). Then a fresh service measures the longest event-loop stall
+the same rate; each run starts once the service has drained what the run before left
+queued, the no-op answered within 20 ms three times in a row, ``drained_before_s``). Then
+a fresh service measures the longest event-loop stall
 (``nextbest_event_loop_max_stall_seconds``) under decisions alone and then under feedback,
 where the learner checkpoints every ``checkpoint_every`` rewards, at half the no-op's
 maximum, or, if /next_best_action or /feedback did not carry that rate in the sweep (median
@@ -395,6 +397,22 @@ def recent_stall_ms(url: str) -> dict[str, float]:
     return {cause: round(float(value) * 1e3, 3) for cause, value in found.items()}
 
 
+def drain(url: str, limit_ms: float = 20.0, seconds: float = 30.0) -> float:
+    """Wait (at most ``seconds``) until the service answers the no-op three times in a row
+    within ``limit_ms``: the backlog an overloaded run left is gone, so it is not charged
+    to the next run. The seconds waited."""
+    began = deadline = time.monotonic()
+    deadline += seconds
+    quick = 0
+    with httpx.Client(headers=AUTH, timeout=seconds) as client:
+        while quick < 3 and time.monotonic() < deadline:
+            sent = time.perf_counter()
+            client.post(f"{url}/noop", json={"user_id": "drain"})
+            quick = quick + 1 if (time.perf_counter() - sent) * 1e3 < limit_ms else 0
+            time.sleep(0.05)
+    return round(time.monotonic() - began, 2)
+
+
 def settle_recent_stall(url: str, limit_ms: float = 20.0, seconds: float = 15.0
                         ) -> dict[str, float]:
     """Wait (at most ``seconds``) until the recent longest stall is below ``limit_ms``, and
@@ -465,18 +483,21 @@ def noop_maximum(url: str, args: argparse.Namespace, work: Path) -> tuple[float,
 
 def sweep(url: str, proc: subprocess.Popen, args: argparse.Namespace, work: Path,
           noop_max: float) -> dict[str, list[dict[str, Any]]]:
-    """Every endpoint at every fraction of the no-op's maximum, open loop."""
+    """Every endpoint at every fraction of the no-op's maximum, open loop, each run once
+    the service has drained what the run before left queued (:func:`drain`)."""
     curves: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in OPEN_LOOP_ENDPOINTS}
     steps = [(repeat, fraction) for repeat in range(args.repeats) for fraction in args.fractions]
     for step, (repeat, fraction) in enumerate(steps):
         rate = fraction * noop_max
         ids = work / f"open_event_ids_{step}.txt"
         for name, path, kind in OPEN_LOOP_ENDPOINTS:
+            drained = drain(url)
             load, waited = os.getloadavg()[0], tree_cpu_wait(proc)
             result = run_open_loop(url, path, kind, rate, args.open_seconds, args, work,
                                    seed=step + 1, ids_in=ids if kind == "feedback" else None,
                                    ids_out=ids if kind == "decide" else None)
             result |= {"fraction_of_noop_max": fraction, "repeat": repeat,
+                       "drained_before_s": drained,
                        "max_stall_ms_so_far": loop_stall_ms(url),
                        "host_load_1m_before": round(load, 2),
                        # Seconds the service waited for a CPU per second of the run.
