@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import pandas as pd
+
 from decisions.policy import UserView, finite_or_none, seller_view, user_view
 from features.store import OnlineStore, Preferences
 from nextbest.config import Settings
@@ -116,6 +118,41 @@ class UserDirectory:
                 self._cache.popitem(last=False)
         return scores
 
+    def warm_scores(self, limit: int | None = None) -> WarmScores | None:
+        """The scores of the store's first ``limit`` users (default: as many as the cache
+        keeps, ``serving.score_cache_size``), computed together (the path ``score --all``
+        takes), for :meth:`fill`; None without models. Reads the store and the models only:
+        safe off the event loop. A fresh service otherwise scores each user on their first
+        request, one at a time, several times the cost of a cached answer."""
+        champions = self.champions
+        limit = self.settings.serving.score_cache_size if limit is None else limit
+        if champions is None or limit <= 0:
+            return None
+        entries: list[tuple[tuple[str, str | None], tuple[float | None, float | None]]] = []
+        for frame in self.store.iter_frames():
+            frame = frame.iloc[:limit - len(entries)]
+            scored = champions.score_frame(frame)
+            as_of = frame["as_of"] if "as_of" in frame.columns else [None] * len(frame)
+            for user_id, day, churn, propensity in zip(
+                    frame["user_id"], as_of, scored["churn_probability"],
+                    scored["purchase_propensity"], strict=True):
+                key = (str(user_id), None if pd.isna(day) else record_as_of({"as_of": day}))
+                entries.append((key, (finite_or_none(churn), finite_or_none(propensity))))
+            if len(entries) >= limit:
+                break
+        return WarmScores(champions, entries)
+
+    def fill(self, warm: WarmScores, start: int = 0, count: int | None = None) -> int:
+        """Put ``count`` of ``warm``'s scores from ``start`` into the cache (on the event
+        loop, a slice at a time); none when the models changed since they were computed.
+        How many were put."""
+        if warm.champions is not self.champions:
+            return 0
+        part = warm.entries[start:None if count is None else start + count]
+        for key, scores in part:
+            self._cache.setdefault(key, scores)
+        return len(part)
+
     def user_view(self, user_id: str) -> UserView:
         """What the engine needs about a user: score, tags, features and consent."""
         return self.lookup(user_id).view
@@ -144,6 +181,14 @@ class UserDirectory:
         record, prefs = self.store.get_with_preferences(user_id)
         churn, propensity = self.scores(user_id, record) if record else (None, None)
         return user_state(user_id, record, prefs, churn, propensity)
+
+
+class WarmScores(NamedTuple):
+    """Scores computed ahead of requests (:meth:`UserDirectory.warm_scores`): the models
+    that computed them and ``((user_id, as_of), (churn, propensity))`` per user."""
+
+    champions: ChampionModels
+    entries: list[tuple[tuple[str, str | None], tuple[float | None, float | None]]]
 
 
 class UserState(NamedTuple):

@@ -142,6 +142,8 @@ HOUSEKEEPING_SECONDS = 0.5
 # Rewards the inline learner learns from a backlog (a sweep's timeouts) per turn of the
 # event loop: ~10 ms of VW at a few thousand rewards a second.
 LEARN_STEP = 50
+# Warmed scores put in the score cache per turn of the event loop (a few ms).
+WARM_SLICE = 5_000
 
 API_DESCRIPTION = """\
 Precision marketing for second-hand marketplaces: per-user tiers, segments, tags, churn and
@@ -406,6 +408,7 @@ class NextBest:
         """Start the loop that sweeps, follows model reloads and publishes the status, and
         the watchdog of event-loop stalls."""
         warm_routes(app)
+        await self._warm_scores()
         self._housekeeping = asyncio.create_task(self._housekeep_forever())
         # Start-up objects out of collections; the configured thresholds.
         quiet_collector(self.settings.serving.gc_thresholds)
@@ -466,12 +469,34 @@ class NextBest:
                 await asyncio.sleep(0)
         self.points.checkpoint_if_due()  # inline role: the time schedule, not only the count
 
+    async def _warm_scores(self) -> None:
+        """Cache the scores of the store's users ahead of their requests (as many as the
+        cache keeps): computed together in a thread, put in the cache on the loop a slice at
+        a time. Without it a fresh service, or one that just changed models, scores each
+        user on their first request, and under load its first seconds queue (a 298 ms loop
+        stall at 894 decisions/s in benchmarks/serve.py). Best effort: a failure is logged
+        and requests score as they come."""
+        began = time.perf_counter()
+        try:
+            warm = await asyncio.to_thread(self.scorer.warm_scores)
+        except Exception:  # noqa: BLE001 - requests still score themselves
+            log.exception("the score cache was not warmed")
+            return
+        if warm is None:
+            return
+        for start in range(0, len(warm.entries), WARM_SLICE):
+            self.scorer.fill(warm, start, WARM_SLICE)
+            await asyncio.sleep(0)
+        log.info("cached the scores of %d users ahead of requests in %.1f s",
+                 len(warm.entries), time.perf_counter() - began)
+
     async def _serve_models(self, champions: ChampionModels | None) -> None:
         """Serve ``champions`` (None: keep those in hand) and the registry's LTV and seller
         churn champions when they changed; every load off the event loop."""
         if champions is not None:
             log.info("now serving models %s", self.scorer.use(champions))
             gc.freeze()  # the new models are long-lived: out of collections too
+            await self._warm_scores()  # the old models' cached scores are gone
         ltv = await asyncio.to_thread(self.scorer.load_ltv)
         if ltv is not None:
             self.scorer.use_ltv(ltv)

@@ -73,3 +73,34 @@ def test_score_all_without_models_says_what_to_run(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nextbest train churn" in lines[0], proc.stderr
     assert not (tmp_path / "data" / "scores.parquet").exists()
+
+
+def test_warm_scores_cache_what_each_user_scores_alone(world) -> None:
+    """A service fills its score cache at start (``warm_scores`` in a thread, ``fill`` on the
+    loop): every store user's cached scores are the ones a cold lookup computes, a lookup
+    afterwards is a cache hit, ``limit`` bounds the users, and scores of models no longer
+    served are not put in."""
+    with open_store(world.settings) as store:
+        champions = load_champions(world.settings)
+        cold = Scorer(world.settings, store, champions)
+        warmed = Scorer(world.settings, store, champions)
+        warm = warmed.warm_scores()
+        assert warm is not None
+        users = store.meta()["users"]
+        assert len(warm.entries) == users and warmed.fill(warm, 0, 10) == 10
+        assert warmed.fill(warm, 10) == users - 10
+        assert len(warmed.cached_users()) == users
+        ids = sorted(warmed.cached_users())[::25]
+        for user_id in ids:
+            record, _ = store.get_with_preferences(user_id)
+            churn, propensity = warmed.scores(user_id, record)
+            alone = cold.scores(user_id, record)
+            assert churn == pytest.approx(alone[0], abs=1e-12), user_id
+            assert propensity == pytest.approx(alone[1], abs=1e-12), user_id
+        assert len(warmed._cache) == users  # every lookup above was a hit: nothing added
+        assert len(Scorer(world.settings, store, champions).warm_scores(limit=7).entries) == 7
+        later = Scorer(world.settings, store, champions)
+        stale = later.warm_scores()
+        later.use(load_champions(world.settings))  # models changed while it computed
+        assert later.fill(stale) == 0 and not later.cached_users()
+        assert Scorer(world.settings, store, None).warm_scores() is None
