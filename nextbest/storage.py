@@ -341,7 +341,10 @@ class WalCheckpointer:
     the write that restarts the WAL (and syncs its header) itself. Writes on the event loop
     await the gate meanwhile without blocking it (benchmarks/wal_checkpoints.py). A round
     that finds another writer (a worker thread's sweep) or a reader on an old snapshot
-    leaves the WAL as it is and tries again at the next.
+    leaves the WAL as it is and tries again at the next. Several processes writing one file
+    (``serving.workers`` > 1): a process's gate holds only its own writes, so a restart
+    succeeds only in a pause of the others, and the writer's own checkpoint
+    (:data:`BOUNDED_WAL_PAGES`) is what bounds the WAL there.
     """
 
     def __init__(self, path: Path, every_seconds: float, *, timeout_seconds: float = 30.0,
