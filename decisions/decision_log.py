@@ -42,7 +42,7 @@ PostgreSQL log is always durable).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -523,10 +523,15 @@ class DecisionLog:
 
         Only decisions newer than the previous sweep's cut-off minus one window are looked
         at again, so a sweep costs what arrived since the last one (the first scans all).
+        It holds the SQLite file's gate (:attr:`gate`) while it writes: the service sweeps
+        from a worker thread, and its event loop's writes await the sweep instead of
+        sleeping in SQLite's busy handler on the loop (a first sweep of a large log holds
+        the write lock for 100 ms or more).
         """
         cutoff = to_epoch(now) - window.total_seconds()
         lower = -1.0 if self._swept_to is None else self._swept_to - window.total_seconds()
-        with self._reward_writer():
+        gated = self.gate.held() if self.conn.dialect == "sqlite" else nullcontext()
+        with gated, self._reward_writer():
             cursor = self.conn.execute(
                 "INSERT OR IGNORE INTO rewards (event_id, converted, revenue, reward, source, "
                 "ts, learnable, decision_point) SELECT d.event_id, 0, 0.0, ?, 'timeout', ?, "

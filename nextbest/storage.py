@@ -256,6 +256,7 @@ class WriteGate:
         self._lock = threading.Lock()
         self._waiting = threading.Lock()  # guards _waiters against the releasing thread
         self._waiters: list[asyncio.Future[None]] = []
+        self._owner: int | None = None  # the thread holding the gate
         self.waits = 0  # writes on the loop that found the gate held and awaited it
 
     @asynccontextmanager
@@ -270,6 +271,7 @@ class WriteGate:
                 self._waiters.append(reopened)
             self.waits += 1
             await reopened
+        self._owner = threading.get_ident()
         try:
             yield
         finally:
@@ -277,8 +279,13 @@ class WriteGate:
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        """From a thread: no write through :meth:`writing` runs until this ends."""
+        """From a thread: no write through :meth:`writing` runs until this ends (within
+        what the same thread holds already, nothing more to wait for)."""
+        if self._owner == threading.get_ident():
+            yield
+            return
         self._lock.acquire()
+        self._owner = threading.get_ident()
         try:
             yield
         finally:
@@ -286,6 +293,7 @@ class WriteGate:
 
     def _release(self) -> None:
         """Open the gate and wake whoever awaits it (on any loop, from any thread)."""
+        self._owner = None
         self._lock.release()
         with self._waiting:
             waiters, self._waiters = self._waiters, []

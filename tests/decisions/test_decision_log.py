@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,6 +93,34 @@ def test_sweep_gives_the_default_reward_once_after_the_window(log: DecisionLog):
     assert (stored.reward, stored.source, stored.learnable) == (0.0, "timeout", True)
     assert (stored.converted, stored.revenue) == (False, 0.0)
     assert log.sweep(T0 + timedelta(days=14), window, 0.0) == 1  # "fresh" closes later
+
+
+def test_a_sweep_from_a_thread_holds_the_gate_the_loops_writes_pass(tmp_path: Path):
+    """The service sweeps in a worker thread: it takes the SQLite file's gate for its write,
+    so it waits for the write the event loop is making and the loop's next writes await it
+    (instead of sleeping in SQLite's busy handler on the loop). Sweeping on the thread that
+    holds the gate already needs nothing more."""
+    path = tmp_path / "log.sqlite"
+    service, sweeper = DecisionLog(path), DecisionLog(path)
+    assert service.gate is sweeper.gate
+    service.record_decision(logged("old", ts=T0))
+    window, later = timedelta(days=7), T0 + timedelta(days=8)
+    swept: list[int] = []
+    thread = threading.Thread(target=lambda: swept.append(sweeper.sweep(later, window, 0.0)))
+
+    async def main() -> None:
+        async with service.gate.writing():
+            thread.start()
+            thread.join(0.3)
+            assert thread.is_alive() and service.get_reward("old") is None  # it waits
+        await asyncio.to_thread(thread.join, 10)
+        async with service.gate.writing():  # on the holding thread: no deadlock
+            assert service.sweep(later, window, 0.0) == 0
+
+    asyncio.run(main())
+    assert swept == [1] and service.get_reward("old").source == "timeout"
+    service.close()
+    sweeper.close()
 
 
 def test_export_and_erase_cover_decisions_rewards_and_late_feedback(log: DecisionLog):
