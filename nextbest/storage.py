@@ -314,10 +314,15 @@ _CHECKPOINTERS: dict[Path, WalCheckpointer] = {}
 _CHECKPOINTERS_LOCK = threading.Lock()
 
 
+def _file_key(path: Path) -> Path:
+    """How the per-file registries (gates, checkpointers) name a SQLite file."""
+    return Path(os.path.abspath(path))
+
+
 def write_gate(path: Path) -> WriteGate:
     """The one gate of the SQLite file ``path`` in this process (every connection to it
     shares it, while any is open)."""
-    key = Path(os.path.abspath(path))
+    key = _file_key(path)
     with _GATES_LOCK:
         gate = _GATES.get(key)
         if gate is None:
@@ -355,13 +360,11 @@ class WalCheckpointer:
     (:data:`BOUNDED_WAL_PAGES`) is what bounds the WAL there.
     """
 
-    def __init__(self, path: Path, every_seconds: float, *, timeout_seconds: float = 30.0,
-                 restart_pages: int | None = None):
+    def __init__(self, path: Path, every_seconds: float, *, timeout_seconds: float = 30.0):
         self.path = path
         self.checkpoints = 0
         self.restarts = 0
-        self.longest_hold_ms = 0.0  # the longest the gate was closed for a restart
-        self.restart_pages = restart_pages or RESTART_WAL_PAGES
+        self.restart_pages = RESTART_WAL_PAGES
         self._users = 1  # the connections sharing this thread (:meth:`shared`)
         self.gate = write_gate(path)
         self._stop = threading.Event()
@@ -407,7 +410,6 @@ class WalCheckpointer:
             except sqlite3.OperationalError:  # another connection writes: the next round
                 return
         held_ms = (time.perf_counter() - began) * 1e3
-        self.longest_hold_ms = max(self.longest_hold_ms, held_ms)
         if self._checkpoint(conn) < pages:
             self.restarts += 1
             log.debug("WAL of %s restarted at %d pages; gate held %.1f ms",
@@ -418,7 +420,7 @@ class WalCheckpointer:
                timeout_seconds: float = 30.0) -> WalCheckpointer:
         """The file's one checkpointer in this process, started by its first connection
         (the service's decision points each open the log: one thread for all)."""
-        key = Path(os.path.abspath(path))
+        key = _file_key(path)
         with _CHECKPOINTERS_LOCK:
             running = _CHECKPOINTERS.get(key)
             if running is not None:
@@ -435,9 +437,7 @@ class WalCheckpointer:
             self._users -= 1
             if self._users > 0:
                 return
-            for key, running in list(_CHECKPOINTERS.items()):
-                if running is self:
-                    del _CHECKPOINTERS[key]
+            _CHECKPOINTERS.pop(_file_key(self.path), None)
         self._stop.set()
         self._thread.join()
 
