@@ -398,7 +398,15 @@ class WalCheckpointer:
 
     def _restart(self, conn: sqlite3.Connection) -> None:
         """With the gate closed: copy the pages written since the last copy and, when that
-        leaves nothing uncopied, write once so the WAL starts again from its beginning."""
+        leaves nothing uncopied, write once so the WAL starts again from its beginning.
+
+        The file and the WAL are synced first, with the gate open: a copy that finishes
+        syncs the file, and the rounds before (which never finish while the loop writes)
+        left every page they copied unsynced, ~10 ms of disk at 16,000 pages that the
+        loop's writes would otherwise wait through. Closed, the gate then waits for the
+        sync of the last round's pages only (2-5 ms in benchmarks/wal_checkpoints.py)."""
+        for name in (self.path, Path(f"{self.path}-wal")):
+            flush(name)
         began = time.perf_counter()
         with self.gate.held():
             busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -440,6 +448,19 @@ class WalCheckpointer:
             _CHECKPOINTERS.pop(_file_key(self.path), None)
         self._stop.set()
         self._thread.join()
+
+
+def flush(path: Path) -> None:
+    """Sync what the OS holds of the file ``path`` to the disk (from a thread: the GIL is
+    released meanwhile); nothing when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Rows:

@@ -229,10 +229,20 @@ def test_the_checkpointer_restarts_the_wal_so_the_loops_writes_never_checkpoint(
         tmp_path: Path, monkeypatch):
     """Past RESTART_WAL_PAGES the thread closes the gate, copies the rest and restarts the
     WAL: with the writer's own checkpoint out of reach the WAL stays near that length while
-    thousands of commits go on, and no row is lost."""
+    thousands of commits go on, and no row is lost. The file and the WAL are synced before
+    the gate closes (the loop's writes go on meanwhile), not with it closed."""
     monkeypatch.setattr(storage_module, "RESTART_WAL_PAGES", 400)
     monkeypatch.setattr(storage_module, "BOUNDED_WAL_PAGES", 1_000_000)
     path = tmp_path / "r.sqlite"
+    synced: list[tuple[str, bool]] = []  # (file, the syncing thread held the gate)
+    real_flush = storage_module.flush
+
+    def flush(name: Path) -> None:
+        owner = storage_module.write_gate(path)._owner
+        synced.append((name.name, owner == threading.get_ident()))
+        real_flush(name)
+
+    monkeypatch.setattr(storage_module, "flush", flush)
     db = open_database(path, checkpoint_seconds=0.01)
     db.migrate("w", ["CREATE TABLE w (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"])
     assert db.checkpointer is not None and db.checkpointer.restart_pages == 400
@@ -252,6 +262,9 @@ def test_the_checkpointer_restarts_the_wal_so_the_loops_writes_never_checkpoint(
 
     asyncio.run(main())
     assert db.checkpointer.restarts >= 3
+    assert {name for name, _ in synced} == {"r.sqlite", "r.sqlite-wal"}
+    assert len(synced) >= 2 * db.checkpointer.restarts
+    assert not any(held for _, held in synced)
     assert longest < written * 4096 / 2  # without restarts the WAL would hold every commit
     assert db.execute("SELECT count(*), sum(k) FROM w").fetchone() == (
         written, (written - 1) * written // 2)
