@@ -408,6 +408,7 @@ class NextBest:
         """Start the loop that sweeps, follows model reloads and publishes the status, and
         the watchdog of event-loop stalls."""
         warm_routes(app)
+        log.info("event loop: %s", type(asyncio.get_running_loop()).__module__)
         await self._warm_scores()
         self._housekeeping = asyncio.create_task(self._housekeep_forever())
         # Start-up objects out of collections; the configured thresholds.
