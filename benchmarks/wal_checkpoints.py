@@ -8,23 +8,28 @@ the pages changed since the last checkpoint, during which the loop serves nothin
 fills a decision log in a temporary directory with ``--prefill`` decisions (random event
 ids and users, as the service writes them, built by the learner benchmark's generator),
 then commits ``--decisions`` more at ``--rate`` a second on an asyncio loop, one at a time
-through the log's gate as the service does, in three modes alternating for ``--rounds``
-rounds on the same file:
+through the log's gate as the service does, each after ``--loop-cpu-ms`` of Python on the
+loop (a request's other work: it holds the GIL the checkpointer thread needs back after
+each SQLite call), in four modes alternating for ``--rounds`` rounds on the same file:
 
 - ``sqlite``: SQLite's own checkpoints (every 1,000 pages), no thread;
 - ``copy``: the thread copies the WAL every ``checkpoint_seconds`` and the writer
-  checkpoints itself every 10,000 pages (the previous stop's design);
-- ``restart``: the thread also restarts the WAL, with the gate closed, past
-  ``RESTART_WAL_PAGES`` (the engine's design now); the writer never checkpoints.
+  checkpoints itself every 10,000 pages (two stops ago);
+- ``restart_unsynced``: the thread also restarts the WAL, with the gate closed, past
+  ``RESTART_WAL_PAGES``; it syncs nothing itself, so the gated copy syncs every page
+  copied since the last restart (the previous stop's design);
+- ``restart``: as above, and the thread syncs what each round copied, and the file and
+  WAL once more before it closes the gate (the engine's design now); the writer never
+  checkpoints.
 
 Reported per mode: the loop's pauses (a commit's synchronous time over 3 ms: what every
 request on the loop waits through) and their total, the decisions delayed over 3 ms (the
-await of the gate plus the commit: what only the decision waits through), the mean commit,
-the writing thread's CPU a decision, the WAL file's size at the end, and the ratio of the
-loop's total pause to SQLite's own in the same run.
+await of the gate plus the commit: what only the decision waits through), the longest
+waits for the gate, the mean commit, the writing thread's CPU a decision, the WAL file's
+size at the end, and the ratio of the loop's total pause to SQLite's own in the same run.
 
     .venv/bin/python benchmarks/wal_checkpoints.py [--prefill 200000] [--decisions 20000]
-        [--rate 1000] [--rounds 2] [--seed 1]
+        [--rate 1000] [--rounds 2] [--seed 1] [--loop-cpu-ms 0.6]
 
 Prints and writes benchmarks/results/wal_checkpoints.json.
 """
@@ -88,17 +93,31 @@ def prefill(path: Path, count: int, rng: random.Random) -> None:
 MODES = {  # mode: (checkpoint_seconds, RESTART_WAL_PAGES, BOUNDED_WAL_PAGES)
     "sqlite": (None, storage.RESTART_WAL_PAGES, storage.BOUNDED_WAL_PAGES),
     "copy": (WAL_CHECKPOINT_SECONDS, 10**12, 10_000),
+    "restart_unsynced": (WAL_CHECKPOINT_SECONDS, storage.RESTART_WAL_PAGES,
+                         storage.BOUNDED_WAL_PAGES),
     "restart": (WAL_CHECKPOINT_SECONDS, storage.RESTART_WAL_PAGES, storage.BOUNDED_WAL_PAGES),
 }
+FLUSH = storage.flush
+
+
+def busy(seconds: float) -> None:
+    """Hold the GIL for ``seconds`` as a request's Python work does."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def commit_paced(path: Path, batch: list[LoggedDecision], rate: float,
-                 mode: str) -> dict[str, Any]:
-    """Commit ``batch`` one decision at a time at ``rate`` a second, on an event loop
-    through the log's gate; the numbers."""
+                 mode: str, loop_cpu: float) -> dict[str, Any]:
+    """Commit ``batch`` one decision at a time at ``rate`` a second, each after
+    ``loop_cpu`` seconds of Python on the loop, on an event loop through the log's gate;
+    the numbers."""
     seconds, storage.RESTART_WAL_PAGES, storage.BOUNDED_WAL_PAGES = MODES[mode]
+    # restart_unsynced: the previous stop's restart (the thread syncs none of the file, so
+    # the gated copy syncs every page copied since the last restart)
+    storage.flush = (lambda _path: None) if mode == "restart_unsynced" else FLUSH
     log = DecisionLog(path, checkpoint_seconds=seconds)
-    commits, delays = [], []
+    commits, delays, waits = [], [], []
 
     async def run() -> None:
         start = time.perf_counter()
@@ -106,12 +125,14 @@ def commit_paced(path: Path, batch: list[LoggedDecision], rate: float,
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            busy(loop_cpu)
             asked = time.perf_counter()
             async with log.gate.writing():
                 began = time.perf_counter()
                 log.record_decision(logged)
                 done = time.perf_counter()
             commits.append(done - began)
+            waits.append(began - asked)
             delays.append(done - asked)
 
     cpu = time.thread_time()
@@ -134,6 +155,7 @@ def commit_paced(path: Path, batch: list[LoggedDecision], rate: float,
         "decision_p99_ms": round(delayed[int(len(delayed) * 0.99)] * 1e3, 3),
         "decision_max_ms": round(delayed[-1] * 1e3, 1),
         "mean_commit_us": round(statistics.fmean(commits) * 1e6, 1),
+        "longest_gate_waits_ms": [round(w * 1e3, 1) for w in sorted(waits)[-8:][::-1]],
         "cpu_us_per_decision": round(cpu / len(batch) * 1e6, 1),
         "wal_file_mib": round(wal / 2**20, 1), "thread_checkpoints": rounds,
         "wal_restarts": restarts, "gate_waits": log.gate.waits,
@@ -147,6 +169,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="decisions a second")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loop-cpu-ms", type=float, default=0.6,
+                        help="Python work on the loop per decision besides its commit (a "
+                             "request's, holding the GIL the checkpointer thread needs)")
     args = parser.parse_args()
     started = time.perf_counter()
     rng = random.Random(args.seed)
@@ -159,7 +184,7 @@ def main() -> int:
             for mode in MODES:
                 batch = decisions(args.decisions, rng, first)
                 first += args.decisions
-                run = commit_paced(path, batch, args.rate, mode)
+                run = commit_paced(path, batch, args.rate, mode, args.loop_cpu_ms / 1e3)
                 run["round"] = round_ + 1
                 print(json.dumps(run))
                 runs.append(run)
@@ -169,13 +194,14 @@ def main() -> int:
     report = {
         "benchmark": "wal_checkpoints", "time_s": round(time.perf_counter() - started, 1),
         "prefill": args.prefill, "decisions_per_run": args.decisions, "rate": args.rate,
+        "loop_cpu_ms": args.loop_cpu_ms,
         "seed": args.seed, "checkpoint_seconds": WAL_CHECKPOINT_SECONDS,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "runs": runs,
         "restart_wal_pages": MODES["restart"][1],
         "loop_pause_ratio_to_sqlite": {
             mode: round(total(mode) / total("sqlite"), 3) if total("sqlite") else None
-            for mode in ("copy", "restart")},
+            for mode in ("copy", "restart_unsynced", "restart")},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
