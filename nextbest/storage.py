@@ -31,7 +31,9 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 import weakref
@@ -455,17 +457,21 @@ class WalCheckpointer:
         self._thread.join()
 
 
+SYNC = shutil.which("sync")  # coreutils: `sync --data FILE` fdatasyncs FILE
+
+
 def flush(path: Path) -> None:
-    """Sync what the OS holds of the file ``path`` to the disk (from a thread: the GIL is
-    released meanwhile); nothing when it does not exist."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    """Sync what the OS holds of the file ``path`` to the disk, from a process of its own
+    (``sync --data``): a descriptor of a SQLite file opened and closed in this process
+    would, closed, drop every POSIX lock this process's connections hold on that file
+    (fcntl locks belong to the process and the file, not the descriptor). Nothing when the
+    file does not exist or ``sync`` is missing (the next checkpoint that finishes syncs)."""
+    if SYNC is None or not path.exists():
         return
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    with suppress(OSError, subprocess.SubprocessError):
+        subprocess.run([SYNC, "--data", str(path)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+                       check=False)
 
 
 class _Rows:
