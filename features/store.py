@@ -185,6 +185,11 @@ def _preferences_of(stored: StoredUser | None) -> Preferences:
     return Preferences.model_validate_json(stored.prefs)
 
 
+def decode_stored(stored: StoredUser | None) -> tuple[dict[str, Any] | None, Preferences]:
+    """The record and preferences of a fetched row (:meth:`OnlineStore.get_with_preferences`)."""
+    return (decode_record(stored) if stored else None), _preferences_of(stored)
+
+
 def decode_record(stored: StoredUser) -> dict[str, Any] | None:
     """The record as returned by :meth:`OnlineStore.get`: tags minus the user-removed ones,
     and the review state: ``under_review`` (automated incentives off until an operator
@@ -467,8 +472,13 @@ class OnlineStore(ABC):
 
     def get_with_preferences(self, user_id: str) -> tuple[dict[str, Any] | None, Preferences]:
         """:meth:`get` and :meth:`get_preferences` from one read (every decision needs both)."""
-        stored = self._fetch([user_id]).get(user_id)
-        return (decode_record(stored) if stored else None), _preferences_of(stored)
+        return decode_stored(self.get_stored(user_id))
+
+    def get_stored(self, user_id: str) -> StoredUser | None:
+        """The raw fields stored for ``user_id`` (None: nothing), undecoded: for a caller
+        that keeps what it decoded from them (:func:`decode_stored`) and reuses it while
+        they are unchanged."""
+        return self._fetch([user_id]).get(user_id)
 
     def set_preferences(self, user_id: str, prefs: Preferences) -> None:
         """Store what the user chose now; ``updated_ts`` defaults to the current UTC time.

@@ -981,6 +981,10 @@ class ServingConfig(_Section):
     # Users whose churn/propensity scores are kept in memory, per (user, as_of); the cache
     # is emptied on /models/reload. 0 scores every request afresh.
     score_cache_size: int = Field(100_000, ge=0)
+    # Users whose decoded view (record, consent, scores, features) a worker keeps beside
+    # the raw row it came from: every decision still reads the row, and only an unchanged
+    # one's decoding is reused (~10 KB a user). 0 decodes every request afresh.
+    view_cache_size: int = Field(5_000, ge=0)
     # BentoML's per-request access log line (costs CPU on every request).
     access_log: bool = True
     # Start without champion models or features in the online store (every answer is then

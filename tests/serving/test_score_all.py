@@ -104,3 +104,36 @@ def test_warm_scores_cache_what_each_user_scores_alone(world) -> None:
         later.use(load_champions(world.settings))  # models changed while it computed
         assert later.fill(stale) == 0 and not later.cached_users()
         assert Scorer(world.settings, store, None).warm_scores() is None
+
+
+def test_a_users_view_is_reused_while_their_store_row_is_unchanged(world) -> None:
+    """``user_view`` reads the user's row on every call and reuses the view built from an
+    unchanged one (the same object, equal to a fresh build); a consent change shows in the
+    very next view, a model change and an erasure's ``forget`` drop the kept views, and
+    ``serving.view_cache_size`` 0 keeps none."""
+    with open_store(world.settings) as store:
+        champions = load_champions(world.settings)
+        scorer = Scorer(world.settings, store, champions)
+        user_id = sorted(store.get_many([f"u{i:06d}" for i in range(50)]))[0]
+        first = scorer.user_view(user_id)
+        assert scorer.user_view(user_id) is first
+        assert first == Scorer(world.settings, store, champions).user_view(user_id)
+        assert first.personalization and user_id in scorer.cached_users()
+        store.update_preferences(user_id, {"personalization": False})
+        try:
+            opted_out = scorer.user_view(user_id)
+            assert opted_out is not first and not opted_out.personalization
+            assert scorer.user_view(user_id) is opted_out
+        finally:
+            store.update_preferences(user_id, {"personalization": True})
+        assert scorer.user_view(user_id).personalization
+        kept = scorer.user_view(user_id)
+        scorer.use(champions)
+        assert scorer.user_view(user_id) is not kept
+        assert scorer.forget(user_id) >= 1 and user_id not in scorer._views
+        unknown = scorer.user_view("nobody-at-all")
+        assert not unknown.known and "nobody-at-all" not in scorer._views
+        none_kept = Scorer(world.settings.model_copy(update={"serving": world.settings.serving
+                           .model_copy(update={"view_cache_size": 0})}), store, champions)
+        assert none_kept.user_view(user_id) is not none_kept.user_view(user_id)
+        assert not none_kept._views
