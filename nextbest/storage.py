@@ -382,11 +382,13 @@ class WalCheckpointer:
             conn.execute("PRAGMA synchronous=NORMAL")
             # Never wait on another writer's lock while holding the gate: skip the round.
             conn.execute("PRAGMA busy_timeout=0")
+            synced = 0  # the WAL's pages copied into the file as of its last sync
             while not self._stop.wait(every_seconds):
                 try:
-                    pages = self._checkpoint(conn)
-                    if pages:  # sync what it copied now, not at the restart (see _restart)
+                    pages, copied = self._checkpoint(conn)
+                    if copied != synced:  # sync what it copied now, not at the restart
                         flush(self.path)
+                        synced = copied
                     if pages >= self.restart_pages:
                         self._restart(conn)
                 except sqlite3.Error as exc:  # busy or locked: the next round copies it
@@ -395,11 +397,12 @@ class WalCheckpointer:
         finally:
             conn.close()
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> int:
-        """Copy what the WAL holds into the file; the WAL's length in pages."""
-        _busy, pages, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    def _checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Copy what the WAL holds into the file; the WAL's length in pages and how many of
+        them are in the file now."""
+        _busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
-        return int(pages)
+        return int(pages), int(copied)
 
     def _restart(self, conn: sqlite3.Connection) -> None:
         """With the gate closed: copy the pages written since the last copy and, when that
@@ -425,7 +428,7 @@ class WalCheckpointer:
             except sqlite3.OperationalError:  # another connection writes: the next round
                 return
         held_ms = (time.perf_counter() - began) * 1e3
-        if self._checkpoint(conn) < pages:
+        if self._checkpoint(conn)[0] < pages:
             self.restarts += 1
             log.debug("WAL of %s restarted at %d pages; gate held %.1f ms",
                       self.path, pages, held_ms)

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -318,3 +319,27 @@ def test_flushing_a_file_keeps_this_processs_locks_on_it(tmp_path: Path) -> None
     conn.execute("INSERT INTO t VALUES (2)")
     assert subprocess.run(count, capture_output=True, text=True, timeout=60).stdout == "2\n"
     conn.close()
+
+
+def test_the_checkpointer_syncs_only_what_a_round_copied(tmp_path: Path, monkeypatch) -> None:
+    """Each round syncs the file when it copied pages into it, and an idle log's rounds
+    sync nothing (each sync is a process)."""
+    path = tmp_path / "i.sqlite"
+    synced: list[str] = []
+    monkeypatch.setattr(storage_module, "flush", lambda name: synced.append(name.name))
+    db = open_database(path, checkpoint_seconds=0.01)
+    db.migrate("w", ["CREATE TABLE w (k INTEGER PRIMARY KEY)"])
+    db.execute("INSERT INTO w (k) VALUES (1)")
+    deadline = time.monotonic() + 10
+    while not synced and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert synced == ["i.sqlite"]
+    rounds = db.checkpointer.checkpoints
+    while db.checkpointer.checkpoints < rounds + 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert db.checkpointer.checkpoints >= rounds + 20 and synced == ["i.sqlite"]
+    db.execute("INSERT INTO w (k) VALUES (2)")
+    while len(synced) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert synced == ["i.sqlite", "i.sqlite"]
+    db.close()
