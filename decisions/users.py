@@ -116,11 +116,7 @@ class UserDirectory:
             return cached
         churn, propensity = self.champions.score(dict(record))
         scores = finite_or_none(churn), finite_or_none(propensity)
-        limit = self.settings.serving.score_cache_size
-        if limit:
-            self._cache[key] = scores
-            if len(self._cache) > limit:
-                self._cache.popitem(last=False)
+        _keep(self._cache, key, scores, self.settings.serving.score_cache_size)
         return scores
 
     def warm_scores(self, limit: int | None = None) -> WarmScores | None:
@@ -176,14 +172,10 @@ class UserDirectory:
         view = user_view(user_id, record, churn_probability=churn,
                          purchase_propensity=propensity,
                          personalization=bool(prefs.personalization))
-        limit = self.settings.serving.view_cache_size
-        if stored is not None and limit:
-            self._views[user_id] = (stored, view)
-            self._views.move_to_end(user_id)
-            if len(self._views) > limit:
-                self._views.popitem(last=False)
-        elif cached is not None:
+        if cached is not None:
             del self._views[user_id]
+        if stored is not None:
+            _keep(self._views, user_id, (stored, view), self.settings.serving.view_cache_size)
         return view
 
     def seller_churn(self, record: Mapping[str, Any]) -> float | None:
@@ -210,6 +202,15 @@ class UserDirectory:
         record, prefs = self.store.get_with_preferences(user_id)
         churn, propensity = self.scores(user_id, record) if record else (None, None)
         return user_state(user_id, record, prefs, churn, propensity)
+
+
+def _keep(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """Put ``value`` in ``cache`` under a ``key`` it does not hold, as its most recent
+    entry, the least recently used out past ``limit`` entries (0: keep nothing)."""
+    if limit:
+        cache[key] = value
+        if len(cache) > limit:
+            cache.popitem(last=False)
 
 
 class WarmScores(NamedTuple):
