@@ -83,13 +83,16 @@ class RunqueueClock:
             self._fd = None
 
 
+OTHER_THREAD_FRAMES = 3  # of each other thread, in a stall's trace
+
+
 class StallTracer:
     """Logs where the event loop's thread is while the loop is stalled (a loop-stall trace).
 
     A daemon thread looks every ``threshold / 4`` seconds at the time of the loop's last
     turn (:meth:`beat`, called by the watchdog each time it wakes); once the loop has not
-    turned for ``threshold`` seconds, it logs the loop thread's stack at that moment, once
-    per stall, with ``WARNING``. Opt in with ``serving.stall_trace_ms`` (the thread costs a
+    turned for ``threshold`` seconds, it logs the loop thread's stack at that moment, and
+    the innermost frames of every other thread, once per stall, with ``WARNING``. Opt in with ``serving.stall_trace_ms`` (the thread costs a
     wake-up every few ms)."""
 
     def __init__(self, threshold: float, thread_id: int | None = None):
@@ -113,6 +116,17 @@ class StallTracer:
         self._stop.set()
         self._thread.join()
 
+    def _other_threads(self) -> str:
+        """The innermost frames of every other thread: a thread that holds the GIL (or a
+        lock the loop waits for) through the stall shows what it does."""
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        out = []
+        for ident, frame in sys._current_frames().items():
+            if ident not in (self.thread_id, threading.get_ident()):
+                inner = "".join(traceback.format_stack(frame)[-OTHER_THREAD_FRAMES:])
+                out.append(f"-- thread {names.get(ident, ident)}:\n{inner}")
+        return "".join(out)
+
     def _watch(self) -> None:
         traced = None
         while not self._stop.wait(self.threshold / 4):
@@ -123,7 +137,7 @@ class StallTracer:
             frame = sys._current_frames().get(self.thread_id)
             if frame is None:
                 continue
-            stack = "".join(traceback.format_stack(frame))
+            stack = "".join(traceback.format_stack(frame)) + self._other_threads()
             self.traces = [*self.traces[-99:], stack]
             log.warning("event loop stalled for over %.0f ms; its thread is at:\n%s",
                         self.threshold * 1e3, stack)

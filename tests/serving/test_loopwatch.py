@@ -177,6 +177,42 @@ def test_a_stall_is_traced_to_the_code_that_blocked_the_loop() -> None:
     assert "save_checkpoint_inline" in tracer.traces[0]
 
 
+def test_a_stall_trace_shows_what_the_other_threads_do() -> None:
+    """The loop waits for a lock a worker thread holds: the trace names that thread and
+    where it is, besides the loop's own stack."""
+    tracer = StallTracer(0.02)
+    watchdog = LoopWatchdog(tracer=tracer.start())
+    lock = threading.Lock()
+    holding = threading.Event()
+
+    def hold_the_lock_in_a_thread() -> None:
+        with lock:
+            holding.set()
+            time.sleep(0.1)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watchdog.run())
+        await asyncio.sleep(0.03)
+        worker = threading.Thread(target=hold_the_lock_in_a_thread, name="checkpoint-saver")
+        worker.start()
+        holding.wait(5)
+        with lock:  # the loop blocks on the thread's lock
+            pass
+        worker.join()
+        await asyncio.sleep(0.03)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    tracer.stop()
+    assert len(tracer.traces) == 1
+    trace = tracer.traces[0]
+    assert "in scenario" in trace  # the loop's stack
+    assert "-- thread checkpoint-saver:" in trace
+    assert "hold_the_lock_in_a_thread" in trace.split("-- thread checkpoint-saver:")[1]
+
+
 def test_the_recent_longest_stall_covers_the_last_window_then_forgets() -> None:
     seen: list[tuple[float, float]] = []
     watchdog = LoopWatchdog(on_recent=lambda stall, own: seen.append((stall, own)))
