@@ -22,6 +22,12 @@ each SQLite call), in four modes alternating for ``--rounds`` rounds on the same
   WAL once more before it closes the gate (the engine's design now); the writer never
   checkpoints.
 
+Each of ``--page-sizes`` gets a log file of its own, created with that page size (the
+decision log's ``PAGE_SIZE``, SQLite's default 4,096, unless given): a commit writes each
+page it changed to the WAL whole, so the page size sets how many bytes a decision puts
+through the WAL, its syncs and its copies (4,096 against 1,024: 25 against 8.8 KiB a
+decision, and yet 1,024 made the commits slower beside the checkpointer thread).
+
 Reported per mode: the loop's pauses (a commit's synchronous time over 3 ms: what every
 request on the loop waits through) and their total, the decisions delayed over 3 ms (the
 await of the gate plus the commit: what only the decision waits through), the longest
@@ -30,6 +36,7 @@ size at the end, and the ratio of the loop's total pause to SQLite's own in the 
 
     .venv/bin/python benchmarks/wal_checkpoints.py [--prefill 200000] [--decisions 20000]
         [--rate 1000] [--rounds 2] [--seed 1] [--loop-cpu-ms 0.6]
+        [--modes sqlite,copy,restart_unsynced,restart] [--page-sizes 4096]
 
 Prints and writes benchmarks/results/wal_checkpoints.json.
 """
@@ -52,6 +59,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learner import random_decision  # noqa: E402  (benchmarks/ is on sys.path)
 
+from decisions import decision_log  # noqa: E402
 from decisions.decision_log import DecisionLog, LoggedDecision  # noqa: E402
 from decisions.encoding import encode_arms  # noqa: E402
 from decisions.engine import WAL_CHECKPOINT_SECONDS  # noqa: E402
@@ -79,8 +87,10 @@ def decisions(count: int, rng: random.Random, first: int) -> list[LoggedDecision
     return made
 
 
-def prefill(path: Path, count: int, rng: random.Random) -> None:
-    """``count`` decisions in batched commits (a scratch connection: fast)."""
+def prefill(path: Path, count: int, rng: random.Random, page_size: int) -> None:
+    """``count`` decisions in batched commits (a scratch connection: fast), in a file of
+    ``page_size`` bytes a page."""
+    decision_log.PAGE_SIZE = page_size  # read when the file is created
     log = DecisionLog(path, durable=False)
     for start in range(0, count, 10_000):
         for logged in decisions(min(10_000, count - start), rng, start):
@@ -139,6 +149,7 @@ def commit_paced(path: Path, batch: list[LoggedDecision], rate: float,
     asyncio.run(run())
     cpu = time.thread_time() - cpu
     wal = os.path.getsize(f"{path}-wal")
+    (page_size,) = log.conn.execute("PRAGMA page_size").fetchone()
     checkpointer = log.conn.checkpointer  # type: ignore[attr-defined]
     rounds = checkpointer.checkpoints if checkpointer is not None else 0
     restarts = checkpointer.restarts if checkpointer is not None else 0
@@ -147,7 +158,7 @@ def commit_paced(path: Path, batch: list[LoggedDecision], rate: float,
     slow = [t for t in commits if t > SLOW_S]
     delayed = sorted(delays)
     return {
-        "mode": mode, "decisions": len(batch),
+        "mode": mode, "page_size": page_size, "decisions": len(batch),
         "loop_pauses_over_3ms": len(slow), "loop_pause_total_ms": round(sum(slow) * 1e3, 1),
         "loop_pause_max_ms": round(max(commits) * 1e3, 1),
         "loop_pause_us_per_decision": round(sum(slow) / len(batch) * 1e6, 1),
@@ -172,24 +183,49 @@ def main() -> int:
     parser.add_argument("--loop-cpu-ms", type=float, default=0.6,
                         help="Python work on the loop per decision besides its commit (a "
                              "request's, holding the GIL the checkpointer thread needs)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--page-sizes", default=str(decision_log.PAGE_SIZE),
+                        help="comma-separated; a log file created with each")
     args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)}; the modes are {', '.join(MODES)}")
+    try:
+        page_sizes = [int(size) for size in args.page_sizes.split(",") if size]
+    except ValueError:
+        parser.error(f"--page-sizes: {args.page_sizes!r} is not a list of integers")
+    if not page_sizes or any(size < 512 or size > 65536 or size & (size - 1)
+                             for size in page_sizes):
+        parser.error("--page-sizes: each must be a power of two from 512 to 65536")
     started = time.perf_counter()
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed + 1)  # the runs' decisions; each prefill's from seed
     runs = []
     with tempfile.TemporaryDirectory(prefix="nextbest-wal-") as tmp:
-        path = Path(tmp) / "decisions.sqlite"
-        prefill(path, args.prefill, rng)
+        paths = {}
+        for size in page_sizes:
+            paths[size] = Path(tmp) / f"decisions-{size}.sqlite"
+            prefill(paths[size], args.prefill, random.Random(args.seed), size)
         first = args.prefill
         for round_ in range(args.rounds):
-            for mode in MODES:
+            for mode in modes:
                 batch = decisions(args.decisions, rng, first)
                 first += args.decisions
-                run = commit_paced(path, batch, args.rate, mode, args.loop_cpu_ms / 1e3)
-                run["round"] = round_ + 1
-                print(json.dumps(run))
-                runs.append(run)
-    def total(mode: str) -> float:
-        return sum(r["loop_pause_total_ms"] for r in runs if r["mode"] == mode)
+                for size in page_sizes:  # the same decisions into each file
+                    run = commit_paced(paths[size], batch, args.rate, mode,
+                                       args.loop_cpu_ms / 1e3)
+                    run["round"] = round_ + 1
+                    print(json.dumps(run))
+                    runs.append(run)
+
+    def total(mode: str, size: int) -> float:
+        return sum(r["loop_pause_total_ms"] for r in runs
+                   if r["mode"] == mode and r["page_size"] == size)
+
+    def mean(mode: str, size: int, key: str) -> float:
+        return round(statistics.fmean(r[key] for r in runs
+                                      if r["mode"] == mode and r["page_size"] == size), 1)
 
     report = {
         "benchmark": "wal_checkpoints", "time_s": round(time.perf_counter() - started, 1),
@@ -198,10 +234,16 @@ def main() -> int:
         "seed": args.seed, "checkpoint_seconds": WAL_CHECKPOINT_SECONDS,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "runs": runs,
-        "restart_wal_pages": MODES["restart"][1],
+        "restart_wal_pages": MODES["restart"][1], "modes": modes, "page_sizes": page_sizes,
         "loop_pause_ratio_to_sqlite": {
-            mode: round(total(mode) / total("sqlite"), 3) if total("sqlite") else None
-            for mode in ("copy", "restart_unsynced", "restart")},
+            f"{mode}@{size}": round(total(mode, size) / total("sqlite", size), 3)
+            for mode in modes for size in page_sizes
+            if mode != "sqlite" and "sqlite" in modes and total("sqlite", size)},
+        "by_page_size": {
+            f"{mode}@{size}": {"loop_pause_total_ms": round(total(mode, size), 1),
+                               "mean_commit_us": mean(mode, size, "mean_commit_us"),
+                               "cpu_us_per_decision": mean(mode, size, "cpu_us_per_decision")}
+            for mode in modes for size in page_sizes},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")

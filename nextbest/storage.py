@@ -191,17 +191,21 @@ class SqliteDatabase(Database):
     ``checkpoint_seconds``: copy the WAL into the main file that often from a thread of its
     own (:class:`WalCheckpointer`), which also restarts the WAL while the file's
     :attr:`gate` is closed, so this connection's commits never checkpoint unless that
-    thread falls behind."""
+    thread falls behind. ``page_size``: the page size of a file this connection creates
+    (SQLite's default is 4,096 bytes; an existing file keeps the one it has)."""
 
     dialect: Dialect = "sqlite"
 
     def __init__(self, path: Path, *, timeout_seconds: float = 30.0,
-                 synchronous: str = "NORMAL", checkpoint_seconds: float | None = None):
+                 synchronous: str = "NORMAL", checkpoint_seconds: float | None = None,
+                 page_size: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=timeout_seconds, isolation_level=None,
                                     check_same_thread=False)
         self.conn.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
+        if page_size is not None:  # a new file's only: an existing one keeps its own
+            self.conn.execute(f"PRAGMA page_size={int(page_size)}")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         # Erasure leaves no byte behind: freed content is overwritten (nextbest/sqlite_wipe.py).
@@ -657,12 +661,15 @@ def _fetch(cursor: Any) -> _Rows:
 
 def open_database(target: Target, *, timeout_seconds: float = 30.0,
                   synchronous: str = "NORMAL", pool_size: int = 4,
-                  checkpoint_seconds: float | None = None) -> Database:
+                  checkpoint_seconds: float | None = None,
+                  page_size: int | None = None) -> Database:
     """The database of ``target``: a PostgreSQL URL, or a SQLite file path
-    (``checkpoint_seconds``: WAL checkpoints from a thread, :class:`WalCheckpointer`)."""
+    (``checkpoint_seconds``: WAL checkpoints from a thread, :class:`WalCheckpointer`;
+    ``page_size``: of a SQLite file created now)."""
     if is_postgres(target):
         return PostgresDatabase(str(target), pool_size=pool_size)
     if isinstance(target, str) and "://" in target:
         raise ConfigError(f"storage.url: {redact(target)} is not a postgresql:// URL")
     return SqliteDatabase(Path(target), timeout_seconds=timeout_seconds,
-                          synchronous=synchronous, checkpoint_seconds=checkpoint_seconds)
+                          synchronous=synchronous, checkpoint_seconds=checkpoint_seconds,
+                          page_size=page_size)

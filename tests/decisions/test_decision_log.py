@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from decisions.decision_log import (
+    PAGE_SIZE,
     SCHEMA_STEPS,
     Decision,
     DecisionLog,
@@ -54,6 +55,28 @@ def test_decision_round_trip_and_wal(log: DecisionLog):
         mode = log.conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
     assert log.conn.schema_version("decision_log") == len(SCHEMA_STEPS)
+
+
+def test_a_new_sqlite_log_has_the_page_size_chosen_and_an_old_one_keeps_its_own(
+        tmp_path: Path):
+    """A new log is created with PAGE_SIZE pages; a log made with another size keeps it when
+    opened again, and both write and read the same (a row bigger than a page too)."""
+    new = DecisionLog(tmp_path / "new.sqlite")
+    old_path = tmp_path / "old.sqlite"
+    with sqlite3.connect(old_path) as made:  # a log file made with 1,024-byte pages
+        made.execute("PRAGMA page_size=1024")
+        made.execute("CREATE TABLE t (x)")
+    old = DecisionLog(old_path)
+    try:
+        assert new.conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+        assert old.conn.execute("PRAGMA page_size").fetchone()[0] == 1024 != PAGE_SIZE
+        big = logged("e1").model_copy(update={"features": {"shared": {"S": ["x" * 5000]}}})
+        for each in (new, old):
+            each.record_decision(big)
+            assert each.get_decision("e1") == big
+    finally:
+        new.close()
+        old.close()
 
 
 def test_rewards_are_counted_once_in_log_order(log: DecisionLog):
