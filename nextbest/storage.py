@@ -416,11 +416,11 @@ class WalCheckpointer:
         while the loop writes, sync nothing of it: synced only here, with the gate closed,
         every page copied since the last restart was ~10 ms of disk (up to 55) that the
         loop's decisions waited through. So every round syncs what it copied (from this
-        thread, the gate open), and the file and the WAL are synced once more before the
-        gate closes; closed, it waits for the last pages' sync only (gate waits under 1 ms
-        but one of ~8 ms in benchmarks/wal_checkpoints.py, against 17-30 ms)."""
-        for name in (self.path, Path(f"{self.path}-wal")):
-            flush(name)
+        thread, the gate open: the round that calls this has just synced the file), and
+        the WAL is synced before the gate closes; closed, it waits for the last pages'
+        sync only (gate waits under 1 ms but one of ~8 ms in
+        benchmarks/wal_checkpoints.py, against 17-30 ms)."""
+        flush(Path(f"{self.path}-wal"))
         began = time.perf_counter()
         with self.gate.held():
             busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
