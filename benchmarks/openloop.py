@@ -17,7 +17,8 @@ free connection when all ``--max-connections`` are busy (an overloaded server).
 
 Request bodies (``--kind``): ``noop`` and ``score`` (``{"user_id"}``), ``decide`` (user and
 context; the event ids answered are written to ``--event-ids-out``), ``feedback`` (one
-per event id of ``--event-ids``, in order; converted on every fourth) and ``events`` (one
+per event id of ``--event-ids``, in order, cycling; converted on every fourth id, the same
+each time an id comes round again) and ``events`` (one
 ``view`` behaviour event each, for ``POST /events``: a user of the pool of ``--users`` and
 one of a few categories, at a distinct moment one second apart from ``--events-start``, so
 each is a new event and users who view one category five times fire ``browse_no_buy``;
@@ -88,7 +89,9 @@ def bodies(kind: str, count: int, users: int, seed: int,
             raise SystemExit("--kind feedback needs --event-ids with at least one id")
         out = []
         for i in range(count):
-            converted = i % 4 == 3
+            # by the id's place, so an id sent again (a run longer than the ids) repeats
+            # its first feedback: a duplicate, not a contradicting 409
+            converted = i % len(event_ids) % 4 == 3
             out.append(json.dumps({"event_id": event_ids[i % len(event_ids)],
                                    "converted": converted,
                                    "revenue": 80.0 if converted else 0.0}).encode())
