@@ -37,7 +37,11 @@ each point is the median). Goals: at half the no-op's maximum, p99 under
 This host is shared: every run also records the 1-minute load average before it and the
 share of the run the service's threads spent ready to run but waiting for a CPU
 (``service_cpu_wait_share``, from Linux schedstat); the stall is reported whole (``all``)
-and without the loop thread's own waits for a CPU (``own``).
+and without the loop thread's own waits for a CPU (``own``). Every run also records the
+event loop's CPU per answered request and the share of the run it was busy
+(``loop_cpu_ms_per_request``, ``loop_busy_share``; ``loop_at_half_noop_max`` per endpoint):
+one loop carries at most 1,000 / ``loop_cpu_ms_per_request`` requests/s, so an endpoint
+that costs the loop twice the no-op's CPU is saturated at half the no-op's maximum.
 
     .venv/bin/python benchmarks/serve.py --open-loop [--open-seconds 5] [--repeats 3]
 
@@ -359,22 +363,30 @@ def run_open_loop(url: str, path: str, kind: str, rate: float, seconds: float,
     return json.loads(out.read_text())
 
 
-def tree_cpu_wait(proc: subprocess.Popen) -> float:
-    """Seconds the main threads (the event loops) of the service's processes have spent
-    ready to run but waiting for a CPU (Linux schedstat): how much other work on the host
-    held the service back. Short-lived threads are left out: their counts leave with them."""
-    total = 0.0
+def tree_loop_times(proc: subprocess.Popen) -> tuple[float, float]:
+    """Seconds the main threads (the event loops) of the service's processes have run on a
+    CPU, and have spent ready to run but waiting for one (Linux schedstat): what the
+    requests cost the loop, and how much other work on the host held it back. Short-lived
+    threads are left out: their counts leave with them."""
+    ran = waited = 0.0
     try:
         processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
+        return 0.0, 0.0
     for process in processes:
         try:
             schedstat = Path(f"/proc/{process.pid}/task/{process.pid}/schedstat").read_text()
-            total += int(schedstat.split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
+            on_cpu, waiting = schedstat.split()[:2]
+            ran += int(on_cpu) / 1e9
+            waited += int(waiting) / 1e9
+        except (OSError, ValueError):
             continue
-    return total
+    return ran, waited
+
+
+def tree_cpu_wait(proc: subprocess.Popen) -> float:
+    """Seconds the service's event loops have waited for a CPU (:func:`tree_loop_times`)."""
+    return tree_loop_times(proc)[1]
 
 
 def loop_stall_ms(url: str) -> dict[str, float]:
@@ -492,22 +504,30 @@ def sweep(url: str, proc: subprocess.Popen, args: argparse.Namespace, work: Path
         ids = work / f"open_event_ids_{step}.txt"
         for name, path, kind in OPEN_LOOP_ENDPOINTS:
             drained = drain(url)
-            load, waited = os.getloadavg()[0], tree_cpu_wait(proc)
+            load, (ran, waited) = os.getloadavg()[0], tree_loop_times(proc)
             result = run_open_loop(url, path, kind, rate, args.open_seconds, args, work,
                                    seed=step + 1, ids_in=ids if kind == "feedback" else None,
                                    ids_out=ids if kind == "decide" else None)
+            ran_after, waited_after = tree_loop_times(proc)
             result |= {"fraction_of_noop_max": fraction, "repeat": repeat,
                        "drained_before_s": drained,
                        "max_stall_ms_so_far": loop_stall_ms(url),
                        "host_load_1m_before": round(load, 2),
                        # Seconds the service waited for a CPU per second of the run.
                        "service_cpu_wait_share": round(
-                           (tree_cpu_wait(proc) - waited) / args.open_seconds, 3)}
+                           (waited_after - waited) / args.open_seconds, 3),
+                       # The event loop's CPU per answered request, and per second of the
+                       # run: how near its capacity (1.0) the loop ran at this rate.
+                       "loop_cpu_ms_per_request": round(
+                           (ran_after - ran) * 1e3 / max(result["completed"], 1), 3),
+                       "loop_busy_share": round((ran_after - ran) / args.open_seconds, 3)}
             curves[name].append(result)
             print(f"{fraction:4.0%} {rate:6.0f} req/s {name:>17}: p50 {result['p50_ms']:8.2f} "
                   f"ms  p99 {result['p99_ms']:8.2f} ms  errors {result['errors']}  dispatch "
                   f"lag p99 {result['dispatch_lag_p99_ms']:.2f} ms  CPU wait "
-                  f"{result['service_cpu_wait_share']:.2f}", file=sys.stderr)
+                  f"{result['service_cpu_wait_share']:.2f}  loop "
+                  f"{result['loop_cpu_ms_per_request']:.3f} ms/request, busy "
+                  f"{result['loop_busy_share']:.2f}", file=sys.stderr)
     return curves
 
 
@@ -594,8 +614,9 @@ def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         same = [r for r in runs if r["fraction_of_noop_max"] == fraction]
         point = {"fraction_of_noop_max": fraction, "repeats": len(same)}
         for key in ("offered_rps", "p50_ms", "p99_ms", "dispatch_lag_p99_ms",
-                    "host_load_1m_before", "service_cpu_wait_share"):
-            values = [r[key] for r in same if r[key] is not None]
+                    "host_load_1m_before", "service_cpu_wait_share",
+                    "loop_cpu_ms_per_request", "loop_busy_share"):
+            values = [r[key] for r in same if r.get(key) is not None]
             point[key] = round(statistics.median(values), 3) if values else None
         point["errors"] = sum(r["errors"] for r in same)
         points.append(point)
@@ -654,6 +675,18 @@ def open_loop_report(env: dict[str, str], root: Path, args: argparse.Namespace,
         "noop_max_rps": round(noop_max, 1),
         "noop_max_runs": [r.model_dump() for r in noop_runs],
         "at_half_noop_max": half,
+        # How near its capacity each endpoint's loop ran at half the no-op's maximum (1.0:
+        # saturated; queueing makes every hiccup long well before), and what a request cost
+        # it: a single event loop carries 1,000 / loop_cpu_ms_per_request requests/s at most.
+        "loop_at_half_noop_max": {
+            name: {"loop_busy_share": point.get("loop_busy_share"),
+                   "loop_cpu_ms_per_request": point.get("loop_cpu_ms_per_request"),
+                   "loop_cpu_ratio_to_noop": (
+                       round(point["loop_cpu_ms_per_request"]
+                             / half["noop"]["loop_cpu_ms_per_request"], 2)
+                       if point.get("loop_cpu_ms_per_request")
+                       and half["noop"].get("loop_cpu_ms_per_request") else None)}
+            for name, point in half.items()},
         "points": points, "event_loop_stall": stall, "runs": curves,
         "plot": str(LATENCY_PLOT.relative_to(REPO)),
         "goals": {

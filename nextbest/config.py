@@ -1008,7 +1008,8 @@ class ServingConfig(_Section):
     # the collector's pauses). On only with a tracing exporter configured for BentoML.
     tracing: bool = False
     # Log the event-loop thread's stack whenever the loop has not turned for this many ms
-    # (serving/loopwatch.py, a loop-stall trace: where a stall comes from); 0: off.
+    # (serving/loopwatch.py, a loop-stall trace: where a stall comes from, with the other
+    # threads' innermost frames); 0: off.
     stall_trace_ms: float = Field(0.0, ge=0)
 
 
