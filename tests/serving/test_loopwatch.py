@@ -8,6 +8,7 @@ import gc
 import re
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -21,18 +22,26 @@ from serving.loopwatch import (
 )
 
 
-def test_a_blocking_callback_is_measured_as_a_stall() -> None:
-    seen: list[float] = []
-    watchdog = LoopWatchdog(seen.append, interval=0.005)
+def watch(watchdog: LoopWatchdog, on_the_loop: Callable[[], object], settle: float) -> None:
+    """Run ``watchdog`` on a fresh loop, call ``on_the_loop`` on it between two waits of
+    ``settle`` seconds, then stop the watchdog."""
 
     async def scenario() -> None:
         task = asyncio.create_task(watchdog.run())
-        await asyncio.sleep(0.02)
-        time.sleep(0.06)  # what a checkpoint written on the loop would do
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(settle)
+        on_the_loop()
+        await asyncio.sleep(settle)
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     asyncio.run(scenario())
+
+
+def test_a_blocking_callback_is_measured_as_a_stall() -> None:
+    seen: list[float] = []
+    watchdog = LoopWatchdog(seen.append, interval=0.005)
+    watch(watchdog, lambda: time.sleep(0.06), 0.02)  # a checkpoint written on the loop
     # The watchdog cannot wake before the blocking call returns: at least 60 - 5 ms late.
     assert watchdog.max_stall >= 0.055
     assert seen and seen[-1] == watchdog.max_stall
@@ -42,17 +51,7 @@ def test_a_blocking_callback_is_measured_as_a_stall() -> None:
 def test_garbage_collections_are_timed_while_it_runs() -> None:
     pauses: list[float] = []
     watchdog = LoopWatchdog(on_gc_pause=pauses.append)
-
-    async def scenario() -> None:
-        task = asyncio.create_task(watchdog.run())
-        await asyncio.sleep(0.01)
-        gc.collect()
-        await asyncio.sleep(0.01)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    watch(watchdog, gc.collect, 0.01)
     assert pauses and pauses[-1] == watchdog.max_gc_pause > 0.0
     assert watchdog._on_gc not in gc.callbacks  # removed when the watchdog stops
     gc.collect()
@@ -163,16 +162,7 @@ def test_a_stall_is_traced_to_the_code_that_blocked_the_loop() -> None:
     def save_checkpoint_inline() -> None:
         time.sleep(0.1)  # what a checkpoint written on the loop would do
 
-    async def scenario() -> None:
-        task = asyncio.create_task(watchdog.run())
-        await asyncio.sleep(0.03)
-        save_checkpoint_inline()
-        await asyncio.sleep(0.03)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    watch(watchdog, save_checkpoint_inline, 0.03)
     assert len(tracer.traces) == 1  # one stall, one trace
     assert "save_checkpoint_inline" in tracer.traces[0]
 
@@ -190,25 +180,19 @@ def test_a_stall_trace_shows_what_the_other_threads_do() -> None:
             holding.set()
             time.sleep(0.1)
 
-    async def scenario() -> None:
-        task = asyncio.create_task(watchdog.run())
-        await asyncio.sleep(0.03)
+    def wait_for_the_thread() -> None:
         worker = threading.Thread(target=hold_the_lock_in_a_thread, name="checkpoint-saver")
         worker.start()
         holding.wait(5)
         with lock:  # the loop blocks on the thread's lock
             pass
         worker.join()
-        await asyncio.sleep(0.03)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
-    asyncio.run(scenario())
+    watch(watchdog, wait_for_the_thread, 0.03)
     tracer.stop()
     assert len(tracer.traces) == 1
     trace = tracer.traces[0]
-    assert "in scenario" in trace  # the loop's stack
+    assert "in wait_for_the_thread" in trace  # the loop's stack
     assert "-- thread checkpoint-saver:" in trace
     assert "hold_the_lock_in_a_thread" in trace.split("-- thread checkpoint-saver:")[1]
 
