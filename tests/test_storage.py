@@ -275,7 +275,7 @@ def test_the_checkpointer_restarts_the_wal_so_the_loops_writes_never_checkpoint(
     assert names.count("r.sqlite-wal") >= db.checkpointer.restarts  # once before each
     # each round syncs what it copied, so a restart's sync is short: the file is synced by
     # the rounds (the one calling the restart has just done it), never by the restart
-    assert names.count("r.sqlite") > db.checkpointer.restarts
+    assert names.count("r.sqlite") >= db.checkpointer.restarts
     assert set(restart_synced) == {"r.sqlite-wal"}
     assert not any(held for _, held in synced)
     assert longest < written * 4096 / 2  # without restarts the WAL would hold every commit
