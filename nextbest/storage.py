@@ -340,6 +340,7 @@ def write_gate(path: Path) -> WriteGate:
 # its writing connection checkpoints by itself past BOUNDED_WAL_PAGES, which it reaches
 # only if the thread cannot restart the WAL (a reader holding an old snapshot for long).
 RESTART_WAL_PAGES = 16_000
+LONG_HOLD_MS = 50.0  # a restart that held the gate this long is logged (WARNING)
 BOUNDED_WAL_PAGES = 4 * RESTART_WAL_PAGES
 
 
@@ -371,6 +372,7 @@ class WalCheckpointer:
         self.checkpoints = 0
         self.restarts = 0
         self.restart_pages = RESTART_WAL_PAGES
+        self.longest_hold_ms = 0.0  # the longest the gate was closed by a restart
         self._users = 1  # the connections sharing this thread (:meth:`shared`)
         self.gate = write_gate(path)
         self._stop = threading.Event()
@@ -432,6 +434,10 @@ class WalCheckpointer:
             except sqlite3.OperationalError:  # another connection writes: the next round
                 return
         held_ms = (time.perf_counter() - began) * 1e3
+        self.longest_hold_ms = max(self.longest_hold_ms, held_ms)
+        if held_ms >= LONG_HOLD_MS:  # every write of the log waited through it
+            log.warning("the WAL restart of %s held the log's writes for %.0f ms (the "
+                        "disk's sync of the last copy)", self.path.name, held_ms)
         if self._checkpoint(conn)[0] < pages:
             self.restarts += 1
             log.debug("WAL of %s restarted at %d pages; gate held %.1f ms",

@@ -230,7 +230,7 @@ def test_a_write_on_the_loop_awaits_a_thread_holding_the_gate_and_the_loop_runs_
 
 
 def test_the_checkpointer_restarts_the_wal_so_the_loops_writes_never_checkpoint(
-        tmp_path: Path, monkeypatch):
+        tmp_path: Path, monkeypatch, caplog):
     """Past RESTART_WAL_PAGES the thread closes the gate, copies the rest and restarts the
     WAL: with the writer's own checkpoint out of reach the WAL stays near that length while
     thousands of commits go on, and no row is lost. The thread syncs the file after each
@@ -238,6 +238,7 @@ def test_the_checkpointer_restarts_the_wal_so_the_loops_writes_never_checkpoint(
     meanwhile), never with the gate closed by it."""
     monkeypatch.setattr(storage_module, "RESTART_WAL_PAGES", 400)
     monkeypatch.setattr(storage_module, "BOUNDED_WAL_PAGES", 1_000_000)
+    monkeypatch.setattr(storage_module, "LONG_HOLD_MS", 0.0)  # every hold is "long" here
     path = tmp_path / "r.sqlite"
     synced: list[tuple[str, bool]] = []  # (file, the syncing thread held the gate)
     restart_synced: list[str] = []  # the files _restart itself synced
@@ -277,6 +278,10 @@ def test_the_checkpointer_restarts_the_wal_so_the_loops_writes_never_checkpoint(
     # the rounds (the one calling the restart has just done it), never by the restart
     assert names.count("r.sqlite") >= db.checkpointer.restarts
     assert set(restart_synced) == {"r.sqlite-wal"}
+    # a restart that held the writes long says so, with how long
+    assert db.checkpointer.longest_hold_ms > 0.0
+    held = [r.getMessage() for r in caplog.records if "held the log's writes" in r.getMessage()]
+    assert held and all(m.startswith("the WAL restart of r.sqlite held") for m in held)
     assert not any(held for _, held in synced)
     assert longest < written * 4096 / 2  # without restarts the WAL would hold every commit
     assert db.execute("SELECT count(*), sum(k) FROM w").fetchone() == (
