@@ -340,8 +340,8 @@ def write_gate(path: Path) -> WriteGate:
 # its writing connection checkpoints by itself past BOUNDED_WAL_PAGES, which it reaches
 # only if the thread cannot restart the WAL (a reader holding an old snapshot for long).
 RESTART_WAL_PAGES = 16_000
-LONG_HOLD_MS = 50.0  # a restart that held the gate this long is logged (WARNING)
 BOUNDED_WAL_PAGES = 4 * RESTART_WAL_PAGES
+LONG_HOLD_MS = 50.0  # a restart that held the gate this long is logged (WARNING)
 
 
 class WalCheckpointer:
