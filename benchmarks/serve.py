@@ -41,7 +41,9 @@ and without the loop thread's own waits for a CPU (``own``). Every run also reco
 event loop's CPU per answered request and the share of the run it was busy
 (``loop_cpu_ms_per_request``, ``loop_busy_share``; ``loop_at_half_noop_max`` per endpoint):
 one loop carries at most 1,000 / ``loop_cpu_ms_per_request`` requests/s, so an endpoint
-that costs the loop twice the no-op's CPU is saturated at half the no-op's maximum.
+that costs the loop twice the no-op's CPU is saturated at half the no-op's maximum. A busy
+share above 1.0 means the rate offered more than one loop carries: the backlog was answered
+after the run's seconds, and the share says by how much.
 
     .venv/bin/python benchmarks/serve.py --open-loop [--open-seconds 5] [--repeats 3]
 
