@@ -168,10 +168,7 @@ class UserDirectory:
             self._views.move_to_end(user_id)
             return cached[1]
         record, prefs = decode_stored(stored)
-        churn, propensity = self.scores(user_id, record) if record else (None, None)
-        view = user_view(user_id, record, churn_probability=churn,
-                         purchase_propensity=propensity,
-                         personalization=bool(prefs.personalization))
+        view = view_of(user_id, record, prefs, *self._scored(user_id, record))
         if cached is not None:
             del self._views[user_id]
         if stored is not None:
@@ -200,8 +197,12 @@ class UserDirectory:
     def lookup(self, user_id: str) -> UserState:
         """Everything known about ``user_id`` (a cold start for an unknown user)."""
         record, prefs = self.store.get_with_preferences(user_id)
-        churn, propensity = self.scores(user_id, record) if record else (None, None)
-        return user_state(user_id, record, prefs, churn, propensity)
+        return user_state(user_id, record, prefs, *self._scored(user_id, record))
+
+    def _scored(self, user_id: str, record: Mapping[str, Any] | None
+                ) -> tuple[float | None, float | None]:
+        """The user's churn and propensity scores (:meth:`scores`), none without a record."""
+        return self.scores(user_id, record) if record else (None, None)
 
 
 def _keep(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
@@ -231,11 +232,18 @@ class UserState(NamedTuple):
     preferences: Preferences
 
 
+def view_of(user_id: str, record: Mapping[str, Any] | None, preferences: Preferences,
+            churn: float | None, propensity: float | None) -> UserView:
+    """The engine's :class:`UserView` of one user from their record, preferences and
+    scores."""
+    return user_view(user_id, record, churn_probability=churn, purchase_propensity=propensity,
+                     personalization=bool(preferences.personalization))
+
+
 def user_state(user_id: str, record: Mapping[str, Any] | None, preferences: Preferences,
                churn: float | None, propensity: float | None) -> UserState:
     """The :class:`UserState` of one user from their record, preferences and scores."""
-    view = user_view(user_id, record, churn_probability=churn, purchase_propensity=propensity,
-                     personalization=bool(preferences.personalization))
+    view = view_of(user_id, record, preferences, churn, propensity)
     names = dict(record or {})
     names.update(known=view.known, churn_probability=view.churn_probability,
                  purchase_propensity=view.purchase_propensity)
