@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ class StallTracer:
     A daemon thread looks every ``threshold / 4`` seconds at the time of the loop's last
     turn (:meth:`beat`, called by the watchdog each time it wakes); once the loop has not
     turned for ``threshold`` seconds, it logs the loop thread's stack at that moment, and
-    the innermost frames of every other thread, once per stall, with ``WARNING``. Opt in with ``serving.stall_trace_ms`` (the thread costs a
-    wake-up every few ms)."""
+    the innermost frames of every other thread, once per stall, with ``WARNING``. Opt in
+    with ``serving.stall_trace_ms`` (the thread costs a wake-up every few ms)."""
 
     def __init__(self, threshold: float, thread_id: int | None = None):
         self.threshold = threshold
@@ -116,12 +117,13 @@ class StallTracer:
         self._stop.set()
         self._thread.join()
 
-    def _other_threads(self) -> str:
-        """The innermost frames of every other thread: a thread that holds the GIL (or a
-        lock the loop waits for) through the stall shows what it does."""
+    def _other_threads(self, frames: dict[int, FrameType]) -> str:
+        """The innermost frames of every other thread of ``frames`` (one snapshot with the
+        loop's): a thread that holds the GIL (or a lock the loop waits for) through the
+        stall shows what it does."""
         names = {thread.ident: thread.name for thread in threading.enumerate()}
         out = []
-        for ident, frame in sys._current_frames().items():
+        for ident, frame in frames.items():
             if ident not in (self.thread_id, threading.get_ident()):
                 inner = "".join(traceback.format_stack(frame)[-OTHER_THREAD_FRAMES:])
                 out.append(f"-- thread {names.get(ident, ident)}:\n{inner}")
@@ -134,10 +136,11 @@ class StallTracer:
             if time.monotonic() - beat < self.threshold or traced == beat:
                 continue
             traced = beat
-            frame = sys._current_frames().get(self.thread_id)
+            frames = sys._current_frames()
+            frame = frames.get(self.thread_id)
             if frame is None:
                 continue
-            stack = "".join(traceback.format_stack(frame)) + self._other_threads()
+            stack = "".join(traceback.format_stack(frame)) + self._other_threads(frames)
             self.traces = [*self.traces[-99:], stack]
             log.warning("event loop stalled for over %.0f ms; its thread is at:\n%s",
                         self.threshold * 1e3, stack)
