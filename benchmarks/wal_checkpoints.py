@@ -18,9 +18,8 @@ each SQLite call), in four modes alternating for ``--rounds`` rounds on the same
 - ``restart_unsynced``: the thread also restarts the WAL, with the gate closed, past
   ``RESTART_WAL_PAGES``; it syncs nothing itself, so the gated copy syncs every page
   copied since the last restart (the previous stop's design);
-- ``restart``: as above, and the thread syncs what each round copied, and the file and
-  WAL once more before it closes the gate (the engine's design now); the writer never
-  checkpoints.
+- ``restart``: as above, and the thread syncs what each round copied, and the WAL before
+  it closes the gate (the engine's design now); the writer never checkpoints.
 
 Each of ``--page-sizes`` gets a log file of its own, created with that page size (the
 decision log's ``PAGE_SIZE``, SQLite's default 4,096, unless given): a commit writes each
@@ -219,13 +218,14 @@ def main() -> int:
                     print(json.dumps(run))
                     runs.append(run)
 
+    def runs_of(mode: str, size: int) -> list[dict[str, Any]]:
+        return [r for r in runs if r["mode"] == mode and r["page_size"] == size]
+
     def total(mode: str, size: int) -> float:
-        return sum(r["loop_pause_total_ms"] for r in runs
-                   if r["mode"] == mode and r["page_size"] == size)
+        return sum(r["loop_pause_total_ms"] for r in runs_of(mode, size))
 
     def mean(mode: str, size: int, key: str) -> float:
-        return round(statistics.fmean(r[key] for r in runs
-                                      if r["mode"] == mode and r["page_size"] == size), 1)
+        return round(statistics.fmean(r[key] for r in runs_of(mode, size)), 1)
 
     report = {
         "benchmark": "wal_checkpoints", "time_s": round(time.perf_counter() - started, 1),
