@@ -48,6 +48,7 @@ from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
+from decisions import reward_model  # imported here: first used on the event loop
 from decisions.choosers import BANDIT, Chooser, ChooserSpec
 from decisions.decision_log import DecisionLog, LoggedDecision
 from decisions.encoding import BanditExample
@@ -374,10 +375,8 @@ class RefitWindow(NamedTuple):
 
     def rows(self, log: DecisionLog, limit: int) -> list[Any]:
         """The window's learnable rewards as :class:`decisions.reward_model.TrainingRow`."""
-        from decisions.reward_model import TrainingRow
-
-        return [TrainingRow(seq=r.seq, features=r.features, arm=r.action,
-                            converted=r.converted)
+        return [reward_model.TrainingRow(seq=r.seq, features=r.features, arm=r.action,
+                                         converted=r.converted)
                 for r in log.rewards_after(self.first, limit)
                 if r.seq <= self.last and r.learnable and r.action is not None]
 
@@ -387,14 +386,12 @@ def fit_window(log_path: Target, window: RefitWindow, config: Any, seed: int,
     """The fitting process's job: read ``window`` of decision point ``point`` on a
     connection of its own, fit the reward model, return it as JSON (None when the window has
     no learnable reward)."""
-    from decisions.reward_model import fit_reward_model
-
     log = DecisionLog(log_path, point=point)
     try:
         rows = window.rows(log, config.window)
     finally:
         log.close()
-    return fit_reward_model(config, rows, seed=seed).to_json() if rows else None
+    return reward_model.fit_reward_model(config, rows, seed=seed).to_json() if rows else None
 
 
 def load_chooser(settings: Settings, store: CheckpointStore | None,
@@ -507,8 +504,6 @@ class Learner:
         The training window is the newest ``reward_model.window`` rewards of the log up to
         the covered ``seq``: read here (the log connection is this thread's), fitted here
         (a simulation) or in the refit worker (a store: the service)."""
-        from decisions import reward_model
-
         if self._refit is not None:
             if not self._refit.done():
                 return
@@ -537,8 +532,6 @@ class Learner:
         """The refit worker's job: have the fitting process read the window and fit, keep
         the model file beside the checkpoints (so a replay can load the version that
         decided), log the refit to MLflow. Raises NoRewards when the window has none."""
-        from decisions import reward_model
-
         args = (self.log.path, window, self.settings.bandit.reward_model,
                 self.settings.bandit.seed, self.log.point)
         if self._fitter is None:  # started on first use: a learner without refits spawns none

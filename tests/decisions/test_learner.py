@@ -221,3 +221,15 @@ def test_an_inline_checkpoint_is_published_off_the_deciding_thread(
             d = eng.decide(kind(i), CONTEXT)
             eng.feedback(d.event_id, converts(i, d.action), 0.0)
     assert len(publishers) >= 2 and threading.get_ident() not in publishers
+
+
+def test_the_learner_imports_the_reward_model_when_it_loads_not_on_its_first_reward():
+    """The inline learner learns on the service's event loop: a module imported on the
+    first learned reward (``_maybe_refit`` used to import decisions.reward_model there)
+    stalled every request of the worker while it loaded (a 12+ ms stall trace)."""
+    code = ("import sys; import decisions.learner; "
+            "print('decisions.reward_model' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
