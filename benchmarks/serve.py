@@ -393,18 +393,20 @@ def tree_cpu_wait(proc: subprocess.Popen) -> float:
 
 def loop_stall_ms(url: str) -> dict[str, float]:
     """The service's longest event-loop stall so far, in ms (its Prometheus gauge): ``all``,
-    ``own`` (less the time its thread waited for a CPU other processes held) and ``gc`` (the
+    ``own`` (less the time its thread waited for a CPU other processes held), ``blocked``
+    (the longest part of one its thread spent on no CPU: the disk, a lock) and ``gc`` (the
     garbage collector's longest pause)."""
     text = httpx.get(f"{url}/metrics", timeout=30, headers=AUTH).text
     found = dict(re.findall(r'^nextbest_event_loop_max_stall_seconds\{cause="(\w+)"\} (\S+)$',
                             text, re.M))
-    if set(found) != {"all", "own", "gc"}:
+    if set(found) != {"all", "own", "blocked", "gc"}:
         raise RuntimeError("/metrics lacks nextbest_event_loop_max_stall_seconds{cause}")
     return {cause: round(float(value) * 1e3, 3) for cause, value in found.items()}
 
 
 def recent_stall_ms(url: str) -> dict[str, float]:
-    """The service's longest event-loop stall of the last 2-4 s, in ms (``all``, ``own``)."""
+    """The service's longest event-loop stall of the last 2-4 s, in ms (``all``, ``own``,
+    ``blocked``)."""
     text = httpx.get(f"{url}/metrics", timeout=30, headers=AUTH).text
     found = dict(re.findall(
         r'^nextbest_event_loop_recent_max_stall_seconds\{cause="(\w+)"\} (\S+)$', text, re.M))
@@ -448,7 +450,7 @@ class StallPoller:
         import threading
 
         self.url, self.every = url, every
-        self.longest = {"all": 0.0, "own": 0.0}
+        self.longest = {"all": 0.0, "own": 0.0, "blocked": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -558,7 +560,8 @@ def stall_phase(url: str, proc: subprocess.Popen, args: argparse.Namespace, work
     after_feedback = loop_stall_ms(url)
     during = poller.longest
     print(f"longest event-loop stall during checkpoints (the feedback phase): "
-          f"{during['own']:.1f} ms own, {during['all']:.1f} ms with waits for a CPU; "
+          f"{during['own']:.1f} ms own, {during['all']:.1f} ms with waits for a CPU, "
+          f"{during['blocked']:.1f} ms blocked on no CPU (disk, a lock) at most; "
           f"{gained // every} checkpoints", file=sys.stderr)
     return {
         "longest_stall_ms_during_checkpoints": during,

@@ -12,7 +12,9 @@ On a host shared with other work, a stall also holds the time the loop's thread 
 to run but waited for a CPU (Linux ``/proc/self/task/<tid>/schedstat``): that is the host's
 load, not this process's doing. The stall without it, the ``own`` stall (work or blocking
 calls of this process), is tracked beside it (``on_own_stall``); where schedstat is not
-available the two are the same. The longest pause of Python's garbage collector, which
+available the two are the same. Of the own stall, the time the thread was on no CPU at all
+(beyond the sleep asked for) is the ``blocked`` part (``on_blocked``): a wait for the disk
+or a lock, which more CPU would not shorten. The longest pause of Python's garbage collector, which
 stops every thread, is tracked too (``on_gc_pause``): the usual cause of an own stall; and
 per generation, how many collections ran and the longest of each (``on_collections``), so
 a long pause can be told from many short ones.
@@ -61,7 +63,8 @@ def quiet_collector(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
 
 
 class RunqueueClock:
-    """Seconds the calling thread has spent runnable but waiting for a CPU, so far."""
+    """Seconds the calling thread has spent runnable but waiting for a CPU, so far
+    (``clock()``), and, with :meth:`both`, on a CPU as well."""
 
     def __init__(self) -> None:
         try:
@@ -70,13 +73,24 @@ class RunqueueClock:
         except OSError:
             self._fd = None
 
+    @property
+    def available(self) -> bool:
+        """Whether this kernel tells (``schedstat``); without it every reading is 0."""
+        return self._fd is not None
+
     def __call__(self) -> float:
+        return self.both()[1]
+
+    def both(self) -> tuple[float, float]:
+        """(seconds on a CPU, seconds runnable waiting for one) so far; (0, 0) where
+        schedstat is not available."""
         if self._fd is None:
-            return 0.0
+            return 0.0, 0.0
         try:
-            return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
-            return 0.0
+            running, waiting = os.pread(self._fd, 128, 0).split()[:2]
+            return int(running) / 1e9, int(waiting) / 1e9
+        except (OSError, ValueError):
+            return 0.0, 0.0
 
     def close(self) -> None:
         if self._fd is not None:
@@ -87,18 +101,43 @@ class RunqueueClock:
 OTHER_THREAD_FRAMES = 3  # of each other thread, in a stall's trace
 
 
+def kernel_state(native_id: int | None) -> str:
+    """Where the kernel has a thread now: its state (``R`` running or waiting for a CPU,
+    ``S`` asleep, ``D`` waiting for the disk, ...) and, asleep, the kernel function it
+    waits in (``/proc``'s ``wchan``: ``jbd2_log_wait_commit`` is a write waiting for the
+    file system's journal); "" where ``/proc`` does not say."""
+    if native_id is None:
+        return ""
+    task = f"/proc/self/task/{native_id}"
+    try:
+        with open(f"{task}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+    try:
+        with open(f"{task}/wchan") as wchan:
+            waits_in = wchan.read().strip()
+    except OSError:
+        waits_in = ""
+    return state if waits_in in ("", "0") else f"{state} in {waits_in}"
+
+
 class StallTracer:
     """Logs where the event loop's thread is while the loop is stalled (a loop-stall trace).
 
     A daemon thread looks every ``threshold / 4`` seconds at the time of the loop's last
     turn (:meth:`beat`, called by the watchdog each time it wakes); once the loop has not
-    turned for ``threshold`` seconds, it logs the loop thread's stack at that moment, and
-    the innermost frames of every other thread, once per stall, with ``WARNING``. Opt in
-    with ``serving.stall_trace_ms`` (the thread costs a wake-up every few ms)."""
+    turned for ``threshold`` seconds, it logs the loop thread's stack at that moment, its
+    state in the kernel (:func:`kernel_state`: a Python stack in a SQLite call reads the
+    same whether the thread computes or waits for the disk), and the innermost frames of
+    every other thread, once per stall, with ``WARNING``. Opt in with
+    ``serving.stall_trace_ms`` (the thread costs a wake-up every few ms)."""
 
     def __init__(self, threshold: float, thread_id: int | None = None):
         self.threshold = threshold
         self.thread_id = thread_id or threading.get_ident()
+        self.native_id = next((thread.native_id for thread in threading.enumerate()
+                               if thread.ident == self.thread_id), None)
         self.last_beat = time.monotonic()
         self.traces: list[str] = []  # the stacks logged, newest last (at most 100)
         self._stop = threading.Event()
@@ -140,7 +179,9 @@ class StallTracer:
             frame = frames.get(self.thread_id)
             if frame is None:
                 continue
-            stack = "".join(traceback.format_stack(frame)) + self._other_threads(frames)
+            state = kernel_state(self.native_id)
+            stack = (f"kernel: {state or 'unknown'}\n" + "".join(traceback.format_stack(frame))
+                     + self._other_threads(frames))
             self.traces = [*self.traces[-99:], stack]
             log.warning("event loop stalled for over %.0f ms; its thread is at:\n%s",
                         self.threshold * 1e3, stack)
@@ -154,23 +195,27 @@ class LoopWatchdog:
                  on_gc_pause: Callable[[float], None] | None = None,
                  on_collections: Callable[[int, int, float], None] | None = None,
                  interval: float = INTERVAL_SECONDS, tracer: StallTracer | None = None,
-                 on_recent: Callable[[float, float], None] | None = None):
+                 on_recent: Callable[[float, float, float], None] | None = None,
+                 on_blocked: Callable[[float], None] | None = None):
         self.interval = interval
         self.on_stall = on_stall
         self.on_own_stall = on_own_stall
+        self.on_blocked = on_blocked
         self.on_gc_pause = on_gc_pause
         self.on_collections = on_collections
         self.tracer = tracer
-        # The longest stall (all, own) of the current and the previous RECENT_SECONDS.
+        # The longest stall (all, own, blocked) of the current and the previous
+        # RECENT_SECONDS.
         self.on_recent = on_recent
         self._window_began = time.monotonic()
-        self._current = self._previous = self._recent_reported = (0.0, 0.0)
+        self._current = self._previous = self._recent_reported = (0.0, 0.0, 0.0)
         # Per generation (0, 1, 2): collections since start, and the longest one.
         self.collections = [0, 0, 0]
         self.longest_collection = [0.0, 0.0, 0.0]
         self._collections_reported = [0, 0, 0]
         self.max_stall = 0.0
         self.max_own_stall = 0.0
+        self.max_blocked = 0.0
         self.max_gc_pause = 0.0
         self._gc_began = 0.0
         self._gc_reported = 0.0
@@ -179,20 +224,25 @@ class LoopWatchdog:
         """Sleep, measure the oversleep, repeat until cancelled (timing the collector's
         pauses meanwhile)."""
         loop = asyncio.get_running_loop()
-        waited = RunqueueClock()
+        clock = RunqueueClock()
         gc.callbacks.append(self._on_gc)
         try:
             while True:
-                began, began_waiting = loop.time(), waited()
+                began, (ran, waited) = loop.time(), clock.both()
                 await asyncio.sleep(self.interval)
                 if self.tracer is not None:
                     self.tracer.beat()
                 stall = loop.time() - began - self.interval
-                self.observe(stall, stall - (waited() - began_waiting))
+                now_ran, now_waited = clock.both()
+                own = stall - (now_waited - waited)
+                # Off the CPU without waiting for one, beyond the sleep asked for: at least
+                # this long the thread was blocked (the disk, a lock) rather than working.
+                blocked = own - (now_ran - ran) if clock.available else 0.0
+                self.observe(stall, own, blocked=blocked)
                 self._report_gc_pause()
         finally:
             gc.callbacks.remove(self._on_gc)
-            waited.close()
+            clock.close()
             if self.tracer is not None:
                 self.tracer.stop()
 
@@ -227,11 +277,17 @@ class LoopWatchdog:
                                         self.longest_collection[generation])
 
     def observe(self, stall: float, own: float | None = None,
-                now: float | None = None) -> None:
+                now: float | None = None, blocked: float = 0.0) -> None:
         """Record one oversleep of ``stall`` seconds, ``own`` of them not spent waiting
-        for a CPU (default: all of them), at ``now`` (monotonic seconds)."""
+        for a CPU (default: all of them), ``blocked`` of those neither on a CPU nor waiting
+        for one (the disk, a lock), at ``now`` (monotonic seconds)."""
         own = stall if own is None else min(own, stall)
-        self._observe_recent(stall, own, time.monotonic() if now is None else now)
+        blocked = min(max(blocked, 0.0), own)
+        self._observe_recent(stall, own, blocked, time.monotonic() if now is None else now)
+        if blocked > self.max_blocked:
+            self.max_blocked = blocked
+            if self.on_blocked is not None:
+                self.on_blocked(blocked)
         if stall > self.max_stall:
             self.max_stall = stall
             if self.on_stall is not None:
@@ -241,19 +297,18 @@ class LoopWatchdog:
             if self.on_own_stall is not None:
                 self.on_own_stall(own)
 
-    def _observe_recent(self, stall: float, own: float, now: float) -> None:
+    def _observe_recent(self, stall: float, own: float, blocked: float, now: float) -> None:
         """Keep the longest stall of the current and the previous ``RECENT_SECONDS``
         window; hand their maximum (it covers at least the last window) to ``on_recent``
         whenever it changes, so a reader polling more often than that sees every stall of
         a stretch of time (the benchmark's checkpoint phase)."""
         if now - self._window_began >= RECENT_SECONDS:
             elapsed_windows = (now - self._window_began) // RECENT_SECONDS
-            self._previous = self._current if elapsed_windows == 1 else (0.0, 0.0)
-            self._current = (0.0, 0.0)
+            self._previous = self._current if elapsed_windows == 1 else (0.0, 0.0, 0.0)
+            self._current = (0.0, 0.0, 0.0)
             self._window_began += elapsed_windows * RECENT_SECONDS
-        self._current = (max(self._current[0], stall), max(self._current[1], own))
-        recent = (max(self._current[0], self._previous[0]),
-                  max(self._current[1], self._previous[1]))
+        self._current = tuple(map(max, self._current, (stall, own, blocked)))
+        recent = tuple(map(max, self._current, self._previous))
         if recent != self._recent_reported:
             self._recent_reported = recent
             if self.on_recent is not None:

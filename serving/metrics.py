@@ -16,10 +16,12 @@ decision point, never a user id or a free-text value.
   ``nextbest_http_request_seconds{route, method}``: by route template (serving/guard.py)
 - ``nextbest_event_loop_max_stall_seconds{cause}``: the longest the worker's event loop was
   kept from running other requests since it started; ``cause="all"``, ``cause="own"``
-  without the time its thread waited for a CPU taken by other processes, and ``cause="gc"``
-  the longest garbage-collector pause (:mod:`serving.loopwatch`)
+  without the time its thread waited for a CPU taken by other processes, ``cause="blocked"``
+  the longest part of a stall its thread spent on no CPU (the disk, a lock), and
+  ``cause="gc"`` the longest garbage-collector pause (:mod:`serving.loopwatch`)
 - ``nextbest_event_loop_recent_max_stall_seconds{cause}``: the same over the last 2-4 s
-  (``all``, ``own``), for a reader polling it (benchmarks/serve.py's checkpoint phase)
+  (``all``, ``own``, ``blocked``), for a reader polling it (benchmarks/serve.py's checkpoint
+  phase)
 - ``nextbest_gc_collections{generation}`` and ``nextbest_gc_longest_pause_seconds{generation}``:
   the collector's runs per generation since the worker started, and the longest of each
 
@@ -71,12 +73,14 @@ class DomainMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.loop_stall = prom.Gauge(
             "nextbest_event_loop_max_stall_seconds", "Longest event-loop stall of a worker "
-            "since it started (own: less waits for a CPU; gc: the collector's longest pause)",
+            "since it started (own: less waits for a CPU; blocked: the longest part of one spent "
+            "off the CPU, on the disk or a lock; gc: the collector's longest pause)",
             ["cause"],
             multiprocess_mode="livemax")
         self.recent_stall = prom.Gauge(
             "nextbest_event_loop_recent_max_stall_seconds", "Longest event-loop stall of a "
-            "worker in the last 2-4 seconds (own: less waits for a CPU)", ["cause"],
+            "worker in the last 2-4 seconds (own: less waits for a CPU; blocked: off the CPU)",
+            ["cause"],
             multiprocess_mode="livemax")
         self.gc_collections = prom.Gauge(
             "nextbest_gc_collections", "Garbage collections of each generation since the "
@@ -86,10 +90,11 @@ class DomainMetrics:
             "generation since the worker started", ["generation"], multiprocess_mode="livemax")
         self._versions: dict[str, str] = {}
 
-    def recent_stall_seconds(self, stall: float, own: float) -> None:
+    def recent_stall_seconds(self, stall: float, own: float, blocked: float) -> None:
         """The longest stall of the last few seconds (serving/loopwatch.py)."""
         self.recent_stall.labels("all").set(stall)
         self.recent_stall.labels("own").set(own)
+        self.recent_stall.labels("blocked").set(blocked)
 
     def collections(self, generation: int, count: int, longest: float) -> None:
         """The garbage collector's work in one generation so far (serving/loopwatch.py)."""

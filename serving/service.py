@@ -414,15 +414,16 @@ class NextBest:
         # Start-up objects out of collections; the configured thresholds.
         quiet_collector(self.settings.serving.gc_thresholds)
         stall = self.metrics.loop_stall
-        for cause in ("all", "own", "gc"):  # in /metrics from the start, before any stall
+        for cause in ("all", "own", "blocked", "gc"):  # in /metrics before any stall
             stall.labels(cause).set(0.0)
-        self.metrics.recent_stall_seconds(0.0, 0.0)
+        self.metrics.recent_stall_seconds(0.0, 0.0, 0.0)
         trace_ms = self.settings.serving.stall_trace_ms
         self._watchdog = asyncio.create_task(LoopWatchdog(
             stall.labels("all").set, stall.labels("own").set, stall.labels("gc").set,
             self.metrics.collections,
             tracer=StallTracer(trace_ms / 1e3).start() if trace_ms else None,
-            on_recent=self.metrics.recent_stall_seconds).run())
+            on_recent=self.metrics.recent_stall_seconds,
+            on_blocked=stall.labels("blocked").set).run())
 
     async def _housekeep_forever(self) -> None:
         """Every half second: follow a reload asked of any worker; every
