@@ -14,10 +14,10 @@ load, not this process's doing. The stall without it, the ``own`` stall (work or
 calls of this process), is tracked beside it (``on_own_stall``); where schedstat is not
 available the two are the same. Of the own stall, the time the thread was on no CPU at all
 (beyond the sleep asked for) is the ``blocked`` part (``on_blocked``): a wait for the disk
-or a lock, which more CPU would not shorten. The longest pause of Python's garbage collector, which
-stops every thread, is tracked too (``on_gc_pause``): the usual cause of an own stall; and
-per generation, how many collections ran and the longest of each (``on_collections``), so
-a long pause can be told from many short ones.
+or a lock, which more CPU would not shorten. The longest pause of Python's garbage
+collector, which stops every thread, is tracked too (``on_gc_pause``): the usual cause of
+an own stall; and per generation, how many collections ran and the longest of each
+(``on_collections``), so a long pause can be told from many short ones.
 """
 
 from __future__ import annotations
