@@ -561,7 +561,8 @@ def stall_phase(url: str, proc: subprocess.Popen, args: argparse.Namespace, work
     during = poller.longest
     print(f"longest event-loop stall during checkpoints (the feedback phase): "
           f"{during['own']:.1f} ms own, {during['all']:.1f} ms with waits for a CPU, "
-          f"{during['blocked']:.1f} ms blocked on no CPU (disk, a lock) at most; "
+          f"{during['blocked']:.1f} ms of it blocked on no CPU (disk, a lock; at least, and "
+          f"at most 5 ms more); "
           f"{gained // every} checkpoints", file=sys.stderr)
     return {
         "longest_stall_ms_during_checkpoints": during,
