@@ -99,6 +99,11 @@ class RunqueueClock:
 
 
 OTHER_THREAD_FRAMES = 3  # of each other thread, in a stall's trace
+# A stall with at least this long blocked on no CPU (the disk, a lock) logs a WARNING, at
+# most once every BLOCKED_WARNING_EVERY seconds: with no trace configured, the operator
+# still learns that the host's disk held every request of the worker.
+BLOCKED_WARNING_SECONDS = 0.05
+BLOCKED_WARNING_EVERY = 60.0
 
 
 def kernel_state(native_id: int | None) -> str:
@@ -216,6 +221,7 @@ class LoopWatchdog:
         self.max_stall = 0.0
         self.max_own_stall = 0.0
         self.max_blocked = 0.0
+        self._blocked_warned = -BLOCKED_WARNING_EVERY  # when the last warning was logged
         self.max_gc_pause = 0.0
         self._gc_began = 0.0
         self._gc_reported = 0.0
@@ -283,7 +289,14 @@ class LoopWatchdog:
         for one (the disk, a lock), at ``now`` (monotonic seconds)."""
         own = stall if own is None else min(own, stall)
         blocked = min(max(blocked, 0.0), own)
-        self._observe_recent(stall, own, blocked, time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        self._observe_recent(stall, own, blocked, now)
+        if blocked >= BLOCKED_WARNING_SECONDS and \
+                now - self._blocked_warned >= BLOCKED_WARNING_EVERY:
+            self._blocked_warned = now
+            log.warning("the event loop was blocked %.0f ms on no CPU (the disk or a lock) in "
+                        "a %.0f ms stall; serving.stall_trace_ms shows where the next one "
+                        "waits", blocked * 1e3, stall * 1e3)
         if blocked > self.max_blocked:
             self.max_blocked = blocked
             if self.on_blocked is not None:

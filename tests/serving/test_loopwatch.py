@@ -118,14 +118,18 @@ def test_runqueue_clock_reads_this_thread() -> None:
         clock.close()
 
 
-def test_a_stall_off_the_cpu_is_blocked_and_a_busy_one_is_not() -> None:
+def test_a_stall_off_the_cpu_is_blocked_and_a_busy_one_is_not(caplog) -> None:
     """A callback that waits (the disk, a lock: a sleep here) stalls the loop on no CPU:
-    blocked. One that computes as long stalls it as much, but is not blocked."""
+    blocked, and logged. One that computes as long stalls it as much, but is not blocked."""
     asleep: list[float] = []
     watchdog = LoopWatchdog(on_blocked=asleep.append)
-    watch(watchdog, lambda: time.sleep(0.06), 0.02)
-    assert watchdog.max_stall >= 0.055
-    assert watchdog.max_blocked >= 0.045 and asleep[-1] == watchdog.max_blocked
+    with caplog.at_level("WARNING", logger="serving.loopwatch"):
+        watch(watchdog, lambda: time.sleep(0.08), 0.02)
+    assert watchdog.max_stall >= 0.075
+    assert watchdog.max_blocked >= 0.065 and asleep[-1] == watchdog.max_blocked
+    warned = [r.getMessage() for r in caplog.records if "blocked" in r.getMessage()]
+    assert len(warned) == 1 and "on no CPU (the disk or a lock)" in warned[0]
+    caplog.clear()
 
     def compute(seconds: float = 0.06) -> None:
         end = time.thread_time() + seconds
@@ -133,9 +137,26 @@ def test_a_stall_off_the_cpu_is_blocked_and_a_busy_one_is_not() -> None:
             pass
 
     busy = LoopWatchdog()
-    watch(busy, compute, 0.02)
+    with caplog.at_level("WARNING", logger="serving.loopwatch"):
+        watch(busy, compute, 0.02)
     assert busy.max_own_stall >= 0.055
     assert busy.max_blocked < 0.02  # at most the interval's idle and scheduling noise
+    assert not [r for r in caplog.records if "blocked" in r.getMessage()]
+
+
+def test_a_blocked_stall_is_logged_at_most_once_a_minute(caplog) -> None:
+    watchdog = LoopWatchdog()
+    with caplog.at_level("WARNING", logger="serving.loopwatch"):
+        watchdog.observe(0.2, 0.2, now=100.0, blocked=0.15)
+        watchdog.observe(0.3, 0.3, now=130.0, blocked=0.25)  # within the minute: quiet
+        watchdog.observe(0.03, 0.03, now=170.0, blocked=0.03)  # under the threshold
+        watchdog.observe(0.1, 0.1, now=175.0, blocked=0.08)
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        "the event loop was blocked 150 ms on no CPU (the disk or a lock) in a 200 ms stall; "
+        "serving.stall_trace_ms shows where the next one waits",
+        "the event loop was blocked 80 ms on no CPU (the disk or a lock) in a 100 ms stall; "
+        "serving.stall_trace_ms shows where the next one waits"]
 
 
 @pytest.mark.integration
