@@ -84,6 +84,7 @@ from decisions.policy import (
 from decisions.reward import clip_reward, reward_of
 from features.build import available_as_of, partition_dir
 from features.comparables import COMPARABLE_DAYS, MIN_SALES, Comparable, read_comparables
+from nextbest.caches import keep
 from nextbest.config import Settings
 from nextbest.errors import Conflict, NotFound, ValidationFailed
 from nextbest.storage import Target, WriteGate, location
@@ -316,11 +317,7 @@ class DecisionEngine:
     def _remember(self, event_id: str, row: DecisionRow) -> None:
         """Keep the decision's log row for its feedback, dropping the oldest past the cache
         size."""
-        size = self.config.decision_cache_size
-        if size:
-            self._recent[event_id] = row
-            if len(self._recent) > size:
-                self._recent.popitem(last=False)
+        keep(self._recent, event_id, row, self.config.decision_cache_size)
 
     def load_comparables(self) -> int:
         """Read the newest features build's sold comparables (what ``price_suggestion``

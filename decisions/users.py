@@ -20,6 +20,7 @@ import pandas as pd
 
 from decisions.policy import UserView, finite_or_none, seller_view, user_view
 from features.store import OnlineStore, Preferences, StoredUser, decode_stored
+from nextbest.caches import keep
 from nextbest.config import Settings
 from nextbest.errors import NotFound
 from training.loader import (
@@ -116,7 +117,7 @@ class UserDirectory:
             return cached
         churn, propensity = self.champions.score(dict(record))
         scores = finite_or_none(churn), finite_or_none(propensity)
-        _keep(self._cache, key, scores, self.settings.serving.score_cache_size)
+        keep(self._cache, key, scores, self.settings.serving.score_cache_size)
         return scores
 
     def warm_scores(self, limit: int | None = None) -> WarmScores | None:
@@ -172,7 +173,7 @@ class UserDirectory:
         if cached is not None:
             del self._views[user_id]
         if stored is not None:
-            _keep(self._views, user_id, (stored, view), self.settings.serving.view_cache_size)
+            keep(self._views, user_id, (stored, view), self.settings.serving.view_cache_size)
         return view
 
     def seller_churn(self, record: Mapping[str, Any]) -> float | None:
@@ -203,15 +204,6 @@ class UserDirectory:
                 ) -> tuple[float | None, float | None]:
         """The user's churn and propensity scores (:meth:`scores`), none without a record."""
         return self.scores(user_id, record) if record else (None, None)
-
-
-def _keep(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
-    """Put ``value`` in ``cache`` under a ``key`` it does not hold, as its most recent
-    entry, the least recently used out past ``limit`` entries (0: keep nothing)."""
-    if limit:
-        cache[key] = value
-        if len(cache) > limit:
-            cache.popitem(last=False)
 
 
 class WarmScores(NamedTuple):
