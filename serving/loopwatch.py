@@ -63,8 +63,8 @@ def quiet_collector(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
 
 
 class RunqueueClock:
-    """Seconds the calling thread has spent runnable but waiting for a CPU, so far
-    (``clock()``), and, with :meth:`both`, on a CPU as well."""
+    """Seconds the calling thread has spent on a CPU, and runnable but waiting for one, so
+    far (:meth:`both`)."""
 
     def __init__(self) -> None:
         try:
@@ -77,9 +77,6 @@ class RunqueueClock:
     def available(self) -> bool:
         """Whether this kernel tells (``schedstat``); without it every reading is 0."""
         return self._fd is not None
-
-    def __call__(self) -> float:
-        return self.both()[1]
 
     def both(self) -> tuple[float, float]:
         """(seconds on a CPU, seconds runnable waiting for one) so far; (0, 0) where
