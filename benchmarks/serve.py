@@ -85,6 +85,7 @@ import yaml
 from pydantic import BaseModel
 
 from nextbest.config import load_settings, path_overrides  # noqa: E402
+from serving.loopwatch import schedstat_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "serve.json"
@@ -377,10 +378,10 @@ def tree_loop_times(proc: subprocess.Popen) -> tuple[float, float]:
         return 0.0, 0.0
     for process in processes:
         try:
-            schedstat = Path(f"/proc/{process.pid}/task/{process.pid}/schedstat").read_text()
-            on_cpu, waiting = schedstat.split()[:2]
-            ran += int(on_cpu) / 1e9
-            waited += int(waiting) / 1e9
+            on_cpu, waiting = schedstat_seconds(
+                Path(f"/proc/{process.pid}/task/{process.pid}/schedstat").read_text())
+            ran += on_cpu
+            waited += waiting
         except (OSError, ValueError):
             continue
     return ran, waited

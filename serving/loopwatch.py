@@ -62,6 +62,15 @@ def quiet_collector(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
     gc.set_threshold(*thresholds)
 
 
+def schedstat_seconds(schedstat: bytes | str) -> tuple[float, float]:
+    """A thread's ``/proc/.../schedstat`` as (seconds on a CPU, seconds runnable waiting for
+    one); ValueError when it is not one."""
+    fields = schedstat.split()
+    if len(fields) < 2:
+        raise ValueError(f"not a schedstat line: {schedstat!r}")
+    return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+
+
 class RunqueueClock:
     """Seconds the calling thread has spent on a CPU, and runnable but waiting for one, so
     far (:meth:`both`)."""
@@ -84,8 +93,7 @@ class RunqueueClock:
         if self._fd is None:
             return 0.0, 0.0
         try:
-            running, waiting = os.pread(self._fd, 128, 0).split()[:2]
-            return int(running) / 1e9, int(waiting) / 1e9
+            return schedstat_seconds(os.pread(self._fd, 128, 0))
         except (OSError, ValueError):
             return 0.0, 0.0
 

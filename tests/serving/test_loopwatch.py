@@ -19,6 +19,7 @@ from serving.loopwatch import (
     RunqueueClock,
     StallTracer,
     quiet_collector,
+    schedstat_seconds,
 )
 
 
@@ -115,6 +116,12 @@ def test_runqueue_clock_reads_this_thread() -> None:
         assert clock.both()[0] - ran > 0.005
     finally:
         clock.close()
+
+
+def test_a_schedstat_line_reads_as_seconds_on_a_cpu_and_waiting_for_one() -> None:
+    assert schedstat_seconds(b"2500000000 1000000 42\n") == (2.5, 0.001)
+    with pytest.raises(ValueError, match="not a schedstat line"):
+        schedstat_seconds("")
 
 
 def test_a_stall_off_the_cpu_is_blocked_and_a_busy_one_is_not(caplog) -> None:
