@@ -807,6 +807,9 @@ def main() -> int:
     parser.add_argument("--stall-rate", type=float, default=None,
                         help="only the stall phase, at this rate, on a fresh service "
                              "(serve_stall.json)")
+    parser.add_argument("--decision-process", action="store_true",
+                        help="serve with serving.decision_process (decisions and feedback "
+                             "in a process beside the worker, serving/decider.py)")
     parser.add_argument("--label", default="current",
                         help="--fixed-rate: the name of this code version in the results")
     args = parser.parse_args()
@@ -821,14 +824,17 @@ def main() -> int:
             env = world_env(root)
         else:
             env = build_world(root, args.users, args.seed)
+        if args.decision_process:
+            env = env | {"NEXTBEST__SERVING__DECISION_PROCESS": "true"}
         world_seconds = time.perf_counter() - started
         if args.stall_rate is not None:
-            report = stall_report(env, root, args)
+            report = stall_report(env, root, args) | {"decision_process": args.decision_process}
             STALL_RESULTS.write_text(json.dumps(report, indent=2) + "\n")
             print(json.dumps(report, indent=2))
             return 0
         if args.fixed_rate is not None:
-            report = fixed_rate_report(env, root, args)
+            report = fixed_rate_report(env, root, args) | {
+                "decision_process": args.decision_process}
             known = json.loads(FIXED_RATE_RESULTS.read_text()) \
                 if FIXED_RATE_RESULTS.exists() else {"benchmark": "serve_fixed_rate", "runs": []}
             known["runs"].append(report)
@@ -836,7 +842,8 @@ def main() -> int:
             print(json.dumps(report, indent=2))
             return 0
         if args.open_loop:
-            report = open_loop_report(env, root, args, started)
+            report = open_loop_report(env, root, args, started) | {
+                "decision_process": args.decision_process}
             report["world_build_s"] = round(world_seconds, 1)
             LATENCY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
             LATENCY_RESULTS.write_text(json.dumps(report, indent=2))

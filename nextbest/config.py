@@ -1011,6 +1011,17 @@ class ServingConfig(_Section):
     # (serving/loopwatch.py, a loop-stall trace: where a stall comes from, with the other
     # threads' innermost frames); 0: off.
     stall_trace_ms: float = Field(0.0, ge=0)
+    # Decide /next_best_action and /feedback in a process of their own beside the worker
+    # (serving/decider.py): a decision's Python then runs on another CPU, and the worker's
+    # loop only forwards it. One worker only (it holds the one inline learner).
+    decision_process: bool = False
+
+    @model_validator(mode="after")
+    def _one_decision_process(self) -> ServingConfig:
+        if self.decision_process and self.workers > 1:
+            raise ValueError("decision_process needs workers: 1 (its process is the one "
+                             "learner; several workers already decide in several processes)")
+        return self
 
 
 class Settings(_Section):

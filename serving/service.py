@@ -32,7 +32,6 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path as FilePath
 from typing import Any, Literal
 
 import bentoml
@@ -46,7 +45,6 @@ from campaigns.report import CampaignReport, campaign_report
 from campaigns.store import CampaignStore
 from decisions.engine import DecisionEngine
 from decisions.points import DecisionPoints
-from decisions.policy import UserView
 from decisions.users import try_load_champions
 from features.erasure import export_files
 from features.segmentation import PROSPECTIVE
@@ -59,6 +57,16 @@ from nextbest.storage import location
 from serving import middleware
 from serving.auth import KeyRing, Scope
 from serving.bento import BANDIT, bundle_from_arguments, load_bundled_champions, seed_bandit
+from serving.decider import (
+    DECIDE,
+    DECIDED,
+    FEEDBACK,
+    FORGET,
+    DecisionProcess,
+    board_dir,
+    erased_default,
+    user_for,
+)
 from serving.erasure import Eraser
 from serving.guard import Guard, GuardConfig, configure, flat_routes
 from serving.lifecycle import watch_parent
@@ -244,6 +252,14 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
+def open_replica(settings: Settings) -> DecisionEngine:
+    """A scorer replica's engine: the worker's beside its decision process, which is the
+    learner."""
+    engine = DecisionEngine(settings, role="scorer")
+    engine.learn_in_steps(LEARN_STEP)
+    return engine
+
+
 def open_engine(settings: Settings) -> DecisionEngine:
     """The decision engine of this worker process.
 
@@ -263,11 +279,6 @@ def open_engine(settings: Settings) -> DecisionEngine:
             engine = DecisionEngine(settings, role="scorer")
     engine.learn_in_steps(LEARN_STEP)  # sweeps and backlogs in housekeeping, off requests
     return engine
-
-
-def board_dir(settings: Settings) -> FilePath:
-    """Where the workers of the service on ``serving.port`` publish their status."""
-    return FilePath(settings.paths.data_dir) / "serving" / str(settings.serving.port)
 
 
 def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
@@ -324,9 +335,14 @@ class NextBest:
         self.scorer.use_ltv(self.scorer.load_ltv())
         if BUNDLE is not None:
             seed_bandit(self.settings, BUNDLE)
+        # With serving.decision_process, decisions and feedback go to a process of their
+        # own, which holds the inline learner (serving/decider.py): it starts first, and
+        # this worker's engines are scorer replicas for what it still decides itself.
+        self.decider = self._start_decider()
         # One engine per decision point (buyer_offer, seller_offer, ...); self.engine is the
         # default point's.
-        self.points = DecisionPoints.open(self.settings, open_engine)
+        self.points = DecisionPoints.open(
+            self.settings, open_engine if self.decider is None else open_replica)
         self.engine = self.points.default
         self.campaigns = CampaignLayer(self.settings, self.points, self.scorer)
         self.metrics = DomainMetrics(self.settings)
@@ -360,6 +376,19 @@ class NextBest:
         log.info("nextbest service ready: engine role %s, models %s", self.engine.role,
                  self.scorer.model_versions())
 
+    def _start_decider(self) -> DecisionProcess | None:
+        """The decision process, started and listening (None: decide in this worker)."""
+        if not self.settings.serving.decision_process:
+            return None
+        if BUNDLE is not None:
+            log.warning("serving.decision_process is not available in a bento yet: "
+                        "deciding in the worker")
+            return None
+        decider = DecisionProcess(self.settings).start()
+        log.info("decisions and feedback go to the decision process (pid %d)",
+                 decider.proc.pid if decider.proc else -1)
+        return decider
+
     def _champions(self) -> tuple[ChampionModels | None, str | None]:
         """The champions from the bento's model store (in a bento), else from the registry;
         with why there are none."""
@@ -381,7 +410,8 @@ class NextBest:
             pid=os.getpid(), ready=not missing or self.settings.serving.allow_empty,
             models=self.scorer.model_versions(), features_as_of=str(as_of)[:10] if as_of else None,
             store_users=int(meta.get("users") or 0), policy_version=self.engine.policy_version,
-            engine_role=self.engine.role, missing=missing, reload_generation=self.generation)
+            engine_role=self.engine.role, missing=missing, reload_generation=self.generation,
+            decision_process=self.decider.pid if self.decider is not None else None)
 
     def publish(self) -> WorkerStatus:
         """Publish this worker's status on the board and in the metrics."""
@@ -408,6 +438,8 @@ class NextBest:
         """Start the loop that sweeps, follows model reloads and publishes the status, and
         the watchdog of event-loop stalls."""
         warm_routes(app)
+        if self.decider is not None:
+            await self.decider.connect()
         log.info("event loop: %s", type(asyncio.get_running_loop()).__module__)
         await self._warm_scores()
         self._housekeeping = asyncio.create_task(self._housekeep_forever())
@@ -517,6 +549,8 @@ class NextBest:
         for task in (self._housekeeping, self._watchdog):
             if task is not None:
                 task.cancel()
+        if self.decider is not None:
+            self.decider.close()
         self.parent_watch.stop()
         self.board.withdraw(os.getpid())
         self.campaigns.close()
@@ -556,31 +590,25 @@ class NextBest:
     # --- the decision loop -----------------------------------------------------------------
 
     @app.post("/next_best_action", response_model=Decision, responses=ERRORS)
-    async def next_best_action(self, body: NextBestActionRequest) -> Decision:
+    async def next_best_action(self, body: NextBestActionRequest,
+                               request: Request) -> Decision | Response:
         """Choose, log durably and return the next best action for a user in a context, at
         the ``decision_point`` named (default ``buyer_offer``; ``seller_offer`` decides for
         the user as a consignor, from their seller tier and seller features)."""
-        engine = self.points.get(body.decision_point)
-        user = (self.scorer.seller_view(body.user_id) if engine.config.subject == "seller"
-                else self.scorer.user_view(body.user_id))
+        if self.decider is not None and self.decider.ready:
+            answer = await self.decider.ask(DECIDE, await request.body())
+            if answer.outcome == DECIDED:  # not an error, nor an erased user's default
+                self.metrics.decided(answer.arm, answer.tier)
+            return Response(answer.body, status_code=answer.status,
+                            media_type="application/json")
+        engine, user = user_for(self.points, self.scorer, body)
         if not user.known and self.store.is_erased(body.user_id):
-            return self._erased_default(body, engine)
+            return erased_default(body, engine)
         choice = engine.choose(user, body.context)
         async with engine.gate.writing():  # awaited, never blocking, while the WAL restarts
             decision = engine.record(choice)
         self.metrics.decided(decision.action, user.tier)
         return decision
-
-    def _erased_default(self, body: NextBestActionRequest,
-                        engine: DecisionEngine) -> Decision:
-        """An erased user calling again: the non-personalised default, logged nowhere (no
-        decision, no metric naming them), so they are not re-created."""
-        anonymous = UserView(user_id=body.user_id, personalization=False,
-                             subject=engine.config.subject)
-        decision = engine.decide(anonymous, body.context, record=False)
-        return decision.model_copy(update={
-            "reason": "erased user: the non-personalised default; nothing about this call "
-                      "is stored"})
 
     @app.post("/feedback", response_model=FeedbackResult, responses=ERRORS)
     async def feedback(self, body: FeedbackRequest, request: Request) -> FeedbackResult:
@@ -590,6 +618,13 @@ class NextBest:
         contradicting the one already accepted is a 409 saying how it differs (the first
         answer counts). The learned reward is clipped to the configured range; the API key
         that sent the feedback is kept with it in the decision log."""
+        if self.decider is not None and self.decider.ready:
+            answer = await self.decider.ask(FEEDBACK, await request.body(), actor(request))
+            if answer.status == 200:
+                self.metrics.rewarded(answer.arm, answer.tier, answer.outcome or "",
+                                      body.converted)
+            return Response(answer.body, status_code=answer.status,
+                            media_type="application/json")
         async with self.points.writing():
             result = self.points.feedback(body.event_id, body.converted, body.revenue,
                                           point=body.decision_point, key_id=actor(request))
@@ -726,6 +761,8 @@ class NextBest:
             report = await asyncio.to_thread(eraser.erase, [user_id])
         finally:
             self.scorer.forget(user_id)
+            if self.decider is not None and self.decider.ready:
+                await self.decider.ask(FORGET, user_id.encode())
             await asyncio.to_thread(self.board.bump_erasures)
         self.audit.append("user_erased", actor=actor(request), user_id=user_id, details={
             "store_records": report.store_records, "decisions": report.decisions or 0,

@@ -41,6 +41,9 @@ class WorkerStatus(BaseModel):
     store_users: int
     policy_version: str
     engine_role: str
+    # serving.decision_process: the pid of the process deciding and learning (None: this
+    # worker decides itself, also while a new decision process starts).
+    decision_process: int | None = None
     missing: list[str] = Field(default_factory=list)  # what readiness lacks, in words
     reload_generation: int = 0
     updated: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -1,0 +1,453 @@
+"""The decision process: ``/next_best_action`` and ``/feedback`` decided beside the HTTP
+worker, so a decision's Python runs on a CPU of its own.
+
+One BentoML worker answers every request on one event loop. A decision costs that loop
+~1.4x a no-op request (the policy, the example, VW, the log's insert: 0.27 ms of Python
+here), so past ~40% of the no-op's maximum rate the loop is saturated by decisions alone
+and their latency grows without bound (benchmarks/serve.py). With
+``serving.decision_process: true`` the worker starts ``python -m serving.decider`` at
+start-up and forwards each decision and feedback to it over a Unix socket; its loop only
+parses, forwards and relays (about a no-op's work).
+
+The decision process holds the bandit's engines in the ``inline`` role (it decides, logs
+durably and learns each reward at once, as a one-worker service does); the worker's own
+engines are ``scorer`` replicas for what it still decides itself (campaign firings, the
+rare request while the decision process restarts). It keeps its own housekeeping: the
+sweeps, learning what other writers logged, checkpoints, following new champions and
+erasures. It dies with the worker (the kernel's parent-death signal and the parent
+watcher), and when it dies first the worker decides in-process, logs an error and starts a
+new one.
+
+The wire: frames of one header line and a body of the length it gives. A request is
+``<tag> <kind> <key id or -> <length>\\n<body>`` (kind ``D`` decide, ``F`` feedback, ``E``
+forget an erased user), a reply ``<tag> <status> <arm> <tier> <outcome> <length>\\n<body>``
+(``-`` for none): what the worker needs for its metrics without parsing the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from decisions.engine import DecisionEngine
+from decisions.points import DecisionPoints
+from decisions.policy import UserView
+from decisions.users import try_load_champions
+from features.store import open_store
+from nextbest.config import Settings, load_settings
+from nextbest.errors import MissingComponent, NextbestError
+from serving.lifecycle import SERVE_PID_ENV, watch_parent
+from serving.loopwatch import quiet_collector
+from serving.schemas import Decision, FeedbackRequest, NextBestActionRequest
+from serving.scoring import Scorer
+from serving.status import WorkerBoard
+
+log = logging.getLogger(__name__)
+
+DECIDE, FEEDBACK, FORGET = b"D", b"F", b"E"
+DECIDED = "decided"  # a reply's outcome for a logged decision (the worker counts it)
+NONE = b"-"
+READY_SECONDS = 180.0  # start-up: models loaded, the log replayed, the scores warmed
+HOUSEKEEPING_SECONDS = 0.5
+LEARN_STEP = 50
+MODEL_REFRESH_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The decision process's reply: HTTP status, JSON body, and what the metrics count."""
+
+    status: int
+    body: bytes
+    arm: str | None = None
+    tier: str | None = None
+    outcome: str | None = None
+
+    @classmethod
+    def error(cls, exc: NextbestError) -> Answer:
+        return cls(exc.http_status, json.dumps(exc.to_dict()).encode())
+
+
+def _word(value: str | None) -> bytes:
+    return NONE if value is None else value.encode()
+
+
+def _text(word: bytes) -> str | None:
+    return None if word == NONE else word.decode()
+
+
+def request_frame(tag: int, kind: bytes, key: str | None, body: bytes) -> bytes:
+    return b"%d %s %s %d\n%s" % (tag, kind, _word(key), len(body), body)
+
+
+def reply_frame(tag: bytes, answer: Answer) -> bytes:
+    return b"%s %d %s %s %s %d\n%s" % (tag, answer.status, _word(answer.arm),
+                                        _word(answer.tier), _word(answer.outcome),
+                                        len(answer.body), answer.body)
+
+
+class Frames:
+    """Bytes in, whole frames out: ``(header fields, body)`` as each one completes."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> Iterator[tuple[list[bytes], bytes]]:
+        buffer = self.buffer + data
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            header = buffer[start:end].split(b" ")
+            length = int(header[-1])
+            if len(buffer) < end + 1 + length:
+                break
+            yield header[:-1], buffer[end + 1:end + 1 + length]
+            start = end + 1 + length
+        self.buffer = buffer[start:]
+
+
+# --- what the worker and the decision process decide alike ---------------------------------
+
+def user_for(points: DecisionPoints, scorer: Scorer,
+             body: NextBestActionRequest) -> tuple[DecisionEngine, UserView]:
+    """The engine of the request's decision point and the user as it sees them (the seller
+    view at a seller point); NotFound for a point not served."""
+    engine = points.get(body.decision_point)
+    user = (scorer.seller_view(body.user_id) if engine.config.subject == "seller"
+            else scorer.user_view(body.user_id))
+    return engine, user
+
+
+def erased_default(body: NextBestActionRequest, engine: DecisionEngine) -> Decision:
+    """An erased user calling again: the non-personalised default, logged nowhere (no
+    decision, no metric naming them), so they are not re-created."""
+    anonymous = UserView(user_id=body.user_id, personalization=False,
+                         subject=engine.config.subject)
+    decision = engine.decide(anonymous, body.context, record=False)
+    return decision.model_copy(update={
+        "reason": "erased user: the non-personalised default; nothing about this call "
+                  "is stored"})
+
+
+# --- the decision process ---------------------------------------------------------------------
+
+class Decider:
+    """The decision process's state: the store, the scorer, the engines (inline role)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = open_store(settings)
+        champions, why = try_load_champions(settings)
+        self.scorer = Scorer(settings, self.store, champions, why)
+        self.scorer.use_ltv(self.scorer.load_ltv())
+        self.points = DecisionPoints.open(settings, _inline_engine)
+        self.board = WorkerBoard(board_dir(settings))
+        self.erasures = self.board.erasures()
+        self.generation = self.board.generation()
+        self.checked_models = time.monotonic()
+        self.last_sweep = time.monotonic()
+        self.sweeping: Future[object] | None = None
+        self.threads = ThreadPoolExecutor(1, thread_name_prefix="decider-sweep")
+        warm = self.scorer.warm_scores()
+        if warm is not None:
+            self.scorer.fill(warm)
+        quiet_collector(settings.serving.gc_thresholds)
+
+    def answer(self, kind: bytes, key: str | None, body: bytes) -> Answer:
+        """One request's reply; a user's error is its 4xx, anything else a logged 500."""
+        try:
+            if kind == DECIDE:
+                return self.decide(NextBestActionRequest.model_validate_json(body))
+            if kind == FEEDBACK:
+                return self.feedback(FeedbackRequest.model_validate_json(body), key)
+            if kind == FORGET:
+                user_id = body.decode()
+                self.scorer.forget(user_id)
+                self.points.forget_user(user_id)
+                return Answer(200, b"{}")
+            raise ValueError(f"unknown request kind {kind!r}")
+        except NextbestError as exc:
+            return Answer.error(exc)
+        except Exception:  # noqa: BLE001 - the worker answers 500, this process goes on
+            log.exception("the decision process failed a request")
+            return Answer(500, b'{"error": "internal", "detail": "the decision process '
+                               b'failed; see the service log"}')
+
+    def decide(self, body: NextBestActionRequest) -> Answer:
+        engine, user = user_for(self.points, self.scorer, body)
+        if not user.known and self.store.is_erased(body.user_id):
+            return Answer(200, erased_default(body, engine).model_dump_json().encode())
+        decision = engine.decide(user, body.context)
+        return Answer(200, decision.model_dump_json().encode(), decision.action, user.tier,
+                      DECIDED)
+
+    def feedback(self, body: FeedbackRequest, key: str | None) -> Answer:
+        result = self.points.feedback(body.event_id, body.converted, body.revenue,
+                                      point=body.decision_point, key_id=key)
+        return Answer(200, result.model_dump_json().encode(), result.action, result.tier,
+                      result.status)
+
+    def housekeep(self) -> None:
+        """Between requests, every :data:`HOUSEKEEPING_SECONDS`: forget users erased
+        elsewhere, follow new champions, sweep (in a thread), checkpoint when due. Learning
+        what the sweeps and other writers logged is :meth:`learn_step`'s."""
+        now = time.monotonic()
+        erasures = self.board.erasures()
+        due = now - self.checked_models >= MODEL_REFRESH_SECONDS
+        if erasures != self.erasures or due:
+            self.erasures = erasures
+            kept = self.scorer.cached_users() | self.points.remembered_users()
+            for user_id in self.store.erased_among(kept):
+                self.scorer.forget(user_id)
+                self.points.forget_user(user_id)
+        generation = self.board.generation()
+        if generation != self.generation or due:
+            self.generation, self.checked_models = generation, now
+            newer = self.scorer.newer_champions()
+            if newer is not None:
+                log.info("the decision process now serves models %s", self.scorer.use(newer))
+                warm = self.scorer.warm_scores()
+                if warm is not None:
+                    self.scorer.fill(warm)
+                quiet_collector(self.settings.serving.gc_thresholds)
+        if (now - self.last_sweep >= self.settings.bandit.sweep_seconds
+                and (self.sweeping is None or self.sweeping.done())):
+            self.last_sweep = now
+            self.sweeping = self.threads.submit(_sweep_all, self.points)
+        self.points.checkpoint_if_due()
+
+    def learn_step(self) -> bool:
+        """Learn at most :data:`LEARN_STEP` rewards per point that this process has not
+        learned yet (the sweeps' default rewards, the worker's campaign rewards); whether
+        some are left for the next step."""
+        return any([engine.learn_pending(LEARN_STEP) == LEARN_STEP for engine in self.points])
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=True)
+        self.points.close()
+        self.store.close()
+
+
+def _inline_engine(settings: Settings) -> DecisionEngine:
+    engine = DecisionEngine(settings, role="inline")
+    engine.learn_in_steps(LEARN_STEP)
+    return engine
+
+
+def _sweep_all(points: DecisionPoints) -> None:
+    for engine in points:
+        engine.sweep_rows()
+
+
+def board_dir(settings: Settings) -> Path:
+    """Where the workers of the service on ``serving.port`` publish their status."""
+    return Path(settings.paths.data_dir) / "serving" / str(settings.serving.port)
+
+
+def serve(decider: Decider, listener: socket.socket) -> None:
+    """Answer the worker's one connection until it closes. Between requests: housekeeping
+    every :data:`HOUSEKEEPING_SECONDS`, and a backlog to learn a step at a time, so requests
+    are answered between steps."""
+    connection, _ = listener.accept()
+    listener.close()
+    frames = Frames()
+    selector = selectors.DefaultSelector()
+    selector.register(connection, selectors.EVENT_READ)
+    next_round = time.monotonic() + HOUSEKEEPING_SECONDS
+    backlog = True  # what the log holds unlearned from before this process
+    while True:
+        wait = 0.0 if backlog else max(0.0, next_round - time.monotonic())
+        if selector.select(wait):
+            data = connection.recv(1 << 16)
+            if not data:
+                return
+            connection.sendall(b"".join(
+                reply_frame(header[0], decider.answer(header[1], _text(header[2]), body))
+                for header, body in frames.feed(data)))
+        try:
+            if time.monotonic() >= next_round:
+                next_round = time.monotonic() + HOUSEKEEPING_SECONDS
+                decider.housekeep()
+                backlog = True
+            if backlog:
+                backlog = decider.learn_step()
+        except Exception:  # noqa: BLE001 - the next round retries
+            log.exception("the decision process's housekeeping failed")
+            backlog = False
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.decider SOCKET``: start, then listen on ``SOCKET`` (created
+    once ready, so its existence is the readiness signal)."""
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s [%(levelname)s] [decider:%(process)d] %(message)s")
+    watch = watch_parent()
+    signal.signal(signal.SIGTERM, _stop)  # an orderly stop: the engines checkpoint
+    path = args[0]
+    decider = Decider(load_settings(os.environ.get("NEXTBEST_CONFIG")))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".starting")
+    listener.listen(1)
+    os.rename(path + ".starting", path)
+    log.info("the decision process is ready (pid %d)", os.getpid())
+    try:
+        serve(decider, listener)
+    finally:
+        watch.stop()
+        decider.close()
+    return 0
+
+
+# --- the worker's side ------------------------------------------------------------------------
+
+class DecisionProcess:
+    """The worker's handle on its decision process: start it, ask it, restart it."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.path = ""
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[bytes, asyncio.Future[Answer]] = {}
+        self.tag = 0
+        self.frames = Frames()
+        self.closing = False
+        self._restart: asyncio.Task[None] | None = None
+
+    def start(self) -> DecisionProcess:
+        """Start the process and wait until it listens (blocking: the worker's start-up or
+        a thread). RuntimeError with its exit code when it stops before."""
+        self.path = tempfile.mktemp(prefix="nextbest-decider-", suffix=".sock")
+        env = os.environ | {SERVE_PID_ENV: str(os.getpid())}
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.decider", self.path],
+                                     env=env)
+        deadline = time.monotonic() + READY_SECONDS
+        while not os.path.exists(self.path):
+            code = self.proc.poll()
+            if code is not None:
+                raise RuntimeError(f"the decision process exited with code {code} while "
+                                   "starting; its log is above")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"the decision process was not ready in {READY_SECONDS:g} s")
+            time.sleep(0.05)
+        return self
+
+    async def connect(self) -> None:
+        """Connect to the started process (on the worker's event loop)."""
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_unix_connection(lambda: _Link(self), self.path)
+        os.unlink(self.path)  # connected: nobody else may
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the process answering now (None while none does)."""
+        return self.proc.pid if self.proc is not None and self.ready else None
+
+    @property
+    def ready(self) -> bool:
+        """Whether requests can go to the process now (not while it restarts)."""
+        return self.transport is not None
+
+    async def ask(self, kind: bytes, body: bytes, key: str | None = None) -> Answer:
+        """Send one request and await its reply. MissingComponent (503) when the process
+        stops before it answers: the decision may or may not be logged; asking again is
+        safe for feedback (the first answer counts) and gives a new decision."""
+        assert self.transport is not None
+        self.tag += 1
+        reply: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.pending[b"%d" % self.tag] = reply
+        self.transport.write(request_frame(self.tag, kind, key, body))
+        return await reply
+
+    def _received(self, data: bytes) -> None:
+        for header, body in self.frames.feed(data):
+            reply = self.pending.pop(header[0], None)
+            if reply is not None and not reply.done():
+                reply.set_result(Answer(int(header[1]), body, _text(header[2]),
+                                        _text(header[3]), _text(header[4])))
+
+    def _lost(self) -> None:
+        """The process stopped: fail what it had not answered, and start a new one (the
+        worker decides in-process meanwhile)."""
+        self.transport = None
+        self.frames = Frames()
+        for reply in self.pending.values():
+            if not reply.done():
+                reply.set_exception(MissingComponent(
+                    "the decision process stopped before answering; ask again"))
+        self.pending.clear()
+        if self.closing:
+            return
+        log.error("the decision process (pid %s) stopped: deciding in this worker until a "
+                  "new one is ready", self.proc.pid if self.proc is not None else None)
+        self._restart = asyncio.get_running_loop().create_task(self._start_again())
+
+    async def _start_again(self) -> None:
+        """Start a new process, waiting longer after each failure (at most a minute)."""
+        wait = 1.0
+        while not self.closing:
+            try:
+                if self.proc is not None and self.proc.poll() is None:
+                    self.proc.kill()
+                if self.proc is not None:
+                    await asyncio.to_thread(self.proc.wait)
+                await asyncio.to_thread(self.start)
+                await self.connect()
+                log.warning("a new decision process answers (pid %s)", self.pid)
+                return
+            except Exception:  # noqa: BLE001 - try again later
+                log.exception("the decision process did not start again; next try in %g s",
+                              wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 60.0)
+
+    def close(self) -> None:
+        """Stop the process (it checkpoints on its way out) and wait for it."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class _Link(asyncio.Protocol):
+    """The worker's connection to its decision process."""
+
+    def __init__(self, owner: DecisionProcess):
+        self.owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        self.owner._received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

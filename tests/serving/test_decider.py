@@ -1,0 +1,169 @@
+"""The decision process (``serving.decision_process``, serving/decider.py): its wire
+format, and a real ``nextbest serve`` whose worker forwards decisions and feedback to it:
+same answers and errors as a worker deciding itself, learning at once, erasures forgotten
+there too, and a ``kill -9`` of it neither fails the service nor leaves it without one."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+from api_key import HEADERS
+
+from nextbest.config import load_settings
+from nextbest.errors import ConfigError
+from serving.decider import DECIDE, Answer, Frames, reply_frame, request_frame
+
+ON = {"NEXTBEST__SERVING__DECISION_PROCESS": "true"}
+NEW_PROCESS_SECONDS = 90.0
+
+
+# --- the wire ----------------------------------------------------------------------------------
+
+def test_frames_come_out_whole_however_the_bytes_are_cut() -> None:
+    body = b'{"user_id": "u 1",\n "context": {}}'  # spaces and a newline inside
+    stream = (request_frame(7, DECIDE, "key-1", body) + request_frame(8, DECIDE, None, b"")
+              + reply_frame(b"9", Answer(409, b'{"error": "conflict"}', "coupon", None,
+                                         "duplicate")))
+    for cut in range(1, len(stream)):  # every split into two reads
+        frames = Frames()
+        got = list(frames.feed(stream[:cut])) + list(frames.feed(stream[cut:]))
+        assert got == [([b"7", b"D", b"key-1"], body), ([b"8", b"D", b"-"], b""),
+                       ([b"9", b"409", b"coupon", b"-", b"duplicate"],
+                        b'{"error": "conflict"}')], cut
+        assert frames.buffer == b""
+
+
+def test_a_frame_cut_short_waits_for_the_rest() -> None:
+    frames = Frames()
+    assert list(frames.feed(b"1 D - 8\n{\"a\"")) == []
+    assert list(frames.feed(b": 1}")) == [([b"1", b"D", b"-"], b'{"a": 1}')]
+
+
+def test_the_decision_process_refuses_several_workers() -> None:
+    with pytest.raises(ConfigError, match="decision_process needs workers: 1"):
+        load_settings(None, environ={"NEXTBEST__SERVING__DECISION_PROCESS": "true",
+                                     "NEXTBEST__SERVING__WORKERS": "2"})
+
+
+# --- a real service ---------------------------------------------------------------------------
+
+def _decider_pid(http: httpx.Client) -> int | None:
+    return http.get("/readyz").json()["decision_process"]
+
+
+@pytest.mark.integration
+def test_the_decision_process_decides_and_learns_for_the_worker(spawn, pool) -> None:
+    server = spawn("decider-answers", env=ON)
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=30.0) as http:
+        ready = http.get("/readyz").json()
+        pid = ready["decision_process"]
+        assert pid is not None and psutil.Process(pid).parent().pid == ready["pid"]
+        assert ready["engine_role"] == "scorer"  # the worker's own engines
+
+        user = pool.take()
+        decision = http.post("/next_best_action", json={
+            "user_id": user, "context": {"channel": "app", "page": "item",
+                                         "item_price": 120.0}})
+        assert decision.status_code == 200, decision.text
+        event_id = decision.json()["event_id"]
+        assert decision.json()["user_id"] == user and decision.json()["decision_point"]
+
+        reward = http.post("/feedback", json={"event_id": event_id, "converted": True,
+                                              "revenue": 100.0})
+        assert reward.status_code == 200, reward.text
+        assert reward.json()["status"] == "accepted"
+        assert "learned" in reward.json()["detail"]  # the inline learner, at once
+        again = http.post("/feedback", json={"event_id": event_id, "converted": False})
+        assert again.status_code == 409 and "converted" in again.json()["detail"]
+
+        # Its errors are the worker's: the status, the kind, the field.
+        unknown = http.post("/next_best_action", json={"user_id": user,
+                                                       "decision_point": "nowhere"})
+        assert unknown.status_code == 404 and unknown.json()["field"] == "decision_point"
+        no_event = http.post("/feedback", json={"event_id": "never-made", "converted": True})
+        assert no_event.status_code == 404, no_event.text
+        bad = http.post("/feedback", json={"event_id": event_id, "converted": False,
+                                           "revenue": 5.0})
+        assert bad.status_code == 422, bad.text
+        empty = http.post("/next_best_action", json={"user_id": ""})
+        assert empty.status_code == 422 and empty.json()["field"] == "user_id"
+
+        metrics = http.get("/metrics").text
+        counted = [line for line in metrics.splitlines()
+                   if line.startswith("nextbest_rewards_total") and 'outcome="converted"' in line]
+        assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1.0
+        assert any(line.startswith("nextbest_decisions_total")
+                   for line in metrics.splitlines())
+
+
+@pytest.mark.integration
+def test_an_erased_user_is_forgotten_by_the_decision_process_too(spawn, pool) -> None:
+    server = spawn("decider-erasure", env=ON)
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60.0) as http:
+        user = pool.take()
+        decision = http.post("/next_best_action", json={"user_id": user})
+        assert decision.status_code == 200, decision.text
+        assert http.delete(f"/users/{user}").status_code == 200
+        # The decision process kept the decision for its feedback; the erasure took it
+        # from the log and from its memory, so this feedback re-creates nothing.
+        late = http.post("/feedback", json={"event_id": decision.json()["event_id"],
+                                            "converted": True, "revenue": 10.0})
+        assert late.status_code == 404, late.text
+        again = http.post("/next_best_action", json={"user_id": user})
+        assert again.status_code == 200 and "erased user" in again.json()["reason"]
+
+
+@pytest.mark.integration
+def test_a_killed_decision_process_is_replaced_and_the_service_keeps_answering(
+        spawn, pool) -> None:
+    server = spawn("decider-killed", env=ON)
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=30.0) as http:
+        first = _decider_pid(http)
+        assert first is not None
+        psutil.Process(first).kill()
+        psutil.Process(first).wait(timeout=10)
+
+        # Meanwhile the worker decides itself (a request in flight at the kill may be 503).
+        meanwhile = []
+        for _ in range(20):
+            answer = http.post("/next_best_action", json={"user_id": pool.take()})
+            assert answer.status_code in (200, 503), answer.text
+            meanwhile.append(answer)
+        made = [a.json() for a in meanwhile if a.status_code == 200]
+        assert len(made) >= 19
+
+        deadline = time.monotonic() + NEW_PROCESS_SECONDS
+        while (second := _decider_pid(http)) in (None, first):
+            assert time.monotonic() < deadline, (
+                f"no new decision process after {NEW_PROCESS_SECONDS:g} s:\n"
+                f"{server.log_tail()}")
+            time.sleep(0.5)
+        assert psutil.pid_exists(second)
+
+        # The new one joins feedback for a decision made while it was away, from the log
+        # (late by now: the tests' reward window is a few seconds).
+        reward = http.post("/feedback", json={"event_id": made[-1]["event_id"],
+                                              "converted": False})
+        assert reward.status_code == 200, reward.text
+        assert reward.json()["status"] in ("accepted", "late")
+        assert reward.json()["action"] == made[-1]["action"]
+        decision = http.post("/next_best_action", json={"user_id": pool.take()})
+        assert decision.status_code == 200, decision.text
+
+    # A kill -9 of the whole service takes the decision process with it.
+    server.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _running(second):
+        assert time.monotonic() < deadline, "the decision process outlived its service"
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
