@@ -366,11 +366,12 @@ def run_open_loop(url: str, path: str, kind: str, rate: float, seconds: float,
     return json.loads(out.read_text())
 
 
-def tree_loop_times(proc: subprocess.Popen) -> tuple[float, float]:
+def tree_loop_times(proc: subprocess.Popen, decider: bool = False) -> tuple[float, float]:
     """Seconds the main threads (the event loops) of the service's processes have run on a
     CPU, and have spent ready to run but waiting for one (Linux schedstat): what the
     requests cost the loop, and how much other work on the host held it back. Short-lived
-    threads are left out: their counts leave with them."""
+    threads are left out: their counts leave with them. ``decider``: the decision process's
+    main thread instead (serving.decision_process), which the loops' figures leave out."""
     ran = waited = 0.0
     try:
         processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
@@ -378,11 +379,13 @@ def tree_loop_times(proc: subprocess.Popen) -> tuple[float, float]:
         return 0.0, 0.0
     for process in processes:
         try:
+            if ("serving.decider" in process.cmdline()) != decider:
+                continue
             on_cpu, waiting = schedstat_seconds(
                 Path(f"/proc/{process.pid}/task/{process.pid}/schedstat").read_text())
             ran += on_cpu
             waited += waiting
-        except (OSError, ValueError):
+        except (OSError, ValueError, psutil.Error):
             continue
     return ran, waited
 
@@ -510,10 +513,12 @@ def sweep(url: str, proc: subprocess.Popen, args: argparse.Namespace, work: Path
         for name, path, kind in OPEN_LOOP_ENDPOINTS:
             drained = drain(url)
             load, (ran, waited) = os.getloadavg()[0], tree_loop_times(proc)
+            decided = tree_loop_times(proc, decider=True)[0]
             result = run_open_loop(url, path, kind, rate, args.open_seconds, args, work,
                                    seed=step + 1, ids_in=ids if kind == "feedback" else None,
                                    ids_out=ids if kind == "decide" else None)
             ran_after, waited_after = tree_loop_times(proc)
+            decided = tree_loop_times(proc, decider=True)[0] - decided
             result |= {"fraction_of_noop_max": fraction, "repeat": repeat,
                        "drained_before_s": drained,
                        "max_stall_ms_so_far": loop_stall_ms(url),
@@ -526,13 +531,20 @@ def sweep(url: str, proc: subprocess.Popen, args: argparse.Namespace, work: Path
                        "loop_cpu_ms_per_request": round(
                            (ran_after - ran) * 1e3 / max(result["completed"], 1), 3),
                        "loop_busy_share": round((ran_after - ran) / args.open_seconds, 3)}
+            if args.decision_process:  # its main thread, beside the worker's loop
+                result |= {"decider_cpu_ms_per_request": round(
+                               decided * 1e3 / max(result["completed"], 1), 3),
+                           "decider_busy_share": round(decided / args.open_seconds, 3)}
             curves[name].append(result)
             print(f"{fraction:4.0%} {rate:6.0f} req/s {name:>17}: p50 {result['p50_ms']:8.2f} "
                   f"ms  p99 {result['p99_ms']:8.2f} ms  errors {result['errors']}  dispatch "
                   f"lag p99 {result['dispatch_lag_p99_ms']:.2f} ms  CPU wait "
                   f"{result['service_cpu_wait_share']:.2f}  loop "
                   f"{result['loop_cpu_ms_per_request']:.3f} ms/request, busy "
-                  f"{result['loop_busy_share']:.2f}", file=sys.stderr)
+                  f"{result['loop_busy_share']:.2f}"
+                  + (f"  decider {result['decider_cpu_ms_per_request']:.3f} ms/request, busy "
+                     f"{result['decider_busy_share']:.2f}" if args.decision_process else ""),
+                  file=sys.stderr)
     return curves
 
 
@@ -622,7 +634,8 @@ def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         point = {"fraction_of_noop_max": fraction, "repeats": len(same)}
         for key in ("offered_rps", "p50_ms", "p99_ms", "dispatch_lag_p99_ms",
                     "host_load_1m_before", "service_cpu_wait_share",
-                    "loop_cpu_ms_per_request", "loop_busy_share"):
+                    "loop_cpu_ms_per_request", "loop_busy_share",
+                    "decider_cpu_ms_per_request", "decider_busy_share"):
             values = [r[key] for r in same if r.get(key) is not None]
             point[key] = round(statistics.median(values), 3) if values else None
         point["errors"] = sum(r["errors"] for r in same)
@@ -688,6 +701,8 @@ def open_loop_report(env: dict[str, str], root: Path, args: argparse.Namespace,
         "loop_at_half_noop_max": {
             name: {"loop_busy_share": point.get("loop_busy_share"),
                    "loop_cpu_ms_per_request": point.get("loop_cpu_ms_per_request"),
+                   "decider_busy_share": point.get("decider_busy_share"),
+                   "decider_cpu_ms_per_request": point.get("decider_cpu_ms_per_request"),
                    "loop_cpu_ratio_to_noop": (
                        round(point["loop_cpu_ms_per_request"]
                              / half["noop"]["loop_cpu_ms_per_request"], 2)

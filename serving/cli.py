@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nextbest.cli import command_group, port_number, positive_int
 from nextbest.config import Settings
-from nextbest.errors import Conflict, MissingComponent, NotFound, ValidationFailed
+from nextbest.errors import ConfigError, Conflict, MissingComponent, NotFound, ValidationFailed
 from serving.lifecycle import SERVE_PID_ENV, parent_death_preexec
 
 SERVICE_TARGET = "serving.service:NextBest"
@@ -105,6 +105,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port or settings.serving.port
     workers = args.workers or settings.serving.workers
     allow_empty = args.allow_empty or settings.serving.allow_empty
+    if settings.serving.decision_process and workers > 1:
+        raise ConfigError(f"--workers {workers} with serving.decision_process: the decision "
+                          "process is the one learner beside one worker", field="workers")
     check_servable(settings, allow_empty=allow_empty)
     cmd = serve_command(settings, host=host, port=port)
     env = serve_env(host=host, port=port, workers=workers, config=getattr(args, "config", None),

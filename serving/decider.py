@@ -19,9 +19,10 @@ watcher), and when it dies first the worker decides in-process, logs an error an
 new one.
 
 The wire: frames of one header line and a body of the length it gives. A request is
-``<tag> <kind> <key id or -> <length>\\n<body>`` (kind ``D`` decide, ``F`` feedback, ``E``
-forget an erased user), a reply ``<tag> <status> <arm> <tier> <outcome> <length>\\n<body>``
-(``-`` for none): what the worker needs for its metrics without parsing the body.
+``<tag> <kind> <key id> <length>\\n<body>`` (kind ``D`` decide, ``F`` feedback, ``E``
+forget an erased user, ``S`` a decision point's statistics), a reply ``<tag> <status> <arm> <tier> <outcome> <length>\\n<body>``:
+what the worker needs for its metrics without parsing the body. Header words are
+percent-encoded, and empty for none.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from decisions.engine import DecisionEngine
 from decisions.points import DecisionPoints
@@ -57,9 +59,8 @@ from serving.status import WorkerBoard
 
 log = logging.getLogger(__name__)
 
-DECIDE, FEEDBACK, FORGET = b"D", b"F", b"E"
+DECIDE, FEEDBACK, FORGET, STATS = b"D", b"F", b"E", b"S"
 DECIDED = "decided"  # a reply's outcome for a logged decision (the worker counts it)
-NONE = b"-"
 READY_SECONDS = 180.0  # start-up: models loaded, the log replayed, the scores warmed
 HOUSEKEEPING_SECONDS = 0.5
 LEARN_STEP = 50
@@ -80,13 +81,19 @@ class Answer:
     def error(cls, exc: NextbestError) -> Answer:
         return cls(exc.http_status, json.dumps(exc.to_dict()).encode())
 
+    @classmethod
+    def from_frame(cls, header: list[bytes], body: bytes) -> Answer:
+        """The answer of a reply frame (its header words after the tag)."""
+        return cls(int(header[1]), body, _text(header[2]), _text(header[3]), _text(header[4]))
+
 
 def _word(value: str | None) -> bytes:
-    return NONE if value is None else value.encode()
+    """A header word: percent-encoded (an arm's name may hold a space), empty for None."""
+    return b"" if value is None else quote(value, safe="").encode()
 
 
 def _text(word: bytes) -> str | None:
-    return None if word == NONE else word.decode()
+    return unquote(word.decode()) if word else None
 
 
 def request_frame(tag: int, kind: bytes, key: str | None, body: bytes) -> bytes:
@@ -175,6 +182,8 @@ class Decider:
                 return self.decide(NextBestActionRequest.model_validate_json(body))
             if kind == FEEDBACK:
                 return self.feedback(FeedbackRequest.model_validate_json(body), key)
+            if kind == STATS:  # the learner's counts: it is this process's
+                return Answer(200, json.dumps(self.points.stats(body.decode() or None)).encode())
             if kind == FORGET:
                 user_id = body.decode()
                 self.scorer.forget(user_id)
@@ -292,6 +301,8 @@ def serve(decider: Decider, listener: socket.socket) -> None:
 
 
 def _stop(signum: int, frame: object) -> None:
+    """SIGTERM: stop once (a second signal must not cut the final checkpoint short)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(0)
 
 
@@ -313,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(decider, listener)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         watch.stop()
         decider.close()
     return 0
@@ -384,8 +396,7 @@ class DecisionProcess:
         for header, body in self.frames.feed(data):
             reply = self.pending.pop(header[0], None)
             if reply is not None and not reply.done():
-                reply.set_result(Answer(int(header[1]), body, _text(header[2]),
-                                        _text(header[3]), _text(header[4])))
+                reply.set_result(Answer.from_frame(header, body))
 
     def _lost(self) -> None:
         """The process stopped: fail what it had not answered, and start a new one (the
@@ -422,18 +433,23 @@ class DecisionProcess:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 60.0)
 
-    def close(self) -> None:
-        """Stop the process (it checkpoints on its way out) and wait for it."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the process and wait for it: SIGTERM (it stops once, checkpointing on its
+        way out), SIGKILL after ``timeout``."""
         self.closing = True
+        if self._restart is not None:
+            self._restart.cancel()
         if self.transport is not None:
             self.transport.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.error("the decision process did not stop within %g s: killed", timeout)
+            self.proc.kill()
+            self.proc.wait()
 
 
 class _Link(asyncio.Protocol):

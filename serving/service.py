@@ -62,6 +62,7 @@ from serving.decider import (
     DECIDED,
     FEEDBACK,
     FORGET,
+    STATS,
     DecisionProcess,
     board_dir,
     erased_default,
@@ -127,6 +128,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 USER_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (401, 403, 404, 409, 410, 413, 422)}
 ERASURE_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 503)}
+# 503: the decision process (serving.decision_process) stopped before it answered.
+DECISION_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 503)}
 USER_ID = Path(min_length=1, max_length=200)
 # Which API key scope each route needs (serving/auth.py); probes and /docs.json are open.
@@ -589,7 +593,7 @@ class NextBest:
 
     # --- the decision loop -----------------------------------------------------------------
 
-    @app.post("/next_best_action", response_model=Decision, responses=ERRORS)
+    @app.post("/next_best_action", response_model=Decision, responses=DECISION_ERRORS)
     async def next_best_action(self, body: NextBestActionRequest,
                                request: Request) -> Decision | Response:
         """Choose, log durably and return the next best action for a user in a context, at
@@ -610,8 +614,9 @@ class NextBest:
         self.metrics.decided(decision.action, user.tier)
         return decision
 
-    @app.post("/feedback", response_model=FeedbackResult, responses=ERRORS)
-    async def feedback(self, body: FeedbackRequest, request: Request) -> FeedbackResult:
+    @app.post("/feedback", response_model=FeedbackResult, responses=DECISION_ERRORS)
+    async def feedback(self, body: FeedbackRequest,
+                       request: Request) -> FeedbackResult | Response:
         """Join a reward to its decision: accepted, duplicate or late (recorded, not learned).
         Revenue without a conversion, or above ``bandit.reward.max_revenue_multiple`` x the
         decision's item price (``max_revenue`` without one), is a 422; feedback
@@ -826,12 +831,17 @@ class NextBest:
 
     # --- admin -------------------------------------------------------------------------------
 
-    @app.get("/bandit/stats", responses=ERRORS)
+    @app.get("/bandit/stats", response_model=dict[str, Any], responses=ERRORS)
     async def bandit_stats(self, decision_point: str | None = Query(
             None, min_length=1, max_length=100,
-            description="the decision point (default buyer_offer)")) -> dict[str, Any]:
+            description="the decision point (default buyer_offer)")) -> dict[str, Any] | Response:
         """Decisions logged, rewards learned, arm shares and mean reward (overall, per tier)
-        of one decision point, and the decision points served."""
+        of one decision point, and the decision points served (the decision process's, which
+        learns, when there is one)."""
+        if self.decider is not None and self.decider.ready:
+            answer = await self.decider.ask(STATS, (decision_point or "").encode())
+            return Response(answer.body, status_code=answer.status,
+                            media_type="application/json")
         return self.points.stats(decision_point)
 
     @app.post("/models/reload", response_model=ModelsResponse, responses=ERRORS)

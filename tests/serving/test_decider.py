@@ -5,7 +5,10 @@ there too, and a ``kill -9`` of it neither fails the service nor leaves it witho
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -13,7 +16,7 @@ import psutil
 import pytest
 from api_key import HEADERS
 
-from nextbest.config import load_settings
+from nextbest.config import load_settings, path_overrides
 from nextbest.errors import ConfigError
 from serving.decider import DECIDE, Answer, Frames, reply_frame, request_frame
 
@@ -31,22 +34,40 @@ def test_frames_come_out_whole_however_the_bytes_are_cut() -> None:
     for cut in range(1, len(stream)):  # every split into two reads
         frames = Frames()
         got = list(frames.feed(stream[:cut])) + list(frames.feed(stream[cut:]))
-        assert got == [([b"7", b"D", b"key-1"], body), ([b"8", b"D", b"-"], b""),
-                       ([b"9", b"409", b"coupon", b"-", b"duplicate"],
+        assert got == [([b"7", b"D", b"key-1"], body), ([b"8", b"D", b""], b""),
+                       ([b"9", b"409", b"coupon", b"", b"duplicate"],
                         b'{"error": "conflict"}')], cut
         assert frames.buffer == b""
 
 
+def test_an_answer_survives_the_wire_whatever_its_names() -> None:
+    answer = Answer(200, b'{"ok": true}', "free shipping", "-", None)  # a space; a dash
+    ((header, body),) = Frames().feed(reply_frame(b"12", answer))
+    assert header[0] == b"12" and Answer.from_frame(header, body) == answer
+
+
 def test_a_frame_cut_short_waits_for_the_rest() -> None:
     frames = Frames()
-    assert list(frames.feed(b"1 D - 8\n{\"a\"")) == []
-    assert list(frames.feed(b": 1}")) == [([b"1", b"D", b"-"], b'{"a": 1}')]
+    assert list(frames.feed(b"1 D  8\n{\"a\"")) == []
+    assert list(frames.feed(b": 1}")) == [([b"1", b"D", b""], b'{"a": 1}')]
 
 
 def test_the_decision_process_refuses_several_workers() -> None:
     with pytest.raises(ConfigError, match="decision_process needs workers: 1"):
         load_settings(None, environ={"NEXTBEST__SERVING__DECISION_PROCESS": "true",
                                      "NEXTBEST__SERVING__WORKERS": "2"})
+
+
+def test_serve_with_several_workers_and_a_decision_process_exits_with_the_reason(
+        tmp_path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEXTBEST")}
+    env |= path_overrides(tmp_path) | ON
+    run = subprocess.run([sys.executable, "-m", "nextbest.cli", "serve", "--workers", "2"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: --workers 2 with serving.decision_process: the decision process is the one "
+        "learner beside one worker")
 
 
 # --- a real service ---------------------------------------------------------------------------
@@ -91,6 +112,9 @@ def test_the_decision_process_decides_and_learns_for_the_worker(spawn, pool) -> 
         assert bad.status_code == 422, bad.text
         empty = http.post("/next_best_action", json={"user_id": ""})
         assert empty.status_code == 422 and empty.json()["field"] == "user_id"
+
+        stats = http.get("/bandit/stats").json()  # the learner's: the decision process's
+        assert stats["role"] == "inline" and stats["rewards_learned"] >= 1
 
         metrics = http.get("/metrics").text
         counted = [line for line in metrics.splitlines()
