@@ -51,6 +51,7 @@ from decisions.users import try_load_champions
 from features.store import open_store
 from nextbest.config import Settings, load_settings
 from nextbest.errors import MissingComponent, NextbestError
+from serving.bento import Bundle, load_bundled_champions
 from serving.lifecycle import SERVE_PID_ENV, watch_parent
 from serving.loopwatch import quiet_collector
 from serving.schemas import Decision, FeedbackRequest, NextBestActionRequest
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 
 DECIDE, FEEDBACK, FORGET, STATS = b"D", b"F", b"E", b"S"
 DECIDED = "decided"  # a reply's outcome for a logged decision (the worker counts it)
+BUNDLE_ENV = "NEXTBEST_DECIDER_BUNDLE"  # a bento's bundle (JSON), handed to the process
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 READY_SECONDS = 180.0  # start-up: models loaded, the log replayed, the scores warmed
 HOUSEKEEPING_SECONDS = 0.5
 LEARN_STEP = 50
@@ -156,11 +159,13 @@ def erased_default(body: NextBestActionRequest, engine: DecisionEngine) -> Decis
 class Decider:
     """The decision process's state: the store, the scorer, the engines (inline role)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, bundle: Bundle | None = None):
         self.settings = settings
+        self.bundle = bundle  # in a bento: its models, never the registry's
         self.store = open_store(settings)
-        champions, why = try_load_champions(settings)
-        self.scorer = Scorer(settings, self.store, champions, why)
+        champions, why = ((load_bundled_champions(bundle), None) if bundle is not None
+                          else try_load_champions(settings))
+        self.scorer = Scorer(settings, self.store, champions, why, registry=bundle is None)
         self.scorer.use_ltv(self.scorer.load_ltv())
         self.points = DecisionPoints.open(settings, _inline_engine)
         self.board = WorkerBoard(board_dir(settings))
@@ -227,7 +232,7 @@ class Decider:
         generation = self.board.generation()
         if generation != self.generation or due:
             self.generation, self.checked_models = generation, now
-            newer = self.scorer.newer_champions()
+            newer = None if self.bundle is not None else self.scorer.newer_champions()
             if newer is not None:
                 log.info("the decision process now serves models %s", self.scorer.use(newer))
                 warm = self.scorer.warm_scores()
@@ -315,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     watch = watch_parent()
     signal.signal(signal.SIGTERM, _stop)  # an orderly stop: the engines checkpoint
     path = args[0]
-    decider = Decider(load_settings(os.environ.get("NEXTBEST_CONFIG")))
+    carried = os.environ.get(BUNDLE_ENV)
+    bundle = Bundle.model_validate_json(carried) if carried else None
+    settings = (bundle.settings() if bundle is not None
+                else load_settings(os.environ.get("NEXTBEST_CONFIG")))
+    decider = Decider(settings, bundle)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".starting")
     listener.listen(1)
@@ -335,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
 class DecisionProcess:
     """The worker's handle on its decision process: start it, ask it, restart it."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, bundle: Bundle | None = None):
         self.settings = settings
+        self.bundle = bundle
         self.proc: subprocess.Popen[bytes] | None = None
         self.path = ""
         self.transport: asyncio.Transport | None = None
@@ -350,7 +360,12 @@ class DecisionProcess:
         """Start the process and wait until it listens (blocking: the worker's start-up or
         a thread). RuntimeError with its exit code when it stops before."""
         self.path = tempfile.mktemp(prefix="nextbest-decider-", suffix=".sock")
-        env = os.environ | {SERVE_PID_ENV: str(os.getpid())}
+        # The source root on the path: a bento's worker runs from wherever it was started.
+        python_path = os.pathsep.join(filter(None, [str(SOURCE_ROOT),
+                                                    os.environ.get("PYTHONPATH")]))
+        env = os.environ | {SERVE_PID_ENV: str(os.getpid()), "PYTHONPATH": python_path}
+        if self.bundle is not None:
+            env[BUNDLE_ENV] = self.bundle.model_dump_json()
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.decider", self.path],
                                      env=env)
         deadline = time.monotonic() + READY_SECONDS

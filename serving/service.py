@@ -52,7 +52,13 @@ from features.store import Preferences, open_store
 from nextbest import __version__
 from nextbest.audit import AuditEntry, open_audit
 from nextbest.config import Settings, load_settings
-from nextbest.errors import Conflict, NextbestError, NotFound, ValidationFailed
+from nextbest.errors import (
+    Conflict,
+    MissingComponent,
+    NextbestError,
+    NotFound,
+    ValidationFailed,
+)
 from nextbest.storage import location
 from serving import middleware
 from serving.auth import KeyRing, Scope
@@ -384,13 +390,8 @@ class NextBest:
         """The decision process, started and listening (None: decide in this worker)."""
         if not self.settings.serving.decision_process:
             return None
-        if BUNDLE is not None:
-            log.warning("serving.decision_process is not available in a bento yet: "
-                        "deciding in the worker")
-            return None
-        decider = DecisionProcess(self.settings).start()
-        log.info("decisions and feedback go to the decision process (pid %d)",
-                 decider.proc.pid if decider.proc else -1)
+        decider = DecisionProcess(self.settings, BUNDLE).start()
+        log.info("decisions and feedback go to the decision process")
         return decider
 
     def _champions(self) -> tuple[ChampionModels | None, str | None]:
@@ -767,7 +768,9 @@ class NextBest:
         finally:
             self.scorer.forget(user_id)
             if self.decider is not None and self.decider.ready:
-                await self.decider.ask(FORGET, user_id.encode())
+                # One that stops meanwhile forgets everything: its successor starts empty.
+                with contextlib.suppress(MissingComponent):
+                    await self.decider.ask(FORGET, user_id.encode())
             await asyncio.to_thread(self.board.bump_erasures)
         self.audit.append("user_erased", actor=actor(request), user_id=user_id, details={
             "store_records": report.store_records, "decisions": report.decisions or 0,

@@ -198,6 +198,22 @@ def test_bento_serves_its_models_in_an_empty_directory(
         assert reload.status_code == 409 and "bento" in reload.json()["detail"]
     finally:
         server.stop()
+    # The same bento deciding in a process of its own (serving.decision_process), which
+    # loads the bento's models too: the bento's versions, and a reward learned at once.
+    server = launch([sys.executable, "-m", "bentoml", "serve", tag],
+                    env=env | {"NEXTBEST__SERVING__DECISION_PROCESS": "true"}, cwd=empty,
+                    log_path=tmp_path / "bento-serve-decider.log")
+    try:
+        ready = httpx.get(f"{server.url}/readyz", timeout=10.0).json()
+        assert ready["decision_process"] is not None, server.log_tail()
+        decided = httpx.post(f"{server.url}/next_best_action", json={"user_id": user_id},
+                             headers=HEADERS, timeout=10.0)
+        assert decided.status_code == 200, decided.text
+        reward = httpx.post(f"{server.url}/feedback", headers=HEADERS, timeout=10.0,
+                            json={"event_id": decided.json()["event_id"], "converted": False})
+        assert reward.status_code == 200 and "learned" in reward.json()["detail"], reward.text
+    finally:
+        server.stop()
     # The bandit was seeded from the bento under the default data directory.
     data_dir = user_home / BENTO_DATA_DIR.removeprefix("~/")
     seeded = CheckpointStore(data_dir / "bandit").latest()

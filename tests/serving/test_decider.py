@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 from api_key import HEADERS
+from served_world import REWARD_WINDOW_SECONDS
 
 from nextbest.config import load_settings, path_overrides
 from nextbest.errors import ConfigError
@@ -122,6 +123,23 @@ def test_the_decision_process_decides_and_learns_for_the_worker(spawn, pool) -> 
         assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1.0
         assert any(line.startswith("nextbest_decisions_total")
                    for line in metrics.splitlines())
+
+
+@pytest.mark.integration
+def test_the_decision_process_sweeps_and_learns_decisions_left_without_feedback(
+        spawn, pool) -> None:
+    server = spawn("decider-sweeps", env=ON)
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=30.0) as http:
+        before = http.get("/bandit/stats").json()["rewards_learned"]
+        for _ in range(3):
+            assert http.post("/next_best_action",
+                             json={"user_id": pool.take()}).status_code == 200
+        # The reward window closes; its sweep writes the default rewards (in its thread)
+        # and the process learns them between requests.
+        deadline = time.monotonic() + REWARD_WINDOW_SECONDS + 30
+        while http.get("/bandit/stats").json()["rewards_learned"] < before + 3:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.5)
 
 
 @pytest.mark.integration
