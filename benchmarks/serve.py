@@ -822,9 +822,10 @@ def main() -> int:
     parser.add_argument("--stall-rate", type=float, default=None,
                         help="only the stall phase, at this rate, on a fresh service "
                              "(serve_stall.json)")
-    parser.add_argument("--decision-process", action="store_true",
-                        help="serve with serving.decision_process (decisions and feedback "
-                             "in a process beside the worker, serving/decider.py)")
+    parser.add_argument("--decision-process", choices=["on", "off"], default=None,
+                        help="serving.decision_process (decisions and feedback in a process "
+                             "beside the worker, serving/decider.py); default: the service's "
+                             "(on with one worker)")
     parser.add_argument("--label", default="current",
                         help="--fixed-rate: the name of this code version in the results")
     args = parser.parse_args()
@@ -839,8 +840,12 @@ def main() -> int:
             env = world_env(root)
         else:
             env = build_world(root, args.users, args.seed)
-        if args.decision_process:
-            env = env | {"NEXTBEST__SERVING__DECISION_PROCESS": "true"}
+        if args.decision_process is not None:
+            env = env | {"NEXTBEST__SERVING__DECISION_PROCESS": str(
+                args.decision_process == "on").lower()}
+        args.decision_process = load_settings(
+            None, environ=env | {"NEXTBEST__SERVING__WORKERS": str(args.workers)}
+        ).serving.decides_apart  # what the service will do: reported with every result
         world_seconds = time.perf_counter() - started
         if args.stall_rate is not None:
             report = stall_report(env, root, args) | {"decision_process": args.decision_process}

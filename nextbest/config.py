@@ -1013,8 +1013,9 @@ class ServingConfig(_Section):
     stall_trace_ms: float = Field(0.0, ge=0)
     # Decide /next_best_action and /feedback in a process of their own beside the worker
     # (serving/decider.py): a decision's Python then runs on another CPU, and the worker's
-    # loop only forwards it. One worker only (it holds the one inline learner).
-    decision_process: bool = False
+    # loop only forwards it. Unset: on with one worker (several workers already decide in
+    # several processes); true needs one worker (its process is the one inline learner).
+    decision_process: bool | None = None
 
     @model_validator(mode="after")
     def _one_decision_process(self) -> ServingConfig:
@@ -1022,6 +1023,12 @@ class ServingConfig(_Section):
             raise ValueError("decision_process needs workers: 1 (its process is the one "
                              "learner; several workers already decide in several processes)")
         return self
+
+    @property
+    def decides_apart(self) -> bool:
+        """Whether decisions go to a decision process (``decision_process``, unset: one
+        worker)."""
+        return self.workers == 1 if self.decision_process is None else self.decision_process
 
 
 class Settings(_Section):

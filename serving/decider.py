@@ -5,8 +5,8 @@ One BentoML worker answers every request on one event loop. A decision costs tha
 ~1.4x a no-op request (the policy, the example, VW, the log's insert: 0.27 ms of Python
 here), so past ~40% of the no-op's maximum rate the loop is saturated by decisions alone
 and their latency grows without bound (benchmarks/serve.py). With
-``serving.decision_process: true`` the worker starts ``python -m serving.decider`` at
-start-up and forwards each decision and feedback to it over a Unix socket; its loop only
+``serving.decision_process`` (unset: on with one worker) the worker starts
+``python -m serving.decider`` at start-up and forwards each decision and feedback to it over a Unix socket; its loop only
 parses, forwards and relays (about a no-op's work).
 
 The decision process holds the bandit's engines in the ``inline`` role (it decides, logs
@@ -50,7 +50,7 @@ from decisions.policy import UserView
 from decisions.users import try_load_champions
 from features.store import open_store
 from nextbest.config import Settings, load_settings
-from nextbest.errors import MissingComponent, NextbestError
+from nextbest.errors import Conflict, MissingComponent, NextbestError
 from serving.bento import Bundle, load_bundled_champions
 from serving.lifecycle import SERVE_PID_ENV, watch_parent
 from serving.loopwatch import quiet_collector
@@ -66,6 +66,8 @@ BUNDLE_ENV = "NEXTBEST_DECIDER_BUNDLE"  # a bento's bundle (JSON), handed to the
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 READY_SECONDS = 180.0  # start-up: models loaded, the log replayed, the scores warmed
 HOUSEKEEPING_SECONDS = 0.5
+# Rewards the inline learner learns from a backlog (a sweep's timeouts) per turn of the
+# event loop (or between two requests of the decision process): ~10 ms of VW.
 LEARN_STEP = 50
 MODEL_REFRESH_SECONDS = 30.0
 
@@ -167,7 +169,7 @@ class Decider:
                           else try_load_champions(settings))
         self.scorer = Scorer(settings, self.store, champions, why, registry=bundle is None)
         self.scorer.use_ltv(self.scorer.load_ltv())
-        self.points = DecisionPoints.open(settings, _inline_engine)
+        self.points = DecisionPoints.open(settings, open_engine)
         self.board = WorkerBoard(board_dir(settings))
         self.erasures = self.board.erasures()
         self.generation = self.board.generation()
@@ -257,9 +259,32 @@ class Decider:
         self.store.close()
 
 
-def _inline_engine(settings: Settings) -> DecisionEngine:
-    engine = DecisionEngine(settings, role="inline")
+def open_replica(settings: Settings) -> DecisionEngine:
+    """A scorer replica's engine: the worker's beside its decision process, which is the
+    learner."""
+    engine = DecisionEngine(settings, role="scorer")
     engine.learn_in_steps(LEARN_STEP)
+    return engine
+
+
+def open_engine(settings: Settings) -> DecisionEngine:
+    """The decision engine of this worker process.
+
+    One worker: role ``inline`` (decides and learns each reward at once). Several workers:
+    role ``auto``, the engine's learner file lock makes exactly one of them the learner.
+    When another service on the same decision log already holds the lock, this one becomes
+    a scorer replica instead of failing to start. Sweeps and learning a backlog happen in
+    the housekeeping, a bounded step at a time (:meth:`DecisionEngine.learn_in_steps`).
+    """
+    if settings.serving.workers > 1:
+        engine = DecisionEngine(settings, role="auto")
+    else:
+        try:
+            engine = DecisionEngine(settings, role="inline")
+        except Conflict as exc:
+            log.warning("%s: serving as a scorer replica", exc.message)
+            engine = DecisionEngine(settings, role="scorer")
+    engine.learn_in_steps(LEARN_STEP)  # sweeps and backlogs in housekeeping, off requests
     return engine
 
 

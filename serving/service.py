@@ -43,7 +43,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from campaigns.layer import CampaignLayer, Receipt
 from campaigns.report import CampaignReport, campaign_report
 from campaigns.store import CampaignStore
-from decisions.engine import DecisionEngine
 from decisions.points import DecisionPoints
 from decisions.users import try_load_champions
 from features.erasure import export_files
@@ -68,10 +67,13 @@ from serving.decider import (
     DECIDED,
     FEEDBACK,
     FORGET,
+    LEARN_STEP,
     STATS,
     DecisionProcess,
     board_dir,
     erased_default,
+    open_engine,
+    open_replica,
     user_for,
 )
 from serving.erasure import Eraser
@@ -157,9 +159,6 @@ ROUTE_SCOPES: dict[tuple[str, str], Scope] = {
 ScoreRequest = score_request(SETTINGS.serving.max_batch)
 EventsBody = events_request(SETTINGS.serving.max_batch)
 HOUSEKEEPING_SECONDS = 0.5
-# Rewards the inline learner learns from a backlog (a sweep's timeouts) per turn of the
-# event loop: ~10 ms of VW at a few thousand rewards a second.
-LEARN_STEP = 50
 # Warmed scores put in the score cache per turn of the event loop (a few ms).
 WARM_SLICE = 5_000
 
@@ -262,35 +261,6 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
-def open_replica(settings: Settings) -> DecisionEngine:
-    """A scorer replica's engine: the worker's beside its decision process, which is the
-    learner."""
-    engine = DecisionEngine(settings, role="scorer")
-    engine.learn_in_steps(LEARN_STEP)
-    return engine
-
-
-def open_engine(settings: Settings) -> DecisionEngine:
-    """The decision engine of this worker process.
-
-    One worker: role ``inline`` (decides and learns each reward at once). Several workers:
-    role ``auto``, the engine's learner file lock makes exactly one of them the learner.
-    When another service on the same decision log already holds the lock, this one becomes
-    a scorer replica instead of failing to start. Sweeps and learning a backlog happen in
-    the housekeeping, a bounded step at a time (:meth:`DecisionEngine.learn_in_steps`).
-    """
-    if settings.serving.workers > 1:
-        engine = DecisionEngine(settings, role="auto")
-    else:
-        try:
-            engine = DecisionEngine(settings, role="inline")
-        except Conflict as exc:
-            log.warning("%s: serving as a scorer replica", exc.message)
-            engine = DecisionEngine(settings, role="scorer")
-    engine.learn_in_steps(LEARN_STEP)  # sweeps and backlogs in housekeeping, off requests
-    return engine
-
-
 def openapi_info(spec: dict[str, Any]) -> dict[str, Any]:
     """The framework's spec with nextbest's own title, version, description and contact."""
     spec["info"] = {"title": "nextbest", "version": __version__,
@@ -388,7 +358,7 @@ class NextBest:
 
     def _start_decider(self) -> DecisionProcess | None:
         """The decision process, started and listening (None: decide in this worker)."""
-        if not self.settings.serving.decision_process:
+        if not self.settings.serving.decides_apart:
             return None
         decider = DecisionProcess(self.settings, BUNDLE).start()
         log.info("decisions and feedback go to the decision process")

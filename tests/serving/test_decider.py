@@ -53,6 +53,14 @@ def test_a_frame_cut_short_waits_for_the_rest() -> None:
     assert list(frames.feed(b": 1}")) == [([b"1", b"D", b""], b'{"a": 1}')]
 
 
+@pytest.mark.parametrize(("workers", "setting", "apart"), [
+    ("1", None, True), ("2", None, False), ("1", "false", False), ("1", "true", True)])
+def test_one_worker_decides_apart_unless_told_not_to(workers, setting, apart) -> None:
+    environ = {"NEXTBEST__SERVING__WORKERS": workers} | (
+        {"NEXTBEST__SERVING__DECISION_PROCESS": setting} if setting else {})
+    assert load_settings(None, environ=environ).serving.decides_apart is apart
+
+
 def test_the_decision_process_refuses_several_workers() -> None:
     with pytest.raises(ConfigError, match="decision_process needs workers: 1"):
         load_settings(None, environ={"NEXTBEST__SERVING__DECISION_PROCESS": "true",
