@@ -217,3 +217,17 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.integration
+def test_decision_process_false_decides_and_learns_in_the_worker(spawn, pool) -> None:
+    server = spawn("decider-off", env={"NEXTBEST__SERVING__DECISION_PROCESS": "false"})
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=30.0) as http:
+        ready = http.get("/readyz").json()
+        assert ready["decision_process"] is None and ready["engine_role"] == "inline"
+        assert not [p for p in server.processes() if "serving.decider" in p.cmdline()]
+        decision = http.post("/next_best_action", json={"user_id": pool.take()})
+        assert decision.status_code == 200, decision.text
+        reward = http.post("/feedback", json={"event_id": decision.json()["event_id"],
+                                              "converted": True, "revenue": 10.0})
+        assert reward.status_code == 200 and "learned" in reward.json()["detail"], reward.text
