@@ -57,6 +57,7 @@ from serving.loopwatch import quiet_collector
 from serving.schemas import Decision, FeedbackRequest, NextBestActionRequest
 from serving.scoring import Scorer
 from serving.status import WorkerBoard
+from training.loader import ChampionModels
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ HOUSEKEEPING_SECONDS = 0.5
 # Rewards the inline learner learns from a backlog (a sweep's timeouts) per turn of the
 # event loop (or between two requests of the decision process): ~10 ms of VW.
 LEARN_STEP = 50
-MODEL_REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,8 @@ class Decider:
         self.checked_models = time.monotonic()
         self.last_sweep = time.monotonic()
         self.sweeping: Future[object] | None = None
-        self.threads = ThreadPoolExecutor(1, thread_name_prefix="decider-sweep")
+        self.refreshing: Future[ChampionModels | None] | None = None
+        self.threads = ThreadPoolExecutor(2, thread_name_prefix="decider")
         warm = self.scorer.warm_scores()
         if warm is not None:
             self.scorer.fill(warm)
@@ -220,32 +221,49 @@ class Decider:
 
     def housekeep(self) -> None:
         """Between requests, every :data:`HOUSEKEEPING_SECONDS`: forget users erased
-        elsewhere, follow new champions, sweep (in a thread), checkpoint when due. Learning
-        what the sweeps and other writers logged is :meth:`learn_step`'s."""
+        elsewhere, follow a reload or every ``model_refresh_seconds`` the registry (in a
+        thread), sweep (in a thread), checkpoint when due. Learning what the sweeps and other
+        writers logged is :meth:`learn_step`'s."""
         now = time.monotonic()
         erasures = self.board.erasures()
-        due = now - self.checked_models >= MODEL_REFRESH_SECONDS
+        due = now - self.checked_models >= self.settings.serving.model_refresh_seconds
         if erasures != self.erasures or due:
             self.erasures = erasures
             kept = self.scorer.cached_users() | self.points.remembered_users()
             for user_id in self.store.erased_among(kept):
                 self.scorer.forget(user_id)
                 self.points.forget_user(user_id)
-        generation = self.board.generation()
-        if generation != self.generation or due:
-            self.generation, self.checked_models = generation, now
-            newer = None if self.bundle is not None else self.scorer.newer_champions()
-            if newer is not None:
+        if self.refreshing is not None and self.refreshing.done():
+            newer, self.refreshing = self.refreshing.result(), None
+            if newer is not None:  # a promotion: rare, and the scores are warmed at once
                 log.info("the decision process now serves models %s", self.scorer.use(newer))
                 warm = self.scorer.warm_scores()
                 if warm is not None:
                     self.scorer.fill(warm)
                 quiet_collector(self.settings.serving.gc_thresholds)
+        generation = self.board.generation()
+        if (generation != self.generation or due) and self.refreshing is None:
+            self.generation, self.checked_models = generation, now
+            self.refreshing = self.threads.submit(self._refresh)
         if (now - self.last_sweep >= self.settings.bandit.sweep_seconds
                 and (self.sweeping is None or self.sweeping.done())):
             self.last_sweep = now
             self.sweeping = self.threads.submit(_sweep_all, self.points)
         self.points.checkpoint_if_due()
+
+    def _refresh(self) -> ChampionModels | None:
+        """In a thread, as the worker's housekeeping does: newer champions (None in a
+        bento, whose models are fixed), the LTV and seller churn champions, and a new
+        features build's sold comparables for the pricing arms."""
+        newer = None if self.bundle is not None else self.scorer.newer_champions()
+        ltv = self.scorer.load_ltv()
+        if ltv is not None:
+            self.scorer.use_ltv(ltv)
+        self.scorer.refresh_seller_churn()
+        for engine in self.points:
+            if engine.pricing:
+                engine.load_comparables()
+        return newer
 
     def learn_step(self) -> bool:
         """Learn at most :data:`LEARN_STEP` rewards per point that this process has not

@@ -89,6 +89,14 @@ def test_workers_pick_up_a_new_champion_on_their_schedule(spawn, world) -> None:
             break
         time.sleep(0.5)
     assert int(now) > int(served), "the worker never picked up the new champion"
+    # So does the decision process (serving.decision_process, on with one worker): it
+    # scores the users it decides for.
+    wanted = f"'propensity': '{now}'"
+    while not [line for line in srv.log_tail(1000).splitlines()
+               if "the decision process now serves models" in line and wanted in line]:
+        assert time.monotonic() < deadline + 30, (
+            f"the decision process never picked up propensity v{now}:\n{srv.log_tail()}")
+        time.sleep(0.5)
 
 
 # --- errors a client can act on -----------------------------------------------------------------
