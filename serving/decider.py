@@ -28,10 +28,12 @@ percent-encoded, and empty for none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -348,6 +350,14 @@ def serve(decider: Decider, listener: socket.socket) -> None:
             backlog = False
 
 
+def remove_socket(path: str) -> None:
+    """Remove the socket and its private directory, if still there."""
+    for remove, target in ((os.unlink, path), (os.unlink, path + ".starting"),
+                           (os.rmdir, os.path.dirname(path))):
+        with contextlib.suppress(OSError):
+            remove(target)
+
+
 def _stop(signum: int, frame: object) -> None:
     """SIGTERM: stop once (a second signal must not cut the final checkpoint short)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -363,22 +373,25 @@ def main(argv: list[str] | None = None) -> int:
     watch = watch_parent()
     signal.signal(signal.SIGTERM, _stop)  # an orderly stop: the engines checkpoint
     path = args[0]
-    carried = os.environ.get(BUNDLE_ENV)
-    bundle = Bundle.model_validate_json(carried) if carried else None
-    settings = (bundle.settings() if bundle is not None
-                else load_settings(os.environ.get("NEXTBEST_CONFIG")))
-    decider = Decider(settings, bundle)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path + ".starting")
-    listener.listen(1)
-    os.rename(path + ".starting", path)
-    log.info("the decision process is ready (pid %d)", os.getpid())
+    decider: Decider | None = None
     try:
+        carried = os.environ.get(BUNDLE_ENV)
+        bundle = Bundle.model_validate_json(carried) if carried else None
+        settings = (bundle.settings() if bundle is not None
+                    else load_settings(os.environ.get("NEXTBEST_CONFIG")))
+        decider = Decider(settings, bundle)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path + ".starting")
+        listener.listen(1)
+        os.rename(path + ".starting", path)
+        log.info("the decision process is ready (pid %d)", os.getpid())
         serve(decider, listener)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        remove_socket(path)  # the worker did once connected; not if it died before
         watch.stop()
-        decider.close()
+        if decider is not None:
+            decider.close()
     return 0
 
 
@@ -402,7 +415,9 @@ class DecisionProcess:
     def start(self) -> DecisionProcess:
         """Start the process and wait until it listens (blocking: the worker's start-up or
         a thread). RuntimeError with its exit code when it stops before."""
-        self.path = tempfile.mktemp(prefix="nextbest-decider-", suffix=".sock")
+        # In a directory only this user may enter: whoever connects first is answered
+        # without an API key, so no other local user may reach the socket.
+        self.path = os.path.join(tempfile.mkdtemp(prefix="nextbest-decider-"), "socket")
         # The source root on the path: a bento's worker runs from wherever it was started.
         python_path = os.pathsep.join(filter(None, [str(SOURCE_ROOT),
                                                     os.environ.get("PYTHONPATH")]))
@@ -414,12 +429,14 @@ class DecisionProcess:
         deadline = time.monotonic() + READY_SECONDS
         while not os.path.exists(self.path):
             code = self.proc.poll()
-            if code is not None:
-                raise RuntimeError(f"the decision process exited with code {code} while "
-                                   "starting; its log is above")
-            if time.monotonic() > deadline:
+            why = (f"exited with code {code} while starting; its log is above"
+                   if code is not None else f"was not ready in {READY_SECONDS:g} s"
+                   if time.monotonic() > deadline else None)
+            if why is not None:
                 self.proc.kill()
-                raise RuntimeError(f"the decision process was not ready in {READY_SECONDS:g} s")
+                self.proc.wait()
+                shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+                raise RuntimeError(f"the decision process {why}")
             time.sleep(0.05)
         return self
 
@@ -427,7 +444,7 @@ class DecisionProcess:
         """Connect to the started process (on the worker's event loop)."""
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_unix_connection(lambda: _Link(self), self.path)
-        os.unlink(self.path)  # connected: nobody else may
+        remove_socket(self.path)  # connected: nobody else may
 
     @property
     def pid(self) -> int | None:
