@@ -14,9 +14,9 @@ durably and learns each reward at once, as a one-worker service does); the worke
 engines are ``scorer`` replicas for what it still decides itself (campaign firings, the
 rare request while the decision process restarts). It keeps its own housekeeping: the
 sweeps, learning what other writers logged, checkpoints, following new champions and
-erasures. It dies with the worker (the kernel's parent-death signal and the parent
-watcher), and when it dies first the worker decides in-process, logs an error and starts a
-new one.
+erasures. It stops with the worker (SIGTERM at the worker's shutdown; its parent watcher
+within a second when the worker dies), and when it dies first the worker decides
+in-process, logs an error and starts a new one.
 
 The wire: frames of one header line and a body of the length it gives. A request is
 ``<tag> <kind> <key id> <length>\\n<body>`` (kind ``D`` decide, ``F`` feedback, ``E``
@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -54,7 +53,7 @@ from features.store import open_store
 from nextbest.config import Settings, load_settings
 from nextbest.errors import Conflict, MissingComponent, NextbestError
 from serving.bento import Bundle, load_bundled_champions
-from serving.lifecycle import SERVE_PID_ENV, watch_parent
+from serving.lifecycle import ParentWatch
 from serving.loopwatch import quiet_collector
 from serving.schemas import Decision, FeedbackRequest, NextBestActionRequest
 from serving.scoring import Scorer
@@ -67,7 +66,8 @@ DECIDE, FEEDBACK, FORGET, STATS = b"D", b"F", b"E", b"S"
 DECIDED = "decided"  # a reply's outcome for a logged decision (the worker counts it)
 BUNDLE_ENV = "NEXTBEST_DECIDER_BUNDLE"  # a bento's bundle (JSON), handed to the process
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
-READY_SECONDS = 180.0  # start-up: models loaded, the log replayed, the scores warmed
+READY_SECONDS = 180.0
+RESTART_DELAY_SECONDS = 1.0  # start-up: models loaded, the log replayed, the scores warmed
 HOUSEKEEPING_SECONDS = 0.5
 # Rewards the inline learner learns from a backlog (a sweep's timeouts) per turn of the
 # event loop (or between two requests of the decision process): ~10 ms of VW.
@@ -370,8 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [%(levelname)s] [decider:%(process)d] %(message)s")
-    watch = watch_parent()
     signal.signal(signal.SIGTERM, _stop)  # an orderly stop: the engines checkpoint
+    # Its worker's death ends it through the watcher thread alone: the kernel's parent-death
+    # signal follows the thread that started it (a worker's thread pool may end first).
+    watch = ParentWatch(None)
+    if watch.parent == 1:
+        watch.on_orphaned("its worker died before it started")
+    watch.start()
     path = args[0]
     decider: Decider | None = None
     try:
@@ -421,21 +426,25 @@ class DecisionProcess:
         # The source root on the path: a bento's worker runs from wherever it was started.
         python_path = os.pathsep.join(filter(None, [str(SOURCE_ROOT),
                                                     os.environ.get("PYTHONPATH")]))
-        env = os.environ | {SERVE_PID_ENV: str(os.getpid()), "PYTHONPATH": python_path}
+        env = os.environ | {"PYTHONPATH": python_path}
         if self.bundle is not None:
             env[BUNDLE_ENV] = self.bundle.model_dump_json()
+        # A session of its own: a stop signal to the worker's process group must not end it
+        # before the worker (which would start another while shutting down); it dies with
+        # the worker through its parent watcher instead.
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.decider", self.path],
-                                     env=env)
+                                     env=env, start_new_session=True)
         deadline = time.monotonic() + READY_SECONDS
         while not os.path.exists(self.path):
             code = self.proc.poll()
-            why = (f"exited with code {code} while starting; its log is above"
+            why = ("was not needed any more: the worker is stopping" if self.closing
+                   else f"exited with code {code} while starting; its log is above"
                    if code is not None else f"was not ready in {READY_SECONDS:g} s"
                    if time.monotonic() > deadline else None)
             if why is not None:
                 self.proc.kill()
                 self.proc.wait()
-                shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+                remove_socket(self.path)
                 raise RuntimeError(f"the decision process {why}")
             time.sleep(0.05)
         return self
@@ -483,14 +492,17 @@ class DecisionProcess:
                 reply.set_exception(MissingComponent(
                     "the decision process stopped before answering; ask again"))
         self.pending.clear()
-        if self.closing:
-            return
-        log.error("the decision process (pid %s) stopped: deciding in this worker until a "
-                  "new one is ready", self.proc.pid if self.proc is not None else None)
-        self._restart = asyncio.get_running_loop().create_task(self._start_again())
+        if not self.closing:
+            self._restart = asyncio.get_running_loop().create_task(self._start_again())
 
     async def _start_again(self) -> None:
-        """Start a new process, waiting longer after each failure (at most a minute)."""
+        """Start a new process, waiting longer after each failure (at most a minute). It
+        waits :data:`RESTART_DELAY_SECONDS` first: a service being stopped stops the worker
+        and its children at once, and the worker's shutdown cancels this meanwhile."""
+        await asyncio.sleep(RESTART_DELAY_SECONDS)
+        code = self.proc.poll() if self.proc is not None else None
+        log.error("the decision process (pid %s) stopped (exit code %s): deciding in this "
+                  "worker until a new one is ready", self.proc.pid if self.proc else None, code)
         wait = 1.0
         while not self.closing:
             try:
@@ -516,15 +528,15 @@ class DecisionProcess:
             self._restart.cancel()
         if self.transport is not None:
             self.transport.close()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.error("the decision process did not stop within %g s: killed", timeout)
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.error("the decision process did not stop within %g s: killed", timeout)
+                self.proc.kill()
+                self.proc.wait()
+        remove_socket(self.path)  # one that was starting leaves its socket behind
 
 
 class _Link(asyncio.Protocol):
