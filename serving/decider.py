@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +158,19 @@ def erased_default(body: NextBestActionRequest, engine: DecisionEngine) -> Decis
                   "is stored"})
 
 
+def remembered_users(scorer: Scorer, points: DecisionPoints) -> set[str]:
+    """Users a process keeps something about in memory: cached scores or views, decisions
+    awaiting their feedback."""
+    return scorer.cached_users() | points.remembered_users()
+
+
+def forget_users(scorer: Scorer, points: DecisionPoints, user_ids: Iterable[str]) -> None:
+    """Drop what a process keeps in memory about ``user_ids`` (erased users)."""
+    for user_id in user_ids:
+        scorer.forget(user_id)
+        points.forget_user(user_id)
+
+
 # --- the decision process ---------------------------------------------------------------------
 
 class Decider:
@@ -195,9 +208,7 @@ class Decider:
             if kind == STATS:  # the learner's counts: it is this process's
                 return Answer(200, json.dumps(self.points.stats(body.decode() or None)).encode())
             if kind == FORGET:
-                user_id = body.decode()
-                self.scorer.forget(user_id)
-                self.points.forget_user(user_id)
+                forget_users(self.scorer, self.points, [body.decode()])
                 return Answer(200, b"{}")
             raise ValueError(f"unknown request kind {kind!r}")
         except NextbestError as exc:
@@ -231,10 +242,8 @@ class Decider:
         due = now - self.checked_models >= self.settings.serving.model_refresh_seconds
         if erasures != self.erasures or due:
             self.erasures = erasures
-            kept = self.scorer.cached_users() | self.points.remembered_users()
-            for user_id in self.store.erased_among(kept):
-                self.scorer.forget(user_id)
-                self.points.forget_user(user_id)
+            forget_users(self.scorer, self.points, self.store.erased_among(
+                remembered_users(self.scorer, self.points)))
         if self.refreshing is not None and self.refreshing.done():
             newer, self.refreshing = self.refreshing.result(), None
             if newer is not None:  # a promotion: rare, and the scores are warmed at once
